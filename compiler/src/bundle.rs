@@ -1,0 +1,1 @@
+//! bundle — placeholder module, being written.

@@ -1,0 +1,1 @@
+//! deploy — placeholder module, being written.

@@ -1,0 +1,358 @@
+//! Stage `load`: the in-memory model of one `layer.yml` (schema v3 at 3e714536); every field the
+//! original tool read is represented, and nothing here touches the file system or the target.
+//!
+//! These types are the *validated* form: `crate::layer_parse` turns YAML into them and rejects
+//! anything that does not fit (unknown keys, wrong types, tasks with no or two verbs). Later stages
+//! (`resolve`, `lower`) only read them.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use serde::Serialize;
+
+/// A source position in a YAML file, 1-based, as shown to people in error messages.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
+pub struct Pos {
+    /// Line, starting at 1.
+    pub line: u32,
+    /// Column, starting at 1.
+    pub column: u32,
+}
+
+/// One layer: the directory `layers/<name>/` with its `layer.yml` and sibling files.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Layer {
+    /// The layer's name: its directory's basename (the `name:` key is informational).
+    pub name: String,
+    /// The `layer.yml` this was read from.
+    pub file: PathBuf,
+    /// Where relative file references resolve: the layer directory, or `directory:` if given.
+    pub source_dir: PathBuf,
+    /// `description:` / `info:` / `status:` — free text, carried into the manifest only.
+    pub description: Option<String>,
+    /// `version:` — CalVer string copied into the ledger.
+    pub version: Option<String>,
+    /// `depends:` — layers that must be installed before this one (bare names; `@remote` refs kept verbatim).
+    pub depends: Vec<String>,
+    /// `layers:` — composition: these layers are spliced in at this position.
+    pub layers: Vec<String>,
+    /// `env:` in file order (values are strings; YAML scalars of other types are stringified).
+    pub env: Vec<(String, String)>,
+    /// `path_append:` entries, in order.
+    pub path_append: Vec<String>,
+    /// `vars:` — build-time values; container-only in the original, kept for the record.
+    pub vars: Vec<(String, String)>,
+    /// `tasks:` in file order.
+    pub tasks: Vec<Task>,
+    /// `service:` entries in file order.
+    pub services: Vec<ServiceEntry>,
+    /// Package sections (format sections `rpm/deb/pac/aur` and distro-tag sections) in file order.
+    /// Sections with no packages are dropped at parse time, as in the original.
+    pub package_sections: Vec<PackageSection>,
+    /// `secret_requires:` / `secret_accepts:` — names of credentials injected into task env.
+    pub secrets: Vec<SecretSpec>,
+    /// `artifacts:` — files pulled back to the operator after a deploy.
+    pub artifacts: Vec<Artifact>,
+    /// Keys that only mean something to a container build or runtime (`ports`, `volumes`, …), with a
+    /// short summary of their value; lowered to `skip` entries so `ov plan` shows what was left out.
+    pub container_only: Vec<ContainerOnlyKey>,
+    /// Builder manifests found beside `layer.yml` (pixi/npm/cargo); `aur` comes from its section.
+    pub builder_files: BuilderFiles,
+}
+
+impl Layer {
+    /// True when the layer does something by itself (the original's `HasContent`): a composing layer
+    /// without content vanishes from the resolved order.
+    pub fn has_content(&self) -> bool {
+        !self.package_sections.is_empty()
+            || !self.tasks.is_empty()
+            || !self.env.is_empty()
+            || !self.path_append.is_empty()
+            || !self.services.is_empty()
+            || !self.container_only.is_empty()
+            || self.builder_files.any()
+    }
+}
+
+/// Which sibling files trigger builders, and the unit-file glob the original looked for.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct BuilderFiles {
+    /// `pixi.toml`, else `pyproject.toml`, else `environment.yml` (file name only).
+    pub pixi_manifest: Option<String>,
+    /// `pixi.lock` present (⇒ `pixi install --frozen`).
+    pub pixi_lock: bool,
+    /// `build.sh` present (run after the pixi install).
+    pub build_script: bool,
+    /// `package.json` present.
+    pub npm: bool,
+    /// `Cargo.toml` present (with `src/`).
+    pub cargo: bool,
+    /// `*.service` files beside `layer.yml` (sorted file names).
+    pub unit_files: Vec<String>,
+}
+
+impl BuilderFiles {
+    /// Whether any builder manifest or unit file is present.
+    pub fn any(&self) -> bool {
+        self.pixi_manifest.is_some() || self.npm || self.cargo || !self.unit_files.is_empty()
+    }
+}
+
+/// What selects a package section.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "by", content = "value", rename_all = "kebab-case")]
+pub enum SectionKey {
+    /// A package format declared by `build.yml` (`rpm`, `deb`, `pac`, `aur`).
+    Format(String),
+    /// Distro tags, e.g. `ubuntu:24.04` or `debian,ubuntu` (split on commas).
+    Tags(Vec<String>),
+}
+
+/// One package section with all the sub-fields the original's templates read.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct PackageSection {
+    /// The key that selects it.
+    pub key: SectionKey,
+    /// Where the section's key stands, for messages.
+    pub pos: Pos,
+    /// `packages:`.
+    pub packages: Vec<String>,
+    /// `options:` — extra install flags.
+    pub options: Vec<String>,
+    /// `repos:`.
+    pub repos: Vec<Repo>,
+    /// `keys:` (pac) — keys to receive and locally sign.
+    pub keys: Vec<String>,
+    /// `copr:` (rpm) — `owner/project`.
+    pub copr: Vec<String>,
+    /// `modules:` (rpm) — `name:stream`.
+    pub modules: Vec<String>,
+    /// `exclude:` (rpm).
+    pub exclude: Vec<String>,
+}
+
+/// A repository entry; which fields apply depends on the format (reference §1.3).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct Repo {
+    /// Repository name (file name stem / pacman section).
+    pub name: Option<String>,
+    /// rpm: URL of a `.repo` file; deb: archive base URL.
+    pub url: Option<String>,
+    /// rpm: key URL to `rpm --import`.
+    pub gpgkey: Option<String>,
+    /// rpm: `"false"` disables gpg checking.
+    pub gpgcheck: Option<String>,
+    /// rpm: URL of a release package to install first.
+    pub rpm: Option<String>,
+    /// deb: key URL, dearmored into `/etc/apt/keyrings/<name>.gpg`.
+    pub key: Option<String>,
+    /// deb: explicit `signed-by` path.
+    pub signed_by: Option<String>,
+    /// deb: suite (default `stable`; `/` means a flat repository).
+    pub suite: Option<String>,
+    /// deb: components (default `main`).
+    pub components: Option<String>,
+    /// deb: a PPA name for `add-apt-repository`.
+    pub ppa: Option<String>,
+    /// pac: `Server =` URL.
+    pub server: Option<String>,
+    /// pac: `SigLevel =` (default `Optional TrustAll`).
+    pub siglevel: Option<String>,
+}
+
+/// One entry of `tasks:`: exactly one verb plus modifiers.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Task {
+    /// The verb and its own arguments.
+    pub verb: TaskVerb,
+    /// `user:` as written (`root`, `0`, `${USER}`, `uid:gid`, a name); `None` means root.
+    pub user: Option<String>,
+    /// `mode:` as an octal string such as `0755`.
+    pub mode: Option<String>,
+    /// `env:` exported before the task runs (file order).
+    pub env: Vec<(String, String)>,
+    /// `comment:`.
+    pub comment: Option<String>,
+    /// `uninstall:` — explicit teardown targets (download tasks into shared directories).
+    pub uninstall: Vec<String>,
+    /// Where the task's first key stands, for messages.
+    pub pos: Pos,
+}
+
+/// The eight task verbs of the original, with their verb-specific fields.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "verb", rename_all = "lowercase")]
+pub enum TaskVerb {
+    /// `cmd:` — raw shell, run with `bash`; the only way layer text reaches a script unquoted.
+    Cmd {
+        /// The shell body.
+        body: String,
+    },
+    /// `mkdir:` — create a directory (and parents).
+    Mkdir {
+        /// Directory path (may use `${HOME}`, `~/`, …).
+        path: String,
+    },
+    /// `copy:` — install a file from the layer directory.
+    Copy {
+        /// Source path relative to the layer's source directory.
+        src: String,
+        /// Destination (`to:`); defaults to `src` as in the original host renderer.
+        to: Option<String>,
+    },
+    /// `write:` — write literal content to a file.
+    Write {
+        /// Destination path.
+        path: String,
+        /// `content:`.
+        content: String,
+    },
+    /// `link:` — create a symlink.
+    Link {
+        /// The link's path.
+        path: String,
+        /// `target:` (falls back to `to:`).
+        target: String,
+    },
+    /// `download:` — fetch a URL, optionally extract it.
+    Download {
+        /// URL (may contain `${BUILD_ARCH}` / `${ARCH}`).
+        url: String,
+        /// `to:` destination (file for `extract: none`, directory otherwise).
+        to: Option<String>,
+        /// `extract:` (`tar.gz`, `tar.xz`, `tar.zst`, `zip`, `sh`, `none`); detected from the URL if absent.
+        extract: Option<String>,
+        /// `include:` — members to extract.
+        include: Vec<String>,
+        /// `strip_components:`.
+        strip_components: Option<u32>,
+    },
+    /// `setcap:` — set (or, with empty caps, remove) file capabilities.
+    Setcap {
+        /// The file.
+        path: String,
+        /// `caps:`; empty means strip all capabilities (`setcap -r`).
+        caps: String,
+    },
+    /// `build:` — a marker for the container generator; a no-op here.
+    Build {
+        /// Usually `all`.
+        what: String,
+    },
+}
+
+impl TaskVerb {
+    /// The verb's YAML key.
+    pub fn name(&self) -> &'static str {
+        match self {
+            TaskVerb::Cmd { .. } => "cmd",
+            TaskVerb::Mkdir { .. } => "mkdir",
+            TaskVerb::Copy { .. } => "copy",
+            TaskVerb::Write { .. } => "write",
+            TaskVerb::Link { .. } => "link",
+            TaskVerb::Download { .. } => "download",
+            TaskVerb::Setcap { .. } => "setcap",
+            TaskVerb::Build { .. } => "build",
+        }
+    }
+}
+
+/// Where a service runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ServiceScope {
+    /// A system unit (default).
+    #[default]
+    System,
+    /// A user unit of the target user.
+    User,
+}
+
+/// One `service:` entry: either a packaged unit to enable, or a custom service to render as a unit.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct ServiceEntry {
+    /// `name:`.
+    pub name: String,
+    /// `use_packaged:` — an existing unit (`.service` appended when no unit suffix is given).
+    pub use_packaged: Option<String>,
+    /// `exec:` — command line of a custom service (may use supervisord `%(ENV_X)s` references).
+    pub exec: Option<String>,
+    /// `env:` (file order).
+    pub env: Vec<(String, String)>,
+    /// `restart:` — `no|on-failure|always|unless-stopped`.
+    pub restart: Option<String>,
+    /// `working_directory:`.
+    pub working_directory: Option<String>,
+    /// `user:` — the account the service runs as.
+    pub user: Option<String>,
+    /// `after:` units.
+    pub after: Vec<String>,
+    /// `before:` units.
+    pub before: Vec<String>,
+    /// `stdout:` — log destination.
+    pub stdout: Option<String>,
+    /// `stop_timeout:` seconds.
+    pub stop_timeout: Option<String>,
+    /// `scope:`.
+    pub scope: ServiceScope,
+    /// `enable:`.
+    pub enable: bool,
+    /// `overrides:` — drop-in env/after/exec for packaged units.
+    pub overrides: Option<ServiceOverrides>,
+    /// supervisord lifecycle keys (`kind`, `events`, `auto_start`, `start_retries`, `start_secs`,
+    /// `stop_signal`, `exit_codes`, `priority`) kept verbatim; only some translate to systemd.
+    pub supervisord: Vec<(String, String)>,
+    /// Where the entry starts.
+    pub pos: Pos,
+}
+
+/// `overrides:` of a service entry.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct ServiceOverrides {
+    /// Extra environment.
+    pub env: Vec<(String, String)>,
+    /// Extra ordering.
+    pub after: Vec<String>,
+    /// Replacement command line.
+    pub exec: Option<String>,
+}
+
+/// A credential the layer needs (`secret_requires`) or may use (`secret_accepts`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct SecretSpec {
+    /// Environment variable name.
+    pub name: String,
+    /// Whether the layer cannot work without it.
+    pub required: bool,
+    /// Free text.
+    pub description: Option<String>,
+    /// Credential-store key (`ov/<svc>/<key>`).
+    pub key: Option<String>,
+}
+
+/// A file retrieved back to the operator after a deploy.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Artifact {
+    /// `name:`.
+    pub name: String,
+    /// `path:` on the target.
+    pub path: String,
+    /// `retrieve_to:` on the operator's machine.
+    pub retrieve_to: Option<String>,
+    /// `mode:`.
+    pub mode: Option<String>,
+    /// `optional:`.
+    pub optional: bool,
+}
+
+/// A key that only a container build or runtime uses.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ContainerOnlyKey {
+    /// The YAML key (`ports`, `volumes`, `security`, `route`, `libvirt`, …).
+    pub key: String,
+    /// Why it does not apply to a host or VM deploy.
+    pub reason: String,
+}
+
+/// A map of layer name to layer, ordered by name (the resolver's lexicographic queue relies on it).
+pub type Layers = BTreeMap<String, Layer>;

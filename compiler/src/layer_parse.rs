@@ -1,0 +1,1 @@
+//! layer_parse — placeholder module, being written.

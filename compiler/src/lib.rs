@@ -1,0 +1,19 @@
+//! `ov-compiler`: the pure half of `ov` — load layers, resolve their order, lower them to an
+//! InstallPlan, render scripts and write the bundle. No network, no printing, no async, no clap:
+//! inputs in, bytes out (the crate's dependency list enforces the boundary).
+//!
+//! Pipeline: [`project`] (+ [`layer_parse`], [`yaml`]) → [`resolve`] → [`deploy`] → [`lower`] →
+//! [`plan::InstallPlan`] → [`render`] (+ [`shell`], templates) → [`bundle`] (+ [`manifest`]).
+
+pub mod bundle;
+pub mod deploy;
+pub mod layer;
+pub mod layer_parse;
+pub mod lower;
+pub mod manifest;
+pub mod plan;
+pub mod project;
+pub mod render;
+pub mod resolve;
+pub mod shell;
+pub mod yaml;

@@ -1,0 +1,1 @@
+//! lower — placeholder module, being written.

@@ -1,0 +1,1 @@
+//! manifest — placeholder module, being written.

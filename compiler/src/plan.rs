@@ -1,0 +1,429 @@
+//! Stage `plan`: the InstallPlan IR — the contract between lowering (`lower`) and rendering
+//! (`render`); every step carries scope, venue, phase, gate and its reverse operations, and the
+//! serialised form tags every step with an explicit `kind`.
+//!
+//! Path-like strings (`${HOME}/.local/bin`, `~/x`) are kept as written: they are resolved on the
+//! target at run time by the rendered scripts, never on the machine that compiles.
+
+use std::collections::BTreeMap;
+
+use serde::Serialize;
+
+use crate::layer::{Repo, ServiceEntry, Task};
+
+/// Version of the plan/manifest format; bump on any incompatible change.
+pub const FORMAT_VERSION: u32 = 1;
+
+/// Who a step acts for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Scope {
+    /// Runs as root.
+    System,
+    /// Runs as the target user, with that user's HOME.
+    User,
+    /// Edits the target user's shell profile (env.d + managed block); runs as the target user.
+    UserProfile,
+}
+
+impl Scope {
+    /// The kebab-case name used in plans, file names and progress lines.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Scope::System => "system",
+            Scope::User => "user",
+            Scope::UserProfile => "user-profile",
+        }
+    }
+}
+
+/// Where a step runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Venue {
+    /// Directly on the target.
+    HostNative,
+    /// Inside a builder toolchain on the target (pixi, npm, cargo, makepkg) as the target user.
+    ContainerBuilder,
+    /// Not run on this target; the step's `skip` says why.
+    Skip,
+}
+
+impl Venue {
+    /// The kebab-case name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Venue::HostNative => "host-native",
+            Venue::ContainerBuilder => "container-builder",
+            Venue::Skip => "skip",
+        }
+    }
+}
+
+/// Ordering within a package section: repository set-up, install, and clean-up after install.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Phase {
+    /// Repository, key, copr and module set-up before an install.
+    Prepare,
+    /// The install itself (every non-package step is in this phase).
+    Install,
+    /// Undoing temporary set-up after an install (copr re-disable).
+    Cleanup,
+}
+
+impl Phase {
+    /// The kebab-case name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Phase::Prepare => "prepare",
+            Phase::Install => "install",
+            Phase::Cleanup => "cleanup",
+        }
+    }
+}
+
+/// An opt-in a step needs before it runs; a gated-off step stays in the plan, marked skipped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Gate {
+    /// Adding repositories, keys, coprs or modules (`--allow-repo-changes`).
+    AllowRepoChanges,
+    /// Raw `cmd:` tasks as root (`--allow-root-tasks`).
+    AllowRootTasks,
+    /// Enabling or installing services (`--with-services`).
+    WithServices,
+}
+
+impl Gate {
+    /// The CLI flag without dashes, e.g. `with-services`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Gate::AllowRepoChanges => "allow-repo-changes",
+            Gate::AllowRootTasks => "allow-root-tasks",
+            Gate::WithServices => "with-services",
+        }
+    }
+}
+
+/// The gates opened for one compile (CLI flags, pre-set by the deploy node's `install_opts`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
+pub struct Gates {
+    /// `--allow-repo-changes`.
+    pub allow_repo_changes: bool,
+    /// `--allow-root-tasks`.
+    pub allow_root_tasks: bool,
+    /// `--with-services`.
+    pub with_services: bool,
+}
+
+impl Gates {
+    /// Whether `gate` is open.
+    pub fn allows(&self, gate: Gate) -> bool {
+        match gate {
+            Gate::AllowRepoChanges => self.allow_repo_changes,
+            Gate::AllowRootTasks => self.allow_root_tasks,
+            Gate::WithServices => self.with_services,
+        }
+    }
+}
+
+/// Why a step does not run.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Skip {
+    /// Human-readable reason, e.g. `requires --with-services` or `container-only key`.
+    pub reason: String,
+    /// The gate that would enable the step, when a gate is the reason.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub enable_with: Option<Gate>,
+}
+
+/// How the target is reached.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "kind", rename_all = "kebab-case")]
+pub enum TargetKind {
+    /// A VM from the `vm:` map, reached over SSH.
+    Vm {
+        /// The VM entity name.
+        vm: String,
+    },
+    /// The local machine.
+    Host,
+}
+
+/// The distro of a target as far as package selection is concerned.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct TargetDistro {
+    /// Ordered tags, most specific first, e.g. `["ubuntu:24.04", "ubuntu", "debian"]`.
+    pub tags: Vec<String>,
+    /// Package formats in order; the first is the primary one (`pac`, `deb`, `rpm`; Arch adds `aur`).
+    pub formats: Vec<String>,
+}
+
+impl TargetDistro {
+    /// The primary package format.
+    pub fn primary_format(&self) -> &str {
+        self.formats.first().map(String::as_str).unwrap_or("")
+    }
+}
+
+/// What is being deployed, where, and for whom.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Deploy {
+    /// The deploy's canonical name: `vm:<vm>` or `host`.
+    pub name: String,
+    /// Stable identifier of this deploy in the target's ledger (16 hex digits).
+    pub id: String,
+    /// How the target is reached.
+    pub target: TargetKind,
+    /// The target's distro.
+    pub distro: TargetDistro,
+    /// The account user-scope steps run as; `None` means "the user who runs the bundle" (`--user`).
+    pub user: Option<String>,
+    /// The layers that were asked for, before resolution.
+    pub requested: Vec<String>,
+}
+
+/// The whole compiled deploy: ordered layers, each with ordered steps.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct InstallPlan {
+    /// [`FORMAT_VERSION`].
+    pub format_version: u32,
+    /// The deploy.
+    pub deploy: Deploy,
+    /// Gates opened for this compile.
+    pub gates: Gates,
+    /// Layers in install order (resolved, de-duplicated).
+    pub layers: Vec<LayerPlan>,
+}
+
+/// One layer's steps, in emission order.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct LayerPlan {
+    /// Layer name.
+    pub name: String,
+    /// `version:` of the layer, if any.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub version: Option<String>,
+    /// The layer directory relative to the project root (forward slashes), for payload lookup.
+    pub source: String,
+    /// Steps in order.
+    pub steps: Vec<Step>,
+}
+
+/// One step of the IR.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Step {
+    /// What the step does (serialised with a `kind` tag).
+    #[serde(flatten)]
+    pub action: Action,
+    /// Who it acts for.
+    pub scope: Scope,
+    /// Where it runs.
+    pub venue: Venue,
+    /// Package-section phase (`install` for everything else).
+    pub phase: Phase,
+    /// The opt-in it needs, if any.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub gate: Option<Gate>,
+    /// Set when the step will not run on this target.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub skip: Option<Skip>,
+    /// What undoes it, last-to-first at teardown. Ops whose effect is only known at run time (a
+    /// package that was already installed, a service that was already enabled) are recorded as
+    /// *candidates*; the rendered script records only what it really changed.
+    pub reverse: Vec<ReverseOp>,
+}
+
+impl Step {
+    /// The step kind's name as it appears in plans and manifests.
+    pub fn kind(&self) -> &'static str {
+        self.action.kind()
+    }
+}
+
+/// The account a task runs as.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "as", content = "name", rename_all = "kebab-case")]
+pub enum RunAs {
+    /// root (`user:` absent, `root`, `0`, `0:0`).
+    Root,
+    /// The deploy's target user (`${USER}`).
+    TargetUser,
+    /// Another named account or `uid[:gid]`, which must exist on the target.
+    Named(String),
+}
+
+/// A builder toolchain run on the target.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BuilderKind {
+    /// `pixi.toml` / `pyproject.toml` / `environment.yml`.
+    Pixi,
+    /// `package.json` (global npm install of its dependencies).
+    Npm,
+    /// `Cargo.toml` (`cargo install --path`).
+    Cargo,
+    /// An `aur:` section (makepkg / yay on an Arch target).
+    Aur,
+}
+
+/// What a step does. Eight kinds run; `ContainerOnly` records a key that was left out and why.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "kind")]
+pub enum Action {
+    /// Distro packages from one package section, in one phase.
+    SystemPackages {
+        /// `pac`, `deb` or `rpm`.
+        format: String,
+        /// Package names (install phase).
+        packages: Vec<String>,
+        /// Extra install flags.
+        options: Vec<String>,
+        /// Repositories (prepare phase).
+        repos: Vec<Repo>,
+        /// pac keys (prepare phase).
+        keys: Vec<String>,
+        /// rpm coprs (prepare: enable; cleanup: re-disable).
+        copr: Vec<String>,
+        /// rpm modules (prepare phase).
+        modules: Vec<String>,
+        /// rpm excludes (install phase).
+        exclude: Vec<String>,
+    },
+    /// A repository file written by a package section.
+    RepoChange {
+        /// The package format it belongs to.
+        format: String,
+        /// Absolute path of the file on the target.
+        path: String,
+        /// Full file content.
+        content: String,
+    },
+    /// One `tasks:` entry other than `copy:` (which is a [`Action::File`]).
+    Task {
+        /// The task as written.
+        task: Task,
+        /// Who runs it.
+        run_as: RunAs,
+    },
+    /// A payload file from the layer directory, carried inside the bundle and installed on the target.
+    File {
+        /// Path relative to the layer's source directory.
+        source: String,
+        /// Destination path on the target (as written; resolved at run time).
+        dest: String,
+        /// Octal mode, e.g. `0644`.
+        mode: String,
+        /// Who owns it.
+        run_as: RunAs,
+    },
+    /// `env:` / `path_append:` → `~/.config/overthink/env.d/<layer>.env` plus the managed block.
+    ShellHook {
+        /// Variables in file order.
+        env: Vec<(String, String)>,
+        /// PATH additions in order.
+        path_append: Vec<String>,
+    },
+    /// A unit the distro already ships, enabled.
+    ServicePackaged {
+        /// Unit name with suffix, e.g. `sshd.service`.
+        unit: String,
+        /// `enable:`.
+        enable: bool,
+        /// The service entry (for overrides).
+        service: ServiceEntry,
+    },
+    /// A custom service rendered as a systemd unit.
+    ServiceCustom {
+        /// Unit name, `ov-<layer>-<name>.service`.
+        unit: String,
+        /// The service entry.
+        service: ServiceEntry,
+    },
+    /// A builder toolchain run as the target user.
+    Builder {
+        /// Which toolchain.
+        builder: BuilderKind,
+        /// The manifest file (relative to the layer directory), if file-triggered.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        manifest: Option<String>,
+        /// Packages (aur).
+        packages: Vec<String>,
+    },
+    /// A key that only matters to containers; never runs (venue `skip`).
+    ContainerOnly {
+        /// The YAML key.
+        key: String,
+    },
+}
+
+impl Action {
+    /// The step kind's name (`SystemPackages`, `Task`, …).
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Action::SystemPackages { .. } => "SystemPackages",
+            Action::RepoChange { .. } => "RepoChange",
+            Action::Task { .. } => "Task",
+            Action::File { .. } => "File",
+            Action::ShellHook { .. } => "ShellHook",
+            Action::ServicePackaged { .. } => "ServicePackaged",
+            Action::ServiceCustom { .. } => "ServiceCustom",
+            Action::Builder { .. } => "Builder",
+            Action::ContainerOnly { .. } => "ContainerOnly",
+        }
+    }
+}
+
+/// The kinds of reverse operation recorded in the ledger (the original's 15, same spelling).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ReverseKind {
+    /// Remove packages the step installed.
+    PackageRemove,
+    /// `cargo uninstall`.
+    CargoUninstall,
+    /// `npm uninstall -g`.
+    NpmUninstallG,
+    /// Remove a pixi environment.
+    PixiEnvRemove,
+    /// Remove files as root.
+    RmFileSystem,
+    /// Remove files as the target user.
+    RmFileUser,
+    /// Remove a directory tree.
+    RmDirRecursive,
+    /// `systemctl disable --now`.
+    ServiceDisable,
+    /// Remove a unit file.
+    ServiceRemove,
+    /// Remove a drop-in.
+    RemoveDropin,
+    /// Re-enable a unit that was enabled before.
+    RestoreEnabled,
+    /// Strip the managed profile block (done once, when no layer remains).
+    RemoveManagedBlock,
+    /// Remove the layer's env.d file.
+    RemoveEnvdFile,
+    /// Remove a repository file.
+    RemoveRepoFile,
+    /// `dnf copr disable`.
+    CoprDisable,
+}
+
+/// One reverse operation, as stored in the target's ledger.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ReverseOp {
+    /// What to do.
+    pub kind: ReverseKind,
+    /// Package format (package-remove).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub format: Option<String>,
+    /// Paths, packages, units or coprs.
+    pub targets: Vec<String>,
+    /// Who performs it.
+    pub scope: Scope,
+    /// Extra details (`layer`, `format`, …).
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub extra: BTreeMap<String, String>,
+}

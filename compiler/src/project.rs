@@ -1,0 +1,1 @@
+//! project — placeholder module, being written.

@@ -1,0 +1,1 @@
+//! resolve — placeholder module, being written.

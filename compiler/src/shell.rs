@@ -1,0 +1,1 @@
+//! shell — placeholder module, being written.

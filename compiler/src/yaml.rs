@@ -1,0 +1,1 @@
+//! yaml — placeholder module, being written.
