@@ -4,6 +4,7 @@
 use std::path::PathBuf;
 
 use ov_compiler::layer_parse::{load_layer_dir, ParseContext};
+use ov_compiler::project::{BaseUser, InstallOpts, NodeTarget, Project};
 
 /// The corpus, used in place; `None` (with a message) when it is absent outside CI.
 fn corpus() -> Option<PathBuf> {
@@ -41,5 +42,67 @@ fn every_corpus_layer_parses() {
         "{} failures:\n{}",
         failures.len(),
         failures.join("\n\n")
+    );
+}
+
+#[test]
+fn corpus_project_loads() {
+    let Some(root) = corpus() else { return };
+    let p = Project::load(&root).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(p.layers.len(), 137);
+    assert!(p
+        .layers
+        .values()
+        .all(|l| l.file == root.join("layers").join(&l.name).join("layer.yml")));
+
+    let names: Vec<&str> = p.distros.keys().map(String::as_str).collect();
+    assert_eq!(names, ["archlinux", "debian", "fedora", "ubuntu"]);
+    assert_eq!(p.distros["archlinux"].formats, ["pac", "aur"]);
+    assert_eq!(p.distros["debian"].formats, ["deb"]);
+    assert_eq!(p.distros["fedora"].formats, ["rpm"]);
+    let ubuntu = &p.distros["ubuntu"];
+    assert_eq!(ubuntu.inherits.as_deref(), Some("debian"));
+    assert_eq!(ubuntu.formats, ["deb"]);
+    assert_eq!(
+        ubuntu.base_user,
+        Some(BaseUser {
+            name: "ubuntu".into(),
+            uid: 1000,
+            gid: 1000,
+            home: "/home/ubuntu".into()
+        })
+    );
+    assert_eq!(p.distros["debian"].base_user, None);
+    let formats: Vec<&str> = p.format_names.iter().map(String::as_str).collect();
+    assert_eq!(formats, ["aur", "deb", "pac", "rpm"]);
+
+    let node = &p.deployments["arch-vm"];
+    assert_eq!(node.target, NodeTarget::Vm);
+    assert_eq!(node.vm_source.as_deref(), Some("arch"));
+    assert_eq!(node.add_layers, ["ripgrep", "uv", "pre-commit"]);
+    assert_eq!(
+        node.install_opts,
+        InstallOpts {
+            with_services: true,
+            allow_repo_changes: true,
+            allow_root_tasks: false,
+            skip_incompatible: true,
+            verify: true,
+        }
+    );
+    let child = p.node("arch-vm.arch-host").expect("child node");
+    assert_eq!(child.target, NodeTarget::Host);
+    assert_eq!(child.add_layers, ["direnv"]);
+    assert_eq!(p.deployments["sway-pod"].target, NodeTarget::Pod);
+
+    let vm = &p.vms["arch"];
+    assert_eq!(vm.ssh_port, Some(2224));
+    assert_eq!(vm.base_user.as_deref(), Some("arch"));
+    assert_eq!(vm.source_kind.as_deref(), Some("cloud_image"));
+    assert_eq!(vm.key_source.as_deref(), Some("generate"));
+    assert_eq!(vm.ssh_user, None);
+    assert_eq!(
+        p.vms["openclaw-browser-bootc-bootc"].ssh_user.as_deref(),
+        Some("root")
     );
 }
