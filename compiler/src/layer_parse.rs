@@ -784,7 +784,7 @@ impl Parser<'_> {
                         .err(
                             k.pos,
                             YamlErrorKind::Invalid,
-                            format!("task has two verbs, `{first}` and `{vb}`"),
+                            format!("task `{what}` has two verbs, `{first}` and `{vb}`"),
                         )
                         .with_hint(
                             "a task does exactly one thing; split it into two list entries",

@@ -351,7 +351,7 @@ fn read_tree(
     let file_idx = out.len() - 1;
     for (inc, node) in includes {
         let doc = out[file_idx].doc();
-        let child = base.join(&inc);
+        let child = normalize(&base.join(&inc));
         if child.file_name().is_some_and(|n| n == "vms.yml") {
             return Err(schema(
                 doc.error(
@@ -366,16 +366,21 @@ fn read_tree(
             return Err(schema(doc.error(
                 node.pos,
                 YamlErrorKind::Invalid,
-                format!("included file `{}` does not exist", child.display()),
+                format!(
+                    "included file `{inc}` does not exist (looked for `{}`)",
+                    child.display()
+                ),
             )));
         }
         let child_canonical = child.canonicalize().unwrap_or_else(|_| child.clone());
         if let Some(at) = stack.iter().position(|(c, _)| *c == child_canonical) {
             let mut chain: Vec<PathBuf> = stack[at..].iter().map(|(_, p)| p.clone()).collect();
             chain.push(child.clone());
+            // Shown relative to the project root (the first file's directory).
+            let root = stack[0].1.parent().unwrap_or(Path::new(""));
             let shown = chain
                 .iter()
-                .map(|p| format!("`{}`", p.display()))
+                .map(|p| format!("`{}`", relative_to(p, root).display()))
                 .collect::<Vec<_>>()
                 .join(" → ");
             let diag = doc
@@ -407,6 +412,28 @@ fn read_tree(
     }
     stack.pop();
     Ok(())
+}
+
+/// `a/b/../c` → `a/c`, without touching the file system (the path may not exist yet, and
+/// symlinks are not ours to resolve for display).
+fn normalize(p: &Path) -> PathBuf {
+    let mut out = PathBuf::new();
+    for c in p.components() {
+        match c {
+            std::path::Component::CurDir => {}
+            std::path::Component::ParentDir => {
+                if !out.pop() {
+                    out.push("..");
+                }
+            }
+            other => out.push(other),
+        }
+    }
+    out
+}
+
+fn relative_to<'p>(p: &'p Path, root: &Path) -> &'p Path {
+    p.strip_prefix(root).unwrap_or(p)
 }
 
 /// The `includes:` entries of a file (from every document), with their nodes for messages.
@@ -585,7 +612,7 @@ impl Project {
         }
 
         let scan = discover_specs(root, merged.discover)?;
-        let layers = load_layers(&scan, &ctx)?;
+        let layers = load_layers(root, &scan, &ctx)?;
 
         Ok(Project {
             root: root.to_path_buf(),
@@ -888,20 +915,21 @@ fn parse_node(
         match key.as_str() {
             "target" => {
                 let t = doc.string(v, &kwhat).map_err(schema)?;
-                target =
-                    Some(match t.as_str() {
-                        "vm" => NodeTarget::Vm,
-                        "host" => NodeTarget::Host,
-                        "pod" | "container" => NodeTarget::Pod,
-                        "k8s" | "kubernetes" => NodeTarget::K8s,
-                        _ => return Err(schema(doc.error(
+                target = Some(match t.as_str() {
+                    "vm" => NodeTarget::Vm,
+                    "host" => NodeTarget::Host,
+                    "pod" | "container" => NodeTarget::Pod,
+                    "k8s" | "kubernetes" => NodeTarget::K8s,
+                    _ => {
+                        return Err(schema(doc.error(
                             v.pos,
                             YamlErrorKind::Invalid,
                             format!(
                                 "`{kwhat}` must be one of `vm`, `host`, `pod`, `k8s`, found `{t}`"
                             ),
-                        ))),
-                    });
+                        )))
+                    }
+                });
             }
             "vm_source" => n.vm_source = doc.opt_string(v, &kwhat).map_err(schema)?,
             "add_layers" => n.add_layers = non_empty_list(&doc, v, &kwhat)?,
@@ -1258,7 +1286,11 @@ fn find_layer_dirs(base: &Path, recursive: bool) -> Vec<PathBuf> {
     out
 }
 
-fn load_layers(specs: &[ScanSpec], ctx: &ParseContext) -> Result<Layers, ProjectError> {
+fn load_layers(
+    root: &Path,
+    specs: &[ScanSpec],
+    ctx: &ParseContext,
+) -> Result<Layers, ProjectError> {
     let mut dirs: Vec<PathBuf> = Vec::new();
     for spec in specs {
         for d in find_layer_dirs(&spec.path, spec.recursive) {
@@ -1274,7 +1306,7 @@ fn load_layers(specs: &[ScanSpec], ctx: &ParseContext) -> Result<Layers, Project
         // Two layers may not share a name, whether or not they parse.
         if let Some(name) = dir.file_name().and_then(|n| n.to_str()) {
             if let Some(first) = first_dir.get(name) {
-                return Err(duplicate_layer(name, first, dir));
+                return Err(duplicate_layer(root, name, first, dir));
             }
             first_dir.insert(name.to_string(), dir.clone());
         }
@@ -1291,7 +1323,7 @@ fn load_layers(specs: &[ScanSpec], ctx: &ParseContext) -> Result<Layers, Project
     Ok(layers)
 }
 
-fn duplicate_layer(name: &str, first: &Path, second: &Path) -> ProjectError {
+fn duplicate_layer(root: &Path, name: &str, first: &Path, second: &Path) -> ProjectError {
     let file = second.join("layer.yml");
     let text = std::fs::read_to_string(&file).unwrap_or_default();
     // Point at the `name:` line when there is one: it is what the reader will compare.
@@ -1313,8 +1345,8 @@ fn duplicate_layer(name: &str, first: &Path, second: &Path) -> ProjectError {
         YamlErrorKind::Invalid,
         format!(
             "layer `{name}` is defined twice: `{}` and `{}`",
-            first.display(),
-            second.display()
+            relative_to(first, root).display(),
+            relative_to(second, root).display()
         ),
     )
     .with_hint("a layer is named after its directory; rename one directory or narrow `discover:`");
