@@ -104,10 +104,11 @@ const MAX_SHOWN: usize = 120;
 impl fmt::Display for YamlError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let path = self.path.display();
+        let message = printable(&self.message);
         if self.line == 0 {
-            write!(f, "{path}: {}", self.message)?;
+            write!(f, "{path}: {message}")?;
         } else {
-            write!(f, "{path}:{}:{}: {}", self.line, self.column, self.message)?;
+            write!(f, "{path}:{}:{}: {message}", self.line, self.column)?;
         }
         let gutter = " ".repeat(self.line.to_string().len());
         if let (Some(src), true) = (&self.source_line, self.line > 0) {
@@ -116,13 +117,26 @@ impl fmt::Display for YamlError {
             write!(f, "{}^", " ".repeat(caret_at))?;
         }
         if let Some(hint) = &self.hint {
-            write!(f, "\n{gutter} = help: {hint}")?;
+            write!(f, "\n{gutter} = help: {}", printable(hint))?;
         }
         Ok(())
     }
 }
 
 impl std::error::Error for YamlError {}
+
+/// Messages quote keys and values from the file; control characters in them (escape
+/// sequences, newlines) must not reach the terminal or break the one-line format.
+fn printable(s: &str) -> Cow<'_, str> {
+    if s.chars().any(char::is_control) {
+        s.chars()
+            .map(|c| if c.is_control() { '\u{fffd}' } else { c })
+            .collect::<String>()
+            .into()
+    } else {
+        s.into()
+    }
+}
 
 /// Prepare a source line for display: tabs become 4 spaces, control characters become `�`
 /// (layer files are untrusted; an escape sequence must not reach the terminal), and long lines
