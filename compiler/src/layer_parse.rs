@@ -692,7 +692,13 @@ impl Parser<'_> {
             modules: Vec::new(),
             exclude: Vec::new(),
         };
-        for (field, fk, fv) in self.entries(v, what)? {
+        let fields = self.entries(v, what).map_err(|e| {
+            e.with_hint(format!(
+                "a package section is a mapping, e.g. `{}: {{packages: [a, b]}}`",
+                what.trim_start_matches("layer.")
+            ))
+        })?;
+        for (field, fk, fv) in fields {
             let fwhat = format!("{what}.{field}");
             if !allowed.contains(&field.as_str()) {
                 if let (Some(f), true) = (format, SECTION_FIELDS.contains(&field.as_str())) {

@@ -1291,10 +1291,12 @@ fn load_layers(
     specs: &[ScanSpec],
     ctx: &ParseContext,
 ) -> Result<Layers, ProjectError> {
+    // Discover paths in their written order, each sorted; a directory reached twice counts once.
     let mut dirs: Vec<PathBuf> = Vec::new();
+    let mut listed = HashSet::new();
     for spec in specs {
         for d in find_layer_dirs(&spec.path, spec.recursive) {
-            if !dirs.contains(&d) {
+            if listed.insert(d.clone()) {
                 dirs.push(d);
             }
         }

@@ -462,20 +462,20 @@ pub fn parse_stream(path: &Path, text: &str) -> Result<Vec<Node>, YamlError> {
     Ok(nodes)
 }
 
-/// Reject a mapping that holds the same key twice (keys compared by their text). Explicit and
-/// iterative-free recursion is fine here: the budget caps depth at 48.
+/// Reject a mapping that holds the same key twice (keys compared by their text). A hash map per
+/// mapping keeps this linear: a hostile file may hold a mapping with 100k keys. Recursion is
+/// bounded by the budget's depth limit.
 fn check_duplicates(path: &Path, text: &str, node: &Node) -> Result<(), YamlError> {
     match &node.value {
         Value::Seq(items) => items
             .iter()
             .try_for_each(|n| check_duplicates(path, text, n)),
         Value::Map(entries) => {
-            for (i, (k, v)) in entries.iter().enumerate() {
+            let mut seen: std::collections::HashMap<&str, Pos> =
+                std::collections::HashMap::with_capacity(entries.len());
+            for (k, v) in entries {
                 if let Some(key) = k.scalar_text() {
-                    if let Some((first, _)) = entries[..i]
-                        .iter()
-                        .find(|(prev, _)| prev.scalar_text() == Some(key))
-                    {
+                    if let Some(first) = seen.insert(key, k.pos) {
                         return Err(YamlError::at(
                             path,
                             text,
@@ -485,7 +485,7 @@ fn check_duplicates(path: &Path, text: &str, node: &Node) -> Result<(), YamlErro
                         )
                         .with_hint(format!(
                             "`{key}` is already set at line {}; a mapping may hold each key once",
-                            first.pos.line
+                            first.line
                         )));
                     }
                 }
