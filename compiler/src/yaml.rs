@@ -7,6 +7,9 @@
 //! check a few lines of plain Rust with an exact position, and keeps serde-saphyr's types out of
 //! the rest of the crate (swapping the parser is a change to this file only).
 //!
+//! The rendering of [`YamlError`] is ours rather than the library's snippet renderer because
+//! every stage (layer schema, project files) reports in one cargo-style format with a `help:`.
+//!
 //! Hardening: one document per call unless the caller asks for a stream, duplicate keys are
 //! errors (reported with both positions), unknown tags are rejected, and a budget caps nodes,
 //! aliases, depth and size so an alias bomb fails fast instead of eating memory.
