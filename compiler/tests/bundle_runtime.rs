@@ -64,8 +64,15 @@ fn the_marker_step_does_run_when_called() {
         .env("OV_LAYER", "alpha")
         .output()
         .expect("bash");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    assert_eq!(std::fs::read_to_string(u.marker.join("ran")).expect("marker"), "alpha\n");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        std::fs::read_to_string(u.marker.join("ran")).expect("marker"),
+        "alpha\n"
+    );
 }
 
 #[test]
@@ -73,7 +80,12 @@ fn flipping_one_byte_of_any_file_makes_run_sh_refuse_before_any_step() {
     if !have_tool("bash") || !have_tool("sha256sum") {
         return;
     }
-    let paths: Vec<String> = unpacked().bundle.files.iter().map(|f| f.path.clone()).collect();
+    let paths: Vec<String> = unpacked()
+        .bundle
+        .files
+        .iter()
+        .map(|f| f.path.clone())
+        .collect();
     assert!(paths.len() > 10);
     for path in paths {
         let u = unpacked();
@@ -86,7 +98,10 @@ fn flipping_one_byte_of_any_file_makes_run_sh_refuse_before_any_step() {
             "tampered `{path}`: {}",
             String::from_utf8_lossy(&out.stderr)
         );
-        assert!(!u.marker.exists(), "a step ran although `{path}` was tampered with");
+        assert!(
+            !u.marker.exists(),
+            "a step ran although `{path}` was tampered with"
+        );
         assert!(out.stdout.is_empty() || !String::from_utf8_lossy(&out.stdout).contains("::ov::"));
     }
 }
@@ -97,21 +112,45 @@ fn missing_extra_and_symlinked_files_make_run_sh_refuse() {
         return;
     }
     let cases: Vec<(&str, Box<dyn Fn(&Path)>)> = vec![
-        ("missing payload", Box::new(|t: &Path| std::fs::remove_file(t.join("files/beta/readme.md")).expect("rm"))),
-        ("missing lib.sh", Box::new(|t: &Path| std::fs::remove_file(t.join("lib.sh")).expect("rm"))),
-        ("extra script", Box::new(|t: &Path| std::fs::write(t.join("layers/02-beta/02-system.sh"), "echo hi\n").expect("write"))),
-        ("extra hidden file", Box::new(|t: &Path| std::fs::write(t.join(".hidden"), "x").expect("write"))),
+        (
+            "missing payload",
+            Box::new(|t: &Path| std::fs::remove_file(t.join("files/beta/readme.md")).expect("rm")),
+        ),
+        (
+            "missing lib.sh",
+            Box::new(|t: &Path| std::fs::remove_file(t.join("lib.sh")).expect("rm")),
+        ),
+        (
+            "extra script",
+            Box::new(|t: &Path| {
+                std::fs::write(t.join("layers/02-beta/02-system.sh"), "echo hi\n").expect("write")
+            }),
+        ),
+        (
+            "extra hidden file",
+            Box::new(|t: &Path| std::fs::write(t.join(".hidden"), "x").expect("write")),
+        ),
         (
             "symlink",
-            Box::new(|t: &Path| std::os::unix::fs::symlink("/etc/passwd", t.join("files/alpha/link")).expect("ln")),
+            Box::new(|t: &Path| {
+                std::os::unix::fs::symlink("/etc/passwd", t.join("files/alpha/link")).expect("ln")
+            }),
         ),
-        ("no SHA256SUMS", Box::new(|t: &Path| std::fs::remove_file(t.join("SHA256SUMS")).expect("rm"))),
+        (
+            "no SHA256SUMS",
+            Box::new(|t: &Path| std::fs::remove_file(t.join("SHA256SUMS")).expect("rm")),
+        ),
     ];
     for (what, damage) in cases {
         let u = unpacked();
         damage(&u.top);
         let out = run_sh(&u.top, &["--user", "root"]);
-        assert_eq!(out.status.code(), Some(3), "{what}: {}", String::from_utf8_lossy(&out.stderr));
+        assert_eq!(
+            out.status.code(),
+            Some(3),
+            "{what}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         assert!(!u.marker.exists(), "{what}: a step ran");
     }
 }
@@ -151,7 +190,11 @@ fn verify_archive_checks_the_digest_and_every_file() {
         flip_middle_byte(&u.top.join(&f.path));
         let (archive, sha) = repack(&u.top);
         match manifest::verify_archive(&archive, &sha) {
-            Err(VerifyError::Contents { mismatched, missing, extra }) => {
+            Err(VerifyError::Contents {
+                mismatched,
+                missing,
+                extra,
+            }) => {
                 assert_eq!(mismatched, vec![f.path.clone()]);
                 assert!(missing.is_empty() && extra.is_empty());
             }
@@ -199,7 +242,10 @@ fn inspect_reads_layers_skipped_steps_and_scripts() {
     assert_eq!(names, ["alpha", "beta", "gamma"]);
     let beta = &i.manifest.layers[1];
     assert_eq!(beta.skipped.len(), 2);
-    assert_eq!(beta.skipped[0].enable_with.as_deref(), Some("with-services"));
+    assert_eq!(
+        beta.skipped[0].enable_with.as_deref(),
+        Some("with-services")
+    );
     assert_eq!(beta.skipped[1].reason, "container-only key");
     let script = i.script("layers/01-alpha/02-user.sh").expect("script");
     assert!(script.starts_with("#!/usr/bin/env bash\n"));
@@ -217,7 +263,9 @@ fn with_lib(u: &Unpacked, body: &str, args: &[&[u8]]) -> std::process::Output {
     use std::os::unix::ffi::OsStrExt;
     let mut cmd = Command::new("bash");
     cmd.arg("-c")
-        .arg(format!("set -euo pipefail; . \"$OV_BUNDLE/lib.sh\"; {body}"))
+        .arg(format!(
+            "set -euo pipefail; . \"$OV_BUNDLE/lib.sh\"; {body}"
+        ))
         .arg("lib-test")
         .env("OV_BUNDLE", &u.top);
     for a in args {
@@ -251,7 +299,11 @@ fn json_str_round_trips_hostile_strings() {
         "for s in \"$@\"; do ov_json_str \"$s\"; printf '\\n'; done; ov_json_array \"$@\"; printf '\\n'",
         &args,
     );
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let text = std::str::from_utf8(&out.stdout).expect("json_str output is UTF-8");
     let lines: Vec<&str> = text.lines().collect();
     assert_eq!(lines.len(), hostile.len() + 1);
@@ -260,7 +312,10 @@ fn json_str_round_trips_hostile_strings() {
         assert_eq!(parsed, String::from_utf8_lossy(raw), "for {raw:?}");
     }
     let array: Vec<String> = serde_json::from_str(lines[hostile.len()]).expect("array");
-    let expected: Vec<String> = hostile.iter().map(|r| String::from_utf8_lossy(r).into_owned()).collect();
+    let expected: Vec<String> = hostile
+        .iter()
+        .map(|r| String::from_utf8_lossy(r).into_owned())
+        .collect();
     assert_eq!(array, expected);
 }
 
@@ -276,8 +331,16 @@ fn managed_block_is_added_once_and_stripped_exactly() {
     std::fs::write(&profile, original).expect("write");
     std::fs::set_permissions(&profile, std::fs::Permissions::from_mode(0o640)).expect("chmod");
     let p = profile.to_string_lossy().into_owned();
-    let out = with_lib(&u, "ov_profile_block_ensure \"$1\"; ov_profile_block_ensure \"$1\"", &[p.as_bytes()]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = with_lib(
+        &u,
+        "ov_profile_block_ensure \"$1\"; ov_profile_block_ensure \"$1\"",
+        &[p.as_bytes()],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let with_block = std::fs::read_to_string(&profile).expect("read");
     assert_eq!(with_block.matches("# overthink:begin").count(), 1);
     assert!(with_block.starts_with(original));
@@ -285,7 +348,11 @@ fn managed_block_is_added_once_and_stripped_exactly() {
     // The block really sources env.d files (the glob expands, values stay literal).
     let home = dir.path();
     std::fs::create_dir_all(home.join(".config/overthink/env.d")).expect("mkdir");
-    std::fs::write(home.join(".config/overthink/env.d/a b.env"), "export OV_T='x y'\n").expect("env");
+    std::fs::write(
+        home.join(".config/overthink/env.d/a b.env"),
+        "export OV_T='x y'\n",
+    )
+    .expect("env");
     let out = Command::new("bash")
         .arg("-c")
         .arg(". \"$HOME/.profile\"; printf %s \"$OV_T\"")
@@ -295,15 +362,33 @@ fn managed_block_is_added_once_and_stripped_exactly() {
     assert_eq!(String::from_utf8_lossy(&out.stdout), "x y");
 
     let out = with_lib(&u, "ov_profile_block_strip \"$1\"", &[p.as_bytes()]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert_eq!(std::fs::read_to_string(&profile).expect("read"), original);
-    assert_eq!(std::fs::metadata(&profile).expect("stat").permissions().mode() & 0o777, 0o640);
+    assert_eq!(
+        std::fs::metadata(&profile)
+            .expect("stat")
+            .permissions()
+            .mode()
+            & 0o777,
+        0o640
+    );
 
     // A file without a trailing newline, and an unterminated block left alone.
     std::fs::write(&profile, "no newline").expect("write");
-    let out = with_lib(&u, "ov_profile_block_ensure \"$1\"; ov_profile_block_strip \"$1\"", &[p.as_bytes()]);
+    let out = with_lib(
+        &u,
+        "ov_profile_block_ensure \"$1\"; ov_profile_block_strip \"$1\"",
+        &[p.as_bytes()],
+    );
     assert!(out.status.success());
-    assert_eq!(std::fs::read_to_string(&profile).expect("read"), "no newline\n");
+    assert_eq!(
+        std::fs::read_to_string(&profile).expect("read"),
+        "no newline\n"
+    );
     let broken = "a\n# overthink:begin (managed by ov; do not edit inside this block)\nb\n";
     std::fs::write(&profile, broken).expect("write");
     let out = with_lib(&u, "ov_profile_block_strip \"$1\"", &[p.as_bytes()]);
@@ -323,11 +408,24 @@ fn options_that_need_no_root() {
     let out = run_sh(&u.top, &["--list"]);
     assert_eq!(out.status.code(), Some(0));
     let list = String::from_utf8_lossy(&out.stdout);
-    assert!(list.contains("layers/01-alpha/02-user.sh  [user, host-native]"), "{list}");
-    assert!(list.contains("skipped: ServiceCustom custom service ov-beta-web.service: requires --with-services"), "{list}");
+    assert!(
+        list.contains("layers/01-alpha/02-user.sh  [user, host-native]"),
+        "{list}"
+    );
+    assert!(
+        list.contains(
+            "skipped: ServiceCustom custom service ov-beta-web.service: requires --with-services"
+        ),
+        "{list}"
+    );
     assert_eq!(run_sh(&u.top, &["--bogus"]).status.code(), Some(2));
     assert_eq!(run_sh(&u.top, &["--only"]).status.code(), Some(2));
-    assert_eq!(run_sh(&u.top, &["--only", "nope", "--user", "root"]).status.code(), Some(2));
+    assert_eq!(
+        run_sh(&u.top, &["--only", "nope", "--user", "root"])
+            .status
+            .code(),
+        Some(2)
+    );
     assert!(!u.marker.exists());
 
     // Not root, and `sudo -n` cannot help: exit 6 before anything runs.
@@ -337,7 +435,12 @@ fn options_that_need_no_root() {
             .arg(u.top.join("run.sh"))
             .output()
             .expect("runuser");
-        assert_eq!(out.status.code(), Some(6), "{}", String::from_utf8_lossy(&out.stderr));
+        assert_eq!(
+            out.status.code(),
+            Some(6),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         assert!(String::from_utf8_lossy(&out.stderr).contains("sudo -n failed"));
         assert!(!u.marker.exists());
     }

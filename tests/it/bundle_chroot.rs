@@ -110,8 +110,17 @@ fn package_installed(root: &Root, pkg: &str) -> bool {
 /// Every path of the root outside volatile places, with type, mode, owner and content digest.
 fn snapshot(root: &Root) -> BTreeMap<String, String> {
     const SKIP: &[&str] = &[
-        "proc", "dev", "sys", "run", "tmp", "var/tmp", "var/log", "var/cache", "var/lib/apt",
-        "var/lib/dpkg", "etc/ld.so.cache",
+        "proc",
+        "dev",
+        "sys",
+        "run",
+        "tmp",
+        "var/tmp",
+        "var/log",
+        "var/cache",
+        "var/lib/apt",
+        "var/lib/dpkg",
+        "etc/ld.so.cache",
     ];
     fn walk(base: &Path, dir: &Path, out: &mut BTreeMap<String, String>) {
         let Ok(entries) = std::fs::read_dir(dir) else {
@@ -119,7 +128,11 @@ fn snapshot(root: &Root) -> BTreeMap<String, String> {
         };
         for e in entries.flatten() {
             let p = e.path();
-            let rel = p.strip_prefix(base).unwrap_or(&p).to_string_lossy().into_owned();
+            let rel = p
+                .strip_prefix(base)
+                .unwrap_or(&p)
+                .to_string_lossy()
+                .into_owned();
             if SKIP.iter().any(|s| rel == *s) {
                 continue;
             }
@@ -128,7 +141,12 @@ fn snapshot(root: &Root) -> BTreeMap<String, String> {
             };
             let ft = m.file_type();
             let what = if ft.is_symlink() {
-                format!("link {}", std::fs::read_link(&p).map(|t| t.display().to_string()).unwrap_or_default())
+                format!(
+                    "link {}",
+                    std::fs::read_link(&p)
+                        .map(|t| t.display().to_string())
+                        .unwrap_or_default()
+                )
             } else if ft.is_dir() {
                 "dir".to_string()
             } else if ft.is_file() {
@@ -140,7 +158,12 @@ fn snapshot(root: &Root) -> BTreeMap<String, String> {
             };
             out.insert(
                 rel,
-                format!("{what} {:o} {}:{}", m.permissions().mode() & 0o7777, m.uid(), m.gid()),
+                format!(
+                    "{what} {:o} {}:{}",
+                    m.permissions().mode() & 0o7777,
+                    m.uid(),
+                    m.gid()
+                ),
             );
             if ft.is_dir() {
                 walk(base, &p, out);
@@ -163,8 +186,16 @@ fn real_run_applies_everything_then_is_a_no_op_and_undo_restores_the_root() {
     // First run: every layer applied, as the manifest's user.
     let out = root.run(&["bash", RUN]);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
-    assert_eq!(layers_with(&out, "layer-done"), ["hello", "files", "gate", "env", "task"]);
-    assert_eq!(end(&out).get("result").map(String::as_str), Some("ok"), "{}", text(&out));
+    assert_eq!(
+        layers_with(&out, "layer-done"),
+        ["hello", "files", "gate", "env", "task"]
+    );
+    assert_eq!(
+        end(&out).get("result").map(String::as_str),
+        Some("ok"),
+        "{}",
+        text(&out)
+    );
     assert_eq!(end(&out).get("applied").map(String::as_str), Some("5"));
 
     // The effects, as the right users.
@@ -172,10 +203,15 @@ fn real_run_applies_everything_then_is_a_no_op_and_undo_restores_the_root() {
     assert_eq!(root.sh("hello").trim(), "Hello, world!");
     assert_eq!(root.sh("cat /etc/ov-test/system.conf"), "system=yes\n");
     assert_eq!(
-        root.sh("stat -c '%U %a' /home/tester/.config/ov-test/user.conf /home/tester/.local/bin/greet"),
+        root.sh(
+            "stat -c '%U %a' /home/tester/.config/ov-test/user.conf /home/tester/.local/bin/greet"
+        ),
         "tester 600\ntester 755\n"
     );
-    assert_eq!(root.sh("runuser -u tester -- /home/tester/.local/bin/greet"), "greetings from ov\n");
+    assert_eq!(
+        root.sh("runuser -u tester -- /home/tester/.local/bin/greet"),
+        "greetings from ov\n"
+    );
     assert_eq!(
         root.sh("runuser -u tester -- bash -lc 'printf %s \"$OV_TEST_GREETING\"'"),
         "hello world"
@@ -183,10 +219,16 @@ fn real_run_applies_everything_then_is_a_no_op_and_undo_restores_the_root() {
     assert_eq!(root.sh("cat /var/lib/ov-test/task-count"), "tester\n");
     let arch = root.sh("uname -m");
     let who = root.sh("cat /home/tester/task-user.txt");
-    assert!(who.starts_with("tester ") && who.trim_end().ends_with(arch.trim()), "{who}");
+    assert!(
+        who.starts_with("tester ") && who.trim_end().ends_with(arch.trim()),
+        "{who}"
+    );
 
     // The ledger: deploy record, layer records with digests, run-time facts, owned by tester.
-    let deploy = json(&root, &format!("{LEDGER}/deploys/{}.json", bundle_fixture::DEPLOY_ID));
+    let deploy = json(
+        &root,
+        &format!("{LEDGER}/deploys/{}.json", bundle_fixture::DEPLOY_ID),
+    );
     assert_eq!(deploy["deploy"], "vm:debian-test");
     assert_eq!(deploy["result"], "ok");
     assert_eq!(deploy["bundle_sha256"], b.sha256.as_str());
@@ -197,22 +239,35 @@ fn real_run_applies_everything_then_is_a_no_op_and_undo_restores_the_root() {
     for l in &b.manifest.layers {
         let rec = json(&root, &format!("{LEDGER}/layers/{}.json", l.name));
         assert_eq!(rec["digest"], l.digest.as_str());
-        assert_eq!(rec["deployed_by"], serde_json::json!([bundle_fixture::DEPLOY_ID]));
-        assert!(root.path(&format!("{LEDGER}/layers/{}.undo.sh", l.name)).is_file());
+        assert_eq!(
+            rec["deployed_by"],
+            serde_json::json!([bundle_fixture::DEPLOY_ID])
+        );
+        assert!(root
+            .path(&format!("{LEDGER}/layers/{}.undo.sh", l.name))
+            .is_file());
     }
     let hello = json(&root, &format!("{LEDGER}/layers/hello.json"));
     assert_eq!(hello["reverse_ops"][0]["kind"], "package-remove");
     assert_eq!(hello["steps"][0]["summary"], "deb: 1 packages (install)");
-    assert_eq!(root.sh(&format!("cat {LEDGER}/layers/hello.d/packages")), "hello\n");
     assert_eq!(
-        root.sh(&format!("stat -c %U {LEDGER} {LEDGER}/layers/hello.json {LEDGER}/lib.sh {LEDGER}/undo.sh")),
+        root.sh(&format!("cat {LEDGER}/layers/hello.d/packages")),
+        "hello\n"
+    );
+    assert_eq!(
+        root.sh(&format!(
+            "stat -c %U {LEDGER} {LEDGER}/layers/hello.json {LEDGER}/lib.sh {LEDGER}/undo.sh"
+        )),
         "tester\ntester\ntester\ntester\n"
     );
 
     // Second run: nothing to do.
     let out = root.run(&["bash", RUN, "--user", "tester"]);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
-    assert_eq!(layers_with(&out, "layer-skip"), ["hello", "files", "gate", "env", "task"]);
+    assert_eq!(
+        layers_with(&out, "layer-skip"),
+        ["hello", "files", "gate", "env", "task"]
+    );
     assert!(layers_with(&out, "layer-start").is_empty());
     assert_eq!(end(&out).get("skipped").map(String::as_str), Some("5"));
     assert_eq!(root.sh("cat /var/lib/ov-test/task-count"), "tester\n");
@@ -221,7 +276,12 @@ fn real_run_applies_everything_then_is_a_no_op_and_undo_restores_the_root() {
     root.sh(&format!("rm -rf {BUNDLE_DIR}"));
     let out = root.run(&["bash", &format!("{LEDGER}/undo.sh"), "--user", "tester"]);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
-    assert_eq!(end(&out).get("removed").map(String::as_str), Some("5"), "{}", text(&out));
+    assert_eq!(
+        end(&out).get("removed").map(String::as_str),
+        Some("5"),
+        "{}",
+        text(&out)
+    );
     assert!(!package_installed(&root, "hello"));
     let after = snapshot(&root);
     // Left by design: the ledger directory and its lock file (another run may be waiting on it).
@@ -242,11 +302,24 @@ fn real_run_applies_everything_then_is_a_no_op_and_undo_restores_the_root() {
             diff.push(format!("- {k} {v}"));
         }
     }
-    assert!(diff.is_empty(), "the root differs after undo:\n{}", diff.join("\n"));
+    assert!(
+        diff.is_empty(),
+        "the root differs after undo:\n{}",
+        diff.join("\n")
+    );
 
-    // Undo again: the deploy is gone, which is fine.
-    let out = root.run(&["bash", &format!("{LEDGER}/undo.sh"), "--user", "tester"]);
+    // Nothing left, so the ledger's runtime copies are gone too; a stray copy of undo.sh finds
+    // no deploy, which is fine (exit 0).
+    assert!(!root.path(&format!("{LEDGER}/undo.sh")).exists());
+    let undo = b
+        .files
+        .iter()
+        .find(|f| f.path == "undo.sh")
+        .expect("undo.sh");
+    std::fs::write(root.path("/root/undo.sh"), &undo.data).expect("copy");
+    let out = root.run(&["bash", "/root/undo.sh", "--user", "tester"]);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("already torn down"));
 }
 
 #[test]
@@ -257,15 +330,24 @@ fn a_failed_layer_stops_the_run_and_the_next_run_resumes_there() {
     let out = root.run(&["bash", RUN]);
     assert_eq!(out.status.code(), Some(4), "{}", text(&out));
     assert_eq!(layers_with(&out, "layer-done"), ["hello", "files"]);
-    let fail: Vec<_> = events(&out).into_iter().filter(|(e, _)| e == "layer-fail").collect();
+    let fail: Vec<_> = events(&out)
+        .into_iter()
+        .filter(|(e, _)| e == "layer-fail")
+        .collect();
     assert_eq!(fail.len(), 1);
     assert_eq!(fail[0].1["layer"], "gate");
     assert_eq!(fail[0].1["status"], "42");
     assert_eq!(end(&out).get("result").map(String::as_str), Some("fail"));
     assert!(!root.path(&format!("{LEDGER}/layers/gate.json")).exists());
     assert!(!root.path(&format!("{LEDGER}/layers/gate.undo.sh")).exists());
-    assert!(!root.path("/home/tester/.config/overthink/env.d").exists(), "env ran after the failure");
-    let deploy = json(&root, &format!("{LEDGER}/deploys/{}.json", bundle_fixture::DEPLOY_ID));
+    assert!(
+        !root.path("/home/tester/.config/overthink/env.d").exists(),
+        "env ran after the failure"
+    );
+    let deploy = json(
+        &root,
+        &format!("{LEDGER}/deploys/{}.json", bundle_fixture::DEPLOY_ID),
+    );
     assert_eq!(deploy["result"], "fail");
     assert_eq!(deploy["layers"], serde_json::json!(["hello", "files"]));
 
@@ -280,9 +362,15 @@ fn a_failed_layer_stops_the_run_and_the_next_run_resumes_there() {
     let out = root.run(&["bash", RUN, "--only", "task", "--force"]);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
     assert_eq!(layers_with(&out, "layer-done"), ["task"]);
-    assert_eq!(root.sh("cat /var/lib/ov-test/task-count"), "tester\ntester\n");
+    assert_eq!(
+        root.sh("cat /var/lib/ov-test/task-count"),
+        "tester\ntester\n"
+    );
     let rec = json(&root, &format!("{LEDGER}/layers/task.json"));
-    assert_eq!(rec["deployed_by"], serde_json::json!([bundle_fixture::DEPLOY_ID]));
+    assert_eq!(
+        rec["deployed_by"],
+        serde_json::json!([bundle_fixture::DEPLOY_ID])
+    );
 
     // Options: --list and --dry-run change nothing; unknown layer is a usage error.
     let out = root.run(&["bash", RUN, "--list"]);
@@ -290,9 +378,24 @@ fn a_failed_layer_stops_the_run_and_the_next_run_resumes_there() {
     assert!(String::from_utf8_lossy(&out.stdout).contains("layers/03-gate/01-system.sh"));
     let out = root.run(&["bash", RUN, "--dry-run"]);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
-    assert_eq!(String::from_utf8_lossy(&out.stdout).matches("\nskip  ").count(), 5, "{}", text(&out));
-    assert_eq!(root.run(&["bash", RUN, "--only", "nope"]).status.code(), Some(2));
-    assert_eq!(root.run(&["bash", RUN, "--user", "nobody-here"]).status.code(), Some(2));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout)
+            .matches("\nskip  ")
+            .count(),
+        5,
+        "{}",
+        text(&out)
+    );
+    assert_eq!(
+        root.run(&["bash", RUN, "--only", "nope"]).status.code(),
+        Some(2)
+    );
+    assert_eq!(
+        root.run(&["bash", RUN, "--user", "nobody-here"])
+            .status
+            .code(),
+        Some(2)
+    );
 
     // The lock: with another holder, --no-wait exits 5 at once.
     let mut holder = std::process::Command::new("flock")
@@ -315,12 +418,18 @@ fn a_failed_layer_stops_the_run_and_the_next_run_resumes_there() {
     assert_eq!(layers_with(&out, "undo-fail"), ["gate"]);
     assert!(root.path(&format!("{LEDGER}/layers/gate.json")).exists());
     assert!(!root.path(&format!("{LEDGER}/layers/task.json")).exists());
-    let deploy = json(&root, &format!("{LEDGER}/deploys/{}.json", bundle_fixture::DEPLOY_ID));
+    let deploy = json(
+        &root,
+        &format!("{LEDGER}/deploys/{}.json", bundle_fixture::DEPLOY_ID),
+    );
     assert_eq!(deploy["layers"], serde_json::json!(["gate"]));
     root.sh(&format!("mv /root/gate.undo.sh {gate_undo}"));
     let out = root.run(&["bash", &undo]);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
-    assert!(root.sh(&format!("ls -A {LEDGER}")).trim() == ".lock", "ledger not empty");
+    assert!(
+        root.sh(&format!("ls -A {LEDGER}")).trim() == ".lock",
+        "ledger not empty"
+    );
     assert!(!package_installed(&root, "hello"));
     assert!(!root.path("/var/lib/ov-test-gate").exists());
     let _ = b;
