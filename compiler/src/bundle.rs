@@ -14,12 +14,11 @@ use serde::Serialize;
 use sha2::{Digest, Sha256};
 use thiserror::Error;
 
-use crate::layer::TaskVerb;
 use crate::manifest::{
     Manifest, ManifestDeploy, ManifestGates, ManifestLayer, ManifestReverseOp, ManifestScript,
     OverriddenTemplate, SkippedStep, BUNDLE_FORMAT,
 };
-use crate::plan::{Action, InstallPlan, ReverseOp, Step, TargetKind};
+use crate::plan::{InstallPlan, ReverseOp, Step, TargetKind};
 use crate::render::{Engine, RenderError, Rendered, RenderedLayer};
 
 /// Entry mtime when no `SOURCE_DATE_EPOCH` is given: 1980-01-01T00:00:00Z (a fixed, plausible time;
@@ -347,7 +346,7 @@ pub fn build(
         layer_count: run_layers.len(),
         layers: run_layers,
         scripts: run_scripts,
-        list_text: list_text(&manifest),
+        list_text: manifest.listing(),
     };
     let render = |name: &str| engine.render(name, &ctx).map_err(BundleError::Render);
     files.insert(
@@ -740,63 +739,10 @@ fn skipped_step(step: &Step) -> Option<SkippedStep> {
     Some(SkippedStep {
         kind: step.kind().to_string(),
         scope: step.scope.as_str().to_string(),
-        what: describe(step),
+        what: step.action.summary(),
         reason: skip.reason.clone(),
         enable_with: skip.enable_with.map(|g| g.as_str().to_string()),
     })
-}
-
-/// A short, one-line description of a step (for skipped steps, which have no rendered summary).
-fn describe(step: &Step) -> String {
-    let one_line = |s: &str| -> String {
-        let line = s
-            .lines()
-            .find(|l| !l.trim().is_empty())
-            .unwrap_or("")
-            .trim();
-        let mut out: String = line.chars().take(60).collect();
-        if line.chars().count() > 60 || s.trim().lines().count() > 1 {
-            out.push('…');
-        }
-        out
-    };
-    match &step.action {
-        Action::SystemPackages {
-            format, packages, ..
-        } => format!(
-            "{format}: {} packages ({})",
-            packages.len(),
-            step.phase.as_str()
-        ),
-        Action::RepoChange { path, .. } => format!("repository file {path}"),
-        Action::Task { task, .. } => match &task.verb {
-            TaskVerb::Cmd { body } => format!("cmd: {}", one_line(body)),
-            TaskVerb::Mkdir { path } => format!("mkdir {path}"),
-            TaskVerb::Copy { src, to } => format!("copy {src} to {}", to.as_deref().unwrap_or(src)),
-            TaskVerb::Write { path, .. } => format!("write {path}"),
-            TaskVerb::Link { path, target } => format!("link {path} -> {target}"),
-            TaskVerb::Download { url, .. } => format!("download {url}"),
-            TaskVerb::Setcap { path, .. } => format!("setcap {path}"),
-            TaskVerb::Build { what } => format!("build {what}"),
-        },
-        Action::File { dest, .. } => format!("copy to {dest}"),
-        Action::ShellHook { env, path_append } => format!(
-            "env: {} variables, {} PATH entries",
-            env.len(),
-            path_append.len()
-        ),
-        Action::ServicePackaged { unit, enable, .. } => {
-            format!("{} {unit}", if *enable { "enable" } else { "configure" })
-        }
-        Action::ServiceCustom { unit, .. } => format!("custom service {unit}"),
-        Action::Builder {
-            builder, manifest, ..
-        } => match manifest {
-            Some(m) => format!("{} build of {m}", kebab(builder)),
-            None => format!("{} build", kebab(builder)),
-        },
-        Action::ContainerOnly { key } => format!("container-only key `{key}`"),
-    }
 }
 
 /// One ledger step record (`steps` of `layers/<layer>.json`).
@@ -842,39 +788,4 @@ struct RuntimeContext {
     layers: Vec<RunLayer>,
     scripts: Vec<RunScript>,
     list_text: String,
-}
-
-/// The text `run.sh --list` prints: layers, their scripts and steps, and the skipped steps.
-fn list_text(m: &Manifest) -> String {
-    let mut out = format!(
-        "deploy {} (id {}), {} layer(s), target user: {}\n",
-        m.deploy.name,
-        m.deploy.id,
-        m.layers.len(),
-        m.deploy
-            .user
-            .as_deref()
-            .unwrap_or("--user NAME, else $SUDO_USER")
-    );
-    for (i, l) in m.layers.iter().enumerate() {
-        out.push_str(&format!(
-            "{:>3}. {}  (digest {})\n",
-            i + 1,
-            l.name,
-            &l.digest[..12.min(l.digest.len())]
-        ));
-        for s in &l.scripts {
-            out.push_str(&format!("       {}  [{}, {}]\n", s.path, s.scope, s.venue));
-            for step in &s.steps {
-                out.push_str(&format!("         - {step}\n"));
-            }
-        }
-        for s in &l.skipped {
-            out.push_str(&format!(
-                "       skipped: {} {}: {}\n",
-                s.kind, s.what, s.reason
-            ));
-        }
-    }
-    out.trim_end().to_string()
 }

@@ -34,6 +34,44 @@ pub struct Manifest {
     pub mtime: u64,
 }
 
+impl Manifest {
+    /// The human listing of a bundle, as `run.sh --list` and `ov inspect` print it: layers, their
+    /// scripts and steps, and the skipped steps with their reasons.
+    pub fn listing(&self) -> String {
+        let mut out = format!(
+            "deploy {} (id {}), {} layer(s), target user: {}\n",
+            self.deploy.name,
+            self.deploy.id,
+            self.layers.len(),
+            self.deploy
+                .user
+                .as_deref()
+                .unwrap_or("--user NAME, else $SUDO_USER")
+        );
+        for (i, l) in self.layers.iter().enumerate() {
+            out.push_str(&format!(
+                "{:>3}. {}  (digest {})\n",
+                i + 1,
+                l.name,
+                &l.digest[..12.min(l.digest.len())]
+            ));
+            for s in &l.scripts {
+                out.push_str(&format!("       {}  [{}, {}]\n", s.path, s.scope, s.venue));
+                for step in &s.steps {
+                    out.push_str(&format!("         - {step}\n"));
+                }
+            }
+            for s in &l.skipped {
+                out.push_str(&format!(
+                    "       skipped: {} {}: {}\n",
+                    s.kind, s.what, s.reason
+                ));
+            }
+        }
+        out.trim_end().to_string()
+    }
+}
+
 /// The deploy of a bundle.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ManifestDeploy {

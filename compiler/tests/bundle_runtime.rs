@@ -413,9 +413,7 @@ fn options_that_need_no_root() {
         "{list}"
     );
     assert!(
-        list.contains(
-            "skipped: ServiceCustom custom service ov-beta-web.service: requires --with-services"
-        ),
+        list.contains("skipped: ServiceCustom unit ov-beta-web.service: requires --with-services"),
         "{list}"
     );
     assert_eq!(run_sh(&u.top, &["--bogus"]).status.code(), Some(2));
