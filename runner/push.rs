@@ -157,6 +157,12 @@ pub enum PushError {
         /// Output tail.
         tail: Vec<String>,
     },
+    /// The connection dropped while run.sh ran.
+    #[error("the connection to {target} was lost during the run; layers completed so far are recorded on the target — push again to resume")]
+    Interrupted {
+        /// Target.
+        target: String,
+    },
     /// Reading the ledger failed.
     #[error(transparent)]
     Ledger(#[from] LedgerError),
@@ -191,7 +197,7 @@ impl HasExit for PushError {
             PushError::UploadMismatch { .. } | PushError::RemoteIntegrity { .. } => Exit::Integrity,
             PushError::StepFailed { .. } | PushError::RunFailed { .. } => Exit::RemoteStep,
             PushError::Locked { .. } => Exit::Locked,
-            PushError::NoRoot { .. } => Exit::CannotConnect,
+            PushError::NoRoot { .. } | PushError::Interrupted { .. } => Exit::CannotConnect,
             PushError::Ledger(e) => e.exit(),
             PushError::State(e) => e.exit(),
             PushError::Probe { .. } => Exit::Other,
@@ -610,7 +616,7 @@ pub fn push_with(
     // 4. Verify, extract, run — one channel, output streamed live.
     let script = bootstrap_script(&dir, bundle, opts);
     let mut sink = RunSink::new(progress);
-    let out = exec.exec(
+    let out = match exec.exec(
         Request {
             argv: vec!["bash".into(), "-s".into()],
             who: As::Root,
@@ -618,7 +624,11 @@ pub fn push_with(
             capture_stdout: false,
         },
         &mut sink,
-    )?;
+    ) {
+        Ok(out) => out,
+        Err(ExecError::Disconnected { .. }) => return Err(PushError::Interrupted { target }),
+        Err(e) => return Err(e.into()),
+    };
     let status = out.status.unwrap_or(-1);
     let tail: Vec<String> = sink.tail.iter().cloned().collect();
     let (applied, skipped) = match (status, &sink.end) {

@@ -646,9 +646,15 @@ mod edit {
     /// YAML 1.1 readers turn `2025-01-01...` and `12:30` into timestamps/sexagesimals: quote.
     fn looks_like_time(s: &str) -> bool {
         let b = s.as_bytes();
-        (b.len() >= 4 && b[..4].iter().all(u8::is_ascii_digit))
-            || s.split(':')
-                .all(|p| !p.is_empty() && p.bytes().all(|c| c.is_ascii_digit()))
+        let date = b.len() >= 10
+            && b[4] == b'-'
+            && b[7] == b'-'
+            && [0, 1, 2, 3, 5, 6, 8, 9]
+                .iter()
+                .all(|&i| b[i].is_ascii_digit());
+        date || s
+            .split(':')
+            .all(|p| !p.is_empty() && p.bytes().all(|c| c.is_ascii_digit()))
     }
 
     fn render_field(ind: usize, step: usize, key: &str, v: &FieldValue) -> Vec<String> {
@@ -953,6 +959,11 @@ mod edit {
             assert_eq!(scalar("2026-01-01T00:00:00Z"), "\"2026-01-01T00:00:00Z\"");
             assert_eq!(scalar("yes"), "\"yes\"");
             assert_eq!(scalar("123"), "\"123\"");
+            assert_eq!(scalar("12:30"), "\"12:30\"");
+            assert_eq!(
+                scalar("54701e2e-f1f2-46cb-9fa6-6ca5a18dda97"),
+                "54701e2e-f1f2-46cb-9fa6-6ca5a18dda97"
+            );
             assert_eq!(scalar("a\"b"), "\"a\\\"b\"");
         }
     }

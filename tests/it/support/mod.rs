@@ -1,0 +1,4 @@
+//! Shared test support: real targets (a private sshd) and stand-in bundles.
+
+pub mod bundle;
+pub mod sshd;
