@@ -1,6 +1,6 @@
-//! `ov` runner library: everything that talks to machines (executors, SSH, waiting, push,
-//! teardown, status, per-machine state, progress). The CLI (`cli.rs`, `main.rs`) is a thin
-//! layer over these functions and their option structs.
+//! `ov` the tool: the CLI (clap) and the runner — everything that talks to machines. The pure
+//! compiler lives in the `ov-compiler` crate; this crate converts command-line arguments into
+//! plain option structs first, then calls library functions.
 //!
 //! Flow of `ov push`: [`target::resolve`] → [`push::push`] ([`archive::open_bundle`] →
 //! [`ssh::SshExecutor::connect`] (with [`wait`]) → [`push::push_with`] → [`ledger`] →
