@@ -7,6 +7,7 @@
 //! [`state`]); errors map to [`exit::Exit`] through [`exit::HasExit`].
 
 pub mod archive;
+pub mod commands;
 pub mod executor;
 pub mod exit;
 pub mod ledger;

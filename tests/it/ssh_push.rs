@@ -525,3 +525,189 @@ fn failed_undo_keeps_records_and_reports_incomplete() {
     assert!(!ledger.layers.contains_key("ok1"));
     assert!(ledger.deploys.contains_key("undofail"));
 }
+
+/// The whole `ov push vm:<vm>` path: key and known_hosts from the per-VM directory, state in
+/// deploy.yml, then `ov status` and `ov deploy del --purge`.
+#[test]
+fn vm_commands_end_to_end() {
+    use ov::commands::{
+        run_del, run_push, run_status, Common, DelCommand, Destination, PushCommand, StatusCommand,
+    };
+    use ov::target::{ConnectOptions, Paths};
+    let Some(host) = TestHost::start(Kind::Loopback) else {
+        return;
+    };
+    host.clear_ledger(USER);
+    let home = tempfile::tempdir().expect("tempdir");
+    let paths = Paths::under(home.path());
+    let vm_dir = paths.vm_dir("it");
+    std::fs::create_dir_all(&vm_dir).expect("mkdir");
+    std::fs::copy(&host.client_key, vm_dir.join("id_ed25519")).expect("key");
+    let work = tempfile::tempdir().expect("tempdir");
+    let out = scratch("cmd");
+    let b = build(
+        work.path(),
+        "vm:it",
+        "cmd00001",
+        USER,
+        &marker_layers(out.path(), &["k1", "k2"]),
+    );
+    let common = Common {
+        deploy: "vm:it".into(),
+        destination: Destination::Remote(ConnectOptions {
+            vm: Some("it".into()),
+            port: Some(host.port),
+            spec_user: Some(USER.into()),
+            ..Default::default()
+        }),
+        wait_ssh: Duration::from_secs(20),
+        json: true,
+        paths: Some(paths.clone()),
+    };
+    let exit = run_push(&PushCommand {
+        common: common.clone(),
+        bundle: b.path.clone(),
+        cloud_init: Default::default(),
+        keep: false,
+        dry_run: false,
+        no_wait_lock: false,
+        force: false,
+        user: None,
+    });
+    assert_eq!(exit, Exit::Ok);
+    assert!(out.path().join("k2").exists());
+    // accept-new recorded the host key in the VM's own known_hosts.
+    let kh = std::fs::read_to_string(vm_dir.join("known_hosts")).expect("known_hosts");
+    assert_eq!(kh.lines().count(), 1);
+    let state = load_vm_state(&paths.deploy_state_file(), "vm:it")
+        .expect("load")
+        .expect("state");
+    assert_eq!(state.ssh_port, Some(host.port));
+    assert_eq!(state.ssh_user.as_deref(), Some(USER));
+    assert_eq!(
+        state.ssh_key_path.as_deref(),
+        Some(vm_dir.join("id_ed25519").to_string_lossy().as_ref())
+    );
+    assert_eq!(
+        state.applied_layers,
+        Some(vec!["k1".to_string(), "k2".to_string()])
+    );
+
+    // The saved state is enough to reach the VM again (no port given this time).
+    let saved_only = Common {
+        destination: Destination::Remote(ConnectOptions {
+            vm: Some("it".into()),
+            ..Default::default()
+        }),
+        ..common.clone()
+    };
+    assert_eq!(
+        run_status(&StatusCommand {
+            common: saved_only.clone(),
+            bundle: Some(b.path.clone()),
+            user: None
+        }),
+        Exit::Ok
+    );
+    assert_eq!(
+        run_del(&DelCommand {
+            common: saved_only,
+            deploy_id: None,
+            user: None,
+            dry_run: false,
+            no_wait_lock: false,
+            purge: true,
+        }),
+        Exit::Ok
+    );
+    assert_eq!(
+        load_vm_state(&paths.deploy_state_file(), "vm:it").expect("load"),
+        None
+    );
+    let ledger = home_of(USER).join(".config/overthink/installed");
+    assert!(!ledger.join("layers/k1.json").exists());
+    assert!(!ledger.join("deploys/cmd00001.json").exists());
+}
+
+/// The `host` target: the same bundle through the local executor.
+#[test]
+fn local_executor_pushes_and_tears_down() {
+    use ov::commands::{run_del, run_push, Common, DelCommand, Destination, PushCommand};
+    // No sshd needed, but the users and the serialisation of the test hosts are.
+    let Some(host) = TestHost::prepare(Kind::Loopback) else {
+        return;
+    };
+    host.clear_ledger(USER);
+    let work = tempfile::tempdir().expect("tempdir");
+    let out = scratch("local");
+    let b = build(
+        work.path(),
+        "host",
+        "local001",
+        USER,
+        &marker_layers(out.path(), &["here"]),
+    );
+    let common = Common {
+        deploy: "host".into(),
+        destination: Destination::Local,
+        wait_ssh: Duration::from_secs(1),
+        json: false,
+        paths: None,
+    };
+    let push = PushCommand {
+        common: common.clone(),
+        bundle: b.path.clone(),
+        cloud_init: ov::wait::CloudInitOptions {
+            wait: false,
+            ..Default::default()
+        },
+        keep: false,
+        dry_run: false,
+        no_wait_lock: false,
+        force: false,
+        user: None,
+    };
+    assert_eq!(run_push(&push), Exit::Ok);
+    assert_eq!(
+        std::fs::read_to_string(out.path().join("here")).expect("marker"),
+        "here local001\n"
+    );
+    let del = DelCommand {
+        common,
+        deploy_id: None,
+        user: Some(USER.into()),
+        dry_run: false,
+        no_wait_lock: false,
+        purge: false,
+    };
+    assert_eq!(run_del(&del), Exit::Ok);
+    assert!(!home_of(USER)
+        .join(".config/overthink/installed/layers/here.json")
+        .exists());
+}
+
+/// The master goes away with the executor, also after a failed command.
+#[test]
+fn master_is_closed_after_errors() {
+    let Some(host) = TestHost::start(Kind::Loopback) else {
+        return;
+    };
+    use ov::executor::{As, Executor as _, NullSink, Request};
+    let mut exec =
+        ov::ssh::SshExecutor::connect(host.target(USER), wait(), &mut Recorder::default())
+            .expect("connect");
+    let socket = exec.control_socket().expect("socket").to_path_buf();
+    assert!(socket.exists());
+    assert!(socket.as_os_str().len() < 108, "{}", socket.display());
+    let out = exec
+        .exec(
+            Request::shell("echo no >&2; exit 9", As::Login),
+            &mut NullSink,
+        )
+        .expect("runs");
+    assert_eq!(out.status, Some(9));
+    assert_eq!(out.stderr, vec!["no"]);
+    drop(exec);
+    assert!(!socket.exists(), "control socket {} left", socket.display());
+    assert!(!socket.parent().expect("dir").exists());
+}
