@@ -77,6 +77,8 @@ pub struct Ledger {
     pub layer_texts: BTreeMap<String, String>,
     /// Files that did not parse: (path, message).
     pub unreadable: Vec<(String, String)>,
+    /// The bundle runtime's teardown script is kept in the ledger (`undo.sh`).
+    pub has_undo_script: bool,
 }
 
 impl Ledger {
@@ -155,6 +157,7 @@ home=$(getent passwd "$1" | cut -d: -f6)
 [ -n "$home" ] || exit 3
 d=$home/.config/overthink/installed
 printf 'home\0%s\0' "$home"
+[ -f "$d/undo.sh" ] && printf 'undo.sh\0\0'
 for f in "$d"/deploys/*.json "$d"/layers/*.json; do
   [ -f "$f" ] || continue
   printf '%s\0' "${f#"$d"/}"
@@ -202,6 +205,11 @@ pub fn parse_framed(bytes: &[u8]) -> Result<Ledger, String> {
             break;
         }
         let name = String::from_utf8_lossy(name).into_owned();
+        if name == "undo.sh" {
+            ledger.has_undo_script = true;
+            parts.next();
+            continue;
+        }
         let body = parts
             .next()
             .ok_or_else(|| format!("truncated at `{name}`"))?;
@@ -351,7 +359,7 @@ mod tests {
     #[test]
     fn parses_framed_output() {
         let mut b = Vec::new();
-        b.extend_from_slice(b"home\0/home/u\0");
+        b.extend_from_slice(b"home\0/home/u\0undo.sh\0\0");
         b.extend_from_slice(b"deploys/d1.json\0{\"deploy_id\":\"d1\",\"target\":\"vm:x\",\"layers\":[\"a\",\"b\"],\"new_field\":1}\0");
         b.extend_from_slice(
             b"layers/a.json\0{\"layer\":\"a\",\"digest\":\"x\",\"deployed_by\":[\"d1\"]}\0",
@@ -359,6 +367,7 @@ mod tests {
         b.extend_from_slice(b"layers/b.json\0not json\0");
         let l = parse_framed(&b).expect("parse");
         assert_eq!(l.dir, "/home/u/.config/overthink/installed");
+        assert!(l.has_undo_script);
         assert_eq!(l.deploys["d1"].extra["new_field"], 1);
         assert_eq!(l.applied_layers("d1"), vec!["a".to_string()]);
         assert_eq!(l.unreadable.len(), 1);

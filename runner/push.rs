@@ -147,6 +147,17 @@ pub enum PushError {
         /// Login user.
         user: String,
     },
+    /// run.sh refused its arguments (2) or found the target unfit (8: no home, ledger not
+    /// writable).
+    #[error("run.sh could not start on {target} (status {status}){}", tail_text(.tail))]
+    Runtime {
+        /// Target.
+        target: String,
+        /// Exit status.
+        status: i32,
+        /// Output tail.
+        tail: Vec<String>,
+    },
     /// run.sh or the bootstrap failed otherwise.
     #[error("the run on {target} failed with status {status}{}", tail_text(.tail))]
     RunFailed {
@@ -200,7 +211,7 @@ impl HasExit for PushError {
             PushError::NoRoot { .. } | PushError::Interrupted { .. } => Exit::CannotConnect,
             PushError::Ledger(e) => e.exit(),
             PushError::State(e) => e.exit(),
-            PushError::Probe { .. } => Exit::Other,
+            PushError::Probe { .. } | PushError::Runtime { .. } => Exit::Other,
         }
     }
 }
@@ -385,7 +396,8 @@ fn probe(exec: &mut dyn Executor, cloud_init_program: &str) -> Result<Probe, Pus
 
 /// The bootstrap that verifies, extracts and runs the bundle (as root, script on stdin).
 pub fn bootstrap_script(remote_dir: &str, bundle: &BundleInfo, opts: &PushOptions) -> String {
-    let mut args: Vec<String> = Vec::new();
+    // The archive's digest goes into the deploy record (run.sh cannot see the `.sha256`).
+    let mut args: Vec<String> = vec!["--bundle-sha256".into(), bundle.sha256.clone()];
     if opts.no_wait_lock {
         args.push("--no-wait".into());
     }
@@ -664,6 +676,13 @@ pub fn push_with(
                 user: facts.user,
             })
         }
+        (2 | 8 | 91, _) if sink.failure.is_none() => {
+            return Err(PushError::Runtime {
+                target,
+                status,
+                tail,
+            })
+        }
         _ => {
             if let Some(failure) = sink.failure.take() {
                 return Err(PushError::StepFailed { target, failure });
@@ -769,7 +788,10 @@ mod tests {
         let s = bootstrap_script("/var/tmp/ov/vm-x.123", &bundle, &opts);
         assert!(s.contains("archive=\"we'ird name.tar.gz\""), "{s}");
         assert!(
-            s.contains("run.sh\" --no-wait --user 'a b' </dev/null"),
+            s.contains(&format!(
+                "run.sh\" --bundle-sha256 {} --no-wait --user 'a b' </dev/null",
+                "0".repeat(64)
+            )),
             "{s}"
         );
         let st = std::process::Command::new("bash")

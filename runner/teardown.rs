@@ -5,6 +5,10 @@
 //! Invariants: runs under the ledger lock; refuses (changing nothing) when a layer record changed
 //! since we read it; a failed undo keeps that layer's records so a second `del` can retry; every
 //! value in the generated script is quoted.
+//!
+//! When the ledger holds the bundle runtime's own `undo.sh` (run.sh keeps a copy), that script
+//! does the work — it is the code that wrote the records; otherwise `ov` generates an equivalent
+//! script from the records it read. Either way: one channel to read, one per deploy to undo.
 
 use sha2::{Digest, Sha256};
 use std::fmt::Write as _;
@@ -86,6 +90,18 @@ pub struct TeardownReport {
     pub nothing_recorded: bool,
     /// The dry-run plan, when asked.
     pub plan: Option<TeardownPlan>,
+    /// Which script did the work.
+    pub script: Option<TeardownScript>,
+}
+
+/// Which teardown script ran on the target.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TeardownScript {
+    /// The bundle runtime's own `undo.sh`, kept in the ledger by `run.sh` (preferred: it is the
+    /// same code that wrote the records).
+    Ledger,
+    /// The script `ov` generates from the records (ledgers without a stored `undo.sh`).
+    Generated,
 }
 
 /// Why a teardown failed.
@@ -400,10 +416,14 @@ impl Sink for TeardownSink<'_> {
         if stream == Stream::Stdout {
             if let Some(pl) = ProgressLine::parse(line) {
                 let layer = pl.get("layer").unwrap_or_default().to_string();
-                match pl.event.as_str() {
-                    "teardown-done" => self.report.undone.push(layer),
-                    "teardown-release" => self.report.released.push(layer),
-                    "teardown-fail" => {
+                match (pl.event.as_str(), pl.get("action")) {
+                    ("teardown-done", _) | ("undo-layer", Some("removed")) => {
+                        self.report.undone.push(layer)
+                    }
+                    ("teardown-release", _) | ("undo-layer", Some("release")) => {
+                        self.report.released.push(layer)
+                    }
+                    ("teardown-fail", _) | ("undo-fail", _) => {
                         let st = pl.get("status").and_then(|s| s.parse().ok()).unwrap_or(-1);
                         self.report.failed.push((layer, st));
                     }
@@ -458,17 +478,63 @@ pub fn teardown_with(
             ..Default::default()
         },
     };
-    let out = exec.exec(
-        Request {
-            argv: vec!["bash".into(), "-s".into()],
-            who: As::Root,
-            stdin: Input::Bytes(plan.script.as_bytes()),
-            capture_stdout: false,
-        },
-        &mut sink,
-    )?;
+    // The runtime's own undo.sh handles deploys it recorded (16-hex ids with a deploy record);
+    // anything else goes through the generated script.
+    let use_ledger_script = ledger.has_undo_script
+        && plan.deploy_ids.iter().all(|id| {
+            id.len() == 16
+                && id
+                    .bytes()
+                    .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())
+                && ledger.deploys.contains_key(id)
+        });
+    let mut status = Some(0);
+    let mut stderr = String::new();
+    if use_ledger_script {
+        sink.report.script = Some(TeardownScript::Ledger);
+        for id in &plan.deploy_ids {
+            let mut argv = vec![
+                "bash".to_string(),
+                format!("{}/undo.sh", ledger.dir),
+                "--deploy-id".into(),
+                id.clone(),
+                "--user".into(),
+                user.clone(),
+            ];
+            if opts.no_wait_lock {
+                argv.push("--no-wait".into());
+            }
+            let out = exec.exec(
+                Request {
+                    argv,
+                    who: As::Root,
+                    stdin: Input::Null,
+                    capture_stdout: false,
+                },
+                &mut sink,
+            )?;
+            status = out.status;
+            stderr = out.stderr_text();
+            if status != Some(0) {
+                break;
+            }
+        }
+    } else {
+        sink.report.script = Some(TeardownScript::Generated);
+        let out = exec.exec(
+            Request {
+                argv: vec!["bash".into(), "-s".into()],
+                who: As::Root,
+                stdin: Input::Bytes(plan.script.as_bytes()),
+                capture_stdout: false,
+            },
+            &mut sink,
+        )?;
+        status = out.status;
+        stderr = out.stderr_text();
+    }
     let report = sink.report;
-    match out.status {
+    match status {
         Some(0) => Ok(report),
         Some(5) => Err(TeardownError::Locked { target }),
         Some(9) => Err(TeardownError::Conflict { target }),
@@ -480,7 +546,7 @@ pub fn teardown_with(
         other => Err(TeardownError::Failed {
             target,
             status: other.unwrap_or(-1),
-            stderr: out.stderr_text(),
+            stderr,
         }),
     }
 }

@@ -100,6 +100,7 @@ fn push_applies_layers_and_records_ledger_and_state() {
         assert_eq!(lr.deployed_by, vec!["dep0001"]);
     }
     assert_eq!(r.ledger.deploys["dep0001"].target, "vm:it");
+    assert_eq!(r.ledger.deploys["dep0001"].bundle_sha256, r.bundle_sha256);
     // Output and events streamed through.
     assert!(rec
         .events
@@ -710,4 +711,56 @@ fn master_is_closed_after_errors() {
     drop(exec);
     assert!(!socket.exists(), "control socket {} left", socket.display());
     assert!(!socket.parent().expect("dir").exists());
+}
+
+/// When the ledger keeps the bundle runtime's `undo.sh`, `deploy del` runs that (as root, with
+/// the deploy id and user) and reads its events.
+#[test]
+fn teardown_prefers_the_ledgers_own_undo_script() {
+    let Some(host) = TestHost::start(Kind::Loopback) else {
+        return;
+    };
+    host.clear_ledger(USER);
+    let work = tempfile::tempdir().expect("tempdir");
+    let out = scratch("ledger-undo");
+    let id = "0123456789abcdef";
+    let b = build(work.path(), "vm:lu", id, USER, &[Layer::new("lu1", "true")]);
+    done(
+        push(
+            host.target(USER),
+            wait(),
+            &PushOptions::new(&b.path),
+            &mut Recorder::default(),
+        )
+        .expect("push"),
+    );
+    // A stand-in for the runtime's undo.sh: records how it was called, reports one layer.
+    let ledger = home_of(USER).join(".config/overthink/installed");
+    std::fs::write(
+        ledger.join("undo.sh"),
+        format!(
+            "echo \"$(id -un) $*\" > {}/called\necho '::ov:: undo-begin deploy=vm:lu'\necho '::ov:: undo-layer layer=lu1 action=teardown'\necho '::ov:: undo-layer layer=lu1 action=removed'\necho '::ov:: undo-end result=ok removed=1 kept=0'\n",
+            out.path().display()
+        ),
+    )
+    .expect("write undo.sh");
+    let mut exec =
+        ov::ssh::SshExecutor::connect(host.target(USER), wait(), &mut Recorder::default())
+            .expect("connect");
+    let r = teardown_with(
+        &mut exec,
+        &TeardownOptions {
+            name: "vm:lu".into(),
+            no_wait_lock: true,
+            ..Default::default()
+        },
+        &mut Recorder::default(),
+    )
+    .expect("teardown");
+    assert_eq!(r.script, Some(ov::teardown::TeardownScript::Ledger));
+    assert_eq!(r.undone, vec!["lu1"]);
+    assert_eq!(
+        std::fs::read_to_string(out.path().join("called")).expect("called"),
+        format!("root --deploy-id {id} --user {USER} --no-wait\n")
+    );
 }

@@ -58,12 +58,13 @@ const RUN_SH: &str = r#"#!/usr/bin/env bash
 # Stand-in bundle runtime for ov's transport tests (contract: docs/bundle-runtime.md).
 set -uo pipefail
 orig=("$@")
-no_wait=0 force=0 user=
+no_wait=0 force=0 user= bundle_sha=
 while [ $# -gt 0 ]; do
   case $1 in
     --no-wait) no_wait=1 ;;
     --force) force=1 ;;
     --user) user=$2; shift ;;
+    --bundle-sha256) bundle_sha=$2; shift ;;
     *) echo "run.sh: unknown option $1" >&2; exit 2 ;;
   esac
   shift
@@ -146,8 +147,8 @@ layer() { # name digest dir
 @@LAYERS@@
 list=$(printf '%s' "$done_layers" | sed 's/^ //; s/" "/", "/g')
 f=$ledger/deploys/$DEPLOY_ID.json
-printf '{\n  "deploy_id": "%s",\n  "deploy": "%s",\n  "target": "%s",\n  "layers": [%s],\n  "bundle_sha256": "",\n  "deployed_at": "%s",\n  "ov_version": "test"\n}\n' \
-  "$DEPLOY_ID" "$DEPLOY" "$DEPLOY" "$list" "$(now)" > "$f.tmp" && chown "$uid:$gid" "$f.tmp" && mv -f "$f.tmp" "$f"
+printf '{\n  "deploy_id": "%s",\n  "deploy": "%s",\n  "target": "%s",\n  "layers": [%s],\n  "bundle_sha256": "%s",\n  "deployed_at": "%s",\n  "ov_version": "test"\n}\n' \
+  "$DEPLOY_ID" "$DEPLOY" "$DEPLOY" "$list" "$bundle_sha" "$(now)" > "$f.tmp" && chown "$uid:$gid" "$f.tmp" && mv -f "$f.tmp" "$f"
 echo "::ov:: end result=ok applied=$applied skipped=$skipped"
 "#;
 
