@@ -390,11 +390,21 @@ impl Display {
                     self.spinner(text);
                 }
             }
-            Event::Connected { .. } | Event::Note { .. } => {
+            Event::Connected { target, .. } => {
+                if let Some(text) = plain_text(ev) {
+                    self.println(&text);
+                }
+                if self.bar.is_some() {
+                    self.spinner(format!("preparing {target}"));
+                }
+            }
+            Event::Note { .. } => {
                 if let Some(text) = plain_text(ev) {
                     self.println(&text);
                 }
             }
+            // Successful scripts only move the bar; a failure gets its own line.
+            Event::Run(RunEvent::ScriptEnd { status: 0, .. }) => {}
             Event::Run(RunEvent::Begin { layers, .. }) => self.layer_bar(*layers),
             Event::Run(RunEvent::LayerStart { layer, .. }) => {
                 if let Some(b) = &self.bar {
