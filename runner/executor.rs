@@ -207,6 +207,10 @@ pub trait Executor {
     /// True when the login account is root (no sudo needed for [`As::Root`]).
     fn login_is_root(&self) -> bool;
 
+    /// Tell the executor the login account's name as the target reported it (an ssh config
+    /// may choose the user without us knowing it). Default: ignored.
+    fn learned_login_user(&mut self, _user: &str) {}
+
     /// Run one command to completion. A non-zero exit is *not* an error here; see
     /// [`Output::status`]. A sudo that wants a password is [`ExecError::Sudo`].
     fn exec(&mut self, req: Request<'_>, sink: &mut dyn Sink) -> Result<Output, ExecError>;

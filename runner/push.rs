@@ -391,6 +391,7 @@ fn probe(exec: &mut dyn Executor, cloud_init_program: &str) -> Result<Probe, Pus
             output: format!("{}{}", text.trim(), out.stderr_text()),
         });
     }
+    exec.learned_login_user(&p.user);
     Ok(p)
 }
 

@@ -225,6 +225,12 @@ impl Executor for SshExecutor {
         self.target.user.as_deref() == Some("root")
     }
 
+    fn learned_login_user(&mut self, user: &str) {
+        if self.target.user.is_none() && !user.is_empty() {
+            self.target.user = Some(user.to_string());
+        }
+    }
+
     fn exec(&mut self, req: Request<'_>, sink: &mut dyn Sink) -> Result<Output, ExecError> {
         let argv = wrap_argv(&req.argv, &req.who, self.login_user(), self.login_is_root());
         let needs_sudo = argv.first().map(|p| p == "sudo").unwrap_or(false);

@@ -764,3 +764,45 @@ fn teardown_prefers_the_ledgers_own_undo_script() {
         format!("root --deploy-id {id} --user {USER} --no-wait\n")
     );
 }
+
+/// `--ssh-config FILE`: the destination is a Host alias; user, port, key and known_hosts come
+/// from the file.
+#[test]
+fn ssh_config_file_supplies_the_connection() {
+    use ov::executor::{As, Executor as _, Request};
+    let Some(host) = TestHost::start(Kind::Loopback) else {
+        return;
+    };
+    let cfg = host.dir().join("client_config");
+    std::fs::write(
+        &cfg,
+        format!(
+            "Host ov-cfgtest\n  HostName {}\n  Port {}\n  User {USER}\n  IdentityFile {}\n  IdentitiesOnly yes\n  UserKnownHostsFile {}\n",
+            host.addr,
+            host.port,
+            host.client_key.display(),
+            host.dir().join("cfg_known_hosts").display()
+        ),
+    )
+    .expect("write config");
+    let root = tempfile::tempdir().expect("tempdir");
+    let target = ov::target::resolve(
+        &ov::target::ConnectOptions {
+            vm: Some("cfgtest".into()),
+            ssh_config: Some(cfg),
+            ..Default::default()
+        },
+        None,
+        &ov::target::Paths::under(root.path()),
+    )
+    .expect("resolve");
+    assert_eq!(target.host, "ov-cfgtest");
+    let mut exec = ov::ssh::SshExecutor::connect(target, wait(), &mut Recorder::default())
+        .expect("connect through the config");
+    let mut req = Request::new(&["id", "-un"], As::Login);
+    req.capture_stdout = true;
+    let out = exec.exec(req, &mut ov::executor::NullSink).expect("id");
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), USER);
+    exec.close().expect("close");
+    assert!(host.dir().join("cfg_known_hosts").exists());
+}
