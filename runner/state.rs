@@ -4,7 +4,7 @@
 //! (temp file in the same directory, then rename), mode 0600, under a lock.
 //!
 //! Written by hand because no maintained Rust YAML crate edits a document while keeping its
-//! comments and layout: [`edit`] is a small block-mapping editor that locates keys by
+//! comments and layout: `edit` is a small block-mapping editor that locates keys by
 //! indentation, and every edit is checked by re-parsing the result (serde-saphyr) and comparing
 //! it with the original minus the fields we set. Flow-style mappings on the path are refused.
 
