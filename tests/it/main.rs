@@ -1,6 +1,7 @@
-//! it: integration tests of the `ov` binary and of bundles run on a real Debian userland.
+//! The one integration test binary of `ov`. Modules by area; `support/` holds the test targets
+//! (a private sshd, a debootstrapped Debian root) and fixtures they share.
 
 mod bundle_chroot;
-mod support {
-    pub mod rootfs;
-}
+mod ssh_faults;
+mod ssh_push;
+mod support;
