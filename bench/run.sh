@@ -32,5 +32,5 @@ fi
 trap '"$HERE/target.sh" stop' EXIT
 "$HERE/target.sh" env > "$OUT/target.env"
 
-"$HERE/.venv/bin/python" "$HERE/bench.py" --ov "$REPO/target/release/ov" --venv "$HERE/.venv" \
+PYTHONDONTWRITEBYTECODE=1 "$HERE/.venv/bin/python" "$HERE/bench.py" --ov "$REPO/target/release/ov" --venv "$HERE/.venv" \
   --target-env "$OUT/target.env" "$@"
