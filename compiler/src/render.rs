@@ -160,7 +160,15 @@ pub enum RenderError {
 #[derive(Debug)]
 struct ShellFragment(String);
 
-impl Object for ShellFragment {}
+impl Object for ShellFragment {
+    fn repr(self: &std::sync::Arc<Self>) -> minijinja::value::ObjectRepr {
+        minijinja::value::ObjectRepr::Plain
+    }
+
+    fn is_true(self: &std::sync::Arc<Self>) -> bool {
+        !self.0.is_empty()
+    }
+}
 
 /// The template engine: embedded templates (optionally overridden from a directory), strict
 /// undefined variables, and a formatter that shell-quotes every interpolated value.
@@ -524,6 +532,7 @@ impl<'a> LayerRenderer<'a> {
                     Item::Run(i) => {
                         let step = &self.lp.steps[i];
                         let body = self.step_body(i + 1, step)?;
+                        let body = body.trim_end_matches('\n').to_string();
                         content.push_str(&self.tpl(
                             T_STEP,
                             context! {
@@ -865,7 +874,10 @@ impl<'a> LayerRenderer<'a> {
             "deb" => {
                 if let Some(ppa) = &r.ppa {
                     ck.operand("repository `ppa:`", ppa)?;
-                    return Ok(context! { ppa => ppa });
+                    return Ok(context! {
+                        ppa, name => "", url => "", suite => "", components => "", key => "",
+                        signed_by => "",
+                    });
                 }
                 let url = r.url.as_deref().ok_or_else(|| {
                     ck.invalid(
@@ -894,7 +906,8 @@ impl<'a> LayerRenderer<'a> {
                 let components = r.components.clone().unwrap_or_else(|| "main".to_string());
                 ck.line("repository `components:`", &components)?;
                 Ok(context! {
-                    name, url, suite, components, key => opt(&r.key), signed_by => opt(&r.signed_by),
+                    ppa => "", name, url, suite, components, key => opt(&r.key),
+                    signed_by => opt(&r.signed_by),
                 })
             }
             "rpm" => {
@@ -1181,7 +1194,15 @@ impl<'a> LayerRenderer<'a> {
             .filter(|s| skip_reason(self.plan, s).is_none())
             .collect();
         for step in runnable.iter().rev() {
-            for op in step.reverse.iter().rev() {
+            // Last to first, except that a unit is disabled before its file goes, and a unit that
+            // was enabled before is re-enabled last (the original ran these the other way round).
+            let mut reverse: Vec<&ReverseOp> = step.reverse.iter().rev().collect();
+            reverse.sort_by_key(|op| match op.kind {
+                ReverseKind::ServiceDisable => 0,
+                ReverseKind::RestoreEnabled => 2,
+                _ => 1,
+            });
+            for op in reverse {
                 ops.push(self.undo_op(op)?);
             }
             let sets_up_repos = matches!(

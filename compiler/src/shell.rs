@@ -59,7 +59,7 @@ pub const RUNTIME_VARS: &[(&str, &str)] = &[
 
 /// A fixed shell snippet some corpus layers embed in URLs (Fedora's release number), mapped to a
 /// variable `lib.sh` computes once, so no layer text is ever evaluated.
-const RUNTIME_SNIPPETS: &[(&str, &str)] = &[("$(rpm -E %fedora)", "OV_FEDORA_RELEASE")];
+pub const RUNTIME_SNIPPETS: &[(&str, &str)] = &[("$(rpm -E %fedora)", "OV_FEDORA_RELEASE")];
 
 /// One piece of a value split by [`runtime_parts`]: literal text, or a run-time variable.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -110,7 +110,12 @@ impl Checker<'_> {
         {
             return Err(self.invalid(what, value, "is not an http(s) or ftp URL"));
         }
-        if has_control(value) || value.chars().any(char::is_whitespace) {
+        // The fixed run-time snippets (`$(rpm -E %fedora)`) become a variable, not text.
+        let mut plain = value.to_string();
+        for (snippet, _) in crate::shell::RUNTIME_SNIPPETS {
+            plain = plain.replace(snippet, "");
+        }
+        if has_control(&plain) || plain.chars().any(char::is_whitespace) {
             return Err(self.invalid(what, value, "contains blanks or control characters"));
         }
         Ok(value)
