@@ -444,7 +444,7 @@ pub fn tasks_layer() -> LayerPlan {
         )],
     ));
     let mut cmd = task(TaskVerb::Cmd {
-        body: "account=$(getent passwd 1000 | cut -d: -f1)\nprintf '%s ALL=(ALL) NOPASSWD: ALL\\n' \"$account\" > /etc/sudoers.d/ov-user\ncp -a /ctx/system_files/* / 2>/dev/null || true".into(),
+        body: "account=$(getent passwd 1000 | cut -d: -f1)\nmkdir -p /etc/sudoers.d\nprintf '%s ALL=(ALL) NOPASSWD: ALL\\n' \"$account\" > /etc/sudoers.d/ov-user\ncp -a /ctx/system_files/* / 2>/dev/null || true".into(),
     });
     cmd.env = vec![("SECRET".into(), "s3cr3t'$(no)".into())];
     steps.push(step(
@@ -828,26 +828,36 @@ pub const RUNTIME_SHIM: &str = r#"#!/usr/bin/env bash
 ov_as_user() { "$@"; }
 "#;
 
+/// Shared by the stubs: whether a package is "installed" (in `$STUB_INSTALLED` or `$STUB_DB`).
+const STUB_PRELUDE: &str = r#"stub_has() { case " ${STUB_INSTALLED:-} " in *" $1 "*) return 0 ;; esac; [ -f "$STUB_DB" ] && grep -qxF -- "$1" "$STUB_DB"; }
+"#;
+
 /// Fake tools: log every call to "$STUB_LOG"; query tools answer from "$STUB_INSTALLED";
 /// `ov_pwn` marks that layer text was executed.
 const STUBS: &[(&str, &str)] = &[
     ("ov_pwn", r#"touch "$OV_PWN_MARK""#),
-    ("apt-get", "exit 0"),
+    (
+        "apt-get",
+        r#"case $1 in install) for a in "$@"; do case $a in -*|install|--) ;; *) echo "$a" >> "$STUB_DB" ;; esac; done ;; purge) for a in "$@"; do sed -i "/^$a\$/d" "$STUB_DB"; done ;; esac"#,
+    ),
     ("add-apt-repository", "exit 0"),
     (
         "dpkg-query",
-        r#"p=${!#}; case " $STUB_INSTALLED " in *" $p "*) echo "install ok installed" ;; *) exit 1 ;; esac"#,
+        r#"if stub_has "${!#}"; then echo "install ok installed"; else exit 1; fi"#,
     ),
     (
         "pacman",
-        r#"case $1 in -Q) case " $STUB_INSTALLED " in *" ${!#} "*) exit 0 ;; *) exit 1 ;; esac ;; esac"#,
+        r#"case $1 in -Q) stub_has "${!#}" ;; -S*) for a in "$@"; do case $a in -*) ;; *) echo "$a" >> "$STUB_DB" ;; esac; done ;; -R*) for a in "$@"; do sed -i "/^$a\$/d" "$STUB_DB"; done ;; esac"#,
     ),
     ("pacman-key", "exit 0"),
     (
         "rpm",
-        r#"case $1 in -E) echo 43 ;; -q) case " $STUB_INSTALLED " in *" ${!#} "*) exit 0 ;; *) exit 1 ;; esac ;; -qp) printf release ;; esac"#,
+        r#"case $1 in -E) echo 43 ;; -q) stub_has "${!#}" ;; -qp) printf release ;; esac"#,
     ),
-    ("dnf", "exit 0"),
+    (
+        "dnf",
+        r#"case $1 in install) for a in "$@"; do case $a in -*|install) ;; *) echo "$a" >> "$STUB_DB" ;; esac; done ;; esac"#,
+    ),
     (
         "systemctl",
         r#"case " $* " in *" is-enabled "*) case " $STUB_ENABLED " in *" ${!#} "*) exit 0 ;; *) exit 1 ;; esac ;; esac"#,
@@ -875,13 +885,28 @@ const STUBS: &[(&str, &str)] = &[
         "curl",
         r#"out=; url=; while [ $# -gt 0 ]; do case $1 in -o) out=$2; shift ;; -*) ;; *) url=$1 ;; esac; shift; done
 case $url in
-  *.tar.gz) tar -czf "$out" -C "$STUB_TREE" . ;;
-  *.zip) (cd "$STUB_TREE" && zip -qr "$out" .) ;;
+  *.tar.gz) tar -czf "$out" -C "$STUB_TREE" uv-x86_64 ;;
+  *.zip|*.zip\?*) (cd "$STUB_TREE" && zip -qr "$out" tools) ;;
   *.sh) printf 'echo installer ran >> "$STUB_LOG"\n' > "$out" ;;
   *) printf 'downloaded\n' > "$out" ;;
 esac"#,
     ),
 ];
+
+/// What [`Sandbox::run`] does.
+#[derive(Default)]
+pub struct RunSpec {
+    /// How many times every layer's scripts run (a second round checks idempotency).
+    pub rounds: usize,
+    /// Shell run after the install rounds.
+    pub between: String,
+    /// Run the undo scripts afterwards.
+    pub undo: bool,
+    /// Shell run at the end.
+    pub after: String,
+    /// Extra environment (e.g. `STUB_INSTALLED`).
+    pub env: Vec<(String, String)>,
+}
 
 /// A scratch directory holding a bundle, stubs, a home and the state directories.
 pub struct Sandbox {
@@ -922,21 +947,29 @@ impl Sandbox {
             "state",
             "run",
             "tmp",
-            "tree/pkg-1.0/bin",
+            "tree/uv-x86_64",
+            "tree/tools/bin",
             "xdg",
             "bundle",
         ] {
             std::fs::create_dir_all(s.path(sub)).expect("mkdir");
         }
-        std::fs::write(s.path("tree/pkg-1.0/bin/uv"), "#!/bin/sh\n").expect("tree");
-        std::fs::write(s.path("tree/pkg-1.0/bin/uvx"), "#!/bin/sh\n").expect("tree");
+        for f in [
+            "uv-x86_64/uv",
+            "uv-x86_64/uvx",
+            "tools/bin/a",
+            "tools/bin/b",
+            "tools/bin/c",
+        ] {
+            std::fs::write(s.path(&format!("tree/{f}")), "#!/bin/sh\n").expect("tree");
+        }
         std::fs::write(s.path("stub.log"), "").expect("log");
         for (name, body) in STUBS {
             let p = s.path(&format!("stubs/{name}"));
             std::fs::write(
                 &p,
                 format!(
-                    "#!/usr/bin/env bash\nprintf '%s\\n' \"{name} $*\" >>\"$STUB_LOG\"\n{body}\n"
+                    "#!/usr/bin/env bash\nprintf '%s\\n' \"{name} $*\" >>\"$STUB_LOG\"\n{STUB_PRELUDE}{body}\n"
                 ),
             )
             .expect("stub");
@@ -972,12 +1005,16 @@ impl Sandbox {
         }
     }
 
-    /// Run every layer's scripts in order (and then, with `undo`, every undo script in reverse
-    /// order) inside the sandbox; `extra` is shell run inside the namespace afterwards (checks
-    /// that need the overlays). Returns (success, combined output).
-    pub fn run(&self, undo: bool, extra: &str, env: &[(&str, &str)]) -> (bool, String) {
+    /// Run every layer's scripts in order (`spec.rounds` times), then `spec.between`, then (with
+    /// `spec.undo`) every undo script in reverse layer order, then `spec.after` — all inside one
+    /// mount namespace, so the checks see the overlays. Returns (success, combined output).
+    pub fn run(&self, spec: &RunSpec) -> (bool, String) {
         let t = self.dir.path().display().to_string();
-        let mut script = format!(
+        let mut script = String::new();
+        for (k, v) in &spec.env {
+            script.push_str(&format!("export {k}='{}'\n", v.replace('\'', "'\\''")));
+        }
+        script.push_str(&format!(
             r#"set -u
 T={t}
 mount -t tmpfs tmpfs "$T/tmp" || exit 90
@@ -992,25 +1029,29 @@ export OV_USER=root OV_UID=0 OV_GID=0 OV_HOME="$T/home" HOME="$T/home" USER=root
 export OV_LEDGER="$T/home/.config/overthink/installed" OV_RUN_DIR="$T/run"
 export BUILD_ARCH=x86_64 DEBIAN_FRONTEND=noninteractive TMPDIR="$T/tmp"
 export XDG_RUNTIME_DIR="$T/xdg" STUB_LOG="$T/stub.log" STUB_TREE="$T/tree" OV_PWN_MARK="$T/pwned"
+export STUB_DB="$T/stub.db"
 export PATH="$T/stubs:$PATH"
+mkdir -p "$T/out"
 status=0
 layers=("$OV_BUNDLE"/layers/*/)
-for l in "${{layers[@]}}"; do
-  name=$(basename "$l"); name=${{name#??-}}
-  export OV_LAYER="$name" OV_STATE="$T/state/$name"
-  mkdir -p "$OV_STATE"
-  for s in "$l"[0-9][0-9]-*.sh; do
-    [ -e "$s" ] || continue
-    echo "== run $s"
-    bash "$s" </dev/null || {{ echo "== FAILED $s ($?)"; status=1; }}
+for round in $(seq {rounds}); do
+  for l in "${{layers[@]}}"; do
+    name=$(basename "$l"); name=${{name#??-}}
+    export OV_LAYER="$name" OV_STATE="$T/state/$name"
+    mkdir -p "$OV_STATE"
+    for s in "$l"[0-9][0-9]-*.sh; do
+      [ -e "$s" ] || continue
+      echo "== run $s (round $round)"
+      bash "$s" </dev/null || {{ echo "== FAILED $s ($?)"; status=1; }}
+    done
   done
 done
-"#
-        );
-        for (k, v) in env {
-            script.insert_str(0, &format!("export {k}='{}'\n", v.replace('\'', "'\\''")));
-        }
-        if undo {
+"#,
+            rounds = spec.rounds
+        ));
+        script.push_str(&spec.between);
+        script.push('\n');
+        if spec.undo {
             script.push_str(
                 r#"for ((i=${#layers[@]}-1; i>=0; i--)); do
   l=${layers[$i]}; name=$(basename "$l"); name=${name#??-}
@@ -1021,7 +1062,7 @@ done
 "#,
             );
         }
-        script.push_str(extra);
+        script.push_str(&spec.after);
         script.push_str("\nexit $status\n");
         let out = Command::new("unshare")
             .args(["--mount", "--propagation", "private", "bash", "-c", &script])
@@ -1033,6 +1074,11 @@ done
             String::from_utf8_lossy(&out.stderr)
         );
         (out.status.success(), text)
+    }
+
+    /// A file the run wrote under the sandbox (e.g. `out/...`), or "" when absent.
+    pub fn read(&self, rel: &str) -> String {
+        std::fs::read_to_string(self.path(rel)).unwrap_or_default()
     }
 
     pub fn stub_log(&self) -> String {
