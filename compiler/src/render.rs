@@ -902,7 +902,7 @@ impl<'a> LayerRenderer<'a> {
                     }
                 }
                 let suite = r.suite.clone().unwrap_or_else(|| "stable".to_string());
-                ck.operand("repository `suite:`", &suite)?;
+                ck.word("repository `suite:`", &suite)?;
                 let components = r.components.clone().unwrap_or_else(|| "main".to_string());
                 ck.line("repository `components:`", &components)?;
                 Ok(context! {

@@ -58,6 +58,14 @@ impl Checker<'_> {
         Ok(value)
     }
 
+    /// One blank-free word on one line, written into a file (a repository suite).
+    pub fn word<'v>(&self, what: &str, value: &'v str) -> Result<&'v str, RenderError> {
+        if value.is_empty() || has_control(value) || value.chars().any(char::is_whitespace) {
+            return Err(self.invalid(what, value, "must be one word without blanks"));
+        }
+        Ok(value)
+    }
+
     /// An extra flag for a package manager: must be an option, on one line.
     pub fn option<'v>(&self, what: &str, value: &'v str) -> Result<&'v str, RenderError> {
         if !value.starts_with('-') {

@@ -314,6 +314,16 @@ pub(super) fn custom_unit(
     environment(&mut u, ck, "service `env:` name", &svc.env)?;
     if let Some(dir) = &svc.working_directory {
         ck.line("service `working_directory:`", dir)?;
+        // systemd refuses a unit whose WorkingDirectory= is not a normalized path.
+        let normalized =
+            !dir.contains("//") && dir.split('/').skip(1).all(|c| c != "." && c != "..");
+        if !normalized {
+            return Err(ck.invalid(
+                "service `working_directory:`",
+                dir,
+                "is not a normalized path (no `.`, `..` or `//`)",
+            ));
+        }
         u.lit("WorkingDirectory=");
         u.value(dir, Ctx::Plain, true);
         u.lit("\n");
