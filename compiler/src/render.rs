@@ -655,7 +655,7 @@ impl<'a> LayerRenderer<'a> {
             (_, RunAs::Named(n)) => Err(self.ck.invalid(
                 "task `user:`",
                 n,
-                "names another account, which only a system-scope step can switch to",
+                "names another account; a user-scope script runs as the target user and cannot switch accounts (the plan must put such a step in system scope)",
             )),
         }
     }
@@ -879,28 +879,33 @@ impl<'a> LayerRenderer<'a> {
                         signed_by => "",
                     });
                 }
-                let url = r.url.as_deref().ok_or_else(|| {
-                    ck.invalid(
-                        "repository",
-                        name.as_deref().unwrap_or(""),
-                        "has neither `url:` nor `ppa:`",
-                    )
-                })?;
-                ck.url("repository `url:`", url)?;
-                let name = need_name()?;
                 if let Some(k) = &r.key {
                     ck.url("repository `key:`", k)?;
                 }
-                if let Some(s) = &r.signed_by {
-                    ck.path("repository `signed_by:`", s)?;
-                    if s.contains([' ', ']']) {
+                if let Some(sb) = &r.signed_by {
+                    ck.path("repository `signed_by:`", sb)?;
+                    if sb.contains([' ', ']']) {
                         return Err(ck.invalid(
                             "repository `signed_by:`",
-                            s,
+                            sb,
                             "contains a blank or `]`",
                         ));
                     }
                 }
+                // Without `url:` (the plan wrote the sources file as a `RepoChange`), the prepare
+                // step only fetches the key into the keyring that file names.
+                let url = match &r.url {
+                    Some(u) => ck.url("repository `url:`", u)?.to_string(),
+                    None if r.key.is_some() => String::new(),
+                    None => {
+                        return Err(ck.invalid(
+                            "repository",
+                            name.as_deref().unwrap_or(""),
+                            "has none of `url:`, `key:`, `ppa:`",
+                        ))
+                    }
+                };
+                let name = need_name()?;
                 let suite = r.suite.clone().unwrap_or_else(|| "stable".to_string());
                 ck.word("repository `suite:`", &suite)?;
                 let components = r.components.clone().unwrap_or_else(|| "main".to_string());
@@ -920,16 +925,30 @@ impl<'a> LayerRenderer<'a> {
                         ck.url(what, v)?;
                     }
                 }
-                if r.url.is_some() {
-                    need_name()?;
-                }
-                let gpgcheck = match r.gpgcheck.as_deref() {
-                    Some("false") | Some("0") | Some("no") => "0",
+                // A `.repo` URL is stored under its own base name (as dnf does); a base URL
+                // becomes `<name>.repo`.
+                let file = match r.url.as_deref() {
+                    Some(u) if u.split(['?', '#']).next().unwrap_or(u).ends_with(".repo") => {
+                        let path = u.split(['?', '#']).next().unwrap_or(u);
+                        let base = path.rsplit('/').next().unwrap_or("");
+                        ck.name("repository file name", base)?;
+                        format!("/etc/yum.repos.d/{base}")
+                    }
+                    Some(_) => format!("/etc/yum.repos.d/{}.repo", need_name()?),
+                    None => String::new(),
+                };
+                let gpgcheck = match r
+                    .gpgcheck
+                    .as_deref()
+                    .map(str::to_ascii_lowercase)
+                    .as_deref()
+                {
+                    Some("false" | "0" | "no") => "0",
                     _ => "1",
                 };
                 Ok(context! {
                     name => name.unwrap_or_default(), url => opt(&r.url), gpgkey => opt(&r.gpgkey),
-                    gpgcheck, rpm => opt(&r.rpm),
+                    gpgcheck, rpm => opt(&r.rpm), file,
                 })
             }
             "pac" => {
@@ -1135,7 +1154,12 @@ impl<'a> LayerRenderer<'a> {
             BuilderKind::Npm => {
                 let manifest = manifest.unwrap_or("package.json");
                 self.add_payload("npm manifest", manifest)?;
-                let deps = npm_dependencies(&self.dir.join(manifest), &self.lp.name)?;
+                // The plan's specs when it has them; else the manifest's dependencies.
+                let deps = if packages.is_empty() {
+                    npm_dependencies(&self.dir.join(manifest), &self.lp.name)?
+                } else {
+                    packages.iter().map(|spec| npm_split_spec(spec)).collect()
+                };
                 let mut names = Vec::new();
                 let mut specs = Vec::new();
                 for (name, spec) in deps {
@@ -1196,7 +1220,9 @@ impl<'a> LayerRenderer<'a> {
         for step in runnable.iter().rev() {
             // Last to first, except that a unit is disabled before its file goes, and a unit that
             // was enabled before is re-enabled last (the original ran these the other way round).
-            let mut reverse: Vec<&ReverseOp> = step.reverse.iter().rev().collect();
+            let mut own = step.reverse.clone();
+            own.extend(implied_reverse(step));
+            let mut reverse: Vec<&ReverseOp> = own.iter().rev().collect();
             reverse.sort_by_key(|op| match op.kind {
                 ReverseKind::ServiceDisable => 0,
                 ReverseKind::RestoreEnabled => 2,
@@ -1269,6 +1295,60 @@ impl<'a> LayerRenderer<'a> {
     }
 }
 
+/// Reverse ops the scripts can carry out from their run-time facts although the plan has none:
+/// a builder's recorded installs (cargo crates are only known after the build) and what an
+/// archive download extracted (without `uninstall:`, the plan cannot name the files).
+fn implied_reverse(step: &Step) -> Vec<ReverseOp> {
+    let has = |kinds: &[ReverseKind]| step.reverse.iter().any(|op| kinds.contains(&op.kind));
+    let op = |kind, scope, targets: Vec<String>| ReverseOp {
+        kind,
+        format: None,
+        targets,
+        scope,
+        extra: BTreeMap::new(),
+    };
+    match &step.action {
+        Action::Builder { builder, .. } => {
+            let kind = match builder {
+                BuilderKind::Cargo => ReverseKind::CargoUninstall,
+                BuilderKind::Npm => ReverseKind::NpmUninstallG,
+                BuilderKind::Pixi => ReverseKind::PixiEnvRemove,
+                BuilderKind::Aur => return Vec::new(),
+            };
+            if has(&[kind]) {
+                Vec::new()
+            } else {
+                vec![op(kind, Scope::User, Vec::new())]
+            }
+        }
+        Action::Task { task, .. } => match &task.verb {
+            TaskVerb::Download {
+                url,
+                to: Some(to),
+                extract,
+                ..
+            } => {
+                let archive = match extract.as_deref() {
+                    Some(e) => !matches!(e, "none" | "sh" | ""),
+                    None => !matches!(extract_from_url(url), "none" | "sh"),
+                };
+                if archive && !has(&[ReverseKind::RmFileSystem, ReverseKind::RmFileUser]) {
+                    let kind = if step.scope == Scope::System {
+                        ReverseKind::RmFileSystem
+                    } else {
+                        ReverseKind::RmFileUser
+                    };
+                    vec![op(kind, step.scope, vec![to.clone()])]
+                } else {
+                    Vec::new()
+                }
+            }
+            _ => Vec::new(),
+        },
+        _ => Vec::new(),
+    }
+}
+
 /// The first target of the step's reverse op of `kind` (where that op will look for the file).
 fn reverse_target(step: &Step, kind: ReverseKind) -> Option<String> {
     step.reverse
@@ -1327,6 +1407,19 @@ fn resolve_ctx(body: &str) -> (String, bool) {
         rest = &rest[ch.len_utf8()..];
     }
     (out, used)
+}
+
+/// `name@version` (or `@scope/name@version`) → (name, version); a bare name has version `""`.
+fn npm_split_spec(spec: &str) -> (String, String) {
+    let at = if let Some(rest) = spec.strip_prefix('@') {
+        rest.find('@').map(|i| i + 1)
+    } else {
+        spec.find('@')
+    };
+    match at {
+        Some(i) => (spec[..i].to_string(), spec[i + 1..].to_string()),
+        None => (spec.to_string(), String::new()),
+    }
 }
 
 /// `dependencies` of a package.json, in file order.

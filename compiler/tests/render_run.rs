@@ -21,6 +21,7 @@ cp /etc/systemd/system/ov-services-sway.service "$T/out/sway.service"
 cp /etc/systemd/system/sshd.service.d/ov-services.conf "$T/out/dropin"
 cp /etc/demo/banner "$T/out/ctx-banner"
 ls /opt/tools > "$T/out/opt-tools" 2>/dev/null
+ls -R /usr/local/lib/ov-demo > "$T/out/ov-demo" 2>/dev/null
 cp "$OV_HOME/.config/sway/config" "$T/out/sway-config"
 cp "$OV_HOME/.config/overthink/env.d/tools.env" "$T/out/tools.env"
 env -i HOME="$OV_HOME" PATH=/usr/bin:/bin bash -c '. "$HOME/.profile"; printf %s "$NPM_CONFIG_PREFIX"' > "$T/out/profile-probe"
@@ -31,7 +32,8 @@ for f in /etc/demo/motd /usr/local/bin/demo-motd /usr/local/bin/uv /usr/local/bi
          /usr/local/bin/sshd-wrapper /usr/local/bin/cosign /etc/apt/sources.list.d/nodesource.list \
          /etc/apt/sources.list.d/backports.list /etc/apt/sources.list.d/ov-extra.list \
          /etc/apt/keyrings/nodesource.gpg /etc/systemd/system/ov-services-sway.service \
-         /etc/systemd/system/sshd.service.d/ov-services.conf; do
+         /etc/systemd/system/sshd.service.d/ov-services.conf /usr/local/lib/ov-demo \
+         /etc/apt/keyrings/docker.gpg; do
   if [ -e "$f" ] || [ -L "$f" ]; then echo "$f" >> "$T/out/left-behind"; fi
 done
 [ -d /usr/local/bin ] && echo yes > "$T/out/usrlocalbin-kept"
@@ -83,6 +85,12 @@ fn install_twice_then_undo() {
         );
     }
     assert_eq!(sb.read("out/wrapper.mode").trim(), "755");
+    assert!(
+        sb.read("out/ov-demo").contains("uv-x86_64:\nuv\nuvx\n"),
+        "{}",
+        sb.read("out/ov-demo")
+    );
+    assert_eq!(sb.read("out/keyrings"), "docker.gpg\nnodesource.gpg\n");
     assert_eq!(
         sb.read("out/ctx-banner"),
         "a banner shipped in the layer directory\n",

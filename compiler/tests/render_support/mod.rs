@@ -201,6 +201,11 @@ pub fn packages_layer(format: &str) -> LayerPlan {
                         ..Default::default()
                     },
                     Repo {
+                        name: Some("docker-ce".into()),
+                        url: Some("https://download.docker.com/linux/fedora/docker-ce.repo".into()),
+                        ..Default::default()
+                    },
+                    Repo {
                         name: Some("code".into()),
                         url: Some("https://packages.microsoft.com/yumrepos/vscode".into()),
                         gpgkey: Some("https://packages.microsoft.com/keys/microsoft.asc".into()),
@@ -222,6 +227,14 @@ pub fn packages_layer(format: &str) -> LayerPlan {
                         ),
                         suite: Some("nodistro".into()),
                         components: Some("main".into()),
+                        ..Default::default()
+                    },
+                    // As the plan writes it when the sources file is a `RepoChange`: the
+                    // prepare step only fetches the key.
+                    Repo {
+                        name: Some("docker".into()),
+                        key: Some("https://download.docker.com/linux/debian/gpg".into()),
+                        signed_by: Some("/etc/apt/keyrings/docker.gpg".into()),
                         ..Default::default()
                     },
                     Repo {
@@ -442,6 +455,19 @@ pub fn tasks_layer() -> LayerPlan {
             Scope::System,
             &["/opt/tools"],
         )],
+    ));
+    // An archive without `uninstall:`: the plan has no reverse op; undo removes what the
+    // download recorded.
+    steps.push(task_step(
+        TaskVerb::Download {
+            url: "https://example.org/demo-${BUILD_ARCH}.tar.gz".into(),
+            to: Some("/usr/local/lib/ov-demo".into()),
+            extract: Some("tar.gz".into()),
+            include: Vec::new(),
+            strip_components: None,
+        },
+        Scope::System,
+        vec![],
     ));
     let mut cmd = task(TaskVerb::Cmd {
         body: "account=$(getent passwd 1000 | cut -d: -f1)\nmkdir -p /etc/sudoers.d\nprintf '%s ALL=(ALL) NOPASSWD: ALL\\n' \"$account\" > /etc/sudoers.d/ov-user\ncp -a /ctx/system_files/* / 2>/dev/null || true".into(),
@@ -678,7 +704,8 @@ pub fn builders_layer(format: &str) -> LayerPlan {
             BuilderKind::Cargo,
             Some("Cargo.toml"),
             &[],
-            vec![op(ReverseKind::CargoUninstall, Scope::User, &[])],
+            // No reverse op, as the plan has none for cargo (crates are known after the build).
+            vec![],
         ),
     ];
     if format == "pac" {
