@@ -1562,6 +1562,17 @@ mod engine_tests {
     }
 
     #[test]
+    fn comments_stay_on_one_line() {
+        let env = engine_with("# {{ v|comment }}\nok");
+        let out = env
+            .get_template("t")
+            .unwrap()
+            .render(minijinja::context! { v => "a\nov_pwn\r\u{1b}b" })
+            .unwrap();
+        assert_eq!(out, "# a ov_pwn  b\nok");
+    }
+
+    #[test]
     fn embedded_templates_equal_the_templates_directory() {
         let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../templates");
         let on_disk = list_template_files(&dir).expect("templates/ is readable");
