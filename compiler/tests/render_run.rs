@@ -222,3 +222,171 @@ fn install_twice_then_undo() {
     );
     assert!(log.contains("cargo uninstall --root"), "{log}");
 }
+
+/// Install twice and undo the every-kind plan of `format` (without the AUR builder, which needs a
+/// non-root target user); `between`/`after` copy what the checks need out of the overlays.
+fn run_format(format: &str, between: &str, after: &str) -> Option<(Sandbox, String)> {
+    if !Sandbox::available() {
+        return None;
+    }
+    let mut plan = every_kind_plan(format);
+    for l in &mut plan.layers {
+        l.steps.retain(|s| {
+            !matches!(
+                &s.action,
+                Action::Builder {
+                    builder: ov_compiler::plan::BuilderKind::Aur,
+                    ..
+                }
+            ) && !matches!(&s.action, Action::Task { task, .. } if format!("{:?}", task.verb).contains(".zip"))
+        });
+    }
+    let sb = Sandbox::new();
+    let r = render_plan(&plan, &fixture_root());
+    sb.write_bundle(&r);
+    let (ok, out) = sb.run(&RunSpec {
+        rounds: 2,
+        between: format!("{between}\necho done > \"$T/out/between-checked\"\n"),
+        undo: true,
+        after: format!("{after}\necho done > \"$T/out/after-checked\"\n"),
+        env: vec![("STUB_INSTALLED".into(), "jq".into())],
+    });
+    assert!(ok, "run failed:\n{out}\n--- stub log\n{}", sb.stub_log());
+    assert!(!sb.pwned());
+    assert_eq!(sb.read("out/between-checked"), "done\n");
+    assert_eq!(sb.read("out/after-checked"), "done\n");
+    Some((sb, out))
+}
+
+#[test]
+fn pac_repositories_keys_and_packages() {
+    let Some((sb, _)) = run_format(
+        "pac",
+        r#"cp /etc/pacman.conf "$T/out/pacman.conf""#,
+        r#"cp /etc/pacman.conf "$T/out/pacman.conf.after""#,
+    ) else {
+        return;
+    };
+    let conf = sb.read("out/pacman.conf");
+    assert_eq!(
+        conf.matches("# overthink:repo chaotic-aur begin\n[chaotic-aur]\nSigLevel = Optional TrustAll\nServer = https://cdn-mirror.chaotic.cx/$repo/$arch\n# overthink:repo chaotic-aur end\n").count(),
+        1,
+        "{conf}"
+    );
+    assert!(!sb.read("out/pacman.conf.after").contains("overthink:repo"));
+    assert_eq!(sb.read("state/tools/packages.pac"), "ripgrep\n");
+    let log = sb.stub_log();
+    assert!(
+        log.contains("pacman-key --recv-keys 3056513887B78AEB"),
+        "{log}"
+    );
+    assert!(
+        log.contains("pacman -Sy --needed --noconfirm --overwrite=/usr/lib/foo/* -- ripgrep jq"),
+        "{log}"
+    );
+    assert!(log.contains("pacman -Rs --noconfirm -- ripgrep"), "{log}");
+}
+
+#[test]
+fn rpm_repositories_coprs_modules_and_packages() {
+    let Some((sb, _)) = run_format(
+        "rpm",
+        r#"ls /etc/yum.repos.d > "$T/out/repos"; cp /etc/yum.repos.d/code.repo "$T/out/code.repo""#,
+        r#"ls /etc/yum.repos.d > "$T/out/repos.after""#,
+    ) else {
+        return;
+    };
+    assert_eq!(
+        sb.read("out/repos"),
+        "code.repo\ndocker-ce.repo\nov-extra.repo\n"
+    );
+    assert_eq!(
+        sb.read("out/code.repo"),
+        "[code]\nname=code\nbaseurl=https://packages.microsoft.com/yumrepos/vscode\nenabled=1\ngpgcheck=0\ngpgkey=https://packages.microsoft.com/keys/microsoft.asc\n"
+    );
+    assert_eq!(sb.read("out/repos.after"), "");
+    assert_eq!(sb.read("state/tools/packages.rpm"), "ripgrep\n");
+    assert_eq!(sb.read("state/tools/release-packages.rpm"), "release\n");
+    let log = sb.stub_log();
+    for want in [
+        "rpm --import https://packages.microsoft.com/keys/microsoft.asc",
+        "dnf -y copr enable che/nerd-fonts",
+        "dnf -y module reset valkey",
+        "dnf -y module enable valkey:remi-9.0",
+        "dnf install -y --exclude=*-debuginfo --allowerasing ripgrep jq",
+        "dnf -y copr disable che/nerd-fonts",
+        "dnf remove -y ripgrep",
+        "dnf remove -y release",
+        "curl -fsSL --retry 3 --connect-timeout 30 -o",
+    ] {
+        assert!(log.contains(want), "`{want}` not in\n{log}");
+    }
+    assert!(
+        log.contains("remi-release-43.rpm"),
+        "the Fedora release is resolved on the target: {log}"
+    );
+}
+
+#[test]
+fn undo_continues_past_a_failing_op_and_reports_it() {
+    if !Sandbox::available() {
+        return;
+    }
+    let plan = plan(
+        "deb",
+        vec![layer(
+            "one",
+            vec![
+                task_step(
+                    ov_compiler::layer::TaskVerb::Write {
+                        path: "/etc/ov-one.conf".into(),
+                        content: "x\n".into(),
+                    },
+                    ov_compiler::plan::Scope::System,
+                    vec![op(
+                        ov_compiler::plan::ReverseKind::RmFileSystem,
+                        ov_compiler::plan::Scope::System,
+                        &["/etc/ov-one.conf"],
+                    )],
+                ),
+                step(
+                    Action::SystemPackages {
+                        format: "deb".into(),
+                        packages: strings(&["hello"]),
+                        options: vec![],
+                        repos: vec![],
+                        keys: vec![],
+                        copr: vec![],
+                        modules: vec![],
+                        exclude: vec![],
+                    },
+                    ov_compiler::plan::Scope::System,
+                    vec![pkg_op("deb", &strings(&["hello"]))],
+                ),
+            ],
+        )],
+    );
+    let sb = Sandbox::new();
+    sb.write_bundle(&render_plan(&plan, &fixture_root()));
+    let (ok, out) = sb.run(&RunSpec {
+        rounds: 1,
+        undo: true,
+        after:
+            r#"[ -e /etc/ov-one.conf ] && echo left > "$T/out/left"; echo done > "$T/out/after""#
+                .into(),
+        env: vec![("STUB_FAIL_PURGE".into(), "1".into())],
+        ..Default::default()
+    });
+    assert!(!ok, "a failed op must make undo fail:\n{out}");
+    assert!(
+        out.contains("ov: undo failed: package-remove hello"),
+        "{out}"
+    );
+    assert!(out.contains("== UNDO FAILED"), "{out}");
+    assert_eq!(sb.read("out/after"), "done\n");
+    assert_eq!(
+        sb.read("out/left"),
+        "",
+        "the op after the failing one ran:\n{out}"
+    );
+}

@@ -865,7 +865,7 @@ const STUBS: &[(&str, &str)] = &[
     ("ov_pwn", r#"touch "$OV_PWN_MARK""#),
     (
         "apt-get",
-        r#"case $1 in install) for a in "$@"; do case $a in -*|install|--) ;; *) echo "$a" >> "$STUB_DB" ;; esac; done ;; purge) for a in "$@"; do sed -i "/^$a\$/d" "$STUB_DB"; done ;; esac"#,
+        r#"case $1 in install) for a in "$@"; do case $a in -*|install|--) ;; *) echo "$a" >> "$STUB_DB" ;; esac; done ;; purge) [ -n "${STUB_FAIL_PURGE:-}" ] && exit 100; for a in "$@"; do sed -i "/^$a\$/d" "$STUB_DB"; done ;; esac"#,
     ),
     ("add-apt-repository", "exit 0"),
     (
@@ -883,7 +883,7 @@ const STUBS: &[(&str, &str)] = &[
     ),
     (
         "dnf",
-        r#"case $1 in install) for a in "$@"; do case $a in -*|install) ;; *) echo "$a" >> "$STUB_DB" ;; esac; done ;; esac"#,
+        r#"case $1 in install) for a in "$@"; do case $a in -*|install) ;; *.rpm) echo release >> "$STUB_DB" ;; *) echo "$a" >> "$STUB_DB" ;; esac; done ;; remove) for a in "$@"; do sed -i "/^$a\$/d" "$STUB_DB"; done ;; esac"#,
     ),
     (
         "systemctl",
