@@ -1103,6 +1103,66 @@ done
         (out.status.success(), text)
     }
 
+    /// Run `body` inside a fresh mount namespace with the overlays, the stubs first in PATH and the
+    /// stub variables set (nothing else: no OV_* variables). Returns (success, combined output).
+    pub fn run_raw(&self, body: &str, env: &[(&str, &str)]) -> (bool, String) {
+        let t = self.dir.path().display().to_string();
+        let mut script = String::new();
+        for (k, v) in env {
+            script.push_str(&format!("export {k}='{}'\n", v.replace('\'', "'\\''")));
+        }
+        script.push_str(&format!(
+            r#"set -u
+T={t}
+mount -t tmpfs -o mode=1777 tmpfs "$T/tmp" || exit 90
+for d in /etc /usr /var /opt /root /home; do
+  [ -d "$d" ] || continue
+  n=${{d//\//_}}
+  mkdir -p "$T/tmp/ovl$n.u" "$T/tmp/ovl$n.w"
+  mount -t overlay overlay -o "lowerdir=$d,upperdir=$T/tmp/ovl$n.u,workdir=$T/tmp/ovl$n.w" "$d" || exit 91
+done
+export STUB_LOG="$T/stub.log" STUB_TREE="$T/tree" OV_PWN_MARK="$T/pwned" STUB_DB="$T/stub.db"
+export TMPDIR="$T/tmp" PATH="$T/stubs:$PATH"
+mkdir -p "$T/out"
+"#
+        ));
+        script.push_str(body);
+        let out = Command::new("unshare")
+            .args(["--mount", "--propagation", "private", "bash", "-c", &script])
+            .output()
+            .expect("unshare runs");
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        (out.status.success(), text)
+    }
+
+    /// Let another account use the sandbox (its stubs, log and scratch files).
+    pub fn open_to_all(&self) {
+        for rel in [
+            "",
+            "stubs",
+            "tree",
+            "tree/uv-x86_64",
+            "tree/tools",
+            "tree/tools/bin",
+            "out",
+        ] {
+            let _ = std::fs::create_dir_all(self.path(rel));
+            set_mode(&self.path(rel), 0o755);
+        }
+        for rel in ["stub.log", "stub.db"] {
+            let p = self.path(rel);
+            let _ = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(&p);
+            set_mode(&p, 0o666);
+        }
+    }
+
     /// A file the run wrote under the sandbox (e.g. `out/...`), or "" when absent.
     pub fn read(&self, rel: &str) -> String {
         std::fs::read_to_string(self.path(rel)).unwrap_or_default()
