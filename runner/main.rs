@@ -1,1 +1,3 @@
+//! Binary entry point (the CLI is being wired).
+
 fn main() {}

@@ -16,4 +16,5 @@ pub mod project;
 pub mod render;
 pub mod resolve;
 pub mod shell;
+pub mod templates;
 pub mod yaml;

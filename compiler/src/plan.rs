@@ -373,6 +373,96 @@ impl Action {
             Action::ContainerOnly { .. } => "ContainerOnly",
         }
     }
+
+    /// A one-line, human-readable description (for `ov plan`, manifests and `run.sh --list`).
+    pub fn summary(&self) -> String {
+        use crate::layer::TaskVerb;
+        match self {
+            Action::SystemPackages {
+                format,
+                packages,
+                repos,
+                keys,
+                copr,
+                modules,
+                ..
+            } => {
+                let mut parts = Vec::new();
+                if !packages.is_empty() {
+                    parts.push(format!("{}: {}", format, packages.join(" ")));
+                }
+                if !repos.is_empty() {
+                    let names: Vec<&str> = repos
+                        .iter()
+                        .map(|r| r.name.as_deref().unwrap_or("?"))
+                        .collect();
+                    parts.push(format!("repos {}", names.join(" ")));
+                }
+                if !keys.is_empty() {
+                    parts.push(format!("keys {}", keys.join(" ")));
+                }
+                if !copr.is_empty() {
+                    parts.push(format!("copr {}", copr.join(" ")));
+                }
+                if !modules.is_empty() {
+                    parts.push(format!("modules {}", modules.join(" ")));
+                }
+                if parts.is_empty() {
+                    format!("{format}: nothing")
+                } else {
+                    parts.join("; ")
+                }
+            }
+            Action::RepoChange { path, .. } => format!("repo file {path}"),
+            Action::Task { task, .. } => match &task.verb {
+                TaskVerb::Cmd { body } => {
+                    let first = body.lines().find(|l| !l.trim().is_empty()).unwrap_or("");
+                    let mut short: String = first.trim().chars().take(48).collect();
+                    if first.trim().chars().count() > 48 || body.trim().lines().count() > 1 {
+                        short.push('…');
+                    }
+                    format!("cmd {short}")
+                }
+                TaskVerb::Mkdir { path } => format!("mkdir {path}"),
+                TaskVerb::Copy { src, to } => {
+                    format!("copy {src} -> {}", to.as_deref().unwrap_or(src))
+                }
+                TaskVerb::Write { path, .. } => format!("write {path}"),
+                TaskVerb::Link { path, target } => format!("link {path} -> {target}"),
+                TaskVerb::Download { url, .. } => format!("download {url}"),
+                TaskVerb::Setcap { path, caps } if caps.is_empty() => format!("setcap -r {path}"),
+                TaskVerb::Setcap { path, caps } => format!("setcap {caps} {path}"),
+                TaskVerb::Build { what } => format!("build {what} (no-op)"),
+            },
+            Action::File {
+                source, dest, mode, ..
+            } => format!("file {source} -> {dest} ({mode})"),
+            Action::ShellHook { env, path_append } => {
+                let mut parts: Vec<String> = env.iter().map(|(k, _)| k.clone()).collect();
+                if !path_append.is_empty() {
+                    parts.push(format!("PATH+={}", path_append.join(":")));
+                }
+                format!("env {}", parts.join(" "))
+            }
+            Action::ServicePackaged { unit, enable, .. } => {
+                format!("{} {unit}", if *enable { "enable" } else { "configure" })
+            }
+            Action::ServiceCustom { unit, .. } => format!("unit {unit}"),
+            Action::Builder {
+                builder,
+                manifest,
+                packages,
+            } => match manifest {
+                Some(m) => format!("{builder:?} {m}").to_lowercase(),
+                None => format!(
+                    "{} {}",
+                    format!("{builder:?}").to_lowercase(),
+                    packages.join(" ")
+                ),
+            },
+            Action::ContainerOnly { key } => format!("{key} (container-only)"),
+        }
+    }
 }
 
 /// The kinds of reverse operation recorded in the ledger (the original's 15, same spelling).
