@@ -799,4 +799,95 @@ mod tests {
     fn empty_request_is_an_empty_order() {
         assert!(resolve(&Layers::new(), &[]).unwrap().is_empty());
     }
+
+    mod props {
+        use super::*;
+        use proptest::prelude::*;
+
+        /// Acyclic random projects: layer `i` may only name layers `< i`; names are a random
+        /// permutation so that name order and dependency order are unrelated.
+        fn project() -> impl Strategy<Value = (Layers, Vec<String>)> {
+            (2usize..14)
+                .prop_flat_map(|n| {
+                    let layers = proptest::collection::vec(
+                        (
+                            proptest::collection::vec(any::<prop::sample::Index>(), 0..3),
+                            proptest::collection::vec(any::<prop::sample::Index>(), 0..3),
+                            any::<bool>(),
+                        ),
+                        n,
+                    );
+                    let req = proptest::collection::vec(any::<prop::sample::Index>(), 1..4);
+                    let perm = Just((0..n).collect::<Vec<usize>>()).prop_shuffle();
+                    (layers, req, perm)
+                })
+                .prop_map(|(specs, req, perm)| {
+                    let name = |i: usize| format!("l{:02}", perm[i]);
+                    let mut ls = Layers::new();
+                    for (i, (deps, members, content)) in specs.iter().enumerate() {
+                        let pick = |ix: &Vec<prop::sample::Index>| -> Vec<String> {
+                            if i == 0 {
+                                return Vec::new();
+                            }
+                            let mut v: Vec<String> = ix.iter().map(|x| name(x.index(i))).collect();
+                            v.sort();
+                            v.dedup();
+                            v
+                        };
+                        let (d, m) = (pick(deps), pick(members));
+                        let refs: Vec<&str> = d.iter().map(String::as_str).collect();
+                        let mems: Vec<&str> = m.iter().map(String::as_str).collect();
+                        let l = layer(&name(i), &refs, &mems, *content);
+                        ls.insert(l.name.clone(), l);
+                    }
+                    let n = specs.len();
+                    let req = req.iter().map(|x| name(x.index(n))).collect();
+                    (ls, req)
+                })
+        }
+
+        proptest! {
+            #[test]
+            fn order_is_a_deterministic_topological_order_of_what_stays((ls, req) in project()) {
+                let order = resolve(&ls, &req).unwrap();
+                // Same result for any request order.
+                let mut rev = req.clone();
+                rev.reverse();
+                prop_assert_eq!(&resolve(&ls, &rev).unwrap(), &order);
+                // No duplicates, no vanishing composers.
+                let set: BTreeSet<&String> = order.iter().collect();
+                prop_assert_eq!(set.len(), order.len());
+                for n in &order {
+                    prop_assert!(!vanishes(&ls[n]));
+                }
+                // Everything requested that stays is there.
+                for r in &req {
+                    prop_assert!(vanishes(&ls[r]) || order.contains(r));
+                }
+                // Every edge (through vanishing composers) points backwards.
+                let pos = |n: &str| order.iter().position(|x| x == n);
+                fn stays(ls: &Layers, n: &str, out: &mut Vec<String>) {
+                    let l = &ls[n];
+                    if vanishes(l) {
+                        for m in l.layers.iter().chain(&l.depends) {
+                            stays(ls, m, out);
+                        }
+                    } else {
+                        out.push(n.to_string());
+                    }
+                }
+                for (i, n) in order.iter().enumerate() {
+                    let l = &ls[n];
+                    for d in l.depends.iter().chain(&l.layers) {
+                        let mut targets = Vec::new();
+                        stays(&ls, d, &mut targets);
+                        for t in targets {
+                            let tp = pos(&t);
+                            prop_assert!(tp.is_some_and(|p| p < i), "{} must precede {}", t, n);
+                        }
+                    }
+                }
+            }
+        }
+    }
 }
