@@ -89,6 +89,19 @@ pub enum LowerError {
         /// The source as written.
         src: String,
     },
+    /// A task whose path on the target is relative (it would depend on a script's working
+    /// directory).
+    #[error("layer `{layer}`: task at line {line}: `{verb}` path `{path}` must be absolute or start with `~/` or `${{HOME}}`")]
+    RelativeTarget {
+        /// The layer.
+        layer: String,
+        /// Line of the task.
+        line: u32,
+        /// The task verb.
+        verb: &'static str,
+        /// The path as written.
+        path: String,
+    },
     /// A service entry that says neither how to run it nor which unit to use.
     #[error("layer `{layer}`: service `{service}` has neither `exec:` nor `use_packaged:`")]
     ServiceWithoutAction {
@@ -814,6 +827,23 @@ fn lower_task(
         &task.env,
         &format!("the task at line {}", task.pos.line),
     )?;
+    let target_path = match &task.verb {
+        TaskVerb::Copy { src, to } => Some(to.as_ref().unwrap_or(src)),
+        TaskVerb::Mkdir { path }
+        | TaskVerb::Write { path, .. }
+        | TaskVerb::Link { path, .. }
+        | TaskVerb::Setcap { path, .. } => Some(path),
+        TaskVerb::Download { to, .. } => to.as_ref(),
+        TaskVerb::Cmd { .. } | TaskVerb::Build { .. } => None,
+    };
+    if let Some(path) = target_path.filter(|p| !is_anchored(p)) {
+        return Err(LowerError::RelativeTarget {
+            layer: layer_name.to_string(),
+            line: task.pos.line,
+            verb: task.verb.name(),
+            path: path.clone(),
+        });
+    }
 
     if let TaskVerb::Copy { src, to } = &task.verb {
         let dest = to.clone().unwrap_or_else(|| src.clone());
@@ -895,6 +925,18 @@ fn lower_task(
         skip,
         reverse,
     ))
+}
+
+/// Whether a path on the target is anchored: absolute, or under the target user's home. A
+/// relative path would depend on the working directory of a generated script (the original's
+/// container build resolved it against `WORKDIR`, its host renderer against whatever directory
+/// `ov` ran in), so it is refused rather than guessed.
+fn is_anchored(path: &str) -> bool {
+    path.starts_with('/')
+        || path == "~"
+        || path.starts_with("~/")
+        || path.starts_with("${HOME}")
+        || path.starts_with("$HOME")
 }
 
 /// Whether a download lands as a single file at `to` (extract `none`, explicit or by URL).
@@ -1792,7 +1834,7 @@ mod tests {
             task(
                 TaskVerb::Copy {
                     src: "conf".into(),
-                    to: None,
+                    to: Some("~/.conf".into()),
                 },
                 Some("${USER}"),
             ),
@@ -1822,7 +1864,7 @@ mod tests {
             s[1].action,
             Action::File {
                 source: "conf".into(),
-                dest: "conf".into(),
+                dest: "~/.conf".into(),
                 mode: "0644".into(),
                 run_as: RunAs::TargetUser
             }
@@ -1866,6 +1908,49 @@ mod tests {
         fx.add(l, &[("d/inner", "x")]);
         let err = fx.lower(ARCH, ALL, &["c"]).unwrap_err();
         assert!(matches!(err, LowerError::CopySourceNotFile { .. }), "{err}");
+    }
+
+    #[test]
+    fn relative_target_paths_are_refused() {
+        for verb in [
+            TaskVerb::Copy {
+                src: "conf".into(),
+                to: None,
+            },
+            TaskVerb::Mkdir {
+                path: "data".into(),
+            },
+            TaskVerb::Write {
+                path: "x.conf".into(),
+                content: String::new(),
+            },
+            TaskVerb::Link {
+                path: "bin/x".into(),
+                target: "/opt/x".into(),
+            },
+        ] {
+            let mut fx = Fixture::new();
+            let mut l = named("rel");
+            l.tasks = vec![task(verb, Some("${USER}"))];
+            fx.add(l, &[("conf", "x")]);
+            let err = fx.lower(ARCH, ALL, &["rel"]).unwrap_err();
+            assert!(
+                matches!(err, LowerError::RelativeTarget { line: 7, .. }),
+                "{err}"
+            );
+        }
+        // A relative link *target* is fine: it is resolved against the link's directory.
+        let mut fx = Fixture::new();
+        let mut l = named("rel");
+        l.tasks = vec![task(
+            TaskVerb::Link {
+                path: "~/bin/x".into(),
+                target: "x-wrapper".into(),
+            },
+            Some("${USER}"),
+        )];
+        fx.add(l, &[]);
+        assert!(fx.lower(ARCH, ALL, &["rel"]).is_ok());
     }
 
     #[cfg(unix)]
