@@ -69,7 +69,10 @@ impl Layer {
             || !self.env.is_empty()
             || !self.path_append.is_empty()
             || !self.services.is_empty()
-            || !self.container_only.is_empty()
+            || self
+                .container_only
+                .iter()
+                .any(ContainerOnlyKey::counts_as_content)
             || self.builder_files.any()
     }
 }
@@ -328,6 +331,8 @@ pub struct SecretSpec {
     pub description: Option<String>,
     /// Credential-store key (`ov/<svc>/<key>`).
     pub key: Option<String>,
+    /// `default:` — the value used when an accepted (optional) secret is not set.
+    pub default: Option<String>,
 }
 
 /// A file retrieved back to the operator after a deploy.
@@ -343,6 +348,17 @@ pub struct Artifact {
     pub mode: Option<String>,
     /// `optional:`.
     pub optional: bool,
+    /// `rewrite:` — literal find/replace pairs applied to the retrieved file, in order.
+    pub rewrite: Vec<ArtifactRewrite>,
+}
+
+/// One `rewrite:` entry of an artifact.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ArtifactRewrite {
+    /// Text to find (may contain `${VAR}` references expanded on the operator's side).
+    pub find: String,
+    /// Replacement text (same expansion).
+    pub replace: String,
 }
 
 /// A key that only a container build or runtime uses.
@@ -352,6 +368,25 @@ pub struct ContainerOnlyKey {
     pub key: String,
     /// Why it does not apply to a host or VM deploy.
     pub reason: String,
+}
+
+impl ContainerOnlyKey {
+    /// Whether the original's `HasContent` counted this key (ports, route, volumes, aliases,
+    /// extract, data, libvirt, port_relay): only those keep a composing layer in the resolved
+    /// order. Checks, env contracts, security and the like do not.
+    pub fn counts_as_content(&self) -> bool {
+        matches!(
+            self.key.as_str(),
+            "ports"
+                | "route"
+                | "volumes"
+                | "aliases"
+                | "extract"
+                | "data"
+                | "libvirt"
+                | "port_relay"
+        )
+    }
 }
 
 /// A map of layer name to layer, ordered by name (the resolver's lexicographic queue relies on it).

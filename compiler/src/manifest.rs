@@ -1,1 +1,530 @@
-//! manifest — placeholder module, being written.
+//! Stage `bundle` (manifest): the `manifest.json` types written into every bundle and read back by
+//! `ov inspect` / `ov verify`; invariant: a bundle is only reported intact when its archive digest
+//! matches the `.sha256` text and every file matches `SHA256SUMS`, with none missing or extra.
+//!
+//! The types mirror the plan (`crate::plan`) with plain strings instead of enums, so they can be
+//! deserialised from any bundle of the same format without the compiler's internal types.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::io::Read;
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use thiserror::Error;
+
+/// The bundle format this compiler writes (also `plan::FORMAT_VERSION`).
+pub const BUNDLE_FORMAT: u32 = crate::plan::FORMAT_VERSION;
+
+/// The whole `manifest.json`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Manifest {
+    /// Bundle format version ([`BUNDLE_FORMAT`]).
+    pub format_version: u32,
+    /// The `ov` version that wrote the bundle.
+    pub ov_version: String,
+    /// What is deployed, where, for whom.
+    pub deploy: ManifestDeploy,
+    /// The gates opened for this compile.
+    pub gates: ManifestGates,
+    /// Layers in install order.
+    pub layers: Vec<ManifestLayer>,
+    /// Templates replaced by `--templates DIR`, with the sha256 of each replacement.
+    pub overridden_templates: Vec<OverriddenTemplate>,
+    /// The modification time stamped on every archive entry (seconds since the epoch).
+    pub mtime: u64,
+}
+
+impl Manifest {
+    /// The human listing of a bundle, as `run.sh --list` and `ov inspect` print it: layers, their
+    /// scripts and steps, and the skipped steps with their reasons.
+    pub fn listing(&self) -> String {
+        let mut out = format!(
+            "deploy {} (id {}), {} layer(s), target user: {}\n",
+            self.deploy.name,
+            self.deploy.id,
+            self.layers.len(),
+            self.deploy
+                .user
+                .as_deref()
+                .unwrap_or("--user NAME, else $SUDO_USER")
+        );
+        for (i, l) in self.layers.iter().enumerate() {
+            out.push_str(&format!(
+                "{:>3}. {}  (digest {})\n",
+                i + 1,
+                l.name,
+                &l.digest[..12.min(l.digest.len())]
+            ));
+            for s in &l.scripts {
+                out.push_str(&format!("       {}  [{}, {}]\n", s.path, s.scope, s.venue));
+                for step in &s.steps {
+                    out.push_str(&format!("         - {step}\n"));
+                }
+            }
+            for s in &l.skipped {
+                out.push_str(&format!(
+                    "       skipped: {} {}: {}\n",
+                    s.kind, s.what, s.reason
+                ));
+            }
+        }
+        out.trim_end().to_string()
+    }
+}
+
+/// The deploy of a bundle.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ManifestDeploy {
+    /// Canonical deploy name, e.g. `vm:arch` or `host`.
+    pub name: String,
+    /// Deploy id in the target's ledger (16 hex digits).
+    pub id: String,
+    /// The target, `vm:<vm>` or `host`.
+    pub target: String,
+    /// Distro tags, most specific first.
+    pub distro: Vec<String>,
+    /// Package formats, primary first.
+    pub package_formats: Vec<String>,
+    /// The target account, if the deploy names one (else `--user` / `$SUDO_USER` on the target).
+    pub user: Option<String>,
+    /// The layers that were asked for, before resolution.
+    pub requested: Vec<String>,
+}
+
+/// The gates (opt-ins) of a compile.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct ManifestGates {
+    /// `--allow-repo-changes`.
+    pub allow_repo_changes: bool,
+    /// `--allow-root-tasks`.
+    pub allow_root_tasks: bool,
+    /// `--with-services`.
+    pub with_services: bool,
+}
+
+/// One layer of the bundle.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ManifestLayer {
+    /// Layer name.
+    pub name: String,
+    /// `version:` of the layer, if any.
+    pub version: Option<String>,
+    /// The layer directory relative to the project root.
+    pub source: String,
+    /// Its directory inside the bundle, e.g. `layers/01-ripgrep`.
+    pub dir: String,
+    /// Content digest: sha256 over the layer's scripts, undo script and payload (see
+    /// `docs/bundle-runtime.md`); the ledger compares it to decide whether to skip the layer.
+    pub digest: String,
+    /// Scripts in run order.
+    pub scripts: Vec<ManifestScript>,
+    /// Path of the layer's undo script inside the bundle.
+    pub undo: String,
+    /// Payload files inside the bundle (`files/<layer>/…`).
+    pub payload: Vec<String>,
+    /// Steps that do not run on this target, and why.
+    pub skipped: Vec<SkippedStep>,
+    /// Reverse operations of the steps that run, in step order (teardown runs them last-to-first).
+    pub reverse_ops: Vec<ManifestReverseOp>,
+}
+
+/// One step script.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ManifestScript {
+    /// File name inside the layer directory, e.g. `01-system.sh`.
+    pub file: String,
+    /// Path inside the bundle.
+    pub path: String,
+    /// `system`, `user` or `user-profile`.
+    pub scope: String,
+    /// `host-native` or `container-builder`.
+    pub venue: String,
+    /// One-line summaries of its steps.
+    pub steps: Vec<String>,
+}
+
+/// A step left out of the bundle.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SkippedStep {
+    /// Step kind, e.g. `ServiceCustom`.
+    pub kind: String,
+    /// Its scope.
+    pub scope: String,
+    /// What it would have done.
+    pub what: String,
+    /// Why it does not run.
+    pub reason: String,
+    /// The gate (CLI flag without dashes) that would enable it.
+    pub enable_with: Option<String>,
+}
+
+/// A reverse operation as recorded in the manifest and the ledger.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ManifestReverseOp {
+    /// Kind, e.g. `package-remove`.
+    pub kind: String,
+    /// Package format (package-remove).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub format: Option<String>,
+    /// Paths, packages, units or coprs.
+    pub targets: Vec<String>,
+    /// Who performs it.
+    pub scope: String,
+    /// Extra details.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub extra: BTreeMap<String, String>,
+}
+
+/// A template replaced by `--templates DIR`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OverriddenTemplate {
+    /// Template name, e.g. `steps/task.sh.j2`.
+    pub name: String,
+    /// sha256 of the replacement text.
+    pub sha256: String,
+}
+
+/// Why an archive could not be read.
+#[derive(Debug, Error)]
+pub enum ArchiveError {
+    /// The gzip or tar stream is broken.
+    #[error("cannot read the archive")]
+    Read(#[source] std::io::Error),
+    /// An entry that must never be in a bundle (absolute path, `..`, link, device, …).
+    #[error("unsafe archive entry `{path}`: {reason}")]
+    Unsafe {
+        /// The entry's path as stored.
+        path: String,
+        /// What is wrong with it.
+        reason: &'static str,
+    },
+    /// Entries under more than one top directory, or none.
+    #[error("the archive must hold exactly one top directory (found: {found})")]
+    TopDirectory {
+        /// The top-level names found.
+        found: String,
+    },
+    /// The same path twice.
+    #[error("duplicate archive entry `{path}`")]
+    Duplicate {
+        /// The path.
+        path: String,
+    },
+}
+
+/// The files of a bundle archive, read into memory.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ArchiveContents {
+    /// The top directory, e.g. `vm-arch`.
+    pub top: String,
+    /// Every regular file by path relative to the top directory: (mode, bytes).
+    pub files: BTreeMap<String, (u32, Vec<u8>)>,
+}
+
+/// Read a bundle archive (`.tar.gz`) without extracting it, refusing anything but one top
+/// directory holding plain directories and regular files.
+pub fn read_archive(archive: &[u8]) -> Result<ArchiveContents, ArchiveError> {
+    let mut tar = tar::Archive::new(flate2::read::GzDecoder::new(archive));
+    let mut top: BTreeSet<String> = BTreeSet::new();
+    let mut files = BTreeMap::new();
+    for entry in tar.entries().map_err(ArchiveError::Read)? {
+        let mut entry = entry.map_err(ArchiveError::Read)?;
+        let raw = entry.path_bytes().into_owned();
+        let path = String::from_utf8_lossy(&raw).into_owned();
+        let unsafe_entry = |reason| ArchiveError::Unsafe {
+            path: path.clone(),
+            reason,
+        };
+        if path.starts_with('/') {
+            return Err(unsafe_entry("absolute path"));
+        }
+        let parts: Vec<&str> = path.split('/').filter(|p| !p.is_empty()).collect();
+        if parts.iter().any(|p| *p == ".." || *p == ".") {
+            return Err(unsafe_entry("`.` or `..` component"));
+        }
+        let Some(first) = parts.first() else {
+            return Err(unsafe_entry("empty path"));
+        };
+        top.insert((*first).to_string());
+        let kind = entry.header().entry_type();
+        if kind.is_dir() {
+            continue;
+        }
+        if !kind.is_file() {
+            return Err(unsafe_entry("not a regular file or directory"));
+        }
+        if parts.len() < 2 {
+            return Err(unsafe_entry("file outside the top directory"));
+        }
+        let mode = entry.header().mode().map_err(ArchiveError::Read)?;
+        let mut data = Vec::new();
+        entry.read_to_end(&mut data).map_err(ArchiveError::Read)?;
+        let rel = parts[1..].join("/");
+        if files.insert(rel, (mode, data)).is_some() {
+            return Err(ArchiveError::Duplicate { path });
+        }
+    }
+    if top.len() != 1 {
+        return Err(ArchiveError::TopDirectory {
+            found: top.into_iter().collect::<Vec<_>>().join(", "),
+        });
+    }
+    let top = top.into_iter().next().unwrap_or_default();
+    Ok(ArchiveContents { top, files })
+}
+
+/// What [`verify_archive`] checked.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct VerifyReport {
+    /// The archive's sha256 (matches the `.sha256` file).
+    pub sha256: String,
+    /// The top directory.
+    pub top: String,
+    /// Number of files checked against `SHA256SUMS`.
+    pub files_checked: usize,
+    /// The deploy named in the manifest, if the manifest could be read.
+    pub deploy: Option<String>,
+}
+
+/// Why a bundle failed verification.
+#[derive(Debug, Error)]
+pub enum VerifyError {
+    /// The `.sha256` text holds no sha256.
+    #[error("the checksum file does not start with a sha256 (64 hex digits)")]
+    MalformedChecksum,
+    /// The archive's digest differs from the `.sha256` file.
+    #[error("archive digest mismatch: expected {expected}, found {actual}")]
+    ArchiveDigest {
+        /// From the `.sha256` file.
+        expected: String,
+        /// Of the archive bytes.
+        actual: String,
+    },
+    /// The archive cannot be read or holds unsafe entries.
+    #[error("invalid bundle archive")]
+    Archive(#[source] ArchiveError),
+    /// No `SHA256SUMS` in the bundle.
+    #[error("the bundle has no SHA256SUMS")]
+    NoSums,
+    /// A line of `SHA256SUMS` is not `<sha256>  <path>`.
+    #[error("malformed SHA256SUMS line {line}: `{text}`")]
+    MalformedSums {
+        /// 1-based line number.
+        line: usize,
+        /// The line.
+        text: String,
+    },
+    /// Files differ from `SHA256SUMS`, are missing, or are not listed.
+    #[error("bundle contents do not match SHA256SUMS: {}", contents_summary(.mismatched, .missing, .extra))]
+    Contents {
+        /// Files whose digest differs.
+        mismatched: Vec<String>,
+        /// Listed but absent.
+        missing: Vec<String>,
+        /// Present but not listed.
+        extra: Vec<String>,
+    },
+}
+
+fn contents_summary(mismatched: &[String], missing: &[String], extra: &[String]) -> String {
+    let mut parts = Vec::new();
+    for (label, list) in [
+        ("modified", mismatched),
+        ("missing", missing),
+        ("not listed", extra),
+    ] {
+        if !list.is_empty() {
+            let names: Vec<String> = list.iter().take(5).map(|n| format!("`{n}`")).collect();
+            let more = if list.len() > 5 {
+                format!(" and {} more", list.len() - 5)
+            } else {
+                String::new()
+            };
+            parts.push(format!("{label}: {}{more}", names.join(", ")));
+        }
+    }
+    parts.join("; ")
+}
+
+/// Parse `SHA256SUMS` text into (path → lowercase hex digest).
+pub fn parse_sums(text: &str) -> Result<BTreeMap<String, String>, VerifyError> {
+    let mut out = BTreeMap::new();
+    for (i, line) in text.lines().enumerate() {
+        let bad = || VerifyError::MalformedSums {
+            line: i + 1,
+            text: line.to_string(),
+        };
+        let (hash, path) = line.split_once("  ").ok_or_else(bad)?;
+        if !is_sha256_hex(hash) || path.is_empty() {
+            return Err(bad());
+        }
+        if out
+            .insert(path.to_string(), hash.to_ascii_lowercase())
+            .is_some()
+        {
+            return Err(bad());
+        }
+    }
+    Ok(out)
+}
+
+fn is_sha256_hex(s: &str) -> bool {
+    s.len() == 64 && s.bytes().all(|b| b.is_ascii_hexdigit())
+}
+
+/// Check a bundle: the archive's sha256 against the text of its `.sha256` file (`<hex>  <name>`),
+/// then every file inside against `SHA256SUMS`, reporting modified, missing and unlisted files.
+pub fn verify_archive(
+    archive: &[u8],
+    expected_sha256_text: &str,
+) -> Result<VerifyReport, VerifyError> {
+    let expected = expected_sha256_text
+        .split_whitespace()
+        .next()
+        .filter(|h| is_sha256_hex(h))
+        .ok_or(VerifyError::MalformedChecksum)?
+        .to_ascii_lowercase();
+    let actual = hex::encode(Sha256::digest(archive));
+    if expected != actual {
+        return Err(VerifyError::ArchiveDigest { expected, actual });
+    }
+    let contents = read_archive(archive).map_err(VerifyError::Archive)?;
+    let sums_bytes = contents
+        .files
+        .get("SHA256SUMS")
+        .map(|(_, d)| d)
+        .ok_or(VerifyError::NoSums)?;
+    let sums = parse_sums(&String::from_utf8_lossy(sums_bytes))?;
+    let mut mismatched = Vec::new();
+    let mut missing = Vec::new();
+    for (path, hash) in &sums {
+        match contents.files.get(path) {
+            None => missing.push(path.clone()),
+            Some((_, data)) if hex::encode(Sha256::digest(data)) != *hash => {
+                mismatched.push(path.clone())
+            }
+            Some(_) => {}
+        }
+    }
+    let extra: Vec<String> = contents
+        .files
+        .keys()
+        .filter(|p| p.as_str() != "SHA256SUMS" && !sums.contains_key(*p))
+        .cloned()
+        .collect();
+    if !(mismatched.is_empty() && missing.is_empty() && extra.is_empty()) {
+        return Err(VerifyError::Contents {
+            mismatched,
+            missing,
+            extra,
+        });
+    }
+    let deploy = contents
+        .files
+        .get("manifest.json")
+        .and_then(|(_, d)| serde_json::from_slice::<Manifest>(d).ok())
+        .map(|m| m.deploy.name);
+    Ok(VerifyReport {
+        sha256: actual,
+        top: contents.top,
+        files_checked: sums.len(),
+        deploy,
+    })
+}
+
+/// Why a bundle could not be inspected.
+#[derive(Debug, Error)]
+pub enum InspectError {
+    /// The archive cannot be read or holds unsafe entries.
+    #[error("invalid bundle archive")]
+    Archive(#[source] ArchiveError),
+    /// No `manifest.json`.
+    #[error("the bundle `{top}` has no manifest.json")]
+    NoManifest {
+        /// The top directory.
+        top: String,
+    },
+    /// `manifest.json` is not a manifest of a format this `ov` reads.
+    #[error("cannot read manifest.json of `{top}`")]
+    Manifest {
+        /// The top directory.
+        top: String,
+        /// The parse error.
+        #[source]
+        source: serde_json::Error,
+    },
+    /// A newer bundle format.
+    #[error("bundle `{top}` has format {found}; this ov reads format {BUNDLE_FORMAT}")]
+    Format {
+        /// The top directory.
+        top: String,
+        /// The format found.
+        found: u32,
+    },
+}
+
+/// A bundle read for `ov inspect`: its manifest and its files.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Inspection {
+    /// The top directory.
+    pub top: String,
+    /// The parsed manifest.
+    pub manifest: Manifest,
+    /// Every file (path relative to the top directory → bytes).
+    pub files: BTreeMap<String, Vec<u8>>,
+}
+
+impl Inspection {
+    /// The text of one file by its path inside the bundle (`layers/01-x/01-system.sh`, also
+    /// accepted with the top directory in front); `None` if absent or not UTF-8.
+    pub fn script(&self, path: &str) -> Option<&str> {
+        let path = path.trim_start_matches("./");
+        let rel = path
+            .strip_prefix(&self.top)
+            .and_then(|p| p.strip_prefix('/'))
+            .unwrap_or(path);
+        self.files
+            .get(rel)
+            .and_then(|d| std::str::from_utf8(d).ok())
+    }
+
+    /// Paths of every file, sorted.
+    pub fn paths(&self) -> impl Iterator<Item = &str> {
+        self.files.keys().map(String::as_str)
+    }
+}
+
+/// Read a bundle's manifest and files (no integrity check: use [`verify_archive`] for that).
+pub fn inspect(archive: &[u8]) -> Result<Inspection, InspectError> {
+    let contents = read_archive(archive).map_err(InspectError::Archive)?;
+    let top = contents.top;
+    let files: BTreeMap<String, Vec<u8>> = contents
+        .files
+        .into_iter()
+        .map(|(p, (_, d))| (p, d))
+        .collect();
+    let raw = files
+        .get("manifest.json")
+        .ok_or_else(|| InspectError::NoManifest { top: top.clone() })?;
+    #[derive(Deserialize)]
+    struct FormatOnly {
+        format_version: u32,
+    }
+    if let Ok(f) = serde_json::from_slice::<FormatOnly>(raw) {
+        if f.format_version > BUNDLE_FORMAT {
+            return Err(InspectError::Format {
+                top,
+                found: f.format_version,
+            });
+        }
+    }
+    let manifest = serde_json::from_slice(raw).map_err(|source| InspectError::Manifest {
+        top: top.clone(),
+        source,
+    })?;
+    Ok(Inspection {
+        top,
+        manifest,
+        files,
+    })
+}

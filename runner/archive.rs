@@ -1,0 +1,358 @@
+//! Stage `runner`, bundle archive (local side): checks a bundle against the `.sha256` beside it
+//! and reads what the pusher needs from it (top directory, manifest).
+//! Invariant: nothing is sent anywhere unless the archive matches its `.sha256`, has exactly one
+//! top directory holding `run.sh`, and no entry escapes that directory.
+
+use std::io::Read;
+use std::path::{Component, Path, PathBuf};
+
+use flate2::read::GzDecoder;
+use serde_json::Value;
+use sha2::{Digest, Sha256};
+
+use crate::exit::{Exit, HasExit};
+
+/// One layer as the manifest lists it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ManifestLayer {
+    /// Layer name.
+    pub name: String,
+    /// Content digest (empty when the manifest has none).
+    pub digest: String,
+}
+
+/// A verified bundle archive.
+#[derive(Debug, Clone)]
+pub struct BundleInfo {
+    /// The archive.
+    pub path: PathBuf,
+    /// Its file name.
+    pub file_name: String,
+    /// Its sha256 (verified against the `.sha256` file).
+    pub sha256: String,
+    /// Its size in bytes.
+    pub size: u64,
+    /// The single top directory inside.
+    pub top: String,
+    /// `manifest.json`, parsed (Null when the bundle has none).
+    pub manifest: Value,
+    /// `deploy` from the manifest.
+    pub deploy: Option<String>,
+    /// `deploy_id` from the manifest.
+    pub deploy_id: Option<String>,
+    /// The target user from the manifest.
+    pub user: Option<String>,
+    /// Layers in install order.
+    pub layers: Vec<ManifestLayer>,
+}
+
+/// Why a bundle cannot be pushed.
+#[derive(Debug, thiserror::Error)]
+pub enum BundleError {
+    /// Reading failed.
+    #[error("cannot read `{path}`")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// No checksum file.
+    #[error("no checksum file `{path}` beside the bundle (`ov compile` writes it; pass the `.tar.gz` it sits next to)")]
+    NoChecksum {
+        /// Expected path.
+        path: PathBuf,
+    },
+    /// The checksum file is not `sha256sum` output.
+    #[error("`{path}` does not hold a sha256 checksum")]
+    BadChecksum {
+        /// The file.
+        path: PathBuf,
+    },
+    /// The archive changed after compile.
+    #[error("bundle `{path}` does not match its checksum (expected {expected}, got {actual}): it was altered after compile; refusing to push")]
+    Mismatch {
+        /// The archive.
+        path: PathBuf,
+        /// From the `.sha256` file.
+        expected: String,
+        /// Computed.
+        actual: String,
+    },
+    /// The archive's layout is not a bundle's.
+    #[error("`{path}` is not an ov bundle: {reason}")]
+    Layout {
+        /// The archive.
+        path: PathBuf,
+        /// What is wrong.
+        reason: String,
+    },
+}
+
+impl HasExit for BundleError {
+    fn exit(&self) -> Exit {
+        match self {
+            BundleError::Mismatch { .. } => Exit::Integrity,
+            BundleError::Io { .. } => Exit::InvalidInput,
+            _ => Exit::InvalidInput,
+        }
+    }
+}
+
+/// `<archive>.sha256`.
+pub fn checksum_path(archive: &Path) -> PathBuf {
+    let mut s = archive.as_os_str().to_os_string();
+    s.push(".sha256");
+    PathBuf::from(s)
+}
+
+/// sha256 of a file, hex.
+pub fn sha256_file(path: &Path) -> Result<(String, u64), BundleError> {
+    let io = |source| BundleError::Io {
+        path: path.to_path_buf(),
+        source,
+    };
+    let mut f = std::fs::File::open(path).map_err(io)?;
+    let mut h = Sha256::new();
+    let mut buf = vec![0u8; 256 * 1024];
+    let mut n = 0u64;
+    loop {
+        let k = f.read(&mut buf).map_err(io)?;
+        if k == 0 {
+            break;
+        }
+        h.update(&buf[..k]);
+        n += k as u64;
+    }
+    Ok((hex::encode(h.finalize()), n))
+}
+
+/// Verify `path` against its `.sha256` and read its layout and manifest.
+pub fn open_bundle(path: &Path) -> Result<BundleInfo, BundleError> {
+    let sum_path = checksum_path(path);
+    let sum_text = match std::fs::read_to_string(&sum_path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return Err(BundleError::NoChecksum { path: sum_path })
+        }
+        Err(source) => {
+            return Err(BundleError::Io {
+                path: sum_path,
+                source,
+            })
+        }
+    };
+    let expected = sum_text
+        .split_whitespace()
+        .next()
+        .map(|s| s.to_ascii_lowercase())
+        .filter(|s| s.len() == 64 && s.bytes().all(|b| b.is_ascii_hexdigit()))
+        .ok_or_else(|| BundleError::BadChecksum {
+            path: sum_path.clone(),
+        })?;
+    let (actual, size) = sha256_file(path)?;
+    if actual != expected {
+        return Err(BundleError::Mismatch {
+            path: path.to_path_buf(),
+            expected,
+            actual,
+        });
+    }
+    let layout = |reason: String| BundleError::Layout {
+        path: path.to_path_buf(),
+        reason,
+    };
+    let io = |source| BundleError::Io {
+        path: path.to_path_buf(),
+        source,
+    };
+    let f = std::fs::File::open(path).map_err(io)?;
+    let mut ar = tar::Archive::new(GzDecoder::new(f));
+    let mut top: Option<String> = None;
+    let mut manifest = Value::Null;
+    let mut has_run = false;
+    for entry in ar.entries().map_err(io)? {
+        let mut entry = entry.map_err(io)?;
+        let p = entry.path().map_err(io)?.into_owned();
+        let mut comps = Vec::new();
+        for c in p.components() {
+            match c {
+                Component::Normal(s) => comps.push(s.to_string_lossy().into_owned()),
+                Component::CurDir => {}
+                _ => {
+                    return Err(layout(format!(
+                        "entry `{}` escapes the bundle",
+                        p.display()
+                    )))
+                }
+            }
+        }
+        let Some(first) = comps.first().cloned() else {
+            continue;
+        };
+        match &top {
+            None => top = Some(first.clone()),
+            Some(t) if *t != first => {
+                return Err(layout(format!(
+                    "more than one top directory (`{t}` and `{first}`)"
+                )))
+            }
+            Some(_) => {}
+        }
+        let kind = entry.header().entry_type();
+        if kind.is_symlink() || kind.is_hard_link() {
+            let target = entry
+                .link_name()
+                .map_err(io)?
+                .map(|t| t.into_owned())
+                .unwrap_or_default();
+            if target.is_absolute()
+                || target
+                    .components()
+                    .any(|c| matches!(c, Component::ParentDir))
+            {
+                return Err(layout(format!(
+                    "link `{}` points outside the bundle",
+                    p.display()
+                )));
+            }
+        }
+        if comps.len() == 2 && comps[1] == "run.sh" {
+            has_run = true;
+        }
+        if comps.len() == 2 && comps[1] == "manifest.json" {
+            let mut text = String::new();
+            entry
+                .read_to_string(&mut text)
+                .map_err(|e| layout(format!("manifest.json: {e}")))?;
+            manifest =
+                serde_json::from_str(&text).map_err(|e| layout(format!("manifest.json: {e}")))?;
+        }
+    }
+    let top = top.ok_or_else(|| layout("the archive is empty".into()))?;
+    if !has_run {
+        return Err(layout(format!("no `{top}/run.sh`")));
+    }
+    let s = |k: &str| manifest.get(k).and_then(Value::as_str).map(str::to_string);
+    let layers = manifest
+        .get("layers")
+        .and_then(Value::as_array)
+        .map(|a| {
+            a.iter()
+                .filter_map(|l| match l {
+                    Value::String(n) => Some(ManifestLayer {
+                        name: n.clone(),
+                        digest: String::new(),
+                    }),
+                    Value::Object(o) => Some(ManifestLayer {
+                        name: o.get("name")?.as_str()?.to_string(),
+                        digest: o
+                            .get("digest")
+                            .and_then(Value::as_str)
+                            .unwrap_or_default()
+                            .to_string(),
+                    }),
+                    _ => None,
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    Ok(BundleInfo {
+        file_name: path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_else(|| "bundle.tar.gz".into()),
+        path: path.to_path_buf(),
+        sha256: actual,
+        size,
+        deploy: s("deploy"),
+        deploy_id: s("deploy_id"),
+        user: s("user"),
+        top,
+        manifest,
+        layers,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use flate2::write::GzEncoder;
+
+    fn make(dir: &Path, entries: &[(&str, &str)]) -> PathBuf {
+        let path = dir.join("b.tar.gz");
+        let f = std::fs::File::create(&path).expect("create");
+        let mut b = tar::Builder::new(GzEncoder::new(f, flate2::Compression::default()));
+        for (name, body) in entries {
+            let mut h = tar::Header::new_gnu();
+            h.set_size(body.len() as u64);
+            h.set_mode(0o644);
+            h.set_cksum();
+            b.append_data(&mut h, name, body.as_bytes())
+                .expect("append");
+        }
+        b.into_inner().expect("tar").finish().expect("gz");
+        let (sum, _) = sha256_file(&path).expect("sum");
+        std::fs::write(checksum_path(&path), format!("{sum}  b.tar.gz\n")).expect("write sum");
+        path
+    }
+
+    #[test]
+    fn reads_manifest_and_checks_sum() {
+        let d = tempfile::tempdir().expect("tempdir");
+        let p = make(
+            d.path(),
+            &[
+                ("vm-x/run.sh", "#!/bin/bash\n"),
+                (
+                    "vm-x/manifest.json",
+                    r#"{"deploy":"vm:x","deploy_id":"abc","user":"u","layers":[{"name":"a","digest":"d1"},{"name":"b","digest":"d2"}]}"#,
+                ),
+            ],
+        );
+        let b = open_bundle(&p).expect("open");
+        assert_eq!(b.top, "vm-x");
+        assert_eq!(b.deploy_id.as_deref(), Some("abc"));
+        assert_eq!(
+            b.layers,
+            vec![
+                ManifestLayer {
+                    name: "a".into(),
+                    digest: "d1".into()
+                },
+                ManifestLayer {
+                    name: "b".into(),
+                    digest: "d2".into()
+                }
+            ]
+        );
+        // One changed byte after compile: refused.
+        let mut bytes = std::fs::read(&p).expect("read");
+        let last = bytes.len() - 1;
+        bytes[last] ^= 1;
+        std::fs::write(&p, bytes).expect("write");
+        let e = open_bundle(&p).expect_err("tampered");
+        assert_eq!(e.exit(), Exit::Integrity);
+    }
+
+    #[test]
+    fn refuses_bad_layouts() {
+        let d = tempfile::tempdir().expect("tempdir");
+        let p = make(d.path(), &[("a/run.sh", "x"), ("b/x", "y")]);
+        assert!(open_bundle(&p)
+            .expect_err("two tops")
+            .to_string()
+            .contains("more than one top"));
+        let p = make(d.path(), &[("a/x", "x")]);
+        assert!(open_bundle(&p)
+            .expect_err("no run.sh")
+            .to_string()
+            .contains("run.sh"));
+        std::fs::remove_file(checksum_path(&p)).expect("rm");
+        assert!(matches!(
+            open_bundle(&p),
+            Err(BundleError::NoChecksum { .. })
+        ));
+    }
+}

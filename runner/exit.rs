@@ -1,0 +1,114 @@
+//! Stage `runner`, exit codes: the one enum every command maps its outcome to; the numbers are
+//! part of the CLI's interface (documented in the README) and never change meaning.
+
+use std::fmt;
+
+/// Process exit status of `ov`.
+///
+/// | code | meaning |
+/// |---:|---|
+/// | 0 | success |
+/// | 1 | any other failure (local I/O, an unexpected remote answer, …) |
+/// | 2 | usage: bad command line |
+/// | 3 | invalid input: layers, deploy files, a bundle that cannot be read, a missing key |
+/// | 4 | integrity: the bundle does not match its `.sha256` or `SHA256SUMS` (locally or after upload) |
+/// | 5 | cannot connect: SSH unreachable before the deadline, authentication refused, host key changed, or the user lacks passwordless sudo |
+/// | 6 | cloud-init on the target finished with errors |
+/// | 7 | a remote step failed (a layer script, or teardown left something undone) |
+/// | 8 | the target's ledger is locked by another run |
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Exit {
+    /// 0 — everything worked.
+    Ok,
+    /// 1 — a failure none of the other codes describes.
+    Other,
+    /// 2 — the command line was wrong.
+    Usage,
+    /// 3 — an input file (layers, deploy.yml, bundle, key) is invalid or missing.
+    InvalidInput,
+    /// 4 — a checksum did not match.
+    Integrity,
+    /// 5 — the target could not be reached or would not let us in (incl. sudo).
+    CannotConnect,
+    /// 6 — cloud-init reported errors.
+    CloudInit,
+    /// 7 — a step on the target failed.
+    RemoteStep,
+    /// 8 — another run holds the target's ledger lock.
+    Locked,
+}
+
+impl Exit {
+    /// Every variant, in code order (for docs and tests).
+    pub const ALL: [Exit; 9] = [
+        Exit::Ok,
+        Exit::Other,
+        Exit::Usage,
+        Exit::InvalidInput,
+        Exit::Integrity,
+        Exit::CannotConnect,
+        Exit::CloudInit,
+        Exit::RemoteStep,
+        Exit::Locked,
+    ];
+
+    /// The numeric process exit status.
+    pub fn code(self) -> u8 {
+        match self {
+            Exit::Ok => 0,
+            Exit::Other => 1,
+            Exit::Usage => 2,
+            Exit::InvalidInput => 3,
+            Exit::Integrity => 4,
+            Exit::CannotConnect => 5,
+            Exit::CloudInit => 6,
+            Exit::RemoteStep => 7,
+            Exit::Locked => 8,
+        }
+    }
+
+    /// A short description (used by `--help` texts and JSON output).
+    pub fn describe(self) -> &'static str {
+        match self {
+            Exit::Ok => "success",
+            Exit::Other => "other failure",
+            Exit::Usage => "usage error",
+            Exit::InvalidInput => "invalid input",
+            Exit::Integrity => "integrity check failed",
+            Exit::CannotConnect => "cannot connect",
+            Exit::CloudInit => "cloud-init failed",
+            Exit::RemoteStep => "remote step failed",
+            Exit::Locked => "target locked",
+        }
+    }
+}
+
+impl fmt::Display for Exit {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} ({})", self.code(), self.describe())
+    }
+}
+
+impl From<Exit> for std::process::ExitCode {
+    fn from(e: Exit) -> Self {
+        std::process::ExitCode::from(e.code())
+    }
+}
+
+/// Implemented by every runner error so the CLI can turn it into an [`Exit`].
+pub trait HasExit {
+    /// The exit status this error stands for.
+    fn exit(&self) -> Exit;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn codes_are_distinct_and_documented_order() {
+        let codes: Vec<u8> = Exit::ALL.iter().map(|e| e.code()).collect();
+        assert_eq!(codes, vec![0, 1, 2, 3, 4, 5, 6, 7, 8]);
+        assert_eq!(Exit::Locked.to_string(), "8 (target locked)");
+    }
+}

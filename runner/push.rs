@@ -1,0 +1,813 @@
+//! Stage `runner`, push: verify the bundle locally → connect → probe → wait for cloud-init →
+//! stream the archive once into `/var/tmp/ov/<unique>/` → verify its sha256 there, extract, run
+//! `run.sh` under `sudo -n bash -s` (a small bootstrap on stdin) → read the ledger → save state.
+//! Invariants: nothing reaches the target unless the archive matches its `.sha256`; a fixed
+//! number of channels per push (probe, [cloud-init], upload, run, ledger) whatever the number
+//! of layers; the master is closed on every path; the remote work directory is removed unless
+//! `--keep`.
+
+use std::collections::VecDeque;
+use std::path::PathBuf;
+
+use crate::archive::{open_bundle, BundleError, BundleInfo};
+use crate::executor::{quote, As, ExecError, Executor, Input, Request, Sink};
+use crate::exit::{Exit, HasExit};
+use crate::ledger::{read_ledger, Ledger, LedgerError};
+use crate::progress::{Event, Progress, ProgressLine, RunEvent, Stream};
+use crate::ssh::SshExecutor;
+use crate::state::{load_vm_state, now_rfc3339, save_vm_state, StateError, VmState};
+use crate::target::Target;
+use crate::wait::{
+    wait_cloud_init, CloudInitError, CloudInitOptions, CloudInitOutcome, ConnectError, WaitOptions,
+};
+
+/// Where pushes unpack on the target (not `/tmp`: it may be a small tmpfs, and is cleaned on
+/// boot while a run may still be resumed by hand).
+pub const REMOTE_BASE: &str = "/var/tmp/ov";
+
+/// How many lines of a failing script's output a failure report keeps.
+pub const FAILURE_TAIL: usize = 30;
+
+/// Where to record the push locally.
+#[derive(Debug, Clone)]
+pub struct StateTarget {
+    /// `~/.config/ov/deploy.yml`.
+    pub file: PathBuf,
+    /// Entry key, `vm:<vm>`.
+    pub key: String,
+    /// The VM name (for a new entry's `vm_source`).
+    pub vm: String,
+}
+
+/// Options of one push.
+#[derive(Debug, Clone)]
+pub struct PushOptions {
+    /// The bundle archive (its `.sha256` sits beside it).
+    pub bundle: PathBuf,
+    /// Leave the remote work directory in place (`--keep`).
+    pub keep: bool,
+    /// Print what would be sent and run; connect to nothing (`--dry-run`).
+    pub dry_run: bool,
+    /// Refuse instead of waiting when another run holds the target's lock (`--no-wait`).
+    pub no_wait_lock: bool,
+    /// Re-run layers already applied (`--force`, passed to run.sh).
+    pub force: bool,
+    /// Target account for run.sh (`--user`); default: the manifest's, else the login user.
+    pub user: Option<String>,
+    /// cloud-init handling.
+    pub cloud_init: CloudInitOptions,
+    /// Remote base directory (default [`REMOTE_BASE`]).
+    pub remote_base: String,
+    /// Record the result in deploy.yml.
+    pub state: Option<StateTarget>,
+}
+
+impl PushOptions {
+    /// Defaults for pushing `bundle`.
+    pub fn new(bundle: impl Into<PathBuf>) -> PushOptions {
+        PushOptions {
+            bundle: bundle.into(),
+            keep: false,
+            dry_run: false,
+            no_wait_lock: false,
+            force: false,
+            user: None,
+            cloud_init: CloudInitOptions::default(),
+            remote_base: REMOTE_BASE.into(),
+            state: None,
+        }
+    }
+}
+
+/// Details of a failed layer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StepFailure {
+    /// Layer.
+    pub layer: String,
+    /// Script file.
+    pub script: String,
+    /// Its exit status.
+    pub status: i64,
+    /// The last lines it printed.
+    pub tail: Vec<String>,
+}
+
+/// Why a push failed.
+#[derive(Debug, thiserror::Error)]
+pub enum PushError {
+    /// The local bundle is unusable.
+    #[error(transparent)]
+    Bundle(#[from] BundleError),
+    /// No connection.
+    #[error(transparent)]
+    Connect(#[from] ConnectError),
+    /// cloud-init failed.
+    #[error(transparent)]
+    CloudInit(#[from] CloudInitError),
+    /// A command could not run.
+    #[error(transparent)]
+    Exec(#[from] ExecError),
+    /// The uploaded archive differs from the local one.
+    #[error("the bundle arrived altered on {target} (expected sha256 {expected}, got {actual}); nothing was run")]
+    UploadMismatch {
+        /// Target.
+        target: String,
+        /// Local sha256.
+        expected: String,
+        /// Remote sha256.
+        actual: String,
+    },
+    /// run.sh found a file that does not match SHA256SUMS.
+    #[error("the bundle failed its own integrity check on {target} (run.sh: SHA256SUMS mismatch); nothing was run{}", tail_text(.tail))]
+    RemoteIntegrity {
+        /// Target.
+        target: String,
+        /// Output tail.
+        tail: Vec<String>,
+    },
+    /// A layer's script failed.
+    #[error("layer `{}` failed on {target}: script `{}` exited with status {}{}", .failure.layer, .failure.script, .failure.status, tail_text(&.failure.tail))]
+    StepFailed {
+        /// Target.
+        target: String,
+        /// What failed.
+        failure: StepFailure,
+    },
+    /// Another run holds the lock.
+    #[error("the ledger on {target} is locked by another run (retry later, or push without `--no-wait` to wait for it)")]
+    Locked {
+        /// Target.
+        target: String,
+    },
+    /// run.sh could not become root.
+    #[error("run.sh could not become root on {target}: user `{user}` needs passwordless sudo")]
+    NoRoot {
+        /// Target.
+        target: String,
+        /// Login user.
+        user: String,
+    },
+    /// run.sh refused its arguments (2) or found the target unfit (8: no home, ledger not
+    /// writable).
+    #[error("run.sh could not start on {target} (status {status}){}", tail_text(.tail))]
+    Runtime {
+        /// Target.
+        target: String,
+        /// Exit status.
+        status: i32,
+        /// Output tail.
+        tail: Vec<String>,
+    },
+    /// run.sh or the bootstrap failed otherwise.
+    #[error("the run on {target} failed with status {status}{}", tail_text(.tail))]
+    RunFailed {
+        /// Target.
+        target: String,
+        /// Exit status (-1: killed).
+        status: i32,
+        /// Output tail.
+        tail: Vec<String>,
+    },
+    /// The connection dropped while run.sh ran.
+    #[error("the connection to {target} was lost during the run; layers completed so far are recorded on the target — push again to resume")]
+    Interrupted {
+        /// Target.
+        target: String,
+    },
+    /// Reading the ledger failed.
+    #[error(transparent)]
+    Ledger(#[from] LedgerError),
+    /// Saving the state failed.
+    #[error(transparent)]
+    State(#[from] StateError),
+    /// The probe's answer made no sense.
+    #[error("unexpected answer from {target} while probing: {output}")]
+    Probe {
+        /// Target.
+        target: String,
+        /// What came back.
+        output: String,
+    },
+}
+
+fn tail_text(tail: &[String]) -> String {
+    if tail.is_empty() {
+        String::new()
+    } else {
+        format!("\n  last output:\n    {}", tail.join("\n    "))
+    }
+}
+
+impl HasExit for PushError {
+    fn exit(&self) -> Exit {
+        match self {
+            PushError::Bundle(e) => e.exit(),
+            PushError::Connect(e) => e.exit(),
+            PushError::CloudInit(e) => e.exit(),
+            PushError::Exec(e) => e.exit(),
+            PushError::UploadMismatch { .. } | PushError::RemoteIntegrity { .. } => Exit::Integrity,
+            PushError::StepFailed { .. } | PushError::RunFailed { .. } => Exit::RemoteStep,
+            PushError::Locked { .. } => Exit::Locked,
+            PushError::NoRoot { .. } | PushError::Interrupted { .. } => Exit::CannotConnect,
+            PushError::Ledger(e) => e.exit(),
+            PushError::State(e) => e.exit(),
+            PushError::Probe { .. } | PushError::Runtime { .. } => Exit::Other,
+        }
+    }
+}
+
+/// What a finished push did.
+#[derive(Debug, Clone)]
+pub struct PushReport {
+    /// Target description.
+    pub target: String,
+    /// Remote work directory (removed unless `keep`).
+    pub remote_dir: String,
+    /// The bundle's sha256.
+    pub bundle_sha256: String,
+    /// Deploy id (manifest).
+    pub deploy_id: Option<String>,
+    /// Layers run.sh applied this time.
+    pub applied: u64,
+    /// Layers it skipped as already applied.
+    pub skipped: u64,
+    /// Layers the ledger records for this deploy, in install order.
+    pub applied_layers: Vec<String>,
+    /// The ledger as read after the run.
+    pub ledger: Ledger,
+    /// What cloud-init said.
+    pub cloud_init: CloudInitOutcome,
+    /// The login user the probe saw.
+    pub login_user: String,
+    /// The state saved in deploy.yml (when asked to).
+    pub state: Option<VmState>,
+}
+
+/// What `--dry-run` would do.
+#[derive(Debug, Clone)]
+pub struct DryRun {
+    /// Target description.
+    pub target: String,
+    /// Bundle facts.
+    pub bundle: BundleInfo,
+    /// Remote work directory.
+    pub remote_dir: String,
+    /// Each remote command, in order, with what it reads on stdin.
+    pub commands: Vec<(String, String)>,
+    /// The bootstrap script piped to `sudo -n bash -s`.
+    pub bootstrap: String,
+}
+
+impl DryRun {
+    /// Human-readable text.
+    pub fn render(&self) -> String {
+        let mut s = format!(
+            "would push {} ({} bytes, sha256 {}) to {}\n",
+            self.bundle.path.display(),
+            self.bundle.size,
+            self.bundle.sha256,
+            self.target
+        );
+        s.push_str(&format!(
+            "deploy {} · {} layer(s): {}\n",
+            self.bundle.deploy.as_deref().unwrap_or("?"),
+            self.bundle.layers.len(),
+            self.bundle
+                .layers
+                .iter()
+                .map(|l| l.name.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        ));
+        for (i, (cmd, stdin)) in self.commands.iter().enumerate() {
+            s.push_str(&format!("{}. {cmd}\n   stdin: {stdin}\n", i + 1));
+        }
+        s.push_str("--- bootstrap (stdin of `sudo -n bash -s`) ---\n");
+        s.push_str(&self.bootstrap);
+        s
+    }
+}
+
+/// The result of [`push`].
+#[derive(Debug, Clone)]
+pub enum PushOutcome {
+    /// It ran.
+    Done(Box<PushReport>),
+    /// `--dry-run`.
+    DryRun(Box<DryRun>),
+}
+
+/// Push over SSH: connect (waiting per `wait`), run [`push_with`], always close.
+pub fn push(
+    target: Target,
+    wait: WaitOptions,
+    opts: &PushOptions,
+    progress: &mut dyn Progress,
+) -> Result<PushOutcome, PushError> {
+    // Integrity first: a bundle altered after compile never reaches the network.
+    let bundle = open_bundle(&opts.bundle)?;
+    if opts.dry_run {
+        return Ok(PushOutcome::DryRun(Box::new(dry_run(
+            &target.describe(),
+            target.user.as_deref(),
+            &bundle,
+            opts,
+        ))));
+    }
+    let mut exec = SshExecutor::connect(target.clone(), wait, progress)?;
+    let result = push_with(&mut exec, &bundle, opts, progress);
+    let closed = exec.close();
+    let mut report = result?;
+    // A failure to close after a successful push is worth a note, not a failed push.
+    if let Err(e) = closed {
+        progress.event(&Event::Note {
+            msg: format!("warning: {e}"),
+        });
+    }
+    if let Some(st) = &opts.state {
+        report.state = Some(record_state(st, &target, &report)?);
+    }
+    Ok(PushOutcome::Done(Box::new(report)))
+}
+
+/// The facts the probe gathers in one command.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Probe {
+    /// Login user.
+    pub user: String,
+    /// Its uid.
+    pub uid: String,
+    /// Whether cloud-init is installed.
+    pub cloud_init: bool,
+    /// Whether `sudo -n true` works.
+    pub sudo: bool,
+    /// sudo's complaint, when it does not.
+    pub sudo_message: String,
+}
+
+const PROBE_SCRIPT: &str = r#"printf 'user=%s\n' "$(id -un)"
+printf 'uid=%s\n' "$(id -u)"
+if command -v "$1" >/dev/null 2>&1; then echo cloud_init=yes; else echo cloud_init=no; fi
+if [ "$(id -u)" = 0 ]; then echo sudo=ok
+elif m=$(sudo -n true 2>&1 </dev/null); then echo sudo=ok
+else printf 'sudo=no %s\n' "$(printf '%s' "$m" | head -n 1)"; fi
+"#;
+
+fn probe(exec: &mut dyn Executor, cloud_init_program: &str) -> Result<Probe, PushError> {
+    let out = exec.exec(
+        Request {
+            argv: vec![
+                "sh".into(),
+                "-c".into(),
+                PROBE_SCRIPT.into(),
+                "sh".into(),
+                cloud_init_program.into(),
+            ],
+            who: As::Login,
+            stdin: Input::Null,
+            capture_stdout: true,
+        },
+        &mut crate::executor::NullSink,
+    )?;
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let mut p = Probe::default();
+    let mut seen_sudo = false;
+    for line in text.lines() {
+        if let Some(v) = line.strip_prefix("user=") {
+            p.user = v.to_string();
+        } else if let Some(v) = line.strip_prefix("uid=") {
+            p.uid = v.to_string();
+        } else if let Some(v) = line.strip_prefix("cloud_init=") {
+            p.cloud_init = v == "yes";
+        } else if let Some(v) = line.strip_prefix("sudo=") {
+            seen_sudo = true;
+            p.sudo = v == "ok";
+            p.sudo_message = v.strip_prefix("no").unwrap_or("").trim().to_string();
+        }
+    }
+    if !out.success() || p.user.is_empty() || !seen_sudo {
+        return Err(PushError::Probe {
+            target: exec.describe(),
+            output: format!("{}{}", text.trim(), out.stderr_text()),
+        });
+    }
+    exec.learned_login_user(&p.user);
+    Ok(p)
+}
+
+/// The bootstrap that verifies, extracts and runs the bundle (as root, script on stdin).
+pub fn bootstrap_script(remote_dir: &str, bundle: &BundleInfo, opts: &PushOptions) -> String {
+    // The archive's digest goes into the deploy record (run.sh cannot see the `.sha256`).
+    let mut args: Vec<String> = vec!["--bundle-sha256".into(), bundle.sha256.clone()];
+    if opts.no_wait_lock {
+        args.push("--no-wait".into());
+    }
+    if opts.force {
+        args.push("--force".into());
+    }
+    if let Some(u) = &opts.user {
+        args.push("--user".into());
+        args.push(u.clone());
+    }
+    let args: String = args.iter().map(|a| format!(" {}", quote(a))).collect();
+    format!(
+        r#"# ov push bootstrap: verify the upload, unpack it, run it, clean up.
+set -u
+dir={dir}
+archive={archive}
+expected={expected}
+top={top}
+keep={keep}
+cleanup() {{ if [ "$keep" = 0 ]; then cd / && rm -rf -- "$dir"; fi; }}
+trap cleanup EXIT
+trap 'exit 129' HUP
+trap 'exit 143' TERM
+cd -- "$dir" || exit 91
+actual=$(sha256sum -- "$archive" </dev/null) || exit 91
+actual=${{actual%% *}}
+if [ "$actual" != "$expected" ]; then
+  printf '::ov:: upload-check result=mismatch expected=%s actual=%s\n' "$expected" "$actual"
+  exit 90
+fi
+printf '::ov:: upload-check result=ok sha256=%s\n' "$actual"
+tar -xzf "$archive" </dev/null || {{ echo "cannot extract $archive" >&2; exit 91; }}
+[ -f "$top/run.sh" ] || {{ echo "the bundle has no $top/run.sh" >&2; exit 91; }}
+bash "$dir/$top/run.sh"{args} </dev/null
+exit $?
+"#,
+        dir = quote(remote_dir),
+        archive = quote(&bundle.file_name),
+        expected = quote(&bundle.sha256),
+        top = quote(&bundle.top),
+        keep = if opts.keep { 1 } else { 0 },
+    )
+}
+
+fn remote_dir(opts: &PushOptions, bundle: &BundleInfo) -> String {
+    let id = uuid::Uuid::new_v4().simple().to_string();
+    format!(
+        "{}/{}.{}",
+        opts.remote_base.trim_end_matches('/'),
+        bundle.top,
+        &id[..12]
+    )
+}
+
+fn dry_run(target: &str, login: Option<&str>, bundle: &BundleInfo, opts: &PushOptions) -> DryRun {
+    let dir = remote_dir(opts, bundle);
+    let archive = format!("{dir}/{}", bundle.file_name);
+    let sudo = |cmd: &str| {
+        if login == Some("root") {
+            cmd.to_string()
+        } else {
+            format!("sudo -n -- {cmd}")
+        }
+    };
+    let mut commands = vec![(
+        format!("ssh master to {target}"),
+        "(one TCP connection; every command below is a channel on it)".to_string(),
+    )];
+    commands.push((
+        "sh -c '<probe: user, uid, cloud-init present, sudo -n true>'".into(),
+        "nothing".into(),
+    ));
+    if opts.cloud_init.wait {
+        commands.push((
+            format!(
+                "timeout {} {} status --wait --format json   (only if cloud-init is installed)",
+                opts.cloud_init.deadline.as_secs(),
+                opts.cloud_init.program
+            ),
+            "nothing".into(),
+        ));
+    }
+    commands.push((
+        sudo(&format!(
+            "sh -c 'umask 077 && mkdir -p -- \"$(dirname -- \"$1\")\" && cat > \"$1\"' sh {}",
+            quote(&archive)
+        )),
+        format!(
+            "the archive ({} bytes, sha256 {})",
+            bundle.size, bundle.sha256
+        ),
+    ));
+    commands.push((sudo("bash -s"), "the bootstrap below".into()));
+    commands.push((
+        "bash -s -- USER   (reads ~USER/.config/overthink/installed/{deploys,layers}/*.json)"
+            .into(),
+        "the ledger read script".into(),
+    ));
+    DryRun {
+        target: target.to_string(),
+        bundle: bundle.clone(),
+        bootstrap: bootstrap_script(&dir, bundle, opts),
+        remote_dir: dir,
+        commands,
+    }
+}
+
+/// Turns the run's output into progress events and remembers what a failure report needs.
+struct RunSink<'a> {
+    progress: &'a mut dyn Progress,
+    tail: VecDeque<String>,
+    failure: Option<StepFailure>,
+    end: Option<(bool, u64, u64)>,
+    upload_mismatch: Option<(String, String)>,
+    last_upload_report: u64,
+}
+
+impl<'a> RunSink<'a> {
+    fn new(progress: &'a mut dyn Progress) -> RunSink<'a> {
+        RunSink {
+            progress,
+            tail: VecDeque::new(),
+            failure: None,
+            end: None,
+            upload_mismatch: None,
+            last_upload_report: 0,
+        }
+    }
+
+    fn remember(&mut self, line: &str) {
+        if self.tail.len() == FAILURE_TAIL {
+            self.tail.pop_front();
+        }
+        self.tail.push_back(line.to_string());
+    }
+}
+
+impl Sink for RunSink<'_> {
+    fn line(&mut self, stream: Stream, line: &str) {
+        if stream == Stream::Stdout {
+            if let Some(pl) = ProgressLine::parse(line) {
+                let ev = RunEvent::from_line(pl);
+                match &ev {
+                    RunEvent::ScriptStart { .. } => self.tail.clear(),
+                    RunEvent::LayerFail {
+                        layer,
+                        script,
+                        status,
+                    } => {
+                        self.failure = Some(StepFailure {
+                            layer: layer.clone(),
+                            script: script.clone(),
+                            status: *status,
+                            tail: self.tail.iter().cloned().collect(),
+                        })
+                    }
+                    RunEvent::End {
+                        ok,
+                        applied,
+                        skipped,
+                    } => self.end = Some((*ok, *applied, *skipped)),
+                    RunEvent::Other(l)
+                        if l.event == "upload-check" && l.get("result") == Some("mismatch") =>
+                    {
+                        self.upload_mismatch = Some((
+                            l.get("expected").unwrap_or_default().to_string(),
+                            l.get("actual").unwrap_or_default().to_string(),
+                        ));
+                    }
+                    _ => {}
+                }
+                self.progress.event(&Event::Run(ev));
+                return;
+            }
+        }
+        self.remember(line);
+        self.progress.event(&Event::Output {
+            stream,
+            line: line.to_string(),
+        });
+    }
+
+    fn sent(&mut self, sent: u64, total: u64) {
+        // One event per 4 MiB (and the last): enough for a bar, not a flood of JSON.
+        if sent == total || sent - self.last_upload_report >= 4 << 20 {
+            self.last_upload_report = sent;
+            self.progress.event(&Event::Upload { sent, total });
+        }
+    }
+}
+
+/// Push over an open executor (SSH or local). Does not close it.
+pub fn push_with(
+    exec: &mut dyn Executor,
+    bundle: &BundleInfo,
+    opts: &PushOptions,
+    progress: &mut dyn Progress,
+) -> Result<PushReport, PushError> {
+    let target = exec.describe();
+
+    // 1. What is there: login user, cloud-init, sudo.
+    let facts = probe(exec, &opts.cloud_init.program)?;
+
+    // 2. cloud-init (it may still be creating users and sudo rules).
+    let cloud = wait_cloud_init(exec, &opts.cloud_init, facts.cloud_init, progress)?;
+    let waited = !matches!(cloud, CloudInitOutcome::Absent | CloudInitOutcome::Skipped);
+    if !facts.sudo && !waited {
+        return Err(ExecError::Sudo {
+            user: facts.user.clone(),
+            target,
+            message: facts.sudo_message.clone(),
+        }
+        .into());
+    }
+
+    // 3. Upload once, as root, into a fresh private directory.
+    let dir = remote_dir(opts, bundle);
+    let remote_archive = format!("{dir}/{}", bundle.file_name);
+    {
+        let mut file = std::fs::File::open(&bundle.path).map_err(|source| BundleError::Io {
+            path: bundle.path.clone(),
+            source,
+        })?;
+        let mut sink = RunSink::new(progress);
+        exec.copy_to(&mut file, bundle.size, &remote_archive, As::Root, &mut sink)?;
+    }
+
+    // 4. Verify, extract, run — one channel, output streamed live.
+    let script = bootstrap_script(&dir, bundle, opts);
+    let mut sink = RunSink::new(progress);
+    let out = match exec.exec(
+        Request {
+            argv: vec!["bash".into(), "-s".into()],
+            who: As::Root,
+            stdin: Input::Bytes(script.as_bytes()),
+            capture_stdout: false,
+        },
+        &mut sink,
+    ) {
+        Ok(out) => out,
+        Err(ExecError::Disconnected { .. }) => return Err(PushError::Interrupted { target }),
+        Err(e) => return Err(e.into()),
+    };
+    let status = out.status.unwrap_or(-1);
+    let tail: Vec<String> = sink.tail.iter().cloned().collect();
+    let (applied, skipped) = match (status, &sink.end) {
+        (0, Some((_, a, s))) => (*a, *s),
+        (0, None) => (0, 0),
+        (90, _) => {
+            let (expected, actual) = sink
+                .upload_mismatch
+                .clone()
+                .unwrap_or_else(|| (bundle.sha256.clone(), "?".into()));
+            return Err(PushError::UploadMismatch {
+                target,
+                expected,
+                actual,
+            });
+        }
+        (3, _) => return Err(PushError::RemoteIntegrity { target, tail }),
+        (4, _) if sink.failure.is_some() => {
+            return Err(PushError::StepFailed {
+                target,
+                failure: sink.failure.take().unwrap_or_else(|| StepFailure {
+                    layer: String::new(),
+                    script: String::new(),
+                    status: 4,
+                    tail: Vec::new(),
+                }),
+            })
+        }
+        (5, _) => return Err(PushError::Locked { target }),
+        (6, _) => {
+            return Err(PushError::NoRoot {
+                target,
+                user: facts.user,
+            })
+        }
+        (2 | 8 | 91, _) if sink.failure.is_none() => {
+            return Err(PushError::Runtime {
+                target,
+                status,
+                tail,
+            })
+        }
+        _ => {
+            if let Some(failure) = sink.failure.take() {
+                return Err(PushError::StepFailed { target, failure });
+            }
+            return Err(PushError::RunFailed {
+                target,
+                status,
+                tail,
+            });
+        }
+    };
+    drop(sink);
+
+    // 5. The ledger, as run.sh left it.
+    let user = opts
+        .user
+        .clone()
+        .or_else(|| bundle.user.clone())
+        .unwrap_or_else(|| facts.user.clone());
+    let ledger = read_ledger(exec, &user)?;
+    let applied_layers = match &bundle.deploy_id {
+        Some(id) => ledger.applied_layers(id),
+        None => bundle
+            .layers
+            .iter()
+            .filter(|l| {
+                ledger
+                    .layers
+                    .get(&l.name)
+                    .is_some_and(|r| l.digest.is_empty() || r.digest == l.digest)
+            })
+            .map(|l| l.name.clone())
+            .collect(),
+    };
+
+    Ok(PushReport {
+        target,
+        remote_dir: dir,
+        bundle_sha256: bundle.sha256.clone(),
+        deploy_id: bundle.deploy_id.clone(),
+        applied,
+        skipped,
+        applied_layers,
+        ledger,
+        cloud_init: cloud,
+        login_user: facts.user,
+        state: None,
+    })
+}
+
+/// Record a finished push in deploy.yml: connection facts from `target` (and the login user
+/// the probe saw), the layers the ledger holds, a stable instance id.
+pub fn record_state(
+    st: &StateTarget,
+    target: &Target,
+    report: &PushReport,
+) -> Result<VmState, StateError> {
+    let previous = load_vm_state(&st.file, &st.key)?;
+    let instance_id = previous
+        .as_ref()
+        .and_then(|p| p.instance_id.clone())
+        .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
+    let state = VmState {
+        instance_id: Some(instance_id),
+        ssh_user: target
+            .user
+            .clone()
+            .or_else(|| Some(report.login_user.clone())),
+        ssh_port: target.port,
+        ssh_key_path: target
+            .identity
+            .as_ref()
+            .map(|k| k.to_string_lossy().into_owned()),
+        last_deploy: Some(now_rfc3339()),
+        applied_layers: Some(report.applied_layers.clone()),
+        bundle_sha256: Some(report.bundle_sha256.clone()),
+    };
+    save_vm_state(&st.file, &st.key, &st.vm, &state)?;
+    Ok(state)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bootstrap_is_valid_bash_and_quotes_everything() {
+        let bundle = BundleInfo {
+            path: "/x/b.tar.gz".into(),
+            file_name: "we'ird name.tar.gz".into(),
+            sha256: "0".repeat(64),
+            size: 1,
+            top: "vm-x".into(),
+            manifest: serde_json::Value::Null,
+            deploy: None,
+            deploy_id: None,
+            user: None,
+            layers: vec![],
+        };
+        let mut opts = PushOptions::new("/x/b.tar.gz");
+        opts.user = Some("a b".into());
+        opts.no_wait_lock = true;
+        let s = bootstrap_script("/var/tmp/ov/vm-x.123", &bundle, &opts);
+        assert!(s.contains("archive=\"we'ird name.tar.gz\""), "{s}");
+        assert!(
+            s.contains(&format!(
+                "run.sh\" --bundle-sha256 {} --no-wait --user 'a b' </dev/null",
+                "0".repeat(64)
+            )),
+            "{s}"
+        );
+        let st = std::process::Command::new("bash")
+            .args(["-n", "-c", &s])
+            .status()
+            .expect("bash");
+        assert!(st.success());
+    }
+
+    #[test]
+    fn probe_script_is_valid_sh() {
+        let st = std::process::Command::new("sh")
+            .args(["-n", "-c", PROBE_SCRIPT])
+            .status()
+            .expect("sh");
+        assert!(st.success());
+    }
+}

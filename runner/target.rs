@@ -1,0 +1,373 @@
+//! Stage `runner`, target: where a push goes — resolves host, port, user, key and known_hosts
+//! from the command line, the saved per-machine state and the VM spec, in that order.
+//! Invariant: a VM target always has a per-VM known_hosts file and an existing key file.
+
+use std::path::{Path, PathBuf};
+
+use crate::exit::{Exit, HasExit};
+use crate::state::VmState;
+
+/// The per-user directories `ov` keeps its files in.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Paths {
+    /// `~/.config/ov` (holds `deploy.yml`).
+    pub config_dir: PathBuf,
+    /// `~/.local/share/ov` (holds `vm/ov-<vm>/` with the key and known_hosts).
+    pub data_dir: PathBuf,
+}
+
+impl Paths {
+    /// From `$XDG_CONFIG_HOME`/`$XDG_DATA_HOME` when set (absolute), else `$HOME`.
+    pub fn from_env() -> Result<Paths, TargetError> {
+        let abs = |v: &str| {
+            std::env::var_os(v)
+                .map(PathBuf::from)
+                .filter(|p| p.is_absolute())
+        };
+        let home = abs("HOME");
+        let config = abs("XDG_CONFIG_HOME").or_else(|| home.as_ref().map(|h| h.join(".config")));
+        let data = abs("XDG_DATA_HOME").or_else(|| home.as_ref().map(|h| h.join(".local/share")));
+        match (config, data) {
+            (Some(c), Some(d)) => Ok(Paths {
+                config_dir: c.join("ov"),
+                data_dir: d.join("ov"),
+            }),
+            _ => Err(TargetError::NoHome),
+        }
+    }
+
+    /// Both directories under one root (tests).
+    pub fn under(root: &Path) -> Paths {
+        Paths {
+            config_dir: root.join(".config/ov"),
+            data_dir: root.join(".local/share/ov"),
+        }
+    }
+
+    /// `~/.config/ov/deploy.yml`.
+    pub fn deploy_state_file(&self) -> PathBuf {
+        self.config_dir.join("deploy.yml")
+    }
+
+    /// `~/.local/share/ov/vm/ov-<vm>`.
+    pub fn vm_dir(&self, vm: &str) -> PathBuf {
+        self.data_dir.join("vm").join(format!("ov-{vm}"))
+    }
+}
+
+/// The default SSH port of a VM (user-mode networking forwards it to the guest's 22).
+pub const DEFAULT_VM_PORT: u16 = 2222;
+
+/// Connection settings as given by the user and the project (all optional).
+#[derive(Debug, Clone, Default)]
+pub struct ConnectOptions {
+    /// The VM entity (`vm:<vm>`), if the target is a VM.
+    pub vm: Option<String>,
+    /// `--host`.
+    pub host: Option<String>,
+    /// `--port`.
+    pub port: Option<u16>,
+    /// `--user`.
+    pub user: Option<String>,
+    /// `--identity`.
+    pub identity: Option<PathBuf>,
+    /// `--ssh-config FILE`: use this OpenSSH config; user/port/key then come from it unless
+    /// given explicitly.
+    pub ssh_config: Option<PathBuf>,
+    /// `--known-hosts FILE`.
+    pub known_hosts: Option<PathBuf>,
+    /// From the VM spec: `ssh.user`, else `source.base_user`.
+    pub spec_user: Option<String>,
+    /// From the VM spec: `ssh.port`.
+    pub spec_port: Option<u16>,
+}
+
+/// A resolved SSH destination.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Target {
+    /// Host name, address or (with an ssh config) host alias.
+    pub host: String,
+    /// Port (`None`: ssh's default or the config's).
+    pub port: Option<u16>,
+    /// Login user (`None`: ssh's default or the config's).
+    pub user: Option<String>,
+    /// Private key (`None`: ssh's defaults or the config's).
+    pub identity: Option<PathBuf>,
+    /// known_hosts file to use (accept-new on first contact, strict after).
+    pub known_hosts: Option<PathBuf>,
+    /// OpenSSH client config file.
+    pub ssh_config: Option<PathBuf>,
+    /// The VM, when the target is one.
+    pub vm: Option<String>,
+}
+
+impl Target {
+    /// `user@host:port` (parts that are unknown are left out).
+    pub fn describe(&self) -> String {
+        let mut s = String::new();
+        if let Some(u) = &self.user {
+            s.push_str(u);
+            s.push('@');
+        }
+        s.push_str(&self.host);
+        if let Some(p) = self.port {
+            s.push_str(&format!(":{p}"));
+        }
+        s
+    }
+
+    /// The host as known_hosts spells it (`[host]:port` for non-22 ports).
+    pub fn known_hosts_name(&self) -> String {
+        match self.port {
+            Some(p) if p != 22 => format!("[{}]:{p}", self.host),
+            _ => self.host.clone(),
+        }
+    }
+}
+
+/// Why a target could not be resolved.
+#[derive(Debug, thiserror::Error)]
+pub enum TargetError {
+    /// Neither `$HOME` nor the XDG variables are set.
+    #[error("cannot find the home directory (`HOME` is not set)")]
+    NoHome,
+    /// No host and no VM.
+    #[error("no target: give a VM (`vm:<vm>`) or `--host`")]
+    NoHost,
+    /// A VM without a user.
+    #[error("no ssh user for VM `{vm}`: set `vm.{vm}.ssh.user` (or `source.base_user`) in deploy.yml, or pass `--user`")]
+    NoUser {
+        /// The VM.
+        vm: String,
+    },
+    /// The key file is missing.
+    #[error("ssh key `{path}` does not exist{hint}")]
+    MissingKey {
+        /// The path.
+        path: PathBuf,
+        /// What to do.
+        hint: String,
+    },
+    /// The per-VM directory could not be created.
+    #[error("cannot create `{path}`")]
+    Dir {
+        /// The path.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+impl HasExit for TargetError {
+    fn exit(&self) -> Exit {
+        match self {
+            TargetError::NoHost => Exit::Usage,
+            TargetError::Dir { .. } => Exit::Other,
+            _ => Exit::InvalidInput,
+        }
+    }
+}
+
+/// Resolve the destination: command line first, then the saved state, then the VM spec and
+/// the per-VM defaults.
+pub fn resolve(
+    opts: &ConnectOptions,
+    saved: Option<&VmState>,
+    paths: &Paths,
+) -> Result<Target, TargetError> {
+    let Some(vm) = &opts.vm else {
+        let host = opts.host.clone().ok_or(TargetError::NoHost)?;
+        if let Some(k) = &opts.identity {
+            check_key(k, "")?;
+        }
+        return Ok(Target {
+            host,
+            port: opts.port,
+            user: opts.user.clone(),
+            identity: opts.identity.clone(),
+            known_hosts: opts.known_hosts.clone(),
+            ssh_config: opts.ssh_config.clone(),
+            vm: None,
+        });
+    };
+
+    let with_config = opts.ssh_config.is_some();
+    // With an ssh config the VM is reached by its `Host ov-<vm>` stanza unless --host says
+    // otherwise, and the config supplies whatever the command line leaves open.
+    let host = opts.host.clone().unwrap_or_else(|| {
+        if with_config {
+            format!("ov-{vm}")
+        } else {
+            "127.0.0.1".to_string()
+        }
+    });
+    let saved_user = saved.and_then(|s| s.ssh_user.clone());
+    let saved_port = saved.and_then(|s| s.ssh_port);
+    let saved_key = saved
+        .and_then(|s| s.ssh_key_path.clone())
+        .map(PathBuf::from);
+
+    let user = opts.user.clone().or(saved_user).or(opts.spec_user.clone());
+    let port = opts.port.or(saved_port).or(opts.spec_port);
+    let identity = opts.identity.clone().or(saved_key);
+    let vm_dir = paths.vm_dir(vm);
+
+    let (user, port, identity) = if with_config {
+        (user, port, identity)
+    } else {
+        let user = user.ok_or_else(|| TargetError::NoUser { vm: vm.clone() })?;
+        let identity = identity.unwrap_or_else(|| vm_dir.join("id_ed25519"));
+        (
+            Some(user),
+            Some(port.unwrap_or(DEFAULT_VM_PORT)),
+            Some(identity),
+        )
+    };
+    if let Some(k) = &identity {
+        check_key(
+            k,
+            &format!(" (create the VM first: `ov vm create {vm}`, or pass `--identity`)"),
+        )?;
+    }
+    let known_hosts = match (&opts.known_hosts, with_config) {
+        (Some(k), _) => Some(k.clone()),
+        (None, true) => None,
+        (None, false) => {
+            create_private_dir(&vm_dir)?;
+            Some(vm_dir.join("known_hosts"))
+        }
+    };
+    Ok(Target {
+        host,
+        port,
+        user,
+        identity,
+        known_hosts,
+        ssh_config: opts.ssh_config.clone(),
+        vm: Some(vm.clone()),
+    })
+}
+
+fn check_key(path: &Path, hint: &str) -> Result<(), TargetError> {
+    if path.is_file() {
+        Ok(())
+    } else {
+        Err(TargetError::MissingKey {
+            path: path.to_path_buf(),
+            hint: hint.to_string(),
+        })
+    }
+}
+
+fn create_private_dir(path: &Path) -> Result<(), TargetError> {
+    use std::os::unix::fs::DirBuilderExt;
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(path)
+        .map_err(|source| TargetError::Dir {
+            path: path.to_path_buf(),
+            source,
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(dir: &Path) -> PathBuf {
+        let k = dir.join("k");
+        std::fs::write(&k, "x").expect("write key");
+        k
+    }
+
+    #[test]
+    fn vm_defaults_and_precedence() {
+        let root = tempfile::tempdir().expect("tempdir");
+        let paths = Paths::under(root.path());
+        let vm_key = paths.vm_dir("arch").join("id_ed25519");
+        std::fs::create_dir_all(vm_key.parent().expect("parent")).expect("mkdir");
+        std::fs::write(&vm_key, "x").expect("write");
+
+        let opts = ConnectOptions {
+            vm: Some("arch".into()),
+            spec_user: Some("arch".into()),
+            ..Default::default()
+        };
+        let t = resolve(&opts, None, &paths).expect("resolve");
+        assert_eq!(t.host, "127.0.0.1");
+        assert_eq!(t.port, Some(2222));
+        assert_eq!(t.user.as_deref(), Some("arch"));
+        assert_eq!(t.identity.as_deref(), Some(vm_key.as_path()));
+        assert_eq!(
+            t.known_hosts,
+            Some(paths.vm_dir("arch").join("known_hosts"))
+        );
+        assert_eq!(t.known_hosts_name(), "[127.0.0.1]:2222");
+
+        let other = key(root.path());
+        let saved = VmState {
+            ssh_user: Some("saved".into()),
+            ssh_port: Some(2300),
+            ssh_key_path: Some(other.to_string_lossy().into_owned()),
+            ..Default::default()
+        };
+        let t = resolve(&opts, Some(&saved), &paths).expect("resolve");
+        assert_eq!((t.user.as_deref(), t.port), (Some("saved"), Some(2300)));
+        assert_eq!(t.identity.as_deref(), Some(other.as_path()));
+
+        let cli = ConnectOptions {
+            user: Some("cli".into()),
+            port: Some(2400),
+            ..opts.clone()
+        };
+        let t = resolve(&cli, Some(&saved), &paths).expect("resolve");
+        assert_eq!((t.user.as_deref(), t.port), (Some("cli"), Some(2400)));
+    }
+
+    #[test]
+    fn missing_key_and_user_are_clear_errors() {
+        let root = tempfile::tempdir().expect("tempdir");
+        let paths = Paths::under(root.path());
+        let opts = ConnectOptions {
+            vm: Some("deb".into()),
+            spec_user: Some("debian".into()),
+            ..Default::default()
+        };
+        let e = resolve(&opts, None, &paths).expect_err("no key");
+        assert!(e.to_string().contains("ov vm create deb"), "{e}");
+        assert_eq!(e.exit(), Exit::InvalidInput);
+        let e = resolve(
+            &ConnectOptions {
+                vm: Some("deb".into()),
+                ..Default::default()
+            },
+            None,
+            &paths,
+        )
+        .expect_err("no user");
+        assert!(e.to_string().contains("vm.deb.ssh.user"), "{e}");
+        let e = resolve(&ConnectOptions::default(), None, &paths).expect_err("no host");
+        assert_eq!(e.exit(), Exit::Usage);
+    }
+
+    #[test]
+    fn ssh_config_leaves_settings_to_the_config() {
+        let root = tempfile::tempdir().expect("tempdir");
+        let paths = Paths::under(root.path());
+        let opts = ConnectOptions {
+            vm: Some("arch".into()),
+            ssh_config: Some(root.path().join("cfg")),
+            ..Default::default()
+        };
+        let t = resolve(&opts, None, &paths).expect("resolve");
+        assert_eq!(t.host, "ov-arch");
+        assert_eq!(
+            (t.user.clone(), t.port, t.identity.clone()),
+            (None, None, None)
+        );
+        assert_eq!(t.known_hosts, None);
+        assert_eq!(t.describe(), "ov-arch");
+    }
+}

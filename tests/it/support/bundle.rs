@@ -1,0 +1,268 @@
+//! Test support, stand-in bundles: small archives laid out like real ones
+//! (docs/bundle-runtime.md) whose `run.sh` follows the runtime contract — SHA256SUMS check,
+//! ledger lock, `::ov::` progress lines, per-layer ledger records with `deployed_by`, skip of
+//! applied layers, distinct exit codes. They exercise the transport until the compiler's real
+//! bundle is on main; the layer scripts are whatever a test needs.
+
+use std::path::{Path, PathBuf};
+
+use flate2::write::GzEncoder;
+use sha2::{Digest, Sha256};
+
+/// One layer of a stand-in bundle.
+#[derive(Debug, Clone)]
+pub struct Layer {
+    /// Name.
+    pub name: String,
+    /// Body of its only step script (run as root, bash, `set -euo pipefail` added).
+    pub script: String,
+    /// Body of its undo script.
+    pub undo: String,
+}
+
+impl Layer {
+    /// A layer with `script` and an undo that does nothing.
+    pub fn new(name: &str, script: &str) -> Layer {
+        Layer {
+            name: name.to_string(),
+            script: script.to_string(),
+            undo: String::new(),
+        }
+    }
+
+    /// Set the undo script body.
+    pub fn undo(mut self, undo: &str) -> Layer {
+        self.undo = undo.to_string();
+        self
+    }
+}
+
+/// A built stand-in bundle.
+#[derive(Debug, Clone)]
+pub struct Built {
+    /// The archive (`<top>.tar.gz`, with `.sha256` beside it).
+    pub path: PathBuf,
+    /// Layer names and digests.
+    pub layers: Vec<(String, String)>,
+}
+
+fn sha256(b: &[u8]) -> String {
+    hex::encode(Sha256::digest(b))
+}
+
+const LIB_SH: &str =
+    "# lib.sh of the stand-in bundle\nov_as_user() { runuser -u \"$OV_USER\" -- \"$@\"; }\n";
+
+/// The stand-in runtime. `@@...@@` placeholders are filled per bundle.
+const RUN_SH: &str = r#"#!/usr/bin/env bash
+# Stand-in bundle runtime for ov's transport tests (contract: docs/bundle-runtime.md).
+set -uo pipefail
+orig=("$@")
+no_wait=0 force=0 user= bundle_sha=
+while [ $# -gt 0 ]; do
+  case $1 in
+    --no-wait) no_wait=1 ;;
+    --force) force=1 ;;
+    --user) user=$2; shift ;;
+    --bundle-sha256) bundle_sha=$2; shift ;;
+    *) echo "run.sh: unknown option $1" >&2; exit 2 ;;
+  esac
+  shift
+done
+if [ "$(id -u)" != 0 ]; then exec sudo -n bash "$0" "${orig[@]}" || exit 6; fi
+top=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+cd "$top" || exit 3
+if ! sha256sum -c --quiet --strict SHA256SUMS >/dev/null 2>&1; then
+  echo "run.sh: SHA256SUMS mismatch" >&2
+  echo "::ov:: end result=fail applied=0 skipped=0 msg=integrity"
+  exit 3
+fi
+DEPLOY=@@DEPLOY@@
+DEPLOY_ID=@@DEPLOY_ID@@
+NLAYERS=@@N@@
+user=${user:-@@USER@@}
+pw=$(getent passwd "$user") || { echo "run.sh: no user $user" >&2; exit 2; }
+home=$(printf '%s' "$pw" | cut -d: -f6)
+uid=$(printf '%s' "$pw" | cut -d: -f3)
+gid=$(printf '%s' "$pw" | cut -d: -f4)
+ledger=$home/.config/overthink/installed
+for d in "$home/.config" "$home/.config/overthink" "$ledger" "$ledger/deploys" "$ledger/layers"; do
+  [ -d "$d" ] || install -d -o "$uid" -g "$gid" -m 0755 "$d"
+done
+exec 9>>"$ledger/.lock"
+if [ "$no_wait" = 1 ]; then
+  flock -n 9 || { echo "::ov:: end result=fail applied=0 skipped=0 msg=locked"; exit 5; }
+else
+  flock 9
+fi
+cp lib.sh "$ledger/lib.sh"
+now() { date -u +%Y-%m-%dT%H:%M:%SZ; }
+ids_of() { # the quoted ids of a record's deployed_by, however it is laid out
+  [ -f "$1" ] || return 0
+  tr -d '\n' < "$1" | sed -n 's/.*"deployed_by": *\[\([^]]*\)\].*/\1/p' | grep -o '"[^"]*"' | paste -sd, - | sed 's/,/, /g'
+}
+write_record() { # name digest ids
+  local f=$ledger/layers/$1.json
+  printf '{\n  "layer": "%s",\n  "digest": "%s",\n  "deployed_by": [%s],\n  "deployed_at": "%s"\n}\n' \
+    "$1" "$2" "$3" "$(now)" > "$f.tmp" && chown "$uid:$gid" "$f.tmp" && mv -f "$f.tmp" "$f"
+}
+with_id() { # existing-ids → ids plus ours
+  case "$1" in *"\"$DEPLOY_ID\""*) printf '%s' "$1" ;; "") printf '"%s"' "$DEPLOY_ID" ;; *) printf '%s, "%s"' "$1" "$DEPLOY_ID" ;; esac
+}
+echo "::ov:: begin deploy=$DEPLOY layers=$NLAYERS"
+applied=0 skipped=0 n=0 done_layers=
+layer() { # name digest dir
+  local name=$1 digest=$2 dir=$3 rec=$ledger/layers/$1.json s st t0
+  n=$((n + 1))
+  if [ "$force" = 0 ] && [ -f "$rec" ] && grep -q "\"digest\": \"$digest\"" "$rec"; then
+    write_record "$name" "$digest" "$(with_id "$(ids_of "$rec")")"
+    echo "::ov:: layer-skip layer=$name reason=applied"
+    skipped=$((skipped + 1)); done_layers="$done_layers \"$name\""
+    return 0
+  fi
+  echo "::ov:: layer-start layer=$name n=$n of=$NLAYERS"
+  local state=/var/tmp/ov-state.$$.$name
+  install -d -m 0700 -o "$uid" -g "$gid" "$state"
+  t0=$SECONDS
+  for s in "$dir"/[0-9]*.sh; do
+    echo "::ov:: script-start layer=$name script=${s##*/}"
+    OV_BUNDLE=$top OV_DEPLOY=$DEPLOY OV_DEPLOY_ID=$DEPLOY_ID OV_LAYER=$name OV_USER=$user \
+    OV_UID=$uid OV_GID=$gid OV_HOME=$home OV_STATE=$state OV_LEDGER=$ledger \
+    BUILD_ARCH=$(uname -m) DEBIAN_FRONTEND=noninteractive bash "$s" </dev/null
+    st=$?
+    echo "::ov:: script-end layer=$name script=${s##*/} status=$st secs=$((SECONDS - t0))"
+    if [ "$st" != 0 ]; then
+      echo "::ov:: layer-fail layer=$name script=${s##*/} status=$st"
+      echo "::ov:: end result=fail applied=$applied skipped=$skipped"
+      rm -rf "$state"
+      exit 4
+    fi
+  done
+  rm -rf "$ledger/layers/$name.d"; mv "$state" "$ledger/layers/$name.d"
+  cp "$dir/undo.sh" "$ledger/layers/$name.undo.sh"
+  write_record "$name" "$digest" "$(with_id "$(ids_of "$rec")")"
+  echo "::ov:: layer-done layer=$name secs=$((SECONDS - t0))"
+  applied=$((applied + 1)); done_layers="$done_layers \"$name\""
+}
+@@LAYERS@@
+list=$(printf '%s' "$done_layers" | sed 's/^ //; s/" "/", "/g')
+f=$ledger/deploys/$DEPLOY_ID.json
+printf '{\n  "deploy_id": "%s",\n  "deploy": "%s",\n  "target": "%s",\n  "layers": [%s],\n  "bundle_sha256": "%s",\n  "deployed_at": "%s",\n  "ov_version": "test"\n}\n' \
+  "$DEPLOY_ID" "$DEPLOY" "$DEPLOY" "$list" "$bundle_sha" "$(now)" > "$f.tmp" && chown "$uid:$gid" "$f.tmp" && mv -f "$f.tmp" "$f"
+echo "::ov:: end result=ok applied=$applied skipped=$skipped"
+"#;
+
+/// Build a bundle for `deploy` (e.g. `vm:it`) into `dir`.
+pub fn build(dir: &Path, deploy: &str, deploy_id: &str, user: &str, layers: &[Layer]) -> Built {
+    let top = deploy.replace(':', "-");
+    let mut files: Vec<(String, Vec<u8>, u32)> = Vec::new();
+    let mut calls = String::new();
+    let mut digests = Vec::new();
+    for (i, l) in layers.iter().enumerate() {
+        let ldir = format!("layers/{:02}-{}", i + 1, l.name);
+        let script = format!(
+            "#!/usr/bin/env bash\nset -euo pipefail\n. \"$OV_BUNDLE/lib.sh\"\n{}\n",
+            l.script
+        );
+        let undo = format!(
+            "#!/usr/bin/env bash\nset -uo pipefail\n. \"$OV_BUNDLE/lib.sh\"\n{}\n",
+            l.undo
+        );
+        let digest = sha256(format!("{script}\0{undo}").as_bytes());
+        calls.push_str(&format!("layer {} {} {}\n", l.name, digest, ldir));
+        digests.push((l.name.clone(), digest));
+        files.push((format!("{ldir}/01-system.sh"), script.into_bytes(), 0o755));
+        files.push((format!("{ldir}/undo.sh"), undo.into_bytes(), 0o755));
+    }
+    let run = RUN_SH
+        .replace("@@DEPLOY@@", deploy)
+        .replace("@@DEPLOY_ID@@", deploy_id)
+        .replace("@@N@@", &layers.len().to_string())
+        .replace("@@USER@@", user)
+        .replace("@@LAYERS@@", &calls);
+    files.push(("run.sh".into(), run.into_bytes(), 0o755));
+    files.push(("lib.sh".into(), LIB_SH.as_bytes().to_vec(), 0o644));
+    let manifest = serde_json::json!({
+        "format": 1,
+        "deploy": deploy,
+        "deploy_id": deploy_id,
+        "target": deploy,
+        "user": user,
+        "layers": digests.iter().map(|(n, d)| serde_json::json!({"name": n, "digest": d})).collect::<Vec<_>>(),
+    });
+    files.push((
+        "manifest.json".into(),
+        serde_json::to_vec_pretty(&manifest).expect("json"),
+        0o644,
+    ));
+    files.sort_by(|a, b| a.0.cmp(&b.0));
+    let sums: String = files
+        .iter()
+        .map(|(p, b, _)| format!("{}  {p}\n", sha256(b)))
+        .collect();
+    files.push(("SHA256SUMS".into(), sums.into_bytes(), 0o644));
+    files.sort_by(|a, b| a.0.cmp(&b.0));
+
+    let path = dir.join(format!("{top}.tar.gz"));
+    write_archive(&path, &top, &files);
+    Built {
+        path,
+        layers: digests,
+    }
+}
+
+/// Write `files` under `top/` into a gzip'd tar and its `.sha256`.
+pub fn write_archive(path: &Path, top: &str, files: &[(String, Vec<u8>, u32)]) {
+    let f = std::fs::File::create(path).expect("create archive");
+    let mut b = tar::Builder::new(GzEncoder::new(f, flate2::Compression::default()));
+    for (name, body, mode) in files {
+        let mut h = tar::Header::new_gnu();
+        h.set_size(body.len() as u64);
+        h.set_mode(*mode);
+        h.set_mtime(0);
+        h.set_cksum();
+        b.append_data(&mut h, format!("{top}/{name}"), &body[..])
+            .expect("append");
+    }
+    b.into_inner().expect("tar").finish().expect("gzip");
+    rewrite_checksum(path);
+}
+
+/// Recompute `<archive>.sha256` (as `ov compile` would).
+pub fn rewrite_checksum(path: &Path) {
+    let bytes = std::fs::read(path).expect("read archive");
+    let name = path
+        .file_name()
+        .expect("file name")
+        .to_string_lossy()
+        .into_owned();
+    std::fs::write(
+        ov::archive::checksum_path(path),
+        format!("{}  {name}\n", sha256(&bytes)),
+    )
+    .expect("write .sha256");
+}
+
+/// Rebuild the archive with one file's content replaced, keeping SHA256SUMS as it was (an
+/// archive someone altered and re-checksummed: only run.sh's own check can catch it).
+pub fn tamper_inner(path: &Path, file: &str, new_content: &str) {
+    use std::io::Read;
+    let f = std::fs::File::open(path).expect("open");
+    let mut ar = tar::Archive::new(flate2::read::GzDecoder::new(f));
+    let mut files = Vec::new();
+    let mut top = String::new();
+    for e in ar.entries().expect("entries") {
+        let mut e = e.expect("entry");
+        let p = e.path().expect("path").to_string_lossy().into_owned();
+        let (t, rest) = p.split_once('/').expect("top/");
+        top = t.to_string();
+        let mode = e.header().mode().unwrap_or(0o644);
+        let mut body = Vec::new();
+        e.read_to_end(&mut body).expect("read");
+        if rest == file {
+            body = new_content.as_bytes().to_vec();
+        }
+        files.push((rest.to_string(), body, mode));
+    }
+    write_archive(path, &top, &files);
+}

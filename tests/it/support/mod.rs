@@ -1,0 +1,5 @@
+//! Shared test support: real targets (a private sshd) and stand-in bundles.
+
+pub mod bundle;
+pub mod rootfs;
+pub mod sshd;
