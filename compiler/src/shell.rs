@@ -22,7 +22,8 @@ pub enum QuoteError {
 /// Quote `s` as one shell word that bash reads back as exactly `s`.
 ///
 /// Plain words (`ripgrep`, `/usr/bin/sway`, `0755`) stay unquoted for readability; anything with
-/// a character bash treats specially is single-quoted. The empty string becomes `''`.
+/// a character bash treats specially is quoted by `shlex`; a value with a newline is one
+/// single-quoted word. The empty string becomes `''`.
 pub fn quote(s: &str) -> Result<String, QuoteError> {
     if s.contains('\0') {
         return Err(QuoteError::Nul {
@@ -34,6 +35,12 @@ pub fn quote(s: &str) -> Result<String, QuoteError> {
                 .take(40)
                 .collect(),
         });
+    }
+    if s.contains('\n') {
+        // A multi-line value (file content, a unit file) becomes one single-quoted word, `'` as
+        // `'\''`: the script then shows the text line by line, and no double-quoted string spans
+        // lines (ShellCheck's SC1078 heuristics misread such strings in otherwise valid scripts).
+        return Ok(format!("'{}'", s.replace('\'', "'\\''")));
     }
     // Safe: NUL was excluded above, which is the only input `try_quote` rejects.
     shlex::try_quote(s)
@@ -189,6 +196,7 @@ mod tests {
         let q = quote("a b").unwrap();
         assert_ne!(q, "a b");
         assert!(quote("x\0y").is_err());
+        assert_eq!(quote("it's\n\"$x\"").unwrap(), "'it'\\''s\n\"$x\"'");
     }
 
     #[test]
