@@ -2,6 +2,8 @@
 //! (a private sshd, a debootstrapped Debian root) and fixtures they share.
 
 mod bundle_chroot;
+mod cli_common;
+mod cli_help;
 mod ssh_faults;
 mod ssh_push;
 mod support;
