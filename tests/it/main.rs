@@ -3,6 +3,7 @@
 
 mod bundle_chroot;
 mod cli_common;
+mod cli_errors;
 mod cli_help;
 mod ssh_faults;
 mod ssh_push;
