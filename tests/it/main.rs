@@ -5,6 +5,7 @@ mod bundle_chroot;
 mod cli_common;
 mod cli_errors;
 mod cli_help;
+mod cli_plan;
 mod ssh_faults;
 mod ssh_push;
 mod support;
