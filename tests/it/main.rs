@@ -2,6 +2,7 @@
 //! (a private sshd, a debootstrapped Debian root) and fixtures they share.
 
 mod bundle_chroot;
+mod cli_bundle;
 mod cli_common;
 mod cli_errors;
 mod cli_help;
