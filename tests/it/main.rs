@@ -7,6 +7,7 @@ mod cli_common;
 mod cli_errors;
 mod cli_help;
 mod cli_plan;
+mod cli_push;
 mod ssh_faults;
 mod ssh_push;
 mod support;
