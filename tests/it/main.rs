@@ -2,6 +2,7 @@
 //! (a private sshd, a debootstrapped Debian root) and fixtures they share.
 
 mod bundle_chroot;
+mod cloud_init;
 mod ssh_faults;
 mod ssh_push;
 mod support;
