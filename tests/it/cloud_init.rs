@@ -122,6 +122,15 @@ fn require_state(host: &CloudHost, status: &str, extended: &str, exit: i32) -> V
     v
 }
 
+/// Print how long the case took (the figures in the test log; nothing is asserted on them).
+fn lap(clock: &mut Instant, case: &str) {
+    eprintln!(
+        "cloud-init case {case}: {:.1}s",
+        clock.elapsed().as_secs_f64()
+    );
+    *clock = Instant::now();
+}
+
 #[test]
 fn real_cloud_init_states_decide_whether_the_push_goes_on() {
     let Some(host) = CloudHost::start() else {
@@ -131,6 +140,7 @@ fn real_cloud_init_states_decide_whether_the_push_goes_on() {
     let version = host.sh("cloud-init --version 2>&1");
     eprintln!("cloud-init on the target: {}", version.trim());
 
+    let mut clock = Instant::now();
     // Not started: installed but never booted in this root (no status.json). `--wait` waits
     // for it to start, so our deadline ends the push — before anything is uploaded.
     let v = require_state(&host, "not started", "not started", 0);
@@ -150,6 +160,8 @@ fn real_cloud_init_states_decide_whether_the_push_goes_on() {
     assert!(t0.elapsed() >= Duration::from_secs(3), "{:?}", t0.elapsed());
     assert_nothing_ran(&host, "unstarted");
 
+    lap(&mut clock, "not started");
+
     // Done: a clean boot whose user-data command succeeds.
     let stages =
         host.boot("#cloud-config\nruncmd:\n  - [sh, -c, 'echo ov-it > /var/tmp/ov-it-runcmd']\n");
@@ -167,6 +179,8 @@ fn real_cloud_init_states_decide_whether_the_push_goes_on() {
         notes(&rec)
     );
     assert_eq!(seen(&host, "done").expect("layer ran")["status"], "done");
+
+    lap(&mut clock, "done");
 
     // Degraded: user-data with a key cloud-init does not know fails its schema validation, a
     // recoverable error ("degraded done", exit 2). The push goes on and shows the warning.
@@ -201,6 +215,8 @@ fn real_cloud_init_states_decide_whether_the_push_goes_on() {
     );
     assert_eq!(rep.applied, 1);
     assert!(seen(&host, "degraded").is_some(), "degraded: the layer ran");
+
+    lap(&mut clock, "degraded");
 
     // Error: a user-data command fails, so the final stage's `scripts-user` fails ("error",
     // exit 1). `ov push` stops with exit 6 showing cloud-init's errors; nothing is uploaded.
@@ -279,6 +295,8 @@ fn real_cloud_init_states_decide_whether_the_push_goes_on() {
     assert_eq!(seen(&host, "error").expect("layer ran")["status"], "error");
     assert!(host.ledger_layers().contains(&"ci-error.json".to_string()));
 
+    lap(&mut clock, "error, error ignored");
+
     // Disabled: cloud-init honours its marker file /etc/cloud/cloud-init.disabled only on a
     // machine booted with systemd, which it recognises by systemd's own boot marker, the
     // directory /run/systemd/system. Both are files here; no systemd runs.
@@ -316,6 +334,8 @@ fn real_cloud_init_states_decide_whether_the_push_goes_on() {
     );
     host.sh("rm -f /etc/cloud/cloud-init.disabled && rmdir /run/systemd/system /run/systemd");
 
+    lap(&mut clock, "disabled (after error, after reboot)");
+
     // Not installed: the package purged from the target (last: it cannot come back offline).
     host.sh("dpkg --purge cloud-init >/dev/null");
     assert!(!host.run("command -v cloud-init").status.success());
@@ -334,6 +354,7 @@ fn real_cloud_init_states_decide_whether_the_push_goes_on() {
         seen(&host, "absent").expect("layer ran")["status"],
         "not installed"
     );
+    lap(&mut clock, "not installed");
 }
 
 #[test]
@@ -342,23 +363,51 @@ fn real_cloud_init_still_running_is_waited_for_until_done() {
         return;
     };
     let work = tempfile::tempdir().expect("tempdir");
-    // The final stage runs a user-data command that takes 3 s: until it ends, status.json has
-    // `"stage": "modules-final"` and there is no result.json — "running".
+    // The final stage runs a user-data command that waits for the test's word: until it ends,
+    // status.json says `"stage": "modules-final"` and there is no result.json — "running".
     host.boot_in_background(
-        "#cloud-config\nruncmd:\n  - [sh, -c, 'sleep 3; touch /var/tmp/ov-it-slept']\n",
+        "#cloud-config\nruncmd:\n  - [sh, -c, 'while [ ! -e /var/tmp/ov-it-go ]; do sleep 0.1; done']\n",
     );
     let b = bundle(work.path(), "running");
-    let (r, rec) = push_case(&host, &b, false, Duration::from_secs(60));
-    let rep = r.expect("running, then done: the push goes on");
+    let target = host.target();
+    let o = opts(&b, false, Duration::from_secs(60));
+    let (r, rec) = std::thread::scope(|s| {
+        let pusher = s.spawn(move || {
+            let mut rec = Recorder::default();
+            let r = push(target, wait(), &o, &mut rec);
+            (r, rec)
+        });
+        // The push reaches cloud-init's own `--wait` while cloud-init is running …
+        let t0 = Instant::now();
+        while !host.cloud_init_waiting() {
+            assert!(
+                !pusher.is_finished() && t0.elapsed() < Duration::from_secs(30),
+                "the push never waited for cloud-init"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        // … and stays there (3 s, as a boot's last stage might take) until cloud-init is done.
+        std::thread::sleep(Duration::from_secs(3));
+        assert!(
+            !pusher.is_finished(),
+            "the push went on while cloud-init ran"
+        );
+        assert_eq!(host.status().0["status"], "running");
+        std::fs::write(host.path("var/tmp/ov-it-go"), "").expect("release the runcmd");
+        pusher.join().expect("push thread")
+    });
+    let rep = match r.expect("running, then done: the push goes on") {
+        PushOutcome::Done(r) => *r,
+        PushOutcome::DryRun(_) => panic!("expected a real push"),
+    };
     assert_eq!(rep.cloud_init, CloudInitOutcome::Done);
     let states: Vec<String> = notes(&rec).into_iter().map(|(s, _)| s).collect();
     assert_eq!(states, vec!["waiting", "done"]);
-    // The layer ran after cloud-init had finished, not merely after the wait call returned.
+    // The layer ran after cloud-init had finished.
     let at_layer = seen(&host, "running").expect("layer ran");
     assert_eq!(at_layer["status"], "done", "{at_layer:#}");
     assert!(
         at_layer["modules-final"]["finished"].is_number(),
         "{at_layer:#}"
     );
-    assert!(host.path("var/tmp/ov-it-slept").is_file());
 }

@@ -418,6 +418,18 @@ mkdir -p /var/lib/cloud/seed/nocloud
         }
     }
 
+    /// Whether someone's `cloud-init status --wait` runs in the host now (from the process
+    /// table: sshd's descendants).
+    pub fn cloud_init_waiting(&self) -> bool {
+        descendants(self.sshd_pid()).into_iter().any(|p| {
+            let argv = std::fs::read(format!("/proc/{p}/cmdline")).unwrap_or_default();
+            let args: Vec<&[u8]> = argv.split(|&b| b == 0).collect();
+            args.iter().any(|a| a.ends_with(b"cloud-init"))
+                && args.contains(&&b"status"[..])
+                && args.contains(&&b"--wait"[..])
+        })
+    }
+
     /// A target for [`USER`] with the authorised key and this host's own known_hosts file.
     pub fn target(&self) -> Target {
         Target {
