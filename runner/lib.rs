@@ -7,7 +7,9 @@
 //! [`state`]); errors map to [`exit::Exit`] through [`exit::HasExit`].
 
 pub mod archive;
+pub mod cli;
 pub mod commands;
+pub mod compile_cmd;
 pub mod executor;
 pub mod exit;
 pub mod ledger;

@@ -105,16 +105,70 @@ pub enum RenderError {
         #[source]
         source: shell::QuoteError,
     },
+    /// A template failed while rendering one layer's scripts.
+    #[error("layer `{layer}`: template `{template}` failed")]
+    LayerTemplate {
+        /// The layer being rendered.
+        layer: String,
+        /// Template name.
+        template: String,
+        /// The engine's error.
+        #[source]
+        source: minijinja::Error,
+    },
+    /// A value does not have the shape its place in a command or file needs.
+    #[error("layer `{layer}`: {what} `{value}` {reason}")]
+    Invalid {
+        /// The layer the value came from.
+        layer: String,
+        /// Which field, e.g. ``package name`` or ``task `mkdir:` path``.
+        what: String,
+        /// The value (escaped, shortened).
+        value: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// A payload file the plan refers to cannot be read on the compiling machine.
+    #[error("layer `{layer}`: payload file `{}` cannot be read", path.display())]
+    Payload {
+        /// The layer.
+        layer: String,
+        /// The file.
+        path: PathBuf,
+        /// The I/O error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A builder manifest (`package.json`, `Cargo.toml`) cannot be understood.
+    #[error("layer `{layer}`: cannot read `{}`: {message}", path.display())]
+    Manifest {
+        /// The layer.
+        layer: String,
+        /// The manifest.
+        path: PathBuf,
+        /// What is wrong.
+        message: String,
+    },
 }
 
 /// A value that is already a complete shell fragment and must be emitted verbatim.
 ///
-/// Only two filters create it: `raw_shell` (a layer's `cmd:` body — the single reviewed path for
-/// raw layer shell) and `runtime_path`/`runtime_word` (whose output is built by [`shell`]).
+/// Filters create it: `raw_shell` (a layer's `cmd:` body — the single reviewed path for raw layer
+/// shell), `runtime_path`/`runtime_word` (whose output is built by [`shell`]) and `comment` (text
+/// with every line break and control character replaced, for `#` comments); `render` also builds
+/// some from [`shell::concat_word`] (unit files with run-time values).
 #[derive(Debug)]
 struct ShellFragment(String);
 
-impl Object for ShellFragment {}
+impl Object for ShellFragment {
+    fn repr(self: &std::sync::Arc<Self>) -> minijinja::value::ObjectRepr {
+        minijinja::value::ObjectRepr::Plain
+    }
+
+    fn is_true(self: &std::sync::Arc<Self>) -> bool {
+        !self.0.is_empty()
+    }
+}
 
 /// The template engine: embedded templates (optionally overridden from a directory), strict
 /// undefined variables, and a formatter that shell-quotes every interpolated value.
@@ -213,6 +267,15 @@ impl Engine {
                 fragment(shell::runtime_word(&s, true))
             },
         );
+        env.add_filter("comment", |text: String| -> Value {
+            // A comment ends at a newline; with every control character gone, nothing after the
+            // `#` can become code.
+            let one_line: String = text
+                .chars()
+                .map(|c| if c.is_control() { ' ' } else { c })
+                .collect();
+            Value::from_object(ShellFragment(one_line))
+        });
         env.add_filter(
             "runtime_word",
             |s: String| -> Result<Value, minijinja::Error> {
@@ -279,6 +342,1171 @@ pub fn list_template_files(dir: &Path) -> std::io::Result<Vec<(String, PathBuf)>
     Ok(out)
 }
 
+// ---- the render stage ----------------------------------------------------------------------
+
+mod check;
+mod systemd;
+
+use check::Checker;
+use minijinja::context;
+
+use crate::layer::{Repo, Task, TaskVerb};
+use crate::plan::{
+    Action, BuilderKind, InstallPlan, LayerPlan, Phase, ReverseKind, ReverseOp, RunAs, Step,
+};
+
+/// Template names (relative to `templates/`).
+const T_HEADER: &str = "steps/header.sh.j2";
+const T_STEP: &str = "steps/step.sh.j2";
+const T_SKIPPED: &str = "steps/skipped.sh.j2";
+const T_UNDO: &str = "steps/undo.sh.j2";
+const T_LIB: &str = "lib/steps.sh.j2";
+
+/// Render every layer of `plan` into scripts, undo scripts and a payload list.
+///
+/// `project_root` locates payload files: `<root>/<LayerPlan.source>/<File.source>`. Steps are
+/// grouped into one script per contiguous (scope, venue) run of a layer's runnable steps; skipped
+/// steps (venue `skip`, or a gate this compile did not open) run nothing and appear as a comment
+/// in the script they fall in.
+pub fn render(
+    plan: &InstallPlan,
+    project_root: &Path,
+    engine: &Engine,
+) -> Result<Rendered, RenderError> {
+    let step_lib = engine.render(T_LIB, &context! {})?;
+    let layers = plan
+        .layers
+        .iter()
+        .map(|lp| LayerRenderer::new(plan, lp, project_root, engine)?.render())
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(Rendered {
+        layers,
+        step_lib,
+        overridden_templates: engine.overridden().to_vec(),
+    })
+}
+
+/// Why a step does not run, or `None` when it runs.
+fn skip_reason(plan: &InstallPlan, step: &Step) -> Option<String> {
+    if let Some(skip) = &step.skip {
+        return Some(skip.reason.clone());
+    }
+    if step.venue == Venue::Skip {
+        return Some("not run on this target".to_string());
+    }
+    if let Action::ContainerOnly { key } = &step.action {
+        return Some(format!("`{key}` only applies to containers"));
+    }
+    match step.gate {
+        Some(gate) if !plan.gates.allows(gate) => Some(format!("requires --{}", gate.as_str())),
+        _ => None,
+    }
+}
+
+/// Who a task or file acts as, relative to the account its script runs as.
+enum Account {
+    /// The script's own account (root for system scripts, the target user for user scripts).
+    Script,
+    /// The target user, from a root script.
+    Target,
+    /// Another named account, from a root script.
+    Named(String),
+}
+
+impl Account {
+    /// The owner for `chown`, as a run-time word source (`${UID}:${GID}` resolves on the target).
+    fn owner(&self) -> String {
+        match self {
+            Account::Script => String::new(),
+            Account::Target => "${UID}:${GID}".to_string(),
+            Account::Named(n) => n.clone(),
+        }
+    }
+
+    /// The account to switch to for a `cmd:` task (empty: no switch).
+    fn run_as(&self) -> String {
+        match self {
+            Account::Script => String::new(),
+            Account::Target => "${USER}".to_string(),
+            Account::Named(n) => n.clone(),
+        }
+    }
+}
+
+/// A payload file found for the layer.
+type PayloadMap = BTreeMap<String, PathBuf>;
+
+struct LayerRenderer<'a> {
+    plan: &'a InstallPlan,
+    lp: &'a LayerPlan,
+    engine: &'a Engine,
+    ck: Checker<'a>,
+    /// The layer directory on the compiling machine.
+    dir: PathBuf,
+    payload: PayloadMap,
+}
+
+/// One line of a script: a runnable step, or a skipped one shown as a comment.
+enum Item {
+    Run(usize),
+    Skipped(usize, String),
+}
+
+impl<'a> LayerRenderer<'a> {
+    fn new(
+        plan: &'a InstallPlan,
+        lp: &'a LayerPlan,
+        project_root: &Path,
+        engine: &'a Engine,
+    ) -> Result<Self, RenderError> {
+        let ck = Checker { layer: &lp.name };
+        if ck.name("layer name", &lp.name).is_err() {
+            return Err(ck.invalid(
+                "layer name",
+                &lp.name,
+                "must be letters, digits and `._+:@-`, starting with a letter or digit",
+            ));
+        }
+        no_nul(lp)?;
+        Ok(LayerRenderer {
+            plan,
+            lp,
+            engine,
+            ck,
+            dir: project_root.join(&lp.source),
+            payload: PayloadMap::new(),
+        })
+    }
+
+    fn tpl(&self, name: &str, ctx: Value) -> Result<String, RenderError> {
+        self.engine.render(name, &ctx).map_err(|e| match e {
+            RenderError::Template { template, source } => RenderError::LayerTemplate {
+                layer: self.lp.name.clone(),
+                template,
+                source,
+            },
+            other => other,
+        })
+    }
+
+    fn render(mut self) -> Result<RenderedLayer, RenderError> {
+        // Group: contiguous runs of runnable steps with equal (scope, venue); a skipped step joins
+        // the script it falls in (the one before it, else the next one).
+        let mut groups: Vec<(Scope, Venue, Vec<Item>)> = Vec::new();
+        let mut pending: Vec<Item> = Vec::new();
+        for (i, step) in self.lp.steps.iter().enumerate() {
+            match skip_reason(self.plan, step) {
+                Some(reason) => match groups.last_mut() {
+                    Some(g) => g.2.push(Item::Skipped(i, reason)),
+                    None => pending.push(Item::Skipped(i, reason)),
+                },
+                None => {
+                    let key = (step.scope, step.venue);
+                    match groups.last_mut() {
+                        Some(g) if (g.0, g.1) == key => g.2.push(Item::Run(i)),
+                        _ => {
+                            let mut items = std::mem::take(&mut pending);
+                            items.push(Item::Run(i));
+                            groups.push((step.scope, step.venue, items));
+                        }
+                    }
+                }
+            }
+        }
+        let mut scripts = Vec::new();
+        for (k, (scope, venue, items)) in groups.into_iter().enumerate() {
+            let file_name = format!("{:02}-{}.sh", k + 1, scope.as_str());
+            let mut content = self.tpl(
+                T_HEADER,
+                context! {
+                    layer => &self.lp.name,
+                    scope => scope.as_str(),
+                    venue => venue.as_str(),
+                    file_name => &file_name,
+                },
+            )?;
+            let mut steps = Vec::new();
+            for item in items {
+                content.push('\n');
+                match item {
+                    Item::Run(i) => {
+                        let step = &self.lp.steps[i];
+                        let body = self.step_body(i + 1, step)?;
+                        let body = body.trim_end_matches('\n').to_string();
+                        content.push_str(&self.tpl(
+                            T_STEP,
+                            context! {
+                                n => i + 1,
+                                kind => step.kind(),
+                                summary => step.action.summary(),
+                                body => Value::from_object(ShellFragment(body)),
+                            },
+                        )?);
+                        steps.push(step.action.summary());
+                    }
+                    Item::Skipped(i, reason) => {
+                        let step = &self.lp.steps[i];
+                        content.push_str(&self.tpl(
+                            T_SKIPPED,
+                            context! {
+                                n => i + 1,
+                                kind => step.kind(),
+                                summary => step.action.summary(),
+                                reason => reason,
+                            },
+                        )?);
+                    }
+                }
+            }
+            scripts.push(RenderedScript {
+                file_name,
+                scope,
+                venue,
+                content,
+                steps,
+            });
+        }
+        let undo = self.undo()?;
+        let payload = std::mem::take(&mut self.payload)
+            .into_iter()
+            .map(|(bundle_path, source_path)| PayloadFile {
+                bundle_path,
+                source_path,
+            })
+            .collect();
+        Ok(RenderedLayer {
+            name: self.lp.name.clone(),
+            scripts,
+            undo,
+            payload,
+        })
+    }
+
+    // ---- payload ---------------------------------------------------------------------------
+
+    /// Carry `rel` (a file of the layer directory) in the bundle as `files/<layer>/<rel>`.
+    fn add_payload(&mut self, what: &str, rel: &str) -> Result<(), RenderError> {
+        self.ck.relative(what, rel)?;
+        let path = self.dir.join(rel);
+        let meta = std::fs::metadata(&path).map_err(|source| RenderError::Payload {
+            layer: self.lp.name.clone(),
+            path: path.clone(),
+            source,
+        })?;
+        if !meta.is_file() {
+            return Err(RenderError::Payload {
+                layer: self.lp.name.clone(),
+                path,
+                source: std::io::Error::other("not a regular file"),
+            });
+        }
+        self.payload
+            .insert(format!("files/{}/{rel}", self.lp.name), path);
+        Ok(())
+    }
+
+    /// Carry every regular file below `rel` (the whole layer directory for `""`).
+    fn add_payload_tree(&mut self, rel: &str) -> Result<(), RenderError> {
+        let base = if rel.is_empty() {
+            self.dir.clone()
+        } else {
+            self.dir.join(rel)
+        };
+        let files = list_template_files(&base).map_err(|source| RenderError::Payload {
+            layer: self.lp.name.clone(),
+            path: base.clone(),
+            source,
+        })?;
+        for (name, path) in files {
+            if std::fs::metadata(&path)
+                .map(|m| m.is_file())
+                .unwrap_or(false)
+            {
+                let full = if rel.is_empty() {
+                    name
+                } else {
+                    format!("{rel}/{name}")
+                };
+                self.add_payload("payload file", &full)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn payload_exists(&self, rel: &str) -> bool {
+        self.dir.join(rel).is_file()
+    }
+
+    // ---- steps -----------------------------------------------------------------------------
+
+    fn account(&self, scope: Scope, run_as: &RunAs) -> Result<Account, RenderError> {
+        match (scope, run_as) {
+            (Scope::System, RunAs::Root) => Ok(Account::Script),
+            (Scope::System, RunAs::TargetUser) => Ok(Account::Target),
+            (Scope::System, RunAs::Named(n)) => Ok(Account::Named(
+                self.ck.account("task `user:`", n)?.to_string(),
+            )),
+            (_, RunAs::TargetUser) => Ok(Account::Script),
+            (_, RunAs::Root) => Err(self.ck.invalid(
+                "task `user:`",
+                "root",
+                "runs as root but the plan puts it in a user-scope script",
+            )),
+            (_, RunAs::Named(n)) => Err(self.ck.invalid(
+                "task `user:`",
+                n,
+                "names another account; a user-scope script runs as the target user and cannot switch accounts (the plan must put such a step in system scope)",
+            )),
+        }
+    }
+
+    /// The shell text of one runnable step (without its comment header).
+    fn step_body(&mut self, n: usize, step: &Step) -> Result<String, RenderError> {
+        let layer = self.lp.name.clone();
+        match &step.action {
+            Action::SystemPackages {
+                format,
+                packages,
+                options,
+                repos,
+                keys,
+                copr,
+                modules,
+                exclude,
+            } => {
+                let ck = &self.ck;
+                for p in packages {
+                    ck.operand("package name", p)?;
+                }
+                for o in options {
+                    ck.option("package `options:` entry", o)?;
+                }
+                for k in keys {
+                    ck.operand("package `keys:` entry", k)?;
+                }
+                for c in copr {
+                    ck.operand("package `copr:` entry", c)?;
+                }
+                let modules = modules
+                    .iter()
+                    .map(|m| {
+                        ck.operand("package `modules:` entry", m)?;
+                        let name = m.split(':').next().unwrap_or(m);
+                        Ok(context! { name => name, spec => m })
+                    })
+                    .collect::<Result<Vec<_>, RenderError>>()?;
+                let exclude = exclude
+                    .iter()
+                    .map(|e| {
+                        Ok(format!(
+                            "--exclude={}",
+                            ck.line("package `exclude:` entry", e)?
+                        ))
+                    })
+                    .collect::<Result<Vec<_>, RenderError>>()?;
+                // A repository whose gpgcheck is off must stay off for the install itself.
+                let setopts: Vec<String> = if format == "rpm" {
+                    repos
+                        .iter()
+                        .filter(|r| matches!(r.gpgcheck.as_deref(), Some("false" | "0" | "no")))
+                        .filter_map(|r| r.name.as_ref())
+                        .map(|n| format!("--setopt={n}.gpgcheck=0"))
+                        .collect()
+                } else {
+                    Vec::new()
+                };
+                let repos = repos
+                    .iter()
+                    .map(|r| self.repo(format, r))
+                    .collect::<Result<Vec<_>, _>>()?;
+                let template = match format.as_str() {
+                    "pac" | "deb" | "rpm" => format!("steps/packages-{format}.sh.j2"),
+                    other => {
+                        return Err(self.ck.invalid(
+                            "package format",
+                            other,
+                            "is not one of pac, deb, rpm (aur packages are a builder step)",
+                        ))
+                    }
+                };
+                self.tpl(
+                    &template,
+                    context! {
+                        layer, n, phase => step.phase.as_str(), packages, options, repos, keys,
+                        copr, modules, exclude, setopts,
+                    },
+                )
+            }
+            Action::RepoChange {
+                format,
+                path,
+                content,
+            } => {
+                self.ck.path("repository file path", path)?;
+                self.tpl(
+                    "steps/repo-file.sh.j2",
+                    context! { layer, n, format, path, content },
+                )
+            }
+            Action::Task { task, run_as } => {
+                let account = self.account(step.scope, run_as)?;
+                self.task(n, task, &account)
+            }
+            Action::File {
+                source,
+                dest,
+                mode,
+                run_as,
+            } => {
+                let account = self.account(step.scope, run_as)?;
+                self.file(n, source, dest, mode, &account)
+            }
+            Action::ShellHook { env, path_append } => {
+                for (k, _) in env {
+                    self.ck.ident("`env:` name", k)?;
+                }
+                for p in path_append {
+                    self.ck.path("`path_append:` entry", p)?;
+                    if p.contains(':') {
+                        return Err(self.ck.invalid(
+                            "`path_append:` entry",
+                            p,
+                            "contains `:`, which would add more than one PATH entry",
+                        ));
+                    }
+                }
+                let env: Vec<Value> = env
+                    .iter()
+                    .map(|(k, v)| context! { name => k, value => v })
+                    .collect();
+                self.tpl(
+                    "steps/shell-hook.sh.j2",
+                    context! { layer, n, env, path_append },
+                )
+            }
+            Action::ServicePackaged {
+                unit,
+                enable,
+                service,
+            } => {
+                self.ck.unit("service unit", unit)?;
+                let user = step.scope != Scope::System;
+                let dropin = match systemd::packaged_dropin(&self.ck, service)? {
+                    Some(text) => Some(self.fragment(shell::concat_word(&text.into_parts()))?),
+                    None => None,
+                };
+                let default_path = if user {
+                    format!("~/.config/systemd/user/{unit}.d/ov-{layer}.conf")
+                } else {
+                    format!("/etc/systemd/system/{unit}.d/ov-{layer}.conf")
+                };
+                let dropin_path =
+                    reverse_target(step, ReverseKind::RemoveDropin).unwrap_or(default_path);
+                self.ck.path("drop-in path", &dropin_path)?;
+                self.tpl(
+                    "steps/service-packaged.sh.j2",
+                    context! {
+                        layer, n, unit, enable, dropin, dropin_path,
+                        sd_scope => if user { "user" } else { "system" },
+                    },
+                )
+            }
+            Action::ServiceCustom { unit, service } => {
+                self.ck.unit("service unit", unit)?;
+                let user = step.scope != Scope::System;
+                let text = systemd::custom_unit(&self.ck, service, user)?;
+                let unit_text = self.fragment(shell::concat_word(&text.into_parts()))?;
+                let default_path = if user {
+                    format!("~/.config/systemd/user/{unit}")
+                } else {
+                    format!("/etc/systemd/system/{unit}")
+                };
+                let unit_path =
+                    reverse_target(step, ReverseKind::ServiceRemove).unwrap_or(default_path);
+                self.ck.path("unit path", &unit_path)?;
+                self.tpl(
+                    "steps/service-custom.sh.j2",
+                    context! {
+                        layer, n, unit, unit_text, unit_path, enable => service.enable,
+                        sd_scope => if user { "user" } else { "system" },
+                    },
+                )
+            }
+            Action::Builder {
+                builder,
+                manifest,
+                packages,
+            } => self.builder(n, *builder, manifest.as_deref(), packages),
+            Action::ContainerOnly { key } => Err(self.ck.invalid(
+                "container-only key",
+                key,
+                "cannot run on a host (the plan should mark it skipped)",
+            )),
+        }
+    }
+
+    fn fragment(&self, word: Result<String, shell::QuoteError>) -> Result<Value, RenderError> {
+        word.map(|w| Value::from_object(ShellFragment(w)))
+            .map_err(|source| RenderError::Quote {
+                layer: self.lp.name.clone(),
+                source,
+            })
+    }
+
+    /// A repository entry, checked and with the format's defaults filled in.
+    fn repo(&self, format: &str, r: &Repo) -> Result<Value, RenderError> {
+        let ck = &self.ck;
+        let opt = |v: &Option<String>| v.clone().unwrap_or_default();
+        let name = match &r.name {
+            Some(n) => Some(ck.name("repository `name:`", n)?.to_string()),
+            None => None,
+        };
+        let need_name = || {
+            name.clone().ok_or_else(|| {
+                ck.invalid(
+                    "repository",
+                    r.url.as_deref().unwrap_or(""),
+                    "has no `name:`",
+                )
+            })
+        };
+        match format {
+            "deb" => {
+                if let Some(ppa) = &r.ppa {
+                    ck.operand("repository `ppa:`", ppa)?;
+                    return Ok(context! {
+                        ppa, name => "", url => "", suite => "", components => "", key => "",
+                        signed_by => "",
+                    });
+                }
+                if let Some(k) = &r.key {
+                    ck.url("repository `key:`", k)?;
+                }
+                if let Some(sb) = &r.signed_by {
+                    ck.path("repository `signed_by:`", sb)?;
+                    if sb.contains([' ', ']']) {
+                        return Err(ck.invalid(
+                            "repository `signed_by:`",
+                            sb,
+                            "contains a blank or `]`",
+                        ));
+                    }
+                }
+                // Without `url:` (the plan wrote the sources file as a `RepoChange`), the prepare
+                // step only fetches the key into the keyring that file names.
+                let url = match &r.url {
+                    Some(u) => ck.url("repository `url:`", u)?.to_string(),
+                    None if r.key.is_some() => String::new(),
+                    None => {
+                        return Err(ck.invalid(
+                            "repository",
+                            name.as_deref().unwrap_or(""),
+                            "has none of `url:`, `key:`, `ppa:`",
+                        ))
+                    }
+                };
+                let name = need_name()?;
+                let suite = r.suite.clone().unwrap_or_else(|| "stable".to_string());
+                ck.word("repository `suite:`", &suite)?;
+                let components = r.components.clone().unwrap_or_else(|| "main".to_string());
+                ck.line("repository `components:`", &components)?;
+                Ok(context! {
+                    ppa => "", name, url, suite, components, key => opt(&r.key),
+                    signed_by => opt(&r.signed_by),
+                })
+            }
+            "rpm" => {
+                for (what, v) in [
+                    ("repository `url:`", &r.url),
+                    ("repository `gpgkey:`", &r.gpgkey),
+                    ("repository `rpm:`", &r.rpm),
+                ] {
+                    if let Some(v) = v {
+                        ck.url(what, v)?;
+                    }
+                }
+                // A `.repo` URL is stored under its own base name (as dnf does); a base URL
+                // becomes `<name>.repo`.
+                let file = match r.url.as_deref() {
+                    Some(u) if u.split(['?', '#']).next().unwrap_or(u).ends_with(".repo") => {
+                        let path = u.split(['?', '#']).next().unwrap_or(u);
+                        let base = path.rsplit('/').next().unwrap_or("");
+                        ck.name("repository file name", base)?;
+                        format!("/etc/yum.repos.d/{base}")
+                    }
+                    Some(_) => format!("/etc/yum.repos.d/{}.repo", need_name()?),
+                    None => String::new(),
+                };
+                let gpgcheck = match r
+                    .gpgcheck
+                    .as_deref()
+                    .map(str::to_ascii_lowercase)
+                    .as_deref()
+                {
+                    Some("false" | "0" | "no") => "0",
+                    _ => "1",
+                };
+                Ok(context! {
+                    name => name.unwrap_or_default(), url => opt(&r.url), gpgkey => opt(&r.gpgkey),
+                    gpgcheck, rpm => opt(&r.rpm), file,
+                })
+            }
+            "pac" => {
+                let name = need_name()?;
+                let server = r
+                    .server
+                    .as_deref()
+                    .or(r.url.as_deref())
+                    .ok_or_else(|| ck.invalid("repository", &name, "has no `server:`"))?;
+                ck.url("repository `server:`", server)?;
+                let siglevel = r
+                    .siglevel
+                    .clone()
+                    .unwrap_or_else(|| "Optional TrustAll".to_string());
+                ck.line("repository `siglevel:`", &siglevel)?;
+                if let Some(k) = &r.key {
+                    ck.operand("repository `key:`", k)?;
+                }
+                Ok(context! { name, server, siglevel, key => opt(&r.key) })
+            }
+            other => Err(ck.invalid("package format", other, "has no repositories")),
+        }
+    }
+
+    fn task(&mut self, n: usize, task: &Task, account: &Account) -> Result<String, RenderError> {
+        let layer = self.lp.name.clone();
+        let ck = &self.ck;
+        let mode = match &task.mode {
+            Some(m) => Some(ck.mode("task `mode:`", m)?.to_string()),
+            None => None,
+        };
+        let env = task
+            .env
+            .iter()
+            .map(|(k, v)| Ok(context! { name => ck.ident("task `env:` name", k)?, value => v }))
+            .collect::<Result<Vec<_>, RenderError>>()?;
+        let owner = account.owner();
+        match &task.verb {
+            TaskVerb::Cmd { body } => {
+                let (body, uses_ctx) = resolve_ctx(body);
+                if uses_ctx {
+                    // `/ctx/` was the whole layer directory in the original: carry all of it.
+                    self.add_payload_tree("")?;
+                }
+                let mut body = body;
+                if !body.ends_with('\n') {
+                    body.push('\n');
+                }
+                self.tpl(
+                    "steps/task-cmd.sh.j2",
+                    context! {
+                        layer, n, body, env, uses_ctx, run_as => account.run_as(),
+                        func => format!("ov_task_{n}"),
+                    },
+                )
+            }
+            TaskVerb::Mkdir { path } => {
+                ck.path("task `mkdir:` path", path)?;
+                self.tpl(
+                    "steps/task-mkdir.sh.j2",
+                    context! { layer, n, path, mode => mode.unwrap_or_default(), owner },
+                )
+            }
+            TaskVerb::Copy { src, to } => {
+                let dest = to.clone().unwrap_or_else(|| src.clone());
+                let mode = mode.unwrap_or_else(|| "0644".to_string());
+                self.file(n, src, &dest, &mode, account)
+            }
+            TaskVerb::Write { path, content } => {
+                ck.path("task `write:` path", path)?;
+                self.tpl(
+                    "steps/task-write.sh.j2",
+                    context! {
+                        layer, n, path, content, owner,
+                        mode => mode.unwrap_or_else(|| "0644".to_string()),
+                    },
+                )
+            }
+            TaskVerb::Link { path, target } => {
+                ck.path("task `link:` path", path)?;
+                ck.link_target("task `link:` target", target)?;
+                self.tpl(
+                    "steps/task-link.sh.j2",
+                    context! { layer, n, path, target, owner },
+                )
+            }
+            TaskVerb::Download {
+                url,
+                to,
+                extract,
+                include,
+                strip_components,
+            } => {
+                ck.url("task `download:` URL", url)?;
+                let extract = match extract {
+                    Some(e) => match e.as_str() {
+                        "tar.gz" | "tgz" => "tar.gz",
+                        "tar.xz" | "txz" => "tar.xz",
+                        "tar.zst" | "tzst" => "tar.zst",
+                        "zip" => "zip",
+                        "sh" => "sh",
+                        "none" | "" => "none",
+                        other => {
+                            return Err(ck.invalid(
+                                "task `extract:`",
+                                other,
+                                "is not one of tar.gz, tar.xz, tar.zst, zip, sh, none",
+                            ))
+                        }
+                    },
+                    None => extract_from_url(url),
+                };
+                let to = match to {
+                    Some(t) => ck.path("task `download:` `to:`", t)?.to_string(),
+                    None if extract == "sh" => String::new(),
+                    None => {
+                        return Err(ck.invalid(
+                            "task `download:`",
+                            url,
+                            "has no `to:` (where to put the download)",
+                        ))
+                    }
+                };
+                for m in include {
+                    ck.operand("task `include:` entry", m)?;
+                }
+                self.tpl(
+                    "steps/task-download.sh.j2",
+                    context! {
+                        layer, n, url, to, extract, include, env, owner,
+                        strip => strip_components.map(|s| s.to_string()).unwrap_or_default(),
+                        mode => mode.unwrap_or_default(),
+                    },
+                )
+            }
+            TaskVerb::Setcap { path, caps } => {
+                ck.path("task `setcap:` path", path)?;
+                if !caps.is_empty() {
+                    ck.operand("task `caps:`", caps)?;
+                }
+                self.tpl("steps/task-setcap.sh.j2", context! { layer, n, path, caps })
+            }
+            TaskVerb::Build { what } => {
+                self.tpl("steps/task-build.sh.j2", context! { layer, n, what })
+            }
+        }
+    }
+
+    fn file(
+        &mut self,
+        n: usize,
+        source: &str,
+        dest: &str,
+        mode: &str,
+        account: &Account,
+    ) -> Result<String, RenderError> {
+        self.ck.path("file destination", dest)?;
+        self.ck.mode("file mode", mode)?;
+        self.add_payload("file source", source)?;
+        let layer = self.lp.name.clone();
+        self.tpl(
+            "steps/file.sh.j2",
+            context! { layer, n, source, dest, mode, owner => account.owner() },
+        )
+    }
+
+    fn builder(
+        &mut self,
+        n: usize,
+        builder: BuilderKind,
+        manifest: Option<&str>,
+        packages: &[String],
+    ) -> Result<String, RenderError> {
+        let layer = self.lp.name.clone();
+        match builder {
+            BuilderKind::Pixi => {
+                let manifest = manifest.unwrap_or("pixi.toml");
+                if !["pixi.toml", "pyproject.toml", "environment.yml"].contains(&manifest) {
+                    return Err(self.ck.invalid(
+                        "pixi manifest",
+                        manifest,
+                        "is not pixi.toml, pyproject.toml or environment.yml",
+                    ));
+                }
+                self.add_payload("pixi manifest", manifest)?;
+                let lock = self.payload_exists("pixi.lock");
+                if lock {
+                    self.add_payload("pixi lock file", "pixi.lock")?;
+                }
+                let build = self.payload_exists("build.sh");
+                if build {
+                    self.add_payload("pixi build script", "build.sh")?;
+                }
+                self.tpl(
+                    "steps/builder-pixi.sh.j2",
+                    context! {
+                        layer, n, manifest,
+                        lock => if lock { "yes" } else { "no" },
+                        build => if build { "yes" } else { "no" },
+                    },
+                )
+            }
+            BuilderKind::Npm => {
+                let manifest = manifest.unwrap_or("package.json");
+                self.add_payload("npm manifest", manifest)?;
+                // The plan's specs when it has them; else the manifest's dependencies.
+                let deps = if packages.is_empty() {
+                    npm_dependencies(&self.dir.join(manifest), &self.lp.name)?
+                } else {
+                    packages.iter().map(|spec| npm_split_spec(spec)).collect()
+                };
+                let mut names = Vec::new();
+                let mut specs = Vec::new();
+                for (name, spec) in deps {
+                    self.ck.operand("package.json dependency", &name)?;
+                    self.ck.line("package.json version", &spec)?;
+                    specs.push(if spec.is_empty() || spec == "*" {
+                        name.clone()
+                    } else {
+                        format!("{name}@{spec}")
+                    });
+                    names.push(name);
+                }
+                self.tpl(
+                    "steps/builder-npm.sh.j2",
+                    context! { layer, n, names, specs },
+                )
+            }
+            BuilderKind::Cargo => {
+                let manifest = manifest.unwrap_or("Cargo.toml");
+                if manifest != "Cargo.toml" {
+                    return Err(self
+                        .ck
+                        .invalid("cargo manifest", manifest, "is not Cargo.toml"));
+                }
+                self.add_payload("cargo manifest", manifest)?;
+                for extra in ["Cargo.lock", "build.rs"] {
+                    if self.payload_exists(extra) {
+                        self.add_payload("cargo file", extra)?;
+                    }
+                }
+                if self.dir.join("src").is_dir() {
+                    self.add_payload_tree("src")?;
+                }
+                let krate = cargo_package_name(&self.dir.join(manifest), &self.lp.name)?;
+                self.ck.operand("Cargo.toml package name", &krate)?;
+                self.tpl("steps/builder-cargo.sh.j2", context! { layer, n, krate })
+            }
+            BuilderKind::Aur => {
+                for p in packages {
+                    self.ck.operand("aur package name", p)?;
+                }
+                self.tpl("steps/builder-aur.sh.j2", context! { layer, n, packages })
+            }
+        }
+    }
+
+    // ---- undo ------------------------------------------------------------------------------
+
+    fn undo(&self) -> Result<String, RenderError> {
+        let mut ops: Vec<Value> = Vec::new();
+        let mut repo_setup = false;
+        let runnable: Vec<&Step> = self
+            .lp
+            .steps
+            .iter()
+            .filter(|s| skip_reason(self.plan, s).is_none())
+            .collect();
+        for step in runnable.iter().rev() {
+            // Last to first, except that a unit is disabled before its file goes, and a unit that
+            // was enabled before is re-enabled last (the original ran these the other way round).
+            let mut own = step.reverse.clone();
+            own.extend(implied_reverse(step));
+            let mut reverse: Vec<&ReverseOp> = own.iter().rev().collect();
+            reverse.sort_by_key(|op| match op.kind {
+                ReverseKind::ServiceDisable => 0,
+                ReverseKind::RestoreEnabled => 2,
+                _ => 1,
+            });
+            for op in reverse {
+                ops.push(self.undo_op(op)?);
+            }
+            let sets_up_repos = matches!(
+                &step.action,
+                Action::SystemPackages { .. } if step.phase == Phase::Prepare
+            );
+            if sets_up_repos && !repo_setup {
+                repo_setup = true;
+                ops.push(context! {
+                    kind => "repo-setup",
+                    desc => "remove repository set-up (files, keys, sections, PPAs)",
+                    scope => "system", format => "", targets => Vec::<String>::new(),
+                });
+            }
+        }
+        self.tpl(T_UNDO, context! { layer => &self.lp.name, ops })
+    }
+
+    fn undo_op(&self, op: &ReverseOp) -> Result<Value, RenderError> {
+        let kind = serde_json::to_value(op.kind)
+            .ok()
+            .and_then(|v| v.as_str().map(String::from))
+            .unwrap_or_default();
+        let path_op = matches!(
+            op.kind,
+            ReverseKind::RmFileSystem
+                | ReverseKind::RmFileUser
+                | ReverseKind::RmDirRecursive
+                | ReverseKind::ServiceRemove
+                | ReverseKind::RemoveDropin
+                | ReverseKind::RemoveEnvdFile
+                | ReverseKind::RemoveRepoFile
+        );
+        for t in &op.targets {
+            if path_op {
+                self.ck.path(&format!("reverse op `{kind}` target"), t)?;
+            } else if op.kind == ReverseKind::ServiceDisable
+                || op.kind == ReverseKind::RestoreEnabled
+            {
+                self.ck.unit(&format!("reverse op `{kind}` target"), t)?;
+            } else {
+                self.ck.operand(&format!("reverse op `{kind}` target"), t)?;
+            }
+        }
+        let format = op.format.clone().unwrap_or_default();
+        if op.kind == ReverseKind::PackageRemove
+            && !["pac", "deb", "rpm", "aur"].contains(&format.as_str())
+        {
+            return Err(self.ck.invalid(
+                "reverse op `package-remove` format",
+                &format,
+                "is not pac, deb or rpm",
+            ));
+        }
+        let scope = match (op.kind, op.scope) {
+            (ReverseKind::RmFileUser | ReverseKind::RemoveEnvdFile, _) => "user",
+            (_, Scope::System) => "system",
+            _ => "user",
+        };
+        let desc = format!("{kind} {}", op.targets.join(" "))
+            .trim_end()
+            .to_string();
+        Ok(context! { kind, desc, scope, format, targets => &op.targets })
+    }
+}
+
+/// Reverse ops the scripts can carry out from their run-time facts although the plan has none:
+/// a builder's recorded installs (cargo crates are only known after the build) and what an
+/// archive download extracted (without `uninstall:`, the plan cannot name the files).
+fn implied_reverse(step: &Step) -> Vec<ReverseOp> {
+    let has = |kinds: &[ReverseKind]| step.reverse.iter().any(|op| kinds.contains(&op.kind));
+    let op = |kind, scope, targets: Vec<String>| ReverseOp {
+        kind,
+        format: None,
+        targets,
+        scope,
+        extra: BTreeMap::new(),
+    };
+    match &step.action {
+        Action::Builder { builder, .. } => {
+            let kind = match builder {
+                BuilderKind::Cargo => ReverseKind::CargoUninstall,
+                BuilderKind::Npm => ReverseKind::NpmUninstallG,
+                BuilderKind::Pixi => ReverseKind::PixiEnvRemove,
+                BuilderKind::Aur => return Vec::new(),
+            };
+            if has(&[kind]) {
+                Vec::new()
+            } else {
+                vec![op(kind, Scope::User, Vec::new())]
+            }
+        }
+        Action::Task { task, .. } => match &task.verb {
+            TaskVerb::Download {
+                url,
+                to: Some(to),
+                extract,
+                ..
+            } => {
+                let archive = match extract.as_deref() {
+                    Some(e) => !matches!(e, "none" | "sh" | ""),
+                    None => !matches!(extract_from_url(url), "none" | "sh"),
+                };
+                if archive && !has(&[ReverseKind::RmFileSystem, ReverseKind::RmFileUser]) {
+                    let kind = if step.scope == Scope::System {
+                        ReverseKind::RmFileSystem
+                    } else {
+                        ReverseKind::RmFileUser
+                    };
+                    vec![op(kind, step.scope, vec![to.clone()])]
+                } else {
+                    Vec::new()
+                }
+            }
+            _ => Vec::new(),
+        },
+        _ => Vec::new(),
+    }
+}
+
+/// The first target of the step's reverse op of `kind` (where that op will look for the file).
+fn reverse_target(step: &Step, kind: ReverseKind) -> Option<String> {
+    step.reverse
+        .iter()
+        .find(|op| op.kind == kind)
+        .and_then(|op| op.targets.first().cloned())
+}
+
+/// `extract:` when absent: from the URL's suffix (query and fragment ignored).
+fn extract_from_url(url: &str) -> &'static str {
+    let path = url
+        .split(['?', '#'])
+        .next()
+        .unwrap_or(url)
+        .to_ascii_lowercase();
+    if path.ends_with(".tar.gz") || path.ends_with(".tgz") {
+        "tar.gz"
+    } else if path.ends_with(".tar.xz") || path.ends_with(".txz") {
+        "tar.xz"
+    } else if path.ends_with(".tar.zst") || path.ends_with(".tzst") {
+        "tar.zst"
+    } else if path.ends_with(".zip") {
+        "zip"
+    } else if path.ends_with(".sh") {
+        "sh"
+    } else {
+        "none"
+    }
+}
+
+/// Replace `/ctx` references (the layer directory, in the original's container builds) by
+/// `${OV_CTX}`, the layer's payload directory in the bundle. Only a `/ctx` that starts a path
+/// (after a blank, quote, `=`, `:` or an operator) and ends one is replaced, so `/srv/ctx/` stays.
+fn resolve_ctx(body: &str) -> (String, bool) {
+    let mut out = String::with_capacity(body.len());
+    let mut used = false;
+    let mut prev: Option<char> = None;
+    let mut rest = body;
+    while !rest.is_empty() {
+        let starts = rest.starts_with("/ctx")
+            && prev.is_none_or(|p| p.is_whitespace() || "\"'=:;|&(<>`".contains(p))
+            && rest[4..]
+                .chars()
+                .next()
+                .is_none_or(|c| c == '/' || c.is_whitespace() || "\"';|&)<>`".contains(c));
+        if starts {
+            out.push_str("${OV_CTX}");
+            used = true;
+            rest = &rest[4..];
+            prev = Some('x');
+            continue;
+        }
+        let ch = rest.chars().next().unwrap_or_default();
+        out.push(ch);
+        prev = Some(ch);
+        rest = &rest[ch.len_utf8()..];
+    }
+    (out, used)
+}
+
+/// `name@version` (or `@scope/name@version`) → (name, version); a bare name has version `""`.
+fn npm_split_spec(spec: &str) -> (String, String) {
+    let at = if let Some(rest) = spec.strip_prefix('@') {
+        rest.find('@').map(|i| i + 1)
+    } else {
+        spec.find('@')
+    };
+    match at {
+        Some(i) => (spec[..i].to_string(), spec[i + 1..].to_string()),
+        None => (spec.to_string(), String::new()),
+    }
+}
+
+/// `dependencies` of a package.json, in file order.
+fn npm_dependencies(path: &Path, layer: &str) -> Result<Vec<(String, String)>, RenderError> {
+    let err = |message: String| RenderError::Manifest {
+        layer: layer.to_string(),
+        path: path.to_path_buf(),
+        message,
+    };
+    let text = std::fs::read_to_string(path).map_err(|e| err(e.to_string()))?;
+    let json: serde_json::Value = serde_json::from_str(&text).map_err(|e| err(e.to_string()))?;
+    let Some(deps) = json.get("dependencies") else {
+        return Ok(Vec::new());
+    };
+    let map = deps
+        .as_object()
+        .ok_or_else(|| err("`dependencies` is not an object".to_string()))?;
+    map.iter()
+        .map(|(k, v)| {
+            v.as_str()
+                .map(|s| (k.clone(), s.to_string()))
+                .ok_or_else(|| err(format!("the version of `{k}` is not a string")))
+        })
+        .collect()
+}
+
+/// `[package] name` of a Cargo.toml (a line scan: the only value needed, and no TOML crate).
+fn cargo_package_name(path: &Path, layer: &str) -> Result<String, RenderError> {
+    let err = |message: String| RenderError::Manifest {
+        layer: layer.to_string(),
+        path: path.to_path_buf(),
+        message,
+    };
+    let text = std::fs::read_to_string(path).map_err(|e| err(e.to_string()))?;
+    let mut in_package = false;
+    for line in text.lines() {
+        let line = line.trim();
+        if line.starts_with('[') {
+            in_package = line == "[package]";
+            continue;
+        }
+        if in_package {
+            if let Some((key, value)) = line.split_once('=') {
+                if key.trim() == "name" {
+                    let value = value.trim().trim_matches(|c| c == '"' || c == '\'');
+                    return Ok(value.to_string());
+                }
+            }
+        }
+    }
+    Err(err("no `name` in its `[package]` table".to_string()))
+}
+
+/// Refuse a layer plan in which any string holds a NUL byte (no shell string can carry one).
+fn no_nul(lp: &LayerPlan) -> Result<(), RenderError> {
+    fn walk(v: &serde_json::Value) -> Option<String> {
+        match v {
+            serde_json::Value::String(s) if s.contains('\0') => Some(s.clone()),
+            serde_json::Value::Array(a) => a.iter().find_map(walk),
+            serde_json::Value::Object(o) => o.iter().find_map(|(k, v)| {
+                if k.contains('\0') {
+                    Some(k.clone())
+                } else {
+                    walk(v)
+                }
+            }),
+            _ => None,
+        }
+    }
+    let value = serde_json::to_value(lp).unwrap_or(serde_json::Value::Null);
+    match walk(&value) {
+        Some(s) => Err(RenderError::Quote {
+            layer: lp.name.clone(),
+            source: shell::QuoteError::Nul {
+                preview: s
+                    .split('\0')
+                    .next()
+                    .unwrap_or_default()
+                    .chars()
+                    .take(40)
+                    .collect(),
+            },
+        }),
+        None => Ok(()),
+    }
+}
+
 #[cfg(test)]
 mod engine_tests {
     use super::*;
@@ -331,6 +1559,17 @@ mod engine_tests {
             .render(minijinja::context! { body => "echo \"$HOME\"", p => "${HOME}/a b" })
             .unwrap();
         assert_eq!(out, "echo \"$HOME\"\nmkdir -p \"${OV_HOME}\"'/a b'");
+    }
+
+    #[test]
+    fn comments_stay_on_one_line() {
+        let env = engine_with("# {{ v|comment }}\nok");
+        let out = env
+            .get_template("t")
+            .unwrap()
+            .render(minijinja::context! { v => "a\nov_pwn\r\u{1b}b" })
+            .unwrap();
+        assert_eq!(out, "# a ov_pwn  b\nok");
     }
 
     #[test]

@@ -22,7 +22,8 @@ pub enum QuoteError {
 /// Quote `s` as one shell word that bash reads back as exactly `s`.
 ///
 /// Plain words (`ripgrep`, `/usr/bin/sway`, `0755`) stay unquoted for readability; anything with
-/// a character bash treats specially is single-quoted. The empty string becomes `''`.
+/// a character bash treats specially is quoted by `shlex`; a value with a newline is one
+/// single-quoted word. The empty string becomes `''`.
 pub fn quote(s: &str) -> Result<String, QuoteError> {
     if s.contains('\0') {
         return Err(QuoteError::Nul {
@@ -34,6 +35,12 @@ pub fn quote(s: &str) -> Result<String, QuoteError> {
                 .take(40)
                 .collect(),
         });
+    }
+    if s.contains('\n') {
+        // A multi-line value (file content, a unit file) becomes one single-quoted word, `'` as
+        // `'\''`: the script then shows the text line by line, and no double-quoted string spans
+        // lines (ShellCheck's SC1078 heuristics misread such strings in otherwise valid scripts).
+        return Ok(format!("'{}'", s.replace('\'', "'\\''")));
     }
     // Safe: NUL was excluded above, which is the only input `try_quote` rejects.
     shlex::try_quote(s)
@@ -59,7 +66,68 @@ pub const RUNTIME_VARS: &[(&str, &str)] = &[
 
 /// A fixed shell snippet some corpus layers embed in URLs (Fedora's release number), mapped to a
 /// variable `lib.sh` computes once, so no layer text is ever evaluated.
-const RUNTIME_SNIPPETS: &[(&str, &str)] = &[("$(rpm -E %fedora)", "OV_FEDORA_RELEASE")];
+pub const RUNTIME_SNIPPETS: &[(&str, &str)] = &[("$(rpm -E %fedora)", "OV_FEDORA_RELEASE")];
+
+/// One piece of a value split by [`runtime_parts`]: literal text, or a run-time variable.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RuntimePart {
+    /// Text that must stay exactly as written.
+    Lit(String),
+    /// The target-side shell variable a run-time reference resolves to (e.g. `OV_HOME`).
+    Var(&'static str),
+}
+
+/// Split `s` into literal text and the known run-time variables (`${HOME}`, `$HOME`, `${USER}`, …,
+/// see [`RUNTIME_VARS`]). With `tilde` set, a leading `~` or `~/` is the target user's home.
+pub fn runtime_parts(s: &str, tilde: bool) -> Vec<RuntimePart> {
+    let mut parts = Vec::new();
+    let mut literal = String::new();
+    let mut rest = s;
+    if tilde && (rest == "~" || rest.starts_with("~/")) {
+        parts.push(RuntimePart::Var("OV_HOME"));
+        rest = &rest[1..];
+    }
+    while !rest.is_empty() {
+        if let Some((len, var)) = match_runtime(rest) {
+            if !literal.is_empty() {
+                parts.push(RuntimePart::Lit(std::mem::take(&mut literal)));
+            }
+            parts.push(RuntimePart::Var(var));
+            rest = &rest[len..];
+        } else {
+            let ch = rest.chars().next().unwrap_or_default();
+            literal.push(ch);
+            rest = &rest[ch.len_utf8()..];
+        }
+    }
+    if !literal.is_empty() {
+        parts.push(RuntimePart::Lit(literal));
+    }
+    parts
+}
+
+/// Join parts into one shell word: literals quoted by [`quote`], variables as `"${NAME}"`.
+///
+/// Variable names come only from this crate (never from a layer), so the word is inert whatever
+/// the literals hold. No parts at all make the empty word `''`.
+pub fn concat_word(parts: &[RuntimePart]) -> Result<String, QuoteError> {
+    let mut out = String::new();
+    for part in parts {
+        match part {
+            RuntimePart::Lit(text) if text.is_empty() => {}
+            RuntimePart::Lit(text) => out.push_str(&quote(text)?),
+            RuntimePart::Var(var) => {
+                out.push_str("\"${");
+                out.push_str(var);
+                out.push_str("}\"");
+            }
+        }
+    }
+    if out.is_empty() {
+        out.push_str("''");
+    }
+    Ok(out)
+}
 
 /// Quote `s` as one shell word in which the known run-time variables (`${HOME}`, `$HOME`,
 /// `${USER}`, …, see [`RUNTIME_VARS`]) expand on the target and everything else is literal.
@@ -70,33 +138,7 @@ pub fn runtime_word(s: &str, tilde: bool) -> Result<String, QuoteError> {
     if s.contains('\0') {
         return quote(s);
     }
-    let mut out = String::new();
-    let mut literal = String::new();
-    let mut rest = s;
-    if tilde && (rest == "~" || rest.starts_with("~/")) {
-        out.push_str("\"${OV_HOME}\"");
-        rest = &rest[1..];
-    }
-    while !rest.is_empty() {
-        if let Some((len, var)) = match_runtime(rest) {
-            if !literal.is_empty() {
-                out.push_str(&quote(&literal)?);
-                literal.clear();
-            }
-            out.push_str("\"${");
-            out.push_str(var);
-            out.push_str("}\"");
-            rest = &rest[len..];
-        } else {
-            let ch = rest.chars().next().unwrap_or_default();
-            literal.push(ch);
-            rest = &rest[ch.len_utf8()..];
-        }
-    }
-    if !literal.is_empty() || out.is_empty() {
-        out.push_str(&quote(&literal)?);
-    }
-    Ok(out)
+    concat_word(&runtime_parts(s, tilde))
 }
 
 /// Whether `s` mentions any run-time variable (so a value can be shown as "resolved on target").
@@ -154,6 +196,7 @@ mod tests {
         let q = quote("a b").unwrap();
         assert_ne!(q, "a b");
         assert!(quote("x\0y").is_err());
+        assert_eq!(quote("it's\n\"$x\"").unwrap(), "'it'\\''s\n\"$x\"'");
     }
 
     #[test]

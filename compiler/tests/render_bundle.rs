@@ -1,0 +1,110 @@
+//! Stage `render` with `bundle`: the rendered scripts under the real bundle runtime. The
+//! every-kind deb plan is rendered, built into a bundle and unpacked; inside the sandbox (a
+//! private mount namespace with overlays, stubbed package and service managers) a throw-away
+//! account is created, `run.sh --user` applies the bundle — system scripts as root, user scripts
+//! through `runuser` as that account — and `undo.sh` tears it down again.
+
+mod render_support;
+
+use ov_compiler::bundle::{self, BundleOptions};
+use ov_compiler::plan::{Action, BuilderKind};
+use ov_compiler::render::Engine;
+use render_support::*;
+
+#[test]
+fn run_sh_applies_and_undo_sh_removes_a_rendered_bundle() {
+    if !Sandbox::available() || !have_tool("useradd", &["--help"]) {
+        return;
+    }
+    let mut plan = every_kind_plan("deb");
+    plan.deploy.user = Some("ovrender".to_string());
+    for l in &mut plan.layers {
+        // The zip download needs zip and unzip; the AUR builder needs pacman.
+        l.steps.retain(|s| {
+            !matches!(&s.action, Action::Builder { builder: BuilderKind::Aur, .. })
+                && !matches!(&s.action, Action::Task { task, .. } if format!("{:?}", task.verb).contains(".zip"))
+        });
+    }
+    let rendered = render_plan(&plan, &fixture_root());
+    let engine = Engine::new(None).expect("engine");
+    let b = bundle::build(
+        &plan,
+        &rendered,
+        &engine,
+        &BundleOptions {
+            source_date_epoch: None,
+            ov_version: "0.0.0-test".to_string(),
+        },
+    )
+    .expect("bundle builds");
+    let sb = Sandbox::new();
+    // The runtime switches to the account with the real runuser.
+    std::fs::remove_file(sb.path("stubs/runuser")).expect("stub");
+    let top = bundle::write_unpacked(&b, &sb.path("unpacked")).expect("unpack");
+    sb.open_to_all();
+    let _ = std::process::Command::new("chmod")
+        .args(["-R", "a+rX"])
+        .arg(sb.path("unpacked"))
+        .status();
+    let body = format!(
+        r#"
+id ovrender >/dev/null 2>&1 || useradd -m -d /home/ovrender -s /bin/bash ovrender || exit 92
+mkdir -p /home/ovrender && chown ovrender: /home/ovrender
+H=/home/ovrender
+bash {top}/run.sh --user ovrender > "$T/out/run.log" 2>&1; echo $? > "$T/out/run.rc"
+stat -c '%U %a' "$H/.config/sway/config" > "$T/out/sway-config" 2>&1
+stat -c '%U %a' "$H/.config/demo/banner" > "$T/out/banner" 2>&1
+cat /etc/demo/motd > "$T/out/motd" 2>&1
+ls "$H/.config/overthink/installed/layers" > "$T/out/ledger" 2>&1
+cat "$H/.config/overthink/installed/layers/tools.d/packages.deb" > "$T/out/facts" 2>&1
+env -i HOME="$H" PATH=/usr/bin:/bin bash -c '. "$HOME/.profile"; printf %s "$NPM_CONFIG_PREFIX"' > "$T/out/profile"
+bash {top}/run.sh --user ovrender > "$T/out/rerun.log" 2>&1; echo $? > "$T/out/rerun.rc"
+bash {top}/undo.sh --user ovrender > "$T/out/undo.log" 2>&1; echo $? > "$T/out/undo.rc"
+for f in /etc/demo/motd /usr/local/bin/uv "$H/.config/sway/config" "$H/.config/overthink/env.d/tools.env" \
+         /etc/systemd/system/ov-services-sway.service /etc/apt/sources.list.d/nodesource.list; do
+  if [ -e "$f" ]; then echo "$f" >> "$T/out/left"; fi
+done
+grep -c 'overthink:begin' "$H/.profile" > "$T/out/block-after" 2>/dev/null
+echo done > "$T/out/checked"
+"#,
+        top = top.display()
+    );
+    let (_, out) = sb.run_raw(&body, &[("STUB_INSTALLED", "jq")]);
+    let log = sb.read("out/run.log");
+    assert_eq!(sb.read("out/checked"), "done\n", "{out}");
+    assert_eq!(sb.read("out/run.rc"), "0\n", "{log}\n{out}");
+    assert!(!sb.pwned());
+    assert!(log.contains("::ov:: end result=ok"), "{log}");
+    assert_eq!(sb.read("out/sway-config").trim(), "ovrender 644", "{log}");
+    assert_eq!(sb.read("out/banner").trim(), "ovrender 600", "{log}");
+    assert!(sb.read("out/motd").starts_with("Welcome"), "{log}");
+    assert_eq!(
+        sb.read("out/ledger"),
+        "builders.d\nbuilders.json\nbuilders.undo.sh\nconfig.d\nconfig.json\nconfig.undo.sh\nservices.d\nservices.json\nservices.undo.sh\nskipped.d\nskipped.json\nskipped.undo.sh\ntools.d\ntools.json\ntools.undo.sh\n",
+        "{log}"
+    );
+    assert_eq!(sb.read("out/facts"), "ripgrep\n");
+    assert_eq!(sb.read("out/profile"), "/home/ovrender/.npm-global");
+    // A second run finds every layer applied.
+    assert_eq!(
+        sb.read("out/rerun.rc"),
+        "0\n",
+        "{}",
+        sb.read("out/rerun.log")
+    );
+    assert!(
+        sb.read("out/rerun.log").contains("layer-skip"),
+        "{}",
+        sb.read("out/rerun.log")
+    );
+    // Teardown.
+    let undo = sb.read("out/undo.log");
+    assert_eq!(sb.read("out/undo.rc"), "0\n", "{undo}");
+    assert_eq!(sb.read("out/left"), "", "{undo}");
+    assert_eq!(sb.read("out/block-after").trim(), "0", "{undo}");
+    let stubs = sb.stub_log();
+    assert!(
+        stubs.contains("apt-get purge -y -q -o DPkg::Lock::Timeout=300 -- ripgrep"),
+        "{stubs}"
+    );
+}
