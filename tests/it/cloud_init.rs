@@ -1,7 +1,8 @@
 //! The cloud-init wait of `ov push` against the real `cloud-init` package of Debian 13 on a
 //! separate chroot host (support/cloudhost.rs): every state is produced by cloud-init's own boot
 //! stages or by the files `cloud-init status` reads, never by a stand-in program — not started,
-//! done, degraded, error (with and without `ignore_errors`), disabled, not installed, and still
+//! done, degraded, error (with and without `ignore_errors`, through the library and the `ov`
+//! binary), disabled (right after a failed run, and after a reboot), not installed, and still
 //! running when the push begins.
 //! Invariant: whatever cloud-init says, the push either goes on (and its layer sees cloud-init
 //! finished) or stops before anything is uploaded or recorded.
@@ -11,11 +12,9 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use ov::commands::{run_push, Common, Destination, PushCommand};
 use ov::exit::{Exit, HasExit};
 use ov::progress::{Event, Recorder};
 use ov::push::{push, PushError, PushOptions, PushOutcome, PushReport};
-use ov::target::{ConnectOptions, Paths};
 use ov::wait::{CloudInitError, CloudInitOptions, CloudInitOutcome, WaitOptions};
 
 use crate::support::bundle::{build, Built, Layer};
@@ -122,6 +121,100 @@ fn require_state(host: &CloudHost, status: &str, extended: &str, exit: i32) -> V
     v
 }
 
+/// The `ov` binary, pushing `vm:ci` of a one-layer project (compiled by `ov` itself) to the host;
+/// its layer records what `cloud-init status` says, like [`bundle`]'s, as case `cli`.
+struct Cli {
+    project: std::path::PathBuf,
+    home: std::path::PathBuf,
+    args: Vec<String>,
+}
+
+impl Cli {
+    fn new(host: &CloudHost, work: &Path) -> Cli {
+        let project = work.join("project");
+        let home = work.join("home");
+        let files = [
+            (
+                "overthink.yml",
+                "version: 2\nincludes:\n  - build.yml\n  - deploy.yml\ndiscover:\n  layers:\n    - path: layers\n".to_string(),
+            ),
+            ("build.yml", "distros:\n  debian:\n    formats:\n      deb: {}\n".to_string()),
+            (
+                "deploy.yml",
+                format!(
+                    "version: 3\ndeployments:\n  images:\n    ci:\n      target: vm\n      vm_source: ci\n      add_layers:\n        - ci-cli\n      install_opts:\n        allow_root_tasks: true\n\
+vm:\n  ci:\n    source:\n      kind: cloud_image\n      base_user: {USER}\n      distro: \"debian:13\"\n    ssh:\n      user: {USER}\n      port: 22\n"
+                ),
+            ),
+            (
+                "layers/ci-cli/layer.yml",
+                format!(
+                    "layer:\n  name: ci-cli\n  description: records what cloud-init says when the layer runs\n  tasks:\n    - cmd: |\n        mkdir -p /{SEEN}\n        cloud-init status --format json > /{SEEN}/cli.json || true\n      user: root\n"
+                ),
+            ),
+        ];
+        for (name, body) in files {
+            let p = project.join(name);
+            std::fs::create_dir_all(p.parent().expect("parent")).expect("mkdir");
+            std::fs::write(p, body).expect("write project file");
+        }
+        std::fs::create_dir_all(&home).expect("home");
+        let t = host.target();
+        let args = [
+            "push",
+            "vm:ci",
+            "--host",
+            t.host.as_str(),
+            "--port",
+            "22",
+            "--ssh-user",
+            USER,
+            "--wait-ssh",
+            "30",
+            "--wait-cloud-init",
+            "60",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .chain([
+            "-i".to_string(),
+            host.client_key.display().to_string(),
+            "--known-hosts".to_string(),
+            home.join("known_hosts").display().to_string(),
+        ])
+        .collect();
+        Cli {
+            project,
+            home,
+            args,
+        }
+    }
+
+    fn push(&self, extra: &[&str]) -> std::process::Output {
+        std::process::Command::new(env!("CARGO_BIN_EXE_ov"))
+            .arg("-C")
+            .arg(&self.project)
+            .args(&self.args)
+            .args(extra)
+            .env("HOME", &self.home)
+            .env_remove("XDG_CONFIG_HOME")
+            .env_remove("XDG_DATA_HOME")
+            .env_remove("XDG_CACHE_HOME")
+            .env_remove("OV_PROJECT")
+            .stdin(std::process::Stdio::null())
+            .output()
+            .expect("ov runs")
+    }
+
+    fn text(&self, out: &std::process::Output) -> String {
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )
+    }
+}
+
 /// Print how long the case took (the figures in the test log; nothing is asserted on them).
 fn lap(clock: &mut Instant, case: &str) {
     eprintln!(
@@ -159,7 +252,6 @@ fn real_cloud_init_states_decide_whether_the_push_goes_on() {
     assert_eq!(e.exit(), Exit::CloudInit);
     assert!(t0.elapsed() >= Duration::from_secs(3), "{:?}", t0.elapsed());
     assert_nothing_ran(&host, "unstarted");
-
     lap(&mut clock, "not started");
 
     // Done: a clean boot whose user-data command succeeds.
@@ -179,7 +271,6 @@ fn real_cloud_init_states_decide_whether_the_push_goes_on() {
         notes(&rec)
     );
     assert_eq!(seen(&host, "done").expect("layer ran")["status"], "done");
-
     lap(&mut clock, "done");
 
     // Degraded: user-data with a key cloud-init does not know fails its schema validation, a
@@ -215,7 +306,6 @@ fn real_cloud_init_states_decide_whether_the_push_goes_on() {
     );
     assert_eq!(rep.applied, 1);
     assert!(seen(&host, "degraded").is_some(), "degraded: the layer ran");
-
     lap(&mut clock, "degraded");
 
     // Error: a user-data command fails, so the final stage's `scripts-user` fails ("error",
@@ -245,37 +335,12 @@ fn real_cloud_init_states_decide_whether_the_push_goes_on() {
         "{msg}"
     );
     assert_nothing_ran(&host, "error");
-    // The same through the command layer: the process exit status `ov push` returns.
-    let paths = tempfile::tempdir().expect("tempdir");
-    let target = host.target();
-    let cmd = PushCommand {
-        common: Common {
-            deploy: "vm:ci-error".into(),
-            destination: Destination::Remote(ConnectOptions {
-                host: Some(target.host.clone()),
-                port: target.port,
-                user: target.user.clone(),
-                identity: target.identity.clone(),
-                known_hosts: target.known_hosts.clone(),
-                ..ConnectOptions::default()
-            }),
-            wait_ssh: Duration::from_secs(30),
-            json: false,
-            paths: Some(Paths::under(paths.path())),
-        },
-        bundle: b.path.clone(),
-        cloud_init: CloudInitOptions {
-            deadline: Duration::from_secs(60),
-            ..CloudInitOptions::default()
-        },
-        keep: false,
-        dry_run: false,
-        no_wait_lock: false,
-        force: false,
-        user: None,
-    };
-    assert_eq!(run_push(&cmd), Exit::CloudInit);
-    assert_nothing_ran(&host, "error");
+    // The same through the `ov` binary with a bundle it compiles from a project: exit status 6.
+    let cli = Cli::new(&host, work.path());
+    let out = cli.push(&[]);
+    assert_eq!(out.status.code(), Some(6), "{}", cli.text(&out));
+    assert!(cli.text(&out).contains(runparts), "{}", cli.text(&out));
+    assert_nothing_ran(&host, "cli");
     // With ignore_errors the push goes on, still naming the errors.
     let (r, rec) = push_case(&host, &b, true, Duration::from_secs(60));
     let rep = r.expect("error ignored: the push goes on");
@@ -294,7 +359,10 @@ fn real_cloud_init_states_decide_whether_the_push_goes_on() {
     );
     assert_eq!(seen(&host, "error").expect("layer ran")["status"], "error");
     assert!(host.ledger_layers().contains(&"ci-error.json".to_string()));
-
+    let out = cli.push(&["--ignore-cloud-init-errors"]);
+    assert_eq!(out.status.code(), Some(0), "{}", cli.text(&out));
+    assert_eq!(seen(&host, "cli").expect("layer ran")["status"], "error");
+    assert!(host.ledger_layers().contains(&"ci-cli.json".to_string()));
     lap(&mut clock, "error, error ignored");
 
     // Disabled: cloud-init honours its marker file /etc/cloud/cloud-init.disabled only on a
@@ -333,7 +401,6 @@ fn real_cloud_init_states_decide_whether_the_push_goes_on() {
         "disabled"
     );
     host.sh("rm -f /etc/cloud/cloud-init.disabled && rmdir /run/systemd/system /run/systemd");
-
     lap(&mut clock, "disabled (after error, after reboot)");
 
     // Not installed: the package purged from the target (last: it cannot come back offline).
