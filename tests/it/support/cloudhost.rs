@@ -8,12 +8,12 @@
 //! are files `cloud-init status` reads (the `/etc/cloud/cloud-init.disabled` marker, systemd's
 //! `/run/systemd/system` boot marker).
 //!
-//! Invariants: every mount a host makes (overlay, /proc, tmpfs /run, devpts) exists only in its
-//! own mount namespace, which ends when `Drop` has killed and reaped its processes; then its
-//! network namespace is deleted and its overlay upper directory removed; the cached root is never
-//! written. cloud-init runs with a module list cut to `runcmd`/`scripts-user`, no network
+//! Invariants: every mount a host makes (the overlay with its tmpfs upper layer, /proc, tmpfs
+//! /run, devpts) exists only in its own mount namespace, which ends when `Drop` has killed and
+//! reaped its processes; then its network namespace is deleted; the cached root is never written. cloud-init runs with a module list cut to `runcmd`/`scripts-user`, no network
 //! configuration and no hostname change, so it reaches nothing of the machine.
 
+use std::os::unix::fs::PermissionsExt;
 use std::path::PathBuf;
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -129,12 +129,17 @@ cloud_config_modules: [runcmd]
 cloud_final_modules: [scripts-user]
 ";
 
-/// Runs in the new namespaces (arguments: lower, upper, work, mount point, host name, PATH): the
-/// overlay root with /proc, a tmpfs /run holding sshd's privilege separation directory, a private
-/// devpts; the host name; the setup inside the root; then sshd, chrooted, in the foreground.
+/// Runs in the new namespaces (arguments: lower, staged files, scratch dir, mount point, host
+/// name, PATH): the overlay root (its writable layer a tmpfs, which works wherever the cache
+/// lives, even on an overlay itself) with the staged files copied in, /proc, a tmpfs /run holding
+/// sshd's privilege separation directory, a private devpts; the host name; the setup inside the
+/// root; then sshd, chrooted, in the foreground.
 const LAUNCH: &str = r#"set -eu
-lower=$1 upper=$2 work=$3 r=$4
-mount -t overlay overlay -o "lowerdir=$lower,upperdir=$upper,workdir=$work" "$r"
+lower=$1 stage=$2 t=$3 r=$4
+mount -t tmpfs -o mode=0755 tmpfs "$t"
+mkdir "$t/upper" "$t/work"
+mount -t overlay overlay -o "lowerdir=$lower,upperdir=$t/upper,workdir=$t/work" "$r"
+cp -R --preserve=mode,ownership "$stage/." "$r/"
 mount -t proc proc "$r/proc"
 mount -t tmpfs -o mode=0755,nosuid,nodev tmpfs "$r/run"
 mkdir -p "$r/run/sshd" "$r/run/lock"
@@ -162,7 +167,7 @@ pub struct CloudHost {
     sshd: Option<Child>,
     boots: Vec<Child>,
     netns: Netns,
-    /// Client key, known_hosts, sshd log, and the overlay's upper/work/mount directories.
+    /// Client key, sshd log, the files to copy into the root, and mount points.
     dir: tempfile::TempDir,
     lower: PathBuf,
     /// Address sshd listens on (port 22 in the namespace).
@@ -185,15 +190,15 @@ impl CloudHost {
         let tarball = rootfs::tarball_for(SUITE, &spec());
         let lower = rootfs::extracted(&tarball);
         let ready = t0.elapsed();
-        // Next to the cache: the overlay's upper and work directories must share a file system.
-        let work = tarball.with_file_name("work");
-        std::fs::create_dir_all(&work).expect("work dir");
         let dir = tempfile::Builder::new()
-            .prefix("cloudhost.")
-            .tempdir_in(&work)
+            .prefix("ov-it-cloudhost.")
+            .tempdir()
             .expect("tempdir");
-        for d in ["upper", "work", "root"] {
-            std::fs::create_dir(dir.path().join(d)).expect("overlay dirs");
+        // `stage` is copied over the root's `/`, so it carries the root's owner and mode.
+        for d in ["stage", "scratch", "root"] {
+            let p = dir.path().join(d);
+            std::fs::create_dir(&p).expect("host dirs");
+            std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).expect("chmod");
         }
         let client_key = dir.path().join("client_key");
         check(
@@ -218,7 +223,7 @@ impl CloudHost {
             log,
             boot_count: AtomicU32::new(0),
         };
-        host.write_upper();
+        host.stage();
         host.start_sshd();
         eprintln!(
             "cloud-init host {} up after {:.1}s (cached root ready after {:.1}s)",
@@ -229,17 +234,17 @@ impl CloudHost {
         Some(host)
     }
 
-    /// Write `rel` (relative to the root) into the overlay's upper layer, before it is mounted.
+    /// Stage `rel` (relative to the root) for the launch to copy into the root.
     fn put(&self, rel: &str, body: &str) {
-        let p = self.dir.path().join("upper").join(rel);
-        std::fs::create_dir_all(p.parent().expect("parent")).expect("mkdir in upper");
-        std::fs::write(&p, body).expect("write in upper");
+        let p = self.dir.path().join("stage").join(rel);
+        std::fs::create_dir_all(p.parent().expect("parent")).expect("mkdir in stage");
+        std::fs::write(&p, body).expect("write in stage");
     }
 
     /// The login user, its key and sudo rule, sshd's config and host key, and cloud-init's
-    /// configuration — all inside the root (nothing of the machine's own users is touched): files
-    /// laid into the upper layer, and a setup script the launch runs chrooted.
-    fn write_upper(&self) {
+    /// configuration — all inside the root (nothing of the machine's own users is touched): staged
+    /// files, and a setup script the launch runs chrooted.
+    fn stage(&self) {
         let pubkey = std::fs::read_to_string(self.client_key.with_extension("pub"))
             .expect("client public key");
         let conf = format!(
@@ -287,8 +292,8 @@ mkdir -p /var/lib/cloud/seed/nocloud
             .args(["unshare", "--mount", "--uts", "--propagation", "private"])
             .args(["bash", "-c", LAUNCH, "ov-it-cloudhost"])
             .arg(&self.lower)
-            .arg(self.dir.path().join("upper"))
-            .arg(self.dir.path().join("work"))
+            .arg(self.dir.path().join("stage"))
+            .arg(self.dir.path().join("scratch"))
             .arg(self.dir.path().join("root"))
             .arg(HOSTNAME)
             .arg(PATH)
@@ -483,9 +488,8 @@ mkdir -p /var/lib/cloud/seed/nocloud
 
 impl Drop for CloudHost {
     fn drop(&mut self) {
-        // Once its last process is gone, the mount namespace (overlay, /proc, /run, devpts) goes
-        // with it; then the fields drop: the network namespace, then the directory with the
-        // overlay's upper layer.
+        // Once its last process is gone, the mount namespace (overlay and its tmpfs, /proc, /run,
+        // devpts) goes with it; then the fields drop: the network namespace, then the directory.
         self.stop();
     }
 }
