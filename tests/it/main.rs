@@ -8,6 +8,7 @@ mod cli_errors;
 mod cli_help;
 mod cli_plan;
 mod cli_push;
+mod cloud_init;
 mod ssh_faults;
 mod ssh_push;
 mod support;
