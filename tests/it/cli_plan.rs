@@ -151,8 +151,7 @@ fn corpus_vm_arch_takes_its_distro_from_the_base_user() {
     );
     assert!(text.contains("\nuser    arch\n"), "{text}");
     assert!(!text_layers(&text).is_empty());
-    // Without a VM spec or --distro there is no distro to take: `host` needs `--distro` unless
-    // the machine's own os-release says; with it, the tag is used as given.
+    // For `host`, `--distro` gives the tag as is (not the machine's own os-release).
     let p = plan_json(&c, &["host", "--distro", "fedora:43"]);
     assert_eq!(p["deploy"]["distro"]["tags"][0], "fedora:43");
 }
