@@ -149,6 +149,10 @@ pub fn run_compile(opts: &CompileOptions) -> Result<Exit, Failure> {
                 Output::Archive(f) => f.clone(),
                 _ => PathBuf::from(bundle.archive_name()),
             };
+            // Like `--out-dir`, `-o` creates the directory it writes into.
+            if let Some(parent) = out.parent().filter(|p| !p.as_os_str().is_empty()) {
+                std::fs::create_dir_all(parent).map_err(other)?;
+            }
             let (archive, sum) = bundle::write(&bundle, &out).map_err(other)?;
             println!("wrote {}", archive.display());
             println!("wrote {}", sum.display());
