@@ -1,5 +1,6 @@
 //! Shared test support: real targets (a private sshd) and stand-in bundles.
 
 pub mod bundle;
+pub mod cloudhost;
 pub mod rootfs;
 pub mod sshd;
