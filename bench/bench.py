@@ -614,6 +614,10 @@ def report(b: Bench, started: float, load_before: tuple, load_after: tuple) -> s
     for t, m, ok in targets(b):
         L.append(f"| {t} | {m} | {'—' if ok is None else ('yes' if ok else '**no**')} |")
     L.append("")
+    if any(ok is False for _, _, ok in targets(b)):
+        L.append("Where ov's time goes, and the fixes that would meet the missed targets: "
+                 "[PROFILE.md](PROFILE.md) (figures from `bench/profile.py`).")
+        L.append("")
     L.append("## Repetitions")
     L.append("")
     L.append("Contenders alternate within each round (order rotated per round); medians over the runs "
