@@ -160,15 +160,24 @@ def cmd_push(args: argparse.Namespace) -> None:
         t0 = time.perf_counter()
         p = subprocess.Popen(argv, env=ov_env(tmp), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         assert p.stdout is not None
+        per_layer = ("layer-start", "layer-skip", "layer-done", "script-start", "script-end")
+        span: list[float] = []  # first and last per-layer event: one line for all of them
         for line in p.stdout:
             ms = (time.perf_counter() - t0) * 1000
             try:
                 ev = json.loads(line)
-                if ev.get("event") == "output":
-                    continue
-                line = " ".join(f"{k}={v}" for k, v in ev.items() if k not in ("detail",))
             except ValueError:
-                pass
+                ev = None
+            if ev is not None and ev.get("event") == "output":
+                continue
+            if ev is not None and ev.get("event") in per_layer and args.n > 1:
+                span = [span[0] if span else ms, ms]
+                continue
+            if span:
+                print(f"  {span[0]:7.0f} ms  .. {span[1]:.0f} ms: per-layer events of {args.n} layers")
+                span = []
+            if ev is not None:
+                line = " ".join(f"{k}={v}" for k, v in ev.items() if k not in ("detail", "applied_layers"))
             print(f"  {ms:7.0f} ms  {line.rstrip()[:140]}")
         p.wait()
         print(f"  {(time.perf_counter() - t0) * 1000:7.0f} ms  exit {p.returncode}")
