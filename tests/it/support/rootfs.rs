@@ -1,7 +1,8 @@
 //! Test support: a real Debian userland to run bundles in. `debootstrap --variant=minbase` builds
-//! a bookworm root once per package list (cached as a tarball under `target/ov-test-rootfs/`,
-//! built under a lock so parallel tests wait for one build); every test then gets a fresh copy
-//! with /proc mounted, runs commands in it with `chroot`, and loses it on drop.
+//! a bookworm root (or, with [`tarball_for`], another suite's) once per package list (cached as a
+//! tarball under `target/ov-test-rootfs/`, built under a lock so parallel tests wait for one
+//! build); every test then gets a fresh copy with /proc mounted, runs commands in it with
+//! `chroot`, and loses it on drop — or mounts an overlay on the root [`extracted`] once.
 //!
 //! Invariant: a copy is only deleted after its mounts are gone, and never across file systems
 //! (`rm --one-file-system`), so a failed unmount can never delete anything of the host.
@@ -70,16 +71,21 @@ fn rustix_is_root() -> bool {
 
 /// The cached root tarball for `spec`, built if missing (under a lock: concurrent callers wait).
 pub fn tarball(spec: &Spec) -> PathBuf {
+    tarball_for(SUITE, spec)
+}
+
+/// [`tarball`] for another Debian suite (e.g. `trixie`); the cache key holds the suite.
+pub fn tarball_for(suite: &str, spec: &Spec) -> PathBuf {
     let mut key = Sha256::new();
     key.update(format!(
-        "v1|{SUITE}|{MIRROR}|minbase|{}|{}",
+        "v1|{suite}|{MIRROR}|minbase|{}|{}",
         spec.include.join(","),
         spec.prefetch.join(",")
     ));
     let key = hex::encode(key.finalize());
     let dir = cache_dir();
     std::fs::create_dir_all(&dir).expect("cache dir");
-    let out = dir.join(format!("{SUITE}-minbase-{}.tar", &key[..16]));
+    let out = dir.join(format!("{suite}-minbase-{}.tar", &key[..16]));
     if out.is_file() {
         return out;
     }
@@ -117,11 +123,41 @@ mv "$out.part" "$out"
         .arg(&dir)
         .arg(spec.include.join(","))
         .arg(spec.prefetch.join(" "))
-        .arg(SUITE)
+        .arg(suite)
         .arg(MIRROR)
         .status()
         .expect("flock starts");
-    assert!(status.success(), "building the {SUITE} root failed");
+    assert!(status.success(), "building the {suite} root failed");
+    out
+}
+
+/// The cached root `tarball` extracted once into `<tarball>.d` (under the cache lock), as the
+/// read-only lower layer of overlay mounts: callers must never write into it.
+pub fn extracted(tarball: &Path) -> PathBuf {
+    let mut name = tarball.as_os_str().to_owned();
+    name.push(".d");
+    let out = PathBuf::from(name);
+    if out.is_dir() {
+        return out;
+    }
+    let script = r#"
+set -eu
+tarball=$1 out=$2
+[ -d "$out" ] && exit 0
+part=$(mktemp -d "$out.part.XXXXXX")
+trap 'rm -rf --one-file-system "$part"' EXIT
+tar -C "$part" --numeric-owner -xpf "$tarball"
+mv "$part" "$out"
+"#;
+    let dir = tarball.parent().expect("the cache directory");
+    let status = Command::new("flock")
+        .arg(dir.join(".lock"))
+        .args(["bash", "-c", script, "extract-rootfs"])
+        .arg(tarball)
+        .arg(&out)
+        .status()
+        .expect("flock starts");
+    assert!(status.success(), "extracting {} failed", tarball.display());
     out
 }
 

@@ -153,15 +153,18 @@ pub fn home_of(user: &str) -> PathBuf {
 }
 
 /// A network namespace with a veth pair; deleted on drop.
-struct Netns {
-    name: String,
+pub struct Netns {
+    /// The namespace's name (`ip netns exec NAME …`).
+    pub name: String,
     host_if: String,
     host_ip: String,
-    guest_ip: String,
+    /// The address inside the namespace.
+    pub guest_ip: String,
 }
 
 impl Netns {
-    fn create() -> Netns {
+    /// Create a namespace on a free 10.213.K.0/24 with a veth pair to it.
+    pub fn create() -> Netns {
         let _l = file_lock("ov-it-netns");
         // Namespaces left by test processes that died without cleaning up.
         if let Ok(out) = Command::new("ip").args(["netns", "list"]).output() {
@@ -247,7 +250,7 @@ impl Drop for Netns {
 }
 
 /// Process state letter from /proc (a zombie counts as dead: PID 1 may reap late).
-fn alive(pid: u32) -> bool {
+pub fn alive(pid: u32) -> bool {
     match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
         Ok(s) => {
             let state = s
@@ -261,7 +264,7 @@ fn alive(pid: u32) -> bool {
 }
 
 /// Every descendant of `pid` (from /proc's parent links).
-fn descendants(pid: u32) -> Vec<u32> {
+pub fn descendants(pid: u32) -> Vec<u32> {
     let mut parent_of = Vec::new();
     if let Ok(rd) = std::fs::read_dir("/proc") {
         for e in rd.flatten() {
@@ -292,7 +295,8 @@ fn descendants(pid: u32) -> Vec<u32> {
     out
 }
 
-fn kill(pids: &[u32], signal: &str) {
+/// Send `signal` (`TERM`, `KILL`) to `pids`.
+pub fn kill(pids: &[u32], signal: &str) {
     if pids.is_empty() {
         return;
     }
