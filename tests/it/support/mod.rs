@@ -1,5 +1,7 @@
-//! Shared test support: real targets (a private sshd) and stand-in bundles.
+//! Shared test support: real targets (a private sshd, a debootstrapped Debian root, an sshd
+//! chrooted into such a root), the end-to-end fixture, and stand-in bundles.
 
 pub mod bundle;
+pub mod e2e;
 pub mod rootfs;
 pub mod sshd;
