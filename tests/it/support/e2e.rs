@@ -206,8 +206,8 @@ pub fn diff(
 ) -> Vec<String> {
     let mut d = Vec::new();
     for (k, v) in after {
-        if before.get(k) != Some(v) && !(expected.contains(&k.as_str()) && !before.contains_key(k))
-        {
+        let expected_new = expected.contains(&k.as_str()) && !before.contains_key(k);
+        if before.get(k) != Some(v) && !expected_new {
             d.push(format!("+ {k} {v}"));
         }
     }
