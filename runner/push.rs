@@ -430,12 +430,17 @@ if [ "$actual" != "$expected" ]; then
   exit 90
 fi
 printf '::ov:: upload-check result=ok sha256=%s\n' "$actual"
+# User-scope scripts run as the target user and read the bundle (scripts, lib.sh, payload): let
+# every user through ov's directories, without listing them (the unpacked bundle's name is random);
+# the archive itself stays private.
+chmod 0711 -- {base} "$dir" || exit 91
 tar -xzf "$archive" </dev/null || {{ echo "cannot extract $archive" >&2; exit 91; }}
 [ -f "$top/run.sh" ] || {{ echo "the bundle has no $top/run.sh" >&2; exit 91; }}
 bash "$dir/$top/run.sh"{args} </dev/null
 exit $?
 "#,
         dir = quote(remote_dir),
+        base = quote(opts.remote_base.trim_end_matches('/')),
         archive = quote(&bundle.file_name),
         expected = quote(&bundle.sha256),
         top = quote(&bundle.top),
