@@ -2,6 +2,7 @@
 //! (a private sshd, a debootstrapped Debian root) and fixtures they share.
 
 mod bundle_chroot;
+mod deploy_e2e;
 mod ssh_faults;
 mod ssh_push;
 mod support;

@@ -2,6 +2,7 @@
 //! chrooted into such a root), the end-to-end fixture, and stand-in bundles.
 
 pub mod bundle;
+pub mod chroot_sshd;
 pub mod e2e;
 pub mod rootfs;
 pub mod sshd;
