@@ -176,6 +176,10 @@ fn real_run_applies_everything_then_is_a_no_op_and_undo_restores_the_root() {
         root.sh("cat /home/tester/.config/overthink/env.d/e2e-env.env | grep -c E2E_GREETING"),
         "1\n"
     );
+    assert_eq!(
+        root.sh("cd /home/tester && grep -c '^# overthink:begin' .profile .bashrc"),
+        ".profile:1\n.bashrc:1\n"
+    );
     // The root task ran once as root for tester; the user task as tester.
     assert_eq!(root.sh("cat /var/lib/e2e/task-runs"), "root for tester\n");
     let arch = root.sh("uname -m");

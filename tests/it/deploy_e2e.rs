@@ -303,6 +303,10 @@ fn deploy_add_status_push_and_del_over_ssh_with_the_ov_binary() {
         h.sh("runuser -u tester -- bash -lc 'printf %s \"$E2E_GREETING\"; echo; e2e-hi'"),
         "hello world\nhi from tester\n"
     );
+    assert_eq!(
+        h.sh("cd /home/tester && grep -c '^# overthink:begin' .profile .bashrc"),
+        ".profile:1\n.bashrc:1\n"
+    );
     assert_eq!(h.sh("cat /var/lib/e2e/task-runs"), "root for tester\n");
     assert_eq!(
         h.sh("ls -A /var/tmp/ov"),
@@ -431,6 +435,12 @@ fn deploy_add_status_push_and_del_over_ssh_with_the_ov_binary() {
     );
     assert!(!rig.package_installed("hello"));
     assert!(!h.path("/home/tester/.config/overthink/env.d").exists());
+    let blocks = h.run("grep -c overthink /home/tester/.profile /home/tester/.bashrc");
+    assert_eq!(
+        String::from_utf8_lossy(&blocks.stdout),
+        "/home/tester/.profile:0\n/home/tester/.bashrc:0\n",
+        "managed block stripped"
+    );
     assert_eq!(
         h.sh(&format!("ls -A {LEDGER}")),
         ".lock\n",
