@@ -234,7 +234,21 @@ pub fn open_bundle(path: &Path) -> Result<BundleInfo, BundleError> {
     if !has_run {
         return Err(layout(format!("no `{top}/run.sh`")));
     }
-    let s = |k: &str| manifest.get(k).and_then(Value::as_str).map(str::to_string);
+    // `ov compile` writes `deploy: {name, id, user, …}` (compiler `ManifestDeploy`); a flat
+    // `deploy`/`deploy_id`/`user` at the top level is read too.
+    let s = |k: &str| {
+        let nested = match k {
+            "deploy" => "name",
+            "deploy_id" => "id",
+            other => other,
+        };
+        manifest
+            .get("deploy")
+            .and_then(|d| d.get(nested))
+            .or_else(|| manifest.get(k))
+            .and_then(Value::as_str)
+            .map(str::to_string)
+    };
     let layers = manifest
         .get("layers")
         .and_then(Value::as_array)
@@ -334,6 +348,25 @@ mod tests {
         std::fs::write(&p, bytes).expect("write");
         let e = open_bundle(&p).expect_err("tampered");
         assert_eq!(e.exit(), Exit::Integrity);
+    }
+
+    #[test]
+    fn reads_the_deploy_object_ov_compile_writes() {
+        let d = tempfile::tempdir().expect("tempdir");
+        let p = make(
+            d.path(),
+            &[
+                ("vm-x/run.sh", "#!/bin/bash\n"),
+                (
+                    "vm-x/manifest.json",
+                    r#"{"deploy":{"name":"vm:x","id":"abc","target":"vm:x","user":"u"},"layers":[{"name":"a","digest":"d1"}]}"#,
+                ),
+            ],
+        );
+        let b = open_bundle(&p).expect("open");
+        assert_eq!(b.deploy.as_deref(), Some("vm:x"));
+        assert_eq!(b.deploy_id.as_deref(), Some("abc"));
+        assert_eq!(b.user.as_deref(), Some("u"));
     }
 
     #[test]

@@ -105,11 +105,18 @@ pub fn run_plan(
     } else {
         summary(&plan)
     };
-    std::io::stdout()
-        .lock()
-        .write_all(text.as_bytes())
-        .map_err(other)?;
+    emit(&text)?;
     Ok(Exit::Ok)
+}
+
+/// Write a command's output to stdout. A reader that went away (`ov plan … | head`) is not an
+/// error of ours: like other Unix tools we stop quietly instead of printing `Broken pipe`.
+fn emit(text: &str) -> Result<(), Failure> {
+    let mut out = std::io::stdout().lock();
+    match out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
+        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => Err(other(e)),
+        _ => Ok(()),
+    }
 }
 
 /// Compile to a bundle in memory.
@@ -142,6 +149,10 @@ pub fn run_compile(opts: &CompileOptions) -> Result<Exit, Failure> {
                 Output::Archive(f) => f.clone(),
                 _ => PathBuf::from(bundle.archive_name()),
             };
+            // Like `--out-dir`, `-o` creates the directory it writes into.
+            if let Some(parent) = out.parent().filter(|p| !p.as_os_str().is_empty()) {
+                std::fs::create_dir_all(parent).map_err(other)?;
+            }
             let (archive, sum) = bundle::write(&bundle, &out).map_err(other)?;
             println!("wrote {}", archive.display());
             println!("wrote {}", sum.display());
@@ -173,7 +184,6 @@ pub fn run_inspect(path: &Path, script: Option<&str>, json: bool) -> Result<Exit
     let bytes =
         std::fs::read(path).map_err(|e| input(format!("cannot read `{}`: {e}", path.display())))?;
     let inspection = ov_compiler::manifest::inspect(&bytes).map_err(input)?;
-    let mut out = std::io::stdout().lock();
     let text = match script {
         Some(p) => inspection.script(p).map(str::to_string).ok_or_else(|| {
             input(format!(
@@ -191,9 +201,10 @@ pub fn run_inspect(path: &Path, script: Option<&str>, json: bool) -> Result<Exit
             s.push('\n');
             s
         }
-        None => inspection.manifest.listing(),
+        // The listing is trimmed; a line printed to a terminal or a pipe ends in a newline.
+        None => inspection.manifest.listing() + "\n",
     };
-    out.write_all(text.as_bytes()).map_err(other)?;
+    emit(&text)?;
     Ok(Exit::Ok)
 }
 

@@ -384,6 +384,24 @@ pub fn sudo_refused(out: &Output) -> Option<String> {
     (is_sudo || sorry).then(|| first.trim().to_string())
 }
 
+/// `out` as the command's result, or [`ExecError::Sudo`] when it went through sudo and sudo
+/// itself refused (so callers report "needs passwordless sudo", not a failed step).
+pub fn refuse_if_sudo_refused(
+    out: Output,
+    needs_sudo: bool,
+    user: String,
+    target: String,
+) -> Result<Output, ExecError> {
+    match needs_sudo.then(|| sudo_refused(&out)).flatten() {
+        Some(message) => Err(ExecError::Sudo {
+            user,
+            target,
+            message,
+        }),
+        None => Ok(out),
+    }
+}
+
 /// Drive one running process: feed `input` to `stdin` while reading `stdout`/`stderr` line by
 /// line into `sink` (or capturing stdout). Returns captured stdout and the stderr tail.
 ///
@@ -584,16 +602,7 @@ impl Executor for LocalExecutor {
                 stdout,
                 stderr,
             };
-            if needs_sudo {
-                if let Some(message) = sudo_refused(&out) {
-                    return Err(ExecError::Sudo {
-                        user,
-                        target,
-                        message,
-                    });
-                }
-            }
-            Ok(out)
+            refuse_if_sudo_refused(out, needs_sudo, user, target)
         })
     }
 

@@ -10,7 +10,9 @@ use std::time::{Duration, Instant};
 
 use openssh::{ControlPersist, KnownHosts, Session, SessionBuilder, Stdio};
 
-use crate::executor::{join, sudo_refused, wrap_argv, ExecError, Executor, Output, Request, Sink};
+use crate::executor::{
+    join, refuse_if_sudo_refused, wrap_argv, ExecError, Executor, Output, Request, Sink,
+};
 use crate::progress::{Event, Progress};
 use crate::target::Target;
 use crate::wait::{classify, retry_until, ConnectError, Failure, WaitOptions};
@@ -311,16 +313,7 @@ impl Executor for SshExecutor {
                 stdout,
                 stderr,
             };
-            if needs_sudo {
-                if let Some(message) = sudo_refused(&out) {
-                    return Err(ExecError::Sudo {
-                        user,
-                        target,
-                        message,
-                    });
-                }
-            }
-            Ok(out)
+            refuse_if_sudo_refused(out, needs_sudo, user, target)
         })
     }
 

@@ -474,17 +474,17 @@ pub fn parse_status_plain(text: &str) -> Option<StatusReport> {
     })
 }
 
-/// Decide from cloud-init's exit status and report. 0 done, 2 degraded, 1 error.
+/// Decide from cloud-init's exit status and report. 0 done, 2 degraded, 1 error; `disabled` is a
+/// note — but only with status 0 or 2: cloud-init disabled after a boot whose run failed (no
+/// reboot since) says `error - disabled` and exits 1, and those errors are this boot's.
 pub fn decide(
     status: i32,
     report: &StatusReport,
     opts: &CloudInitOptions,
     target: &str,
 ) -> Result<CloudInitOutcome, CloudInitError> {
-    if report.status.contains("disabled") {
-        return Ok(CloudInitOutcome::Disabled);
-    }
     match status {
+        0 | 2 if report.status.contains("disabled") => Ok(CloudInitOutcome::Disabled),
         0 if report.status.contains("degraded") => {
             Ok(CloudInitOutcome::Degraded(report.recoverable.clone()))
         }
@@ -505,6 +505,15 @@ pub fn decide(
             }
         }
     }
+}
+
+/// The whole seconds given to the remote `timeout` for what is left of our deadline: rounded
+/// up, so cloud-init gets the full deadline (truncating gave up to a second early and then
+/// reported "did not finish within N s" after N-1 s); at least 1.
+pub fn remote_timeout_secs(remaining: Duration) -> u64 {
+    u64::try_from(remaining.as_millis().div_ceil(1000))
+        .unwrap_or(u64::MAX)
+        .max(1)
 }
 
 /// Wait for cloud-init on the target. `present`: whether the probe found the program.
@@ -543,7 +552,7 @@ pub fn wait_cloud_init(
             });
         }
         note(progress, "waiting", vec![]);
-        let secs = remaining.as_secs().max(1).to_string();
+        let secs = remote_timeout_secs(remaining).to_string();
         let mut argv = vec![
             "timeout",
             secs.as_str(),
@@ -769,6 +778,17 @@ Host key verification failed.\n";
     }
 
     #[test]
+    fn remote_timeout_never_cuts_the_deadline_short() {
+        let ms = |m| remote_timeout_secs(Duration::from_millis(m));
+        assert_eq!(ms(2_999), 3);
+        assert_eq!(ms(3_000), 3);
+        assert_eq!(ms(3_001), 4);
+        assert_eq!(ms(1), 1);
+        assert_eq!(ms(0), 1);
+        assert_eq!(ms(599_400), 600);
+    }
+
+    #[test]
     fn cloud_init_json_and_decisions() {
         let done = r#"{"boot_status_code":"enabled-by-generator","errors":[],"extended_status":"done","recoverable_errors":{},"status":"done"}"#;
         let r = parse_status_json(done).expect("json");
@@ -801,6 +821,11 @@ Host key verification failed.\n";
             decide(0, &disabled, &o, "t").expect("ok"),
             CloudInitOutcome::Disabled
         );
+        // cloud-init 25.1, disabled by its marker file after a failed run, before a reboot.
+        let failed_then_disabled = r#"{"boot_status_code":"disabled-by-marker-file","errors":["('scripts-user', RuntimeError('Runparts: 1 failures (runcmd) in 1 attempted commands'))"],"extended_status":"error - disabled","recoverable_errors":{},"status":"error"}"#;
+        let r = parse_status_json(failed_then_disabled).expect("json");
+        let e = decide(1, &r, &o, "t").expect_err("this boot's errors stop the push");
+        assert!(e.to_string().contains("Runparts"), "{e}");
         assert_eq!(parse_status_json("usage: cloud-init status [-h]"), None);
     }
 }

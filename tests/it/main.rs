@@ -2,6 +2,13 @@
 //! (a private sshd, a debootstrapped Debian root) and fixtures they share.
 
 mod bundle_chroot;
+mod cli_bundle;
+mod cli_common;
+mod cli_errors;
+mod cli_help;
+mod cli_plan;
+mod cli_push;
+mod cloud_init;
 mod deploy_e2e;
 mod ssh_faults;
 mod ssh_push;

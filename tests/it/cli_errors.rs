@@ -1,0 +1,177 @@
+//! CLI tests, invalid input (issue #2): a table of malformed projects, each a small case
+//! directory copied over a valid base project in a temp dir. `ov plan` must exit 3 (invalid
+//! input), print nothing on stdout and one `error:` on stderr: located errors name
+//! `file:line:column` and quote the offending source line; one snapshot per case (temp dir
+//! shown as `[project]`).
+
+use std::path::Path;
+
+use crate::cli_common::{copy_tree, expect_code, fixtures, ov, run, Run};
+
+/// Where a located error must point: file (relative to the project), line, column.
+type Loc = Option<(&'static str, usize, usize)>;
+
+/// Build the case's project in a temp dir and run `ov -C <dir> plan ARGS…`.
+fn plan_case(case: &str, args: &[&str]) -> (tempfile::TempDir, Run) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    copy_tree(&fixtures().join("base"), dir.path());
+    let overlay = fixtures().join("broken").join(case);
+    if overlay.is_dir() {
+        copy_tree(&overlay, dir.path());
+    }
+    let r = run(ov().arg("-C").arg(dir.path()).arg("plan").args(args));
+    (dir, r)
+}
+
+fn check(case: &str, args: &[&str], loc: Loc, needles: &[&str]) {
+    let (dir, r) = plan_case(case, args);
+    expect_code(&r, 3, case);
+    assert_eq!(r.stdout, "", "{case}: nothing on stdout");
+    assert!(r.stderr.starts_with("error: "), "{case}: {}", r.stderr);
+    assert_eq!(
+        r.stderr.matches("error: ").count(),
+        1,
+        "{case}: one error: {}",
+        r.stderr
+    );
+    for n in needles {
+        assert!(r.stderr.contains(n), "{case}: want `{n}` in\n{}", r.stderr);
+    }
+    if let Some((file, line, col)) = loc {
+        let path = dir.path().join(file);
+        // The location, as an editor or terminal can follow it …
+        let at = format!("error: {}:{line}:{col}: ", path.display());
+        assert!(
+            r.stderr.starts_with(&at),
+            "{case}: want `{at}` in\n{}",
+            r.stderr
+        );
+        // … and the offending line itself, quoted from the file, with a caret under the column.
+        let text = std::fs::read_to_string(&path).expect("case file");
+        let source = text.lines().nth(line - 1).expect("line in file");
+        let quoted = format!("\n{line} | {source}\n");
+        assert!(
+            r.stderr.contains(&quoted),
+            "{case}: want `{quoted}` in\n{}",
+            r.stderr
+        );
+        let caret = format!("| {}^", " ".repeat(col - 1));
+        assert!(
+            r.stderr.contains(&caret),
+            "{case}: want `{caret}` in\n{}",
+            r.stderr
+        );
+    }
+    insta::assert_snapshot!(case, filter(&r.stderr, dir.path()));
+}
+
+fn filter(text: &str, dir: &Path) -> String {
+    text.replace(&dir.display().to_string(), "[project]")
+}
+
+macro_rules! case {
+    ($test:ident, $case:literal, [$($arg:literal),*], $loc:expr, [$($needle:literal),* $(,)?]) => {
+        #[test]
+        fn $test() {
+            check($case, &[$($arg),*], $loc, &[$($needle),*]);
+        }
+    };
+}
+
+case!(
+    unknown_key_suggests_the_known_one,
+    "unknown-key",
+    ["vm:alpha"],
+    Some(("layers/foo/layer.yml", 6, 3)),
+    ["unknown key `servics`", "did you mean `service`?"]
+);
+case!(
+    task_with_two_verbs,
+    "task-two-verbs",
+    ["vm:alpha"],
+    Some(("layers/foo/layer.yml", 5, 7)),
+    ["two verbs, `copy` and `write`"]
+);
+case!(
+    duplicate_key,
+    "duplicate-key",
+    ["vm:alpha"],
+    Some(("layers/foo/layer.yml", 6, 5)),
+    ["duplicate key `FOO`", "already set at line 4"]
+);
+case!(
+    multi_document_layer,
+    "multi-document",
+    ["vm:alpha"],
+    Some(("layers/foo/layer.yml", 4, 1)),
+    ["more than one YAML document"]
+);
+case!(
+    legacy_flat_layer,
+    "legacy-flat",
+    ["vm:alpha"],
+    Some(("layers/foo/layer.yml", 1, 1)),
+    ["legacy flat", "wrap the contents in `layer:`"]
+);
+case!(
+    unknown_distro_in_vm_spec,
+    "unknown-distro",
+    ["vm:alpha"],
+    Some(("deploy.yml", 6, 15)),
+    ["unknown distro `gentoo`", "`archlinux`, `debian`"]
+);
+case!(
+    cycle_between_layers,
+    "layer-cycle",
+    ["vm:alpha", "cyc-a"],
+    None,
+    ["circular dependency: cyc-a -> cyc-b -> cyc-c -> cyc-a"]
+);
+case!(
+    unknown_layer_with_a_close_match,
+    "unknown-layer",
+    ["vm:alpha", "base-tool"],
+    None,
+    ["unknown layer `base-tool`", "did you mean `base-tools`?"]
+);
+case!(
+    unknown_vm_lists_the_known_ones,
+    "unknown-vm",
+    ["vm:gamma"],
+    None,
+    ["unknown VM `gamma`", "(known VMs: `alpha`, `beta`)"]
+);
+case!(
+    unknown_distro_on_the_command_line,
+    "unknown-distro-flag",
+    ["vm:alpha", "--distro", "gentoo"],
+    None,
+    ["unknown distro `gentoo`", "`archlinux`, `debian`"]
+);
+
+/// The base project itself is valid: every failure above comes from its case overlay (or its
+/// arguments), not from the base.
+#[test]
+fn the_base_project_plans() {
+    let (_dir, r) = plan_case("none", &["vm:alpha", "base-tools"]);
+    expect_code(&r, 0, "base");
+    assert!(r.stdout.contains("layers  1: base-tools\n"), "{}", r.stdout);
+}
+
+/// No project at all is invalid input too, and says where it looked.
+#[test]
+fn no_project_found() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let r = run(ov().current_dir(dir.path()).args(["plan", "vm:alpha"]));
+    expect_code(&r, 3, "no project");
+    assert!(
+        r.stderr.starts_with("error: no `overthink.yml`"),
+        "{}",
+        r.stderr
+    );
+    assert!(
+        r.stderr.contains(&dir.path().display().to_string()),
+        "{}",
+        r.stderr
+    );
+}

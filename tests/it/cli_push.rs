@@ -1,0 +1,161 @@
+//! CLI tests, `ov push --dry-run`: compiles the demo, prints the bundle, target, every remote
+//! command with its stdin and the bootstrap script, and connects to nothing — a listener on the
+//! target port sees no connection, and nothing is written outside the bundle cache. The text is
+//! pinned by a snapshot with the temp dir, port, digest, size and random run id filtered.
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+
+use serde_json::Value;
+use sha2::{Digest, Sha256};
+
+use crate::cli_common::{demo, expect_code, files_under, ov, run, Run};
+
+struct Setup {
+    dir: tempfile::TempDir,
+    listener: TcpListener,
+}
+
+impl Setup {
+    fn new() -> Setup {
+        let dir = tempfile::tempdir().expect("tempdir");
+        std::fs::create_dir(dir.path().join("home")).expect("home");
+        // The key must exist (the target is resolved in full); it is never used.
+        std::fs::write(dir.path().join("id_ed25519"), "not a key\n").expect("key");
+        let listener = TcpListener::bind("127.0.0.1:0").expect("listen");
+        listener.set_nonblocking(true).expect("nonblocking");
+        Setup { dir, listener }
+    }
+
+    fn path(&self, rel: &str) -> PathBuf {
+        self.dir.path().join(rel)
+    }
+
+    fn port(&self) -> u16 {
+        self.listener.local_addr().expect("addr").port()
+    }
+
+    /// `ov -C demo push WHAT --dry-run …` against the listener's port.
+    fn push(&self, what: &Path, extra: &[&str]) -> Run {
+        run(ov()
+            .env("HOME", self.path("home"))
+            .env("XDG_CACHE_HOME", self.path("cache"))
+            .arg("-C")
+            .arg(demo())
+            .arg("push")
+            .arg(what)
+            .arg("--dry-run")
+            .arg("--identity")
+            .arg(self.path("id_ed25519"))
+            .arg("--known-hosts")
+            .arg(self.path("known_hosts"))
+            .args(["--port", &self.port().to_string()])
+            .args(extra))
+    }
+
+    /// Nothing connected, nothing written but the bundle cache.
+    fn assert_untouched(&self) {
+        match self.listener.accept() {
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+            Ok((_, peer)) => panic!("a dry run connected to the target (from {peer})"),
+            Err(e) => panic!("accept: {e}"),
+        }
+        assert!(
+            files_under(&self.path("home")).is_empty(),
+            "wrote under HOME"
+        );
+        assert!(!self.path("known_hosts").exists(), "wrote known_hosts");
+    }
+}
+
+#[test]
+fn push_dry_run_prints_what_would_be_sent_and_run() {
+    let s = Setup::new();
+    let r = s.push(Path::new("vm:demo"), &[]);
+    expect_code(&r, 0, "push --dry-run");
+    s.assert_untouched();
+
+    let bundle = s.path("cache/ov/bundles/vm-demo.tar.gz");
+    let bytes = std::fs::read(&bundle).expect("the compiled bundle is cached");
+    let sha = hex::encode(Sha256::digest(&bytes));
+    let first = format!(
+        "would push {} ({} bytes, sha256 {sha}) to debian@127.0.0.1:{}\n",
+        bundle.display(),
+        bytes.len(),
+        s.port()
+    );
+    assert!(
+        r.stdout.starts_with(&first),
+        "want `{first}` in\n{}",
+        r.stdout
+    );
+    assert!(
+        r.stdout
+            .contains("\ndeploy vm:demo · 5 layer(s): demo-backports, demo-config, demo-env, demo-greeter, demo-tools\n"),
+        "{}",
+        r.stdout
+    );
+    // The bootstrap checks the upload against this very digest and runs as the deploy's user.
+    assert!(
+        r.stdout.contains(&format!("\nexpected={sha}\n")),
+        "{}",
+        r.stdout
+    );
+    assert!(r
+        .stdout
+        .contains(&format!("--bundle-sha256 {sha} --user debian")));
+
+    let text = r
+        .stdout
+        .replace(&s.dir.path().display().to_string(), "[tmp]")
+        .replace(&sha, "[sha256]")
+        .replace(&format!("({} bytes", bytes.len()), "([size] bytes")
+        .replace(&format!(":{}\n", s.port()), ":[port]\n");
+    insta::with_settings!({filters => vec![(r"vm-demo\.[0-9a-f]{12}\b", "vm-demo.[run]")]}, {
+        insta::assert_snapshot!("push-dry-run", text);
+    });
+}
+
+#[test]
+fn push_dry_run_of_a_bundle_file_and_as_json() {
+    let s = Setup::new();
+    // Compile first, then push the file.
+    let out = s.path("out/vm-demo.tar.gz");
+    std::fs::create_dir(s.path("out")).expect("mkdir");
+    let c = run(ov()
+        .arg("-C")
+        .arg(demo())
+        .args(["compile", "vm:demo", "-o"])
+        .arg(&out));
+    expect_code(&c, 0, "compile");
+    let r = s.push(&out, &["--json"]);
+    expect_code(&r, 0, "push FILE --dry-run --json");
+    s.assert_untouched();
+    assert!(
+        !s.path("cache").exists(),
+        "a given bundle is not compiled again"
+    );
+    let lines: Vec<&str> = r.stdout.lines().collect();
+    assert_eq!(lines.len(), 1, "{}", r.stdout);
+    let v: Value = serde_json::from_str(lines[0]).expect("JSON line");
+    assert_eq!(v["event"], "dry-run");
+    assert_eq!(v["target"], format!("debian@127.0.0.1:{}", s.port()));
+    let commands = v["commands"].as_array().expect("commands");
+    assert!(commands.len() >= 4, "{v}");
+    let sha = hex::encode(Sha256::digest(std::fs::read(&out).expect("bundle")));
+    assert!(v["bootstrap"].as_str().expect("bootstrap").contains(&sha));
+
+    // A bundle altered after compile is refused even for a dry run (exit 4, integrity).
+    let mut bytes = std::fs::read(&out).expect("bundle");
+    let last = bytes.len() - 1;
+    bytes[last] ^= 0x01;
+    std::fs::write(&out, bytes).expect("write");
+    let r = s.push(&out, &[]);
+    expect_code(&r, 4, "push --dry-run of an altered bundle");
+    assert!(
+        r.stderr.contains("does not match its checksum"),
+        "{}",
+        r.stderr
+    );
+    s.assert_untouched();
+}
