@@ -17,6 +17,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
+use ov::target::Target;
+
 use super::sshd::{alive, descendants, kill, Netns};
 
 const PATH: &str = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
@@ -139,6 +141,8 @@ pub struct ChrootHost {
     pub addr: String,
     /// Port sshd listens on (22: the host has its own address).
     pub port: u16,
+    /// The login user.
+    pub user: String,
     /// The key authorised for the login user (its `.pub` beside it).
     pub client_key: PathBuf,
     /// sshd's log (its stderr, LogLevel VERBOSE), after the setup's output.
@@ -179,6 +183,7 @@ impl ChrootHost {
             dir,
             addr,
             port: 22,
+            user: opts.user.clone(),
             client_key,
             log,
             mnt_ns: None,
@@ -327,6 +332,19 @@ ssh-keygen -q -t ed25519 -N '' -C ov-it-host -f /etc/ov-it/host_key
     /// in /proc, since the overlay exists only in the host's mount namespace.
     pub fn path(&self, p: &str) -> PathBuf {
         PathBuf::from(format!("/proc/{}/root", self.pid())).join(p.trim_start_matches('/'))
+    }
+
+    /// A target for the login user with the authorised key and this host's own known_hosts.
+    pub fn target(&self) -> Target {
+        Target {
+            host: self.addr.clone(),
+            port: Some(self.port),
+            user: Some(self.user.clone()),
+            identity: Some(self.client_key.clone()),
+            known_hosts: Some(self.dir.path().join("known_hosts")),
+            ssh_config: None,
+            vm: None,
+        }
     }
 
     /// sshd's log so far (for failure messages).
