@@ -483,8 +483,11 @@ fn a_failing_remote_step_exits_7_naming_layer_and_script_and_deploy_add_resumes(
     );
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
-        stderr.contains(GATE) && stderr.contains("01-system.sh"),
-        "the message names layer and script: {}",
+        stderr.contains(&format!(
+            "error: layer `{GATE}` failed on tester@{}:22",
+            h.addr
+        )) && stderr.contains("script `01-system.sh` exited with status 42"),
+        "the message names layer, script and status: {}",
         text(&out)
     );
     assert!(
