@@ -452,6 +452,15 @@ fn deploy_add_status_push_and_del_over_ssh_with_the_ov_binary() {
         "the target differs after `ov deploy del`:\n{}",
         diff.join("\n")
     );
+    let out = rig.ov(&["status", DEPLOY]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("no layers recorded"), "{stdout}");
+    assert_eq!(
+        stdout.matches(" not applied").count(),
+        LAYERS.len(),
+        "{stdout}"
+    );
     let state = rig.state_text();
     assert_others_kept(&state);
     let vs = vm_state(&state);
@@ -494,6 +503,11 @@ fn a_failing_remote_step_exits_7_naming_layer_and_script_and_deploy_add_resumes(
         stderr.contains("/etc/e2e-allow is missing"),
         "the script's last output is shown: {}",
         text(&out)
+    );
+    assert_eq!(
+        h.sh("ls -A /var/tmp/ov"),
+        "",
+        "the upload is removed after a failure too"
     );
     // A failed push records no state.
     assert_eq!(rig.state_text(), SEED);
