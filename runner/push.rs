@@ -422,6 +422,14 @@ cleanup() {{ if [ "$keep" = 0 ]; then cd / && rm -rf -- "$dir"; fi; }}
 trap cleanup EXIT
 trap 'exit 129' HUP
 trap 'exit 143' TERM
+# ov's upload directory must be root's and closed to others: one another user made (/var/tmp is
+# world-writable) could swap the bundle between the check below and the run.
+base={base}
+mode=$(stat -c %a -- "$base") || exit 91
+if [ -L "$base" ] || [ ! -O "$base" ] || (( 8#$mode & 8#022 )); then
+  echo "refusing to unpack under $base: it must be a directory of root's that only root can write; remove it" >&2
+  exit 91
+fi
 cd -- "$dir" || exit 91
 actual=$(sha256sum -- "$archive" </dev/null) || exit 91
 actual=${{actual%% *}}
@@ -433,7 +441,7 @@ printf '::ov:: upload-check result=ok sha256=%s\n' "$actual"
 # User-scope scripts run as the target user and read the bundle (scripts, lib.sh, payload): let
 # every user through ov's directories, without listing them (the unpacked bundle's name is random);
 # the archive itself stays private.
-chmod 0711 -- {base} "$dir" || exit 91
+chmod 0711 -- "$base" "$dir" || exit 91
 tar -xzf "$archive" </dev/null || {{ echo "cannot extract $archive" >&2; exit 91; }}
 [ -f "$top/run.sh" ] || {{ echo "the bundle has no $top/run.sh" >&2; exit 91; }}
 bash "$dir/$top/run.sh"{args} </dev/null
