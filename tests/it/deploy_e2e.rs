@@ -545,3 +545,29 @@ fn a_failing_remote_step_exits_7_naming_layer_and_script_and_deploy_add_resumes(
         serde_json::json!(LAYERS)
     );
 }
+
+#[test]
+fn an_upload_directory_another_user_controls_is_refused() {
+    let Some(rig) = Rig::start() else { return };
+    let h = &rig.host;
+    h.sh(&format!("touch {GATE_MARKER}"));
+    // /var/tmp is world-writable: any user could make /var/tmp/ov first and swap the bundle
+    // between its check and its run.
+    h.sh("install -d -o tester -g tester -m 0777 /var/tmp/ov");
+    let out = rig.ov(&["push", DEPLOY]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("refusing to unpack under /var/tmp/ov"),
+        "{}",
+        text(&out)
+    );
+    assert!(!h.path(LEDGER).exists(), "nothing ran");
+    assert!(!rig.package_installed("hello"));
+    assert_eq!(rig.state_text(), SEED);
+
+    // Root's again (and closed to others): the push goes through and leaves it traversable only.
+    h.sh("rm -rf /var/tmp/ov && install -d -m 0700 /var/tmp/ov");
+    let out = rig.ov(&["push", DEPLOY]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert_eq!(h.sh("stat -c '%U %a' /var/tmp/ov"), "root 711\n");
+}
