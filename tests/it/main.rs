@@ -1,5 +1,5 @@
 //! The one integration test binary of `ov`. Modules by area; `support/` holds the test targets
-//! (a private sshd, a debootstrapped Debian root) and fixtures they share.
+//! (a private sshd, a debootstrapped Debian root, sshd chrooted into such a root) and fixtures.
 
 mod bundle_chroot;
 mod cli_bundle;
