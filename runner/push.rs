@@ -657,6 +657,12 @@ pub fn push_with(
     };
     let status = out.status.unwrap_or(-1);
     let tail: Vec<String> = sink.tail.iter().cloned().collect();
+    // stderr travels on its own channel, so the failed script's last stderr lines may arrive
+    // after the `layer-fail` line; no script starts after a failure, so the tail as it stands
+    // now is the failed script's output.
+    if let Some(failure) = sink.failure.as_mut() {
+        failure.tail = tail.clone();
+    }
     let (applied, skipped) = match (status, &sink.end) {
         (0, Some((_, a, s))) => (*a, *s),
         (0, None) => (0, 0),
