@@ -422,6 +422,14 @@ cleanup() {{ if [ "$keep" = 0 ]; then cd / && rm -rf -- "$dir"; fi; }}
 trap cleanup EXIT
 trap 'exit 129' HUP
 trap 'exit 143' TERM
+# ov's upload directory must be root's and closed to others: one another user made (/var/tmp is
+# world-writable) could swap the bundle between the check below and the run.
+base={base}
+mode=$(stat -c %a -- "$base") || exit 91
+if [ -L "$base" ] || [ ! -O "$base" ] || (( 8#$mode & 8#022 )); then
+  echo "refusing to unpack under $base: it must be a directory of root's that only root can write; remove it" >&2
+  exit 91
+fi
 cd -- "$dir" || exit 91
 actual=$(sha256sum -- "$archive" </dev/null) || exit 91
 actual=${{actual%% *}}
@@ -430,12 +438,17 @@ if [ "$actual" != "$expected" ]; then
   exit 90
 fi
 printf '::ov:: upload-check result=ok sha256=%s\n' "$actual"
+# User-scope scripts run as the target user and read the bundle (scripts, lib.sh, payload): let
+# every user through ov's directories, without listing them (the unpacked bundle's name is random);
+# the archive itself stays private.
+chmod 0711 -- "$base" "$dir" || exit 91
 tar -xzf "$archive" </dev/null || {{ echo "cannot extract $archive" >&2; exit 91; }}
 [ -f "$top/run.sh" ] || {{ echo "the bundle has no $top/run.sh" >&2; exit 91; }}
 bash "$dir/$top/run.sh"{args} </dev/null
 exit $?
 "#,
         dir = quote(remote_dir),
+        base = quote(opts.remote_base.trim_end_matches('/')),
         archive = quote(&bundle.file_name),
         expected = quote(&bundle.sha256),
         top = quote(&bundle.top),
@@ -644,6 +657,12 @@ pub fn push_with(
     };
     let status = out.status.unwrap_or(-1);
     let tail: Vec<String> = sink.tail.iter().cloned().collect();
+    // stderr travels on its own channel, so the failed script's last stderr lines may arrive
+    // after the `layer-fail` line; no script starts after a failure, so the tail as it stands
+    // now is the failed script's output.
+    if let Some(failure) = sink.failure.as_mut() {
+        failure.tail = tail.clone();
+    }
     let (applied, skipped) = match (status, &sink.end) {
         (0, Some((_, a, s))) => (*a, *s),
         (0, None) => (0, 0),

@@ -8,6 +8,7 @@ mod render_support;
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 
+use ov_compiler::bundle::{self, BundleOptions};
 use ov_compiler::deploy::{resolve_deploy, DeployRequest};
 use ov_compiler::lower::lower;
 use ov_compiler::plan::{Gates, InstallPlan};
@@ -118,6 +119,19 @@ fn the_whole_corpus_renders_on_every_distro_and_passes_the_shell_checks() {
         let plan = plan_for(&p, "host", Some(distro), &all);
         let r = render_ok(&plan, &p.root, &format!("the corpus on {distro}"));
         assert_eq!(r.layers.len(), plan.layers.len());
+        // The whole corpus as one bundle: its runtime scripts (which embed the layer table) go
+        // through the same shell checks as the step scripts.
+        let engine = Engine::new(None).expect("engine");
+        let b = bundle::build(&plan, &r, &engine, &options())
+            .unwrap_or_else(|e| panic!("bundle of the corpus on {distro}: {}", error_chain(&e)));
+        for f in b.files.iter().filter(|f| f.path.ends_with(".sh")) {
+            if !f.path.contains("/layers/") {
+                scripts.insert((
+                    format!("{distro}/bundle/{}", f.path),
+                    String::from_utf8_lossy(&f.data).into_owned(),
+                ));
+            }
+        }
         let these = all_scripts(&r);
         counts.push((distro, these.len()));
         for (name, text) in these {
@@ -145,16 +159,29 @@ fn the_whole_corpus_renders_on_every_distro_and_passes_the_shell_checks() {
     assert!(counts.iter().all(|(_, n)| *n > 137), "{counts:?}");
 }
 
+fn options() -> BundleOptions {
+    BundleOptions {
+        source_date_epoch: None,
+        ov_version: "0.0.0-test".into(),
+    }
+}
+
 #[test]
-fn every_corpus_layer_renders_alone_on_every_distro() {
+fn every_corpus_layer_compiles_alone_on_every_distro() {
     let Some(p) = corpus() else { return };
     let engine = Engine::new(None).expect("engine");
     let mut failures = Vec::new();
     for name in p.layers.keys() {
         for distro in DISTROS {
             let plan = plan_for(&p, "host", Some(distro), std::slice::from_ref(name));
-            if let Err(e) = render(&plan, &p.root, &engine) {
-                failures.push(format!("{name} on {distro}: {}", error_chain(&e)));
+            // `ov compile` of each layer alone: render, then build the bundle.
+            let built = render(&plan, &p.root, &engine)
+                .map_err(|e| error_chain(&e))
+                .and_then(|r| {
+                    bundle::build(&plan, &r, &engine, &options()).map_err(|e| error_chain(&e))
+                });
+            if let Err(e) = built {
+                failures.push(format!("{name} on {distro}: {e}"));
             }
         }
     }

@@ -1,97 +1,106 @@
-//! Real runs of a bundle (`run.sh`, `undo.sh`) as root inside a fresh Debian bookworm root:
-//! a real package from the Debian archive, system and user files, env and the managed block,
-//! tasks; resume after a failed layer; the lock; teardown back to the root as it was.
-//!
-//! Until `render`/`lower` land, the step scripts are the hand-written fixture of
-//! `compiler/tests/bundle_fixture` (they follow `docs/bundle-runtime.md`).
-
-#[path = "../../compiler/tests/bundle_fixture/mod.rs"]
-mod bundle_fixture;
+//! Real runs of a bundle the real pipeline compiled — `ov compile vm:e2e` of the fixture project
+//! `tests/fixtures/e2e` (load → resolve → lower → render → bundle) — unpacked with GNU tar and run
+//! by hand (`run.sh`, `undo.sh`) as root inside a fresh Debian bookworm root: a real package from
+//! the Debian archive, system and user files, env and the managed block, raw `cmd:` tasks as root
+//! and as the user, a link; a failed layer that stops the run and the resume after it; the lock;
+//! teardown from the ledger back to the root as it was.
 
 use std::collections::BTreeMap;
-use std::os::unix::fs::{MetadataExt, PermissionsExt};
-use std::path::Path;
+use std::path::PathBuf;
 use std::process::Output;
 
-use crate::support::rootfs::{self, Root, Spec};
+use crate::support::e2e::{
+    self, end, layers_with, text, DEPLOY, GATE, GATE_MARKER, LAYERS, LEDGER, USER,
+};
+use crate::support::rootfs::{self, Root};
 
 const BUNDLE_DIR: &str = "/var/tmp/ov/b";
-const RUN: &str = "/var/tmp/ov/b/vm-debian-test/run.sh";
+const RUN: &str = "/var/tmp/ov/b/vm-e2e/run.sh";
 
-fn spec() -> Spec {
-    Spec {
-        include: vec![],
-        prefetch: vec!["hello"],
+/// What `ov compile` produced.
+struct Compiled {
+    /// The archive's sha256 (from its `.sha256`).
+    sha256: String,
+    /// `manifest.json`.
+    manifest: serde_json::Value,
+    /// The archive, in `home`.
+    archive: PathBuf,
+    /// HOME of the `ov` that compiled it.
+    home: tempfile::TempDir,
+}
+
+impl Compiled {
+    fn deploy_id(&self) -> String {
+        self.manifest["deploy"]["id"]
+            .as_str()
+            .expect("deploy id")
+            .to_string()
+    }
+
+    fn digest(&self, layer: &str) -> String {
+        self.manifest["layers"]
+            .as_array()
+            .expect("layers")
+            .iter()
+            .find(|l| l["name"] == layer)
+            .and_then(|l| l["digest"].as_str())
+            .unwrap_or_else(|| panic!("no layer {layer} in the manifest"))
+            .to_string()
     }
 }
 
-/// A fresh root with user `tester` and the fixture bundle (unpacked, plus its archive and
-/// `.sha256`) under /var/tmp/ov/b; `None` when the tools are missing (skip).
-fn setup() -> Option<(Root, ov_compiler::bundle::Bundle)> {
+/// A fresh offline root with user `tester` and the fixture's bundle, compiled by the `ov` binary,
+/// as a push leaves it: archive and `.sha256` under /var/tmp/ov/b, unpacked beside them by the
+/// root's own tar. `None` when the tools are missing (skip).
+fn setup() -> Option<(Root, Compiled)> {
     if !rootfs::available() {
         return None;
     }
-    let tarball = rootfs::tarball(&spec());
-    let root = Root::new(&tarball);
-    root.sh("useradd -m -s /bin/bash tester");
-    let payload = tempfile::tempdir().expect("tmp");
-    let (plan, rendered) = bundle_fixture::debian(payload.path());
-    let b = bundle_fixture::build(&plan, &rendered);
+    let root = Root::new(&rootfs::tarball(&e2e::spec()));
+    // Offline: no resolver (Root::new copies the machine's), one attempt per download.
+    root.sh(&format!(
+        "useradd -m -s /bin/bash {USER} && rm -f /etc/resolv.conf"
+    ));
+    std::fs::write(root.path(e2e::OFFLINE_APT.0), e2e::OFFLINE_APT.1).expect("apt conf");
+
+    let home = tempfile::tempdir().expect("tmp");
+    let archive = home.path().join("vm-e2e.tar.gz");
+    let out = e2e::ov(home.path())
+        .args(["compile", DEPLOY, "-o"])
+        .arg(&archive)
+        .output()
+        .expect("ov runs");
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let sum = std::fs::read_to_string(home.path().join("vm-e2e.tar.gz.sha256")).expect(".sha256");
+    let sha256 = sum.split_whitespace().next().expect("digest").to_string();
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains(&format!("sha256 {sha256}")),
+        "{}",
+        text(&out)
+    );
+
     let dir = root.path(BUNDLE_DIR);
-    ov_compiler::bundle::write_unpacked(&b, &dir).expect("unpacked");
-    ov_compiler::bundle::write(&b, &dir.join(b.archive_name())).expect("archive");
-    Some((root, b))
-}
-
-fn text(out: &Output) -> String {
-    format!(
-        "status {:?}\n--- stdout\n{}--- stderr\n{}",
-        out.status.code(),
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
-}
-
-/// The `::ov::` lines as (event, fields).
-fn events(out: &Output) -> Vec<(String, BTreeMap<String, String>)> {
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .filter_map(|l| l.strip_prefix("::ov:: "))
-        .map(|l| {
-            let (event, rest) = l.split_once(' ').unwrap_or((l, ""));
-            let mut fields = BTreeMap::new();
-            let (head, msg) = match rest.find("msg=") {
-                Some(i) => (&rest[..i], Some(&rest[i + 4..])),
-                None => (rest, None),
-            };
-            for kv in head.split_whitespace() {
-                if let Some((k, v)) = kv.split_once('=') {
-                    fields.insert(k.to_string(), v.to_string());
-                }
-            }
-            if let Some(m) = msg {
-                fields.insert("msg".into(), m.to_string());
-            }
-            (event.to_string(), fields)
-        })
-        .collect()
-}
-
-fn layers_with(out: &Output, event: &str) -> Vec<String> {
-    events(out)
-        .into_iter()
-        .filter(|(e, _)| e == event)
-        .filter_map(|(_, f)| f.get("layer").cloned())
-        .collect()
-}
-
-fn end(out: &Output) -> BTreeMap<String, String> {
-    events(out)
-        .into_iter()
-        .rev()
-        .find(|(e, _)| e == "end" || e == "undo-end")
-        .map(|(_, f)| f)
-        .unwrap_or_default()
+    std::fs::create_dir_all(&dir).expect("bundle dir");
+    std::fs::copy(&archive, dir.join("vm-e2e.tar.gz")).expect("copy archive");
+    std::fs::write(dir.join("vm-e2e.tar.gz.sha256"), &sum).expect("copy .sha256");
+    root.sh(&format!(
+        "cd {BUNDLE_DIR} && sha256sum -c vm-e2e.tar.gz.sha256 && tar -xzf vm-e2e.tar.gz"
+    ));
+    let manifest = json(&root, &format!("{BUNDLE_DIR}/vm-e2e/manifest.json"));
+    let compiled = Compiled {
+        sha256,
+        manifest,
+        archive,
+        home,
+    };
+    let names: Vec<&str> = compiled.manifest["layers"]
+        .as_array()
+        .expect("layers")
+        .iter()
+        .filter_map(|l| l["name"].as_str())
+        .collect();
+    assert_eq!(names, LAYERS, "the fixture's resolved order");
+    Some((root, compiled))
 }
 
 fn json(root: &Root, p: &str) -> serde_json::Value {
@@ -99,225 +108,161 @@ fn json(root: &Root, p: &str) -> serde_json::Value {
     serde_json::from_slice(&raw).unwrap_or_else(|e| panic!("{p} is not JSON: {e}"))
 }
 
-const LEDGER: &str = "/home/tester/.config/overthink/installed";
-
 fn package_installed(root: &Root, pkg: &str) -> bool {
     root.run(&["dpkg-query", "-W", "-f=${Status}", pkg])
         .stdout
         .starts_with(b"install ok installed")
 }
 
-/// Every path of the root outside volatile places, with type, mode, owner and content digest.
+fn run(root: &Root, args: &[&str]) -> Output {
+    let mut cmd = vec!["bash", RUN];
+    cmd.extend_from_slice(args);
+    root.run(&cmd)
+}
+
 fn snapshot(root: &Root) -> BTreeMap<String, String> {
-    const SKIP: &[&str] = &[
-        "proc",
-        "dev",
-        "sys",
-        "run",
-        "tmp",
-        "var/tmp",
-        "var/log",
-        "var/cache",
-        "var/lib/apt",
-        "var/lib/dpkg",
-        "etc/ld.so.cache",
-    ];
-    fn walk(base: &Path, dir: &Path, out: &mut BTreeMap<String, String>) {
-        let Ok(entries) = std::fs::read_dir(dir) else {
-            return;
-        };
-        for e in entries.flatten() {
-            let p = e.path();
-            let rel = p
-                .strip_prefix(base)
-                .unwrap_or(&p)
-                .to_string_lossy()
-                .into_owned();
-            if SKIP.iter().any(|s| rel == *s) {
-                continue;
-            }
-            let Ok(m) = std::fs::symlink_metadata(&p) else {
-                continue;
-            };
-            let ft = m.file_type();
-            let what = if ft.is_symlink() {
-                format!(
-                    "link {}",
-                    std::fs::read_link(&p)
-                        .map(|t| t.display().to_string())
-                        .unwrap_or_default()
-                )
-            } else if ft.is_dir() {
-                "dir".to_string()
-            } else if ft.is_file() {
-                use sha2::Digest;
-                let data = std::fs::read(&p).unwrap_or_default();
-                format!("file {}", hex::encode(sha2::Sha256::digest(&data)))
-            } else {
-                "special".to_string()
-            };
-            out.insert(
-                rel,
-                format!(
-                    "{what} {:o} {}:{}",
-                    m.permissions().mode() & 0o7777,
-                    m.uid(),
-                    m.gid()
-                ),
-            );
-            if ft.is_dir() {
-                walk(base, &p, out);
-            }
-        }
-    }
-    let mut out = BTreeMap::new();
-    let base = root.path("/");
-    walk(&base, &base, &mut out);
-    out
+    e2e::snapshot(&root.path("/"), e2e::VOLATILE)
 }
 
 #[test]
 fn real_run_applies_everything_then_is_a_no_op_and_undo_restores_the_root() {
     let Some((root, b)) = setup() else { return };
-    root.sh("touch /etc/ov-test-allow");
+    let id = b.deploy_id();
+    root.sh(&format!("touch {GATE_MARKER}"));
     let before = snapshot(&root);
+    assert!(
+        before.contains_key("etc/debian_version") && before.contains_key("home/tester/.profile"),
+        "the snapshot sees the root"
+    );
     assert!(!package_installed(&root, "hello"));
 
     // First run: every layer applied, as the manifest's user.
-    let out = root.run(&["bash", RUN]);
+    let out = run(&root, &[]);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
-    assert_eq!(
-        layers_with(&out, "layer-done"),
-        ["hello", "files", "gate", "env", "task"]
-    );
-    assert_eq!(
-        end(&out).get("result").map(String::as_str),
-        Some("ok"),
-        "{}",
-        text(&out)
-    );
-    assert_eq!(end(&out).get("applied").map(String::as_str), Some("5"));
+    assert_eq!(layers_with(&out.stdout, "layer-done"), LAYERS);
+    let fin = end(&out.stdout);
+    assert_eq!(fin.get("result").map(String::as_str), Some("ok"));
+    assert_eq!(fin.get("applied").map(String::as_str), Some("7"));
 
     // The effects, as the right users.
     assert!(package_installed(&root, "hello"));
     assert_eq!(root.sh("hello").trim(), "Hello, world!");
-    assert_eq!(root.sh("cat /etc/ov-test/system.conf"), "system=yes\n");
+    assert_eq!(root.sh("e2e-greet"), "greetings from ov\n");
+    assert_eq!(
+        root.sh("readlink /usr/local/bin/e2e-hello"),
+        "/usr/bin/hello\n"
+    );
+    assert_eq!(root.sh("cat /etc/e2e-system.conf"), "system=yes\n");
+    assert_eq!(
+        root.sh("stat -c '%U %a' /etc/e2e-system.conf /usr/local/bin/e2e-greet"),
+        "root 644\nroot 755\n"
+    );
     assert_eq!(
         root.sh(
-            "stat -c '%U %a' /home/tester/.config/ov-test/user.conf /home/tester/.local/bin/greet"
+            "cd /home/tester && stat -c '%U %a %n' .config/e2e .config/e2e/user.conf .local/bin/e2e-hi"
         ),
-        "tester 600\ntester 755\n"
+        "tester 700 .config/e2e\ntester 600 .config/e2e/user.conf\ntester 755 .local/bin/e2e-hi\n"
     );
     assert_eq!(
-        root.sh("runuser -u tester -- /home/tester/.local/bin/greet"),
-        "greetings from ov\n"
+        root.sh("cat /home/tester/.config/e2e/user.conf"),
+        "user=yes\n"
+    );
+    // env and path_append, through the managed block of a login shell.
+    assert_eq!(
+        root.sh("runuser -u tester -- bash -lc 'printf %s \"$E2E_GREETING\"; echo; e2e-hi'"),
+        "hello world\nhi from tester\n"
     );
     assert_eq!(
-        root.sh("runuser -u tester -- bash -lc 'printf %s \"$OV_TEST_GREETING\"'"),
-        "hello world"
+        root.sh("cat /home/tester/.config/overthink/env.d/e2e-env.env | grep -c E2E_GREETING"),
+        "1\n"
     );
-    assert_eq!(root.sh("cat /var/lib/ov-test/task-count"), "tester\n");
+    assert_eq!(
+        root.sh("cd /home/tester && grep -c '^# overthink:begin' .profile .bashrc"),
+        ".profile:1\n.bashrc:1\n"
+    );
+    // The root task ran once as root for tester; the user task as tester.
+    assert_eq!(root.sh("cat /var/lib/e2e/task-runs"), "root for tester\n");
     let arch = root.sh("uname -m");
-    let who = root.sh("cat /home/tester/task-user.txt");
-    assert!(
-        who.starts_with("tester ") && who.trim_end().ends_with(arch.trim()),
-        "{who}"
+    assert_eq!(
+        root.sh("stat -c %U /home/tester/.e2e-task-user; cat /home/tester/.e2e-task-user"),
+        format!("tester\ntester {arch}")
     );
 
-    // The ledger: deploy record, layer records with digests, run-time facts, owned by tester.
-    let deploy = json(
-        &root,
-        &format!("{LEDGER}/deploys/{}.json", bundle_fixture::DEPLOY_ID),
-    );
-    assert_eq!(deploy["deploy"], "vm:debian-test");
+    // The ledger: deploy record, layer records with the manifest's digests, owned by tester.
+    let deploy = json(&root, &format!("{LEDGER}/deploys/{id}.json"));
+    assert_eq!(deploy["deploy"], DEPLOY);
     assert_eq!(deploy["result"], "ok");
     assert_eq!(deploy["bundle_sha256"], b.sha256.as_str());
-    assert_eq!(
-        deploy["layers"],
-        serde_json::json!(["hello", "files", "gate", "env", "task"])
-    );
-    for l in &b.manifest.layers {
-        let rec = json(&root, &format!("{LEDGER}/layers/{}.json", l.name));
-        assert_eq!(rec["digest"], l.digest.as_str());
-        assert_eq!(
-            rec["deployed_by"],
-            serde_json::json!([bundle_fixture::DEPLOY_ID])
-        );
-        assert!(root
-            .path(&format!("{LEDGER}/layers/{}.undo.sh", l.name))
-            .is_file());
+    assert_eq!(deploy["layers"], serde_json::json!(LAYERS));
+    for l in LAYERS {
+        let rec = json(&root, &format!("{LEDGER}/layers/{l}.json"));
+        assert_eq!(rec["digest"], b.digest(l).as_str(), "{l}");
+        assert_eq!(rec["deployed_by"], serde_json::json!([id]), "{l}");
+        assert!(root.path(&format!("{LEDGER}/layers/{l}.undo.sh")).is_file());
     }
-    let hello = json(&root, &format!("{LEDGER}/layers/hello.json"));
+    let hello = json(&root, &format!("{LEDGER}/layers/e2e-hello.json"));
     assert_eq!(hello["reverse_ops"][0]["kind"], "package-remove");
-    assert_eq!(hello["steps"][0]["summary"], "deb: 1 packages (install)");
     assert_eq!(
-        root.sh(&format!("cat {LEDGER}/layers/hello.d/packages")),
+        hello["reverse_ops"][0]["targets"],
+        serde_json::json!(["hello"])
+    );
+    // The run-time fact: hello was missing before, so the undo removes it.
+    assert_eq!(
+        root.sh(&format!("cat {LEDGER}/layers/e2e-hello.d/packages.deb")),
         "hello\n"
     );
     assert_eq!(
         root.sh(&format!(
-            "stat -c %U {LEDGER} {LEDGER}/layers/hello.json {LEDGER}/lib.sh {LEDGER}/undo.sh"
+            "stat -c %U {LEDGER} {LEDGER}/layers/e2e-hello.json {LEDGER}/lib.sh {LEDGER}/undo.sh"
         )),
         "tester\ntester\ntester\ntester\n"
     );
 
     // Second run: nothing to do.
-    let out = root.run(&["bash", RUN, "--user", "tester"]);
+    let out = run(&root, &["--user", USER]);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert_eq!(layers_with(&out.stdout, "layer-skip"), LAYERS);
+    assert!(layers_with(&out.stdout, "layer-start").is_empty());
     assert_eq!(
-        layers_with(&out, "layer-skip"),
-        ["hello", "files", "gate", "env", "task"]
+        end(&out.stdout).get("skipped").map(String::as_str),
+        Some("7")
     );
-    assert!(layers_with(&out, "layer-start").is_empty());
-    assert_eq!(end(&out).get("skipped").map(String::as_str), Some("5"));
-    assert_eq!(root.sh("cat /var/lib/ov-test/task-count"), "tester\n");
+    assert_eq!(root.sh("cat /var/lib/e2e/task-runs"), "root for tester\n");
 
     // Teardown from the ledger copy, without the bundle.
     root.sh(&format!("rm -rf {BUNDLE_DIR}"));
-    let out = root.run(&["bash", &format!("{LEDGER}/undo.sh"), "--user", "tester"]);
+    let out = root.run(&["bash", &format!("{LEDGER}/undo.sh"), "--user", USER]);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
     assert_eq!(
-        end(&out).get("removed").map(String::as_str),
-        Some("5"),
+        end(&out.stdout).get("removed").map(String::as_str),
+        Some("7"),
         "{}",
         text(&out)
     );
     assert!(!package_installed(&root, "hello"));
     let after = snapshot(&root);
-    // Left by design: the ledger directory and its lock file (another run may be waiting on it).
-    let leftovers: Vec<&str> = vec![
-        "home/tester/.config",
-        "home/tester/.config/overthink",
-        "home/tester/.config/overthink/installed",
-        "home/tester/.config/overthink/installed/.lock",
-    ];
-    let mut diff = Vec::new();
-    for (k, v) in &after {
-        if before.get(k) != Some(v) && !leftovers.contains(&k.as_str()) {
-            diff.push(format!("+ {k} {v}"));
-        }
-    }
-    for (k, v) in &before {
-        if after.get(k) != Some(v) {
-            diff.push(format!("- {k} {v}"));
-        }
-    }
+    let diff = e2e::diff(&before, &after, e2e::LEFT_AFTER_UNDO);
     assert!(
         diff.is_empty(),
         "the root differs after undo:\n{}",
         diff.join("\n")
     );
+    // The directories left are empty; the ledger holds only its lock.
+    assert_eq!(
+        root.sh("find /home/tester/.config/e2e /home/tester/.local ! -type d | wc -l"),
+        "0\n"
+    );
+    assert_eq!(root.sh(&format!("ls -A {LEDGER}")), ".lock\n");
 
-    // Nothing left, so the ledger's runtime copies are gone too; a stray copy of undo.sh finds
-    // no deploy, which is fine (exit 0).
-    assert!(!root.path(&format!("{LEDGER}/undo.sh")).exists());
-    let undo = b
-        .files
-        .iter()
-        .find(|f| f.path == "undo.sh")
-        .expect("undo.sh");
-    std::fs::write(root.path("/root/undo.sh"), &undo.data).expect("copy");
-    let out = root.run(&["bash", "/root/undo.sh", "--user", "tester"]);
+    // A stray copy of undo.sh (from the archive, via `ov inspect`) finds no deploy: exit 0.
+    let out = e2e::ov(b.home.path())
+        .args(["inspect", "--script", "undo.sh"])
+        .arg(&b.archive)
+        .output()
+        .expect("ov runs");
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    std::fs::write(root.path("/root/undo.sh"), &out.stdout).expect("copy undo.sh");
+    let out = root.run(&["bash", "/root/undo.sh", "--user", USER]);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
     assert!(String::from_utf8_lossy(&out.stdout).contains("already torn down"));
 }
@@ -325,112 +270,120 @@ fn real_run_applies_everything_then_is_a_no_op_and_undo_restores_the_root() {
 #[test]
 fn a_failed_layer_stops_the_run_and_the_next_run_resumes_there() {
     let Some((root, b)) = setup() else { return };
+    let id = b.deploy_id();
+    let gate_at = LAYERS.iter().position(|l| *l == GATE).expect("gate layer");
+    let (done_first, rest) = LAYERS.split_at(gate_at);
 
-    // `gate` fails while /etc/ov-test-allow is missing.
-    let out = root.run(&["bash", RUN]);
+    // `e2e-gate` fails (42) while the marker is missing; the run stops there.
+    let out = run(&root, &[]);
     assert_eq!(out.status.code(), Some(4), "{}", text(&out));
-    assert_eq!(layers_with(&out, "layer-done"), ["hello", "files"]);
-    let fail: Vec<_> = events(&out)
+    assert_eq!(layers_with(&out.stdout, "layer-done"), done_first);
+    let fail: Vec<_> = e2e::events(&out.stdout)
         .into_iter()
         .filter(|(e, _)| e == "layer-fail")
         .collect();
-    assert_eq!(fail.len(), 1);
-    assert_eq!(fail[0].1["layer"], "gate");
+    assert_eq!(fail.len(), 1, "{}", text(&out));
+    assert_eq!(fail[0].1["layer"], GATE);
+    assert_eq!(fail[0].1["script"], "01-system.sh");
     assert_eq!(fail[0].1["status"], "42");
-    assert_eq!(end(&out).get("result").map(String::as_str), Some("fail"));
-    assert!(!root.path(&format!("{LEDGER}/layers/gate.json")).exists());
-    assert!(!root.path(&format!("{LEDGER}/layers/gate.undo.sh")).exists());
     assert!(
-        !root.path("/home/tester/.config/overthink/env.d").exists(),
-        "env ran after the failure"
+        String::from_utf8_lossy(&out.stderr).contains("e2e-gate: /etc/e2e-allow is missing")
+            || String::from_utf8_lossy(&out.stdout).contains("e2e-gate: /etc/e2e-allow is missing"),
+        "the layer's own message is shown: {}",
+        text(&out)
     );
-    let deploy = json(
-        &root,
-        &format!("{LEDGER}/deploys/{}.json", bundle_fixture::DEPLOY_ID),
+    assert_eq!(
+        end(&out.stdout).get("result").map(String::as_str),
+        Some("fail")
     );
+    assert!(!root.path(&format!("{LEDGER}/layers/{GATE}.json")).exists());
+    assert!(!root
+        .path(&format!("{LEDGER}/layers/{GATE}.undo.sh"))
+        .exists());
+    assert!(
+        !root.path("/var/lib/e2e").exists() && !root.path("/home/tester/.config/e2e").exists(),
+        "layers after the failure ran"
+    );
+    assert!(package_installed(&root, "hello"));
+    let deploy = json(&root, &format!("{LEDGER}/deploys/{id}.json"));
     assert_eq!(deploy["result"], "fail");
-    assert_eq!(deploy["layers"], serde_json::json!(["hello", "files"]));
+    assert_eq!(deploy["layers"], serde_json::json!(done_first));
 
-    // Fix the cause: the next run resumes at `gate`.
-    root.sh("touch /etc/ov-test-allow");
-    let out = root.run(&["bash", RUN]);
+    // Fix the cause: the next run resumes at `e2e-gate`.
+    root.sh(&format!("touch {GATE_MARKER}"));
+    let out = run(&root, &[]);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
-    assert_eq!(layers_with(&out, "layer-skip"), ["hello", "files"]);
-    assert_eq!(layers_with(&out, "layer-done"), ["gate", "env", "task"]);
+    assert_eq!(layers_with(&out.stdout, "layer-skip"), done_first);
+    assert_eq!(layers_with(&out.stdout, "layer-done"), rest);
+    assert_eq!(
+        json(&root, &format!("{LEDGER}/deploys/{id}.json"))["result"],
+        "ok"
+    );
 
     // --only with --force re-runs one layer; the record keeps one deploy id.
-    let out = root.run(&["bash", RUN, "--only", "task", "--force"]);
+    let out = run(&root, &["--only", "e2e-task", "--force"]);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
-    assert_eq!(layers_with(&out, "layer-done"), ["task"]);
+    assert_eq!(layers_with(&out.stdout, "layer-done"), ["e2e-task"]);
     assert_eq!(
-        root.sh("cat /var/lib/ov-test/task-count"),
-        "tester\ntester\n"
+        root.sh("cat /var/lib/e2e/task-runs"),
+        "root for tester\nroot for tester\n"
     );
-    let rec = json(&root, &format!("{LEDGER}/layers/task.json"));
-    assert_eq!(
-        rec["deployed_by"],
-        serde_json::json!([bundle_fixture::DEPLOY_ID])
-    );
+    let rec = json(&root, &format!("{LEDGER}/layers/e2e-task.json"));
+    assert_eq!(rec["deployed_by"], serde_json::json!([id]));
 
-    // Options: --list and --dry-run change nothing; unknown layer is a usage error.
-    let out = root.run(&["bash", RUN, "--list"]);
-    assert_eq!(out.status.code(), Some(0));
-    assert!(String::from_utf8_lossy(&out.stdout).contains("layers/03-gate/01-system.sh"));
-    let out = root.run(&["bash", RUN, "--dry-run"]);
+    // Options: --list and --dry-run change nothing; an unknown layer or user is a usage error.
+    let out = run(&root, &["--list"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("layers/05-e2e-gate/01-system.sh"));
+    let out = run(&root, &["--dry-run"]);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
     assert_eq!(
         String::from_utf8_lossy(&out.stdout)
             .matches("\nskip  ")
             .count(),
-        5,
+        LAYERS.len(),
         "{}",
         text(&out)
     );
+    assert_eq!(run(&root, &["--only", "nope"]).status.code(), Some(2));
     assert_eq!(
-        root.run(&["bash", RUN, "--only", "nope"]).status.code(),
-        Some(2)
-    );
-    assert_eq!(
-        root.run(&["bash", RUN, "--user", "nobody-here"])
-            .status
-            .code(),
+        run(&root, &["--user", "nobody-here"]).status.code(),
         Some(2)
     );
 
-    // The lock: with another holder, --no-wait exits 5 at once.
-    let mut holder = std::process::Command::new("flock")
-        .arg(root.path(&format!("{LEDGER}/.lock")))
-        .args(["sleep", "60"])
-        .spawn()
-        .expect("flock");
-    std::thread::sleep(std::time::Duration::from_millis(300));
-    let out = root.run(&["bash", RUN, "--no-wait"]);
-    let _ = holder.kill();
-    let _ = holder.wait();
+    // The lock: with another holder (this process), --no-wait exits 5 at once.
+    let lock = std::fs::File::open(root.path(&format!("{LEDGER}/.lock"))).expect("lock file");
+    lock.lock().expect("take the ledger lock");
+    let out = run(&root, &["--no-wait"]);
+    drop(lock);
     assert_eq!(out.status.code(), Some(5), "{}", text(&out));
 
     // Teardown with one layer's undo script missing: incomplete (7), that layer kept, then retried.
-    let gate_undo = format!("{LEDGER}/layers/gate.undo.sh");
+    let gate_undo = format!("{LEDGER}/layers/{GATE}.undo.sh");
     root.sh(&format!("mv {gate_undo} /root/gate.undo.sh"));
-    let undo = format!("{BUNDLE_DIR}/vm-debian-test/undo.sh");
-    let out = root.run(&["bash", &undo]);
+    let undo = PathBuf::from(BUNDLE_DIR).join("vm-e2e/undo.sh");
+    let undo = undo.to_str().expect("path");
+    let out = root.run(&["bash", undo]);
     assert_eq!(out.status.code(), Some(7), "{}", text(&out));
-    assert_eq!(layers_with(&out, "undo-fail"), ["gate"]);
-    assert!(root.path(&format!("{LEDGER}/layers/gate.json")).exists());
-    assert!(!root.path(&format!("{LEDGER}/layers/task.json")).exists());
-    let deploy = json(
-        &root,
-        &format!("{LEDGER}/deploys/{}.json", bundle_fixture::DEPLOY_ID),
-    );
-    assert_eq!(deploy["layers"], serde_json::json!(["gate"]));
-    root.sh(&format!("mv /root/gate.undo.sh {gate_undo}"));
-    let out = root.run(&["bash", &undo]);
-    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert_eq!(layers_with(&out.stdout, "undo-fail"), [GATE]);
+    assert!(root.path(&format!("{LEDGER}/layers/{GATE}.json")).exists());
+    assert!(!root
+        .path(&format!("{LEDGER}/layers/e2e-task.json"))
+        .exists());
     assert!(
-        root.sh(&format!("ls -A {LEDGER}")).trim() == ".lock",
+        !package_installed(&root, "hello"),
+        "undo goes on past a failed layer"
+    );
+    let deploy = json(&root, &format!("{LEDGER}/deploys/{id}.json"));
+    assert_eq!(deploy["layers"], serde_json::json!([GATE]));
+    root.sh(&format!("mv /root/gate.undo.sh {gate_undo}"));
+    let out = root.run(&["bash", undo]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert_eq!(
+        root.sh(&format!("ls -A {LEDGER}")),
+        ".lock\n",
         "ledger not empty"
     );
     assert!(!package_installed(&root, "hello"));
-    assert!(!root.path("/var/lib/ov-test-gate").exists());
-    let _ = b;
+    assert!(!root.path("/etc/e2e-system.conf").exists());
 }

@@ -1,5 +1,5 @@
 //! The one integration test binary of `ov`. Modules by area; `support/` holds the test targets
-//! (a private sshd, a debootstrapped Debian root) and fixtures they share.
+//! (a private sshd, a debootstrapped Debian root, sshd chrooted into such a root) and fixtures.
 
 mod bundle_chroot;
 mod cli_bundle;
@@ -9,6 +9,7 @@ mod cli_help;
 mod cli_plan;
 mod cli_push;
 mod cloud_init;
+mod deploy_e2e;
 mod ssh_faults;
 mod ssh_push;
 mod support;

@@ -6,14 +6,13 @@
 //! stages (`init --local`, `init`, `modules --mode config|final`) in the host, which write
 //! `/run/cloud-init/status.json` and `result.json` as on a booted machine; the only other inputs
 //! are files `cloud-init status` reads (the `/etc/cloud/cloud-init.disabled` marker, systemd's
-//! `/run/systemd/system` boot marker).
+//! `/run/systemd/system` boot marker). The host itself (overlay, namespaces, chrooted sshd, login
+//! user) is a [`ChrootHost`].
 //!
-//! Invariants: every mount a host makes (the overlay with its tmpfs upper layer, /proc, tmpfs
-//! /run, devpts) exists only in its own mount namespace, which ends when `Drop` has killed and
-//! reaped its processes; then its network namespace is deleted; the cached root is never written. cloud-init runs with a module list cut to `runcmd`/`scripts-user`, no network
-//! configuration and no hostname change, so it reaches nothing of the machine.
+//! Invariants: those of [`ChrootHost`] (every mount and process gone after `Drop`, the cached
+//! root never written); cloud-init runs with a module list cut to `runcmd`/`scripts-user`, no
+//! network configuration and no hostname change, so it reaches nothing of the machine.
 
-use std::os::unix::fs::PermissionsExt;
 use std::path::PathBuf;
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -23,8 +22,9 @@ use serde_json::Value;
 
 use ov::target::Target;
 
+use super::chroot_sshd::{self, ChrootHost, Options};
 use super::rootfs::{self, Spec};
-use super::sshd::{alive, descendants, kill, Netns};
+use super::sshd::{alive, descendants, kill};
 
 /// The suite: trixie's cloud-init (25.1) reports `degraded` (new in 23.4); bookworm's 22.4 does
 /// not.
@@ -33,8 +33,6 @@ pub const SUITE: &str = "trixie";
 pub const USER: &str = "ovtest";
 /// The host name inside the host's UTS namespace.
 pub const HOSTNAME: &str = "ovci";
-
-const PATH: &str = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 
 /// What the root holds. `python3-cffi-backend` is listed because debootstrap's resolver does not
 /// follow virtual packages (`python3-cryptography` needs `python3-cffi-backend-api-min`, which
@@ -62,55 +60,25 @@ fn have(tool: &str) -> bool {
         .unwrap_or(false)
 }
 
-/// Whether a cloud-init host can run here (root; debootstrap, chroot, unshare, nsenter, ip, the
-/// ssh client). Prints why not; under `CI` a missing tool is a failure.
+/// Whether a cloud-init host can run here: what a [`ChrootHost`] needs, plus debootstrap, tar and
+/// flock for the cached root. Prints why not; under `CI` a missing tool is a failure.
 pub fn available() -> bool {
-    let mut missing: Vec<&str> = [
-        "debootstrap",
-        "chroot",
-        "unshare",
-        "nsenter",
-        "ip",
-        "mount",
-        "tar",
-        "flock",
-        "ssh",
-        "ssh-keygen",
-    ]
-    .into_iter()
-    .filter(|t| !have(t))
-    .collect();
-    let root = Command::new("id")
-        .arg("-u")
-        .output()
-        .map(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
-        .unwrap_or(false);
-    if !root {
-        missing.push("root privileges");
+    let missing: Vec<&str> = ["debootstrap", "tar", "flock"]
+        .into_iter()
+        .filter(|t| !have(t))
+        .collect();
+    if !missing.is_empty() {
+        let msg = format!(
+            "cloud-init test host unavailable: missing {}",
+            missing.join(", ")
+        );
+        if std::env::var_os("CI").is_some() {
+            panic!("{msg} (CI is set)");
+        }
+        eprintln!("SKIP: {msg}");
+        return false;
     }
-    if missing.is_empty() {
-        return true;
-    }
-    let msg = format!(
-        "cloud-init test host unavailable: missing {}",
-        missing.join(", ")
-    );
-    if std::env::var_os("CI").is_some() {
-        panic!("{msg} (CI is set)");
-    }
-    eprintln!("SKIP: {msg}");
-    false
-}
-
-fn check(out: Output, what: &str) -> String {
-    assert!(
-        out.status.success(),
-        "{what} failed ({}): {}{}",
-        out.status,
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
+    chroot_sshd::available()
 }
 
 /// cloud-init's own configuration for a chroot: the NoCloud datasource from the seed directory
@@ -129,29 +97,6 @@ cloud_config_modules: [runcmd]
 cloud_final_modules: [scripts-user]
 ";
 
-/// Runs in the new namespaces (arguments: lower, staged files, scratch dir, mount point, host
-/// name, PATH): the overlay root (its writable layer a tmpfs, which works wherever the cache
-/// lives, even on an overlay itself) with the staged files copied in, /proc, a tmpfs /run holding
-/// sshd's privilege separation directory, a private devpts; the host name; the setup inside the
-/// root; then sshd, chrooted, in the foreground.
-const LAUNCH: &str = r#"set -eu
-lower=$1 stage=$2 t=$3 r=$4
-mount -t tmpfs -o mode=0755 tmpfs "$t"
-mkdir "$t/upper" "$t/work"
-mount -t overlay overlay -o "lowerdir=$lower,upperdir=$t/upper,workdir=$t/work" "$r"
-cp -R --preserve=mode,ownership "$stage/." "$r/"
-mount -t proc proc "$r/proc"
-mount -t tmpfs -o mode=0755,nosuid,nodev tmpfs "$r/run"
-mkdir -p "$r/run/sshd" "$r/run/lock"
-# debootstrap made device nodes unless it ran where it could not (then: the machine's /dev).
-[ -c "$r/dev/null" ] || mount --rbind /dev "$r/dev"
-mount -t devpts -o newinstance,ptmxmode=0666,mode=0620 devpts "$r/dev/pts"
-mount --bind "$r/dev/pts/ptmx" "$r/dev/ptmx"
-hostname "$5"
-chroot "$r" /usr/bin/env -i "$6" LANG=C.UTF-8 bash /etc/ov-it/setup.sh
-exec chroot "$r" /usr/bin/env -i "$6" LANG=C.UTF-8 /usr/sbin/sshd -D -e -f /etc/ov-it/sshd_config
-"#;
-
 /// The four boot stages, as cloud-init's systemd units run them, after `cloud-init clean`.
 /// Each stage's own exit status is printed, not judged: `cloud-init status` is what the tests ask.
 const BOOT: &str = r#"cloud-init clean --logs >/dev/null
@@ -164,23 +109,18 @@ done
 
 /// A running cloud-init test host. Dropping it stops everything it started.
 pub struct CloudHost {
-    sshd: Option<Child>,
+    /// Background boots (killed and reaped before the host goes).
     boots: Vec<Child>,
-    netns: Netns,
-    /// Client key, sshd log, the files to copy into the root, and mount points.
-    dir: tempfile::TempDir,
-    lower: PathBuf,
+    host: ChrootHost,
     /// Address sshd listens on (port 22 in the namespace).
     pub addr: String,
     /// The key authorised for [`USER`].
     pub client_key: PathBuf,
-    /// sshd's log (its stderr, LogLevel VERBOSE), and the setup's output before it.
-    pub log: PathBuf,
     boot_count: AtomicU32,
 }
 
 impl CloudHost {
-    /// Build (or reuse) the trixie root, lay the user and sshd's files over it, and start the
+    /// Build (or reuse) the trixie root, lay cloud-init's configuration over it, and start the
     /// host. `None`: skipped (printed).
     pub fn start() -> Option<CloudHost> {
         if !available() {
@@ -190,41 +130,22 @@ impl CloudHost {
         let tarball = rootfs::tarball_for(SUITE, &spec());
         let lower = rootfs::extracted(&tarball);
         let ready = t0.elapsed();
-        let dir = tempfile::Builder::new()
-            .prefix("ov-it-cloudhost.")
-            .tempdir()
-            .expect("tempdir");
-        // `stage` is copied over the root's `/`, so it carries the root's owner and mode.
-        for d in ["stage", "scratch", "root"] {
-            let p = dir.path().join(d);
-            std::fs::create_dir(&p).expect("host dirs");
-            std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).expect("chmod");
-        }
-        let client_key = dir.path().join("client_key");
-        check(
-            Command::new("ssh-keygen")
-                .args(["-q", "-t", "ed25519", "-N", "", "-C", "ov-it-client", "-f"])
-                .arg(&client_key)
-                .output()
-                .expect("ssh-keygen starts"),
-            "ssh-keygen",
-        );
-        let netns = Netns::create();
-        let addr = netns.guest_ip.clone();
-        let log = dir.path().join("sshd.log");
-        let mut host = CloudHost {
-            sshd: None,
+        let mut opts = Options::new(USER);
+        opts.hostname = HOSTNAME.to_string();
+        opts.files.push((
+            "etc/cloud/cloud.cfg.d/99-ov-it.cfg".into(),
+            CLOUD_CFG.as_bytes().to_vec(),
+            0o644,
+        ));
+        opts.setup = "mkdir -p /var/lib/cloud/seed/nocloud".into();
+        let host = ChrootHost::start(&lower, &opts);
+        let host = CloudHost {
             boots: Vec::new(),
-            netns,
-            dir,
-            lower,
-            addr,
-            client_key,
-            log,
+            addr: host.addr.clone(),
+            client_key: host.client_key.clone(),
+            host,
             boot_count: AtomicU32::new(0),
         };
-        host.stage();
-        host.start_sshd();
         eprintln!(
             "cloud-init host {} up after {:.1}s (cached root ready after {:.1}s)",
             host.addr,
@@ -234,133 +155,19 @@ impl CloudHost {
         Some(host)
     }
 
-    /// Stage `rel` (relative to the root) for the launch to copy into the root.
-    fn put(&self, rel: &str, body: &str) {
-        let p = self.dir.path().join("stage").join(rel);
-        std::fs::create_dir_all(p.parent().expect("parent")).expect("mkdir in stage");
-        std::fs::write(&p, body).expect("write in stage");
-    }
-
-    /// The login user, its key and sudo rule, sshd's config and host key, and cloud-init's
-    /// configuration — all inside the root (nothing of the machine's own users is touched): staged
-    /// files, and a setup script the launch runs chrooted.
-    fn stage(&self) {
-        let pubkey = std::fs::read_to_string(self.client_key.with_extension("pub"))
-            .expect("client public key");
-        let conf = format!(
-            "# sshd of ov's cloud-init test host (chrooted)\n\
-ListenAddress {addr}:22\n\
-HostKey /etc/ov-it/host_key\n\
-PidFile none\n\
-PubkeyAuthentication yes\n\
-PasswordAuthentication no\n\
-KbdInteractiveAuthentication no\n\
-PermitRootLogin no\n\
-AllowUsers {USER}\n\
-UsePAM no\n\
-PrintMotd no\n\
-LogLevel VERBOSE\n",
-            addr = self.addr
-        );
-        self.put("etc/ov-it/sshd_config", &conf);
-        self.put("etc/ov-it/authorized_key", &pubkey);
-        self.put("etc/cloud/cloud.cfg.d/99-ov-it.cfg", CLOUD_CFG);
-        self.put("etc/hostname", &format!("{HOSTNAME}\n"));
-        let setup = format!(
-            r#"set -eu
-useradd --create-home --shell /bin/bash {USER}
-# '*': no password, but not locked (sshd without PAM refuses a locked account's key).
-usermod -p '*' {USER}
-install -d -m 0700 -o {USER} -g {USER} /home/{USER}/.ssh
-install -m 0600 -o {USER} -g {USER} /etc/ov-it/authorized_key /home/{USER}/.ssh/authorized_keys
-printf '%s ALL=(ALL:ALL) NOPASSWD: ALL\n' {USER} > /etc/sudoers.d/90-{USER}
-chmod 0440 /etc/sudoers.d/90-{USER}
-visudo -cf /etc/sudoers.d/90-{USER} >/dev/null
-printf '127.0.1.1 %s\n' {HOSTNAME} >> /etc/hosts
-ssh-keygen -q -t ed25519 -N '' -C ov-it-cloudhost -f /etc/ov-it/host_key
-/usr/sbin/sshd -t -f /etc/ov-it/sshd_config
-mkdir -p /var/lib/cloud/seed/nocloud
-"#
-        );
-        self.put("etc/ov-it/setup.sh", &setup);
-    }
-
-    fn start_sshd(&mut self) {
-        let log = std::fs::File::create(&self.log).expect("sshd log");
-        let child = Command::new("ip")
-            .args(["netns", "exec", &self.netns.name])
-            .args(["unshare", "--mount", "--uts", "--propagation", "private"])
-            .args(["bash", "-c", LAUNCH, "ov-it-cloudhost"])
-            .arg(&self.lower)
-            .arg(self.dir.path().join("stage"))
-            .arg(self.dir.path().join("scratch"))
-            .arg(self.dir.path().join("root"))
-            .arg(HOSTNAME)
-            .arg(PATH)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .expect("spawn sshd");
-        // `ip netns exec`, `unshare` and `chroot` exec, and so does bash's last command: once
-        // up, the child is sshd itself.
-        self.sshd = Some(child);
-        let sa: std::net::SocketAddr = format!("{}:22", self.addr).parse().expect("address");
-        let t0 = Instant::now();
-        while t0.elapsed() < Duration::from_secs(30) {
-            if std::net::TcpStream::connect_timeout(&sa, Duration::from_millis(200)).is_ok() {
-                return;
-            }
-            if let Some(Ok(Some(st))) = self.sshd.as_mut().map(|c| c.try_wait()) {
-                panic!(
-                    "the chrooted sshd exited with {st}: {}",
-                    std::fs::read_to_string(&self.log).unwrap_or_default()
-                );
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        panic!(
-            "the chrooted sshd on {sa} did not come up: {}",
-            std::fs::read_to_string(&self.log).unwrap_or_default()
-        );
-    }
-
-    fn sshd_pid(&self) -> u32 {
-        self.sshd.as_ref().expect("sshd running").id()
-    }
-
-    /// A command entering the host: its mount, UTS and network namespaces and its root, as root,
-    /// with a clean environment.
+    /// A command entering the host as root with a clean environment.
     fn enter(&self) -> Command {
-        let mut c = Command::new("nsenter");
-        c.args([
-            "-t",
-            &self.sshd_pid().to_string(),
-            "-m",
-            "-u",
-            "-n",
-            "-r",
-            "-w",
-        ])
-        .args(["/usr/bin/env", "-i", PATH, "LANG=C.UTF-8", "HOME=/root"]);
-        c
+        self.host.enter()
     }
 
     /// Run `script` (bash) in the host as root.
     pub fn run(&self, script: &str) -> Output {
-        self.enter()
-            .args(["bash", "-c", script])
-            .stdin(Stdio::null())
-            .output()
-            .expect("nsenter starts")
+        self.host.run(script)
     }
 
     /// Run `script` (bash) in the host as root and require success; returns stdout.
     pub fn sh(&self, script: &str) -> String {
-        check(
-            self.run(script),
-            &format!("`{script}` in the cloud-init host"),
-        )
+        self.host.sh(script)
     }
 
     /// What `cloud-init status --format json` says right now (without waiting), and its exit
@@ -426,7 +233,7 @@ mkdir -p /var/lib/cloud/seed/nocloud
     /// Whether someone's `cloud-init status --wait` runs in the host now (from the process
     /// table: sshd's descendants).
     pub fn cloud_init_waiting(&self) -> bool {
-        descendants(self.sshd_pid()).into_iter().any(|p| {
+        descendants(self.host.pid()).into_iter().any(|p| {
             let argv = std::fs::read(format!("/proc/{p}/cmdline")).unwrap_or_default();
             let args: Vec<&[u8]> = argv.split(|&b| b == 0).collect();
             args.iter().any(|a| a.ends_with(b"cloud-init"))
@@ -437,21 +244,13 @@ mkdir -p /var/lib/cloud/seed/nocloud
 
     /// A target for [`USER`] with the authorised key and this host's own known_hosts file.
     pub fn target(&self) -> Target {
-        Target {
-            host: self.addr.clone(),
-            port: Some(22),
-            user: Some(USER.to_string()),
-            identity: Some(self.client_key.clone()),
-            known_hosts: Some(self.dir.path().join("known_hosts")),
-            ssh_config: None,
-            vm: None,
-        }
+        self.host.target()
     }
 
     /// The path of `p` (relative to the host's root) as seen from the test: through sshd's root
     /// in /proc, since the overlay and /run exist only in the host's mount namespace.
     pub fn path(&self, p: &str) -> PathBuf {
-        PathBuf::from(format!("/proc/{}/root", self.sshd_pid())).join(p.trim_start_matches('/'))
+        self.host.path(p)
     }
 
     /// The layer records in [`USER`]'s ledger.
@@ -470,9 +269,7 @@ mkdir -p /var/lib/cloud/seed/nocloud
     }
 
     fn stop(&mut self) {
-        let mut children: Vec<Child> = self.boots.drain(..).collect();
-        children.extend(self.sshd.take());
-        for mut c in children {
+        for mut c in self.boots.drain(..) {
             let pid = c.id();
             let kids = descendants(pid);
             kill(&kids, "KILL");
@@ -488,8 +285,7 @@ mkdir -p /var/lib/cloud/seed/nocloud
 
 impl Drop for CloudHost {
     fn drop(&mut self) {
-        // Once its last process is gone, the mount namespace (overlay and its tmpfs, /proc, /run,
-        // devpts) goes with it; then the fields drop: the network namespace, then the directory.
+        // The boots first; then the host (its Drop ends sshd, the namespaces and the mounts).
         self.stop();
     }
 }

@@ -1,0 +1,236 @@
+//! Test support, the end-to-end fixture: the project `tests/fixtures/e2e` (one VM `e2e`, user
+//! `tester`, seven layers), the Debian root its tests run it in, the `ov` binary, and the readers
+//! both real-run tests share — `::ov::` progress lines and snapshots of a root's file tree.
+//! Invariant: the root is offline (no resolver, no retries), so a run never reaches the network:
+//! `apt-get update` fails fast and is ignored, and `hello` installs from the cache debootstrap
+//! filled when the root was built.
+
+use std::collections::BTreeMap;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use super::rootfs::Spec;
+
+/// The VM of the fixture's deploy.
+pub const VM: &str = "e2e";
+/// The deploy name.
+pub const DEPLOY: &str = "vm:e2e";
+/// The target user (the VM spec's `ssh.user`).
+pub const USER: &str = "tester";
+/// The fixture's layers in install order (resolve: dependencies first, ties by name).
+pub const LAYERS: [&str; 7] = [
+    "e2e-env",
+    "e2e-hello",
+    "e2e-link",
+    "e2e-system",
+    "e2e-gate",
+    "e2e-task",
+    "e2e-user",
+];
+/// The layer that fails (status 42) until [`GATE_MARKER`] exists in the root.
+pub const GATE: &str = "e2e-gate";
+/// The marker file `e2e-gate` checks.
+pub const GATE_MARKER: &str = "/etc/e2e-allow";
+/// The target user's ledger.
+pub const LEDGER: &str = "/home/tester/.config/overthink/installed";
+
+/// The fixture project.
+pub fn project() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/e2e")
+}
+
+/// The Debian root both real-run tests use (one cached debootstrap): sshd and sudo for the SSH
+/// host, `hello` in apt's cache.
+pub fn spec() -> Spec {
+    Spec {
+        include: vec!["openssh-server", "sudo"],
+        prefetch: vec!["hello"],
+    }
+}
+
+/// An apt setting for an offline root: one attempt per download, so the failing `apt-get
+/// update` of a run costs a second, not the retries' backoff.
+pub const OFFLINE_APT: (&str, &str) = (
+    "etc/apt/apt.conf.d/99-ov-it-offline",
+    "// ov integration tests: this root has no network.\nAcquire::Retries \"0\";\n",
+);
+
+/// The `ov` binary with a clean environment apart from PATH and `home` as HOME (and XDG dirs
+/// under it), so its deploy.yml, keys and bundle cache are the test's.
+pub fn ov(home: &Path) -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_ov"));
+    c.env_clear()
+        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+        .env("HOME", home)
+        .env("XDG_CONFIG_HOME", home.join(".config"))
+        .env("XDG_DATA_HOME", home.join(".local/share"))
+        .env("XDG_CACHE_HOME", home.join(".cache"))
+        .env("LANG", "C.UTF-8")
+        .env("TERM", "dumb")
+        .arg("-C")
+        .arg(project());
+    c
+}
+
+/// Exit status, stdout and stderr, for assertion messages.
+pub fn text(out: &Output) -> String {
+    format!(
+        "status {:?}\n--- stdout\n{}--- stderr\n{}",
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+/// The `::ov::` lines of `stdout` as (event, fields); `msg=` takes the rest of the line.
+pub fn events(stdout: &[u8]) -> Vec<(String, BTreeMap<String, String>)> {
+    String::from_utf8_lossy(stdout)
+        .lines()
+        .filter_map(|l| l.strip_prefix("::ov:: "))
+        .map(|l| {
+            let (event, rest) = l.split_once(' ').unwrap_or((l, ""));
+            let (head, msg) = match rest.find("msg=") {
+                Some(i) => (&rest[..i], Some(&rest[i + 4..])),
+                None => (rest, None),
+            };
+            let mut fields: BTreeMap<String, String> = head
+                .split_whitespace()
+                .filter_map(|kv| kv.split_once('='))
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect();
+            if let Some(m) = msg {
+                fields.insert("msg".into(), m.to_string());
+            }
+            (event.to_string(), fields)
+        })
+        .collect()
+}
+
+/// The layers of the `event` lines, in order.
+pub fn layers_with(stdout: &[u8], event: &str) -> Vec<String> {
+    events(stdout)
+        .into_iter()
+        .filter(|(e, _)| e == event)
+        .filter_map(|(_, f)| f.get("layer").cloned())
+        .collect()
+}
+
+/// The fields of the last `end` (or `undo-end`) line.
+pub fn end(stdout: &[u8]) -> BTreeMap<String, String> {
+    events(stdout)
+        .into_iter()
+        .rev()
+        .find(|(e, _)| e == "end" || e == "undo-end")
+        .map(|(_, f)| f)
+        .unwrap_or_default()
+}
+
+/// What a teardown leaves, by design: the ledger directory with its lock file (another run may be
+/// waiting on it), directories the layers created (a `mkdir:` has no reverse op; parents made
+/// for a file are not recorded), and what raw `cmd:` tasks wrote (ov cannot know it).
+pub const LEFT_AFTER_UNDO: &[&str] = &[
+    "home/tester/.config",
+    "home/tester/.config/overthink",
+    "home/tester/.config/overthink/installed",
+    "home/tester/.config/overthink/installed/.lock",
+    "home/tester/.config/e2e",
+    "home/tester/.local",
+    "home/tester/.local/bin",
+    "var/lib/e2e",
+    "var/lib/e2e/task-runs",
+    "home/tester/.e2e-task-user",
+];
+
+/// Places of a Debian root that change by themselves or by package management bookkeeping.
+pub const VOLATILE: &[&str] = &[
+    "proc",
+    "dev",
+    "sys",
+    "run",
+    "tmp",
+    "var/tmp",
+    "var/log",
+    "var/cache",
+    "var/lib/apt",
+    "var/lib/dpkg",
+    "etc/ld.so.cache",
+];
+
+/// Every path below `base` outside `skip` (relative paths), with type, mode, owner and content
+/// digest.
+pub fn snapshot(base: &Path, skip: &[&str]) -> BTreeMap<String, String> {
+    fn walk(base: &Path, dir: &Path, skip: &[&str], out: &mut BTreeMap<String, String>) {
+        let Ok(entries) = std::fs::read_dir(dir) else {
+            return;
+        };
+        for e in entries.flatten() {
+            let p = e.path();
+            let rel = p
+                .strip_prefix(base)
+                .unwrap_or(&p)
+                .to_string_lossy()
+                .into_owned();
+            if skip.iter().any(|s| rel == *s) {
+                continue;
+            }
+            let Ok(m) = std::fs::symlink_metadata(&p) else {
+                continue;
+            };
+            let ft = m.file_type();
+            let what = if ft.is_symlink() {
+                format!(
+                    "link {}",
+                    std::fs::read_link(&p)
+                        .map(|t| t.display().to_string())
+                        .unwrap_or_default()
+                )
+            } else if ft.is_dir() {
+                "dir".to_string()
+            } else if ft.is_file() {
+                use sha2::Digest;
+                let data = std::fs::read(&p).unwrap_or_default();
+                format!("file {}", hex::encode(sha2::Sha256::digest(&data)))
+            } else {
+                "special".to_string()
+            };
+            out.insert(
+                rel,
+                format!(
+                    "{what} {:o} {}:{}",
+                    m.permissions().mode() & 0o7777,
+                    m.uid(),
+                    m.gid()
+                ),
+            );
+            if ft.is_dir() {
+                walk(base, &p, skip, out);
+            }
+        }
+    }
+    let mut out = BTreeMap::new();
+    walk(base, base, skip, &mut out);
+    out
+}
+
+/// What differs between two snapshots (`+` new or changed, `-` gone or changed), except the
+/// paths in `expected` (which must be new).
+pub fn diff(
+    before: &BTreeMap<String, String>,
+    after: &BTreeMap<String, String>,
+    expected: &[&str],
+) -> Vec<String> {
+    let mut d = Vec::new();
+    for (k, v) in after {
+        let expected_new = expected.contains(&k.as_str()) && !before.contains_key(k);
+        if before.get(k) != Some(v) && !expected_new {
+            d.push(format!("+ {k} {v}"));
+        }
+    }
+    for (k, v) in before {
+        if after.get(k) != Some(v) {
+            d.push(format!("- {k} {v}"));
+        }
+    }
+    d
+}
