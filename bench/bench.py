@@ -29,7 +29,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import gen
+sys.dont_write_bytecode = True  # no __pycache__ beside the sources
+import gen  # noqa: E402
 from gen import Workload
 
 HERE = Path(__file__).resolve().parent

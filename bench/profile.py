@@ -30,7 +30,8 @@ import tempfile
 import time
 from pathlib import Path
 
-import gen
+sys.dont_write_bytecode = True  # no __pycache__ beside the sources
+import gen  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
