@@ -167,18 +167,24 @@ fn summary_push(r: &PushReport) -> String {
     )
 }
 
-/// Run `ov push`; returns the exit status (everything is printed).
-pub fn run_push(cmd: &PushCommand) -> Exit {
-    let mut display = Display::new(DisplayMode::detect(cmd.common.json));
-    let result = push_inner(cmd, &mut display);
+/// Run `body` with the progress display for `json`, close the display, and turn the outcome into
+/// the exit status, printing a failure once.
+fn with_display(json: bool, body: impl FnOnce(&mut Display) -> Result<(), Failure>) -> Exit {
+    let mut display = Display::new(DisplayMode::detect(json));
+    let result = body(&mut display);
     display.finish();
     match result {
         Ok(()) => Exit::Ok,
         Err(f) => {
-            report_failure(cmd.common.json, &f);
+            report_failure(json, &f);
             f.0
         }
     }
+}
+
+/// Run `ov push`; returns the exit status (everything is printed).
+pub fn run_push(cmd: &PushCommand) -> Exit {
+    with_display(cmd.common.json, |display| push_inner(cmd, display))
 }
 
 fn push_inner(cmd: &PushCommand, display: &mut Display) -> Result<(), Failure> {
@@ -249,16 +255,7 @@ fn push_inner(cmd: &PushCommand, display: &mut Display) -> Result<(), Failure> {
 
 /// Run `ov deploy del`.
 pub fn run_del(cmd: &DelCommand) -> Exit {
-    let mut display = Display::new(DisplayMode::detect(cmd.common.json));
-    let result = del_inner(cmd, &mut display);
-    display.finish();
-    match result {
-        Ok(()) => Exit::Ok,
-        Err(f) => {
-            report_failure(cmd.common.json, &f);
-            f.0
-        }
-    }
+    with_display(cmd.common.json, |display| del_inner(cmd, display))
 }
 
 fn del_inner(cmd: &DelCommand, display: &mut Display) -> Result<(), Failure> {
@@ -336,16 +333,7 @@ fn del_inner(cmd: &DelCommand, display: &mut Display) -> Result<(), Failure> {
 
 /// Run `ov status`.
 pub fn run_status(cmd: &StatusCommand) -> Exit {
-    let mut display = Display::new(DisplayMode::detect(cmd.common.json));
-    let result = status_inner(cmd, &mut display);
-    display.finish();
-    match result {
-        Ok(()) => Exit::Ok,
-        Err(f) => {
-            report_failure(cmd.common.json, &f);
-            f.0
-        }
-    }
+    with_display(cmd.common.json, |display| status_inner(cmd, display))
 }
 
 fn status_inner(cmd: &StatusCommand, display: &mut dyn Progress) -> Result<(), Failure> {
