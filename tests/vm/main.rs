@@ -1,0 +1,9 @@
+//! The VM test binary of `ov`: real Debian guests booted under QEMU (TCG) with real systemd,
+//! sshd and cloud-init, deployed to with the `ov` binary while they boot. A separate binary from
+//! `it` so cargo runs it after `it`, never beside its tests; within it one guest at a time.
+//! Needs root, qemu-system-x86, mmdebstrap and genisoimage: without them the tests print a skip
+//! message and pass, except under `CI`, where they fail.
+
+mod cloud_init;
+mod deploy;
+mod support;
