@@ -440,12 +440,17 @@ pub fn parse_status_json(text: &str) -> Option<StatusReport> {
             _ => Vec::new(),
         }
     };
-    let errors = strings(obj.get("errors"));
+    let mut errors = Vec::new();
+    for e in strings(obj.get("errors")) {
+        push_once(&mut errors, e);
+    }
     let mut recoverable = Vec::new();
     if let Some(Value::Object(levels)) = obj.get("recoverable_errors") {
         for (level, msgs) in levels {
             for m in strings(Some(msgs)) {
-                recoverable.push(format!("{level}: {m}"));
+                // cloud-init 25.1 lists a warning once per boot stage that logged it (a schema
+                // warning comes twice); the operator needs each once.
+                push_once(&mut recoverable, format!("{level}: {m}"));
             }
         }
     }
@@ -454,6 +459,13 @@ pub fn parse_status_json(text: &str) -> Option<StatusReport> {
         errors,
         recoverable,
     })
+}
+
+/// Append `item` unless `list` already holds it (keeps first-seen order).
+fn push_once(list: &mut Vec<String>, item: String) {
+    if !list.contains(&item) {
+        list.push(item);
+    }
 }
 
 /// Parse plain `cloud-init status` output (`status: done`).
@@ -801,6 +813,13 @@ Host key verification failed.\n";
             decide(2, &r, &o, "t").expect("ok"),
             CloudInitOutcome::Degraded(vec!["WARNING: Failed to set locale".into()])
         );
+
+        // cloud-init 25.1.4 on a first boot: the schema warning once per stage that logged it.
+        let w = "cloud-config failed schema validation! You may run 'sudo cloud-init schema --system' to check the details.";
+        let twice = serde_json::json!({"errors": [], "extended_status": "degraded done",
+            "recoverable_errors": {"WARNING": [w, w]}, "status": "done"});
+        let r = parse_status_json(&twice.to_string()).expect("json");
+        assert_eq!(r.recoverable, vec![format!("WARNING: {w}")]);
 
         let error = r#"{"errors":["('scripts_user', RuntimeError('Runparts: 1 failures'))"],"extended_status":"error","recoverable_errors":{},"status":"error"}"#;
         let r = parse_status_json(error).expect("json");

@@ -43,6 +43,7 @@ fn a_failing_runcmd_stops_deploy_add_with_exit_6_and_cloud_init_errors() {
         g.serial_tail(40)
     );
     let stderr = String::from_utf8_lossy(&out.stderr);
+    eprintln!("ov said:\n{stderr}");
     assert!(
         stderr.contains("cloud-init on ovtest@127.0.0.1")
             && stderr.contains("finished with errors")
@@ -62,10 +63,16 @@ fn a_failing_runcmd_stops_deploy_add_with_exit_6_and_cloud_init_errors() {
     // Nothing applied, nothing recorded.
     assert!(!hello_installed(&g));
     assert_eq!(
-        g.sh(&format!("sudo test -e {LEDGER} && echo present || echo absent")),
+        g.sh(&format!(
+            "sudo test -e {LEDGER} && echo present || echo absent"
+        )),
         "absent\n"
     );
-    assert!(!op.state_text().contains("applied_layers"), "{}", op.state_text());
+    assert!(
+        !op.state_text().contains("applied_layers"),
+        "{}",
+        op.state_text()
+    );
 
     // Told to ignore them, the same deploy goes on.
     args.push("--ignore-cloud-init-errors");
@@ -95,6 +102,7 @@ fn a_degraded_first_boot_on_debian_13_goes_on_and_shows_the_warning() {
         g.serial_tail(40)
     );
     let stderr = String::from_utf8_lossy(&out.stderr);
+    eprintln!("ov said:\n{stderr}");
     assert!(
         stderr.contains("degraded") && stderr.contains("cloud-config failed schema validation"),
         "cloud-init's warning is shown: {}",

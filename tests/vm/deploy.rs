@@ -125,10 +125,7 @@ fn deploy_to_a_booting_guest_with_services_reboot_mid_push_and_del() {
         .iter()
         .filter_map(|v| v["reason"].as_str().map(str::to_string))
         .collect();
-    eprintln!(
-        "ssh wait: {} retries; reasons: {reasons:?}",
-        waits.len()
-    );
+    eprintln!("ssh wait: {} retries; reasons: {reasons:?}", waits.len());
     let connected = lines
         .iter()
         .find(|v| v["event"] == "connected")
@@ -157,8 +154,14 @@ fn deploy_to_a_booting_guest_with_services_reboot_mid_push_and_del() {
         g.sh("bash -lc 'printf \"%s\\n\" \"$OV_VM_GREETING\"'"),
         "hello from ov\n"
     );
-    assert_eq!(systemctl(&g, &format!("is-active {UNIT}")), (Some(0), "active".into()));
-    assert_eq!(systemctl(&g, &format!("is-enabled {UNIT}")), (Some(0), "enabled".into()));
+    assert_eq!(
+        systemctl(&g, &format!("is-active {UNIT}")),
+        (Some(0), "active".into())
+    );
+    assert_eq!(
+        systemctl(&g, &format!("is-enabled {UNIT}")),
+        (Some(0), "enabled".into())
+    );
     assert_eq!(g.sh("cat /run/ov-vm-beat"), "Hello, world!\n");
     let exec = g.sh(&format!("systemctl show -P ExecStart {UNIT}"));
     assert!(exec.contains("/usr/local/bin/ov-vm-beat"), "{exec}");
@@ -192,7 +195,11 @@ fn deploy_to_a_booting_guest_with_services_reboot_mid_push_and_del() {
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
     let lines = json_lines(&out);
     assert_eq!(json_layers(&lines, "layer-skip"), LAYERS, "{}", text(&out));
-    assert!(json_layers(&lines, "layer-start").is_empty(), "{}", text(&out));
+    assert!(
+        json_layers(&lines, "layer-start").is_empty(),
+        "{}",
+        text(&out)
+    );
 
     // A push whose extra layer is still running when the guest reboots.
     let mut args = vec!["push", DEPLOY, "vm-reboot", "--with-services"];
@@ -256,7 +263,10 @@ fn deploy_to_a_booting_guest_with_services_reboot_mid_push_and_del() {
         "ov-vm: second run, after the reboot\n"
     );
     // The unit came back by itself: it is enabled.
-    assert_eq!(systemctl(&g, &format!("is-active {UNIT}")), (Some(0), "active".into()));
+    assert_eq!(
+        systemctl(&g, &format!("is-active {UNIT}")),
+        (Some(0), "active".into())
+    );
     assert_eq!(
         vm_state(&op)["applied_layers"],
         serde_json::json!(["vm-env", "vm-file", "vm-hello", "vm-reboot", "vm-service"])

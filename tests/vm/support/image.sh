@@ -13,7 +13,14 @@ shift 4
 repo_pkgs=("$@")
 [ -f "$out/base.qcow2" ] && exit 0
 
-include=linux-image-cloud-amd64,systemd-sysv,udev,dbus,openssh-server,sudo,cloud-init,ifupdown,isc-dhcp-client,iproute2,netbase,ca-certificates,e2fsprogs
+include=linux-image-cloud-amd64,systemd-sysv,udev,dbus,openssh-server,sudo,cloud-init,iproute2,netbase,ca-certificates,e2fsprogs
+# The network: Debian 12 the classic way (cloud-init writes an ifupdown config); on Debian 13
+# ifupdown's DHCP never finished under QEMU's user-mode network here, so systemd-networkd (part
+# of the systemd package there) with a fixed DHCP config, and cloud-init leaves networking alone.
+case $suite in
+bookworm) include=$include,ifupdown,isc-dhcp-client networkd=no ;;
+*) networkd=yes ;;
+esac
 
 part=$out.part
 rm -rf --one-file-system "$part"
@@ -73,6 +80,12 @@ datasource_list: [ NoCloud, None ]
 # No locales package: C.UTF-8 is built into glibc (otherwise cloud-init reports an error).
 locale: C.UTF-8
 CFG
+if [ "$networkd" = yes ]; then
+	printf '[Match]\nName=eth0\n\n[Network]\nDHCP=ipv4\n' >"$root/etc/systemd/network/20-ov-tests.network"
+	printf 'network: {config: disabled}\n' >"$root/etc/cloud/cloud.cfg.d/91-ov-tests-network.cfg"
+	chroot "$root" systemctl enable systemd-networkd.service systemd-networkd.socket >/dev/null 2>&1 ||
+		chroot "$root" systemctl enable systemd-networkd.service
+fi
 # Nothing in the background competing with the tests on slow emulated CPUs.
 for u in apt-daily.timer apt-daily-upgrade.timer dpkg-db-backup.timer fstrim.timer e2scrub_all.timer man-db.timer; do
 	rm -f "$root/etc/systemd/system/timers.target.wants/$u"

@@ -105,10 +105,7 @@ pub struct Image {
 /// under a file lock (a concurrent build in another process is waited for), kept across runs.
 pub fn image(suite: &str) -> Image {
     let mut key = Sha256::new();
-    key.update(format!(
-        "v1|{suite}|{MIRROR}|{}|",
-        REPO_PACKAGES.join(",")
-    ));
+    key.update(format!("v1|{suite}|{MIRROR}|{}|", REPO_PACKAGES.join(",")));
     key.update(RECIPE);
     let key = hex::encode(key.finalize());
     let base = cache_dir();
@@ -137,6 +134,16 @@ pub fn image(suite: &str) -> Image {
         .expect("flock starts");
     std::fs::remove_file(&script).ok();
     assert!(status.success(), "building the {suite} guest image failed");
+    // Images of older recipes of this suite are dead weight (about 400 MB each).
+    let current = dir.file_name().map(|n| n.to_os_string());
+    for e in std::fs::read_dir(&base).into_iter().flatten().flatten() {
+        let name = e.file_name();
+        if name.to_string_lossy().starts_with(&format!("{suite}-"))
+            && Some(&name) != current.as_ref()
+        {
+            let _ = std::fs::remove_dir_all(e.path());
+        }
+    }
     eprintln!(
         "{suite} guest image built in {:.0}s",
         t0.elapsed().as_secs_f64()
@@ -390,7 +397,13 @@ impl Guest {
         let t0 = Instant::now();
         while t0.elapsed() < deadline {
             assert!(self.running(), "qemu exited\n{}", self.serial_tail(40));
-            if self.ssh_command(10).arg("--").arg(cmd).output().is_ok_and(|o| o.status.success()) {
+            if self
+                .ssh_command(10)
+                .arg("--")
+                .arg(cmd)
+                .output()
+                .is_ok_and(|o| o.status.success())
+            {
                 return true;
             }
             std::thread::sleep(Duration::from_secs(2));
@@ -456,11 +469,17 @@ impl Operator {
         let deploy = project.path().join("deploy.yml");
         let text = read(&deploy);
         assert!(text.contains("port: 2231"), "the fixture's VM port");
-        std::fs::write(&deploy, text.replace("port: 2231", &format!("port: {}", guest.port)))
-            .expect("deploy.yml");
+        std::fs::write(
+            &deploy,
+            text.replace("port: 2231", &format!("port: {}", guest.port)),
+        )
+        .expect("deploy.yml");
         let vm_dir = home.path().join(format!(".local/share/ov/vm/ov-{vm}"));
         std::fs::create_dir_all(&vm_dir).expect("vm dir");
-        for (from, to, mode) in [("client", "id_ed25519", 0o600), ("client.pub", "id_ed25519.pub", 0o644)] {
+        for (from, to, mode) in [
+            ("client", "id_ed25519", 0o600),
+            ("client.pub", "id_ed25519.pub", 0o644),
+        ] {
             std::fs::copy(guest.dir.path().join(from), vm_dir.join(to)).expect("copy key");
             std::fs::set_permissions(vm_dir.join(to), std::fs::Permissions::from_mode(mode))
                 .expect("chmod key");
