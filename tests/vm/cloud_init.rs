@@ -2,7 +2,8 @@
 //! (status `error`, cloud-init exits 1: `ov deploy add` exits 6 showing cloud-init's errors and
 //! applies nothing; with `--ignore-cloud-init-errors` it goes on), and a Debian 13 guest whose
 //! seed has a key cloud-init does not know (schema warning, status `degraded`, exit 2 — newer
-//! than Debian 12's cloud-init 22.4: `ov` goes on, shows the warning, and the bundle applies).
+//! than Debian 12's cloud-init 22.4: `ov` goes on, shows the warning, and the bundle applies —
+//! without `--with-services`, so the service layer installs its program but no unit).
 //! One boot each; `ov` starts while the guest boots.
 
 use crate::support::{self, text, Guest, Operator};
@@ -114,8 +115,17 @@ fn a_degraded_first_boot_on_debian_13_goes_on_and_shows_the_warning() {
     assert_eq!(status.status.code(), Some(2), "{status:?}");
     let v: serde_json::Value = serde_json::from_slice(&status.stdout).expect("json");
     assert_eq!(v["extended_status"], "degraded done", "{v:#}");
-    // The bundle applied.
+    // The bundle applied — without `--with-services`, the service layer's files but not its unit.
     assert!(hello_installed(&g));
     assert_eq!(g.sh("cat /etc/ov-vm.conf"), "written-by=ov\n");
     assert_eq!(g.sh("hello"), "Hello, world!\n");
+    assert_eq!(g.sh("test -x /usr/local/bin/ov-vm-beat && echo ok"), "ok\n");
+    assert_eq!(
+        g.sh(
+            "test -e /etc/systemd/system/ov-vm-service-beat.service && echo present || echo absent"
+        ),
+        "absent\n"
+    );
+    let active = g.ssh("systemctl is-active ov-vm-service-beat.service");
+    assert_ne!(active.status.code(), Some(0), "{active:?}");
 }
