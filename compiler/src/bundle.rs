@@ -4,7 +4,7 @@
 //! names, normalised modes, gzip header mtime 0, fixed compression level).
 //!
 //! The layout and the run-time contract are `docs/bundle-runtime.md`. The tar and gzip encoders
-//! are the `tar` and `flate2` crates; this module only decides what goes in and in which order.
+//! are the `tar` crate and [`crate::gzip`]; this module only decides what goes in and in which order.
 
 use std::collections::BTreeMap;
 use std::io::Write;
@@ -26,7 +26,7 @@ use crate::render::{Engine, RenderError, Rendered, RenderedLayer};
 pub const DEFAULT_MTIME: u64 = 315_532_800;
 
 /// The gzip compression level; fixed so the archive bytes do not depend on a default.
-const GZIP_LEVEL: u32 = 9;
+const GZIP_LEVEL: u32 = 6;
 
 /// Inputs of a build that do not come from the plan.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -676,10 +676,7 @@ fn encode(top: &str, files: &[BundleFile], mtime: u64) -> std::io::Result<Vec<u8
     }
     order.sort();
 
-    let gz = flate2::GzBuilder::new()
-        .mtime(0)
-        .write(Vec::new(), flate2::Compression::new(GZIP_LEVEL));
-    let mut tar = tar::Builder::new(gz);
+    let mut tar = tar::Builder::new(Vec::new());
     tar.mode(tar::HeaderMode::Deterministic);
     for (parts, file) in order {
         let mut header = tar::Header::new_gnu();
@@ -707,7 +704,7 @@ fn encode(top: &str, files: &[BundleFile], mtime: u64) -> std::io::Result<Vec<u8
             }
         }
     }
-    tar.into_inner()?.finish()
+    crate::gzip::gzip(&tar.into_inner()?, GZIP_LEVEL)
 }
 
 fn target_name(t: &TargetKind) -> String {

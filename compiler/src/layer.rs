@@ -40,7 +40,8 @@ pub struct Layer {
     pub env: Vec<(String, String)>,
     /// `path_append:` entries, in order.
     pub path_append: Vec<String>,
-    /// `vars:` — build-time values; container-only in the original, kept for the record.
+    /// `vars:` — build-time values: substituted into the layer's task paths and URLs and exported
+    /// to its `cmd:` tasks (see `lower::apply_vars`).
     pub vars: Vec<(String, String)>,
     /// `tasks:` in file order.
     pub tasks: Vec<Task>,

@@ -337,17 +337,30 @@ pub fn parse_layer(
 /// Find the builder manifests and unit files beside a `layer.yml` (reference §1.7). Missing or
 /// unreadable directories simply have none.
 pub fn scan_builder_files(dir: &Path) -> BuilderFiles {
-    let file = |n: &str| dir.join(n).is_file();
-    let mut unit_files: Vec<String> = std::fs::read_dir(dir)
-        .map(|rd| {
-            rd.filter_map(Result::ok)
-                .filter(|e| e.path().is_file())
-                .filter_map(|e| e.file_name().into_string().ok())
-                .filter(|n| n.ends_with(".service") && n.len() > ".service".len())
-                .collect()
-        })
-        .unwrap_or_default();
-    unit_files.sort();
+    // One directory read instead of a `stat` per candidate name: the entry's type comes from
+    // `readdir` itself; only symlinks are followed (a linked file or `src` still counts).
+    let mut files: BTreeSet<String> = BTreeSet::new();
+    let mut has_src_dir = false;
+    for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let Ok(name) = entry.file_name().into_string() else {
+            continue;
+        };
+        let Ok(mut kind) = entry.file_type() else {
+            continue;
+        };
+        if kind.is_symlink() {
+            match std::fs::metadata(entry.path()) {
+                Ok(meta) => kind = meta.file_type(),
+                Err(_) => continue,
+            }
+        }
+        if kind.is_file() {
+            files.insert(name);
+        } else if kind.is_dir() && name == "src" {
+            has_src_dir = true;
+        }
+    }
+    let file = |n: &str| files.contains(n);
     BuilderFiles {
         pixi_manifest: ["pixi.toml", "pyproject.toml", "environment.yml"]
             .into_iter()
@@ -356,8 +369,13 @@ pub fn scan_builder_files(dir: &Path) -> BuilderFiles {
         pixi_lock: file("pixi.lock"),
         build_script: file("build.sh"),
         npm: file("package.json"),
-        cargo: file("Cargo.toml") && dir.join("src").is_dir(),
-        unit_files,
+        cargo: file("Cargo.toml") && has_src_dir,
+        // Sorted, since the set is.
+        unit_files: files
+            .iter()
+            .filter(|n| n.ends_with(".service") && n.len() > ".service".len())
+            .cloned()
+            .collect(),
     }
 }
 

@@ -7,10 +7,12 @@
 
 pub mod bundle;
 pub mod deploy;
+pub mod gzip;
 pub mod layer;
 pub mod layer_parse;
 pub mod lower;
 pub mod manifest;
+pub mod par;
 pub mod plan;
 pub mod project;
 pub mod render;

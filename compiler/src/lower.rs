@@ -827,6 +827,9 @@ fn lower_task(
         &task.env,
         &format!("the task at line {}", task.pos.line),
     )?;
+    check_env_names(layer_name, &layer.vars, "`vars:`")?;
+    let with_vars = apply_vars(task, &layer.vars);
+    let task = &with_vars;
     let target_path = match &task.verb {
         TaskVerb::Copy { src, to } => Some(to.as_ref().unwrap_or(src)),
         TaskVerb::Mkdir { path }
@@ -925,6 +928,77 @@ fn lower_task(
         skip,
         reverse,
     ))
+}
+
+/// The task with the layer's `vars:` applied, as the original's container build saw it there
+/// (`ENV K="v"` at the top of the layer's section): `${K}` / `$K` in the task's paths, link
+/// targets, URLs and `uninstall:` entries become the value now, at compile time (so a reader of
+/// the bundle sees the real URL), and a `cmd:` gets them exported, ahead of its own `env:` (which
+/// wins on a clash). `write:` content and `cmd:` bodies are never rewritten: in the original they
+/// were not substituted either — a body reads the exported variable itself.
+fn apply_vars(task: &Task, vars: &[(String, String)]) -> Task {
+    let mut task = task.clone();
+    if vars.is_empty() {
+        return task;
+    }
+    let sub = |s: &mut String| *s = substitute_vars(s, vars);
+    match &mut task.verb {
+        TaskVerb::Cmd { .. } => {
+            let mut env = vars.to_vec();
+            env.append(&mut task.env);
+            task.env = env;
+        }
+        TaskVerb::Mkdir { path } | TaskVerb::Write { path, .. } | TaskVerb::Setcap { path, .. } => {
+            sub(path)
+        }
+        TaskVerb::Copy { to, .. } => to.iter_mut().for_each(sub),
+        TaskVerb::Link { path, target } => {
+            sub(path);
+            sub(target);
+        }
+        TaskVerb::Download { url, to, .. } => {
+            sub(url);
+            to.iter_mut().for_each(sub);
+        }
+        TaskVerb::Build { .. } => {}
+    }
+    task.uninstall.iter_mut().for_each(sub);
+    task
+}
+
+/// `s` with each `${NAME}` and `$NAME` (not followed by a name character) of `vars` replaced by
+/// its value; any other `$` text is left as written.
+fn substitute_vars(s: &str, vars: &[(String, String)]) -> String {
+    let mut out = String::with_capacity(s.len());
+    let mut rest = s;
+    while let Some(at) = rest.find('$') {
+        out.push_str(&rest[..at]);
+        let after = &rest[at + 1..];
+        let hit = vars.iter().find_map(|(name, value)| {
+            if let Some(tail) = after
+                .strip_prefix('{')
+                .and_then(|t| t.strip_prefix(name.as_str()))
+                .and_then(|t| t.strip_prefix('}'))
+            {
+                return Some((value, tail));
+            }
+            let tail = after.strip_prefix(name.as_str())?;
+            let boundary = !tail.starts_with(|c: char| c.is_ascii_alphanumeric() || c == '_');
+            boundary.then_some((value, tail))
+        });
+        match hit {
+            Some((value, tail)) => {
+                out.push_str(value);
+                rest = tail;
+            }
+            None => {
+                out.push('$');
+                rest = after;
+            }
+        }
+    }
+    out.push_str(rest);
+    out
 }
 
 /// Whether a path on the target is anchored: absolute, or under the target user's home. A
@@ -1288,6 +1362,76 @@ mod tests {
 
     fn fmt(f: &str) -> SectionKey {
         SectionKey::Format(f.to_string())
+    }
+
+    #[test]
+    fn vars_fill_paths_and_urls_and_reach_cmd_as_env() {
+        let vars = vec![
+            ("V".to_string(), "v1.2".to_string()),
+            ("VERSION".to_string(), "9".to_string()),
+        ];
+        assert_eq!(
+            substitute_vars("a/${V}/b-$V-$VERSION/${VERSION}x/$VX/${W}/$", &vars),
+            "a/v1.2/b-v1.2-9/9x/$VX/${W}/$"
+        );
+        // Runtime names and anything unknown stay for the target (or stay literal).
+        assert_eq!(
+            substitute_vars("${HOME}/$(id -u)", &vars),
+            "${HOME}/$(id -u)"
+        );
+
+        let dl = task(
+            TaskVerb::Download {
+                url: "https://example.org/${V}/t_${V}_${ARCH}.tgz".into(),
+                to: Some("/opt/t-${V}".into()),
+                extract: None,
+                include: vec![],
+                strip_components: None,
+            },
+            None,
+        );
+        let TaskVerb::Download { url, to, .. } = apply_vars(&dl, &vars).verb else {
+            panic!("verb changed")
+        };
+        assert_eq!(url, "https://example.org/v1.2/t_v1.2_${ARCH}.tgz");
+        assert_eq!(to.as_deref(), Some("/opt/t-v1.2"));
+
+        let mut cmd = task(
+            TaskVerb::Cmd {
+                body: "echo ${V}".into(),
+            },
+            None,
+        );
+        cmd.env = vec![("V".into(), "own".into())];
+        let out = apply_vars(&cmd, &vars);
+        // The body is untouched; the vars come first so the task's own `env:` wins.
+        assert_eq!(
+            out.verb,
+            TaskVerb::Cmd {
+                body: "echo ${V}".into()
+            }
+        );
+        let names: Vec<(&str, &str)> = out
+            .env
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
+        assert_eq!(names, [("V", "v1.2"), ("VERSION", "9"), ("V", "own")]);
+
+        let write = task(
+            TaskVerb::Write {
+                path: "/etc/${V}.conf".into(),
+                content: "${V}".into(),
+            },
+            None,
+        );
+        assert_eq!(
+            apply_vars(&write, &vars).verb,
+            TaskVerb::Write {
+                path: "/etc/v1.2.conf".into(),
+                content: "${V}".into()
+            }
+        );
     }
 
     fn task(verb: TaskVerb, user: Option<&str>) -> Task {

@@ -9,6 +9,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::io;
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
 use indexmap::IndexMap;
@@ -1258,8 +1259,12 @@ fn find_layer_dirs(base: &Path, recursive: bool) -> Vec<PathBuf> {
     let mut visited = HashSet::new();
     let mut stack = vec![(base.to_path_buf(), 0usize)];
     while let Some((dir, depth)) = stack.pop() {
-        let canonical = dir.canonicalize().unwrap_or_else(|_| dir.clone());
-        if !visited.insert(canonical) {
+        // A directory is known by its device and inode: one `stat`, where `canonicalize` would
+        // read every component of the path as a link (this loop sees every layer directory).
+        let Ok(meta) = std::fs::metadata(&dir) else {
+            continue;
+        };
+        if !visited.insert((meta.dev(), meta.ino())) {
             continue;
         }
         if dir.join("layer.yml").is_file() {
@@ -1276,9 +1281,17 @@ fn find_layer_dirs(base: &Path, recursive: bool) -> Vec<PathBuf> {
                 .file_name()
                 .to_str()
                 .is_none_or(|n| n.starts_with('.'));
-            let path = entry.path();
-            if !hidden && path.is_dir() {
-                stack.push((path, depth + 1));
+            if hidden {
+                continue;
+            }
+            // The type from `readdir`; only a symlink needs a `stat` to see what it points at.
+            let is_dir = match entry.file_type() {
+                Ok(t) if t.is_symlink() => entry.path().is_dir(),
+                Ok(t) => t.is_dir(),
+                Err(_) => false,
+            };
+            if is_dir {
+                stack.push((entry.path(), depth + 1));
             }
         }
     }
@@ -1301,9 +1314,7 @@ fn load_layers(
             }
         }
     }
-    let mut layers = Layers::new();
     let mut first_dir: BTreeMap<String, PathBuf> = BTreeMap::new();
-    let mut errors = Vec::new();
     for dir in &dirs {
         // Two layers may not share a name, whether or not they parse.
         if let Some(name) = dir.file_name().and_then(|n| n.to_str()) {
@@ -1312,7 +1323,12 @@ fn load_layers(
             }
             first_dir.insert(name.to_string(), dir.clone());
         }
-        match load_layer_dir(dir, ctx) {
+    }
+    let mut layers = Layers::new();
+    let mut errors = Vec::new();
+    // Parsing ~170 YAML files is most of a whole-corpus compile, and each file is independent.
+    for loaded in crate::par::map(&dirs, |dir| load_layer_dir(dir, ctx)) {
+        match loaded {
             Ok(layer) => {
                 layers.insert(layer.name.clone(), layer);
             }

@@ -374,11 +374,11 @@ pub fn render(
     engine: &Engine,
 ) -> Result<Rendered, RenderError> {
     let step_lib = engine.render(T_LIB, &context! {})?;
-    let layers = plan
-        .layers
-        .iter()
-        .map(|lp| LayerRenderer::new(plan, lp, project_root, engine)?.render())
-        .collect::<Result<Vec<_>, _>>()?;
+    let layers = crate::par::map(&plan.layers, |lp| {
+        LayerRenderer::new(plan, lp, project_root, engine)?.render()
+    })
+    .into_iter()
+    .collect::<Result<Vec<_>, _>>()?;
     Ok(Rendered {
         layers,
         step_lib,

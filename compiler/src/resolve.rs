@@ -47,13 +47,13 @@ pub enum ResolveError {
         suggestions: Vec<String>,
     },
     /// `depends:`/`layers:` edges form a cycle.
-    #[error("circular dependency: {}", cycle.join(" -> "))]
+    #[error("circular dependency: {}", backticked(cycle))]
     CircularDependency {
         /// The cycle, first element repeated at the end (`a -> b -> a`).
         cycle: Vec<String>,
     },
     /// `layers:` edges alone form a cycle.
-    #[error("circular layer composition: {}", cycle.join(" -> "))]
+    #[error("circular layer composition: {}", backticked(cycle))]
     CircularComposition {
         /// The cycle, first element repeated at the end.
         cycle: Vec<String>,
@@ -105,6 +105,15 @@ pub enum ResolveError {
         /// The layer directory inside the cache.
         path: PathBuf,
     },
+}
+
+/// `a -> b -> a` with each name in backticks, the way every other message names layers.
+fn backticked(cycle: &[String]) -> String {
+    cycle
+        .iter()
+        .map(|n| format!("`{n}`"))
+        .collect::<Vec<_>>()
+        .join(" -> ")
 }
 
 fn required_by_text(required_by: Option<&str>) -> String {
@@ -638,14 +647,17 @@ mod tests {
             layer("d", &["a"], &[], true),
         ]);
         let err = resolve(&ls, &req(&["d"])).unwrap_err();
-        assert_eq!(err.to_string(), "circular dependency: a -> b -> c -> a");
+        assert_eq!(
+            err.to_string(),
+            "circular dependency: `a` -> `b` -> `c` -> `a`"
+        );
     }
 
     #[test]
     fn self_dependency_is_a_cycle() {
         let ls = set(vec![layer("a", &["a"], &[], true)]);
         let err = resolve(&ls, &req(&["a"])).unwrap_err();
-        assert_eq!(err.to_string(), "circular dependency: a -> a");
+        assert_eq!(err.to_string(), "circular dependency: `a` -> `a`");
     }
 
     #[test]
@@ -655,7 +667,10 @@ mod tests {
             layer("q", &[], &["p"], false),
         ]);
         let err = resolve(&ls, &req(&["p"])).unwrap_err();
-        assert_eq!(err.to_string(), "circular layer composition: p -> q -> p");
+        assert_eq!(
+            err.to_string(),
+            "circular layer composition: `p` -> `q` -> `p`"
+        );
     }
 
     #[test]
@@ -666,7 +681,7 @@ mod tests {
             layer("a", &["comp"], &[], true),
         ]);
         let err = resolve(&ls, &req(&["a"])).unwrap_err();
-        assert_eq!(err.to_string(), "circular dependency: a -> comp -> a");
+        assert_eq!(err.to_string(), "circular dependency: `a` -> `comp` -> `a`");
     }
 
     #[test]
@@ -678,7 +693,7 @@ mod tests {
             layer("top", &["c1"], &[], true),
         ]);
         let err = resolve(&ls, &req(&["top"])).unwrap_err();
-        assert_eq!(err.to_string(), "circular dependency: c1 -> c2 -> c1");
+        assert_eq!(err.to_string(), "circular dependency: `c1` -> `c2` -> `c1`");
     }
 
     #[test]

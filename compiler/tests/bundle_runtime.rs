@@ -111,7 +111,8 @@ fn missing_extra_and_symlinked_files_make_run_sh_refuse() {
     if !have_tool("bash") || !have_tool("sha256sum") {
         return;
     }
-    let cases: Vec<(&str, Box<dyn Fn(&Path)>)> = vec![
+    type Tamper = Box<dyn Fn(&Path)>;
+    let cases: Vec<(&str, Tamper)> = vec![
         (
             "missing payload",
             Box::new(|t: &Path| std::fs::remove_file(t.join("files/beta/readme.md")).expect("rm")),

@@ -121,6 +121,19 @@ fn desktop_fonts_fedora() {
     corpus_layer("desktop-fonts", "fedora:43");
 }
 
+/// `vars:` in a download URL (`${TRAEFIK_VERSION}`) filled in at compile time; `${ARCH}` left
+/// for the target.
+#[test]
+fn traefik_debian() {
+    corpus_layer("traefik", "debian:12");
+}
+
+/// `vars:` exported to the `cmd:` tasks that read them (`${VCHORD_VERSION}`).
+#[test]
+fn vectorchord_debian() {
+    corpus_layer("vectorchord", "debian:12");
+}
+
 /// `sway-desktop` is pure composition: its plan is its 22 resolved members. The full plan would
 /// be thousands of lines, so this snapshot is one line per step.
 #[test]

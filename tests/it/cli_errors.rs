@@ -125,7 +125,7 @@ case!(
     "layer-cycle",
     ["vm:alpha", "cyc-a"],
     None,
-    ["circular dependency: cyc-a -> cyc-b -> cyc-c -> cyc-a"]
+    ["circular dependency: `cyc-a` -> `cyc-b` -> `cyc-c` -> `cyc-a`"]
 );
 case!(
     unknown_layer_with_a_close_match,
