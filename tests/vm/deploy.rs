@@ -262,6 +262,9 @@ fn deploy_to_a_booting_guest_with_services_reboot_mid_push_and_del() {
         g.sh("cat /var/lib/ov-vm/resumed"),
         "ov-vm: second run, after the reboot\n"
     );
+    // Neither the interrupted run's upload nor this one's is left behind (/var/tmp survives
+    // reboots).
+    assert_eq!(g.sh("sudo ls -A /var/tmp/ov"), "", "uploads left behind");
     // The unit came back by itself: it is enabled.
     assert_eq!(
         systemctl(&g, &format!("is-active {UNIT}")),
