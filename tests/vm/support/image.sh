@@ -14,9 +14,10 @@ repo_pkgs=("$@")
 [ -f "$out/base.qcow2" ] && exit 0
 
 include=linux-image-cloud-amd64,systemd-sysv,udev,dbus,openssh-server,sudo,cloud-init,iproute2,netbase,ca-certificates,e2fsprogs
-# The network: Debian 12 the classic way (cloud-init writes an ifupdown config); on Debian 13
-# ifupdown's DHCP never finished under QEMU's user-mode network here, so systemd-networkd (part
-# of the systemd package there) with a fixed DHCP config, and cloud-init leaves networking alone.
+# The network: Debian 12 the classic way (cloud-init writes an ifupdown config, isc-dhcp-client
+# asks QEMU's DHCP). A Debian 13 guest built that way sat in networking.service for minutes (cause
+# not pursued), so there systemd-networkd (part of the systemd package) gets a fixed DHCP config
+# and cloud-init leaves networking alone.
 case $suite in
 bookworm) include=$include,ifupdown,isc-dhcp-client networkd=no ;;
 *) networkd=yes ;;
