@@ -1,10 +1,11 @@
 //! Stage `runner`, push: verify the bundle locally → connect → probe → wait for cloud-init →
 //! stream the archive once into `/var/tmp/ov/<unique>/` → verify its sha256 there, extract, run
-//! `run.sh` under `sudo -n bash -s` (a small bootstrap on stdin) → read the ledger → save state.
+//! `run.sh` under `sudo -n bash -s` (a small bootstrap on stdin), which prints the ledger back on
+//! the same channel → save state.
 //! Invariants: nothing reaches the target unless the archive matches its `.sha256`; a fixed
-//! number of channels per push (probe, [cloud-init], upload, run, ledger) whatever the number
-//! of layers; the master is closed on every path; the remote work directory is removed unless
-//! `--keep`.
+//! number of channels per push (probe, [cloud-init], upload, run; a ledger read only if the run
+//! channel's print did not arrive) whatever the number of layers; the master is closed on
+//! every path; the remote work directory is removed unless `--keep`.
 
 use std::collections::VecDeque;
 use std::path::PathBuf;
@@ -12,7 +13,7 @@ use std::path::PathBuf;
 use crate::archive::{open_bundle, BundleError, BundleInfo};
 use crate::executor::{quote, As, ExecError, Executor, Input, Request, Sink};
 use crate::exit::{Exit, HasExit};
-use crate::ledger::{read_ledger, Ledger, LedgerError};
+use crate::ledger::{read_ledger, Ledger, LedgerError, LedgerLines};
 use crate::progress::{Event, Progress, ProgressLine, RunEvent, Stream};
 use crate::ssh::SshExecutor;
 use crate::state::{load_vm_state, now_rfc3339, save_vm_state, StateError, VmState};
@@ -395,8 +396,15 @@ fn probe(exec: &mut dyn Executor, cloud_init_program: &str) -> Result<Probe, Pus
     Ok(p)
 }
 
-/// The bootstrap that verifies, extracts and runs the bundle (as root, script on stdin).
-pub fn bootstrap_script(remote_dir: &str, bundle: &BundleInfo, opts: &PushOptions) -> String {
+/// The bootstrap that verifies, extracts and runs the bundle (as root, script on stdin), then
+/// prints the ledger of `ledger_user` (default: the login user, `$SUDO_USER`) on the same
+/// channel when run.sh succeeded, so no further session reads it back.
+pub fn bootstrap_script(
+    remote_dir: &str,
+    bundle: &BundleInfo,
+    opts: &PushOptions,
+    ledger_user: Option<&str>,
+) -> String {
     // The archive's digest goes into the deploy record (run.sh cannot see the `.sha256`).
     let mut args: Vec<String> = vec!["--bundle-sha256".into(), bundle.sha256.clone()];
     if opts.no_wait_lock {
@@ -445,8 +453,16 @@ chmod 0711 -- "$base" "$dir" || exit 91
 tar -xzf "$archive" </dev/null || {{ echo "cannot extract $archive" >&2; exit 91; }}
 [ -f "$top/run.sh" ] || {{ echo "the bundle has no $top/run.sh" >&2; exit 91; }}
 bash "$dir/$top/run.sh"{args} </dev/null
-exit $?
+rc=$?
+# The ledger as run.sh left it, on this channel (see ov's runner/ledger.rs).
+{dump}if [ "$rc" = 0 ]; then
+  ledger_user={ledger_user}
+  ov_ledger_dump "${{ledger_user:-${{SUDO_USER:-$(id -un)}}}}"
+fi
+exit "$rc"
 "#,
+        dump = crate::ledger::DUMP_FUNCTION,
+        ledger_user = quote(ledger_user.unwrap_or("")),
         dir = quote(remote_dir),
         base = quote(opts.remote_base.trim_end_matches('/')),
         archive = quote(&bundle.file_name),
@@ -504,16 +520,19 @@ fn dry_run(target: &str, login: Option<&str>, bundle: &BundleInfo, opts: &PushOp
             bundle.size, bundle.sha256
         ),
     ));
-    commands.push((sudo("bash -s"), "the bootstrap below".into()));
     commands.push((
-        "bash -s -- USER   (reads ~USER/.config/overthink/installed/{deploys,layers}/*.json)"
-            .into(),
-        "the ledger read script".into(),
+        sudo("bash -s"),
+        "the bootstrap below (it also prints the ledger back)".into(),
     ));
     DryRun {
         target: target.to_string(),
         bundle: bundle.clone(),
-        bootstrap: bootstrap_script(&dir, bundle, opts),
+        bootstrap: bootstrap_script(
+            &dir,
+            bundle,
+            opts,
+            opts.user.as_deref().or(bundle.user.as_deref()).or(login),
+        ),
         remote_dir: dir,
         commands,
     }
@@ -527,6 +546,7 @@ struct RunSink<'a> {
     end: Option<(bool, u64, u64)>,
     upload_mismatch: Option<(String, String)>,
     last_upload_report: u64,
+    ledger: LedgerLines,
 }
 
 impl<'a> RunSink<'a> {
@@ -538,6 +558,7 @@ impl<'a> RunSink<'a> {
             end: None,
             upload_mismatch: None,
             last_upload_report: 0,
+            ledger: LedgerLines::default(),
         }
     }
 
@@ -551,6 +572,9 @@ impl<'a> RunSink<'a> {
 
 impl Sink for RunSink<'_> {
     fn line(&mut self, stream: Stream, line: &str) {
+        if stream == Stream::Stdout && self.ledger.feed(line) {
+            return;
+        }
         if stream == Stream::Stdout {
             if let Some(pl) = ProgressLine::parse(line) {
                 let ev = RunEvent::from_line(pl);
@@ -639,8 +663,13 @@ pub fn push_with(
         exec.copy_to(&mut file, bundle.size, &remote_archive, As::Root, &mut sink)?;
     }
 
-    // 4. Verify, extract, run — one channel, output streamed live.
-    let script = bootstrap_script(&dir, bundle, opts);
+    // 4. Verify, extract, run — one channel, output streamed live; the ledger comes back on it.
+    let user = opts
+        .user
+        .clone()
+        .or_else(|| bundle.user.clone())
+        .unwrap_or_else(|| facts.user.clone());
+    let script = bootstrap_script(&dir, bundle, opts, Some(&user));
     let mut sink = RunSink::new(progress);
     let out = match exec.exec(
         Request {
@@ -714,15 +743,15 @@ pub fn push_with(
             });
         }
     };
+    let dumped = sink.ledger.ledger();
     drop(sink);
 
-    // 5. The ledger, as run.sh left it.
-    let user = opts
-        .user
-        .clone()
-        .or_else(|| bundle.user.clone())
-        .unwrap_or_else(|| facts.user.clone());
-    let ledger = read_ledger(exec, &user)?;
+    // 5. The ledger, as run.sh left it: printed on the run channel; read in a session of its own
+    // only if that print did not arrive whole (or did not parse).
+    let ledger = match dumped {
+        Some(Ok(ledger)) => ledger,
+        _ => read_ledger(exec, &user)?,
+    };
     let applied_layers = match &bundle.deploy_id {
         Some(id) => ledger.applied_layers(id),
         None => bundle
@@ -805,7 +834,8 @@ mod tests {
         let mut opts = PushOptions::new("/x/b.tar.gz");
         opts.user = Some("a b".into());
         opts.no_wait_lock = true;
-        let s = bootstrap_script("/var/tmp/ov/vm-x.123", &bundle, &opts);
+        let s = bootstrap_script("/var/tmp/ov/vm-x.123", &bundle, &opts, Some("a b"));
+        assert!(s.contains("ledger_user='a b'"), "{s}");
         assert!(s.contains("archive=\"we'ird name.tar.gz\""), "{s}");
         assert!(
             s.contains(&format!(

@@ -244,7 +244,8 @@ fn ssh_master_reuse_session_counts() {
         counts[0], counts[1],
         "channels must not depend on the layer count"
     );
-    assert!(counts[0].0 <= 5, "{counts:?}");
+    // probe, upload, run (the ledger comes back on the run channel); cloud-init would add one.
+    assert!(counts[0].0 <= 3, "{counts:?}");
     assert_eq!(counts[0].1, 1, "one TCP connection per push");
 }
 
