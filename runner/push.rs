@@ -1,9 +1,9 @@
 //! Stage `runner`, push: verify the bundle locally → connect → probe → wait for cloud-init →
-//! stream the archive once into `/var/tmp/ov/<unique>/` → verify its sha256 there, extract, run
-//! `run.sh` under `sudo -n bash -s` (a small bootstrap on stdin), which prints the ledger back on
-//! the same channel → save state.
-//! Invariants: nothing reaches the target unless the archive matches its `.sha256`; a fixed
-//! number of channels per push (probe, [cloud-init], upload, run; a ledger read only if the run
+//! one channel under `sudo -n bash -s`: a small bootstrap on stdin, the archive right after it
+//! (stored once into `/var/tmp/ov/<unique>/`), its sha256 verified there, extracted, `run.sh`
+//! run, the ledger printed back → save state.
+//! Invariants: nothing runs on the target unless the archive matches its `.sha256`; a fixed
+//! number of channels per push (probe, [cloud-init], run; a ledger read only if the run
 //! channel's print did not arrive) whatever the number of layers; the master is closed on
 //! every path; the remote work directory is removed unless `--keep`.
 
@@ -419,25 +419,34 @@ pub fn bootstrap_script(
     }
     let args: String = args.iter().map(|a| format!(" {}", quote(a))).collect();
     format!(
-        r#"# ov push bootstrap: verify the upload, unpack it, run it, clean up.
+        r#"# ov push bootstrap: receive the archive (it follows this script on stdin), verify it, unpack
+# it, run it, print the ledger back, clean up. Everything is in `main`, which bash reads whole
+# before running it (bash reads a script on a pipe byte by byte), so `head` reads the archive
+# and nothing else; the last line ends the script.
+{dump}main() {{
 set -u
 dir={dir}
 archive={archive}
 expected={expected}
+size={size}
 top={top}
 keep={keep}
-cleanup() {{ if [ "$keep" = 0 ]; then cd / && rm -rf -- "$dir"; fi; }}
-trap cleanup EXIT
 trap 'exit 129' HUP
 trap 'exit 143' TERM
 # ov's upload directory must be root's and closed to others: one another user made (/var/tmp is
 # world-writable) could swap the bundle between the check below and the run.
 base={base}
+umask 077
+mkdir -p -- "$base" || exit 91
 mode=$(stat -c %a -- "$base") || exit 91
 if [ -L "$base" ] || [ ! -O "$base" ] || (( 8#$mode & 8#022 )); then
   echo "refusing to unpack under $base: it must be a directory of root's that only root can write; remove it" >&2
   exit 91
 fi
+mkdir -- "$dir" || exit 91
+cleanup() {{ if [ "$keep" = 0 ]; then cd / && rm -rf -- "$dir"; fi; }}
+trap cleanup EXIT
+head -c "$size" >"$dir/$archive" || exit 91
 cd -- "$dir" || exit 91
 actual=$(sha256sum -- "$archive" </dev/null) || exit 91
 actual=${{actual%% *}}
@@ -455,14 +464,17 @@ tar -xzf "$archive" </dev/null || {{ echo "cannot extract $archive" >&2; exit 91
 bash "$dir/$top/run.sh"{args} </dev/null
 rc=$?
 # The ledger as run.sh left it, on this channel (see ov's runner/ledger.rs).
-{dump}if [ "$rc" = 0 ]; then
+if [ "$rc" = 0 ]; then
   ledger_user={ledger_user}
   ov_ledger_dump "${{ledger_user:-${{SUDO_USER:-$(id -un)}}}}"
 fi
 exit "$rc"
+}}
+main; exit $?
 "#,
         dump = crate::ledger::DUMP_FUNCTION,
         ledger_user = quote(ledger_user.unwrap_or("")),
+        size = bundle.size,
         dir = quote(remote_dir),
         base = quote(opts.remote_base.trim_end_matches('/')),
         archive = quote(&bundle.file_name),
@@ -511,18 +523,12 @@ fn dry_run(target: &str, login: Option<&str>, bundle: &BundleInfo, opts: &PushOp
         ));
     }
     commands.push((
-        sudo(&format!(
-            "sh -c 'umask 077 && mkdir -p -- \"$(dirname -- \"$1\")\" && cat > \"$1\"' sh {}",
-            quote(&archive)
-        )),
-        format!(
-            "the archive ({} bytes, sha256 {})",
-            bundle.size, bundle.sha256
-        ),
-    ));
-    commands.push((
         sudo("bash -s"),
-        "the bootstrap below (it also prints the ledger back)".into(),
+        format!(
+            "the bootstrap below, then the archive {} ({} bytes, sha256 {}); it prints the \
+             ledger back",
+            archive, bundle.size, bundle.sha256
+        ),
     ));
     DryRun {
         target: target.to_string(),
@@ -546,6 +552,8 @@ struct RunSink<'a> {
     end: Option<(bool, u64, u64)>,
     upload_mismatch: Option<(String, String)>,
     last_upload_report: u64,
+    /// Bytes sent ahead of the archive on the same stdin (the bootstrap).
+    upload_offset: u64,
     ledger: LedgerLines,
 }
 
@@ -558,6 +566,7 @@ impl<'a> RunSink<'a> {
             end: None,
             upload_mismatch: None,
             last_upload_report: 0,
+            upload_offset: 0,
             ledger: LedgerLines::default(),
         }
     }
@@ -619,6 +628,11 @@ impl Sink for RunSink<'_> {
     }
 
     fn sent(&mut self, sent: u64, total: u64) {
+        // Progress is the archive's bytes, not the bootstrap's ahead of them.
+        let (sent, total) = (
+            sent.saturating_sub(self.upload_offset),
+            total.saturating_sub(self.upload_offset),
+        );
         // One event per 4 MiB (and the last): enough for a bar, not a flood of JSON.
         if sent == total || sent - self.last_upload_report >= 4 << 20 {
             self.last_upload_report = sent;
@@ -651,31 +665,31 @@ pub fn push_with(
         .into());
     }
 
-    // 3. Upload once, as root, into a fresh private directory.
+    // 3. Upload, verify, extract, run — one channel as root: the archive follows the bootstrap
+    // on its stdin (into a fresh private directory), output is streamed live, and the ledger
+    // comes back on it.
     let dir = remote_dir(opts, bundle);
-    let remote_archive = format!("{dir}/{}", bundle.file_name);
-    {
-        let mut file = std::fs::File::open(&bundle.path).map_err(|source| BundleError::Io {
-            path: bundle.path.clone(),
-            source,
-        })?;
-        let mut sink = RunSink::new(progress);
-        exec.copy_to(&mut file, bundle.size, &remote_archive, As::Root, &mut sink)?;
-    }
-
-    // 4. Verify, extract, run — one channel, output streamed live; the ledger comes back on it.
     let user = opts
         .user
         .clone()
         .or_else(|| bundle.user.clone())
         .unwrap_or_else(|| facts.user.clone());
     let script = bootstrap_script(&dir, bundle, opts, Some(&user));
+    let file = std::fs::File::open(&bundle.path).map_err(|source| BundleError::Io {
+        path: bundle.path.clone(),
+        source,
+    })?;
+    let mut input = std::io::Read::chain(script.as_bytes(), file);
     let mut sink = RunSink::new(progress);
+    sink.upload_offset = script.len() as u64;
     let out = match exec.exec(
         Request {
             argv: vec!["bash".into(), "-s".into()],
             who: As::Root,
-            stdin: Input::Bytes(script.as_bytes()),
+            stdin: Input::Reader {
+                reader: &mut input,
+                len: script.len() as u64 + bundle.size,
+            },
             capture_stdout: false,
         },
         &mut sink,
