@@ -233,8 +233,10 @@ impl LedgerLines {
         let (what, arg) = rest.split_once(' ').unwrap_or((rest, ""));
         match what {
             "begin" => {
+                // Only the last dump counts (a step could print these lines too).
                 self.framed.clear();
                 self.in_file = false;
+                self.done = None;
             }
             "home" => {
                 self.framed.extend_from_slice(b"home\0");
@@ -494,7 +496,9 @@ mod tests {
         assert_eq!(l.layer_texts["b"], b);
         assert_eq!(l.layers["b"].digest, "x & y\\n");
         assert_eq!(l.applied_layers("d1"), vec!["a".to_string()]);
-        // A dump cut short (no `end`) does not count.
+        // A dump cut short (no `end`) does not count, and a new `begin` drops an earlier dump.
+        assert!(lines.feed("::ov-ledger:: begin"));
+        assert!(lines.ledger().is_none());
         let mut cut = LedgerLines::default();
         cut.feed("::ov-ledger:: begin");
         cut.feed("::ov-ledger:: home /h");
