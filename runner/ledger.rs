@@ -188,6 +188,100 @@ pub fn read_ledger(exec: &mut dyn Executor, user: &str) -> Result<Ledger, Ledger
     parse_framed(&out.stdout).map_err(|reason| LedgerError::Garbled { target, reason })
 }
 
+/// The ledger printed at the end of the push's run channel, so no separate session reads it
+/// back: a bash function for the bootstrap (`ov_ledger_dump USER`, run as root after run.sh).
+/// Each file is one `file NAME` line and one `l TEXT` line per line of it (the newlines of the
+/// file become line breaks, one substitution in bash: no process per file), so the text
+/// [`LedgerLines`] rebuilds is byte for byte the file's.
+pub const DUMP_FUNCTION: &str = r#"ov_ledger_dump() {
+  local pw home d f text n=$'\n'
+  pw=$(getent passwd "$1") || return 0
+  IFS=: read -r _ _ _ _ _ home _ <<<"$pw"
+  [ -n "$home" ] || return 0
+  d=$home/.config/overthink/installed
+  printf '::ov-ledger:: begin\n::ov-ledger:: home %s\n' "$home"
+  [ -f "$d/undo.sh" ] && printf '::ov-ledger:: undo.sh\n'
+  for f in "$d"/deploys/*.json "$d"/layers/*.json; do
+    [ -f "$f" ] || continue
+    text=
+    IFS= read -r -d '' text <"$f" || [ -n "$text" ] || true
+    printf '::ov-ledger:: file %s\n::ov-ledger:: l %s\n' "${f#"$d"/}" "${text//"$n"/"$n::ov-ledger:: l "}"
+  done
+  printf '::ov-ledger:: end\n'
+}
+"#;
+
+/// Rebuilds the ledger from the `::ov-ledger::` lines of [`DUMP_FUNCTION`] (in the framing
+/// [`parse_framed`] reads). Only a dump that reached its `end` line counts; a `begin` starts over.
+#[derive(Debug, Default)]
+pub struct LedgerLines {
+    framed: Vec<u8>,
+    in_file: bool,
+    first_line: bool,
+    done: Option<Vec<u8>>,
+}
+
+impl LedgerLines {
+    /// What every dump line starts with.
+    pub const PREFIX: &'static str = "::ov-ledger:: ";
+
+    /// Take one output line; false when it is not a dump line (it is output like any other).
+    pub fn feed(&mut self, line: &str) -> bool {
+        let Some(rest) = line.strip_prefix(Self::PREFIX) else {
+            return false;
+        };
+        let (what, arg) = rest.split_once(' ').unwrap_or((rest, ""));
+        match what {
+            "begin" => {
+                // Only the last dump counts (a step could print these lines too).
+                self.framed.clear();
+                self.in_file = false;
+                self.done = None;
+            }
+            "home" => {
+                self.framed.extend_from_slice(b"home\0");
+                self.framed.extend_from_slice(arg.as_bytes());
+                self.framed.push(0);
+            }
+            "undo.sh" => self.framed.extend_from_slice(b"undo.sh\0\0"),
+            "file" => {
+                self.close_file();
+                self.framed.extend_from_slice(arg.as_bytes());
+                self.framed.push(0);
+                self.in_file = true;
+                self.first_line = true;
+            }
+            "l" if self.in_file => {
+                if !self.first_line {
+                    self.framed.push(b'\n');
+                }
+                // A NUL would end the frame early; ov's records never hold one.
+                self.framed
+                    .extend(arg.bytes().map(|b| if b == 0 { b' ' } else { b }));
+                self.first_line = false;
+            }
+            "end" => {
+                self.close_file();
+                self.done = Some(std::mem::take(&mut self.framed));
+            }
+            _ => {}
+        }
+        true
+    }
+
+    fn close_file(&mut self) {
+        if self.in_file {
+            self.framed.push(0);
+            self.in_file = false;
+        }
+    }
+
+    /// The ledger, if a whole dump arrived.
+    pub fn ledger(&self) -> Option<Result<Ledger, String>> {
+        self.done.as_deref().map(parse_framed)
+    }
+}
+
 /// Parse the read script's output.
 pub fn parse_framed(bytes: &[u8]) -> Result<Ledger, String> {
     let mut parts = bytes.split(|b| *b == 0);
@@ -355,6 +449,61 @@ pub fn status_with(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn dump_lines_rebuild_the_files_byte_for_byte() {
+        let t = tempfile::tempdir().expect("tempdir");
+        let home = t.path().join("home");
+        let d = home.join(".config/overthink/installed");
+        std::fs::create_dir_all(d.join("layers")).expect("mkdir");
+        std::fs::create_dir_all(d.join("deploys")).expect("mkdir");
+        let a = "{\n  \"layer\": \"a\",\n  \"deployed_by\": [\"d1\"]\n}\n";
+        let b = "{\"layer\":\"b\",\"digest\":\"x & y\\\\n\"}"; // no final newline
+        let dep = "{\"deploy_id\":\"d1\",\"layers\":[\"a\"]}\n\n";
+        std::fs::write(d.join("layers/a.json"), a).expect("write");
+        std::fs::write(d.join("layers/b.json"), b).expect("write");
+        std::fs::write(d.join("deploys/d1.json"), dep).expect("write");
+        std::fs::write(d.join("undo.sh"), "").expect("write");
+        // getent stand-in: the account `u` lives in the temporary home.
+        let bin = t.path().join("bin");
+        std::fs::create_dir(&bin).expect("mkdir");
+        let getent = bin.join("getent");
+        std::fs::write(
+            &getent,
+            format!("#!/bin/sh\necho 'u:x:1:1::{}:/bin/sh'\n", home.display()),
+        )
+        .expect("write");
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&getent, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+        let out = std::process::Command::new("bash")
+            .arg("-c")
+            .arg(format!(
+                "{DUMP_FUNCTION}\necho '::ov-ledger:: end'\nov_ledger_dump u"
+            ))
+            .env("PATH", format!("{}:/usr/bin:/bin", bin.display()))
+            .output()
+            .expect("bash");
+        assert!(out.status.success());
+        let mut lines = LedgerLines::default();
+        for line in String::from_utf8_lossy(&out.stdout).lines() {
+            assert!(lines.feed(line), "{line}");
+        }
+        assert!(!lines.feed("::ov:: end result=ok"));
+        let l = lines.ledger().expect("a whole dump").expect("parses");
+        assert_eq!(l.home, home.display().to_string());
+        assert!(l.has_undo_script);
+        assert_eq!(l.layer_texts["a"], a);
+        assert_eq!(l.layer_texts["b"], b);
+        assert_eq!(l.layers["b"].digest, "x & y\\n");
+        assert_eq!(l.applied_layers("d1"), vec!["a".to_string()]);
+        // A dump cut short (no `end`) does not count, and a new `begin` drops an earlier dump.
+        assert!(lines.feed("::ov-ledger:: begin"));
+        assert!(lines.ledger().is_none());
+        let mut cut = LedgerLines::default();
+        cut.feed("::ov-ledger:: begin");
+        cut.feed("::ov-ledger:: home /h");
+        assert!(cut.ledger().is_none());
+    }
 
     #[test]
     fn parses_framed_output() {

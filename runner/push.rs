@@ -1,10 +1,11 @@
 //! Stage `runner`, push: verify the bundle locally → connect → probe → wait for cloud-init →
-//! stream the archive once into `/var/tmp/ov/<unique>/` → verify its sha256 there, extract, run
-//! `run.sh` under `sudo -n bash -s` (a small bootstrap on stdin) → read the ledger → save state.
-//! Invariants: nothing reaches the target unless the archive matches its `.sha256`; a fixed
-//! number of channels per push (probe, [cloud-init], upload, run, ledger) whatever the number
-//! of layers; the master is closed on every path; the remote work directory is removed unless
-//! `--keep`.
+//! one channel under `sudo -n bash -s`: a small bootstrap on stdin, the archive right after it
+//! (stored once into `/var/tmp/ov/<unique>/`), its sha256 verified there, extracted, `run.sh`
+//! run, the ledger printed back → save state.
+//! Invariants: nothing runs on the target unless the archive matches its `.sha256`; a fixed
+//! number of channels per push (probe, [cloud-init], run; a ledger read only if the run
+//! channel's print did not arrive) whatever the number of layers; the master is closed on
+//! every path; the remote work directory is removed unless `--keep`.
 
 use std::collections::VecDeque;
 use std::path::PathBuf;
@@ -12,7 +13,7 @@ use std::path::PathBuf;
 use crate::archive::{open_bundle, BundleError, BundleInfo};
 use crate::executor::{quote, As, ExecError, Executor, Input, Request, Sink};
 use crate::exit::{Exit, HasExit};
-use crate::ledger::{read_ledger, Ledger, LedgerError};
+use crate::ledger::{read_ledger, Ledger, LedgerError, LedgerLines};
 use crate::progress::{Event, Progress, ProgressLine, RunEvent, Stream};
 use crate::ssh::SshExecutor;
 use crate::state::{load_vm_state, now_rfc3339, save_vm_state, StateError, VmState};
@@ -395,8 +396,15 @@ fn probe(exec: &mut dyn Executor, cloud_init_program: &str) -> Result<Probe, Pus
     Ok(p)
 }
 
-/// The bootstrap that verifies, extracts and runs the bundle (as root, script on stdin).
-pub fn bootstrap_script(remote_dir: &str, bundle: &BundleInfo, opts: &PushOptions) -> String {
+/// The bootstrap that verifies, extracts and runs the bundle (as root, script on stdin), then
+/// prints the ledger of `ledger_user` (default: the login user, `$SUDO_USER`) on the same
+/// channel when run.sh succeeded, so no further session reads it back.
+pub fn bootstrap_script(
+    remote_dir: &str,
+    bundle: &BundleInfo,
+    opts: &PushOptions,
+    ledger_user: Option<&str>,
+) -> String {
     // The archive's digest goes into the deploy record (run.sh cannot see the `.sha256`).
     let mut args: Vec<String> = vec!["--bundle-sha256".into(), bundle.sha256.clone()];
     if opts.no_wait_lock {
@@ -411,25 +419,34 @@ pub fn bootstrap_script(remote_dir: &str, bundle: &BundleInfo, opts: &PushOption
     }
     let args: String = args.iter().map(|a| format!(" {}", quote(a))).collect();
     format!(
-        r#"# ov push bootstrap: verify the upload, unpack it, run it, clean up.
+        r#"# ov push bootstrap: receive the archive (it follows this script on stdin), verify it, unpack
+# it, run it, print the ledger back, clean up. Everything is in `main`, which bash reads whole
+# before running it (bash reads a script on a pipe byte by byte), so `head` reads the archive
+# and nothing else; the last line ends the script.
+{dump}main() {{
 set -u
 dir={dir}
 archive={archive}
 expected={expected}
+size={size}
 top={top}
 keep={keep}
-cleanup() {{ if [ "$keep" = 0 ]; then cd / && rm -rf -- "$dir"; fi; }}
-trap cleanup EXIT
 trap 'exit 129' HUP
 trap 'exit 143' TERM
 # ov's upload directory must be root's and closed to others: one another user made (/var/tmp is
 # world-writable) could swap the bundle between the check below and the run.
 base={base}
+umask 077
+mkdir -p -- "$base" || exit 91
 mode=$(stat -c %a -- "$base") || exit 91
 if [ -L "$base" ] || [ ! -O "$base" ] || (( 8#$mode & 8#022 )); then
   echo "refusing to unpack under $base: it must be a directory of root's that only root can write; remove it" >&2
   exit 91
 fi
+mkdir -- "$dir" || exit 91
+cleanup() {{ if [ "$keep" = 0 ]; then cd / && rm -rf -- "$dir"; fi; }}
+trap cleanup EXIT
+head -c "$size" >"$dir/$archive" || exit 91
 cd -- "$dir" || exit 91
 actual=$(sha256sum -- "$archive" </dev/null) || exit 91
 actual=${{actual%% *}}
@@ -445,8 +462,19 @@ chmod 0711 -- "$base" "$dir" || exit 91
 tar -xzf "$archive" </dev/null || {{ echo "cannot extract $archive" >&2; exit 91; }}
 [ -f "$top/run.sh" ] || {{ echo "the bundle has no $top/run.sh" >&2; exit 91; }}
 bash "$dir/$top/run.sh"{args} </dev/null
-exit $?
+rc=$?
+# The ledger as run.sh left it, on this channel (see ov's runner/ledger.rs).
+if [ "$rc" = 0 ]; then
+  ledger_user={ledger_user}
+  ov_ledger_dump "${{ledger_user:-${{SUDO_USER:-$(id -un)}}}}"
+fi
+exit "$rc"
+}}
+main; exit $?
 "#,
+        dump = crate::ledger::DUMP_FUNCTION,
+        ledger_user = quote(ledger_user.unwrap_or("")),
+        size = bundle.size,
         dir = quote(remote_dir),
         base = quote(opts.remote_base.trim_end_matches('/')),
         archive = quote(&bundle.file_name),
@@ -495,25 +523,22 @@ fn dry_run(target: &str, login: Option<&str>, bundle: &BundleInfo, opts: &PushOp
         ));
     }
     commands.push((
-        sudo(&format!(
-            "sh -c 'umask 077 && mkdir -p -- \"$(dirname -- \"$1\")\" && cat > \"$1\"' sh {}",
-            quote(&archive)
-        )),
+        sudo("bash -s"),
         format!(
-            "the archive ({} bytes, sha256 {})",
-            bundle.size, bundle.sha256
+            "the bootstrap below, then the archive {} ({} bytes, sha256 {}); it prints the \
+             ledger back",
+            archive, bundle.size, bundle.sha256
         ),
-    ));
-    commands.push((sudo("bash -s"), "the bootstrap below".into()));
-    commands.push((
-        "bash -s -- USER   (reads ~USER/.config/overthink/installed/{deploys,layers}/*.json)"
-            .into(),
-        "the ledger read script".into(),
     ));
     DryRun {
         target: target.to_string(),
         bundle: bundle.clone(),
-        bootstrap: bootstrap_script(&dir, bundle, opts),
+        bootstrap: bootstrap_script(
+            &dir,
+            bundle,
+            opts,
+            opts.user.as_deref().or(bundle.user.as_deref()).or(login),
+        ),
         remote_dir: dir,
         commands,
     }
@@ -527,6 +552,9 @@ struct RunSink<'a> {
     end: Option<(bool, u64, u64)>,
     upload_mismatch: Option<(String, String)>,
     last_upload_report: u64,
+    /// Bytes sent ahead of the archive on the same stdin (the bootstrap).
+    upload_offset: u64,
+    ledger: LedgerLines,
 }
 
 impl<'a> RunSink<'a> {
@@ -538,6 +566,8 @@ impl<'a> RunSink<'a> {
             end: None,
             upload_mismatch: None,
             last_upload_report: 0,
+            upload_offset: 0,
+            ledger: LedgerLines::default(),
         }
     }
 
@@ -551,6 +581,9 @@ impl<'a> RunSink<'a> {
 
 impl Sink for RunSink<'_> {
     fn line(&mut self, stream: Stream, line: &str) {
+        if stream == Stream::Stdout && self.ledger.feed(line) {
+            return;
+        }
         if stream == Stream::Stdout {
             if let Some(pl) = ProgressLine::parse(line) {
                 let ev = RunEvent::from_line(pl);
@@ -595,6 +628,11 @@ impl Sink for RunSink<'_> {
     }
 
     fn sent(&mut self, sent: u64, total: u64) {
+        // Progress is the archive's bytes, not the bootstrap's ahead of them.
+        let (sent, total) = (
+            sent.saturating_sub(self.upload_offset),
+            total.saturating_sub(self.upload_offset),
+        );
         // One event per 4 MiB (and the last): enough for a bar, not a flood of JSON.
         if sent == total || sent - self.last_upload_report >= 4 << 20 {
             self.last_upload_report = sent;
@@ -627,26 +665,31 @@ pub fn push_with(
         .into());
     }
 
-    // 3. Upload once, as root, into a fresh private directory.
+    // 3. Upload, verify, extract, run — one channel as root: the archive follows the bootstrap
+    // on its stdin (into a fresh private directory), output is streamed live, and the ledger
+    // comes back on it.
     let dir = remote_dir(opts, bundle);
-    let remote_archive = format!("{dir}/{}", bundle.file_name);
-    {
-        let mut file = std::fs::File::open(&bundle.path).map_err(|source| BundleError::Io {
-            path: bundle.path.clone(),
-            source,
-        })?;
-        let mut sink = RunSink::new(progress);
-        exec.copy_to(&mut file, bundle.size, &remote_archive, As::Root, &mut sink)?;
-    }
-
-    // 4. Verify, extract, run — one channel, output streamed live.
-    let script = bootstrap_script(&dir, bundle, opts);
+    let user = opts
+        .user
+        .clone()
+        .or_else(|| bundle.user.clone())
+        .unwrap_or_else(|| facts.user.clone());
+    let script = bootstrap_script(&dir, bundle, opts, Some(&user));
+    let file = std::fs::File::open(&bundle.path).map_err(|source| BundleError::Io {
+        path: bundle.path.clone(),
+        source,
+    })?;
+    let mut input = std::io::Read::chain(script.as_bytes(), file);
     let mut sink = RunSink::new(progress);
+    sink.upload_offset = script.len() as u64;
     let out = match exec.exec(
         Request {
             argv: vec!["bash".into(), "-s".into()],
             who: As::Root,
-            stdin: Input::Bytes(script.as_bytes()),
+            stdin: Input::Reader {
+                reader: &mut input,
+                len: script.len() as u64 + bundle.size,
+            },
             capture_stdout: false,
         },
         &mut sink,
@@ -714,15 +757,15 @@ pub fn push_with(
             });
         }
     };
+    let dumped = sink.ledger.ledger();
     drop(sink);
 
-    // 5. The ledger, as run.sh left it.
-    let user = opts
-        .user
-        .clone()
-        .or_else(|| bundle.user.clone())
-        .unwrap_or_else(|| facts.user.clone());
-    let ledger = read_ledger(exec, &user)?;
+    // 5. The ledger, as run.sh left it: printed on the run channel; read in a session of its own
+    // only if that print did not arrive whole (or did not parse).
+    let ledger = match dumped {
+        Some(Ok(ledger)) => ledger,
+        _ => read_ledger(exec, &user)?,
+    };
     let applied_layers = match &bundle.deploy_id {
         Some(id) => ledger.applied_layers(id),
         None => bundle
@@ -805,7 +848,8 @@ mod tests {
         let mut opts = PushOptions::new("/x/b.tar.gz");
         opts.user = Some("a b".into());
         opts.no_wait_lock = true;
-        let s = bootstrap_script("/var/tmp/ov/vm-x.123", &bundle, &opts);
+        let s = bootstrap_script("/var/tmp/ov/vm-x.123", &bundle, &opts, Some("a b"));
+        assert!(s.contains("ledger_user='a b'"), "{s}");
         assert!(s.contains("archive=\"we'ird name.tar.gz\""), "{s}");
         assert!(
             s.contains(&format!(

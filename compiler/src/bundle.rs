@@ -235,6 +235,7 @@ pub fn build(
         }
         let digest = layer_digest(&mut entries);
 
+        let first_script = run_scripts.len();
         let mut manifest_scripts = Vec::new();
         for s in &scripts {
             let path = format!("{dir}/{}", s.file_name);
@@ -286,6 +287,8 @@ pub fn build(
             version: lp.version.clone().unwrap_or_default(),
             steps_json: to_json("ledger steps", &steps_json)?,
             reverse_json: to_json("reverse ops", &reverse_ops)?,
+            first_script,
+            script_count: scripts.len(),
         });
         manifest_layers.push(ManifestLayer {
             name: lp.name.clone(),
@@ -763,6 +766,10 @@ struct RunLayer {
     version: String,
     steps_json: String,
     reverse_json: String,
+    /// Index of the layer's first entry in `scripts`: a layer's scripts are consecutive there,
+    /// so run.sh finds them without walking every script (linear in the number of layers).
+    first_script: usize,
+    script_count: usize,
 }
 
 #[derive(Serialize)]

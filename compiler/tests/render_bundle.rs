@@ -78,9 +78,10 @@ echo done > "$T/out/checked"
     assert_eq!(sb.read("out/sway-config").trim(), "ovrender 644", "{log}");
     assert_eq!(sb.read("out/banner").trim(), "ovrender 600", "{log}");
     assert!(sb.read("out/motd").starts_with("Welcome"), "{log}");
+    // A layer's facts directory exists only when it recorded facts (`skipped` records none).
     assert_eq!(
         sb.read("out/ledger"),
-        "builders.d\nbuilders.json\nbuilders.undo.sh\nconfig.d\nconfig.json\nconfig.undo.sh\nservices.d\nservices.json\nservices.undo.sh\nskipped.d\nskipped.json\nskipped.undo.sh\ntools.d\ntools.json\ntools.undo.sh\n",
+        "builders.d\nbuilders.json\nbuilders.undo.sh\nconfig.d\nconfig.json\nconfig.undo.sh\nservices.d\nservices.json\nservices.undo.sh\nskipped.json\nskipped.undo.sh\ntools.d\ntools.json\ntools.undo.sh\n",
         "{log}"
     );
     assert_eq!(sb.read("out/facts"), "ripgrep\n");

@@ -123,7 +123,11 @@ fn every_script_has_the_contract_prologue() {
             let body: Vec<&str> = lines.collect();
             let pos = |l: &str| body.iter().position(|x| *x == l);
             let set = pos("set -euo pipefail").unwrap_or_else(|| panic!("{name}: no set -e"));
-            let lib = pos(". \"${OV_BUNDLE}/lib.sh\"").unwrap_or_else(|| panic!("{name}: no lib"));
+            // Install scripts skip the `.` when run.sh already sourced lib.sh (it runs them in a
+            // subshell of its own); undo scripts always source it.
+            let lib = pos(". \"${OV_BUNDLE}/lib.sh\"")
+                .or_else(|| pos("[ \"${OV_LIB_LOADED:-}\" = \"$$\" ] || . \"${OV_BUNDLE}/lib.sh\""))
+                .unwrap_or_else(|| panic!("{name}: no lib"));
             let stdin = pos("exec </dev/null").unwrap_or_else(|| panic!("{name}: no stdin"));
             assert!(set < lib && lib < stdin, "{name}: prologue order");
             assert!(

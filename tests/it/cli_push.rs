@@ -104,12 +104,19 @@ fn push_dry_run_prints_what_would_be_sent_and_run() {
     assert!(r
         .stdout
         .contains(&format!("--bundle-sha256 {sha} --user debian")));
+    // The archive follows the bootstrap on its stdin: it reads exactly the archive's size.
+    assert!(
+        r.stdout.contains(&format!("\nsize={}\n", bytes.len())),
+        "{}",
+        r.stdout
+    );
 
     let text = r
         .stdout
         .replace(&s.dir.path().display().to_string(), "[tmp]")
         .replace(&sha, "[sha256]")
         .replace(&format!("({} bytes", bytes.len()), "([size] bytes")
+        .replace(&format!("\nsize={}\n", bytes.len()), "\nsize=[size]\n")
         .replace(&format!(":{}\n", s.port()), ":[port]\n");
     insta::with_settings!({filters => vec![(r"vm-demo\.[0-9a-f]{12}\b", "vm-demo.[run]")]}, {
         insta::assert_snapshot!("push-dry-run", text);

@@ -244,7 +244,9 @@ fn ssh_master_reuse_session_counts() {
         counts[0], counts[1],
         "channels must not depend on the layer count"
     );
-    assert!(counts[0].0 <= 5, "{counts:?}");
+    // The probe, then one run channel (the archive goes up on its stdin and the ledger comes back
+    // on its stdout); waiting for cloud-init would add one.
+    assert!(counts[0].0 <= 2, "{counts:?}");
     assert_eq!(counts[0].1, 1, "one TCP connection per push");
 }
 
