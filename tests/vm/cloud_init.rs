@@ -36,13 +36,7 @@ fn a_failing_runcmd_stops_deploy_add_with_exit_6_and_cloud_init_errors() {
     let mut args = vec!["deploy", "add", "vm:ovvm", "vm-hello"];
     args.extend(WAIT);
     let out = op.ov(&args);
-    assert_eq!(
-        out.status.code(),
-        Some(6),
-        "{}\n{}",
-        text(&out),
-        g.serial_tail(40)
-    );
+    g.expect_exit(&out, 6);
     let stderr = String::from_utf8_lossy(&out.stderr);
     eprintln!("ov said:\n{stderr}");
     assert!(
@@ -95,13 +89,7 @@ fn a_degraded_first_boot_on_debian_13_goes_on_and_shows_the_warning() {
     let mut args = vec!["deploy", "add", "vm:ovvm13"];
     args.extend(WAIT);
     let out = op.ov(&args);
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "{}\n{}",
-        text(&out),
-        g.serial_tail(40)
-    );
+    g.expect_exit(&out, 0);
     let stderr = String::from_utf8_lossy(&out.stderr);
     eprintln!("ov said:\n{stderr}");
     assert!(

@@ -107,13 +107,7 @@ fn deploy_to_a_booting_guest_with_services_reboot_mid_push_and_del() {
     args.extend(WAIT);
     let out = op.ov(&args);
     let boot = g.uptime();
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "{}\n{}",
-        text(&out),
-        g.serial_tail(40)
-    );
+    g.expect_exit(&out, 0);
     let lines = json_lines(&out);
     let waits: Vec<&Value> = lines.iter().filter(|v| v["event"] == "wait-ssh").collect();
     assert!(
@@ -243,13 +237,7 @@ fn deploy_to_a_booting_guest_with_services_reboot_mid_push_and_del() {
     let mut args = vec!["push", DEPLOY, "vm-reboot", "--with-services", "--json"];
     args.extend(WAIT);
     let out = op.ov(&args);
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "{}\n{}",
-        text(&out),
-        g.serial_tail(40)
-    );
+    g.expect_exit(&out, 0);
     let lines = json_lines(&out);
     assert_eq!(
         json_layers(&lines, "layer-skip"),

@@ -330,6 +330,19 @@ impl Guest {
         self.started.elapsed().as_secs_f64()
     }
 
+    /// Assert that `ov` exited with `code`; the failure message has its output and the tail of
+    /// the guest's console (what the guest was doing is most of the story in a VM test).
+    #[track_caller]
+    pub fn expect_exit(&self, out: &Output, code: i32) {
+        assert_eq!(
+            out.status.code(),
+            Some(code),
+            "{}\n{}",
+            text(out),
+            self.serial_tail(40)
+        );
+    }
+
     /// The last `n` lines of the guest's serial console (for failure messages).
     pub fn serial_tail(&self, n: usize) -> String {
         let text = std::fs::read_to_string(self.dir.path().join("serial.log")).unwrap_or_default();
