@@ -58,6 +58,7 @@ fn is_root() -> bool {
 pub fn available() -> bool {
     let mut missing: Vec<&str> = [
         "qemu-system-x86_64",
+        "setpriv",
         "qemu-img",
         "mmdebstrap",
         "genisoimage",
@@ -259,7 +260,11 @@ impl Guest {
         let port = free_port();
         let qemu_log = std::fs::File::create(d.join("qemu.log")).expect("qemu.log");
         let path = |name: &str| d.join(name).to_string_lossy().into_owned();
-        let qemu = Command::new("qemu-system-x86_64")
+        // `setpriv --pdeathsig KILL` (util-linux) execs QEMU with the parent-death signal set: if
+        // this test process dies without running the guard (SIGKILL from an outer timeout), the
+        // kernel kills QEMU too instead of leaving an orphaned guest.
+        let qemu = Command::new("setpriv")
+            .args(["--pdeathsig", "KILL", "--", "qemu-system-x86_64"])
             .args(["-name", "ov-vm-test", "-machine", "q35"])
             .args(["-accel", "tcg,thread=multi,tb-size=256", "-cpu", "max"])
             .args(["-smp", "2", "-m", "1024", "-nodefaults"])
