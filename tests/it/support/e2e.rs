@@ -127,16 +127,13 @@ pub fn end(stdout: &[u8]) -> BTreeMap<String, String> {
 }
 
 /// What a teardown leaves, by design: the ledger directory with its lock file (another run may be
-/// waiting on it), directories the layers created (a `mkdir:` has no reverse op; parents made
-/// for a file are not recorded), and what raw `cmd:` tasks wrote (ov cannot know it).
+/// waiting on it) and what raw `cmd:` tasks wrote (ov cannot know it). Directories the layers'
+/// `mkdir:` tasks and files created (`~/.config/e2e`, `~/.local/bin`) are recorded and removed.
 pub const LEFT_AFTER_UNDO: &[&str] = &[
     "home/tester/.config",
     "home/tester/.config/overthink",
     "home/tester/.config/overthink/installed",
     "home/tester/.config/overthink/installed/.lock",
-    "home/tester/.config/e2e",
-    "home/tester/.local",
-    "home/tester/.local/bin",
     "var/lib/e2e",
     "var/lib/e2e/task-runs",
     "home/tester/.e2e-task-user",
