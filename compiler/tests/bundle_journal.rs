@@ -5,10 +5,9 @@
 
 mod render_support;
 
-use ov_compiler::bundle::{self, BundleOptions};
+use ov_compiler::bundle;
 use ov_compiler::layer::TaskVerb;
 use ov_compiler::plan::{ReverseKind, Scope};
-use ov_compiler::render::Engine;
 use render_support::*;
 
 /// A layer that touches `/opt/jt/NAME` (its undo removes it) after running `before`.
@@ -48,18 +47,7 @@ fn a_killed_run_is_recorded_by_the_next_run_and_by_undo() {
         ],
     );
     p.deploy.user = Some("ovjournal".to_string());
-    let rendered = render_plan(&p, &fixture_root());
-    let engine = Engine::new(None).expect("engine");
-    let b = bundle::build(
-        &p,
-        &rendered,
-        &engine,
-        &BundleOptions {
-            source_date_epoch: None,
-            ov_version: "0.0.0-test".to_string(),
-        },
-    )
-    .expect("bundle builds");
+    let b = bundle_plan(&p);
     let sb = Sandbox::new();
     let top = bundle::write_unpacked(&b, &sb.path("unpacked")).expect("unpack");
     sb.open_to_all();

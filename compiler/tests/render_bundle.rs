@@ -6,9 +6,8 @@
 
 mod render_support;
 
-use ov_compiler::bundle::{self, BundleOptions};
+use ov_compiler::bundle;
 use ov_compiler::plan::{Action, BuilderKind};
-use ov_compiler::render::Engine;
 use render_support::*;
 
 #[test]
@@ -25,18 +24,7 @@ fn run_sh_applies_and_undo_sh_removes_a_rendered_bundle() {
                 && !matches!(&s.action, Action::Task { task, .. } if format!("{:?}", task.verb).contains(".zip"))
         });
     }
-    let rendered = render_plan(&plan, &fixture_root());
-    let engine = Engine::new(None).expect("engine");
-    let b = bundle::build(
-        &plan,
-        &rendered,
-        &engine,
-        &BundleOptions {
-            source_date_epoch: None,
-            ov_version: "0.0.0-test".to_string(),
-        },
-    )
-    .expect("bundle builds");
+    let b = bundle_plan(&plan);
     let sb = Sandbox::new();
     // The runtime switches to the account with the real runuser.
     std::fs::remove_file(sb.path("stubs/runuser")).expect("stub");

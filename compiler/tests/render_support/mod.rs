@@ -793,6 +793,23 @@ pub fn render_plan(plan: &InstallPlan, root: &Path) -> Rendered {
     }
 }
 
+/// Render `plan` (payload from the fixture project) and build its bundle, as `ov compile` does,
+/// with a fixed test version and no `SOURCE_DATE_EPOCH`.
+pub fn bundle_plan(plan: &InstallPlan) -> ov_compiler::bundle::Bundle {
+    let rendered = render_plan(plan, &fixture_root());
+    let engine = Engine::new(None).expect("embedded templates compile");
+    ov_compiler::bundle::build(
+        plan,
+        &rendered,
+        &engine,
+        &ov_compiler::bundle::BundleOptions {
+            source_date_epoch: None,
+            ov_version: "0.0.0-test".to_string(),
+        },
+    )
+    .expect("bundle builds")
+}
+
 /// An error with its sources, one per line.
 pub fn error_chain(e: &dyn std::error::Error) -> String {
     let mut out = e.to_string();
