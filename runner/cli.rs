@@ -208,7 +208,7 @@ pub struct PushArgs {
     /// How long to wait for cloud-init, in seconds.
     #[arg(long, value_name = "SECS", default_value_t = 600)]
     pub wait_cloud_init: u64,
-    /// Keep the uploaded bundle under /var/tmp/ov/ on the target.
+    /// Keep the uploaded bundle under /var/lib/overthink/work/ on the target.
     #[arg(long)]
     pub keep: bool,
     /// Print what would be sent and run; change nothing.

@@ -1,6 +1,7 @@
-//! Stage `runner`, ledger (target side, read-only here): reads the records `run.sh` writes under
-//! `~USER/.config/overthink/installed/` in one command over the open connection, and compares
-//! them with a bundle's manifest (`ov status`).
+//! Stage `runner`, ledger (target side, read-only here): reads the records `run.sh` keeps in root's
+//! ledger, `/var/lib/overthink/installed/<user>/`, as root in one command over the open
+//! connection, and compares them with a bundle's manifest (`ov status`). The copy in the user's
+//! home is a view for other tools; nothing here reads it.
 //! Invariant: one channel per read whatever the number of layers; unknown record fields are
 //! kept (`extra`) so newer runtimes' records still read.
 
@@ -67,7 +68,7 @@ pub struct LayerRecord {
 pub struct Ledger {
     /// The user's home on the target.
     pub home: String,
-    /// `$home/.config/overthink/installed`.
+    /// Root's ledger directory for the user, `/var/lib/overthink/installed/<user>`.
     pub dir: String,
     /// Deploy records by id.
     pub deploys: BTreeMap<String, DeployRecord>,
@@ -151,12 +152,25 @@ impl HasExit for LedgerError {
     }
 }
 
-/// The read script: NUL-framed `name\0content\0` pairs (JSON never holds a NUL).
+/// Where root keeps the ledgers on the target (one directory per account).
+pub const ROOT_LEDGERS: &str = "/var/lib/overthink/installed";
+
+/// The read script (as root): NUL-framed `name\0content\0` pairs (JSON never holds a NUL). It
+/// reads root's ledger only when every directory on its path is root's and closed to others.
 const READ_SCRIPT: &str = r#"set -u
+case $1 in [A-Za-z0-9_]*) ;; *) exit 3 ;; esac
+case $1 in *[!A-Za-z0-9._-]*) exit 3 ;; esac
 home=$(getent passwd "$1" | cut -d: -f6)
 [ -n "$home" ] || exit 3
-d=$home/.config/overthink/installed
-printf 'home\0%s\0' "$home"
+d=/var/lib/overthink/installed/$1
+printf 'home\0%s\0dir\0%s\0' "$home" "$d"
+[ -d "$d" ] || exit 0
+for p in /var /var/lib /var/lib/overthink /var/lib/overthink/installed "$d"; do
+  s=$(stat -c '%u %a %F' -- "$p") || exit 4
+  case $s in "0 "*" directory") ;; *) echo "$p is not a directory of root's" >&2; exit 4 ;; esac
+  m=${s#0 }; m=${m%% *}
+  if [ $((8#$m & 8#022)) != 0 ]; then echo "$p can be written by other accounts" >&2; exit 4; fi
+done
 [ -f "$d/undo.sh" ] && printf 'undo.sh\0\0'
 for f in "$d"/deploys/*.json "$d"/layers/*.json; do
   [ -f "$f" ] || continue
@@ -172,7 +186,7 @@ pub fn read_ledger(exec: &mut dyn Executor, user: &str) -> Result<Ledger, Ledger
     let out = exec.exec(
         Request {
             argv: vec!["bash".into(), "-s".into(), "--".into(), user.to_string()],
-            who: As::User(user.to_string()),
+            who: As::Root,
             stdin: Input::Bytes(READ_SCRIPT.as_bytes()),
             capture_stdout: true,
         },
@@ -189,17 +203,19 @@ pub fn read_ledger(exec: &mut dyn Executor, user: &str) -> Result<Ledger, Ledger
 }
 
 /// The ledger printed at the end of the push's run channel, so no separate session reads it
-/// back: a bash function for the bootstrap (`ov_ledger_dump USER`, run as root after run.sh).
+/// back: a bash function for the bootstrap (`ov_ledger_dump USER`, run as root after run.sh, with
+/// `ov_ledgers` set to [`ROOT_LEDGERS`]).
 /// Each file is one `file NAME` line and one `l TEXT` line per line of it (the newlines of the
 /// file become line breaks, one substitution in bash: no process per file), so the text
 /// [`LedgerLines`] rebuilds is byte for byte the file's.
 pub const DUMP_FUNCTION: &str = r#"ov_ledger_dump() {
   local pw home d f text n=$'\n'
+  [[ $1 =~ ^[A-Za-z0-9_][A-Za-z0-9._-]*$ ]] || return 0
   pw=$(getent passwd "$1") || return 0
   IFS=: read -r _ _ _ _ _ home _ <<<"$pw"
   [ -n "$home" ] || return 0
-  d=$home/.config/overthink/installed
-  printf '::ov-ledger:: begin\n::ov-ledger:: home %s\n' "$home"
+  d=${ov_ledgers:?}/$1
+  printf '::ov-ledger:: begin\n::ov-ledger:: home %s\n::ov-ledger:: dir %s\n' "$home" "$d"
   [ -f "$d/undo.sh" ] && printf '::ov-ledger:: undo.sh\n'
   for f in "$d"/deploys/*.json "$d"/layers/*.json; do
     [ -f "$f" ] || continue
@@ -238,8 +254,9 @@ impl LedgerLines {
                 self.in_file = false;
                 self.done = None;
             }
-            "home" => {
-                self.framed.extend_from_slice(b"home\0");
+            "home" | "dir" => {
+                self.framed.extend_from_slice(what.as_bytes());
+                self.framed.push(0);
                 self.framed.extend_from_slice(arg.as_bytes());
                 self.framed.push(0);
             }
@@ -289,7 +306,6 @@ pub fn parse_framed(bytes: &[u8]) -> Result<Ledger, String> {
     match (parts.next(), parts.next()) {
         (Some(b"home"), Some(h)) => {
             ledger.home = String::from_utf8_lossy(h).into_owned();
-            ledger.dir = format!("{}/.config/overthink/installed", ledger.home);
         }
         _ => return Err("missing home".into()),
     }
@@ -302,6 +318,13 @@ pub fn parse_framed(bytes: &[u8]) -> Result<Ledger, String> {
         if name == "undo.sh" {
             ledger.has_undo_script = true;
             parts.next();
+            continue;
+        }
+        if name == "dir" {
+            ledger.dir = parts
+                .next()
+                .map(|d| String::from_utf8_lossy(d).into_owned())
+                .unwrap_or_default();
             continue;
         }
         let body = parts
@@ -454,7 +477,7 @@ mod tests {
     fn dump_lines_rebuild_the_files_byte_for_byte() {
         let t = tempfile::tempdir().expect("tempdir");
         let home = t.path().join("home");
-        let d = home.join(".config/overthink/installed");
+        let d = t.path().join("ledgers/u");
         std::fs::create_dir_all(d.join("layers")).expect("mkdir");
         std::fs::create_dir_all(d.join("deploys")).expect("mkdir");
         let a = "{\n  \"layer\": \"a\",\n  \"deployed_by\": [\"d1\"]\n}\n";
@@ -478,7 +501,8 @@ mod tests {
         let out = std::process::Command::new("bash")
             .arg("-c")
             .arg(format!(
-                "{DUMP_FUNCTION}\necho '::ov-ledger:: end'\nov_ledger_dump u"
+                "{DUMP_FUNCTION}\necho '::ov-ledger:: end'\nov_ledgers={}\nov_ledger_dump u",
+                t.path().join("ledgers").display()
             ))
             .env("PATH", format!("{}:/usr/bin:/bin", bin.display()))
             .output()
@@ -491,6 +515,7 @@ mod tests {
         assert!(!lines.feed("::ov:: end result=ok"));
         let l = lines.ledger().expect("a whole dump").expect("parses");
         assert_eq!(l.home, home.display().to_string());
+        assert_eq!(l.dir, d.display().to_string());
         assert!(l.has_undo_script);
         assert_eq!(l.layer_texts["a"], a);
         assert_eq!(l.layer_texts["b"], b);
@@ -508,14 +533,14 @@ mod tests {
     #[test]
     fn parses_framed_output() {
         let mut b = Vec::new();
-        b.extend_from_slice(b"home\0/home/u\0undo.sh\0\0");
+        b.extend_from_slice(b"home\0/home/u\0dir\0/var/lib/overthink/installed/u\0undo.sh\0\0");
         b.extend_from_slice(b"deploys/d1.json\0{\"deploy_id\":\"d1\",\"target\":\"vm:x\",\"layers\":[\"a\",\"b\"],\"new_field\":1}\0");
         b.extend_from_slice(
             b"layers/a.json\0{\"layer\":\"a\",\"digest\":\"x\",\"deployed_by\":[\"d1\"]}\0",
         );
         b.extend_from_slice(b"layers/b.json\0not json\0");
         let l = parse_framed(&b).expect("parse");
-        assert_eq!(l.dir, "/home/u/.config/overthink/installed");
+        assert_eq!(l.dir, "/var/lib/overthink/installed/u");
         assert!(l.has_undo_script);
         assert_eq!(l.deploys["d1"].extra["new_field"], 1);
         assert_eq!(l.applied_layers("d1"), vec!["a".to_string()]);

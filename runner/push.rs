@@ -1,6 +1,6 @@
 //! Stage `runner`, push: verify the bundle locally → connect → probe → wait for cloud-init →
 //! one channel under `sudo -n bash -s`: a small bootstrap on stdin, the archive right after it
-//! (stored once into `/var/tmp/ov/<unique>/`), its sha256 verified there, extracted, `run.sh`
+//! (stored once into root's `/var/lib/overthink/work/<unique>/`, 0700), its sha256 verified there, extracted, `run.sh`
 //! run, the ledger printed back → save state.
 //! Invariants: nothing runs on the target unless the archive matches its `.sha256`; a fixed
 //! number of channels per push (probe, [cloud-init], run; a ledger read only if the run
@@ -24,7 +24,7 @@ use crate::wait::{
 
 /// Where pushes unpack on the target (not `/tmp`: it may be a small tmpfs, and is cleaned on
 /// boot while a run may still be resumed by hand).
-pub const REMOTE_BASE: &str = "/var/tmp/ov";
+pub const REMOTE_BASE: &str = "/var/lib/overthink/work";
 
 /// How many lines of a failing script's output a failure report keeps.
 pub const FAILURE_TAIL: usize = 30;
@@ -433,17 +433,28 @@ top={top}
 keep={keep}
 trap 'exit 129' HUP
 trap 'exit 143' TERM
-# ov's upload directory must be root's and closed to others: one another user made (/var/tmp is
-# world-writable) could swap the bundle between the check below and the run.
+# ov's work directory is root's: it and every directory above it belong to root and no other
+# account can write them (checked with one stat), and the bundle's own directory is 0700 with a
+# random name, so no other account can read, swap or plant anything in what runs as root.
 base={base}
 umask 077
-mkdir -p -- "$base" || exit 91
-mode=$(stat -c %a -- "$base") || exit 91
-if [ -L "$base" ] || [ ! -O "$base" ] || (( 8#$mode & 8#022 )); then
-  echo "refusing to unpack under $base: it must be a directory of root's that only root can write; remove it" >&2
-  exit 91
-fi
-mkdir -- "$dir" || exit 91
+p=
+for c in $(printf '%s' "$base" | tr '/' ' '); do
+  p=$p/$c
+  [ -e "$p" ] || [ -L "$p" ] || mkdir -m 0700 -- "$p" || exit 91
+done
+p=/
+for c in $(printf '%s' "$base" | tr '/' ' '); do
+  p=${{p%/}}/$c
+  s=$(stat -c '%u %a %F' -- "$p") || exit 91
+  m=${{s#0 }}; m=${{m%% *}}
+  case $s in "0 "*" directory") ;; *) m=777 ;; esac
+  if [ $((8#$m & 8#022)) != 0 ]; then
+    echo "refusing to unpack under $base: $p must be a directory of root's that no other account can write" >&2
+    exit 91
+  fi
+done
+mkdir -m 0700 -- "$dir" || exit 91
 cleanup() {{ if [ "$keep" = 0 ]; then cd / && rm -rf -- "$dir"; fi; }}
 trap cleanup EXIT
 head -c "$size" >"$dir/$archive" || exit 91
@@ -455,17 +466,18 @@ if [ "$actual" != "$expected" ]; then
   exit 90
 fi
 printf '::ov:: upload-check result=ok sha256=%s\n' "$actual"
-# User-scope scripts run as the target user and read the bundle (scripts, lib.sh, payload): let
-# every user through ov's directories, without listing them (the unpacked bundle's name is random);
-# the archive itself stays private.
-chmod 0711 -- "$base" "$dir" || exit 91
-tar -xzf "$archive" </dev/null || {{ echo "cannot extract $archive" >&2; exit 91; }}
+# Root's own files, private (0600/0700 through the umask): no owner, mode bit or set-id bit of
+# the archive survives.
+tar -xzf "$archive" --no-same-owner --no-same-permissions </dev/null || {{ echo "cannot extract $archive" >&2; exit 91; }}
 [ -f "$top/run.sh" ] || {{ echo "the bundle has no $top/run.sh" >&2; exit 91; }}
 bash "$dir/$top/run.sh"{args} </dev/null
 rc=$?
+# A bundle that failed its integrity check is not kept, whatever --keep says.
+[ "$rc" != 3 ] || keep=0
 # The ledger as run.sh left it, on this channel (see ov's runner/ledger.rs).
 if [ "$rc" = 0 ]; then
   ledger_user={ledger_user}
+  ov_ledgers={ledgers}
   ov_ledger_dump "${{ledger_user:-${{SUDO_USER:-$(id -un)}}}}"
 fi
 exit "$rc"
@@ -474,6 +486,7 @@ main; exit $?
 "#,
         dump = crate::ledger::DUMP_FUNCTION,
         ledger_user = quote(ledger_user.unwrap_or("")),
+        ledgers = quote(crate::ledger::ROOT_LEDGERS),
         size = bundle.size,
         dir = quote(remote_dir),
         base = quote(opts.remote_base.trim_end_matches('/')),

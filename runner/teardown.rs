@@ -2,18 +2,12 @@
 //! — layers in reverse install order; a layer another deploy still uses only loses this deploy
 //! from its `deployed_by`; an unused layer runs its stored `undo.sh` and loses its records; the
 //! shell managed block goes when no layer is left.
-//! Invariants: runs under the ledger lock; refuses (changing nothing) when a layer record changed
-//! since we read it; a failed undo keeps that layer's records so a second `del` can retry; every
-//! value in the generated script is quoted.
-//!
-//! When the ledger holds the bundle runtime's own `undo.sh` (run.sh keeps a copy), that script
-//! does the work — it is the code that wrote the records; otherwise `ov` generates an equivalent
-//! script from the records it read. Either way: one channel to read, one per deploy to undo.
+//! Invariants: one teardown — the bundle runtime's own `undo.sh`, kept by `run.sh` in root's
+//! ledger (`/var/lib/overthink/installed/<user>/`), does the work under the ledger lock; nothing
+//! in the user's home is ever run as root; a failed undo keeps that layer's records so a second
+//! `del` can retry. One channel to read, one per deploy to undo.
 
-use sha2::{Digest, Sha256};
-use std::fmt::Write as _;
-
-use crate::executor::{quote, As, ExecError, Executor, Input, Request, Sink};
+use crate::executor::{join, As, ExecError, Executor, Input, Request, Sink};
 use crate::exit::{Exit, HasExit};
 use crate::ledger::{read_ledger, Ledger, LedgerError};
 use crate::progress::{Event, Progress, ProgressLine, RunEvent, Stream};
@@ -71,7 +65,7 @@ pub struct TeardownPlan {
     pub deploy_ids: Vec<String>,
     /// Actions in execution order.
     pub actions: Vec<LayerAction>,
-    /// The script that performs them (as root).
+    /// The commands that perform them (as root), one per deploy.
     pub script: String,
 }
 
@@ -97,11 +91,9 @@ pub struct TeardownReport {
 /// Which teardown script ran on the target.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum TeardownScript {
-    /// The bundle runtime's own `undo.sh`, kept in the ledger by `run.sh` (preferred: it is the
-    /// same code that wrote the records).
+    /// The bundle runtime's own `undo.sh`, kept in root's ledger by `run.sh`: the same code that
+    /// wrote the records.
     Ledger,
-    /// The script `ov` generates from the records (ledgers without a stored `undo.sh`).
-    Generated,
 }
 
 /// Why a teardown failed.
@@ -122,11 +114,15 @@ pub enum TeardownError {
         /// Target.
         target: String,
     },
-    /// The ledger changed between reading and tearing down.
-    #[error("the ledger on {target} changed while preparing the teardown (another run?); nothing was changed — run `ov deploy del` again")]
-    Conflict {
+    /// Records name the deploy, but root's ledger holds no `undo.sh` to tear it down with.
+    #[error("the ledger of `{user}` on {target} records the deploy but holds no `undo.sh` (`{dir}/undo.sh`); run the bundle's own `undo.sh --user {user}` on the target")]
+    NoUndoScript {
         /// Target.
         target: String,
+        /// The account.
+        user: String,
+        /// Root's ledger directory.
+        dir: String,
     },
     /// Some undo scripts failed.
     #[error("teardown on {target} is incomplete: {}; their records are kept so `ov deploy del` can retry", .failed.iter().map(|(l, s)| format!("`{l}` (status {s})")).collect::<Vec<_>>().join(", "))]
@@ -160,16 +156,12 @@ impl HasExit for TeardownError {
             TeardownError::Exec(e) => e.exit(),
             TeardownError::Ledger(e) => e.exit(),
             TeardownError::Locked { .. } => Exit::Locked,
-            TeardownError::Conflict { .. } => Exit::Other,
+            TeardownError::NoUndoScript { .. } => Exit::InvalidInput,
             TeardownError::Incomplete { .. } => Exit::RemoteStep,
             TeardownError::Failed { .. } => Exit::Other,
             TeardownError::State(e) => e.exit(),
         }
     }
-}
-
-fn sha256_hex(s: &str) -> String {
-    hex::encode(Sha256::digest(s.as_bytes()))
 }
 
 /// Compute the plan from a ledger. `None` when nothing is recorded for the name/id.
@@ -219,8 +211,6 @@ pub fn plan(ledger: &Ledger, user: &str, opts: &TeardownOptions) -> Option<Teard
     }
 
     let mut actions = Vec::new();
-    let mut checks: Vec<(String, String)> = Vec::new();
-    let mut releases: Vec<(String, String)> = Vec::new();
     for layer in &order {
         let Some(rec) = ledger.layers.get(layer) else {
             continue;
@@ -228,8 +218,6 @@ pub fn plan(ledger: &Ledger, user: &str, opts: &TeardownOptions) -> Option<Teard
         if !rec.deployed_by.iter().any(|x| ids.contains(x)) {
             continue;
         }
-        let text = ledger.layer_texts.get(layer).cloned().unwrap_or_default();
-        checks.push((layer.clone(), sha256_hex(&text)));
         let remaining: Vec<String> = rec
             .deployed_by
             .iter()
@@ -241,49 +229,17 @@ pub fn plan(ledger: &Ledger, user: &str, opts: &TeardownOptions) -> Option<Teard
                 layer: layer.clone(),
             });
         } else {
-            // Rewrite the record from its own JSON so fields we do not know survive.
-            let mut v: serde_json::Value =
-                serde_json::from_str(&text).unwrap_or_else(|_| serde_json::json!({}));
-            if let Some(o) = v.as_object_mut() {
-                o.insert(
-                    "deployed_by".into(),
-                    serde_json::Value::Array(
-                        remaining
-                            .iter()
-                            .map(|s| serde_json::Value::String(s.clone()))
-                            .collect(),
-                    ),
-                );
-            }
-            let json = serde_json::to_string_pretty(&v).unwrap_or_else(|_| "{}".into());
-            releases.push((layer.clone(), json));
             actions.push(LayerAction::Release {
                 layer: layer.clone(),
                 remaining,
             });
         }
     }
-    let deploy_of = |layer: &str| {
-        ids.iter()
-            .find(|id| {
-                ledger
-                    .layers
-                    .get(layer)
-                    .is_some_and(|r| r.deployed_by.contains(id))
-            })
-            .cloned()
-            .unwrap_or_default()
-    };
-    let script = render_script(
-        user,
-        &ids,
-        &actions,
-        &checks,
-        &releases,
-        opts.no_wait_lock,
-        &opts.name,
-        &deploy_of,
-    );
+    let script = ids
+        .iter()
+        .map(|id| join(&undo_argv(ledger, user, id, opts.no_wait_lock)))
+        .collect::<Vec<_>>()
+        .join("\n");
     Some(TeardownPlan {
         deploy_ids: ids,
         actions,
@@ -291,119 +247,20 @@ pub fn plan(ledger: &Ledger, user: &str, opts: &TeardownOptions) -> Option<Teard
     })
 }
 
-#[allow(clippy::too_many_arguments)]
-fn render_script(
-    user: &str,
-    ids: &[String],
-    actions: &[LayerAction],
-    checks: &[(String, String)],
-    releases: &[(String, String)],
-    no_wait: bool,
-    name: &str,
-    deploy_of: &dyn Fn(&str) -> String,
-) -> String {
-    let mut s = String::new();
-    let _ = writeln!(
-        s,
-        r#"# ov deploy del: teardown generated from the target's ledger.
-set -u
-user={user}
-pw=$(getent passwd "$user") || {{ echo "no user $user" >&2; exit 3; }}
-home=$(printf '%s' "$pw" | cut -d: -f6)
-uid=$(printf '%s' "$pw" | cut -d: -f3)
-gid=$(printf '%s' "$pw" | cut -d: -f4)
-ledger=$home/.config/overthink/installed
-[ -d "$ledger" ] || {{ echo "no ledger at $ledger" >&2; exit 3; }}
-exec 9>>"$ledger/.lock"
-if [ {no_wait} = 1 ]; then flock -n 9 || exit 5; else flock 9 || exit 5; fi
-fail=0
-check() {{
-  local sum
-  sum=$(sha256sum < "$ledger/layers/$1.json" 2>/dev/null) || sum=missing
-  [ "${{sum%% *}}" = "$2" ] || {{ printf '::ov:: teardown-conflict layer=%s\n' "$1"; exit 9; }}
-}}
-release() {{
-  local f=$ledger/layers/$1.json
-  printf '%s\n' "$2" > "$f.ov-tmp" && chown "$uid:$gid" "$f.ov-tmp" && mv -f -- "$f.ov-tmp" "$f" || {{
-    printf '::ov:: teardown-fail layer=%s status=1\n' "$1"; fail=1; return; }}
-  printf '::ov:: teardown-release layer=%s\n' "$1"
-}}
-undo() {{
-  local st=0
-  printf '::ov:: teardown-undo layer=%s\n' "$1"
-  if [ -f "$ledger/layers/$1.undo.sh" ]; then
-    OV_BUNDLE=$ledger OV_STATE=$ledger/layers/$1.d OV_LAYER=$1 OV_DEPLOY={name} OV_DEPLOY_ID=$2 \
-    OV_USER=$user OV_UID=$uid OV_GID=$gid OV_HOME=$home OV_LEDGER=$ledger \
-    BUILD_ARCH=$(uname -m) DEBIAN_FRONTEND=noninteractive \
-      bash "$ledger/layers/$1.undo.sh" </dev/null || st=$?
-  fi
-  if [ "$st" -ne 0 ]; then printf '::ov:: teardown-fail layer=%s status=%s\n' "$1" "$st"; fail=1; return; fi
-  rm -f -- "$home/.config/overthink/env.d/$1.env"
-  rm -rf -- "$ledger/layers/$1.json" "$ledger/layers/$1.undo.sh" "$ledger/layers/$1.d"
-  printf '::ov:: teardown-done layer=%s\n' "$1"
-}}
-strip_block() {{
-  local f=$1 tmp=$1.ov-tmp inside=0 changed=0 line
-  [ -f "$f" ] || return 0
-  : > "$tmp" || return 1
-  while IFS= read -r line || [ -n "$line" ]; do
-    if [ "$inside" = 0 ] && [ "$line" = {begin} ]; then inside=1; changed=1; continue; fi
-    if [ "$inside" = 1 ]; then [ "$line" = {end} ] && inside=0; continue; fi
-    printf '%s\n' "$line" >> "$tmp"
-  done < "$f"
-  # cat into the file (not mv): keeps its owner and mode.
-  if [ "$changed" = 1 ]; then cat "$tmp" > "$f"; printf '::ov:: teardown-strip file=%s\n' "$f"; fi
-  rm -f -- "$tmp"
-}}"#,
-        user = quote(user),
-        no_wait = if no_wait { 1 } else { 0 },
-        name = quote(name),
-        begin = quote(BLOCK_BEGIN),
-        end = quote(BLOCK_END),
-    );
-    let _ = writeln!(
-        s,
-        "# Refuse before changing anything if a record moved under us."
-    );
-    for (layer, sum) in checks {
-        let _ = writeln!(s, "check {} {}", quote(layer), quote(sum));
+/// The command that tears deploy `id` down: the ledger's own `undo.sh`, as root.
+fn undo_argv(ledger: &Ledger, user: &str, id: &str, no_wait: bool) -> Vec<String> {
+    let mut argv = vec![
+        "bash".to_string(),
+        format!("{}/undo.sh", ledger.dir),
+        "--deploy-id".into(),
+        id.to_string(),
+        "--user".into(),
+        user.to_string(),
+    ];
+    if no_wait {
+        argv.push("--no-wait".into());
     }
-    let _ = writeln!(
-        s,
-        "printf '::ov:: teardown-begin deploys=%s layers=%s\\n' {} {}",
-        quote(&ids.join(",")),
-        actions.len()
-    );
-    for a in actions {
-        match a {
-            LayerAction::Undo { layer } => {
-                let _ = writeln!(s, "undo {} {}", quote(layer), quote(&deploy_of(layer)));
-            }
-            LayerAction::Release { layer, .. } => {
-                let json = releases
-                    .iter()
-                    .find(|(l, _)| l == layer)
-                    .map(|(_, j)| j.as_str())
-                    .unwrap_or("{}");
-                let _ = writeln!(s, "release {} {}", quote(layer), quote(json));
-            }
-        }
-    }
-    let _ = writeln!(s, "if [ \"$fail\" = 0 ]; then");
-    for id in ids {
-        let _ = writeln!(s, "  rm -f -- \"$ledger/deploys/\"{}.json", quote(id));
-    }
-    let _ = writeln!(
-        s,
-        r#"fi
-if ! compgen -G "$ledger/layers/*.json" >/dev/null; then
-  for f in "$home/.profile" "$home/.bashrc" "$home/.zshenv" "$home/.config/fish/conf.d/overthink.fish"; do
-    strip_block "$f"
-  done
-fi
-if [ "$fail" = 0 ]; then echo '::ov:: teardown-end result=ok'; else echo '::ov:: teardown-end result=incomplete'; exit 7; fi"#
-    );
-    s
+    argv
 }
 
 struct TeardownSink<'a> {
@@ -417,13 +274,9 @@ impl Sink for TeardownSink<'_> {
             if let Some(pl) = ProgressLine::parse(line) {
                 let layer = pl.get("layer").unwrap_or_default().to_string();
                 match (pl.event.as_str(), pl.get("action")) {
-                    ("teardown-done", _) | ("undo-layer", Some("removed")) => {
-                        self.report.undone.push(layer)
-                    }
-                    ("teardown-release", _) | ("undo-layer", Some("release")) => {
-                        self.report.released.push(layer)
-                    }
-                    ("teardown-fail", _) | ("undo-fail", _) => {
+                    ("undo-layer", Some("removed")) => self.report.undone.push(layer),
+                    ("undo-layer", Some("release")) => self.report.released.push(layer),
+                    ("undo-fail", _) => {
                         let st = pl.get("status").and_then(|s| s.parse().ok()).unwrap_or(-1);
                         self.report.failed.push((layer, st));
                     }
@@ -478,66 +331,36 @@ pub fn teardown_with(
             ..Default::default()
         },
     };
-    // The runtime's own undo.sh handles deploys it recorded (16-hex ids with a deploy record);
-    // anything else goes through the generated script.
-    let use_ledger_script = ledger.has_undo_script
-        && plan.deploy_ids.iter().all(|id| {
-            id.len() == 16
-                && id
-                    .bytes()
-                    .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())
-                && ledger.deploys.contains_key(id)
+    if !ledger.has_undo_script {
+        return Err(TeardownError::NoUndoScript {
+            target,
+            user,
+            dir: ledger.dir.clone(),
         });
+    }
     let mut status = Some(0);
     let mut stderr = String::new();
-    if use_ledger_script {
-        sink.report.script = Some(TeardownScript::Ledger);
-        for id in &plan.deploy_ids {
-            let mut argv = vec![
-                "bash".to_string(),
-                format!("{}/undo.sh", ledger.dir),
-                "--deploy-id".into(),
-                id.clone(),
-                "--user".into(),
-                user.clone(),
-            ];
-            if opts.no_wait_lock {
-                argv.push("--no-wait".into());
-            }
-            let out = exec.exec(
-                Request {
-                    argv,
-                    who: As::Root,
-                    stdin: Input::Null,
-                    capture_stdout: false,
-                },
-                &mut sink,
-            )?;
-            status = out.status;
-            stderr = out.stderr_text();
-            if status != Some(0) {
-                break;
-            }
-        }
-    } else {
-        sink.report.script = Some(TeardownScript::Generated);
+    sink.report.script = Some(TeardownScript::Ledger);
+    for id in &plan.deploy_ids {
         let out = exec.exec(
             Request {
-                argv: vec!["bash".into(), "-s".into()],
+                argv: undo_argv(&ledger, &user, id, opts.no_wait_lock),
                 who: As::Root,
-                stdin: Input::Bytes(plan.script.as_bytes()),
+                stdin: Input::Null,
                 capture_stdout: false,
             },
             &mut sink,
         )?;
         status = out.status;
         stderr = out.stderr_text();
+        if status != Some(0) {
+            break;
+        }
     }
     let report = sink.report;
     match status {
         Some(0) => Ok(report),
         Some(5) => Err(TeardownError::Locked { target }),
-        Some(9) => Err(TeardownError::Conflict { target }),
         Some(7) => Err(TeardownError::Incomplete {
             target,
             failed: report.failed.clone(),
@@ -593,7 +416,7 @@ mod tests {
 
     fn ledger() -> Ledger {
         let mut b = Vec::new();
-        b.extend_from_slice(b"home\0/home/u\0");
+        b.extend_from_slice(b"home\0/home/u\0dir\0/var/lib/overthink/installed/u\0");
         b.extend_from_slice(
             b"deploys/d1.json\0{\"deploy_id\":\"d1\",\"target\":\"vm:x\",\"layers\":[\"a\",\"b\",\"c\"]}\0",
         );
@@ -626,13 +449,11 @@ mod tests {
                 },
             ]
         );
-        // The released record keeps its other fields.
-        assert!(p.script.contains("\"steps\": ["), "{}", p.script);
-        let st = std::process::Command::new("bash")
-            .args(["-n", "-c", &p.script])
-            .status()
-            .expect("bash");
-        assert!(st.success());
+        // One teardown: the ledger's own undo.sh, as root, for the deploy.
+        assert_eq!(
+            p.script,
+            "bash /var/lib/overthink/installed/u/undo.sh --deploy-id d1 --user u"
+        );
     }
 
     #[test]

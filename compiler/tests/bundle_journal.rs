@@ -55,7 +55,7 @@ fn a_killed_run_is_recorded_by_the_next_run_and_by_undo() {
         r#"
 id ovjournal >/dev/null 2>&1 || useradd -m -d /home/ovjournal -s /bin/bash ovjournal || exit 92
 mkdir -p /home/ovjournal && chown ovjournal: /home/ovjournal
-L=/home/ovjournal/.config/overthink/installed
+L=/var/lib/overthink/installed/ovjournal
 mkdir -p /opt/jt && touch /opt/jt/arm
 bash {top}/run.sh > "$T/out/run1.log" 2>&1; echo $? > "$T/out/run1.rc"
 ls "$L/layers" > "$T/out/ledger1" 2>&1
@@ -100,8 +100,8 @@ echo done > "$T/out/checked"
     );
     assert_eq!(
         sb.read("out/owners2"),
-        "ovjournal 644\novjournal 755\n",
-        "records belong to the user"
+        "root 644\nroot 644\n",
+        "records belong to root (in root's 0700 ledger)"
     );
     assert_eq!(sb.read("out/files2"), "j1\nj2\nj3\n");
 

@@ -870,6 +870,7 @@ pub fn shellcheck(name: &str, text: &str) -> Result<(), String> {
 pub const RUNTIME_SHIM: &str = r#"#!/usr/bin/env bash
 # test stand-in for the runtime part of lib.sh
 ov_as_user() { "$@"; }
+ov_user_env_v() { local -n ov_ue=$1; ov_ue=("PATH=$PATH" "STUB_LOG=$STUB_LOG" "STUB_DB=$STUB_DB"); }
 "#;
 
 /// Shared by the stubs: whether a package is "installed" (in `$STUB_INSTALLED` or `$STUB_DB`).
