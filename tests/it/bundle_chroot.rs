@@ -211,11 +211,29 @@ fn real_run_applies_everything_then_is_a_no_op_and_undo_restores_the_root() {
         root.sh(&format!("cat {LEDGER}/layers/e2e-hello.d/packages.deb")),
         "hello\n"
     );
+    // Root's ledger is root's and closed; the view in the home is the user's, records only.
     assert_eq!(
         root.sh(&format!(
-            "stat -c %U {LEDGER} {LEDGER}/layers/e2e-hello.json {LEDGER}/lib.sh {LEDGER}/undo.sh"
+            "stat -c '%U %a' {LEDGER} {LEDGER}/layers {LEDGER}/layers/e2e-hello.json {LEDGER}/lib.sh {LEDGER}/undo.sh"
         )),
-        "tester\ntester\ntester\ntester\n"
+        "root 700\nroot 700\nroot 644\nroot 600\nroot 700\n"
+    );
+    let view = "/home/tester/.config/overthink/installed";
+    assert_eq!(
+        root.sh(&format!(
+            "stat -c %U {view}/layers/e2e-hello.json {view}/deploys/{id}.json"
+        )),
+        "tester\ntester\n"
+    );
+    assert_eq!(
+        root.sh(&format!("cat {view}/layers/e2e-hello.json")),
+        root.sh(&format!("cat {LEDGER}/layers/e2e-hello.json")),
+        "the view holds the record as root's ledger has it"
+    );
+    assert_eq!(
+        root.sh(&format!("ls -A {view}/layers | grep -v '\\.json$' || true")),
+        "",
+        "the view holds records only: no undo script or lib.sh in the home"
     );
 
     // Second run: nothing to do.

@@ -627,7 +627,7 @@ fn vm_commands_end_to_end() {
         load_vm_state(&paths.deploy_state_file(), "vm:it").expect("load"),
         None
     );
-    let ledger = home_of(USER).join(".config/overthink/installed");
+    let ledger = std::path::Path::new(crate::support::sshd::ROOT_LEDGERS).join(USER);
     assert!(!ledger.join("layers/k1.json").exists());
     assert!(!ledger.join("deploys/cmd00001.json").exists());
 }
@@ -684,8 +684,9 @@ fn local_executor_pushes_and_tears_down() {
         purge: false,
     };
     assert_eq!(run_del(&del), Exit::Ok);
-    assert!(!home_of(USER)
-        .join(".config/overthink/installed/layers/here.json")
+    assert!(!std::path::Path::new(crate::support::sshd::ROOT_LEDGERS)
+        .join(USER)
+        .join("layers/here.json")
         .exists());
 }
 
@@ -715,10 +716,10 @@ fn master_is_closed_after_errors() {
     assert!(!socket.parent().expect("dir").exists());
 }
 
-/// When the ledger keeps the bundle runtime's `undo.sh`, `deploy del` runs that (as root, with
-/// the deploy id and user) and reads its events.
+/// `deploy del` runs the `undo.sh` kept in root's ledger (as root, with the deploy id and user)
+/// and reads its events.
 #[test]
-fn teardown_prefers_the_ledgers_own_undo_script() {
+fn teardown_runs_the_ledgers_own_undo_script_as_root() {
     let Some(host) = TestHost::start(Kind::Loopback) else {
         return;
     };
@@ -737,7 +738,7 @@ fn teardown_prefers_the_ledgers_own_undo_script() {
         .expect("push"),
     );
     // A stand-in for the runtime's undo.sh: records how it was called, reports one layer.
-    let ledger = home_of(USER).join(".config/overthink/installed");
+    let ledger = std::path::Path::new(crate::support::sshd::ROOT_LEDGERS).join(USER);
     std::fs::write(
         ledger.join("undo.sh"),
         format!(

@@ -1,8 +1,9 @@
 //! Test support, stand-in bundles: small archives laid out like real ones
 //! (docs/bundle-runtime.md) whose `run.sh` follows the runtime contract — SHA256SUMS check,
-//! ledger lock, `::ov::` progress lines, per-layer ledger records with `deployed_by`, skip of
-//! applied layers, distinct exit codes. They exercise the transport until the compiler's real
-//! bundle is on main; the layer scripts are whatever a test needs.
+//! ledger lock, `::ov::` progress lines, per-layer ledger records with `deployed_by` in root's
+//! ledger (`/var/lib/overthink/installed/<user>/`), skip of applied layers, distinct exit codes,
+//! and an `undo.sh` kept in the ledger that speaks the runtime's teardown events. They exercise
+//! the transport and `ov deploy del` with layer scripts that are whatever a test needs.
 
 use std::path::{Path, PathBuf};
 
@@ -85,9 +86,9 @@ pw=$(getent passwd "$user") || { echo "run.sh: no user $user" >&2; exit 2; }
 home=$(printf '%s' "$pw" | cut -d: -f6)
 uid=$(printf '%s' "$pw" | cut -d: -f3)
 gid=$(printf '%s' "$pw" | cut -d: -f4)
-ledger=$home/.config/overthink/installed
-for d in "$home/.config" "$home/.config/overthink" "$ledger" "$ledger/deploys" "$ledger/layers"; do
-  [ -d "$d" ] || install -d -o "$uid" -g "$gid" -m 0755 "$d"
+ledger=/var/lib/overthink/installed/$user
+for d in /var/lib/overthink /var/lib/overthink/installed "$ledger" "$ledger/deploys" "$ledger/layers"; do
+  [ -d "$d" ] || install -d -m 0700 "$d"
 done
 exec 9>>"$ledger/.lock"
 if [ "$no_wait" = 1 ]; then
@@ -96,6 +97,7 @@ else
   flock 9
 fi
 cp lib.sh "$ledger/lib.sh"
+cp undo.sh "$ledger/undo.sh"
 now() { date -u +%Y-%m-%dT%H:%M:%SZ; }
 ids_of() { # the quoted ids of a record's deployed_by, however it is laid out
   [ -f "$1" ] || return 0
@@ -104,7 +106,7 @@ ids_of() { # the quoted ids of a record's deployed_by, however it is laid out
 write_record() { # name digest ids
   local f=$ledger/layers/$1.json
   printf '{\n  "layer": "%s",\n  "digest": "%s",\n  "deployed_by": [%s],\n  "deployed_at": "%s"\n}\n' \
-    "$1" "$2" "$3" "$(now)" > "$f.tmp" && chown "$uid:$gid" "$f.tmp" && mv -f "$f.tmp" "$f"
+    "$1" "$2" "$3" "$(now)" > "$f.tmp" && mv -f "$f.tmp" "$f"
 }
 with_id() { # existing-ids → ids plus ours
   case "$1" in *"\"$DEPLOY_ID\""*) printf '%s' "$1" ;; "") printf '"%s"' "$DEPLOY_ID" ;; *) printf '%s, "%s"' "$1" "$DEPLOY_ID" ;; esac
@@ -148,8 +150,65 @@ layer() { # name digest dir
 list=$(printf '%s' "$done_layers" | sed 's/^ //; s/" "/", "/g')
 f=$ledger/deploys/$DEPLOY_ID.json
 printf '{\n  "deploy_id": "%s",\n  "deploy": "%s",\n  "target": "%s",\n  "layers": [%s],\n  "bundle_sha256": "%s",\n  "deployed_at": "%s",\n  "ov_version": "test"\n}\n' \
-  "$DEPLOY_ID" "$DEPLOY" "$DEPLOY" "$list" "$bundle_sha" "$(now)" > "$f.tmp" && chown "$uid:$gid" "$f.tmp" && mv -f "$f.tmp" "$f"
+  "$DEPLOY_ID" "$DEPLOY" "$DEPLOY" "$list" "$bundle_sha" "$(now)" > "$f.tmp" && mv -f "$f.tmp" "$f"
 echo "::ov:: end result=ok applied=$applied skipped=$skipped"
+"#;
+
+/// The stand-in teardown, kept in the ledger by the stand-in run.sh: reverse order, refcounts in
+/// `deployed_by`, each layer's stored undo script as root, the managed block stripped when no layer
+/// is left; the runtime's `undo-*` events and exit codes (5 locked, 7 incomplete).
+const UNDO_SH: &str = r#"#!/usr/bin/env bash
+# Stand-in teardown for ov's transport tests (contract: docs/bundle-runtime.md, `undo.sh`).
+set -u
+id= user= no_wait=0
+while [ $# -gt 0 ]; do
+  case $1 in
+    --deploy-id) id=$2; shift ;;
+    --user) user=$2; shift ;;
+    --no-wait) no_wait=1 ;;
+    *) echo "undo.sh: unknown option $1" >&2; exit 2 ;;
+  esac
+  shift
+done
+pw=$(getent passwd "$user") || { echo "undo.sh: no user $user" >&2; exit 2; }
+home=$(printf '%s' "$pw" | cut -d: -f6)
+uid=$(printf '%s' "$pw" | cut -d: -f3)
+gid=$(printf '%s' "$pw" | cut -d: -f4)
+ledger=/var/lib/overthink/installed/$user
+exec 9>>"$ledger/.lock"
+if [ "$no_wait" = 1 ]; then flock -n 9 || exit 5; else flock 9 || exit 5; fi
+rec=$ledger/deploys/$id.json
+if [ ! -f "$rec" ]; then echo "::ov:: undo-end deploy_id=$id result=ok removed=0 kept=0"; exit 0; fi
+items() { tr -d '
+' < "$1" | sed -n "s/.*"$2": *\[\([^]]*\)\].*//p" | grep -o '"[^"]*"' | tr -d '"'; }
+mapfile -t layers < <(items "$rec" layers)
+echo "::ov:: undo-begin deploy_id=$id layers=${#layers[@]}"
+fail=0 removed=0 kept=0
+for ((i = ${#layers[@]} - 1; i >= 0; i--)); do
+  l=${layers[i]} f=$ledger/layers/${layers[i]}.json
+  [ -f "$f" ] || { echo "::ov:: undo-layer layer=$l action=gone"; continue; }
+  rest=$(items "$f" deployed_by | grep -vxF -- "$id" | sed 's/.*/"&"/' | paste -sd, - | sed 's/,/, /g')
+  if [ -n "$rest" ]; then
+    sed "s/"deployed_by": *\[[^]]*\]/"deployed_by": [$rest]/" "$f" > "$f.tmp" && mv -f "$f.tmp" "$f"
+    echo "::ov:: undo-layer layer=$l action=release"; kept=$((kept + 1)); continue
+  fi
+  echo "::ov:: undo-layer layer=$l action=teardown"
+  st=0
+  OV_BUNDLE=$ledger OV_STATE=$ledger/layers/$l.d OV_LAYER=$l OV_DEPLOY_ID=$id OV_USER=$user   OV_UID=$uid OV_GID=$gid OV_HOME=$home OV_LEDGER=$ledger bash "$ledger/layers/$l.undo.sh" </dev/null || st=$?
+  if [ "$st" != 0 ]; then echo "::ov:: undo-fail layer=$l status=$st"; fail=1; continue; fi
+  rm -rf -- "$f" "$ledger/layers/$l.undo.sh" "$ledger/layers/$l.d"
+  echo "::ov:: undo-layer layer=$l action=removed"; removed=$((removed + 1))
+done
+[ "$fail" = 1 ] || rm -f -- "$rec"
+if ! compgen -G "$ledger/layers/*.json" >/dev/null; then
+  for p in "$home/.profile" "$home/.bashrc"; do
+    [ -f "$p" ] || continue
+    runuser -u "$user" -- awk -v b='# overthink:begin (managed by ov; do not edit inside this block)' -v e='# overthink:end'       '$0 == b { skip = 1; next } skip && $0 == e { skip = 0; next } !skip' "$p" > "$p.ov-tmp" && cat "$p.ov-tmp" > "$p"
+    rm -f -- "$p.ov-tmp"
+  done
+fi
+if [ "$fail" = 0 ]; then echo "::ov:: undo-end deploy_id=$id result=ok removed=$removed kept=$kept"; exit 0; fi
+echo "::ov:: undo-end deploy_id=$id result=incomplete removed=$removed kept=$kept"; exit 7
 "#;
 
 /// Build a bundle for `deploy` (e.g. `vm:it`) into `dir`.
@@ -182,6 +241,7 @@ pub fn build(dir: &Path, deploy: &str, deploy_id: &str, user: &str, layers: &[La
         .replace("@@LAYERS@@", &calls);
     files.push(("run.sh".into(), run.into_bytes(), 0o755));
     files.push(("lib.sh".into(), LIB_SH.as_bytes().to_vec(), 0o644));
+    files.push(("undo.sh".into(), UNDO_SH.as_bytes().to_vec(), 0o755));
     let manifest = serde_json::json!({
         "format": 1,
         "deploy": deploy,

@@ -255,7 +255,7 @@ impl CloudHost {
 
     /// The layer records in [`USER`]'s ledger.
     pub fn ledger_layers(&self) -> Vec<String> {
-        let dir = self.path(&format!("home/{USER}/.config/overthink/installed/layers"));
+        let dir = self.path(&format!("var/lib/overthink/installed/{USER}/layers"));
         let mut v: Vec<String> = std::fs::read_dir(dir)
             .map(|rd| {
                 rd.flatten()

@@ -32,8 +32,8 @@ pub const LAYERS: [&str; 7] = [
 pub const GATE: &str = "e2e-gate";
 /// The marker file `e2e-gate` checks.
 pub const GATE_MARKER: &str = "/etc/e2e-allow";
-/// The target user's ledger.
-pub const LEDGER: &str = "/home/tester/.config/overthink/installed";
+/// The target user's ledger (root's).
+pub const LEDGER: &str = "/var/lib/overthink/installed/tester";
 
 /// The fixture project.
 pub fn project() -> PathBuf {
@@ -126,14 +126,18 @@ pub fn end(stdout: &[u8]) -> BTreeMap<String, String> {
         .unwrap_or_default()
 }
 
-/// What a teardown leaves, by design: the ledger directory with its lock file (another run may be
-/// waiting on it) and what raw `cmd:` tasks wrote (ov cannot know it). Directories the layers'
-/// `mkdir:` tasks and files created (`~/.config/e2e`, `~/.local/bin`) are recorded and removed.
+/// What a teardown leaves, by design: root's ledger directory with its lock file (another run may
+/// be waiting on it), root's empty work directory, and what raw `cmd:` tasks wrote (ov cannot
+/// know it). Directories the layers' `mkdir:` tasks and files created (`~/.config/e2e`,
+/// `~/.local/bin`) are recorded and removed; the view in the home goes with the last record.
 pub const LEFT_AFTER_UNDO: &[&str] = &[
     "home/tester/.config",
     "home/tester/.config/overthink",
-    "home/tester/.config/overthink/installed",
-    "home/tester/.config/overthink/installed/.lock",
+    "var/lib/overthink",
+    "var/lib/overthink/installed",
+    "var/lib/overthink/installed/tester",
+    "var/lib/overthink/installed/tester/.lock",
+    "var/lib/overthink/work",
     "var/lib/e2e",
     "var/lib/e2e/task-runs",
     "home/tester/.e2e-task-user",

@@ -16,6 +16,9 @@ use ov::target::Target;
 
 /// The user with passwordless sudo.
 pub const USER: &str = "ovtest";
+/// Where root keeps each account's ledger on this machine.
+pub const ROOT_LEDGERS: &str = "/var/lib/overthink/installed";
+
 /// The user whose sudo asks for a password.
 pub const NOSUDO_USER: &str = "ovnosudo";
 
@@ -587,9 +590,11 @@ LogLevel VERBOSE\n",
             .count()
     }
 
-    /// Remove the ledger (and env.d) of `user` so each test starts clean.
+    /// Remove the ledger of `user` (root's, and the view and env.d in the home) so each test
+    /// starts clean.
     pub fn clear_ledger(&self, user: &str) {
         let _ = std::fs::remove_dir_all(home_of(user).join(".config/overthink"));
+        let _ = std::fs::remove_dir_all(Path::new(ROOT_LEDGERS).join(user));
     }
 
     /// The address of the test side of the veth pair (netns hosts).
