@@ -259,7 +259,7 @@ pub fn resolve(
     })
 }
 
-/// The key exists and OpenSSH will use it: like OpenSSH (`sshkey_perm_ok`), a key file owned
+/// The key exists and OpenSSH will use it: as OpenSSH does, a key file owned
 /// by us with any group or other permission bit is refused, here before connecting.
 fn check_key(path: &Path, hint: &str) -> Result<(), TargetError> {
     use std::os::unix::fs::{MetadataExt, PermissionsExt};
