@@ -1,12 +1,13 @@
 //! Stage `runner`, bundle archive (local side): checks a bundle against the `.sha256` beside it
-//! and reads what the pusher needs from it (top directory, manifest).
+//! and reads what the pusher needs from it (top directory, manifest), streaming.
 //! Invariant: nothing is sent anywhere unless the archive matches its `.sha256`, has exactly one
-//! top directory holding `run.sh`, and no entry escapes that directory.
+//! top directory holding `run.sh`, only directories and regular files that stay inside it, and
+//! stays within the `bundle_read` limits; only `manifest.json` and `SHA256SUMS` are held in memory.
 
 use std::io::Read;
-use std::path::{Component, Path, PathBuf};
+use std::path::{Path, PathBuf};
 
-use flate2::read::GzDecoder;
+use ov_compiler::bundle_read::{scan, ArchiveError, Limits, ScanOptions};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
@@ -80,6 +81,15 @@ pub enum BundleError {
         /// Computed.
         actual: String,
     },
+    /// The archive cannot be read, holds unsafe entries, or is beyond the limits.
+    #[error("cannot read bundle `{path}`")]
+    Archive {
+        /// The archive.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: ArchiveError,
+    },
     /// The archive's layout is not a bundle's.
     #[error("`{path}` is not an ov bundle: {reason}")]
     Layout {
@@ -94,7 +104,7 @@ impl HasExit for BundleError {
     fn exit(&self) -> Exit {
         match self {
             BundleError::Mismatch { .. } => Exit::Integrity,
-            BundleError::Io { .. } => Exit::InvalidInput,
+            BundleError::Archive { source, .. } if source.is_integrity() => Exit::Integrity,
             _ => Exit::InvalidInput,
         }
     }
@@ -128,8 +138,14 @@ pub fn sha256_file(path: &Path) -> Result<(String, u64), BundleError> {
     Ok((hex::encode(h.finalize()), n))
 }
 
-/// Verify `path` against its `.sha256` and read its layout and manifest.
+/// Verify `path` against its `.sha256` and read its layout and manifest, within the default
+/// `bundle_read` limits.
 pub fn open_bundle(path: &Path) -> Result<BundleInfo, BundleError> {
+    open_bundle_with(path, &Limits::default())
+}
+
+/// [`open_bundle`] within `limits`.
+pub fn open_bundle_with(path: &Path, limits: &Limits) -> Result<BundleInfo, BundleError> {
     let sum_path = checksum_path(path);
     let sum_text = match std::fs::read_to_string(&sum_path) {
         Ok(t) => t,
@@ -168,72 +184,30 @@ pub fn open_bundle(path: &Path) -> Result<BundleInfo, BundleError> {
         source,
     };
     let f = std::fs::File::open(path).map_err(io)?;
-    let mut ar = tar::Archive::new(GzDecoder::new(f));
-    let mut top: Option<String> = None;
-    let mut manifest = Value::Null;
-    let mut has_run = false;
-    for entry in ar.entries().map_err(io)? {
-        let mut entry = entry.map_err(io)?;
-        let p = entry.path().map_err(io)?.into_owned();
-        let mut comps = Vec::new();
-        for c in p.components() {
-            match c {
-                Component::Normal(s) => comps.push(s.to_string_lossy().into_owned()),
-                Component::CurDir => {}
-                _ => {
-                    return Err(layout(format!(
-                        "entry `{}` escapes the bundle",
-                        p.display()
-                    )))
-                }
-            }
-        }
-        let Some(first) = comps.first().cloned() else {
-            continue;
-        };
-        match &top {
-            None => top = Some(first.clone()),
-            Some(t) if *t != first => {
-                return Err(layout(format!(
-                    "more than one top directory (`{t}` and `{first}`)"
-                )))
-            }
-            Some(_) => {}
-        }
-        let kind = entry.header().entry_type();
-        if kind.is_symlink() || kind.is_hard_link() {
-            let target = entry
-                .link_name()
-                .map_err(io)?
-                .map(|t| t.into_owned())
-                .unwrap_or_default();
-            if target.is_absolute()
-                || target
-                    .components()
-                    .any(|c| matches!(c, Component::ParentDir))
-            {
-                return Err(layout(format!(
-                    "link `{}` points outside the bundle",
-                    p.display()
-                )));
-            }
-        }
-        if comps.len() == 2 && comps[1] == "run.sh" {
-            has_run = true;
-        }
-        if comps.len() == 2 && comps[1] == "manifest.json" {
-            let mut text = String::new();
-            entry
-                .read_to_string(&mut text)
-                .map_err(|e| layout(format!("manifest.json: {e}")))?;
-            manifest =
-                serde_json::from_str(&text).map_err(|e| layout(format!("manifest.json: {e}")))?;
-        }
-    }
-    let top = top.ok_or_else(|| layout("the archive is empty".into()))?;
-    if !has_run {
+    let keep = |_: &str, rel: &str| rel == "manifest.json" || rel == "SHA256SUMS";
+    let contents = scan(
+        std::io::BufReader::new(f),
+        &ScanOptions {
+            limits: *limits,
+            hash: false,
+            bound_by_sums: true,
+            keep: &keep,
+        },
+    )
+    .map_err(|source| BundleError::Archive {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    let top = contents.top.clone();
+    if !contents.files.iter().any(|f| f.path == "run.sh") {
         return Err(layout(format!("no `{top}/run.sh`")));
     }
+    let manifest = match contents.kept("manifest.json") {
+        Some(text) => {
+            serde_json::from_slice(text).map_err(|e| layout(format!("manifest.json: {e}")))?
+        }
+        None => Value::Null,
+    };
     // `ov compile` writes `deploy: {name, id, user, …}` (compiler `ManifestDeploy`); a flat
     // `deploy`/`deploy_id`/`user` at the top level is read too.
     let s = |k: &str| {
@@ -373,10 +347,12 @@ mod tests {
     fn refuses_bad_layouts() {
         let d = tempfile::tempdir().expect("tempdir");
         let p = make(d.path(), &[("a/run.sh", "x"), ("b/x", "y")]);
-        assert!(open_bundle(&p)
-            .expect_err("two tops")
-            .to_string()
-            .contains("more than one top"));
+        let e = open_bundle(&p).expect_err("two tops");
+        assert!(
+            matches!(&e, BundleError::Archive { source: ArchiveError::TopDirectory { found }, .. } if found == "a, b"),
+            "{e}"
+        );
+        assert_eq!(e.exit(), Exit::InvalidInput);
         let p = make(d.path(), &[("a/x", "x")]);
         assert!(open_bundle(&p)
             .expect_err("no run.sh")
@@ -387,5 +363,46 @@ mod tests {
             open_bundle(&p),
             Err(BundleError::NoChecksum { .. })
         ));
+    }
+
+    #[test]
+    fn refuses_what_is_beyond_the_limits_or_sums_before_reading_it() {
+        let d = tempfile::tempdir().expect("tempdir");
+        let big = "z".repeat(5000);
+        let p = make(
+            d.path(),
+            &[("vm-x/run.sh", "#!/bin/bash\n"), ("vm-x/files/l/big", &big)],
+        );
+        let small = Limits {
+            entry: 4096,
+            ..Limits::default()
+        };
+        let e = open_bundle_with(&p, &small).expect_err("entry over the limit");
+        assert!(
+            matches!(&e, BundleError::Archive { source: ArchiveError::EntryTooLarge { path, size: 5000, limit: 4096 }, .. } if path == "vm-x/files/l/big"),
+            "{e}"
+        );
+        assert_eq!(e.exit(), Exit::InvalidInput);
+        open_bundle(&p).expect("within the default limits");
+
+        // A file SHA256SUMS (read first) does not list: refused as an integrity failure.
+        let sums = format!(
+            "{}  run.sh\n",
+            hex::encode(Sha256::digest(b"#!/bin/bash\n"))
+        );
+        let p = make(
+            d.path(),
+            &[
+                ("vm-x/SHA256SUMS", &sums),
+                ("vm-x/run.sh", "#!/bin/bash\n"),
+                ("vm-x/files/l/big", &big),
+            ],
+        );
+        let e = open_bundle(&p).expect_err("not in SHA256SUMS");
+        assert!(
+            matches!(&e, BundleError::Archive { source: ArchiveError::BeyondSums { path, size: 5000, listed: false }, .. } if path == "files/l/big"),
+            "{e}"
+        );
+        assert_eq!(e.exit(), Exit::Integrity);
     }
 }

@@ -179,21 +179,56 @@ pub fn compile_to_cache(opts: &CompileOptions) -> Result<PathBuf, Failure> {
     Ok(archive)
 }
 
-/// `ov inspect`.
+/// A bundle `ov inspect`, `ov verify` or `ov push` could not use, with the file it came from.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot {action} bundle `{}`", path.display())]
+pub struct BundleFailure {
+    /// `inspect`, `verify`, `push`.
+    pub action: &'static str,
+    /// The archive.
+    pub path: PathBuf,
+    /// Why.
+    #[source]
+    pub source: Box<dyn std::error::Error + Send + Sync>,
+}
+
+fn bundle_failure(
+    exit: Exit,
+    action: &'static str,
+    path: &Path,
+    source: impl Into<Box<dyn std::error::Error + Send + Sync>>,
+) -> Failure {
+    Failure::new(
+        exit,
+        BundleFailure {
+            action,
+            path: path.to_path_buf(),
+            source: source.into(),
+        },
+    )
+}
+
+/// Open a bundle archive for streaming (it is never read whole into memory).
+fn open_archive(
+    path: &Path,
+    action: &'static str,
+) -> Result<std::io::BufReader<std::fs::File>, Failure> {
+    std::fs::File::open(path)
+        .map(std::io::BufReader::new)
+        .map_err(|e| bundle_failure(Exit::InvalidInput, action, path, e))
+}
+
+/// `ov inspect`: reads the manifest and, with `--script`, that one file (each within
+/// `bundle_read::MAX_KEPT_BYTES`); refuses a bundle beyond the `bundle_read` limits (exit 3).
 pub fn run_inspect(path: &Path, script: Option<&str>, json: bool) -> Result<Exit, Failure> {
-    let bytes =
-        std::fs::read(path).map_err(|e| input(format!("cannot read `{}`: {e}", path.display())))?;
-    let inspection = ov_compiler::manifest::inspect(&bytes).map_err(input)?;
+    let archive = open_archive(path, "inspect")?;
+    let inspection = ov_compiler::manifest::inspect(archive, script)
+        .map_err(|e| bundle_failure(Exit::InvalidInput, "inspect", path, e))?;
     let text = match script {
         Some(p) => inspection.script(p).map(str::to_string).ok_or_else(|| {
             input(format!(
                 "`{p}` is not a text file of this bundle; files: {}",
-                inspection
-                    .files
-                    .keys()
-                    .cloned()
-                    .collect::<Vec<_>>()
-                    .join(", ")
+                inspection.paths().collect::<Vec<_>>().join(", ")
             ))
         })?,
         None if json => {
@@ -208,10 +243,10 @@ pub fn run_inspect(path: &Path, script: Option<&str>, json: bool) -> Result<Exit
     Ok(Exit::Ok)
 }
 
-/// `ov verify`: exit 4 (integrity) on any mismatch, 3 when the files cannot be read.
+/// `ov verify`: exit 4 (integrity) on any mismatch, 3 when the files cannot be read or the
+/// archive is beyond the `bundle_read` limits (a gzip bomb is refused before it is expanded).
 pub fn run_verify(path: &Path) -> Result<Exit, Failure> {
-    let bytes =
-        std::fs::read(path).map_err(|e| input(format!("cannot read `{}`: {e}", path.display())))?;
+    let archive = open_archive(path, "verify")?;
     let mut sum_path = path.as_os_str().to_owned();
     sum_path.push(".sha256");
     let sum_path = PathBuf::from(sum_path);
@@ -221,8 +256,13 @@ pub fn run_verify(path: &Path) -> Result<Exit, Failure> {
             sum_path.display()
         ))
     })?;
-    let report = ov_compiler::manifest::verify_archive(&bytes, &sum)
-        .map_err(|e| Failure::new(Exit::Integrity, e))?;
+    let report = ov_compiler::manifest::verify_archive(archive, &sum).map_err(|e| {
+        let exit = match &e {
+            ov_compiler::manifest::VerifyError::Archive(a) if a.is_limit() => Exit::InvalidInput,
+            _ => Exit::Integrity,
+        };
+        bundle_failure(exit, "verify", path, e)
+    })?;
     println!(
         "ok: {} matches {}; {} files match SHA256SUMS",
         path.display(),
@@ -307,10 +347,9 @@ fn info(
 /// The target of an existing bundle, from its manifest (and the project's VM spec when there is a
 /// project).
 pub fn target_of_bundle(project: Option<&Path>, path: &Path) -> Result<TargetInfo, Failure> {
-    let bytes =
-        std::fs::read(path).map_err(|e| input(format!("cannot read `{}`: {e}", path.display())))?;
-    let manifest = ov_compiler::manifest::inspect(&bytes)
-        .map_err(input)?
+    let archive = open_archive(path, "push")?;
+    let manifest = ov_compiler::manifest::inspect(archive, None)
+        .map_err(|e| bundle_failure(Exit::InvalidInput, "push", path, e))?
         .manifest;
     let d = &manifest.deploy;
     let target = match d.name.strip_prefix("vm:") {

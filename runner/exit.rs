@@ -12,7 +12,7 @@ use std::fmt;
 /// | 2 | usage: bad command line |
 /// | 3 | invalid input: layers, deploy files, a bundle that cannot be read, a missing key |
 /// | 4 | integrity: the bundle does not match its `.sha256` or `SHA256SUMS` (locally or after upload) |
-/// | 5 | cannot connect: SSH unreachable before the deadline, authentication refused, host key changed, or the user lacks passwordless sudo |
+/// | 5 | cannot connect: SSH unreachable before the deadline, authentication refused, a private key others may read, host key changed, or the user lacks passwordless sudo |
 /// | 6 | cloud-init on the target finished with errors |
 /// | 7 | a remote step failed (a layer script, or teardown left something undone) |
 /// | 8 | the target's ledger is locked by another run |

@@ -36,7 +36,7 @@ pub struct SshExecutor {
 }
 
 /// The current effective uid (`/proc/self` is owned by it; `id -u` elsewhere).
-fn current_uid() -> Option<u32> {
+pub(crate) fn current_uid() -> Option<u32> {
     if let Ok(m) = std::fs::metadata("/proc/self") {
         return Some(m.uid());
     }

@@ -148,6 +148,15 @@ pub enum TargetError {
         /// What to do.
         hint: String,
     },
+    /// The key file can be read by others: OpenSSH would ignore it and the server would refuse
+    /// us with only "Permission denied (publickey)".
+    #[error("ssh key `{path}` has mode {mode:04o}, so others may read it; OpenSSH ignores such a private key — make it private with `chmod 600 {quoted}`", quoted = crate::executor::quote(&path.to_string_lossy()))]
+    KeyPermissions {
+        /// The key.
+        path: PathBuf,
+        /// Its permission bits.
+        mode: u32,
+    },
     /// The per-VM directory could not be created.
     #[error("cannot create `{path}`")]
     Dir {
@@ -164,6 +173,7 @@ impl HasExit for TargetError {
         match self {
             TargetError::NoHost => Exit::Usage,
             TargetError::Dir { .. } => Exit::Other,
+            TargetError::KeyPermissions { .. } => Exit::CannotConnect,
             _ => Exit::InvalidInput,
         }
     }
@@ -249,15 +259,27 @@ pub fn resolve(
     })
 }
 
+/// The key exists and OpenSSH will use it: as OpenSSH does, a key file owned
+/// by us with any group or other permission bit is refused, here before connecting.
 fn check_key(path: &Path, hint: &str) -> Result<(), TargetError> {
-    if path.is_file() {
-        Ok(())
-    } else {
-        Err(TargetError::MissingKey {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let meta = match std::fs::metadata(path) {
+        Ok(m) if m.is_file() => m,
+        _ => {
+            return Err(TargetError::MissingKey {
+                path: path.to_path_buf(),
+                hint: hint.to_string(),
+            })
+        }
+    };
+    let mode = meta.permissions().mode() & 0o7777;
+    if mode & 0o077 != 0 && crate::ssh::current_uid() == Some(meta.uid()) {
+        return Err(TargetError::KeyPermissions {
             path: path.to_path_buf(),
-            hint: hint.to_string(),
-        })
+            mode,
+        });
     }
+    Ok(())
 }
 
 fn create_private_dir(path: &Path) -> Result<(), TargetError> {
@@ -276,9 +298,15 @@ fn create_private_dir(path: &Path) -> Result<(), TargetError> {
 mod tests {
     use super::*;
 
+    fn private(path: &Path) {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::write(path, "x").expect("write key");
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).expect("chmod");
+    }
+
     fn key(dir: &Path) -> PathBuf {
         let k = dir.join("k");
-        std::fs::write(&k, "x").expect("write key");
+        private(&k);
         k
     }
 
@@ -288,7 +316,7 @@ mod tests {
         let paths = Paths::under(root.path());
         let vm_key = paths.vm_dir("arch").join("id_ed25519");
         std::fs::create_dir_all(vm_key.parent().expect("parent")).expect("mkdir");
-        std::fs::write(&vm_key, "x").expect("write");
+        private(&vm_key);
 
         let opts = ConnectOptions {
             vm: Some("arch".into()),
@@ -369,5 +397,37 @@ mod tests {
         );
         assert_eq!(t.known_hosts, None);
         assert_eq!(t.describe(), "ov-arch");
+    }
+
+    #[test]
+    fn a_key_others_can_read_is_refused_before_connecting() {
+        use std::os::unix::fs::PermissionsExt;
+        let root = tempfile::tempdir().expect("tempdir");
+        let paths = Paths::under(root.path());
+        let k = key(root.path());
+        let opts = ConnectOptions {
+            host: Some("192.0.2.1".into()),
+            identity: Some(k.clone()),
+            ..Default::default()
+        };
+        resolve(&opts, None, &paths).expect("mode 0600");
+        for mode in [0o644, 0o640, 0o604, 0o660] {
+            std::fs::set_permissions(&k, std::fs::Permissions::from_mode(mode)).expect("chmod");
+            let e = resolve(&opts, None, &paths).expect_err("readable by others");
+            assert!(
+                matches!(&e, TargetError::KeyPermissions { mode: m, .. } if *m == mode),
+                "{e}"
+            );
+            assert_eq!(e.exit(), Exit::CannotConnect);
+            let msg = e.to_string();
+            assert!(msg.contains(&format!("has mode {mode:04o}")), "{msg}");
+            assert!(
+                msg.contains(&format!("`chmod 600 {}`", k.display())),
+                "{msg}"
+            );
+        }
+        // 0400 is private too.
+        std::fs::set_permissions(&k, std::fs::Permissions::from_mode(0o400)).expect("chmod");
+        resolve(&opts, None, &paths).expect("mode 0400");
     }
 }

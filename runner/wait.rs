@@ -55,6 +55,14 @@ pub enum Failure {
     Retry(String),
     /// The server refused our key: retrying cannot help.
     Auth(String),
+    /// OpenSSH ignored our private key because others may read it ("UNPROTECTED PRIVATE KEY
+    /// FILE"), so the server refused us.
+    KeyPermissions {
+        /// The key, as OpenSSH names it.
+        key: Option<String>,
+        /// OpenSSH's lines about it (the warning, the permissions, `Load key …`).
+        message: String,
+    },
     /// The host key differs from the recorded one.
     HostKeyChanged {
         /// The known_hosts file named by OpenSSH.
@@ -107,6 +115,28 @@ pub fn classify(stderr: &str) -> Failure {
     }
     if lower.contains("host key verification failed") {
         return Failure::HostKeyUnverified(line);
+    }
+    if lower.contains("unprotected private key file") || lower.contains(": bad permissions") {
+        // `Permissions 0644 for '/k' are too open.` and `Load key "/k": bad permissions`.
+        let kept: Vec<&str> = stderr
+            .lines()
+            .map(|l| l.trim().trim_matches('@').trim())
+            .filter(|l| {
+                let l = l.to_ascii_lowercase();
+                l.contains("unprotected private key file")
+                    || (l.starts_with("permissions ") && l.ends_with("are too open."))
+                    || l.ends_with(": bad permissions")
+            })
+            .collect();
+        let key = stderr.lines().find_map(|l| {
+            let rest = l.trim().strip_prefix("Load key \"")?;
+            let (k, tail) = rest.rsplit_once('"')?;
+            tail.contains("bad permissions").then(|| k.to_string())
+        });
+        return Failure::KeyPermissions {
+            key,
+            message: kept.join("; "),
+        };
     }
     if lower.contains("permission denied (")
         || lower.contains("too many authentication failures")
@@ -166,6 +196,16 @@ pub enum ConnectError {
         /// OpenSSH's message.
         message: String,
     },
+    /// OpenSSH ignored the private key: others may read it.
+    #[error("authentication failed for {target}: OpenSSH ignored the private key `{key}` because others may read it ({message}); make it private with `chmod 600 {quoted}` and retry", quoted = crate::executor::quote(key))]
+    KeyPermissions {
+        /// Target description.
+        target: String,
+        /// The key file.
+        key: String,
+        /// OpenSSH's lines about it.
+        message: String,
+    },
     /// The host key changed.
     #[error("the host key of {host} has changed — refusing to connect. If the machine was recreated, remove the old key{location}: {remove}")]
     HostKeyChanged {
@@ -215,6 +255,16 @@ impl ConnectError {
             Failure::Auth(message) => ConnectError::Auth {
                 target: target.to_string(),
                 key: key.map(|k| format!(" with key `{k}`")).unwrap_or_default(),
+                message,
+            },
+            Failure::KeyPermissions {
+                key: named,
+                message,
+            } => ConnectError::KeyPermissions {
+                target: target.to_string(),
+                key: named
+                    .or(key.map(str::to_string))
+                    .unwrap_or_else(|| "KEY".into()),
                 message,
             },
             Failure::HostKeyChanged { file, line, .. } => {
@@ -671,6 +721,30 @@ Host key verification failed.\n";
             classify("Warning: Permanently added '[127.0.0.1]:2222' (ED25519) to the list of known hosts.\r\nx@h: Permission denied (publickey)."),
             Failure::Auth(_)
         ));
+        // OpenSSH 9 with a key of mode 0644: the warning block, then the refusal.
+        let unprotected = "@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@\r\n\
+@         WARNING: UNPROTECTED PRIVATE KEY FILE!          @\r\n\
+@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@\r\n\
+Permissions 0644 for '/home/op/my key' are too open.\r\n\
+It is required that your private key files are NOT accessible by others.\r\n\
+This private key will be ignored.\r\n\
+Load key \"/home/op/my key\": bad permissions\r\n\
+ovtest@127.0.0.1: Permission denied (publickey).\r\n";
+        let f = classify(unprotected);
+        assert_eq!(
+            f,
+            Failure::KeyPermissions {
+                key: Some("/home/op/my key".into()),
+                message: "WARNING: UNPROTECTED PRIVATE KEY FILE!; Permissions 0644 for '/home/op/my key' are too open.; Load key \"/home/op/my key\": bad permissions".into()
+            }
+        );
+        let e = ConnectError::from_failure(f, "ovtest@127.0.0.1:22", "127.0.0.1", None);
+        assert_eq!(e.exit(), Exit::CannotConnect);
+        assert!(
+            e.to_string()
+                .ends_with("make it private with `chmod 600 '/home/op/my key'` and retry"),
+            "{e}"
+        );
         for retry in [
             "ssh: connect to host 127.0.0.1 port 47299: Connection refused",
             "kex_exchange_identification: read: Connection reset by peer\nConnection reset by 127.0.0.1 port 2222",

@@ -392,3 +392,92 @@ impl ContainerOnlyKey {
 
 /// A map of layer name to layer, ordered by name (the resolver's lexicographic queue relies on it).
 pub type Layers = BTreeMap<String, Layer>;
+
+/// A destination path (`mkdir:`, `write:`, `link:`, `setcap:`, `copy`/`download` `to:`,
+/// `uninstall:`) with `..` in it: what it resolves to lexically, when that stays below its anchor
+/// (`/`, `~`, `${HOME}`, `$HOME`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ParentDirInPath {
+    /// The path without `..`, if it can be spelled so without climbing above its anchor.
+    pub resolved: Option<String>,
+}
+
+/// A path a step writes to on the target, spelled one way. `.` components and empty ones (`//`,
+/// a trailing `/`) are dropped: they name the same file, and the plan, the scripts and the
+/// ledger's record of created directories then carry one spelling. `..` is refused: it would be
+/// resolved on the target through whatever symlinks are there, and the runtime would record a
+/// directory the layer did not make.
+pub fn normalise_dest(path: &str) -> Result<std::borrow::Cow<'_, str>, ParentDirInPath> {
+    let absolute = path.starts_with('/');
+    let parts: Vec<&str> = path
+        .split('/')
+        .filter(|c| !c.is_empty() && *c != ".")
+        .collect();
+    if parts.contains(&"..") {
+        let anchored = !absolute && matches!(parts.first(), Some(&("~" | "${HOME}" | "$HOME")));
+        let floor = usize::from(anchored);
+        let mut stack: Vec<&str> = Vec::new();
+        let mut climbs = false;
+        for c in &parts {
+            if *c == ".." {
+                if stack.len() > floor {
+                    stack.pop();
+                } else {
+                    climbs = true;
+                }
+            } else {
+                stack.push(c);
+            }
+        }
+        let resolved = (!climbs && stack.len() > floor)
+            .then(|| format!("{}{}", if absolute { "/" } else { "" }, stack.join("/")));
+        return Err(ParentDirInPath { resolved });
+    }
+    let joined = format!("{}{}", if absolute { "/" } else { "" }, parts.join("/"));
+    Ok(if joined == path || (joined.is_empty() && !absolute) {
+        std::borrow::Cow::Borrowed(path)
+    } else {
+        std::borrow::Cow::Owned(joined)
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dest_paths_are_normalised_and_parent_dirs_refused() {
+        for (given, want) in [
+            ("/etc/foo", "/etc/foo"),
+            ("/etc//foo/", "/etc/foo"),
+            ("/etc/./foo/.", "/etc/foo"),
+            ("~/./.config//x", "~/.config/x"),
+            ("${HOME}/a/", "${HOME}/a"),
+            ("/", "/"),
+            ("//", "/"),
+            ("~", "~"),
+            ("~/", "~"),
+            // Relative paths are left for `lower` to refuse as written.
+            (".", "."),
+            ("rel/./x", "rel/x"),
+        ] {
+            assert_eq!(normalise_dest(given).as_deref(), Ok(want), "{given}");
+        }
+        for (given, resolved) in [
+            ("/etc/../root/.ssh/x", Some("/root/.ssh/x")),
+            ("~/.config/../.bashrc", Some("~/.bashrc")),
+            ("${HOME}/../other/x", None),
+            ("/../etc", None),
+            ("/a/..", None),
+            ("/a/b/..", Some("/a")),
+        ] {
+            assert_eq!(
+                normalise_dest(given),
+                Err(ParentDirInPath {
+                    resolved: resolved.map(str::to_string)
+                }),
+                "{given}"
+            );
+        }
+    }
+}

@@ -11,8 +11,9 @@ use std::io;
 use std::path::{Component, Path, PathBuf};
 
 use crate::layer::{
-    Artifact, ArtifactRewrite, BuilderFiles, ContainerOnlyKey, Layer, PackageSection, Pos, Repo,
-    SecretSpec, SectionKey, ServiceEntry, ServiceOverrides, ServiceScope, Task, TaskVerb,
+    normalise_dest, Artifact, ArtifactRewrite, BuilderFiles, ContainerOnlyKey, Layer,
+    PackageSection, ParentDirInPath, Pos, Repo, SecretSpec, SectionKey, ServiceEntry,
+    ServiceOverrides, ServiceScope, Task, TaskVerb,
 };
 use crate::yaml::{self, Doc, Node, Value, YamlError, YamlErrorKind};
 
@@ -328,7 +329,11 @@ pub fn parse_layer(
         return Ok(layer);
     };
     let entries = doc.map(body, "layer").map_err(schema)?;
-    let p = Parser { doc, ctx };
+    let p = Parser {
+        doc,
+        ctx,
+        layer: name,
+    };
     p.fill_layer(&mut layer, entries, &layer_dir)
         .map_err(schema)?;
     Ok(layer)
@@ -472,6 +477,8 @@ fn unwrap_layer<'n>(
 struct Parser<'a> {
     doc: Doc<'a>,
     ctx: &'a ParseContext,
+    /// The layer's name, for messages.
+    layer: &'a str,
 }
 
 type R<T> = Result<T, YamlError>;
@@ -887,9 +894,20 @@ impl Parser<'_> {
                 "user" => t.user = self.doc.opt_string(v, &fwhat)?.filter(|u| !u.is_empty()),
                 "env" => t.env = self.env_map(v, &fwhat)?,
                 "comment" => t.comment = self.doc.opt_string(v, &fwhat)?,
-                "uninstall" => t.uninstall = self.non_empty_strings(v, &fwhat)?,
+                "uninstall" => {
+                    let items = self.non_empty_strings(v, &fwhat)?;
+                    let nodes = self.doc.seq(v, &fwhat)?;
+                    t.uninstall = items
+                        .into_iter()
+                        .zip(nodes)
+                        .enumerate()
+                        .map(|(i, (p, n))| self.dest_path(n, p, &format!("{fwhat}[{i}]")))
+                        .collect::<R<_>>()?;
+                }
                 "mode" => t.mode = Some(self.mode(v, &fwhat)?),
-                "to" => to = Some(self.non_empty(v, &fwhat)?),
+                // `to:` is where `copy` and `download` write; for `link` it is the link's target.
+                "to" if verb_name == "link" => to = Some(self.non_empty(v, &fwhat)?),
+                "to" => to = Some(self.dest_path(v, self.non_empty(v, &fwhat)?, &fwhat)?),
                 "target" => target = Some(self.non_empty(v, &fwhat)?),
                 "content" => {
                     content = Some(if v.is_null() {
@@ -913,6 +931,10 @@ impl Parser<'_> {
         }
         let vwhat = format!("{what}.{verb_name}");
         let arg = self.non_empty(verb_value, &vwhat)?;
+        let arg = match verb_name {
+            "mkdir" | "write" | "link" | "setcap" => self.dest_path(verb_value, arg, &vwhat)?,
+            _ => arg,
+        };
         t.verb = match verb_name {
             "cmd" => TaskVerb::Cmd { body: arg },
             "mkdir" => TaskVerb::Mkdir { path: arg },
@@ -1368,6 +1390,31 @@ impl Parser<'_> {
                 .with_hint("use letters, digits, `.`, `_`, `-`, `@`"));
         }
         Ok(s)
+    }
+
+    /// A path a step writes to on the target, normalised by [`normalise_dest`]: `.` and empty
+    /// components dropped, `..` refused here, where the error can point at the text.
+    fn dest_path(&self, node: &Node, path: String, what: &str) -> R<String> {
+        match normalise_dest(&path) {
+            Ok(p) => Ok(p.into_owned()),
+            Err(ParentDirInPath { resolved }) => {
+                let e = self.err(
+                    node.pos,
+                    YamlErrorKind::Invalid,
+                    format!(
+                        "layer `{}`: `{what}` must not contain `..`, found `{path}`",
+                        self.layer
+                    ),
+                );
+                let why = "`..` is resolved on the target, through its symlinks, so what is written, recorded and later removed would not be the path named here";
+                Err(e.with_hint(match resolved {
+                    Some(r) => format!("write the path it means without `..`: `{r}` ({why})"),
+                    None => format!(
+                        "write the path without `..`, below `/`, `~/` or `${{HOME}}` ({why})"
+                    ),
+                }))
+            }
+        }
     }
 
     /// Paths that must stay inside the layer directory: no absolute paths, no `..`. Layer files

@@ -3,9 +3,11 @@
 //! inputs in, bytes out (the crate's dependency list enforces the boundary).
 //!
 //! Pipeline: [`project`] (+ [`layer_parse`], [`yaml`]) → [`resolve`] → [`deploy`] → [`lower`] →
-//! [`plan::InstallPlan`] → [`render`] (+ [`shell`], templates) → [`bundle`] (+ [`manifest`]).
+//! [`plan::InstallPlan`] → [`render`] (+ [`shell`], templates) → [`bundle`] (+ [`manifest`]);
+//! [`bundle_read`] streams a finished bundle back, within limits, for `ov verify` and `ov inspect`.
 
 pub mod bundle;
+pub mod bundle_read;
 pub mod deploy;
 pub mod gzip;
 pub mod layer;

@@ -44,7 +44,8 @@ use std::collections::BTreeMap;
 use std::path::{Component, Path, PathBuf};
 
 use crate::layer::{
-    Layer, PackageSection, Repo, SectionKey, ServiceEntry, ServiceScope, Task, TaskVerb,
+    normalise_dest, Layer, PackageSection, Repo, SectionKey, ServiceEntry, ServiceScope, Task,
+    TaskVerb,
 };
 use crate::plan::{
     Action, BuilderKind, Deploy, Gate, Gates, InstallPlan, LayerPlan, Phase, ReverseKind,
@@ -101,6 +102,21 @@ pub enum LowerError {
         verb: &'static str,
         /// The path as written.
         path: String,
+    },
+    /// A path a task writes to that holds `..` once the layer's `vars:` are applied (the parser
+    /// refuses a `..` written in the path itself, with its position).
+    #[error("layer `{layer}`: task at line {line}: `{field}` path `{path}` contains `..` once `vars:` are applied; {}", parent_dir_hint(.resolved.as_deref()))]
+    ParentDirInTarget {
+        /// The layer.
+        layer: String,
+        /// Line of the task.
+        line: u32,
+        /// The field: the verb (`mkdir`, `write`, `link`, `setcap`), `to` or `uninstall`.
+        field: &'static str,
+        /// The path with the variables applied.
+        path: String,
+        /// The path without `..`, when it can be spelled so.
+        resolved: Option<String>,
     },
     /// A service entry that says neither how to run it nor which unit to use.
     #[error("layer `{layer}`: service `{service}` has neither `exec:` nor `use_packaged:`")]
@@ -182,6 +198,13 @@ pub enum LowerError {
         #[source]
         source: Option<serde_json::Error>,
     },
+}
+
+fn parent_dir_hint(resolved: Option<&str>) -> String {
+    match resolved {
+        Some(r) => format!("change the variable so the path reads `{r}`"),
+        None => "change the variable so the path has no `..`".to_string(),
+    }
 }
 
 /// Lowers the layers of `order` (as produced by `resolve`) for `deploy` with `gates` open.
@@ -828,7 +851,8 @@ fn lower_task(
         &format!("the task at line {}", task.pos.line),
     )?;
     check_env_names(layer_name, &layer.vars, "`vars:`")?;
-    let with_vars = apply_vars(task, &layer.vars);
+    let mut with_vars = apply_vars(task, &layer.vars);
+    normalise_dests(layer_name, &mut with_vars)?;
     let task = &with_vars;
     let target_path = match &task.verb {
         TaskVerb::Copy { src, to } => Some(to.as_ref().unwrap_or(src)),
@@ -964,6 +988,45 @@ fn apply_vars(task: &Task, vars: &[(String, String)]) -> Task {
     }
     task.uninstall.iter_mut().for_each(sub);
     task
+}
+
+/// Normalise the paths `task` writes to ([`normalise_dest`]) once `vars:` are applied: the parser
+/// did so for the text as written, so a `..` found here came from a variable's value.
+fn normalise_dests(layer: &str, task: &mut Task) -> Result<(), LowerError> {
+    let line = task.pos.line;
+    let verb = task.verb.name();
+    let fix = |field: &'static str, path: &mut String| -> Result<(), LowerError> {
+        match normalise_dest(path) {
+            Ok(p) => {
+                *path = p.into_owned();
+                Ok(())
+            }
+            Err(e) => Err(LowerError::ParentDirInTarget {
+                layer: layer.to_string(),
+                line,
+                field,
+                path: path.clone(),
+                resolved: e.resolved,
+            }),
+        }
+    };
+    match &mut task.verb {
+        TaskVerb::Mkdir { path }
+        | TaskVerb::Write { path, .. }
+        | TaskVerb::Link { path, .. }
+        | TaskVerb::Setcap { path, .. } => fix(verb, path)?,
+        TaskVerb::Copy { to: Some(to), .. } | TaskVerb::Download { to: Some(to), .. } => {
+            fix("to", to)?
+        }
+        TaskVerb::Copy { .. }
+        | TaskVerb::Download { .. }
+        | TaskVerb::Cmd { .. }
+        | TaskVerb::Build { .. } => {}
+    }
+    for p in &mut task.uninstall {
+        fix("uninstall", p)?;
+    }
+    Ok(())
 }
 
 /// `s` with each `${NAME}` and `$NAME` (not followed by a name character) of `vars` replaced by
@@ -2095,6 +2158,79 @@ mod tests {
         )];
         fx.add(l, &[]);
         assert!(fx.lower(ARCH, ALL, &["rel"]).is_ok());
+    }
+
+    #[test]
+    fn a_parent_dir_from_vars_is_refused_and_dots_are_normalised() {
+        let lower_one = |verb: TaskVerb, uninstall: &[&str]| {
+            let mut fx = Fixture::new();
+            let mut l = named("v");
+            l.vars = vec![
+                ("UP".into(), "/opt/app/..".into()),
+                ("DIR".into(), "/opt/app/".into()),
+            ];
+            let mut t = task(verb, None);
+            t.uninstall = uninstall.iter().map(|u| u.to_string()).collect();
+            l.tasks = vec![t];
+            fx.add(l, &[]);
+            fx.lower(ARCH, ALL, &["v"])
+        };
+        let err = lower_one(
+            TaskVerb::Write {
+                path: "${UP}/etc/x".into(),
+                content: String::new(),
+            },
+            &[],
+        )
+        .unwrap_err();
+        assert!(
+            matches!(&err, LowerError::ParentDirInTarget { line: 7, field: "write", path, resolved: Some(r), .. }
+                if path == "/opt/app/../etc/x" && r == "/opt/etc/x"),
+            "{err}"
+        );
+        assert!(
+            err.to_string()
+                .contains("change the variable so the path reads `/opt/etc/x`"),
+            "{err}"
+        );
+        let err = lower_one(
+            TaskVerb::Download {
+                url: "https://example.org/x.tar.gz".into(),
+                to: Some("${DIR}".into()),
+                extract: None,
+                include: vec![],
+                strip_components: None,
+            },
+            &["${UP}/../bin/x"],
+        )
+        .unwrap_err();
+        assert!(
+            matches!(
+                &err,
+                LowerError::ParentDirInTarget {
+                    field: "uninstall",
+                    ..
+                }
+            ),
+            "{err}"
+        );
+        // `${DIR}/./y/` reads `/opt/app//./y/` and lowers to `/opt/app/y`.
+        let plan = lower_one(
+            TaskVerb::Mkdir {
+                path: "${DIR}/./y/".into(),
+            },
+            &[],
+        )
+        .expect("lowers");
+        let Action::Task { task, .. } = &plan.layers[0].steps[0].action else {
+            panic!("{:?}", plan.layers[0].steps[0].action)
+        };
+        assert_eq!(
+            task.verb,
+            TaskVerb::Mkdir {
+                path: "/opt/app/y".into()
+            }
+        );
     }
 
     #[cfg(unix)]

@@ -5,8 +5,8 @@
 //! The types mirror the plan (`crate::plan`) with plain strings instead of enums, so they can be
 //! deserialised from any bundle of the same format without the compiler's internal types.
 
-use std::collections::{BTreeMap, BTreeSet};
-use std::io::Read;
+use std::collections::BTreeMap;
+use std::io::{Read, Seek, SeekFrom};
 
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -184,94 +184,8 @@ pub struct OverriddenTemplate {
     pub sha256: String,
 }
 
-/// Why an archive could not be read.
-#[derive(Debug, Error)]
-pub enum ArchiveError {
-    /// The gzip or tar stream is broken.
-    #[error("cannot read the archive")]
-    Read(#[source] std::io::Error),
-    /// An entry that must never be in a bundle (absolute path, `..`, link, device, …).
-    #[error("unsafe archive entry `{path}`: {reason}")]
-    Unsafe {
-        /// The entry's path as stored.
-        path: String,
-        /// What is wrong with it.
-        reason: &'static str,
-    },
-    /// Entries under more than one top directory, or none.
-    #[error("the archive must hold exactly one top directory (found: {found})")]
-    TopDirectory {
-        /// The top-level names found.
-        found: String,
-    },
-    /// The same path twice.
-    #[error("duplicate archive entry `{path}`")]
-    Duplicate {
-        /// The path.
-        path: String,
-    },
-}
-
-/// The files of a bundle archive, read into memory.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ArchiveContents {
-    /// The top directory, e.g. `vm-arch`.
-    pub top: String,
-    /// Every regular file by path relative to the top directory: (mode, bytes).
-    pub files: BTreeMap<String, (u32, Vec<u8>)>,
-}
-
-/// Read a bundle archive (`.tar.gz`) without extracting it, refusing anything but one top
-/// directory holding plain directories and regular files.
-pub fn read_archive(archive: &[u8]) -> Result<ArchiveContents, ArchiveError> {
-    let mut tar = tar::Archive::new(flate2::read::GzDecoder::new(archive));
-    let mut top: BTreeSet<String> = BTreeSet::new();
-    let mut files = BTreeMap::new();
-    for entry in tar.entries().map_err(ArchiveError::Read)? {
-        let mut entry = entry.map_err(ArchiveError::Read)?;
-        let raw = entry.path_bytes().into_owned();
-        let path = String::from_utf8_lossy(&raw).into_owned();
-        let unsafe_entry = |reason| ArchiveError::Unsafe {
-            path: path.clone(),
-            reason,
-        };
-        if path.starts_with('/') {
-            return Err(unsafe_entry("absolute path"));
-        }
-        let parts: Vec<&str> = path.split('/').filter(|p| !p.is_empty()).collect();
-        if parts.iter().any(|p| *p == ".." || *p == ".") {
-            return Err(unsafe_entry("`.` or `..` component"));
-        }
-        let Some(first) = parts.first() else {
-            return Err(unsafe_entry("empty path"));
-        };
-        top.insert((*first).to_string());
-        let kind = entry.header().entry_type();
-        if kind.is_dir() {
-            continue;
-        }
-        if !kind.is_file() {
-            return Err(unsafe_entry("not a regular file or directory"));
-        }
-        if parts.len() < 2 {
-            return Err(unsafe_entry("file outside the top directory"));
-        }
-        let mode = entry.header().mode().map_err(ArchiveError::Read)?;
-        let mut data = Vec::new();
-        entry.read_to_end(&mut data).map_err(ArchiveError::Read)?;
-        let rel = parts[1..].join("/");
-        if files.insert(rel, (mode, data)).is_some() {
-            return Err(ArchiveError::Duplicate { path });
-        }
-    }
-    if top.len() != 1 {
-        return Err(ArchiveError::TopDirectory {
-            found: top.into_iter().collect::<Vec<_>>().join(", "),
-        });
-    }
-    let top = top.into_iter().next().unwrap_or_default();
-    Ok(ArchiveContents { top, files })
-}
+pub use crate::bundle_read::ArchiveError;
+use crate::bundle_read::{scan, Limits, ScanOptions};
 
 /// What [`verify_archive`] checked.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -374,9 +288,19 @@ fn is_sha256_hex(s: &str) -> bool {
 
 /// Check a bundle: the archive's sha256 against the text of its `.sha256` file (`<hex>  <name>`),
 /// then every file inside against `SHA256SUMS`, reporting modified, missing and unlisted files.
+/// The archive is read twice, streaming (digest, then contents), within the default [`Limits`].
 pub fn verify_archive(
-    archive: &[u8],
+    archive: impl Read + Seek,
     expected_sha256_text: &str,
+) -> Result<VerifyReport, VerifyError> {
+    verify_archive_with(archive, expected_sha256_text, &Limits::default())
+}
+
+/// [`verify_archive`] within `limits`.
+pub fn verify_archive_with(
+    mut archive: impl Read + Seek,
+    expected_sha256_text: &str,
+    limits: &Limits,
 ) -> Result<VerifyReport, VerifyError> {
     let expected = expected_sha256_text
         .split_whitespace()
@@ -384,33 +308,49 @@ pub fn verify_archive(
         .filter(|h| is_sha256_hex(h))
         .ok_or(VerifyError::MalformedChecksum)?
         .to_ascii_lowercase();
-    let actual = hex::encode(Sha256::digest(archive));
+    let mut hasher = Sha256::new();
+    std::io::copy(&mut archive, &mut hasher)
+        .map_err(|e| VerifyError::Archive(ArchiveError::Read(e)))?;
+    let actual = hex::encode(hasher.finalize());
     if expected != actual {
         return Err(VerifyError::ArchiveDigest { expected, actual });
     }
-    let contents = read_archive(archive).map_err(VerifyError::Archive)?;
-    let sums_bytes = contents
-        .files
-        .get("SHA256SUMS")
-        .map(|(_, d)| d)
-        .ok_or(VerifyError::NoSums)?;
+    archive
+        .seek(SeekFrom::Start(0))
+        .map_err(|e| VerifyError::Archive(ArchiveError::Read(e)))?;
+    let keep = |_: &str, rel: &str| rel == "SHA256SUMS" || rel == "manifest.json";
+    let contents = scan(
+        archive,
+        &ScanOptions {
+            limits: *limits,
+            hash: true,
+            bound_by_sums: true,
+            keep: &keep,
+        },
+    )
+    .map_err(VerifyError::Archive)?;
+    let sums_bytes = contents.kept("SHA256SUMS").ok_or(VerifyError::NoSums)?;
     let sums = parse_sums(&String::from_utf8_lossy(sums_bytes))?;
+    let digests: BTreeMap<&str, Option<&[u8; 32]>> = contents
+        .files
+        .iter()
+        .map(|f| (f.path.as_str(), f.sha256.as_ref()))
+        .collect();
     let mut mismatched = Vec::new();
     let mut missing = Vec::new();
     for (path, hash) in &sums {
-        match contents.files.get(path) {
+        match digests.get(path.as_str()) {
             None => missing.push(path.clone()),
-            Some((_, data)) if hex::encode(Sha256::digest(data)) != *hash => {
+            Some(d) if d.map(hex::encode).as_deref() != Some(hash.as_str()) => {
                 mismatched.push(path.clone())
             }
             Some(_) => {}
         }
     }
-    let extra: Vec<String> = contents
-        .files
+    let extra: Vec<String> = digests
         .keys()
-        .filter(|p| p.as_str() != "SHA256SUMS" && !sums.contains_key(*p))
-        .cloned()
+        .filter(|p| **p != "SHA256SUMS" && !sums.contains_key(**p))
+        .map(|p| p.to_string())
         .collect();
     if !(mismatched.is_empty() && missing.is_empty() && extra.is_empty()) {
         return Err(VerifyError::Contents {
@@ -420,9 +360,8 @@ pub fn verify_archive(
         });
     }
     let deploy = contents
-        .files
-        .get("manifest.json")
-        .and_then(|(_, d)| serde_json::from_slice::<Manifest>(d).ok())
+        .kept("manifest.json")
+        .and_then(|d| serde_json::from_slice::<Manifest>(d).ok())
         .map(|m| m.deploy.name);
     Ok(VerifyReport {
         sha256: actual,
@@ -463,46 +402,73 @@ pub enum InspectError {
     },
 }
 
-/// A bundle read for `ov inspect`: its manifest and its files.
+/// A bundle read for `ov inspect`: its manifest, the paths of its files, and the one file asked
+/// for.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Inspection {
     /// The top directory.
     pub top: String,
     /// The parsed manifest.
     pub manifest: Manifest,
-    /// Every file (path relative to the top directory → bytes).
+    /// Every file's path relative to the top directory, in archive order.
+    pub paths: Vec<String>,
+    /// The files read into memory (path relative to the top directory → bytes): `manifest.json`
+    /// and the file passed to [`inspect`], if the bundle has it.
     pub files: BTreeMap<String, Vec<u8>>,
 }
 
+/// `path` as a path below the bundle's top directory: `./` and a leading `<top>/` are dropped.
+fn below_top<'p>(path: &'p str, top: &str) -> &'p str {
+    let path = path.trim_start_matches("./");
+    path.strip_prefix(top)
+        .and_then(|p| p.strip_prefix('/'))
+        .unwrap_or(path)
+}
+
 impl Inspection {
-    /// The text of one file by its path inside the bundle (`layers/01-x/01-system.sh`, also
-    /// accepted with the top directory in front); `None` if absent or not UTF-8.
+    /// The text of the file passed to [`inspect`], by its path inside the bundle
+    /// (`layers/01-x/01-system.sh`, also accepted with the top directory in front); `None` if it
+    /// was not asked for, is absent or is not UTF-8.
     pub fn script(&self, path: &str) -> Option<&str> {
-        let path = path.trim_start_matches("./");
-        let rel = path
-            .strip_prefix(&self.top)
-            .and_then(|p| p.strip_prefix('/'))
-            .unwrap_or(path);
         self.files
-            .get(rel)
+            .get(below_top(path, &self.top))
             .and_then(|d| std::str::from_utf8(d).ok())
     }
 
-    /// Paths of every file, sorted.
+    /// Paths of every file, in archive order.
     pub fn paths(&self) -> impl Iterator<Item = &str> {
-        self.files.keys().map(String::as_str)
+        self.paths.iter().map(String::as_str)
     }
 }
 
-/// Read a bundle's manifest and files (no integrity check: use [`verify_archive`] for that).
-pub fn inspect(archive: &[u8]) -> Result<Inspection, InspectError> {
-    let contents = read_archive(archive).map_err(InspectError::Archive)?;
+/// Read a bundle's manifest, the paths of its files and, if `file` is given, that one file (no
+/// integrity check: use [`verify_archive`] for that). Streams within the default [`Limits`].
+pub fn inspect(archive: impl Read, file: Option<&str>) -> Result<Inspection, InspectError> {
+    inspect_with(archive, file, &Limits::default())
+}
+
+/// [`inspect`] within `limits`.
+pub fn inspect_with(
+    archive: impl Read,
+    file: Option<&str>,
+    limits: &Limits,
+) -> Result<Inspection, InspectError> {
+    let keep = |top: &str, rel: &str| {
+        rel == "manifest.json" || file.is_some_and(|f| below_top(f, top) == rel)
+    };
+    let contents = scan(
+        archive,
+        &ScanOptions {
+            limits: *limits,
+            hash: false,
+            bound_by_sums: false,
+            keep: &keep,
+        },
+    )
+    .map_err(InspectError::Archive)?;
     let top = contents.top;
-    let files: BTreeMap<String, Vec<u8>> = contents
-        .files
-        .into_iter()
-        .map(|(p, (_, d))| (p, d))
-        .collect();
+    let files = contents.kept;
+    let paths = contents.files.into_iter().map(|f| f.path).collect();
     let raw = files
         .get("manifest.json")
         .ok_or_else(|| InspectError::NoManifest { top: top.clone() })?;
@@ -525,6 +491,7 @@ pub fn inspect(archive: &[u8]) -> Result<Inspection, InspectError> {
     Ok(Inspection {
         top,
         manifest,
+        paths,
         files,
     })
 }

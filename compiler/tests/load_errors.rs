@@ -147,6 +147,76 @@ layer_case!(
     3
 );
 layer_case!(bad_extract_kind, "bad-extract", Invalid, 5, 16);
+layer_case!(
+    write_path_with_parent_dir,
+    "write-parent-dir",
+    Invalid,
+    5,
+    14
+);
+layer_case!(
+    copy_to_climbing_above_home,
+    "copy-to-above-home",
+    Invalid,
+    5,
+    11
+);
+layer_case!(
+    uninstall_path_with_parent_dir,
+    "uninstall-parent-dir",
+    Invalid,
+    8,
+    11
+);
+layer_case!(
+    mkdir_path_ending_in_parent_dir,
+    "mkdir-parent-dir",
+    Invalid,
+    4,
+    14
+);
+
+/// `.` and empty components in the paths a step writes to are dropped at load: one spelling
+/// reaches the plan, the scripts and the ledger. A link's target is not a destination and stays
+/// as written.
+#[test]
+fn destination_paths_are_normalised() {
+    use ov_compiler::layer::TaskVerb;
+    let text = r#"layer:
+  tasks:
+    - mkdir: /etc//foo/./bar/
+    - write: "${HOME}/./.config//foo.conf"
+      content: x
+    - copy: foo.conf
+      to: /etc/foo/./foo.conf
+    - link: /usr/local/bin//foo
+      target: ../lib/./foo
+    - download: https://example.org/foo.tar.gz
+      to: /opt/foo/
+      uninstall: [/opt/foo//bin/foo]
+"#;
+    let layer = parse_layer(
+        "foo",
+        Path::new("layers/foo/layer.yml"),
+        text,
+        &ParseContext::builtin(),
+    )
+    .expect("parses");
+    let verbs: Vec<&TaskVerb> = layer.tasks.iter().map(|t| &t.verb).collect();
+    assert_eq!(
+        verbs[0],
+        &TaskVerb::Mkdir {
+            path: "/etc/foo/bar".into()
+        }
+    );
+    assert!(matches!(verbs[1], TaskVerb::Write { path, .. } if path == "${HOME}/.config/foo.conf"));
+    assert!(matches!(verbs[2], TaskVerb::Copy { to: Some(to), .. } if to == "/etc/foo/foo.conf"));
+    assert!(
+        matches!(verbs[3], TaskVerb::Link { path, target } if path == "/usr/local/bin/foo" && target == "../lib/./foo")
+    );
+    assert!(matches!(verbs[4], TaskVerb::Download { to: Some(to), .. } if to == "/opt/foo"));
+    assert_eq!(layer.tasks[4].uninstall, ["/opt/foo/bin/foo"]);
+}
 
 #[test]
 fn include_cycle_names_the_chain() {

@@ -355,14 +355,21 @@ fn verify_accepts_a_good_bundle_and_exits_4_on_tampering() {
         r.stderr
     );
 
-    // A file added without a SHA256SUMS line is caught too.
+    // A file added without a SHA256SUMS line is caught too: after SHA256SUMS in the archive, at
+    // its header, before its data is read.
     let mut added = all.clone();
     let mut extra = entry(&all, "README.txt").clone();
     extra.path = format!("{TOP}/extra.sh");
     added.push(extra);
     let r = verify(&write_bundle(&t.path().join("added"), &pack(&added)));
     expect_code(&r, 4, "verify added");
-    assert!(r.stderr.contains("not listed: `extra.sh`"), "{}", r.stderr);
+    let says = format!(
+        "`extra.sh` holds {} bytes",
+        entry(&all, "README.txt").data.len()
+    );
+    assert!(r.stderr.contains(&says), "{}", r.stderr);
+    let says = "but `SHA256SUMS` does not list it";
+    assert!(r.stderr.contains(says), "{}", r.stderr);
 
     // No .sha256 beside the archive: invalid input, not an integrity failure.
     let lone = t.path().join("lone");

@@ -4,6 +4,7 @@
 //! pinned by a snapshot with the temp dir, port, digest, size and random run id filtered.
 
 use std::net::TcpListener;
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
 use serde_json::Value;
@@ -20,8 +21,11 @@ impl Setup {
     fn new() -> Setup {
         let dir = tempfile::tempdir().expect("tempdir");
         std::fs::create_dir(dir.path().join("home")).expect("home");
-        // The key must exist (the target is resolved in full); it is never used.
-        std::fs::write(dir.path().join("id_ed25519"), "not a key\n").expect("key");
+        // The key must exist, private as OpenSSH wants it (the target is resolved in full); it
+        // is never used.
+        let key = dir.path().join("id_ed25519");
+        std::fs::write(&key, "not a key\n").expect("key");
+        std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).expect("chmod");
         let listener = TcpListener::bind("127.0.0.1:0").expect("listen");
         listener.set_nonblocking(true).expect("nonblocking");
         Setup { dir, listener }

@@ -2,6 +2,7 @@
 //! (a private sshd, a debootstrapped Debian root, sshd chrooted into such a root) and fixtures.
 
 mod bundle_chroot;
+mod cli_bounded;
 mod cli_bundle;
 mod cli_common;
 mod cli_errors;

@@ -1,5 +1,5 @@
 //! Push faults against a real sshd: a target that comes up late, nothing listening, a wrong
-//! key, a changed host key, sudo wanting a password, a connection cut mid-run, two pushes at
+//! key, a key others may read (OpenSSH ignores it), a changed host key, sudo wanting a password, a connection cut mid-run, two pushes at
 //! once, bundles altered after compile, a failing layer, and cloud-init's answers.
 
 use std::path::Path;
@@ -101,6 +101,83 @@ fn wrong_key_fails_at_once_without_retrying() {
         .iter()
         .any(|e| matches!(e, Event::WaitSsh { .. })));
     assert!(t0.elapsed() < Duration::from_secs(20));
+}
+
+/// A private key of mode 0644: OpenSSH ignores it and the server says only "Permission denied
+/// (publickey)". The error keeps OpenSSH's warning and says what to do (exit 5, one attempt);
+/// `ov push -i KEY` refuses such a key before connecting at all.
+#[test]
+fn a_key_others_can_read_is_named_with_the_fix() {
+    use std::os::unix::fs::PermissionsExt;
+    let Some(host) = TestHost::start(Kind::Loopback) else {
+        return;
+    };
+    let open_key = host.dir().join("open_key");
+    std::fs::copy(&host.client_key, &open_key).expect("copy key");
+    std::fs::set_permissions(&open_key, std::fs::Permissions::from_mode(0o644)).expect("chmod");
+
+    // 1. Through OpenSSH, as a key named in an `--ssh-config` reaches it.
+    let mut target = host.target(USER);
+    target.identity = Some(open_key.clone());
+    let mark = host.mark();
+    let mut rec = Recorder::default();
+    let e = SshExecutor::connect(target, short(60), &mut rec)
+        .err()
+        .expect("the key is ignored");
+    let msg = e.to_string();
+    assert!(matches!(e, ConnectError::KeyPermissions { .. }), "{msg}");
+    assert!(msg.contains("UNPROTECTED PRIVATE KEY FILE"), "{msg}");
+    assert!(
+        msg.contains(&format!(
+            "Load key \"{}\": bad permissions",
+            open_key.display()
+        )),
+        "{msg}"
+    );
+    assert!(
+        msg.contains(&format!("`chmod 600 {}`", open_key.display())),
+        "{msg}"
+    );
+    assert_eq!(e.exit(), Exit::CannotConnect);
+    assert_eq!(host.connects_since(mark), 1, "exactly one attempt");
+    assert!(!rec
+        .events
+        .iter()
+        .any(|e| matches!(e, Event::WaitSsh { .. })));
+
+    // 2. `ov push BUNDLE -i KEY`: refused before anything connects.
+    use crate::cli_common::{demo, expect_code, ov, run};
+    let work = tempfile::tempdir().expect("tempdir");
+    let bundle = work.path().join("vm-demo.tar.gz");
+    let r = run(ov()
+        .arg("-C")
+        .arg(demo())
+        .args(["compile", "vm:demo", "-o"])
+        .arg(&bundle));
+    expect_code(&r, 0, "compile");
+    let home = work.path().join("home");
+    std::fs::create_dir(&home).expect("home");
+    let mark = host.mark();
+    let r = run(ov()
+        .env("HOME", &home)
+        .arg("-C")
+        .arg(demo())
+        .arg("push")
+        .arg(&bundle)
+        .args(["--host", &host.addr, "--port", &host.port.to_string()])
+        .args(["--ssh-user", USER, "--wait-ssh", "10", "-i"])
+        .arg(&open_key)
+        .arg("--known-hosts")
+        .arg(host.dir().join("known_hosts")));
+    expect_code(&r, 5, "push with a key others may read");
+    assert!(r.stderr.contains("has mode 0644"), "{}", r.stderr);
+    assert!(
+        r.stderr
+            .contains(&format!("`chmod 600 {}`", open_key.display())),
+        "{}",
+        r.stderr
+    );
+    assert_eq!(host.connects_since(mark), 0, "nothing connected");
 }
 
 #[test]
