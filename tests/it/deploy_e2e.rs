@@ -309,7 +309,7 @@ fn deploy_add_status_push_and_del_over_ssh_with_the_ov_binary() {
     );
     assert_eq!(h.sh("cat /var/lib/e2e/task-runs"), "root for tester\n");
     assert_eq!(
-        h.sh("ls -A /var/tmp/ov"),
+        h.sh("ls -A /var/lib/overthink/work"),
         "",
         "the upload is removed after the run"
     );
@@ -505,7 +505,7 @@ fn a_failing_remote_step_exits_7_naming_layer_and_script_and_deploy_add_resumes(
         text(&out)
     );
     assert_eq!(
-        h.sh("ls -A /var/tmp/ov"),
+        h.sh("ls -A /var/lib/overthink/work"),
         "",
         "the upload is removed after a failure too"
     );
@@ -547,17 +547,20 @@ fn a_failing_remote_step_exits_7_naming_layer_and_script_and_deploy_add_resumes(
 }
 
 #[test]
-fn an_upload_directory_another_user_controls_is_refused() {
+fn a_work_directory_another_user_controls_is_refused() {
     let Some(rig) = Rig::start() else { return };
     let h = &rig.host;
     h.sh(&format!("touch {GATE_MARKER}"));
-    // /var/tmp is world-writable: any user could make /var/tmp/ov first and swap the bundle
-    // between its check and its run.
-    h.sh("install -d -o tester -g tester -m 0777 /var/tmp/ov");
+    // Root's state must be root's alone: a /var/lib/overthink another account owns (an admin's
+    // mistake, or a squat on a system where /var/lib is not root's alone) could let that account
+    // swap the bundle between its check and its run, or plant links in the ledger.
+    h.sh("install -d -o tester -g tester -m 0755 /var/lib/overthink");
     let out = rig.ov(&["push", DEPLOY]);
     assert_eq!(out.status.code(), Some(1), "{}", text(&out));
     assert!(
-        String::from_utf8_lossy(&out.stderr).contains("refusing to unpack under /var/tmp/ov"),
+        String::from_utf8_lossy(&out.stderr).contains(
+            "refusing to unpack under /var/lib/overthink/work: /var/lib/overthink must be a directory of root's"
+        ),
         "{}",
         text(&out)
     );
@@ -565,9 +568,12 @@ fn an_upload_directory_another_user_controls_is_refused() {
     assert!(!rig.package_installed("hello"));
     assert_eq!(rig.state_text(), SEED);
 
-    // Root's again (and closed to others): the push goes through and leaves it traversable only.
-    h.sh("rm -rf /var/tmp/ov && install -d -m 0700 /var/tmp/ov");
+    // Root's again: the push goes through; root's directories stay closed to others.
+    h.sh("rm -rf /var/lib/overthink");
     let out = rig.ov(&["push", DEPLOY]);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
-    assert_eq!(h.sh("stat -c '%U %a' /var/tmp/ov"), "root 711\n");
+    assert_eq!(
+        h.sh("stat -c '%U %a' /var/lib/overthink /var/lib/overthink/work /var/lib/overthink/installed /var/lib/overthink/installed/tester"),
+        "root 700\nroot 700\nroot 700\nroot 700\n"
+    );
 }

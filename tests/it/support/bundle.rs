@@ -179,8 +179,7 @@ exec 9>>"$ledger/.lock"
 if [ "$no_wait" = 1 ]; then flock -n 9 || exit 5; else flock 9 || exit 5; fi
 rec=$ledger/deploys/$id.json
 if [ ! -f "$rec" ]; then echo "::ov:: undo-end deploy_id=$id result=ok removed=0 kept=0"; exit 0; fi
-items() { tr -d '
-' < "$1" | sed -n "s/.*"$2": *\[\([^]]*\)\].*//p" | grep -o '"[^"]*"' | tr -d '"'; }
+items() { tr -d '\n' < "$1" | sed -n "s/.*\"$2\": *\[\([^]]*\)\].*/\1/p" | grep -o '"[^"]*"' | tr -d '"'; }
 mapfile -t layers < <(items "$rec" layers)
 echo "::ov:: undo-begin deploy_id=$id layers=${#layers[@]}"
 fail=0 removed=0 kept=0
@@ -189,7 +188,7 @@ for ((i = ${#layers[@]} - 1; i >= 0; i--)); do
   [ -f "$f" ] || { echo "::ov:: undo-layer layer=$l action=gone"; continue; }
   rest=$(items "$f" deployed_by | grep -vxF -- "$id" | sed 's/.*/"&"/' | paste -sd, - | sed 's/,/, /g')
   if [ -n "$rest" ]; then
-    sed "s/"deployed_by": *\[[^]]*\]/"deployed_by": [$rest]/" "$f" > "$f.tmp" && mv -f "$f.tmp" "$f"
+    tr -d '\n' < "$f" | sed "s/\"deployed_by\": *\[[^]]*\]/\"deployed_by\": [$rest]/" > "$f.tmp" && mv -f "$f.tmp" "$f"
     echo "::ov:: undo-layer layer=$l action=release"; kept=$((kept + 1)); continue
   fi
   echo "::ov:: undo-layer layer=$l action=teardown"
