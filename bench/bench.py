@@ -265,6 +265,8 @@ class Bench:
         """Nothing of a previous run survives: files, ov's ledger on the target, ov's local state."""
         shutil.rmtree(gen.ROOT, ignore_errors=True)
         shutil.rmtree(self.user_home / ".config/overthink", ignore_errors=True)
+        # root's ledger for the account (ov since the privilege boundary keeps it there)
+        shutil.rmtree(Path("/var/lib/overthink/installed") / self.target["OV_BENCH_USER"], ignore_errors=True)
         shutil.rmtree(self.home / ".config/ov", ignore_errors=True)
 
     # ---------------------------------------------------------------- ov command lines
@@ -734,9 +736,9 @@ def main() -> int:
             b.compile_section()
         else:
             b.notes.append(f"corpus `{b.corpus}` not found: compile section skipped.")
-    leftovers = list(Path("/var/tmp/ov").glob("*")) if Path("/var/tmp/ov").is_dir() else []
+    leftovers = list(Path("/var/lib/overthink/work").glob("*")) if Path("/var/lib/overthink/work").is_dir() else []
     if leftovers:
-        b.notes.append(f"{len(leftovers)} entries left under /var/tmp/ov on the target after the runs.")
+        b.notes.append(f"{len(leftovers)} entries left under /var/lib/overthink/work on the target after the runs.")
     text = report(b, started, load_before, os.getloadavg())
     results = Path(args.results) if args.results else (
         b.out / "RESULTS-quick.md" if args.quick else HERE / "RESULTS.md")
