@@ -166,10 +166,19 @@ fn teardown_never_runs_code_the_user_planted() {
     f.assert_none("teardown must run only what root recorded, never the user's copies");
 }
 
-/// The symlinks of scenario 2: what the attacker plants before the push (bash, as `ovatk`, with
-/// `$I` = `~/.config/overthink/installed`, `$O` = `~/.config/overthink`, `$CF`/`$CF2` canary
-/// files, `$CD` a canary directory, `$CE` a canary directory holding `<layer>.env`, `$L` the
-/// layer).
+/// When the attacker plants a symlink of scenario 2.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum When {
+    /// Before the first push (then push, push --force, teardown).
+    BeforePush,
+    /// After a clean first push (then push --force, teardown).
+    AfterPush,
+}
+
+/// The symlinks of scenario 2: what the attacker plants (bash, as `ovatk`, with `$I` =
+/// `~/.config/overthink/installed`, `$O` = `~/.config/overthink`, `$CF`/`$CF2` canary files, `$CD`
+/// a canary directory, `$CE` a canary directory holding `<layer>.env`, `$L` the layer). Planted
+/// before the first push unless the case starts with "after the push".
 const SYMLINKS: &[(&str, &str)] = &[
     ("control: no attack", "true"),
     (
@@ -224,11 +233,31 @@ const SYMLINKS: &[(&str, &str)] = &[
         "~/.profile, ~/.bashrc -> canary files",
         r#"ln -sfn "$CF" "$HOME/.profile" && ln -sfn "$CF2" "$HOME/.bashrc""#,
     ),
+    (
+        "after the push: env.d -> canary dir holding <layer>.env",
+        r#"rm -rf "$O/env.d" && ln -s "$CE" "$O/env.d""#,
+    ),
+    (
+        "after the push: installed/layers/<layer>.d -> canary dir",
+        r#"rm -rf "$I/layers/$L.d" && ln -s "$CD" "$I/layers/$L.d""#,
+    ),
+    (
+        "after the push: ~/.profile, ~/.bashrc -> canary files",
+        r#"ln -sfn "$CF" "$HOME/.profile" && ln -sfn "$CF2" "$HOME/.bashrc""#,
+    ),
 ];
 
-/// 2. Before a push the attacker makes a path of the ledger/view (or of env.d, `~/.config`, the
-///    profiles) a symlink to a root-owned canary; then push, push again with `--force`, and tear
-///    down, through every entry point. Every canary keeps its content, owner and mode (and every
+fn when(case: &str) -> When {
+    if case.starts_with("after the push") {
+        When::AfterPush
+    } else {
+        When::BeforePush
+    }
+}
+
+/// 2. Before a push (or after a first one) the attacker makes a path of the ledger/view (or of
+///    env.d, `~/.config`, the profiles) a symlink to a root-owned canary; then push, push again
+///    with `--force`, and tear down, through every entry point. Every canary keeps its content, owner and mode (and every
 ///    canary directory its listing) after each step. The first case plants nothing and must
 ///    push and tear down cleanly (the fixture works).
 #[test]
@@ -247,22 +276,30 @@ fn root_never_follows_the_users_symlinks() {
             let round = format!("{} / {case}", via.name());
             reset_accounts();
             let mut c = Canaries::new(&[("envd", &[env_file.as_str()])]);
-            as_user(
-                ATTACKER,
-                &format!(
-                    "set -e; O=\"$HOME/.config/overthink\"; I=\"$O/installed\"; CF='{}'; CF2='{}'; CD='{}'; CE='{}'; L='{name}'; {plant}",
-                    c.file("file1").display(),
-                    c.file("file2").display(),
-                    c.dir("dir1").display(),
-                    c.dir("envd").display()
-                ),
-            );
+            let plant_now = |c: &Canaries| {
+                as_user(
+                    ATTACKER,
+                    &format!(
+                        "set -e; O=\"$HOME/.config/overthink\"; I=\"$O/installed\"; CF='{}'; CF2='{}'; CD='{}'; CE='{}'; L='{name}'; {plant}",
+                        c.file("file1").display(),
+                        c.file("file2").display(),
+                        c.dir("dir1").display(),
+                        c.dir("envd").display()
+                    ),
+                );
+            };
             let control = *plant == "true";
+            if when(case) == When::BeforePush {
+                plant_now(&c);
+            }
             let first = p.push(&via, &PushOpts::default());
-            if control {
+            if control || when(case) == When::AfterPush {
                 first.expect_ok();
             }
             f.canaries(&round, "the push", &mut c);
+            if when(case) == When::AfterPush {
+                plant_now(&c);
+            }
             let again = p.push(
                 &via,
                 &PushOpts {
