@@ -793,6 +793,10 @@ impl Project {
             .prefix("ov-it-atk-project.")
             .tempdir()
             .expect("tempdir");
+        // The operator's project and its `ov` HOME are private to root, as on an operator's
+        // machine: whatever another account reads of the layers, it read from the target.
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o700))
+            .expect("chmod");
         let p = dir.path();
         std::fs::write(
             p.join("overthink.yml"),
@@ -825,7 +829,12 @@ impl Project {
         }
         Project {
             dir,
-            home: tempfile::tempdir().expect("home"),
+            home: {
+                let h = tempfile::tempdir().expect("home");
+                std::fs::set_permissions(h.path(), std::fs::Permissions::from_mode(0o700))
+                    .expect("chmod");
+                h
+            },
             by_hand: root_dir("ov-it-atk-bundle.", 0o755),
             n: 0,
             layers: layers.iter().map(|(n, _)| n.clone()).collect(),
