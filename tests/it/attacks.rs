@@ -639,7 +639,7 @@ fn replayed_records_never_make_a_push_skip_a_layer() {
         let i = view(ATTACKER).display().to_string();
         as_user(
             ATTACKER,
-            &format!("set -e; mkdir -p \"$HOME/stash\"; cp -a '{i}/.' \"$HOME/stash/\"; ls \"$HOME\"/stash/layers/*.json >/dev/null"),
+            &format!("set -e; mkdir -p \"$HOME/stash\"; cp -a '{i}/deploys' '{i}/layers' \"$HOME/stash/\"; ls \"$HOME\"/stash/layers/*.json \"$HOME\"/stash/deploys/*.json >/dev/null"),
         );
         p.teardown(&via, teardown_for(&via)).expect_ok();
         assert!(!conf.exists(), "[{round}] teardown left {}", conf.display());
