@@ -13,9 +13,9 @@ use std::path::Path;
 use std::time::Duration;
 
 use crate::support::attack::{
-    as_user, findings_in, home, remove_kept, reset_accounts, root_dir, ssh_host, sweeps_in, view,
-    work_entries, Canaries, Findings, Loop, Markers, Project, PushOpts, Session, Teardown, Via,
-    ATTACKER, FD_THIEF, OTHER, PLANTER, SNOOPER,
+    as_user, findings_in, home, needles_file, remove_kept, reset_accounts, root_dir, ssh_host,
+    sweeps_in, view, work_entries, Canaries, Findings, Loop, Markers, Project, PushOpts, Session,
+    Teardown, Via, ATTACKER, FD_THIEF, OTHER, PLANTER, SNOOPER,
 };
 use crate::support::sshd::TestHost;
 
@@ -421,13 +421,13 @@ fn secrets_scenario(snooper: &str) -> Findings {
             let _ = std::fs::remove_file(scratch.path().join(s));
         }
         let markers = Markers::new();
+        let needles = needles_file(&markers, snooper, &[&secret, &payload]);
         let args = vec![
             "files".to_string(),
             markers.path().display().to_string(),
-            format!("+{}", scratch.path().display()),
-            format!("+{}", home(ATTACKER).display()),
-            secret.clone(),
-            payload.clone(),
+            needles.display().to_string(),
+            scratch.path().display().to_string(),
+            home(ATTACKER).display().to_string(),
         ];
         let spy = Loop::start(snooper, "snooper", &markers, SNOOPER, 240, &args);
         let keep_before = work_entries();
@@ -510,11 +510,11 @@ fn the_operators_environment_never_reaches_the_steps() {
             "layer:\n  name: {name}\n  tasks:\n    - cmd: |\n        env >{m}/root-env.txt\n        tr '\\0' '\\n' </proc/self/environ >{m}/root-environ.txt\n      user: root\n    - cmd: |\n        env >{m}/user-env.txt\n        tr '\\0' '\\n' </proc/self/environ >{m}/user-environ.txt\n        sleep 2.5\n      user: \"${{USER}}\"\n"
         );
         let mut p = Project::new(&[(name.to_string(), yml)], &[]);
+        let needles = needles_file(&markers, ATTACKER, &[&aws, &canary]);
         let args = vec![
             "environ".to_string(),
             m.clone(),
-            aws.clone(),
-            canary.clone(),
+            needles.display().to_string(),
         ];
         let spy = Loop::start(ATTACKER, "environ", &markers, SNOOPER, 240, &args);
         let out = p.push(

@@ -519,10 +519,10 @@ pub fn sweeps_in(log: &str) -> usize {
 /// Perl, the attacker's planting loop. Arguments after `STOP SECS LOG`: HOME, the canary files
 /// and directories (newline-separated), the layer names. Each sweep: every ledger/view path under
 /// `~/.config/overthink` that is missing, or a regular file root left there, becomes a symlink
-/// to a canary (files to files, directories to directories); then every work directory it can
-/// see (under /var/tmp/ov and /var/lib/overthink, and the root-owned, not world-writable
-/// directories of paths on any process's command line) gets a probe symlink, and every file in
-/// them an open for append: a success is a `WON` line.
+/// to a canary (files to files, directories to directories); then every root-owned, not
+/// world-writable work directory it can see (under /var/tmp/ov and /var/lib/overthink, and the
+/// directories of paths on any process's command line) gets a probe symlink, and every
+/// root-owned file in them an open for append: a success is a `WON` line.
 pub const PLANTER: &str = r#"
 use strict; use warnings;
 my ($stop, $secs, $log, $home, $files, $dirs, @layers) = @ARGV;
@@ -557,7 +557,9 @@ sub workdirs {
   my %wd;
   my @todo = map { [$_, 0] } grep { -d } ('/var/tmp/ov', '/var/lib/overthink');
   while (my $e = shift @todo) {
-    my ($d, $depth) = @$e; $wd{$d} = 1; next if $depth >= 5;
+    my ($d, $depth) = @$e;
+    my @ds = stat $d; $wd{$d} = 1 if @ds && $ds[4] == 0 && !($ds[2] & 02);
+    next if $depth >= 5;
     opendir(my $dh, $d) or next;
     for my $x (readdir $dh) { next if $x eq '.' || $x eq '..'; my $p = "$d/$x";
       push @todo, [$p, $depth + 1] if -d $p && !-l $p; }
@@ -596,19 +598,22 @@ print $L "done sweeps=$n planted=$planted tried=$tried won=$won\n";
 "#;
 
 /// Perl, the snooping loop. Arguments after `STOP SECS LOG`: MODE (`files` or `environ`), a
-/// path prefix never to read (the marker directory), then the needles. `files`: every sweep
-/// reads every file it can under /var/tmp/ov, /var/lib/overthink, /tmp/ov-*, the target
-/// account's home and the scanning paths given as `+/path` needles, and every path on any
+/// path prefix never to read (the marker directory), the file of needles (one a line; see
+/// [`needles_file`]: not on any command line), then more directories to read. `files`: every
+/// sweep reads every file it can under /var/tmp/ov, /var/lib/overthink, /tmp/ov-* and the given
+/// directories, and every path on any
 /// process's command line with the directories around it (listing them, and the files their
-/// SHA256SUMS names); `environ`: every /proc/PID/environ and cmdline it can read. A needle found
+/// SHA256SUMS names), and every command line itself; `environ`: every /proc/PID/environ and
+/// cmdline it can read. A needle found
 /// is a `LEAK` line naming where (never the needle); `SEEN` lines list the command lines of the
 /// processes whose environment it could read.
 pub const SNOOPER: &str = r#"
 use strict; use warnings;
-my ($stop, $secs, $log, $mode, $skip, @args) = @ARGV;
-my @bases = ('/var/tmp/ov', '/var/lib/overthink', glob('/tmp/ov-*'));
-my @needles;
-for my $a (@args) { if ($a =~ /^\+(\/.*)/) { push @bases, $1 } else { push @needles, $a } }
+my ($stop, $secs, $log, $mode, $skip, $nfile, @more) = @ARGV;
+my @bases = ('/var/tmp/ov', '/var/lib/overthink', glob('/tmp/ov-*'), @more);
+open(my $nf, '<', $nfile) or die "needles $nfile: $!";
+my @needles = grep { length } map { chomp; $_ } <$nf>;
+close $nf;
 open(my $L, '>>', $log) or die "log $log: $!"; select((select($L), $| = 1)[0]);
 my $end = time + $secs;
 my ($n, $reads) = (0, 0);
@@ -646,7 +651,7 @@ sub around {
   return if $d =~ m{^/(tmp|var/tmp|var|home|root|run|work)?$};
   return if ($probed{$d} // 0) > time - 1;
   $probed{$d} = time;
-  walk($d, 0, 1);
+  walk($d, 0, 0);
   for my $m ("$d/SHA256SUMS", "$d/manifest.json") { file($m) }
   if (open(my $fh, '<', "$d/SHA256SUMS")) {
     while (my $l = <$fh>) { chomp $l; file("$d/$1") if $l =~ /^[0-9a-f]{64}  (.+)$/ }
@@ -659,6 +664,7 @@ while (!-e $stop && time < $end) {
     my %dirs;
     for my $c (glob '/proc/[0-9]*/cmdline') {
       open(my $fh, '<', $c) or next; local $/; my $s = <$fh>; next unless defined $s;
+      hit("command line of " . ($c =~ s{/cmdline$}{}r), $s);
       for my $t (split /\0/, $s) {
         for my $tok ($t, split /[\s=:'"]+/, $t) {
           next unless $tok =~ m{^/}; next if index($tok, $skip) == 0;
@@ -686,6 +692,19 @@ while (!-e $stop && time < $end) {
 }
 print $L "done sweeps=$n reads=$reads\n";
 "#;
+
+/// Write `needles` (one a line) to a file in the marker directory that only `user` can read,
+/// for [`SNOOPER`]: a needle on the snooper's command line would be found there.
+pub fn needles_file(markers: &Markers, user: &str, needles: &[&str]) -> PathBuf {
+    let p = markers
+        .path()
+        .join(format!("needles.{}", uuid::Uuid::new_v4().simple()));
+    let text: String = needles.iter().map(|n| format!("{n}\n")).collect();
+    std::fs::write(&p, text).expect("needles");
+    std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o600)).expect("chmod");
+    run(Command::new("chown").arg(format!("{user}:")).arg(&p));
+    p
+}
 
 /// How a bundle reaches this machine.
 #[derive(Clone, Copy)]
