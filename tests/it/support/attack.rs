@@ -530,11 +530,13 @@ my @cf = split /\n/, $files; my @cd = split /\n/, $dirs;
 open(my $L, '>>', $log) or die "log $log: $!"; select((select($L), $| = 1)[0]);
 my $end = time + $secs;
 my $O = "$home/.config/overthink"; my $I = "$O/installed";
-for my $d ("$home/.config", $O, $I, "$I/layers", "$I/deploys", "$I/.tmp") { mkdir $d; }
+# The directories a run needs stay real (so a run that writes them as the user goes on); the
+# static cases of root_never_follows_the_users_symlinks make them symlinks.
+for my $d ("$home/.config", $O, $I, "$I/layers", "$I/deploys", "$I/.tmp", "$O/env.d") { mkdir $d; }
 chmod 0700, "$I/.tmp";
 my (@fp, @dp);
 push @fp, "$I/.lock", "$I/.tmp/journal", "$I/lib.sh", "$I/undo.sh";
-push @dp, "$I/.tmp/stage", "$I/.tmp/old", "$O/env.d";
+push @dp, "$I/.tmp/stage", "$I/.tmp/old";
 for my $l (@layers) {
   push @fp, "$I/.tmp/stage/$l.json", "$I/.tmp/stage/$l.undo.sh", "$I/layers/$l.json",
     "$I/layers/$l.undo.sh", "$O/env.d/$l.env";
