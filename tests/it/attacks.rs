@@ -713,3 +713,195 @@ fn user_steps_inherit_no_root_descriptor_root_reads_back() {
     }
     f.assert_none("user steps must inherit no root-owned writable descriptor");
 }
+
+/// 6. A system step (`user: root`) whose destination lies in a directory the attacker owns: the
+///    attacker makes a directory on the way a symlink to a root-owned canary directory. Root must
+///    not write through it: the step is refused (naming the directory), the canary is unchanged.
+#[test]
+fn root_never_writes_into_a_directory_the_user_owns() {
+    let Some(_s) = Session::begin() else {
+        return;
+    };
+    let name = "atk-intohome";
+    let dest = home(ATTACKER).join("atk-sub/note");
+    let yml = format!(
+        "layer:\n  name: {name}\n  tasks:\n    - write: {}\n      content: \"root wrote this\\n\"\n      mode: \"0644\"\n      user: root\n",
+        dest.display()
+    );
+    let mut p = Project::new(&[(name.to_string(), yml)], &[]);
+    let mut f = Findings::default();
+    for via in [Via::Host, Via::ByHand] {
+        let round = via.name().to_string();
+        reset_accounts();
+        let mut c = Canaries::new(&[]);
+        as_user(
+            ATTACKER,
+            &format!("ln -s '{}' \"$HOME/atk-sub\"", c.dir("dir1").display()),
+        );
+        let out = p.push(&via, &PushOpts::default());
+        f.canaries(&round, "the push", &mut c);
+        if out.ok() {
+            f.add(
+                &round,
+                "the push wrote into the attacker's directory and exited 0",
+            );
+        } else if !out.text.contains("belongs to another account") {
+            f.add(
+                &round,
+                format!("the refusal does not say why:\n{}", out.text),
+            );
+        }
+    }
+    f.assert_none("root must not write through a directory the user owns");
+}
+
+/// 7. The operator unpacks a bundle where the target user can change it (here: a tree the
+///    attacker owns) and runs it as root. After the integrity check has passed and the first
+///    layer runs, the attacker rewrites the second layer's script with its payload. Root must run
+///    what it verified: no marker says uid 0, and the second layer is applied as compiled.
+#[test]
+fn root_runs_the_bundle_it_verified_not_one_edited_mid_run() {
+    let Some(_s) = Session::begin() else {
+        return;
+    };
+    let scratch = root_dir("ov-it-atk-scratch.", 0o755);
+    let started = scratch.path().join("first-started");
+    let first = (
+        "atk-first".to_string(),
+        format!(
+            "layer:\n  name: atk-first\n  tasks:\n    - cmd: |\n        touch {}\n        sleep 3\n      user: root\n",
+            started.display()
+        ),
+    );
+    let second = (
+        "atk-second".to_string(),
+        format!(
+            "layer:\n  name: atk-second\n  depends:\n    - atk-first\n  tasks:\n    - write: {}/atk-second.conf\n      content: \"second\\n\"\n      mode: \"0644\"\n      user: root\n",
+            scratch.path().display()
+        ),
+    );
+    let mut p = Project::new(&[first, second], &[]);
+    reset_accounts();
+    let markers = Markers::new();
+    let top = p.unpack_owned_by(ATTACKER);
+    let child = p.spawn_script(&top.join("run.sh"), &["--user", ATTACKER]);
+    // As the attacker: wait for the first layer to run, then overwrite the second one's script.
+    let script = top.join("layers/02-atk-second/01-system.sh");
+    let edit = as_user(
+        ATTACKER,
+        &format!(
+            "for i in $(seq 200); do [ -e '{}' ] && break; sleep 0.05; done; printf '%s\\n' '{}' > '{}' && echo edited",
+            started.display(),
+            markers.payload().replace('\'', "'\\''"),
+            script.display()
+        ),
+    );
+    let out = child.wait_with_output().expect("run.sh");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        String::from_utf8_lossy(&edit.stdout).contains("edited"),
+        "the attacker could not edit the bundle it owns: {edit:?}"
+    );
+    let mut f = Findings::default();
+    f.markers("bash run.sh by hand", "the run", &markers);
+    if !scratch.path().join("atk-second.conf").exists() {
+        f.add(
+            "bash run.sh by hand",
+            format!(
+                "the second layer was not applied as compiled (exit {:?}):\n{text}",
+                out.status.code()
+            ),
+        );
+    }
+    let td = p.teardown(&Via::Host, Teardown::Del);
+    td.expect_ok();
+    f.assert_none("root must run the bundle it verified");
+}
+
+/// 8. A bundle with a set-user-id file that SHA256SUMS does not list, pushed with `--keep`.
+///    Nothing runs, and nothing of it may stay on the target that another account could use: no
+///    set-id file under any work directory.
+#[test]
+fn a_kept_upload_leaves_no_set_id_file() {
+    let Some(_s) = Session::begin() else {
+        return;
+    };
+    let scratch = root_dir("ov-it-atk-scratch.", 0o755);
+    let mut p = Project::new(&[layer("atk-suid", scratch.path(), "")], &[]);
+    reset_accounts();
+    let top = p.unpack_owned_by("root");
+    // Every file of the real bundle, plus one set-uid program nobody listed.
+    let mut files: Vec<(String, Vec<u8>, u32)> = Vec::new();
+    for e in walk(&top) {
+        let rel = e.strip_prefix(&top).expect("inside").display().to_string();
+        let mode = std::os::unix::fs::PermissionsExt::mode(
+            &std::fs::metadata(&e).expect("meta").permissions(),
+        ) & 0o777;
+        files.push((rel, std::fs::read(&e).expect("read"), mode));
+    }
+    files.push((
+        "files/atk-suid/suid".into(),
+        b"#!/bin/sh\nid\n".to_vec(),
+        0o4755,
+    ));
+    files.sort();
+    let work = tempfile::tempdir().expect("tempdir");
+    let archive = work.path().join("host.tar.gz");
+    crate::support::bundle::write_archive(&archive, "host", &files);
+    let before = work_entries();
+    let out = p.ov_output(&[
+        "push".as_ref(),
+        archive.as_os_str(),
+        "--keep".as_ref(),
+        "--user".as_ref(),
+        ATTACKER.as_ref(),
+    ]);
+    let mut f = Findings::default();
+    if out.status.success() {
+        f.add(
+            "ov push <bundle> --keep",
+            "a bundle with an unlisted file was run",
+        );
+    }
+    for e in work_entries().difference(&before) {
+        for file in walk(e) {
+            let mode = std::fs::symlink_metadata(&file)
+                .map(|m| std::os::unix::fs::PermissionsExt::mode(&m.permissions()))
+                .unwrap_or(0);
+            if mode & 0o6000 != 0 {
+                f.add(
+                    "ov push <bundle> --keep",
+                    format!(
+                        "set-id file left on the target: {} ({mode:o})",
+                        file.display()
+                    ),
+                );
+            }
+        }
+    }
+    remove_kept(&before);
+    for e in work_entries().difference(&before) {
+        let _ = std::fs::remove_dir_all(e);
+    }
+    f.assert_none("a kept upload holds nothing another account could use");
+}
+
+/// Every regular file below `dir`.
+fn walk(dir: &Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    if let Ok(rd) = std::fs::read_dir(dir) {
+        for e in rd.flatten() {
+            let p = e.path();
+            match e.file_type() {
+                Ok(t) if t.is_dir() => out.extend(walk(&p)),
+                Ok(t) if t.is_file() => out.push(p),
+                _ => {}
+            }
+        }
+    }
+    out
+}

@@ -945,6 +945,40 @@ impl Project {
         c.output().expect("bash runs")
     }
 
+    /// Compile `host`, unpack it by hand, and give the unpacked tree to `owner` (as if that
+    /// account had unpacked it): the top directory.
+    pub fn unpack_owned_by(&mut self, owner: &str) -> PathBuf {
+        let top = self.unpack(&Via::Host, false);
+        let parent = top.parent().expect("parent");
+        run(Command::new("chown")
+            .arg("-R")
+            .arg(format!("{owner}:"))
+            .arg(parent));
+        top
+    }
+
+    /// `bash SCRIPT ARGS…` as root, with a small clean environment, started in the background.
+    pub fn spawn_script(&self, script: &Path, args: &[&str]) -> Child {
+        Command::new("bash")
+            .env_clear()
+            .env("PATH", PATH)
+            .env("HOME", "/root")
+            .env("LANG", "C.UTF-8")
+            .current_dir("/")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .arg(script)
+            .args(args)
+            .spawn()
+            .expect("bash runs")
+    }
+
+    /// `ov ARGS…` in the project (its HOME, its directory).
+    pub fn ov_output(&self, args: &[&std::ffi::OsStr]) -> Output {
+        self.ov().args(args).output().expect("ov runs")
+    }
+
     /// Push the project's layers with `--user ovatk` via `via`.
     pub fn push(&mut self, via: &Via, o: &PushOpts) -> Outcome {
         if let Via::ByHand = via {
