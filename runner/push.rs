@@ -438,16 +438,18 @@ trap 'exit 143' TERM
 # random name, so no other account can read, swap or plant anything in what runs as root.
 base={base}
 umask 077
-p=
-for c in $(printf '%s' "$base" | tr '/' ' '); do
+chain=() p=
+IFS=/ read -r -a parts <<<"${{base#/}}"
+for c in "${{parts[@]}}"; do
   p=$p/$c
+  chain+=("$p")
   [ -e "$p" ] || [ -L "$p" ] || mkdir -m 0700 -- "$p" || exit 91
 done
-p=/
-for c in $(printf '%s' "$base" | tr '/' ' '); do
-  p=${{p%/}}/$c
-  s=$(stat -c '%u %a %F' -- "$p") || exit 91
-  m=${{s#0 }}; m=${{m%% *}}
+mapfile -t info < <(stat -c '%u %a %F' -- "${{chain[@]}}")
+i=0
+for p in "${{chain[@]}}"; do
+  s=${{info[i]:-missing}}; i=$((i + 1))
+  m=${{s#* }}; m=${{m%% *}}
   case $s in "0 "*" directory") ;; *) m=777 ;; esac
   if [ $((8#$m & 8#022)) != 0 ]; then
     echo "refusing to unpack under $base: $p must be a directory of root's that no other account can write" >&2
@@ -861,7 +863,12 @@ mod tests {
         let mut opts = PushOptions::new("/x/b.tar.gz");
         opts.user = Some("a b".into());
         opts.no_wait_lock = true;
-        let s = bootstrap_script("/var/tmp/ov/vm-x.123", &bundle, &opts, Some("a b"));
+        let s = bootstrap_script(
+            "/var/lib/overthink/work/vm-x.123",
+            &bundle,
+            &opts,
+            Some("a b"),
+        );
         assert!(s.contains("ledger_user='a b'"), "{s}");
         assert!(s.contains("archive=\"we'ird name.tar.gz\""), "{s}");
         assert!(

@@ -16,7 +16,8 @@ const DEPLOY: &str = "vm:ovvm";
 /// The deploy's layers in install order (without `vm-reboot`, which only the reboot push adds).
 const LAYERS: [&str; 4] = ["vm-env", "vm-file", "vm-hello", "vm-service"];
 const UNIT: &str = "ov-vm-service-beat.service";
-const LEDGER: &str = "/home/ovtest/.config/overthink/installed";
+/// Root's ledger of the guest's `ovtest` account.
+const LEDGER: &str = "/var/lib/overthink/installed/ovtest";
 /// Waits sized for TCG on two shared cores (a boot to SSH takes about a minute).
 const WAIT: [&str; 4] = ["--wait-ssh", "900", "--wait-cloud-init", "900"];
 
@@ -159,7 +160,11 @@ fn deploy_to_a_booting_guest_with_services_reboot_mid_push_and_del() {
     assert_eq!(g.sh("cat /run/ov-vm-beat"), "Hello, world!\n");
     let exec = g.sh(&format!("systemctl show -P ExecStart {UNIT}"));
     assert!(exec.contains("/usr/local/bin/ov-vm-beat"), "{exec}");
-    assert_eq!(g.sh("sudo ls -A /var/tmp/ov"), "", "the upload is removed");
+    assert_eq!(
+        g.sh("sudo ls -A /var/lib/overthink/work"),
+        "",
+        "the upload is removed"
+    );
     let deploys = g.sh(&format!("sudo cat {LEDGER}/deploys/*.json"));
     let record: Value = serde_json::from_str(deploys.trim()).expect("one ledger record");
     assert_eq!(record["result"], "ok");
@@ -252,7 +257,11 @@ fn deploy_to_a_booting_guest_with_services_reboot_mid_push_and_del() {
     );
     // Neither the interrupted run's upload nor this one's is left behind (/var/tmp survives
     // reboots).
-    assert_eq!(g.sh("sudo ls -A /var/tmp/ov"), "", "uploads left behind");
+    assert_eq!(
+        g.sh("sudo ls -A /var/lib/overthink/work"),
+        "",
+        "uploads left behind"
+    );
     // The unit came back by itself: it is enabled.
     assert_eq!(
         systemctl(&g, &format!("is-active {UNIT}")),
