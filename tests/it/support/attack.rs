@@ -15,8 +15,8 @@ use std::process::{Child, Command, Output, Stdio};
 use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use super::e2e;
 use super::sshd::{self, TestHost};
+use super::{e2e, is_root, nothing_missing, run};
 
 /// The account every push names with `--user`: unprivileged, no sudo, the attacker.
 pub const ATTACKER: &str = "ovatk";
@@ -40,14 +40,6 @@ fn which(tool: &str) -> bool {
     PATH.split(':').any(|d| Path::new(d).join(tool).is_file())
 }
 
-fn is_root() -> bool {
-    Command::new("id")
-        .arg("-u")
-        .output()
-        .map(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
-        .unwrap_or(false)
-}
-
 /// Whether the attacks can run here: root and the tools. A missing one skips (printed), and fails
 /// under `CI`.
 pub fn available() -> bool {
@@ -68,28 +60,12 @@ pub fn available() -> bool {
     if !is_root() {
         missing.push("root privileges");
     }
-    if missing.is_empty() {
-        return true;
-    }
-    let msg = format!("attack tests unavailable: missing {}", missing.join(", "));
-    if std::env::var_os("CI").is_some() {
-        panic!("{msg} (CI is set: the attack tests need root, util-linux and perl)");
-    }
-    eprintln!("SKIP: {msg}");
-    false
-}
-
-fn run(cmd: &mut Command) -> Output {
-    let out = cmd
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
-    assert!(
-        out.status.success(),
-        "{cmd:?} failed: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    out
+    let missing: Vec<String> = missing.into_iter().map(String::from).collect();
+    nothing_missing(
+        "attack tests",
+        &missing,
+        "the attack tests need root, util-linux and perl",
+    )
 }
 
 /// The home of `user`, which must be `/home/<user>` (this module empties it).

@@ -14,6 +14,8 @@ use std::time::{Duration, Instant};
 
 use ov::target::Target;
 
+use super::run;
+
 /// The user with passwordless sudo.
 pub const USER: &str = "ovtest";
 /// Where root keeps each account's ledger on this machine.
@@ -57,23 +59,15 @@ pub fn available() -> bool {
             missing.push(tool);
         }
     }
-    let root = Command::new("id")
-        .arg("-u")
-        .output()
-        .map(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
-        .unwrap_or(false);
-    if !root {
+    if !super::is_root() {
         missing.push("root privileges");
     }
-    if missing.is_empty() {
-        return true;
-    }
-    let msg = format!("ssh test host unavailable: missing {}", missing.join(", "));
-    if std::env::var_os("CI").is_some() {
-        panic!("{msg} (CI is set: .ci/run installs openssh-server, sudo, iproute2)");
-    }
-    eprintln!("SKIP: {msg}");
-    false
+    let missing: Vec<String> = missing.into_iter().map(String::from).collect();
+    super::nothing_missing(
+        "ssh test host",
+        &missing,
+        ".ci/run installs openssh-server, sudo, iproute2",
+    )
 }
 
 fn which(tool: &str) -> Option<PathBuf> {
@@ -82,19 +76,6 @@ fn which(tool: &str) -> Option<PathBuf> {
         .chain(["/usr/sbin", "/sbin"].map(PathBuf::from))
         .map(|d| d.join(tool))
         .find(|p| p.is_file())
-}
-
-fn run(cmd: &mut Command) -> std::process::Output {
-    let out = cmd
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
-    assert!(
-        out.status.success(),
-        "{cmd:?} failed: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    out
 }
 
 fn run_ok(cmd: &mut Command) -> bool {
