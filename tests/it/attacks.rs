@@ -15,7 +15,7 @@ use std::time::Duration;
 use crate::support::attack::{
     as_user, findings_in, home, needles_file, remove_kept, reset_accounts, root_dir, ssh_host,
     sweeps_in, view, work_entries, Canaries, Findings, Loop, Markers, Project, PushOpts, Session,
-    Teardown, Via, ATTACKER, FD_THIEF, OTHER, PLANTER, SNOOPER,
+    Teardown, Via, ATTACKER, FD_THIEF, FORGER, OTHER, PLANTER, SNOOPER,
 };
 use crate::support::sshd::TestHost;
 
@@ -904,4 +904,72 @@ fn walk(dir: &Path) -> Vec<std::path::PathBuf> {
         }
     }
     out
+}
+
+/// 9. While a user-scope step runs, the attacker writes into that step's standard output (its own
+///    process: `/proc/PID/fd/1`) what run.sh would print: a `layer-done` for a layer that does
+///    not exist, a whole ledger dump naming it, an `end` line. `ov` must not take any of it for
+///    run.sh's word: no event names the forged layer, and the state `ov` saves does not list it.
+#[test]
+fn a_users_process_cannot_speak_for_run_sh() {
+    let Some(_s) = Session::begin() else {
+        return;
+    };
+    let host = ssh_host();
+    let forged = "forged-by-ovatk";
+    let mut f = Findings::default();
+    for via in [Via::Host]
+        .into_iter()
+        .chain(host.as_ref().map(|h| Via::Ssh(h)))
+    {
+        let round = via.name().to_string();
+        reset_accounts();
+        let scratch = root_dir("ov-it-atk-scratch.", 0o755);
+        let markers = Markers::new();
+        let layers = [layer(
+            "atk-speak",
+            scratch.path(),
+            "    - cmd: |\n        sleep 3\n      user: \"${USER}\"\n",
+        )];
+        let mut p = Project::new(&layers, &[]);
+        let forger = Loop::start(
+            ATTACKER,
+            "forger",
+            &markers,
+            FORGER,
+            60,
+            &[forged.to_string()],
+        );
+        let out = p.push(
+            &via,
+            &PushOpts {
+                json: true,
+                ..Default::default()
+            },
+        );
+        let log = forger.finish();
+        out.expect_ok();
+        if !log.contains("WROTE") {
+            f.add(
+                &round,
+                format!("the forger reached no step's output:\n{log}"),
+            );
+        }
+        for line in out.stdout.lines() {
+            let Ok(v) = serde_json::from_str::<serde_json::Value>(line) else {
+                continue;
+            };
+            if v["event"] != "output" && line.contains(forged) {
+                f.add(
+                    &round,
+                    format!("ov took the user's line for run.sh's: {line}"),
+                );
+            }
+        }
+        if p.state_text().contains(forged) {
+            f.add(&round, "ov saved a forged layer in its state");
+        }
+        p.teardown(&via, teardown_for(&via)).expect_ok();
+    }
+    f.assert_none("only run.sh speaks for run.sh");
 }

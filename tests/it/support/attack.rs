@@ -726,6 +726,8 @@ pub struct PushOpts {
     pub env: Vec<(String, String)>,
     /// By hand: unpack into a root-only (0700) directory instead of a root-owned 0755 one.
     pub private_bundle: bool,
+    /// `--json` (not by hand).
+    pub json: bool,
 }
 
 /// The result of `ov` or of a bundle script.
@@ -736,6 +738,8 @@ pub struct Outcome {
     pub code: Option<i32>,
     /// Status, stdout and stderr, for messages.
     pub text: String,
+    /// Standard output alone.
+    pub stdout: String,
 }
 
 impl Outcome {
@@ -744,6 +748,7 @@ impl Outcome {
             what,
             code: out.status.code(),
             text: e2e::text(&out),
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
         };
         eprintln!("$ {} -> {:?}", o.what, o.code);
         assert!(
@@ -950,6 +955,11 @@ impl Project {
             .expect("bash runs")
     }
 
+    /// The state `ov` saved (its `deploy.yml` in the project's HOME), empty when none.
+    pub fn state_text(&self) -> String {
+        std::fs::read_to_string(self.home.path().join(".config/ov/deploy.yml")).unwrap_or_default()
+    }
+
     /// `ov ARGS…` in the project (its HOME, its directory).
     pub fn ov_output(&self, args: &[&std::ffi::OsStr]) -> Output {
         self.ov().args(args).output().expect("ov runs")
@@ -978,6 +988,9 @@ impl Project {
         }
         if o.keep {
             c.arg("--keep");
+        }
+        if o.json {
+            c.arg("--json");
         }
         if let Via::Ssh(_) = via {
             c.arg("--no-wait-cloud-init");
@@ -1152,6 +1165,39 @@ while (!-e $stop && time < $end) {
       next if $new < 0;
       if (open(my $fh, '>>&=', $new)) { print $fh "$line\n"; close $fh; print $L "WON fd $fd of $pid: $t\n"; }
     }
+  }
+  print $L "sweep $n\n";
+  select(undef, undef, undef, 0.02);
+}
+print $L "done sweeps=$n\n";
+"#;
+
+/// A loop (as the attacker) that takes the standard output of each of its account's processes
+/// running a user-scope step script (`…-user.sh` on its command line; `pidfd_getfd`, as the
+/// account may) and writes into it what run.sh would print: a `layer-done` for a layer that does
+/// not exist (`$ARGV[3]`), a whole `::ov-ledger::` dump naming it, an `end` line. Logs `WROTE pid`.
+pub const FORGER: &str = r#"
+use strict; use warnings; use POSIX ();
+my ($stop, $secs, $log, $layer) = @ARGV;
+open(my $L, '>>', $log) or die "log $log: $!"; select((select($L), $| = 1)[0]);
+my $end = time + $secs;
+my ($n, %done) = (0);
+my $fake = "::ov:: layer-done layer=$layer secs=0\n::ov-ledger:: begin\n::ov-ledger:: home /forged\n"
+  . "::ov-ledger:: dir /forged\n::ov-ledger:: file layers/$layer.json\n"
+  . "::ov-ledger:: l {\"layer\":\"$layer\",\"digest\":\"0\",\"deployed_by\":[\"0\"]}\n::ov-ledger:: end\n"
+  . "::ov:: end result=ok applied=99 skipped=0\n";
+while (!-e $stop && time < $end) {
+  $n++;
+  for my $pd (glob '/proc/[0-9]*') {
+    my ($pid) = $pd =~ m{(\d+)$}; next if $pid == $$ || $done{$pid};
+    my @ps = stat $pd or next; next unless $ps[4] == $<;
+    open(my $c, '<', "$pd/cmdline") or next; my $cmd = do { local $/; <$c> } // '';
+    next unless $cmd =~ /-user\.sh\0?$/;
+    my $pidfd = syscall(434, $pid + 0, 0); next if $pidfd < 0;
+    my $new = syscall(438, $pidfd, 1, 0);
+    POSIX::close($pidfd);
+    next if $new < 0;
+    if (open(my $fh, '>>&=', $new)) { print $fh $fake; close $fh; $done{$pid} = 1; print $L "WROTE $pid\n"; }
   }
   print $L "sweep $n\n";
   select(undef, undef, undef, 0.02);
