@@ -918,10 +918,7 @@ fn a_users_process_cannot_speak_for_run_sh() {
     let host = ssh_host();
     let forged = "forged-by-ovatk";
     let mut f = Findings::default();
-    for via in [Via::Host]
-        .into_iter()
-        .chain(host.as_ref().map(|h| Via::Ssh(h)))
-    {
+    for via in [Via::Host].into_iter().chain(host.as_ref().map(Via::Ssh)) {
         let round = via.name().to_string();
         reset_accounts();
         let scratch = root_dir("ov-it-atk-scratch.", 0o755);
