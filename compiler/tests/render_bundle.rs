@@ -41,10 +41,11 @@ mkdir -p /home/ovrender && chown ovrender: /home/ovrender
 H=/home/ovrender
 bash {top}/run.sh --user ovrender > "$T/out/run.log" 2>&1; echo $? > "$T/out/run.rc"
 stat -c '%U %a' "$H/.config/sway/config" > "$T/out/sway-config" 2>&1
-stat -c '%U %a' "$H/.config/demo/banner" > "$T/out/banner" 2>&1
+stat -c '%U %a' /opt/demo/banner > "$T/out/banner" 2>&1
 cat /etc/demo/motd > "$T/out/motd" 2>&1
-ls "$H/.config/overthink/installed/layers" > "$T/out/ledger" 2>&1
-cat "$H/.config/overthink/installed/layers/tools.d/packages.deb" > "$T/out/facts" 2>&1
+ls /var/lib/overthink/installed/ovrender/layers > "$T/out/ledger" 2>&1
+ls "$H/.config/overthink/installed/layers" > "$T/out/view" 2>&1
+cat /var/lib/overthink/installed/ovrender/layers/tools.d/packages.deb > "$T/out/facts" 2>&1
 env -i HOME="$H" PATH=/usr/bin:/bin bash -c '. "$HOME/.profile"; printf %s "$NPM_CONFIG_PREFIX"' > "$T/out/profile"
 bash {top}/run.sh --user ovrender > "$T/out/rerun.log" 2>&1; echo $? > "$T/out/rerun.rc"
 bash {top}/undo.sh --user ovrender > "$T/out/undo.log" 2>&1; echo $? > "$T/out/undo.rc"
@@ -70,6 +71,12 @@ echo done > "$T/out/checked"
     assert_eq!(
         sb.read("out/ledger"),
         "builders.d\nbuilders.json\nbuilders.undo.sh\nconfig.d\nconfig.json\nconfig.undo.sh\nservices.d\nservices.json\nservices.undo.sh\nskipped.json\nskipped.undo.sh\ntools.d\ntools.json\ntools.undo.sh\n",
+        "{log}"
+    );
+    // The user's view holds the records only.
+    assert_eq!(
+        sb.read("out/view"),
+        "builders.json\nconfig.json\nservices.json\nskipped.json\ntools.json\n",
         "{log}"
     );
     assert_eq!(sb.read("out/facts"), "ripgrep\n");

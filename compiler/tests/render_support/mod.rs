@@ -495,19 +495,20 @@ pub fn tasks_layer() -> LayerPlan {
             &["/usr/local/bin/sshd-wrapper"],
         )],
     ));
-    // A user-owned file installed by a root step (ownership via chown).
+    // A user-owned file installed by a root step (ownership via chown) in a directory of root's:
+    // root never writes into a directory another account owns (the runtime refuses it).
     steps.push(step(
         Action::File {
             source: "system_files/etc/demo/banner".into(),
-            dest: "${HOME}/.config/demo/banner".into(),
+            dest: "/opt/demo/banner".into(),
             mode: "0600".into(),
             run_as: RunAs::TargetUser,
         },
         Scope::System,
         vec![op(
-            ReverseKind::RmFileUser,
-            Scope::User,
-            &["${HOME}/.config/demo/banner"],
+            ReverseKind::RmFileSystem,
+            Scope::System,
+            &["/opt/demo/banner"],
         )],
     ));
     // The user's own steps.
@@ -870,7 +871,14 @@ pub fn shellcheck(name: &str, text: &str) -> Result<(), String> {
 pub const RUNTIME_SHIM: &str = r#"#!/usr/bin/env bash
 # test stand-in for the runtime part of lib.sh
 ov_as_user() { "$@"; }
+# shellcheck disable=SC2034 # a nameref: the caller's array
 ov_user_env_v() { local -n ov_ue=$1; ov_ue=("PATH=$PATH" "STUB_LOG=$STUB_LOG" "STUB_DB=$STUB_DB"); }
+"#;
+
+/// Shared by the stubs: the stub variables come from the environment, or — where the bundle
+/// runtime has cleaned it (run.sh keeps only a documented set) — from `/etc/ov-stub.env`, which
+/// `Sandbox::run_raw` writes inside its namespace.
+const STUB_ENV: &str = r#"[ -n "${STUB_LOG:-}" ] || . /etc/ov-stub.env
 "#;
 
 /// Shared by the stubs: whether a package is "installed" (in `$STUB_INSTALLED` or `$STUB_DB`).
@@ -1014,7 +1022,7 @@ impl Sandbox {
             std::fs::write(
                 &p,
                 format!(
-                    "#!/usr/bin/env bash\nprintf '%s\\n' \"{name} $*\" >>\"$STUB_LOG\"\n{STUB_PRELUDE}{body}\n"
+                    "#!/usr/bin/env bash\n{STUB_ENV}printf '%s\\n' \"{name} $*\" >>\"$STUB_LOG\"\n{STUB_PRELUDE}{body}\n"
                 ),
             )
             .expect("stub");
@@ -1141,6 +1149,11 @@ for d in /etc /usr /var /opt /root /home; do
 done
 export STUB_LOG="$T/stub.log" STUB_TREE="$T/tree" OV_PWN_MARK="$T/pwned" STUB_DB="$T/stub.db"
 export TMPDIR="$T/tmp" PATH="$T/stubs:$PATH"
+# run.sh runs steps with the standard PATH and a clean environment: the stubs go first in that
+# PATH (/usr/local/sbin, in the /usr overlay) and their variables into a file they read.
+cp -- "$T"/stubs/* /usr/local/sbin/ || exit 92
+declare -p STUB_LOG STUB_TREE OV_PWN_MARK STUB_DB STUB_INSTALLED 2>/dev/null | sed 's/^declare -x/export/' > /etc/ov-stub.env
+chmod 0644 /etc/ov-stub.env
 mkdir -p "$T/out"
 "#
         ));
