@@ -165,7 +165,8 @@ fn deploy_to_a_booting_guest_with_services_reboot_mid_push_and_del() {
         "",
         "the upload is removed"
     );
-    let deploys = g.sh(&format!("sudo cat {LEDGER}/deploys/*.json"));
+    // The glob is root's to expand: the login user cannot list root's ledger.
+    let deploys = g.sh(&format!("sudo sh -c 'cat {LEDGER}/deploys/*.json'"));
     let record: Value = serde_json::from_str(deploys.trim()).expect("one ledger record");
     assert_eq!(record["result"], "ok");
     assert_eq!(record["layers"], serde_json::json!(LAYERS));
