@@ -94,13 +94,18 @@ fn wrong_key_fails_at_once_without_retrying() {
     assert!(matches!(e, ConnectError::Auth { .. }), "{e}");
     assert!(e.to_string().contains("Permission denied"), "{e}");
     assert!(e.to_string().contains("wrong_key"), "{e}");
+    refused_at_once(&e, &host, mark, &rec);
+    assert!(t0.elapsed() < Duration::from_secs(20));
+}
+
+/// A connection refused for good: exit 5, after exactly one attempt, and no retry was announced.
+fn refused_at_once(e: &ConnectError, host: &TestHost, mark: usize, rec: &Recorder) {
     assert_eq!(e.exit(), Exit::CannotConnect);
     assert_eq!(host.connects_since(mark), 1, "exactly one attempt");
     assert!(!rec
         .events
         .iter()
         .any(|e| matches!(e, Event::WaitSsh { .. })));
-    assert!(t0.elapsed() < Duration::from_secs(20));
 }
 
 /// A private key of mode 0644: OpenSSH ignores it and the server says only "Permission denied
@@ -138,12 +143,7 @@ fn a_key_others_can_read_is_named_with_the_fix() {
         msg.contains(&format!("`chmod 600 {}`", open_key.display())),
         "{msg}"
     );
-    assert_eq!(e.exit(), Exit::CannotConnect);
-    assert_eq!(host.connects_since(mark), 1, "exactly one attempt");
-    assert!(!rec
-        .events
-        .iter()
-        .any(|e| matches!(e, Event::WaitSsh { .. })));
+    refused_at_once(&e, &host, mark, &rec);
 
     // 2. `ov push BUNDLE -i KEY`: refused before anything connects.
     use crate::cli_common::{demo, expect_code, ov, run};
