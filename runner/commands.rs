@@ -381,6 +381,7 @@ fn status_inner(cmd: &StatusCommand, display: &mut dyn Progress) -> Result<(), F
                         "differs (target has {})",
                         recorded.chars().take(16).collect::<String>()
                     ),
+                    LayerMatch::Failed => "failed (fix and push again to resume)".to_string(),
                     LayerMatch::Missing => "not applied".to_string(),
                 };
                 println!("  {name:<28} {what}");

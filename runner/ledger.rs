@@ -58,6 +58,10 @@ pub struct LayerRecord {
     /// When it was applied.
     #[serde(default)]
     pub deployed_at: String,
+    /// `failed` when a step of the layer failed: the record keeps what the steps did so far (for
+    /// undo and the next run), and the layer is not applied; absent when it completed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub result: Option<String>,
     /// Anything else (steps, reverse ops, …).
     #[serde(flatten)]
     pub extra: BTreeMap<String, Value>,
@@ -369,6 +373,8 @@ pub enum LayerMatch {
         /// Digest on the target.
         recorded: String,
     },
+    /// Recorded as failed: some steps ran, the layer is not applied.
+    Failed,
     /// Not recorded on the target.
     Missing,
 }
@@ -411,6 +417,7 @@ pub fn compare(
         for l in layers {
             let m = match ledger.layers.get(&l.name) {
                 None => LayerMatch::Missing,
+                Some(r) if r.result.as_deref() == Some("failed") => LayerMatch::Failed,
                 Some(r) if r.digest == l.digest => LayerMatch::Applied,
                 Some(r) => LayerMatch::Differs {
                     recorded: r.digest.clone(),

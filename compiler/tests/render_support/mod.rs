@@ -891,12 +891,12 @@ const STUBS: &[(&str, &str)] = &[
     ("ov_pwn", r#"touch "$OV_PWN_MARK""#),
     (
         "apt-get",
-        r#"case $1 in install) for a in "$@"; do case $a in -*|install|--) ;; *) echo "$a" >> "$STUB_DB" ;; esac; done ;; purge) [ -n "${STUB_FAIL_PURGE:-}" ] && exit 100; for a in "$@"; do sed -i "/^$a\$/d" "$STUB_DB"; done ;; esac"#,
+        r#"case $1 in install) for a in "$@"; do case $a in -*|install|--) ;; *) echo "$a" >> "$STUB_DB" ;; esac; done ;; purge) [ -n "${STUB_FAIL_PURGE:-}" ] && exit 100; for a in "$@"; do sed -i "/^$a\$/d" "$STUB_DB"; done ;; -s) shift; while [ "${1#-}" != "$1" ]; do shift; [ "$1" = Debug::NoLocking=1 ] && shift; done; [ "$1" = purge ] && for a in "$@"; do case $a in -*|purge) ;; *) echo "Purg $a" ;; esac; done ;; esac; exit 0"#,
     ),
     ("add-apt-repository", "exit 0"),
     (
         "dpkg-query",
-        r#"if stub_has "${!#}"; then echo "install ok installed"; else exit 1; fi"#,
+        r#"case "$*" in *Status-Abbrev*) { printf '%s\n' ${STUB_INSTALLED:-}; [ -f "$STUB_DB" ] && cat "$STUB_DB"; } | sed 's/^/ii  /'; exit 0 ;; esac; if stub_has "${!#}"; then echo "install ok installed"; else exit 1; fi"#,
     ),
     (
         "pacman",
