@@ -320,8 +320,11 @@ fn a_failed_layer_stops_the_run_and_the_next_run_resumes_there() {
         end(&out.stdout).get("result").map(String::as_str),
         Some("fail")
     );
-    assert!(!root.path(&format!("{LEDGER}/layers/{GATE}.json")).exists());
-    assert!(!root
+    // The failed layer is recorded as failed — with its undo script, so that undo.sh reverses
+    // what it did so far — and is not applied: the next run runs it again.
+    let rec = json(&root, &format!("{LEDGER}/layers/{GATE}.json"));
+    assert_eq!(rec["result"], "failed", "{rec}");
+    assert!(root
         .path(&format!("{LEDGER}/layers/{GATE}.undo.sh"))
         .exists());
     assert!(
@@ -331,7 +334,9 @@ fn a_failed_layer_stops_the_run_and_the_next_run_resumes_there() {
     assert!(package_installed(&root, "hello"));
     let deploy = json(&root, &format!("{LEDGER}/deploys/{id}.json"));
     assert_eq!(deploy["result"], "fail");
-    assert_eq!(deploy["layers"], serde_json::json!(done_first));
+    let mut recorded = done_first.to_vec();
+    recorded.push(GATE);
+    assert_eq!(deploy["layers"], serde_json::json!(recorded));
 
     // Fix the cause: the next run resumes at `e2e-gate`.
     root.sh(&format!("touch {GATE_MARKER}"));
@@ -343,6 +348,8 @@ fn a_failed_layer_stops_the_run_and_the_next_run_resumes_there() {
         json(&root, &format!("{LEDGER}/deploys/{id}.json"))["result"],
         "ok"
     );
+    let rec = json(&root, &format!("{LEDGER}/layers/{GATE}.json"));
+    assert!(rec.get("result").is_none(), "applied now: {rec}");
 
     // --only with --force re-runs one layer; the record keeps one deploy id.
     let out = run(&root, &["--only", "e2e-task", "--force"]);
