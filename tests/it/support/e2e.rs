@@ -59,6 +59,11 @@ pub const OFFLINE_APT: (&str, &str) = (
 /// The `ov` binary with a clean environment apart from PATH and `home` as HOME (and XDG dirs
 /// under it), so its deploy.yml, keys and bundle cache are the test's.
 pub fn ov(home: &Path) -> Command {
+    ov_in(home, &project())
+}
+
+/// [`ov`] for another project.
+pub fn ov_in(home: &Path, project: &Path) -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_ov"));
     c.env_clear()
         .env("PATH", std::env::var_os("PATH").unwrap_or_default())
@@ -69,7 +74,7 @@ pub fn ov(home: &Path) -> Command {
         .env("LANG", "C.UTF-8")
         .env("TERM", "dumb")
         .arg("-C")
-        .arg(project());
+        .arg(project);
     c
 }
 
@@ -129,10 +134,9 @@ pub fn end(stdout: &[u8]) -> BTreeMap<String, String> {
 /// What a teardown leaves, by design: root's ledger directory with its lock file (another run may
 /// be waiting on it), root's empty work directory, and what raw `cmd:` tasks wrote (ov cannot
 /// know it). Directories the layers' `mkdir:` tasks and files created (`~/.config/e2e`,
-/// `~/.local/bin`) are recorded and removed; the view in the home goes with the last record.
+/// `~/.local/bin`) are recorded and removed; the view in the home goes with the last record, and
+/// with it the directories of the home made for it (`~/.config/overthink`, `~/.config`).
 pub const LEFT_AFTER_UNDO: &[&str] = &[
-    "home/tester/.config",
-    "home/tester/.config/overthink",
     "var/lib/overthink",
     "var/lib/overthink/installed",
     "var/lib/overthink/installed/tester",
