@@ -418,3 +418,73 @@ fn a_failed_layer_stops_the_run_and_the_next_run_resumes_there() {
     assert!(!package_installed(&root, "hello"));
     assert!(!root.path("/etc/e2e-system.conf").exists());
 }
+
+#[test]
+fn undo_puts_back_what_the_run_replaced_and_keeps_what_changed_since() {
+    let Some((root, _b)) = setup() else { return };
+    root.sh(&format!("touch {GATE_MARKER}"));
+    // The site's own files at paths the layers write: a system file (written by root's step), a
+    // system program and a user's program (written by the user's step, saved in the user's home).
+    root.sh(
+        "printf 'site=1\\n' > /etc/e2e-system.conf && chmod 0640 /etc/e2e-system.conf && chown root:adm /etc/e2e-system.conf \
+         && printf '#!/bin/sh\\necho site greet\\n' > /usr/local/bin/e2e-greet && chmod 0700 /usr/local/bin/e2e-greet \
+         && runuser -u tester -- sh -c 'mkdir -p ~/.local/bin && printf \"#!/bin/sh\\necho mine\\n\" > ~/.local/bin/e2e-hi && chmod 0750 ~/.local/bin/e2e-hi'",
+    );
+    let before = snapshot(&root);
+
+    let out = run(&root, &[]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    for p in [
+        "/etc/e2e-system.conf",
+        "/usr/local/bin/e2e-greet",
+        "/home/tester/.local/bin/e2e-hi",
+    ] {
+        assert!(
+            stdout.contains(&format!("saved {p} ")),
+            "{p}: {}",
+            text(&out)
+        );
+    }
+    assert_eq!(root.sh("e2e-greet"), "greetings from ov\n");
+    // root's copies are in root's ledger; the user's in the user's home, the user's own.
+    assert_eq!(
+        root.sh(&format!(
+            "stat -c '%U %a' {LEDGER}/layers/e2e-system.bak {LEDGER}/layers/e2e-system.bak/1"
+        )),
+        "root 700\nroot 640\n"
+    );
+    assert_eq!(
+        root.sh("stat -c '%U %a' /home/tester/.local/state/overthink/backup/e2e-user/1"),
+        "tester 750\n"
+    );
+    // The site changes a file the deploy wrote: teardown keeps the change, beside the original.
+    root.sh("printf 'site=2\\n' > /etc/e2e-system.conf");
+
+    let out = root.run(&["bash", &format!("{LEDGER}/undo.sh"), "--user", USER]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains("kept /etc/e2e-system.conf: it changed after the deploy"),
+        "{}",
+        text(&out)
+    );
+    assert!(stdout.contains("restored /usr/local/bin/e2e-greet"));
+    assert!(stdout.contains("restored /home/tester/.local/bin/e2e-hi"));
+    assert_eq!(root.sh("cat /etc/e2e-system.conf"), "site=2\n");
+    assert_eq!(
+        root.sh(
+            "cat /etc/e2e-system.conf.ov-orig; stat -c '%U:%G %a' /etc/e2e-system.conf.ov-orig"
+        ),
+        "site=1\nroot:adm 640\n"
+    );
+    // Everything else as before, the restored files byte for byte with their modes and owners.
+    root.sh("mv /etc/e2e-system.conf.ov-orig /etc/e2e-system.conf");
+    let after = snapshot(&root);
+    let diff = e2e::diff(&before, &after, e2e::LEFT_AFTER_UNDO);
+    assert!(
+        diff.is_empty(),
+        "the root differs after undo:\n{}",
+        diff.join("\n")
+    );
+}
