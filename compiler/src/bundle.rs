@@ -16,8 +16,7 @@ use thiserror::Error;
 
 use crate::manifest::{
     Manifest, ManifestCheck, ManifestDeploy, ManifestGates, ManifestLayer, ManifestReverseOp,
-    ManifestScript,
-    OverriddenTemplate, SkippedStep, BUNDLE_FORMAT,
+    ManifestScript, OverriddenTemplate, SkippedStep, BUNDLE_FORMAT,
 };
 use crate::plan::{CheckPlan, CheckSpec, InstallPlan, ReverseOp, Step, TargetKind};
 use crate::render::{Engine, RenderError, Rendered, RenderedLayer};

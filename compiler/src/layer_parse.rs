@@ -165,7 +165,10 @@ const CHECK_COMMON: &[&str] = &["id", "scope", "timeout", "exclude_distros"];
 /// Check kinds (the key that names what is checked) and the fields each one takes.
 const CHECK_KINDS: &[(&str, &[&str])] = &[
     ("file", &["exists", "mode", "filetype", "contains"]),
-    ("command", &["exit_status", "stdout", "stderr", "in_container"]),
+    (
+        "command",
+        &["exit_status", "stdout", "stderr", "in_container"],
+    ),
     ("package", &["installed", "package_map"]),
     ("service", &["running", "enabled"]),
     ("addr", &["reachable"]),
@@ -1114,7 +1117,9 @@ impl Parser<'_> {
             return Err(self
                 .doc
                 .wrong_type(node, "a mapping with `id:` and one kind", what)
-                .with_hint("a check looks like `- id: x-binary` / `  file: /usr/bin/x` / `  exists: true`"));
+                .with_hint(
+                    "a check looks like `- id: x-binary` / `  file: /usr/bin/x` / `  exists: true`",
+                ));
         }
         let entries = self.entries(node, what)?;
         let mut kind: Option<(&str, &Node, &[&str])> = None;
@@ -1391,15 +1396,22 @@ impl Parser<'_> {
                             "contains" => out.push(Matcher::Contains(self.non_empty(v, &mwhat)?)),
                             "matches" => out.push(Matcher::Matches(self.non_empty(v, &mwhat)?)),
                             _ => {
-                                return Err(self.unknown_key(k, &key, what, &["contains", "matches"]))
+                                return Err(self.unknown_key(
+                                    k,
+                                    &key,
+                                    what,
+                                    &["contains", "matches"],
+                                ))
                             }
                         }
                     }
                     Ok(())
                 }
-                Value::Seq(_) | Value::Null => Err(self
-                    .doc
-                    .wrong_type(n, "text or a mapping with `contains:` / `matches:`", what)),
+                Value::Seq(_) | Value::Null => Err(self.doc.wrong_type(
+                    n,
+                    "text or a mapping with `contains:` / `matches:`",
+                    what,
+                )),
                 _ => {
                     out.push(Matcher::Contains(self.non_empty(n, what)?));
                     Ok(())

@@ -230,12 +230,9 @@ pub fn lower(
     // Checks last: a `service:` check names the unit whichever layer of the deploy sets it up.
     for i in 0..layers.len() {
         let checks = match project.layers.get(&layers[i].name) {
-            Some(layer) => crate::lower_checks::lower_checks(
-                &deploy,
-                &layers[i].name,
-                &layer.checks,
-                &layers,
-            )?,
+            Some(layer) => {
+                crate::lower_checks::lower_checks(&deploy, &layers[i].name, &layer.checks, &layers)?
+            }
             None => Vec::new(),
         };
         layers[i].checks = checks;

@@ -11,9 +11,7 @@
 //! skipped with the variable named.
 
 use crate::layer::{Check, CheckProbe, CheckScope, Matcher};
-use crate::plan::{
-    Action, CheckPlan, CheckSpec, CheckWhen, Deploy, LayerPlan, TextOp, TextTest,
-};
+use crate::plan::{Action, CheckPlan, CheckSpec, CheckWhen, Deploy, LayerPlan, TextOp, TextTest};
 use crate::shell::RUNTIME_VARS;
 
 /// Seconds a `command:` check may run when the layer gives no `timeout:`.

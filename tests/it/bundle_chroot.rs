@@ -443,7 +443,12 @@ fn run_sh_test_reports_each_check_of_the_layers_and_changes_nothing() {
     let before = snapshot(&root);
 
     let out = run(&root, &["--test"]);
-    assert_eq!(out.status.code(), Some(9), "one check fails: {}", text(&out));
+    assert_eq!(
+        out.status.code(),
+        Some(9),
+        "one check fails: {}",
+        text(&out)
+    );
     let got = checks(&out.stdout);
     let result = |id: &str| got.get(id).map(|(r, _)| r.as_str()).unwrap_or("absent");
     for id in [
@@ -457,7 +462,13 @@ fn run_sh_test_reports_each_check_of_the_layers_and_changes_nothing() {
         "hi-on-path",
         "greeting-env",
     ] {
-        assert_eq!(result(id), "pass", "{id}: {:?}\n{}", got.get(id), text(&out));
+        assert_eq!(
+            result(id),
+            "pass",
+            "{id}: {:?}\n{}",
+            got.get(id),
+            text(&out)
+        );
     }
     assert_eq!(result("never-there"), "fail");
     assert_eq!(
@@ -467,7 +478,10 @@ fn run_sh_test_reports_each_check_of_the_layers_and_changes_nothing() {
         text(&out)
     );
     assert_eq!(result("cron-running"), "skip");
-    assert_eq!(got["cron-running"].1, "systemd is not running on the target");
+    assert_eq!(
+        got["cron-running"].1,
+        "systemd is not running on the target"
+    );
     assert_eq!(result("in-container-only"), "skip");
     assert!(got["in-container-only"].1.contains("in_container"));
     assert_eq!(got.len(), 12, "{got:?}");
@@ -483,9 +497,14 @@ fn run_sh_test_reports_each_check_of_the_layers_and_changes_nothing() {
     );
     // The lines for people, one per check, and the summary.
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(stdout.contains("FAIL  e2e-task/never-there (command, build): exit status 1, expected 0"));
+    assert!(
+        stdout.contains("FAIL  e2e-task/never-there (command, build): exit status 1, expected 0")
+    );
     assert!(stdout.contains("PASS  e2e-link/hello-link (file, build)"));
-    assert!(stdout.contains("checks: 9 passed, 1 failed, 2 skipped"), "{stdout}");
+    assert!(
+        stdout.contains("checks: 9 passed, 1 failed, 2 skipped"),
+        "{stdout}"
+    );
 
     // Scope and layer filters; --events leaves only the progress lines.
     let out = run(&root, &["--test", "--scope", "deploy", "--events"]);
@@ -552,7 +571,14 @@ fn check_values_with_shell_metacharacters_are_data_not_code() {
         .env("HOME", home.path())
         .arg("-C")
         .arg(home.path())
-        .args(["compile", "host", "hostile", "--distro", "debian:12", "--out-dir"])
+        .args([
+            "compile",
+            "host",
+            "hostile",
+            "--distro",
+            "debian:12",
+            "--out-dir",
+        ])
         .arg(root.path(BUNDLE_DIR))
         .output()
         .expect("ov runs");
@@ -574,5 +600,8 @@ fn check_values_with_shell_metacharacters_are_data_not_code() {
     assert_ne!(result("url-is-data"), "pass", "{}", text(&out));
     assert_eq!(out.status.code(), Some(9), "{}", text(&out));
     let canaries = root.sh("ls -a /tmp /home/tester");
-    assert!(!canaries.contains("canary"), "a value ran as code: {canaries}");
+    assert!(
+        !canaries.contains("canary"),
+        "a value ran as code: {canaries}"
+    );
 }
