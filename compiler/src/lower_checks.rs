@@ -99,8 +99,17 @@ fn lower_check(
             filetype,
             contains,
         } => {
-            let path = sub(path);
-            let anchored = path.starts_with('/')
+            // A path that names a container variable is skipped (the reason says which), not
+            // judged: it has no meaning here.
+            let (path, resolved) = match substitute(path) {
+                Ok(p) => (p, true),
+                Err(reason) => {
+                    notes.push(reason);
+                    (path.clone(), false)
+                }
+            };
+            let anchored = !resolved
+                || path.starts_with('/')
                 || path == "~"
                 || path.starts_with("~/")
                 || RUNTIME_VARS
