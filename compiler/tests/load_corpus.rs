@@ -122,8 +122,7 @@ fn every_corpus_check_parses_into_its_kind() {
         layers += usize::from(!layer.checks.is_empty());
         for c in &layer.checks {
             *kinds.entry(c.probe.kind()).or_default() += 1;
-            deploy_scoped +=
-                usize::from(c.scope == ov_compiler::layer::CheckScope::Deploy);
+            deploy_scoped += usize::from(c.scope == ov_compiler::layer::CheckScope::Deploy);
         }
         assert!(
             layer.container_only.iter().all(|c| c.key != "tests"),

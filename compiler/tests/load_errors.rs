@@ -306,13 +306,7 @@ fn inline_layers_are_refused() {
     insta::assert_snapshot!("project-inline-layers", render(&e));
 }
 
-layer_case!(
-    check_unknown_kind,
-    "check-unknown-kind",
-    Invalid,
-    4,
-    7
-);
+layer_case!(check_unknown_kind, "check-unknown-kind", Invalid, 4, 7);
 layer_case!(check_no_kind, "check-no-kind", MissingKey, 3, 7);
 layer_case!(
     check_field_for_other_kind,

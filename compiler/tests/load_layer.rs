@@ -556,7 +556,10 @@ fn checks_parse_into_typed_kinds_with_defaults() {
         }
     );
     assert_eq!(c[0].scope, CheckScope::Build, "scope defaults to build");
-    assert_eq!((c[1].scope, c[1].timeout_secs), (CheckScope::Deploy, Some(120)));
+    assert_eq!(
+        (c[1].scope, c[1].timeout_secs),
+        (CheckScope::Deploy, Some(120))
+    );
     assert_eq!(
         c[1].probe,
         CheckProbe::Command {
