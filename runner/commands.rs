@@ -1,4 +1,5 @@
-//! Stage `runner`, commands: `ov push`, `ov deploy del` and `ov status` as plain functions of
+//! Stage `runner`, commands: `ov push` (also `--verify` and `ov test`, which run the layers'
+//! checks on the push channel), `ov deploy del` and `ov status` as plain functions of
 //! plain option structs — target resolution (saved state, VM defaults), the progress display,
 //! the final summary and the exit code. The clap layer only fills these structs.
 //! Invariant: every path ends in exactly one [`Exit`], and errors are printed once, with their

@@ -1,7 +1,8 @@
 //! Stage `runner`, push: verify the bundle locally → connect → probe → wait for cloud-init →
 //! one channel under `sudo -n bash -s`: a small bootstrap on stdin, the archive right after it
 //! (stored once into root's `/var/lib/overthink/work/<unique>/`, 0700), its sha256 verified there, extracted, `run.sh`
-//! run, the ledger printed back → save state.
+//! run, the ledger printed back, then (`--verify`, `ov test`: [`RunMode`]) `run.sh --test` on the
+//! same channel → save state (not for `ov test`, which changes nothing).
 //! Invariants: nothing runs on the target unless the archive matches its `.sha256`; a fixed
 //! number of channels per push (probe, [cloud-init], run; a ledger read only if the run
 //! channel's print did not arrive) whatever the number of layers; the master is closed on
