@@ -413,10 +413,11 @@ pub fn summary(plan: &InstallPlan) -> String {
         }
         for c in &layer.checks {
             s.push_str(&format!(
-                "    {:<15} {:<12} {}",
+                "    {:<15} {:<12} {} ({})",
                 "check",
                 c.scope.as_str(),
-                format!("{} ({})", c.id, c.probe.kind())
+                c.id,
+                c.probe.kind()
             ));
             if let Some(why) = &c.skip {
                 s.push_str(&format!("  [skip: {why}]"));
