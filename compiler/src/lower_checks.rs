@@ -362,6 +362,87 @@ mod tests {
         assert_eq!(substitute("a $(b) ${ c").as_deref(), Ok("a $(b) ${ c"));
     }
 
+    fn deploy(tags: &[&str]) -> Deploy {
+        Deploy {
+            name: "host".into(),
+            id: "0123456789abcdef".into(),
+            target: crate::plan::TargetKind::Host,
+            distro: crate::plan::TargetDistro {
+                tags: tags.iter().map(|t| t.to_string()).collect(),
+                formats: vec!["deb".into()],
+            },
+            user: None,
+            requested: Vec::new(),
+        }
+    }
+
+    fn check(probe: CheckProbe) -> Check {
+        Check {
+            id: "c".into(),
+            scope: CheckScope::Build,
+            timeout_secs: None,
+            exclude_distros: Vec::new(),
+            probe,
+            pos: crate::layer::Pos { line: 3, column: 5 },
+        }
+    }
+
+    #[test]
+    fn the_most_specific_tag_of_the_package_map_wins() {
+        let c = check(CheckProbe::Package {
+            name: "conntrack-tools".into(),
+            installed: true,
+            package_map: vec![
+                ("debian".into(), "conntrack".into()),
+                ("debian:12".into(), "conntrack-12".into()),
+            ],
+        });
+        let d = deploy(&["debian:12", "debian"]);
+        let p = lower_check(&d, "l", &c, &[]).expect("lowers");
+        assert_eq!(
+            p.probe,
+            CheckSpec::Package {
+                format: "deb".into(),
+                name: "conntrack-12".into(),
+                installed: true
+            }
+        );
+        let p = lower_check(&deploy(&["ubuntu:24.04", "ubuntu", "debian"]), "l", &c, &[])
+            .expect("lowers");
+        assert!(matches!(p.probe, CheckSpec::Package { name, .. } if name == "conntrack"));
+        let p = lower_check(&deploy(&["fedora:43", "fedora"]), "l", &c, &[]).expect("lowers");
+        assert!(matches!(p.probe, CheckSpec::Package { name, .. } if name == "conntrack-tools"));
+    }
+
+    #[test]
+    fn a_service_not_set_up_by_any_layer_is_its_own_unit_and_bad_values_are_errors() {
+        let c = check(CheckProbe::Service {
+            name: "sshd".into(),
+            running: Some(true),
+            enabled: None,
+        });
+        let p = lower_check(&deploy(&["debian"]), "l", &c, &[]).expect("lowers");
+        assert_eq!(p.skip, None);
+        assert!(
+            matches!(p.probe, CheckSpec::Service { unit, user: false, .. } if unit == "sshd.service")
+        );
+        let c = check(CheckProbe::Addr {
+            addr: "127.0.0.1".into(),
+            reachable: true,
+        });
+        let e = lower_check(&deploy(&["debian"]), "l", &c, &[]).unwrap_err();
+        assert!(e.to_string().contains("is not `HOST:PORT`"), "{e}");
+        assert!(e.to_string().contains("line 3"), "{e}");
+        let c = check(CheckProbe::File {
+            path: "relative/x".into(),
+            exists: true,
+            mode: None,
+            filetype: None,
+            contains: Vec::new(),
+        });
+        assert!(lower_check(&deploy(&["debian"]), "l", &c, &[]).is_err());
+    }
+
     #[test]
     fn addresses_split_at_the_last_colon() {
         assert_eq!(split_addr("127.0.0.1:22"), Some(("127.0.0.1".into(), 22)));
