@@ -11,6 +11,7 @@ use clap::{Args, CommandFactory, Parser, Subcommand};
 use crate::commands::{self, Common, DelCommand, Destination, PushCommand, StatusCommand};
 use crate::compile_cmd::{self, CompileOptions, Output};
 use crate::exit::Exit;
+use crate::push::{RunMode, TestFilter};
 use crate::target::ConnectOptions;
 use crate::wait::CloudInitOptions;
 
@@ -47,6 +48,9 @@ pub enum Command {
     Verify(VerifyArgs),
     /// Compile (unless given a bundle) and apply it to the target over SSH (or locally for `host`).
     Push(PushArgs),
+    /// Run the layers' own checks (`tests:`) on the target over SSH (or locally for `host`):
+    /// compile (unless given a bundle), upload, verify, `run.sh --test`; changes nothing.
+    Test(TestArgs),
     /// Add or remove a deploy on its target.
     #[command(subcommand)]
     Deploy(DeployCommand),
@@ -223,6 +227,33 @@ pub struct PushArgs {
     /// The account user-scope steps run as (default: the deploy's user).
     #[arg(long, value_name = "NAME")]
     pub user: Option<String>,
+    /// After a successful apply, run the layers' own checks on the same connection (exit 9 if
+    /// one fails).
+    #[arg(long)]
+    pub verify: bool,
+}
+
+/// `ov test`.
+#[derive(Debug, Args)]
+pub struct TestArgs {
+    #[command(flatten)]
+    pub deploy: DeployArgs,
+    #[command(flatten)]
+    pub build: BuildArgs,
+    #[command(flatten)]
+    pub connect: ConnectArgs,
+    /// Only the checks of LAYER (repeatable; default: every layer of the bundle).
+    #[arg(long = "layer", value_name = "LAYER")]
+    pub only: Vec<String>,
+    /// Only the checks of this scope (default: both).
+    #[arg(long, value_parser = ["build", "deploy"])]
+    pub scope: Option<String>,
+    /// The account the checks run as (default: the deploy's user).
+    #[arg(long, value_name = "NAME")]
+    pub user: Option<String>,
+    /// Do not wait for cloud-init to finish.
+    #[arg(long)]
+    pub no_wait_cloud_init: bool,
 }
 
 /// `ov deploy del`.
@@ -325,6 +356,7 @@ fn run(cli: Cli) -> Result<Exit, Failure> {
         }
         Command::Verify(args) => compile_cmd::run_verify(&args.bundle),
         Command::Push(args) | Command::Deploy(DeployCommand::Add(args)) => push(project, args),
+        Command::Test(args) => test(project, args),
         Command::Deploy(DeployCommand::Del(args)) => {
             let target = compile_cmd::target_of(project.as_deref(), &args.deploy)?;
             Ok(commands::run_del(&DelCommand {
@@ -360,24 +392,54 @@ fn run(cli: Cli) -> Result<Exit, Failure> {
     }
 }
 
-fn push(project: Option<PathBuf>, args: PushArgs) -> Result<Exit, Failure> {
-    // `ov push path/to/x.tar.gz` pushes an existing bundle; anything else names a deploy.
-    let given_bundle = args.deploy.deploy.ends_with(".tar.gz");
-    let (bundle, target) = if given_bundle {
-        let bundle = PathBuf::from(&args.deploy.deploy);
+/// The bundle a push or test sends and its target: `path/to/x.tar.gz` is an existing bundle;
+/// anything else names a deploy, compiled into the cache.
+fn bundle_and_target(
+    project: Option<PathBuf>,
+    deploy: &DeployArgs,
+    build: &BuildArgs,
+) -> Result<(PathBuf, compile_cmd::TargetInfo), Failure> {
+    if deploy.deploy.ends_with(".tar.gz") {
+        let bundle = PathBuf::from(&deploy.deploy);
         let target = compile_cmd::target_of_bundle(project.as_deref(), &bundle)?;
-        (bundle, target)
+        Ok((bundle, target))
     } else {
-        let target = compile_cmd::target_of(project.as_deref(), &args.deploy.deploy)?;
+        let target = compile_cmd::target_of(project.as_deref(), &deploy.deploy)?;
         let bundle = compile_cmd::compile_to_cache(&CompileOptions {
             project,
-            request: deploy_request(&args.deploy),
-            templates: args.build.templates.clone(),
-            source_date_epoch: args.build.source_date_epoch,
+            request: deploy_request(deploy),
+            templates: build.templates.clone(),
+            source_date_epoch: build.source_date_epoch,
             output: Output::Default,
         })?;
-        (bundle, target)
-    };
+        Ok((bundle, target))
+    }
+}
+
+fn test(project: Option<PathBuf>, args: TestArgs) -> Result<Exit, Failure> {
+    let (bundle, target) = bundle_and_target(project, &args.deploy, &args.build)?;
+    Ok(commands::run_push(&PushCommand {
+        common: common(&target, &args.connect),
+        bundle,
+        cloud_init: CloudInitOptions {
+            wait: !args.no_wait_cloud_init,
+            ..CloudInitOptions::default()
+        },
+        keep: false,
+        dry_run: false,
+        no_wait_lock: false,
+        force: false,
+        user: args.user.or(target.user),
+        mode: RunMode::Test,
+        test: TestFilter {
+            layers: args.only,
+            scope: args.scope,
+        },
+    }))
+}
+
+fn push(project: Option<PathBuf>, args: PushArgs) -> Result<Exit, Failure> {
+    let (bundle, target) = bundle_and_target(project, &args.deploy, &args.build)?;
     Ok(commands::run_push(&PushCommand {
         common: common(&target, &args.connect),
         bundle,
@@ -392,6 +454,12 @@ fn push(project: Option<PathBuf>, args: PushArgs) -> Result<Exit, Failure> {
         no_wait_lock: args.no_wait,
         force: args.force,
         user: args.user.or(target.user),
+        mode: if args.verify {
+            RunMode::ApplyThenTest
+        } else {
+            RunMode::Apply
+        },
+        test: TestFilter::default(),
     }))
 }
 

@@ -1,4 +1,5 @@
-//! Stage `runner`, commands: `ov push`, `ov deploy del` and `ov status` as plain functions of
+//! Stage `runner`, commands: `ov push` (also `--verify` and `ov test`, which run the layers'
+//! checks on the push channel), `ov deploy del` and `ov status` as plain functions of
 //! plain option structs — target resolution (saved state, VM defaults), the progress display,
 //! the final summary and the exit code. The clap layer only fills these structs.
 //! Invariant: every path ends in exactly one [`Exit`], and errors are printed once, with their
@@ -14,7 +15,10 @@ use crate::executor::{Executor, LocalExecutor};
 use crate::exit::{Exit, HasExit};
 use crate::ledger::{status, status_with, LayerMatch, StatusReport};
 use crate::progress::{Display, DisplayMode, Progress};
-use crate::push::{push, push_with, PushOptions, PushOutcome, PushReport, StateTarget};
+use crate::push::{
+    push, push_with, CheckReport, PushOptions, PushOutcome, PushReport, RunMode, StateTarget,
+    TestFilter,
+};
 use crate::state::load_vm_state;
 use crate::target::{resolve, ConnectOptions, Paths, Target};
 use crate::teardown::{teardown, teardown_with, TeardownOptions, TeardownReport};
@@ -63,6 +67,10 @@ pub struct PushCommand {
     pub force: bool,
     /// `--user` (target account for run.sh).
     pub user: Option<String>,
+    /// Apply (`ov push`), apply and check (`ov push --verify`) or only check (`ov test`).
+    pub mode: RunMode,
+    /// Which checks (`ov test --layer`, `--scope`).
+    pub test: TestFilter,
 }
 
 /// `ov deploy del`.
@@ -198,6 +206,8 @@ fn push_inner(cmd: &PushCommand, display: &mut Display) -> Result<(), Failure> {
         cloud_init: cmd.cloud_init.clone(),
         remote_base: crate::push::REMOTE_BASE.into(),
         state: None,
+        mode: cmd.mode,
+        test: cmd.test.clone(),
     };
     let outcome = match &cmd.common.destination {
         Destination::Local => {
@@ -218,6 +228,8 @@ fn push_inner(cmd: &PushCommand, display: &mut Display) -> Result<(), Failure> {
         }
         Destination::Remote(c) => {
             let (target, state, wait) = connect_parts(&cmd.common, c)?;
+            // Checks change nothing on the target, so they change nothing in deploy.yml either.
+            let state = state.filter(|_| cmd.mode != RunMode::Test);
             let opts = PushOptions { state, ..opts_base };
             push(target, wait, &opts, display).map_err(failure)?
         }
@@ -238,19 +250,70 @@ fn push_inner(cmd: &PushCommand, display: &mut Display) -> Result<(), Failure> {
         }
         PushOutcome::Done(r) => {
             if cmd.common.json {
-                println!(
-                    "{}",
-                    json!({"event": "result", "target": r.target, "applied": r.applied,
-                           "skipped": r.skipped, "applied_layers": r.applied_layers,
-                           "bundle_sha256": r.bundle_sha256,
-                           "instance_id": r.state.as_ref().and_then(|s| s.instance_id.clone())})
-                );
+                let checks = r
+                    .checks
+                    .as_ref()
+                    .map(|c| json!({"pass": c.pass, "fail": c.fail, "skip": c.skip}));
+                if cmd.mode == RunMode::Test {
+                    println!(
+                        "{}",
+                        json!({"event": "result", "target": r.target, "checks": checks,
+                               "bundle_sha256": r.bundle_sha256})
+                    );
+                } else {
+                    println!(
+                        "{}",
+                        json!({"event": "result", "target": r.target, "applied": r.applied,
+                               "skipped": r.skipped, "applied_layers": r.applied_layers,
+                               "bundle_sha256": r.bundle_sha256, "checks": checks,
+                               "instance_id": r.state.as_ref().and_then(|s| s.instance_id.clone())})
+                    );
+                }
             } else {
-                eprintln!("{}", summary_push(&r));
+                if cmd.mode != RunMode::Test {
+                    eprintln!("{}", summary_push(&r));
+                }
+                if let Some(c) = &r.checks {
+                    eprintln!(
+                        "checked {}: {} passed, {} failed, {} skipped",
+                        r.target, c.pass, c.fail, c.skip
+                    );
+                }
+            }
+            if cmd.mode.tests_run() {
+                checks_outcome(&r.target, r.checks.as_ref())?;
             }
         }
     }
     Ok(())
+}
+
+/// A failed check is the command's failure (exit 9), naming the checks; checks that never
+/// reported (a run.sh without `--test`) are one too.
+fn checks_outcome(target: &str, checks: Option<&CheckReport>) -> Result<(), Failure> {
+    let Some(c) = checks else {
+        return Err((
+            Exit::ChecksFailed,
+            format!("the checks on {target} did not report a result"),
+        ));
+    };
+    if c.fail == 0 {
+        return Ok(());
+    }
+    let failed: Vec<String> = c
+        .results
+        .iter()
+        .filter(|r| r.result != "pass" && r.result != "skip")
+        .map(|r| format!("{}/{}: {}", r.layer, r.id, r.msg))
+        .collect();
+    Err((
+        Exit::ChecksFailed,
+        format!(
+            "{} check(s) failed on {target}:\n  {}",
+            c.fail,
+            failed.join("\n  ")
+        ),
+    ))
 }
 
 /// Run `ov deploy del`.

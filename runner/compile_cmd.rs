@@ -411,6 +411,19 @@ pub fn summary(plan: &InstallPlan) -> String {
         for step in &layer.steps {
             s.push_str(&step_line(step));
         }
+        for c in &layer.checks {
+            s.push_str(&format!(
+                "    {:<15} {:<12} {} ({})",
+                "check",
+                c.scope.as_str(),
+                c.id,
+                c.probe.kind()
+            ));
+            if let Some(why) = &c.skip {
+                s.push_str(&format!("  [skip: {why}]"));
+            }
+            s.push('\n');
+        }
     }
     s
 }

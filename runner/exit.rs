@@ -16,6 +16,7 @@ use std::fmt;
 /// | 6 | cloud-init on the target finished with errors |
 /// | 7 | a remote step failed (a layer script, or teardown left something undone) |
 /// | 8 | the target's ledger is locked by another run |
+/// | 9 | a check of the layers' own tests (`ov test`, `ov push --verify`) failed |
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Exit {
     /// 0 — everything worked.
@@ -36,11 +37,13 @@ pub enum Exit {
     RemoteStep,
     /// 8 — another run holds the target's ledger lock.
     Locked,
+    /// 9 — a check of the layers' own tests failed on the target.
+    ChecksFailed,
 }
 
 impl Exit {
     /// Every variant, in code order (for docs and tests).
-    pub const ALL: [Exit; 9] = [
+    pub const ALL: [Exit; 10] = [
         Exit::Ok,
         Exit::Other,
         Exit::Usage,
@@ -50,6 +53,7 @@ impl Exit {
         Exit::CloudInit,
         Exit::RemoteStep,
         Exit::Locked,
+        Exit::ChecksFailed,
     ];
 
     /// The numeric process exit status.
@@ -64,6 +68,7 @@ impl Exit {
             Exit::CloudInit => 6,
             Exit::RemoteStep => 7,
             Exit::Locked => 8,
+            Exit::ChecksFailed => 9,
         }
     }
 
@@ -79,6 +84,7 @@ impl Exit {
             Exit::CloudInit => "cloud-init failed",
             Exit::RemoteStep => "remote step failed",
             Exit::Locked => "target locked",
+            Exit::ChecksFailed => "a check failed",
         }
     }
 }
@@ -108,7 +114,7 @@ mod tests {
     #[test]
     fn codes_are_distinct_and_documented_order() {
         let codes: Vec<u8> = Exit::ALL.iter().map(|e| e.code()).collect();
-        assert_eq!(codes, vec![0, 1, 2, 3, 4, 5, 6, 7, 8]);
+        assert_eq!(codes, vec![0, 1, 2, 3, 4, 5, 6, 7, 8, 9]);
         assert_eq!(Exit::Locked.to_string(), "8 (target locked)");
     }
 }

@@ -100,8 +100,34 @@ pub enum RunEvent {
         applied: u64,
         skipped: u64,
     },
+    /// `check layer=… id=… kind=… scope=… result=pass|fail|skip msg=…` (`run.sh --test`).
+    Check(CheckResult),
+    /// `test-end result=ok|fail checks=N pass=P fail=F skip=S`
+    TestEnd {
+        ok: bool,
+        pass: u64,
+        fail: u64,
+        skip: u64,
+    },
     /// Any other event (forward compatible; also the teardown script's events).
     Other(ProgressLine),
+}
+
+/// One check's result, as `run.sh --test` reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CheckResult {
+    /// The layer.
+    pub layer: String,
+    /// The check's id.
+    pub id: String,
+    /// `file`, `command`, …
+    pub kind: String,
+    /// `build` or `deploy`.
+    pub scope: String,
+    /// `pass`, `fail` or `skip`.
+    pub result: String,
+    /// What was found, or why it was skipped.
+    pub msg: String,
 }
 
 impl RunEvent {
@@ -147,6 +173,20 @@ impl RunEvent {
                 applied: l.num("applied").unwrap_or(0),
                 skipped: l.num("skipped").unwrap_or(0),
             },
+            "check" => RunEvent::Check(CheckResult {
+                layer: s("layer"),
+                id: s("id"),
+                kind: s("kind"),
+                scope: s("scope"),
+                result: s("result"),
+                msg: s("msg"),
+            }),
+            "test-end" => RunEvent::TestEnd {
+                ok: l.get("result") == Some("ok"),
+                pass: l.num("pass").unwrap_or(0),
+                fail: l.num("fail").unwrap_or(0),
+                skip: l.num("skip").unwrap_or(0),
+            },
             _ => RunEvent::Other(l),
         }
     }
@@ -186,6 +226,15 @@ impl RunEvent {
                 skipped,
             } => json!({"event": "end", "result": if *ok { "ok" } else { "fail" },
                         "applied": applied, "skipped": skipped}),
+            RunEvent::Check(c) => json!({"event": "check", "layer": c.layer, "id": c.id,
+                "kind": c.kind, "scope": c.scope, "result": c.result, "msg": c.msg}),
+            RunEvent::TestEnd {
+                ok,
+                pass,
+                fail,
+                skip,
+            } => json!({"event": "test-end", "result": if *ok { "ok" } else { "fail" },
+                        "pass": pass, "fail": fail, "skip": skip}),
             RunEvent::Other(l) => {
                 let mut m = Map::new();
                 m.insert("event".into(), Value::String(l.event.clone()));
@@ -483,6 +532,25 @@ pub fn plain_text(ev: &Event) -> Option<String> {
                 "{}: {applied} applied, {skipped} skipped",
                 if *ok { "ok" } else { "failed" }
             ),
+            RunEvent::Check(c) => format!(
+                "{}  {}/{} ({}, {}): {}",
+                match c.result.as_str() {
+                    "pass" => "PASS",
+                    "skip" => "SKIP",
+                    _ => "FAIL",
+                },
+                c.layer,
+                c.id,
+                c.kind,
+                c.scope,
+                c.msg
+            ),
+            RunEvent::TestEnd {
+                pass, fail, skip, ..
+            } => format!("checks: {pass} passed, {fail} failed, {skip} skipped"),
+            RunEvent::Other(l) if l.event == "test-begin" => {
+                format!("checks: {}", l.get("checks").unwrap_or("?"))
+            }
             RunEvent::Other(l) => {
                 let mut s = l.event.clone();
                 for (k, v) in &l.fields {
@@ -575,6 +643,26 @@ mod tests {
                 script: "01-user.sh".into(),
                 status: 0,
                 secs: 1.5
+            }
+        );
+        assert_eq!(
+            ev("::ov:: check layer=x id=x-bin kind=file scope=build result=fail msg=`/x` does not exist"),
+            RunEvent::Check(CheckResult {
+                layer: "x".into(),
+                id: "x-bin".into(),
+                kind: "file".into(),
+                scope: "build".into(),
+                result: "fail".into(),
+                msg: "`/x` does not exist".into(),
+            })
+        );
+        assert_eq!(
+            ev("::ov:: test-end result=fail checks=3 pass=1 fail=1 skip=1"),
+            RunEvent::TestEnd {
+                ok: false,
+                pass: 1,
+                fail: 1,
+                skip: 1
             }
         );
         match ev("::ov:: something-new a=1") {

@@ -1,7 +1,8 @@
 //! Stage `runner`, push: verify the bundle locally → connect → probe → wait for cloud-init →
 //! one channel under `sudo -n bash -s`: a small bootstrap on stdin, the archive right after it
 //! (stored once into root's `/var/lib/overthink/work/<unique>/`, 0700), its sha256 verified there, extracted, `run.sh`
-//! run, the ledger printed back → save state.
+//! run, the ledger printed back, then (`--verify`, `ov test`: [`RunMode`]) `run.sh --test` on the
+//! same channel → save state (not for `ov test`, which changes nothing).
 //! Invariants: nothing runs on the target unless the archive matches its `.sha256`; a fixed
 //! number of channels per push (probe, [cloud-init], run; a ledger read only if the run
 //! channel's print did not arrive) whatever the number of layers; the master is closed on
@@ -14,7 +15,7 @@ use crate::archive::{open_bundle, BundleError, BundleInfo};
 use crate::executor::{quote, As, ExecError, Executor, Input, Request, Sink};
 use crate::exit::{Exit, HasExit};
 use crate::ledger::{read_ledger, Ledger, LedgerError, LedgerLines};
-use crate::progress::{Event, Progress, ProgressLine, RunEvent, Stream};
+use crate::progress::{CheckResult, Event, Progress, ProgressLine, RunEvent, Stream};
 use crate::ssh::SshExecutor;
 use crate::state::{load_vm_state, now_rfc3339, save_vm_state, StateError, VmState};
 use crate::target::Target;
@@ -40,6 +41,52 @@ pub struct StateTarget {
     pub vm: String,
 }
 
+/// What the run on the target does with the bundle.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum RunMode {
+    /// Apply it (`run.sh`).
+    #[default]
+    Apply,
+    /// Apply it, then, when that succeeded, run the layers' own checks on the same channel
+    /// (`ov push --verify`).
+    ApplyThenTest,
+    /// Only run the layers' own checks (`ov test`): nothing is applied, no ledger is read.
+    Test,
+}
+
+impl RunMode {
+    fn applies(self) -> bool {
+        self != RunMode::Test
+    }
+
+    /// Whether the layers' checks run.
+    pub fn tests_run(self) -> bool {
+        self != RunMode::Apply
+    }
+}
+
+/// Which checks `run.sh --test` runs.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TestFilter {
+    /// Only these layers' checks (empty: every layer of the bundle).
+    pub layers: Vec<String>,
+    /// Only checks of this scope (`build` or `deploy`; `None`: both).
+    pub scope: Option<String>,
+}
+
+/// The layers' checks as the target reported them.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CheckReport {
+    /// One entry per check, in run order.
+    pub results: Vec<CheckResult>,
+    /// How many passed.
+    pub pass: u64,
+    /// How many failed.
+    pub fail: u64,
+    /// How many were skipped (the reason is in the result).
+    pub skip: u64,
+}
+
 /// Options of one push.
 #[derive(Debug, Clone)]
 pub struct PushOptions {
@@ -61,6 +108,10 @@ pub struct PushOptions {
     pub remote_base: String,
     /// Record the result in deploy.yml.
     pub state: Option<StateTarget>,
+    /// Apply, apply and check, or only check.
+    pub mode: RunMode,
+    /// Which checks, when the mode runs them.
+    pub test: TestFilter,
 }
 
 impl PushOptions {
@@ -76,6 +127,8 @@ impl PushOptions {
             cloud_init: CloudInitOptions::default(),
             remote_base: REMOTE_BASE.into(),
             state: None,
+            mode: RunMode::Apply,
+            test: TestFilter::default(),
         }
     }
 }
@@ -242,6 +295,8 @@ pub struct PushReport {
     pub login_user: String,
     /// The state saved in deploy.yml (when asked to).
     pub state: Option<VmState>,
+    /// The checks, when the mode ran them.
+    pub checks: Option<CheckReport>,
 }
 
 /// What `--dry-run` would do.
@@ -417,7 +472,20 @@ pub fn bootstrap_script(
         args.push("--user".into());
         args.push(u.clone());
     }
-    let args: String = args.iter().map(|a| format!(" {}", quote(a))).collect();
+    // The checks: as the same user, only the progress lines (ov prints its own lines for people).
+    let mut test_args: Vec<String> = vec!["--test".into(), "--events".into()];
+    if let Some(scope) = &opts.test.scope {
+        test_args.push("--scope".into());
+        test_args.push(scope.clone());
+    }
+    if let Some(u) = &opts.user {
+        test_args.push("--user".into());
+        test_args.push(u.clone());
+    }
+    test_args.extend(opts.test.layers.iter().cloned());
+    let words = |v: &[String]| -> String { v.iter().map(|a| format!(" {}", quote(a))).collect() };
+    let (args, test_args) = (words(&args), words(&test_args));
+    let (apply, test) = (opts.mode.applies(), opts.mode.tests_run());
     format!(
         r#"# ov push bootstrap: receive the archive (it follows this script on stdin), verify it, unpack
 # it, run it, print the ledger back, clean up. Everything is in `main`, which bash reads whole
@@ -472,15 +540,24 @@ printf '::ov:: upload-check result=ok sha256=%s\n' "$actual"
 # the archive survives.
 tar -xzf "$archive" --no-same-owner --no-same-permissions </dev/null || {{ echo "cannot extract $archive" >&2; exit 91; }}
 [ -f "$top/run.sh" ] || {{ echo "the bundle has no $top/run.sh" >&2; exit 91; }}
-bash "$dir/$top/run.sh"{args} </dev/null
-rc=$?
-# A bundle that failed its integrity check is not kept, whatever --keep says.
-[ "$rc" != 3 ] || keep=0
-# The ledger as run.sh left it, on this channel (see ov's runner/ledger.rs).
-if [ "$rc" = 0 ]; then
-  ledger_user={ledger_user}
-  ov_ledgers={ledgers}
-  ov_ledger_dump "${{ledger_user:-${{SUDO_USER:-$(id -un)}}}}"
+rc=0
+if [ {apply} = 1 ]; then
+  bash "$dir/$top/run.sh"{args} </dev/null
+  rc=$?
+  # A bundle that failed its integrity check is not kept, whatever --keep says.
+  [ "$rc" != 3 ] || keep=0
+  # The ledger as run.sh left it, on this channel (see ov's runner/ledger.rs).
+  if [ "$rc" = 0 ]; then
+    ledger_user={ledger_user}
+    ov_ledgers={ledgers}
+    ov_ledger_dump "${{ledger_user:-${{SUDO_USER:-$(id -un)}}}}"
+  fi
+fi
+# The layers' own checks, after a successful apply (or alone): they change nothing.
+if [ "$rc" = 0 ] && [ {test} = 1 ]; then
+  bash "$dir/$top/run.sh"{test_args} </dev/null
+  rc=$?
+  [ "$rc" != 3 ] || keep=0
 fi
 exit "$rc"
 }}
@@ -496,6 +573,8 @@ main; exit $?
         expected = quote(&bundle.sha256),
         top = quote(&bundle.top),
         keep = if opts.keep { 1 } else { 0 },
+        apply = u8::from(apply),
+        test = u8::from(test),
     )
 }
 
@@ -570,6 +649,8 @@ struct RunSink<'a> {
     /// Bytes sent ahead of the archive on the same stdin (the bootstrap).
     upload_offset: u64,
     ledger: LedgerLines,
+    checks: Vec<CheckResult>,
+    test_end: Option<(u64, u64, u64)>,
 }
 
 impl<'a> RunSink<'a> {
@@ -583,6 +664,8 @@ impl<'a> RunSink<'a> {
             last_upload_report: 0,
             upload_offset: 0,
             ledger: LedgerLines::default(),
+            checks: Vec::new(),
+            test_end: None,
         }
     }
 
@@ -621,6 +704,10 @@ impl Sink for RunSink<'_> {
                         applied,
                         skipped,
                     } => self.end = Some((*ok, *applied, *skipped)),
+                    RunEvent::Check(c) => self.checks.push(c.clone()),
+                    RunEvent::TestEnd {
+                        pass, fail, skip, ..
+                    } => self.test_end = Some((*pass, *fail, *skip)),
                     RunEvent::Other(l)
                         if l.event == "upload-check" && l.get("result") == Some("mismatch") =>
                     {
@@ -721,9 +808,17 @@ pub fn push_with(
     if let Some(failure) = sink.failure.as_mut() {
         failure.tail = tail.clone();
     }
+    // run.sh --test exits 9 when a check failed: the run itself went well, the report says the rest.
+    let checks = sink.test_end.map(|(pass, fail, skip)| CheckReport {
+        results: std::mem::take(&mut sink.checks),
+        pass,
+        fail,
+        skip,
+    });
     let (applied, skipped) = match (status, &sink.end) {
         (0, Some((_, a, s))) => (*a, *s),
-        (0, None) => (0, 0),
+        (9, Some((_, a, s))) if checks.is_some() => (*a, *s),
+        (0 | 9, None) if checks.is_some() || status == 0 => (0, 0),
         (90, _) => {
             let (expected, actual) = sink
                 .upload_mismatch
@@ -779,6 +874,7 @@ pub fn push_with(
     // only if that print did not arrive whole (or did not parse).
     let ledger = match dumped {
         Some(Ok(ledger)) => ledger,
+        _ if !opts.mode.applies() => Ledger::default(),
         _ => read_ledger(exec, &user)?,
     };
     let applied_layers = match &bundle.deploy_id {
@@ -808,6 +904,7 @@ pub fn push_with(
         cloud_init: cloud,
         login_user: facts.user,
         state: None,
+        checks,
     })
 }
 

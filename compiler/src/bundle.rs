@@ -15,10 +15,10 @@ use sha2::{Digest, Sha256};
 use thiserror::Error;
 
 use crate::manifest::{
-    Manifest, ManifestDeploy, ManifestGates, ManifestLayer, ManifestReverseOp, ManifestScript,
-    OverriddenTemplate, SkippedStep, BUNDLE_FORMAT,
+    Manifest, ManifestCheck, ManifestDeploy, ManifestGates, ManifestLayer, ManifestReverseOp,
+    ManifestScript, OverriddenTemplate, SkippedStep, BUNDLE_FORMAT,
 };
-use crate::plan::{InstallPlan, ReverseOp, Step, TargetKind};
+use crate::plan::{CheckPlan, CheckSpec, InstallPlan, ReverseOp, Step, TargetKind};
 use crate::render::{Engine, RenderError, Rendered, RenderedLayer};
 
 /// Entry mtime when no `SOURCE_DATE_EPOCH` is given: 1980-01-01T00:00:00Z (a fixed, plausible time;
@@ -217,6 +217,8 @@ pub fn build(
     let mut manifest_layers = Vec::new();
     let mut run_layers = Vec::new();
     let mut run_scripts = Vec::new();
+    let mut test_checks = Vec::new();
+    let mut test_texts = Vec::new();
     for (index, (lp, rl)) in plan.layers.iter().zip(&rendered.layers).enumerate() {
         check_name("layer name", &lp.name, false)?;
         let dir = format!("layers/{:0width$}-{}", index + 1, lp.name);
@@ -301,7 +303,20 @@ pub fn build(
             payload: payload_paths,
             skipped,
             reverse_ops,
+            checks: lp
+                .checks
+                .iter()
+                .map(|c| ManifestCheck {
+                    id: c.id.clone(),
+                    kind: c.probe.kind().to_string(),
+                    scope: c.scope.as_str().to_string(),
+                    skip: c.skip.clone(),
+                })
+                .collect(),
         });
+        for c in &lp.checks {
+            test_row(&lp.name, c, &mut test_checks, &mut test_texts);
+        }
     }
 
     let mut overridden: Vec<OverriddenTemplate> = rendered
@@ -369,6 +384,26 @@ pub fn build(
         }
     }
     files.insert("lib.sh".into(), (0o755, lib.into_bytes()));
+    // Only a bundle with checks carries test.sh; `run.sh --test` reports "none" without it.
+    if !test_checks.is_empty() {
+        let tctx = TestContext {
+            top: top.clone(),
+            deploy: manifest.deploy.name.clone(),
+            ov_version: opts.ov_version.clone(),
+            checks: test_checks,
+            texts: test_texts,
+        };
+        files.insert(
+            "test.sh".into(),
+            (
+                0o755,
+                engine
+                    .render("bundle/test.sh.j2", &tctx)
+                    .map_err(BundleError::Render)?
+                    .into_bytes(),
+            ),
+        );
+    }
     files.insert(
         "README.txt".into(),
         (0o644, render("bundle/README.txt.j2")?.into_bytes()),
@@ -770,6 +805,156 @@ struct RunLayer {
     /// so run.sh finds them without walking every script (linear in the number of layers).
     first_script: usize,
     script_count: usize,
+}
+
+/// One check as `test.sh`'s arrays hold it (see the template for what each column means).
+#[derive(Serialize)]
+struct TestRow {
+    layer: String,
+    id: String,
+    kind: String,
+    scope: &'static str,
+    timeout: u32,
+    skip: String,
+    arg: String,
+    /// `arg` is a path with run-time variables (`${HOME}`, `~/`), resolved on the target.
+    runtime_path: bool,
+    arg2: String,
+    want: String,
+    want2: String,
+}
+
+/// One text test of a check.
+#[derive(Serialize)]
+struct TestText {
+    check: usize,
+    stream: &'static str,
+    op: &'static str,
+    value: String,
+}
+
+#[derive(Serialize)]
+struct TestContext {
+    top: String,
+    deploy: String,
+    ov_version: String,
+    checks: Vec<TestRow>,
+    texts: Vec<TestText>,
+}
+
+/// Flatten one check into `test.sh`'s columns.
+fn test_row(layer: &str, c: &CheckPlan, rows: &mut Vec<TestRow>, texts: &mut Vec<TestText>) {
+    let index = rows.len();
+    let flag = |b: bool| if b { "1" } else { "0" }.to_string();
+    let opt_flag = |b: Option<bool>| b.map(flag).unwrap_or_default();
+    let mut add = |stream: &'static str, tests: &[crate::plan::TextTest]| {
+        for t in tests {
+            texts.push(TestText {
+                check: index,
+                stream,
+                op: t.op.as_str(),
+                value: t.value.clone(),
+            });
+        }
+    };
+    let (arg, runtime_path, arg2, want, want2) = match &c.probe {
+        CheckSpec::File {
+            path,
+            exists,
+            mode,
+            filetype,
+            contains,
+        } => {
+            add("content", contains);
+            (
+                path.clone(),
+                true,
+                filetype.clone().unwrap_or_default(),
+                flag(*exists),
+                mode.clone().unwrap_or_default(),
+            )
+        }
+        CheckSpec::Command {
+            command,
+            exit_status,
+            stdout,
+            stderr,
+        } => {
+            add("stdout", stdout);
+            add("stderr", stderr);
+            (
+                command.clone(),
+                false,
+                String::new(),
+                exit_status.to_string(),
+                String::new(),
+            )
+        }
+        CheckSpec::Package {
+            format,
+            name,
+            installed,
+        } => (
+            name.clone(),
+            false,
+            format.clone(),
+            flag(*installed),
+            String::new(),
+        ),
+        CheckSpec::Service {
+            unit,
+            user,
+            running,
+            enabled,
+        } => (
+            unit.clone(),
+            false,
+            if *user { "user" } else { "system" }.to_string(),
+            opt_flag(*running),
+            opt_flag(*enabled),
+        ),
+        CheckSpec::Addr {
+            host,
+            port,
+            reachable,
+        } => (
+            host.clone(),
+            false,
+            port.to_string(),
+            flag(*reachable),
+            String::new(),
+        ),
+        CheckSpec::Http {
+            url,
+            method,
+            status,
+            body,
+            insecure,
+        } => {
+            add("body", body);
+            (
+                url.clone(),
+                false,
+                method.clone(),
+                status.to_string(),
+                flag(*insecure),
+            )
+        }
+        CheckSpec::Unsupported { .. } => Default::default(),
+    };
+    rows.push(TestRow {
+        layer: layer.to_string(),
+        id: c.id.clone(),
+        kind: c.probe.kind().to_string(),
+        scope: c.scope.as_str(),
+        timeout: c.timeout_secs,
+        skip: c.skip.clone().unwrap_or_default(),
+        arg,
+        runtime_path,
+        arg2,
+        want,
+        want2,
+    });
 }
 
 #[derive(Serialize)]

@@ -59,6 +59,8 @@ pub struct Layer {
     pub container_only: Vec<ContainerOnlyKey>,
     /// Builder manifests found beside `layer.yml` (pixi/npm/cargo); `aur` comes from its section.
     pub builder_files: BuilderFiles,
+    /// `tests:` — the layer's own declarative checks, in file order (run by `run.sh --test`).
+    pub checks: Vec<Check>,
 }
 
 impl Layer {
@@ -387,6 +389,150 @@ impl ContainerOnlyKey {
                 | "libvirt"
                 | "port_relay"
         )
+    }
+}
+
+/// One entry of `tests:`: a declarative check of what the layer should have left on a machine.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Check {
+    /// `id:` — unique within the layer; letters, digits, `.`, `_`, `-` (it travels in progress lines).
+    pub id: String,
+    /// `scope:` — `build` (what an image build leaves) or `deploy` (what a running deploy shows).
+    pub scope: CheckScope,
+    /// `timeout:` in seconds (`5s`, `2m`, `30`); `None` means the runtime's default.
+    pub timeout_secs: Option<u32>,
+    /// `exclude_distros:` — distro tags on which the check does not apply.
+    pub exclude_distros: Vec<String>,
+    /// What is checked.
+    pub probe: CheckProbe,
+    /// Where the entry stands, for messages.
+    pub pos: Pos,
+}
+
+/// When a check is meant to hold (the original ran `build` checks against images and `deploy`
+/// checks against running containers; on a VM or host both hold after an apply).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CheckScope {
+    /// `scope: build`, also when `scope:` is absent.
+    Build,
+    /// `scope: deploy`.
+    Deploy,
+}
+
+impl CheckScope {
+    /// The name as written in `layer.yml`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CheckScope::Build => "build",
+            CheckScope::Deploy => "deploy",
+        }
+    }
+}
+
+/// A test on text (a command's output, a file's content, a response body).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "op", content = "value", rename_all = "lowercase")]
+pub enum Matcher {
+    /// `contains: TEXT` (also a bare string): TEXT occurs literally.
+    Contains(String),
+    /// `matches: RE`: the POSIX extended regular expression RE matches somewhere.
+    Matches(String),
+}
+
+/// The kind of a check and its kind-specific fields, as written.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "kind", rename_all = "lowercase")]
+pub enum CheckProbe {
+    /// `file: PATH` with `exists`, `mode`, `filetype`, `contains`.
+    File {
+        /// The path (may use `${HOME}`, `~/`).
+        path: String,
+        /// `exists:` (default true).
+        exists: bool,
+        /// `mode:` — octal string.
+        mode: Option<String>,
+        /// `filetype:` — `file`, `directory` or `symlink`.
+        filetype: Option<String>,
+        /// `contains:` — tests on the content.
+        contains: Vec<Matcher>,
+    },
+    /// `command: SHELL` with `exit_status`, `stdout`, `stderr`, `in_container`.
+    Command {
+        /// The shell command line (code, like a `cmd:` body).
+        command: String,
+        /// `exit_status:` (default 0).
+        exit_status: i64,
+        /// `stdout:` tests.
+        stdout: Vec<Matcher>,
+        /// `stderr:` tests.
+        stderr: Vec<Matcher>,
+        /// `in_container:` as written.
+        in_container: Option<bool>,
+    },
+    /// `package: NAME` with `installed` and a per-distro `package_map`.
+    Package {
+        /// The package name.
+        name: String,
+        /// `installed:` (default true).
+        installed: bool,
+        /// `package_map:` — distro tag → name, in file order.
+        package_map: Vec<(String, String)>,
+    },
+    /// `service: NAME` with `running`, `enabled`.
+    Service {
+        /// The service name (a `service:` entry of a layer, or a unit).
+        name: String,
+        /// `running:`.
+        running: Option<bool>,
+        /// `enabled:`.
+        enabled: Option<bool>,
+    },
+    /// `addr: HOST:PORT` with `reachable` (default true).
+    Addr {
+        /// `host:port`.
+        addr: String,
+        /// `reachable:`.
+        reachable: bool,
+    },
+    /// `http: URL` with `status`, `method`, `body`, `allow_insecure`.
+    Http {
+        /// The URL.
+        url: String,
+        /// `status:` (default 200).
+        status: u16,
+        /// `method:` (default GET).
+        method: String,
+        /// `body:` tests.
+        body: Vec<Matcher>,
+        /// `allow_insecure:` — accept any TLS certificate.
+        allow_insecure: bool,
+    },
+    /// `mcp: VERB` — talks to an MCP server through the container runtime's wiring.
+    Mcp {
+        /// `ping`, `list-tools`, `call`.
+        verb: String,
+    },
+    /// `k8s: VERB` with `cluster:` — queries a Kubernetes cluster through `ov`'s kubeconfig.
+    K8s {
+        /// `wait-nodes`, `storageclass`, …
+        verb: String,
+    },
+}
+
+impl CheckProbe {
+    /// The kind's key (`file`, `command`, …).
+    pub fn kind(&self) -> &'static str {
+        match self {
+            CheckProbe::File { .. } => "file",
+            CheckProbe::Command { .. } => "command",
+            CheckProbe::Package { .. } => "package",
+            CheckProbe::Service { .. } => "service",
+            CheckProbe::Addr { .. } => "addr",
+            CheckProbe::Http { .. } => "http",
+            CheckProbe::Mcp { .. } => "mcp",
+            CheckProbe::K8s { .. } => "k8s",
+        }
     }
 }
 

@@ -11,9 +11,9 @@ use std::io;
 use std::path::{Component, Path, PathBuf};
 
 use crate::layer::{
-    normalise_dest, Artifact, ArtifactRewrite, BuilderFiles, ContainerOnlyKey, Layer,
-    PackageSection, ParentDirInPath, Pos, Repo, SecretSpec, SectionKey, ServiceEntry,
-    ServiceOverrides, ServiceScope, Task, TaskVerb,
+    normalise_dest, Artifact, ArtifactRewrite, BuilderFiles, Check, CheckProbe, CheckScope,
+    ContainerOnlyKey, Layer, Matcher, PackageSection, ParentDirInPath, Pos, Repo, SecretSpec,
+    SectionKey, ServiceEntry, ServiceOverrides, ServiceScope, Task, TaskVerb,
 };
 use crate::yaml::{self, Doc, Node, Value, YamlError, YamlErrorKind};
 
@@ -110,6 +110,7 @@ const LAYER_KEYS: &[&str] = &[
     "secret_requires",
     "secret_accepts",
     "artifacts",
+    "tests",
 ];
 
 /// Keys only a container build or runtime uses, with the reason shown by `ov plan`.
@@ -155,12 +156,41 @@ const CONTAINER_ONLY: &[(&str, &str)] = &[
     ("mcp_provides", "MCP server wiring between containers"),
     ("mcp_requires", "MCP server wiring between containers"),
     ("mcp_accepts", "MCP server wiring between containers"),
-    (
-        "tests",
-        "declarative checks run by `ov test`, not install steps",
-    ),
     ("engine", "required container engine"),
 ];
+
+/// Keys every check may have, whatever its kind.
+const CHECK_COMMON: &[&str] = &["id", "scope", "timeout", "exclude_distros"];
+
+/// Check kinds (the key that names what is checked) and the fields each one takes.
+const CHECK_KINDS: &[(&str, &[&str])] = &[
+    ("file", &["exists", "mode", "filetype", "contains"]),
+    (
+        "command",
+        &["exit_status", "stdout", "stderr", "in_container"],
+    ),
+    ("package", &["installed", "package_map"]),
+    ("service", &["running", "enabled"]),
+    ("addr", &["reachable"]),
+    ("http", &["status", "method", "body", "allow_insecure"]),
+    ("mcp", &["tool", "input", "stdout", "exit_status"]),
+    ("k8s", &["cluster", "k8s_count", "stdout", "exit_status"]),
+];
+
+/// Kinds of the original's check vocabulary that no corpus layer uses and this compiler does not
+/// implement: named, so the error says so instead of "unknown key".
+const CHECK_KINDS_UNSUPPORTED: &[&str] = &[
+    "port",
+    "process",
+    "dns",
+    "user",
+    "group",
+    "interface",
+    "kernel-param",
+    "mount",
+];
+
+const HTTP_METHODS: &[&str] = &["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"];
 
 const VERBS: &[&str] = &[
     "cmd", "mkdir", "copy", "write", "link", "download", "setcap", "build",
@@ -565,6 +595,24 @@ impl Parser<'_> {
                         layer
                             .secrets
                             .push(self.secret(s, required, &format!("{what}[{i}]"))?);
+                    }
+                }
+                "tests" => {
+                    for (i, c) in self.doc.seq(v, &what)?.iter().enumerate() {
+                        let check = self.check(c, &format!("{what}[{i}]"))?;
+                        if let Some(first) = layer.checks.iter().find(|x| x.id == check.id) {
+                            return Err(self
+                                .err(
+                                    c.pos,
+                                    YamlErrorKind::Invalid,
+                                    format!(
+                                        "check id `{}` is used twice in `layer.tests` (first at line {})",
+                                        check.id, first.pos.line
+                                    ),
+                                )
+                                .with_hint("give every check of a layer its own `id:`"));
+                        }
+                        layer.checks.push(check);
                     }
                 }
                 "artifacts" => {
@@ -1064,6 +1112,323 @@ impl Parser<'_> {
         Ok(s)
     }
 
+    fn check(&self, node: &Node, what: &str) -> R<Check> {
+        if !matches!(node.value, Value::Map(_)) {
+            return Err(self
+                .doc
+                .wrong_type(node, "a mapping with `id:` and one kind", what)
+                .with_hint(
+                    "a check looks like `- id: x-binary` / `  file: /usr/bin/x` / `  exists: true`",
+                ));
+        }
+        let entries = self.entries(node, what)?;
+        let mut kind: Option<(&str, &Node, &[&str])> = None;
+        for (key, k, v) in &entries {
+            if CHECK_KINDS_UNSUPPORTED.contains(&key.as_str()) {
+                return Err(self
+                    .err(
+                        k.pos,
+                        YamlErrorKind::Invalid,
+                        format!("check kind `{key}` is not supported by this `ov`"),
+                    )
+                    .with_hint(format!("supported kinds: {}", check_kind_list())));
+            }
+            if let Some((name, fields)) = CHECK_KINDS.iter().find(|(n, _)| *n == key.as_str()) {
+                if let Some((first, _, _)) = kind {
+                    return Err(self
+                        .err(
+                            k.pos,
+                            YamlErrorKind::Invalid,
+                            format!("check `{what}` has two kinds, `{first}` and `{name}`"),
+                        )
+                        .with_hint("a check tests one thing; split it into two list entries"));
+                }
+                kind = Some((name, v, fields));
+            }
+        }
+        let Some((kind_name, kind_value, fields)) = kind else {
+            let e = self.err(
+                node.pos,
+                YamlErrorKind::MissingKey,
+                format!("check `{what}` has no kind"),
+            );
+            let typo = entries.iter().find_map(|(key, _, _)| {
+                yaml::suggest(key, CHECK_KINDS.iter().map(|(n, _)| *n)).filter(|s| s != key)
+            });
+            return Err(match typo {
+                Some(s) => e.with_hint(format!(
+                    "did you mean `{s}`? a check needs exactly one of {}",
+                    check_kind_list()
+                )),
+                None => e.with_hint(format!("add exactly one of {}", check_kind_list())),
+            });
+        };
+        let mut id = None;
+        let mut scope = CheckScope::Build;
+        let mut timeout_secs = None;
+        let mut exclude_distros = Vec::new();
+        let (mut exists, mut mode, mut filetype) = (None, None, None);
+        let (mut contains, mut stdout, mut stderr, mut body) =
+            (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        let (mut exit_status, mut in_container) = (None, None);
+        let (mut installed, mut package_map) = (None, Vec::new());
+        let (mut running, mut enabled, mut reachable) = (None, None, None);
+        let (mut status, mut method, mut allow_insecure) = (None, None, None);
+        for (key, k, v) in &entries {
+            let key = key.as_str();
+            if key == kind_name {
+                continue;
+            }
+            let fwhat = format!("{what}.{key}");
+            if !CHECK_COMMON.contains(&key) && !fields.contains(&key) {
+                if let Some((other, _)) = CHECK_KINDS
+                    .iter()
+                    .find(|(_, f)| f.contains(&key))
+                    .filter(|_| !CHECK_KINDS.iter().any(|(n, _)| *n == key))
+                {
+                    return Err(self
+                        .err(
+                            k.pos,
+                            YamlErrorKind::Invalid,
+                            format!("`{key}` does not apply to a `{kind_name}` check"),
+                        )
+                        .with_hint(format!(
+                            "`{key}` belongs to `{other}` checks; `{kind_name}` checks take {}",
+                            quoted_list(fields)
+                        )));
+                }
+                let valid: Vec<&str> = CHECK_COMMON.iter().chain(fields.iter()).copied().collect();
+                return Err(self.unknown_key(k, key, what, &valid));
+            }
+            match key {
+                "id" => id = Some(self.check_id(v, &fwhat)?),
+                "scope" => {
+                    scope = match self.choice(v, &fwhat, &["build", "deploy"])?.as_str() {
+                        "deploy" => CheckScope::Deploy,
+                        _ => CheckScope::Build,
+                    }
+                }
+                "timeout" => timeout_secs = Some(self.duration_secs(v, &fwhat)?),
+                "exclude_distros" => exclude_distros = self.words(v, &fwhat)?,
+                "exists" => exists = Some(self.doc.bool(v, &fwhat)?),
+                "mode" => mode = Some(self.mode(v, &fwhat)?),
+                "filetype" => {
+                    filetype = Some(self.choice(v, &fwhat, &["file", "directory", "symlink"])?)
+                }
+                "contains" => contains = self.matchers(v, &fwhat)?,
+                "stdout" => stdout = self.matchers(v, &fwhat)?,
+                "stderr" => stderr = self.matchers(v, &fwhat)?,
+                "body" => body = self.matchers(v, &fwhat)?,
+                "exit_status" => exit_status = Some(i64::from(self.doc.uint::<u8>(v, &fwhat)?)),
+                "in_container" => in_container = Some(self.doc.bool(v, &fwhat)?),
+                "installed" => installed = Some(self.doc.bool(v, &fwhat)?),
+                "package_map" => {
+                    for (tag, k2, name) in self.entries(v, &fwhat)? {
+                        let nwhat = format!("{fwhat}.{tag}");
+                        let distro = tag.split(':').next().unwrap_or_default();
+                        if !self.ctx.distros.contains(distro) {
+                            return Err(self
+                                .err(
+                                    k2.pos,
+                                    YamlErrorKind::UnknownKey,
+                                    format!("unknown distro `{distro}` in `{fwhat}`"),
+                                )
+                                .with_hint(format!(
+                                    "a key is `<distro>` or `<distro>:<version>`; distros from build.yml: {}",
+                                    self.ctx
+                                        .distros
+                                        .iter()
+                                        .map(|d| format!("`{d}`"))
+                                        .collect::<Vec<_>>()
+                                        .join(", ")
+                                )));
+                        }
+                        package_map.push((tag.clone(), self.package_word(name, &nwhat)?));
+                    }
+                }
+                "running" => running = Some(self.doc.bool(v, &fwhat)?),
+                "enabled" => enabled = Some(self.doc.bool(v, &fwhat)?),
+                "reachable" => reachable = Some(self.doc.bool(v, &fwhat)?),
+                "status" => status = Some(self.doc.uint::<u16>(v, &fwhat)?),
+                "method" => method = Some(self.choice(v, &fwhat, HTTP_METHODS)?),
+                "allow_insecure" => allow_insecure = Some(self.doc.bool(v, &fwhat)?),
+                // mcp/k8s fields: such checks never run on a VM or host; their values are
+                // accepted as written and not kept.
+                "tool" | "input" | "cluster" | "k8s_count" => {
+                    if matches!(v.value, Value::Seq(_) | Value::Map(_)) {
+                        return Err(self.doc.wrong_type(v, "a single value", &fwhat));
+                    }
+                }
+                _ => return Err(self.unknown_key(k, key, what, CHECK_COMMON)),
+            }
+        }
+        let Some(id) = id else {
+            return Err(self
+                .err(
+                    node.pos,
+                    YamlErrorKind::MissingKey,
+                    format!("check `{what}` needs `id:`"),
+                )
+                .with_hint("name the check, e.g. `id: ripgrep-binary`; reports use it"));
+        };
+        let kwhat = format!("{what}.{kind_name}");
+        let probe = match kind_name {
+            "file" => CheckProbe::File {
+                path: self.non_empty(kind_value, &kwhat)?,
+                exists: exists.unwrap_or(true),
+                mode,
+                filetype,
+                contains,
+            },
+            "command" => CheckProbe::Command {
+                command: self.non_empty(kind_value, &kwhat)?,
+                exit_status: exit_status.unwrap_or(0),
+                stdout,
+                stderr,
+                in_container,
+            },
+            "package" => CheckProbe::Package {
+                name: self.package_word(kind_value, &kwhat)?,
+                installed: installed.unwrap_or(true),
+                package_map,
+            },
+            "service" => CheckProbe::Service {
+                name: self.unit_word(kind_value, &kwhat)?,
+                running,
+                enabled,
+            },
+            "addr" => CheckProbe::Addr {
+                addr: self.non_empty(kind_value, &kwhat)?,
+                reachable: reachable.unwrap_or(true),
+            },
+            "http" => CheckProbe::Http {
+                url: self.non_empty(kind_value, &kwhat)?,
+                status: status.unwrap_or(200),
+                method: method.unwrap_or_else(|| "GET".into()),
+                body,
+                allow_insecure: allow_insecure.unwrap_or(false),
+            },
+            "mcp" => CheckProbe::Mcp {
+                verb: self.non_empty(kind_value, &kwhat)?,
+            },
+            _ => CheckProbe::K8s {
+                verb: self.non_empty(kind_value, &kwhat)?,
+            },
+        };
+        Ok(Check {
+            id,
+            scope,
+            timeout_secs,
+            exclude_distros,
+            probe,
+            pos: node.pos,
+        })
+    }
+
+    /// A check id travels in progress lines (`id=…`) and reports: a plain word.
+    fn check_id(&self, node: &Node, what: &str) -> R<String> {
+        let s = self.non_empty(node, what)?;
+        if !s
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
+        {
+            return Err(self
+                .err(
+                    node.pos,
+                    YamlErrorKind::Invalid,
+                    format!("`{s}` is not a valid check id for `{what}`"),
+                )
+                .with_hint("use letters, digits, `.`, `_`, `-`"));
+        }
+        Ok(s)
+    }
+
+    /// A package name: one word.
+    fn package_word(&self, node: &Node, what: &str) -> R<String> {
+        let s = self.non_empty(node, what)?;
+        if s.chars().any(|c| c.is_whitespace() || c.is_control()) || s.starts_with('-') {
+            return Err(self
+                .err(
+                    node.pos,
+                    YamlErrorKind::Invalid,
+                    format!("`{s}` in `{what}` is not a package name"),
+                )
+                .with_hint("one package name, without spaces, not starting with `-`"));
+        }
+        Ok(s)
+    }
+
+    /// `5s`, `2m`, `1h` or a whole number of seconds, at most one day.
+    fn duration_secs(&self, node: &Node, what: &str) -> R<u32> {
+        let text = self.doc.string(node, what)?;
+        let (digits, unit) = match text.find(|c: char| !c.is_ascii_digit()) {
+            Some(i) => text.split_at(i),
+            None => (text.as_str(), "s"),
+        };
+        let factor = match unit {
+            "s" => 1,
+            "m" => 60,
+            "h" => 3600,
+            _ => 0,
+        };
+        match digits.parse::<u32>().ok().map(|n| n.saturating_mul(factor)) {
+            Some(secs) if factor > 0 && (1..=86_400).contains(&secs) => Ok(secs),
+            _ => Err(self
+                .err(
+                    node.pos,
+                    YamlErrorKind::Invalid,
+                    format!("`{what}` must be a duration such as `5s` or `2m`, found `{text}`"),
+                )
+                .with_hint("a whole number followed by `s`, `m` or `h`, between 1s and 24h")),
+        }
+    }
+
+    /// Text tests: a string (`contains`), a mapping with `contains:` and/or `matches:`, or a
+    /// list of those.
+    fn matchers(&self, node: &Node, what: &str) -> R<Vec<Matcher>> {
+        let mut out = Vec::new();
+        let one = |n: &Node, out: &mut Vec<Matcher>| -> R<()> {
+            match &n.value {
+                Value::Map(_) => {
+                    for (key, k, v) in self.entries(n, what)? {
+                        let mwhat = format!("{what}.{key}");
+                        match key.as_str() {
+                            "contains" => out.push(Matcher::Contains(self.non_empty(v, &mwhat)?)),
+                            "matches" => out.push(Matcher::Matches(self.non_empty(v, &mwhat)?)),
+                            _ => {
+                                return Err(self.unknown_key(
+                                    k,
+                                    &key,
+                                    what,
+                                    &["contains", "matches"],
+                                ))
+                            }
+                        }
+                    }
+                    Ok(())
+                }
+                Value::Seq(_) | Value::Null => Err(self.doc.wrong_type(
+                    n,
+                    "text or a mapping with `contains:` / `matches:`",
+                    what,
+                )),
+                _ => {
+                    out.push(Matcher::Contains(self.non_empty(n, what)?));
+                    Ok(())
+                }
+            }
+        };
+        match &node.value {
+            Value::Seq(items) => {
+                for n in items {
+                    one(n, &mut out)?;
+                }
+            }
+            _ => one(node, &mut out)?,
+        }
+        Ok(out)
+    }
+
     fn overrides(&self, node: &Node, what: &str) -> R<ServiceOverrides> {
         let mut o = ServiceOverrides::default();
         for (key, k, v) in self.entries(node, what)? {
@@ -1456,6 +1821,14 @@ fn is_empty_value(v: &Node) -> bool {
         Value::Str(s) => s.is_empty(),
         _ => false,
     }
+}
+
+fn check_kind_list() -> String {
+    CHECK_KINDS
+        .iter()
+        .map(|(n, _)| format!("`{n}`"))
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 fn verb_list() -> String {

@@ -56,6 +56,9 @@ use crate::project::Project;
 /// Why a layer could not be lowered. Every variant names the layer.
 #[derive(Debug, thiserror::Error)]
 pub enum LowerError {
+    /// A check of the layer's `tests:` cannot mean anything on any target.
+    #[error(transparent)]
+    Check(#[from] crate::lower_checks::CheckError),
     /// The order names a layer the project does not have.
     #[error("unknown layer `{layer}` in the resolved order")]
     UnknownLayer {
@@ -223,6 +226,16 @@ pub fn lower(
                 layer: name.clone(),
             })?;
         layers.push(lower_layer(project, &deploy, gates, name, layer)?);
+    }
+    // Checks last: a `service:` check names the unit whichever layer of the deploy sets it up.
+    for i in 0..layers.len() {
+        let checks = match project.layers.get(&layers[i].name) {
+            Some(layer) => {
+                crate::lower_checks::lower_checks(&deploy, &layers[i].name, &layer.checks, &layers)?
+            }
+            None => Vec::new(),
+        };
+        layers[i].checks = checks;
     }
     Ok(InstallPlan {
         format_version: FORMAT_VERSION,
@@ -461,6 +474,7 @@ fn lower_layer(
         version: layer.version.clone(),
         source,
         steps,
+        checks: Vec::new(),
     })
 }
 

@@ -67,6 +67,13 @@ impl Manifest {
                     s.kind, s.what, s.reason
                 ));
             }
+            for c in &l.checks {
+                out.push_str(&format!("       check: {} [{}, {}]", c.id, c.kind, c.scope));
+                if let Some(why) = &c.skip {
+                    out.push_str(&format!(" skipped: {why}"));
+                }
+                out.push('\n');
+            }
         }
         out.trim_end().to_string()
     }
@@ -126,6 +133,23 @@ pub struct ManifestLayer {
     pub skipped: Vec<SkippedStep>,
     /// Reverse operations of the steps that run, in step order (teardown runs them last-to-first).
     pub reverse_ops: Vec<ManifestReverseOp>,
+    /// The layer's own checks (`tests:`), run by `run.sh --test` from `test.sh`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub checks: Vec<ManifestCheck>,
+}
+
+/// One check of a layer, as the bundle carries it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ManifestCheck {
+    /// The check's id.
+    pub id: String,
+    /// `file`, `command`, `package`, `service`, `addr`, `http`, `mcp`, `k8s`.
+    pub kind: String,
+    /// `build` or `deploy`.
+    pub scope: String,
+    /// Why it does not run on this target, when it does not.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub skip: Option<String>,
 }
 
 /// One step script.

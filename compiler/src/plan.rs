@@ -209,6 +209,176 @@ pub struct LayerPlan {
     pub source: String,
     /// Steps in order.
     pub steps: Vec<Step>,
+    /// The layer's own checks (`tests:`), lowered for this target, in file order; run by
+    /// `run.sh --test`, never by an apply.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub checks: Vec<CheckPlan>,
+}
+
+/// One check of a layer, as the bundle runs it on this target.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct CheckPlan {
+    /// The check's `id:` (a plain word).
+    pub id: String,
+    /// `build` or `deploy` (both are checked after an apply on a VM or host).
+    pub scope: CheckWhen,
+    /// How long one probe may take, in seconds.
+    pub timeout_secs: u32,
+    /// What is probed, with every compile-time variable substituted.
+    #[serde(flatten)]
+    pub probe: CheckSpec,
+    /// Why the check does not run on this target, when it does not.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub skip: Option<String>,
+}
+
+/// The `scope:` of a check.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CheckWhen {
+    /// What installing leaves (files, packages, commands).
+    Build,
+    /// What a running deploy shows (services, ports, endpoints).
+    Deploy,
+}
+
+impl CheckWhen {
+    /// `build` or `deploy`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CheckWhen::Build => "build",
+            CheckWhen::Deploy => "deploy",
+        }
+    }
+}
+
+/// A test on text.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct TextTest {
+    /// `contains` (literal) or `matches` (POSIX extended regular expression).
+    pub op: TextOp,
+    /// The text or expression.
+    pub value: String,
+}
+
+/// How a [`TextTest`] compares.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TextOp {
+    /// Literal substring.
+    Contains,
+    /// Extended regular expression, anywhere in the text.
+    Matches,
+}
+
+impl TextOp {
+    /// `contains` or `matches`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TextOp::Contains => "contains",
+            TextOp::Matches => "matches",
+        }
+    }
+}
+
+/// What a check probes. Every probe only reads: none changes the target.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "kind", rename_all = "lowercase")]
+pub enum CheckSpec {
+    /// A path, looked at as the target user.
+    File {
+        /// The path (`${HOME}`, `~/` resolved on the target).
+        path: String,
+        /// Whether it must exist (`false`: must not).
+        exists: bool,
+        /// Octal mode it must have.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        mode: Option<String>,
+        /// `file`, `directory` or `symlink`.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        filetype: Option<String>,
+        /// Tests on its content.
+        #[serde(skip_serializing_if = "Vec::is_empty")]
+        contains: Vec<TextTest>,
+    },
+    /// A shell command line run as the target user, in a login shell.
+    Command {
+        /// The command line.
+        command: String,
+        /// The exit status it must have.
+        exit_status: i64,
+        /// Tests on its standard output.
+        #[serde(skip_serializing_if = "Vec::is_empty")]
+        stdout: Vec<TextTest>,
+        /// Tests on its standard error.
+        #[serde(skip_serializing_if = "Vec::is_empty")]
+        stderr: Vec<TextTest>,
+    },
+    /// A package, asked of the package manager of `format`.
+    Package {
+        /// `deb`, `rpm` or `pac`.
+        format: String,
+        /// The name on this distro (`package_map` applied).
+        name: String,
+        /// Whether it must be installed.
+        installed: bool,
+    },
+    /// A systemd unit.
+    Service {
+        /// The unit, e.g. `ov-jupyter-jupyter.service`.
+        unit: String,
+        /// A unit of the target user's manager (`systemctl --user`).
+        user: bool,
+        /// Whether it must be active.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        running: Option<bool>,
+        /// Whether it must be enabled.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        enabled: Option<bool>,
+    },
+    /// A TCP connection.
+    Addr {
+        /// Host name or address.
+        host: String,
+        /// Port.
+        port: u16,
+        /// Whether it must connect (`false`: must be refused).
+        reachable: bool,
+    },
+    /// An HTTP request (with `curl`, as the target user).
+    Http {
+        /// The URL.
+        url: String,
+        /// Method.
+        method: String,
+        /// Status it must answer.
+        status: u16,
+        /// Tests on the body.
+        #[serde(skip_serializing_if = "Vec::is_empty")]
+        body: Vec<TextTest>,
+        /// Accept any TLS certificate.
+        insecure: bool,
+    },
+    /// A kind that never runs outside the original's container runtime (`mcp`, `k8s`).
+    Unsupported {
+        /// The kind's key.
+        what: String,
+    },
+}
+
+impl CheckSpec {
+    /// The kind's name in reports (`file`, `command`, …).
+    pub fn kind(&self) -> &str {
+        match self {
+            CheckSpec::File { .. } => "file",
+            CheckSpec::Command { .. } => "command",
+            CheckSpec::Package { .. } => "package",
+            CheckSpec::Service { .. } => "service",
+            CheckSpec::Addr { .. } => "addr",
+            CheckSpec::Http { .. } => "http",
+            CheckSpec::Unsupported { what } => what,
+        }
+    }
 }
 
 /// One step of the IR.

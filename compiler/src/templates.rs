@@ -20,6 +20,10 @@ pub const EMBEDDED: &[(&str, &str)] = &[
         include_str!("../../templates/bundle/run.sh.j2"),
     ),
     (
+        "bundle/test.sh.j2",
+        include_str!("../../templates/bundle/test.sh.j2"),
+    ),
+    (
         "bundle/undo.sh.j2",
         include_str!("../../templates/bundle/undo.sh.j2"),
     ),

@@ -106,3 +106,42 @@ fn corpus_project_loads() {
         Some("root")
     );
 }
+
+#[test]
+fn every_corpus_check_parses_into_its_kind() {
+    let Some(root) = corpus() else { return };
+    let ctx = ParseContext::builtin();
+    let mut kinds: std::collections::BTreeMap<&str, usize> = Default::default();
+    let (mut layers, mut deploy_scoped) = (0, 0);
+    for entry in std::fs::read_dir(root.join("layers")).unwrap() {
+        let dir = entry.unwrap().path();
+        if !dir.join("layer.yml").is_file() {
+            continue;
+        }
+        let layer = load_layer_dir(&dir, &ctx).unwrap_or_else(|e| panic!("{e}"));
+        layers += usize::from(!layer.checks.is_empty());
+        for c in &layer.checks {
+            *kinds.entry(c.probe.kind()).or_default() += 1;
+            deploy_scoped += usize::from(c.scope == ov_compiler::layer::CheckScope::Deploy);
+        }
+        assert!(
+            layer.container_only.iter().all(|c| c.key != "tests"),
+            "`tests` is no longer a container-only key"
+        );
+    }
+    assert_eq!(layers, 72, "layers with `tests:`");
+    assert_eq!(
+        kinds.into_iter().collect::<Vec<_>>(),
+        [
+            ("addr", 10),
+            ("command", 62),
+            ("file", 159),
+            ("http", 8),
+            ("k8s", 4),
+            ("mcp", 5),
+            ("package", 27),
+            ("service", 18)
+        ]
+    );
+    assert_eq!(deploy_scoped, 58);
+}

@@ -305,3 +305,16 @@ fn inline_layers_are_refused() {
     let e = project_error("inline-layers");
     insta::assert_snapshot!("project-inline-layers", render(&e));
 }
+
+layer_case!(check_unknown_kind, "check-unknown-kind", Invalid, 4, 7);
+layer_case!(check_no_kind, "check-no-kind", MissingKey, 3, 7);
+layer_case!(
+    check_field_for_other_kind,
+    "check-field-for-other-kind",
+    Invalid,
+    5,
+    7
+);
+layer_case!(check_bad_type, "check-bad-type", WrongType, 5, 16);
+layer_case!(check_bad_id, "check-bad-id", Invalid, 3, 11);
+layer_case!(check_duplicate_id, "check-duplicate-id", Invalid, 5, 7);

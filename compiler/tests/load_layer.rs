@@ -371,9 +371,10 @@ fn container_only_keys_are_recorded_with_reasons() {
     let keys: Vec<&str> = l.container_only.iter().map(|c| c.key.as_str()).collect();
     assert_eq!(
         keys,
-        ["tests", "security", "env_accepts"],
-        "empty `ports` is dropped"
+        ["security", "env_accepts"],
+        "empty `ports` is dropped; `tests` are the layer's checks"
     );
+    assert_eq!(l.checks.len(), 1);
     assert!(l.container_only.iter().all(|c| !c.reason.is_empty()));
     // Checks and contracts are not content: a composing layer with only them still vanishes.
     assert!(!l.has_content());
@@ -489,4 +490,107 @@ fn non_tag_unknown_keys_never_become_sections() {
         e.to_string().contains("unknown key `centos` in `layer`"),
         "{e}"
     );
+}
+
+#[test]
+fn checks_parse_into_typed_kinds_with_defaults() {
+    use ov_compiler::layer::{CheckProbe, CheckScope, Matcher};
+    let l = parse(
+        r#"layer:
+  tests:
+    - id: a-file
+      file: "${HOME}/.local/bin/a"
+      mode: "0755"
+      filetype: file
+      contains:
+        - contains: "exec a"
+        - matches: "^exec "
+    - id: a-version
+      scope: deploy
+      timeout: 2m
+      command: a --version
+      stdout: {contains: "a 1."}
+      stderr: plain text
+    - id: a-package
+      package: a-tools
+      package_map: {debian: a, "fedora:43": a-ng}
+    - id: a-service
+      service: a
+      running: true
+    - id: a-port
+      addr: "127.0.0.1:${HOST_PORT:8080}"
+      timeout: 5s
+    - id: a-api
+      http: http://127.0.0.1:8080/api
+      method: POST
+      status: 400
+      body: [{contains: version}]
+      allow_insecure: true
+    - id: a-mcp
+      mcp: call
+      tool: list
+      input: "{}"
+    - id: a-k8s
+      k8s: wait-nodes
+      cluster: ${deploy_name}
+      k8s_count: 1
+"#,
+    );
+    let c = &l.checks;
+    assert_eq!(c.len(), 8);
+    assert_eq!(
+        c.iter().map(|c| c.probe.kind()).collect::<Vec<_>>(),
+        ["file", "command", "package", "service", "addr", "http", "mcp", "k8s"]
+    );
+    assert_eq!(
+        c[0].probe,
+        CheckProbe::File {
+            path: "${HOME}/.local/bin/a".into(),
+            exists: true,
+            mode: Some("0755".into()),
+            filetype: Some("file".into()),
+            contains: vec![
+                Matcher::Contains("exec a".into()),
+                Matcher::Matches("^exec ".into())
+            ],
+        }
+    );
+    assert_eq!(c[0].scope, CheckScope::Build, "scope defaults to build");
+    assert_eq!(
+        (c[1].scope, c[1].timeout_secs),
+        (CheckScope::Deploy, Some(120))
+    );
+    assert_eq!(
+        c[1].probe,
+        CheckProbe::Command {
+            command: "a --version".into(),
+            exit_status: 0,
+            stdout: vec![Matcher::Contains("a 1.".into())],
+            stderr: vec![Matcher::Contains("plain text".into())],
+            in_container: None,
+        }
+    );
+    assert_eq!(
+        c[2].probe,
+        CheckProbe::Package {
+            name: "a-tools".into(),
+            installed: true,
+            package_map: vec![
+                ("debian".into(), "a".into()),
+                ("fedora:43".into(), "a-ng".into())
+            ],
+        }
+    );
+    assert_eq!(c[4].timeout_secs, Some(5));
+    assert_eq!(
+        c[5].probe,
+        CheckProbe::Http {
+            url: "http://127.0.0.1:8080/api".into(),
+            status: 400,
+            method: "POST".into(),
+            body: vec![Matcher::Contains("version".into())],
+            allow_insecure: true,
+        }
+    );
+    assert_eq!(c[7].pos.line, 35);
 }

@@ -473,6 +473,7 @@ fn hostile_plan(inp: &Inputs, project: &Path) -> (InstallPlan, String) {
         version: None,
         source: format!("layers/{name}"),
         steps,
+        checks: Vec::new(),
     };
     (plan(f, vec![lp]), name)
 }

@@ -487,4 +487,198 @@ fn undo_puts_back_what_the_run_replaced_and_keeps_what_changed_since() {
         "the root differs after undo:\n{}",
         diff.join("\n")
     );
+
+/// The `check` lines of a `run.sh --test` run: id → (result, msg).
+fn checks(stdout: &[u8]) -> BTreeMap<String, (String, String)> {
+    e2e::events(stdout)
+        .into_iter()
+        .filter(|(e, _)| e == "check")
+        .map(|(_, f)| {
+            let get = |k: &str| f.get(k).cloned().unwrap_or_default();
+            (get("id"), (get("result"), get("msg")))
+        })
+        .collect()
+}
+
+#[test]
+fn run_sh_test_reports_each_check_of_the_layers_and_changes_nothing() {
+    let Some((root, _b)) = setup() else { return };
+    root.sh(&format!("touch {GATE_MARKER}"));
+
+    // Before the apply the layers' checks fail (nothing is there yet); passes are only the
+    // checks that hold on any Debian root.
+    let out = run(&root, &["--test", "e2e-hello"]);
+    assert_eq!(out.status.code(), Some(9), "{}", text(&out));
+    let got = checks(&out.stdout);
+    assert_eq!(got["hello-package"].0, "fail", "{}", text(&out));
+    assert_eq!(got["hello-package"].1, "`hello` is not installed");
+    assert_eq!(got.len(), 2, "only the layer asked for: {got:?}");
+
+    let out = run(&root, &[]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let before = snapshot(&root);
+
+    let out = run(&root, &["--test"]);
+    assert_eq!(
+        out.status.code(),
+        Some(9),
+        "one check fails: {}",
+        text(&out)
+    );
+    let got = checks(&out.stdout);
+    let result = |id: &str| got.get(id).map(|(r, _)| r.as_str()).unwrap_or("absent");
+    for id in [
+        "hello-package",
+        "hello-runs",
+        "hello-link",
+        "system-conf",
+        "greet-runs",
+        "user-task-output",
+        "user-conf",
+        "hi-on-path",
+        "greeting-env",
+    ] {
+        assert_eq!(
+            result(id),
+            "pass",
+            "{id}: {:?}\n{}",
+            got.get(id),
+            text(&out)
+        );
+    }
+    assert_eq!(result("never-there"), "fail");
+    assert_eq!(
+        got["never-there"].1,
+        "exit status 1, expected 0",
+        "{}",
+        text(&out)
+    );
+    assert_eq!(result("cron-running"), "skip");
+    assert_eq!(
+        got["cron-running"].1,
+        "systemd is not running on the target"
+    );
+    assert_eq!(result("in-container-only"), "skip");
+    assert!(got["in-container-only"].1.contains("in_container"));
+    assert_eq!(got.len(), 12, "{got:?}");
+    let events = e2e::events(&out.stdout);
+    let (_, fin) = events
+        .iter()
+        .find(|(e, _)| e == "test-end")
+        .expect("test-end");
+    assert_eq!(fin["result"], "fail");
+    assert_eq!(
+        (&*fin["pass"], &*fin["fail"], &*fin["skip"]),
+        ("9", "1", "2")
+    );
+    // The lines for people, one per check, and the summary.
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains("FAIL  e2e-task/never-there (command, build): exit status 1, expected 0")
+    );
+    assert!(stdout.contains("PASS  e2e-link/hello-link (file, build)"));
+    assert!(
+        stdout.contains("checks: 9 passed, 1 failed, 2 skipped"),
+        "{stdout}"
+    );
+
+    // Scope and layer filters; --events leaves only the progress lines.
+    let out = run(&root, &["--test", "--scope", "deploy", "--events"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let got = checks(&out.stdout);
+    assert_eq!(
+        got.keys().map(String::as_str).collect::<Vec<_>>(),
+        ["cron-running", "greeting-env", "in-container-only"]
+    );
+    assert!(String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .all(|l| l.starts_with("::ov:: ")));
+    let out = run(&root, &["--test", "no-such-layer"]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+
+    // Checks read only: the root is as the apply left it.
+    let after = snapshot(&root);
+    assert_eq!(e2e::diff(&before, &after, &[]), Vec::<String>::new());
+}
+
+/// A layer whose check values are shell metacharacters, compiled by the `ov` binary.
+fn hostile_project(dir: &std::path::Path) {
+    let layer = dir.join("layers/hostile");
+    std::fs::create_dir_all(&layer).expect("layer dir");
+    std::fs::write(
+        layer.join("layer.yml"),
+        r#"layer:
+  deb:
+    packages: [hello]
+  tests:
+    - id: path-is-data
+      file: "/tmp/x$(touch /tmp/canary-path)`touch /tmp/canary-bq`'\"\n;touch /tmp/canary-nl"
+      exists: false
+    - id: package-is-data
+      package: "hello$(touch${IFS}/tmp/canary-pkg)"
+      installed: false
+    - id: content-is-data
+      file: /etc/debian_version
+      contains:
+        - contains: "$(touch /tmp/canary-content)'\"\n`touch /tmp/canary-c2`"
+    - id: regex-is-data
+      command: "echo plain"
+      stdout:
+        - matches: "$(touch /tmp/canary-re)|x"
+    - id: url-is-data
+      http: "http://127.0.0.1:9/$(touch /tmp/canary-url)'\""
+"#,
+    )
+    .expect("layer.yml");
+}
+
+#[test]
+fn check_values_with_shell_metacharacters_are_data_not_code() {
+    if !rootfs::available() {
+        return;
+    }
+    let root = Root::new(&rootfs::tarball(&e2e::spec()));
+    root.sh(&format!("useradd -m -s /bin/bash {USER}"));
+    let home = tempfile::tempdir().expect("tmp");
+    hostile_project(home.path());
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_ov"))
+        .env_clear()
+        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+        .env("HOME", home.path())
+        .arg("-C")
+        .arg(home.path())
+        .args([
+            "compile",
+            "host",
+            "hostile",
+            "--distro",
+            "debian:12",
+            "--out-dir",
+        ])
+        .arg(root.path(BUNDLE_DIR))
+        .output()
+        .expect("ov runs");
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let out = root.run(&[
+        "bash",
+        &format!("{BUNDLE_DIR}/host/run.sh"),
+        "--test",
+        "--user",
+        USER,
+    ]);
+    // First of all: nothing a value holds ran.
+    let canaries = root.sh("ls -a /tmp /home/tester");
+    assert!(
+        !canaries.contains("canary"),
+        "a value ran as code: {canaries}"
+    );
+    let got = checks(&out.stdout);
+    let result = |id: &str| got.get(id).map(|(r, _)| r.as_str()).unwrap_or("absent");
+    assert_eq!(result("path-is-data"), "pass", "{}", text(&out));
+    assert_eq!(result("package-is-data"), "pass", "{}", text(&out));
+    assert_eq!(result("content-is-data"), "fail", "{}", text(&out));
+    assert_eq!(result("regex-is-data"), "fail", "{}", text(&out));
+    // The root has no curl: skipped, and the URL never reached a shell either way.
+    assert_ne!(result("url-is-data"), "pass", "{}", text(&out));
+    assert_eq!(out.status.code(), Some(9), "{}", text(&out));
 }

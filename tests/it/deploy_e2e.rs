@@ -577,3 +577,108 @@ fn a_work_directory_another_user_controls_is_refused() {
         "root 700\nroot 700\nroot 700\nroot 700\n"
     );
 }
+
+/// The `check` events of `--json` output: id → result.
+fn json_checks(lines: &[Value]) -> BTreeMap<String, String> {
+    lines
+        .iter()
+        .filter(|v| v["event"] == "check")
+        .map(|v| {
+            (
+                v["id"].as_str().unwrap_or_default().to_string(),
+                v["result"].as_str().unwrap_or_default().to_string(),
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn ov_test_and_push_verify_run_the_layers_checks_over_ssh() {
+    let Some(rig) = Rig::start() else { return };
+    let h = &rig.host;
+    h.sh(&format!("touch {GATE_MARKER}"));
+
+    // Before anything is applied: the checks run (nothing changes), most fail, exit 9, and
+    // deploy.yml is not touched.
+    let before = rig.snapshot();
+    let out = rig.ov(&["test", DEPLOY, "--json"]);
+    assert_eq!(
+        out.status.code(),
+        Some(9),
+        "{}\n{}",
+        text(&out),
+        h.log_text()
+    );
+    let got = json_checks(&json_lines(&out));
+    assert_eq!(got.len(), 12, "{}", text(&out));
+    assert_eq!(got["hello-package"], "fail");
+    assert_eq!(got["never-there"], "fail");
+    assert_eq!(got["in-container-only"], "skip");
+    assert_eq!(got["cron-running"], "skip");
+    assert_eq!(rig.state_text(), SEED, "ov test records nothing");
+    assert!(!rig.package_installed("hello"));
+    let after = rig.snapshot();
+    // Only the (empty) directory uploads go to is new: it is ov's transport, not a check's doing.
+    assert_eq!(
+        e2e::diff(
+            &before,
+            &after,
+            &["var/lib/overthink", "var/lib/overthink/work"]
+        ),
+        Vec::<String>::new(),
+        "ov test changes nothing on the target"
+    );
+
+    // push --verify: applied, then checked on the same connection; the failing check fails the
+    // command (exit 9, named in the message), the apply is recorded all the same.
+    let out = rig.ov(&["push", DEPLOY, "--verify"]);
+    assert_eq!(out.status.code(), Some(9), "{}", text(&out));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("7 layer(s) applied"), "{}", text(&out));
+    assert!(
+        stderr.contains("PASS  e2e-hello/hello-runs (command, build): exit status 0"),
+        "{}",
+        text(&out)
+    );
+    assert!(
+        stderr.contains("checked ") && stderr.contains("9 passed, 1 failed, 2 skipped"),
+        "{}",
+        text(&out)
+    );
+    assert!(
+        stderr.contains("1 check(s) failed on") && stderr.contains("e2e-task/never-there"),
+        "{}",
+        text(&out)
+    );
+    assert!(rig.package_installed("hello"));
+    assert_eq!(
+        vm_state(&rig.state_text())["applied_layers"],
+        serde_json::json!(LAYERS)
+    );
+
+    // ov test after the apply, one layer: every check passes, exit 0; one session, no ledger.
+    let out = rig.ov(&["test", DEPLOY, "--layer", "e2e-user", "--json"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let lines = json_lines(&out);
+    let got = json_checks(&lines);
+    assert_eq!(
+        got.iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect::<Vec<_>>(),
+        [
+            ("greeting-env", "pass"),
+            ("hi-on-path", "pass"),
+            ("user-conf", "pass")
+        ]
+    );
+    let result = lines
+        .iter()
+        .find(|v| v["event"] == "result")
+        .expect("result line");
+    assert_eq!(result["checks"]["pass"], 3);
+    assert_eq!(
+        h.sh("ls -A /var/lib/overthink/work"),
+        "",
+        "the upload is removed after the checks"
+    );
+}

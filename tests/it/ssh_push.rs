@@ -576,6 +576,8 @@ fn vm_commands_end_to_end() {
         no_wait_lock: false,
         force: false,
         user: None,
+        mode: Default::default(),
+        test: Default::default(),
     });
     assert_eq!(exit, Exit::Ok);
     assert!(out.path().join("k2").exists());
@@ -669,6 +671,8 @@ fn local_executor_pushes_and_tears_down() {
         no_wait_lock: false,
         force: false,
         user: None,
+        mode: Default::default(),
+        test: Default::default(),
     };
     assert_eq!(run_push(&push), Exit::Ok);
     assert_eq!(

@@ -180,6 +180,7 @@ pub fn safe(payload_dir: &Path, marker_dir: &Path, modes: PayloadModes) -> (Inst
             version: (name == "alpha").then(|| "2025.001.0000".to_string()),
             source: format!("layers/{name}"),
             steps,
+            checks: Vec::new(),
         });
         let sys = format!("mkdir -p {m}\nprintf '%s\\n' \"$OV_LAYER\" >>{m}/ran\n");
         let mut scripts = vec![script(name, 1, Scope::System, &sys, &["write /tmp/x"])];
@@ -256,6 +257,7 @@ pub fn debian(payload_dir: &Path) -> (InstallPlan, Rendered) {
             version: None,
             source: format!("layers/{name}"),
             steps,
+            checks: Vec::new(),
         });
         rendered.push(RenderedLayer {
             name: name.into(),

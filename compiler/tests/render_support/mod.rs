@@ -114,6 +114,7 @@ pub fn layer(name: &str, steps: Vec<Step>) -> LayerPlan {
         version: None,
         source: format!("layers/{name}"),
         steps,
+        checks: Vec::new(),
     }
 }
 
