@@ -487,6 +487,7 @@ fn undo_puts_back_what_the_run_replaced_and_keeps_what_changed_since() {
         "the root differs after undo:\n{}",
         diff.join("\n")
     );
+}
 
 /// The `check` lines of a `run.sh --test` run: id → (result, msg).
 fn checks(stdout: &[u8]) -> BTreeMap<String, (String, String)> {
