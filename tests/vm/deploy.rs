@@ -14,7 +14,7 @@ use crate::support::{self, json_layers, json_lines, text, Guest, Operator, USER}
 
 const DEPLOY: &str = "vm:ovvm";
 /// The deploy's layers in install order (without `vm-reboot`, which only the reboot push adds).
-const LAYERS: [&str; 4] = ["vm-env", "vm-file", "vm-hello", "vm-service"];
+const LAYERS: [&str; 4] = ["vm-file", "vm-env", "vm-hello", "vm-service"];
 const UNIT: &str = "ov-vm-service-beat.service";
 /// Root's ledger of the guest's `ovtest` account.
 const LEDGER: &str = "/var/lib/overthink/installed/ovtest";
@@ -245,12 +245,7 @@ fn deploy_to_a_booting_guest_with_services_reboot_mid_push_and_del() {
     let out = op.ov(&args);
     g.expect_exit(&out, 0);
     let lines = json_lines(&out);
-    assert_eq!(
-        json_layers(&lines, "layer-skip"),
-        ["vm-env", "vm-file", "vm-hello", "vm-service"],
-        "{}",
-        text(&out)
-    );
+    assert_eq!(json_layers(&lines, "layer-skip"), LAYERS, "{}", text(&out));
     assert_eq!(json_layers(&lines, "layer-done"), ["vm-reboot"]);
     assert_eq!(
         g.sh("cat /var/lib/ov-vm/resumed"),
@@ -270,7 +265,7 @@ fn deploy_to_a_booting_guest_with_services_reboot_mid_push_and_del() {
     );
     assert_eq!(
         vm_state(&op)["applied_layers"],
-        serde_json::json!(["vm-env", "vm-file", "vm-hello", "vm-reboot", "vm-service"])
+        serde_json::json!(["vm-file", "vm-env", "vm-hello", "vm-service", "vm-reboot"])
     );
 
     // deploy del: the unit stopped, disabled and removed; the package removed; the file gone.
