@@ -157,9 +157,26 @@ fn deploy_to_a_booting_guest_with_services_reboot_mid_push_and_del() {
         systemctl(&g, &format!("is-enabled {UNIT}")),
         (Some(0), "enabled".into())
     );
-    assert_eq!(g.sh("cat /run/ov-vm-beat"), "Hello, world!\n");
+    let state = format!("/home/{USER}/ov-vm-beat");
+    assert_eq!(g.sh(&format!("cat {state}")), "Hello, world!\n");
     let exec = g.sh(&format!("systemctl show -P ExecStart {UNIT}"));
     assert!(exec.contains("/usr/local/bin/ov-vm-beat"), "{exec}");
+    // The custom unit runs as the deploy's user, not root: its settings, its running program
+    // and the file the program wrote say so.
+    assert_eq!(
+        g.sh(&format!(
+            "systemctl show -P User {UNIT}; systemctl show -P Group {UNIT}"
+        )),
+        format!("{USER}\n{}\n", g.sh(&format!("id -g {USER}")).trim())
+    );
+    assert_eq!(
+        g.sh(&format!(
+            "ps -o user= -p \"$(systemctl show -P MainPID {UNIT})\""
+        ))
+        .trim(),
+        USER
+    );
+    assert_eq!(g.sh(&format!("stat -c %U {state}")).trim(), USER);
     assert_eq!(
         g.sh("sudo ls -A /var/lib/overthink/work"),
         "",
