@@ -12,6 +12,7 @@ mod cli_plan;
 mod cli_push;
 mod cloud_init;
 mod deploy_e2e;
+mod service_chroot;
 mod ssh_faults;
 mod ssh_push;
 mod support;
