@@ -1,6 +1,7 @@
 //! Stage `resolve`: requested layer names → ONE de-duplicated install order; the order is a pure
-//! function of the layer graph (Kahn's algorithm with a lexicographically ordered ready queue), so
-//! the same project always yields the same order regardless of map or request order.
+//! function of the layer graph and the request order (Kahn's algorithm whose ready queue is ordered
+//! by request, then by name), so the same project and request always yield the same order whatever
+//! the order of the layer map.
 //!
 //! Semantics follow the original (reference §1.8):
 //! 1. `layers:` is composition. A composing layer (non-empty `layers:`) that has no content of its
@@ -8,7 +9,19 @@
 //!    is replaced by edges to its members (recursively).
 //! 2. The needed set is the transitive closure over `layers:` and `depends:` of the request.
 //! 3. Edges: a layer comes after everything in its `depends:` and `layers:`.
-//! 4. Kahn's algorithm; the ready queue is a sorted set, the smallest name is taken first.
+//! 4. Kahn's algorithm. Each layer has a *rank*: the position of the first request (after
+//!    de-duplication) whose closure holds it. The ready queue takes the smallest (rank, name) first.
+//!
+//! Why this rule: the original resolved each requested layer on its own (Kahn with a
+//! lexicographic ready queue) and concatenated the orders, so `--add-layer python --add-layer
+//! jupyter-mcp` installed python (and its dependencies) before jupyter-mcp. The rank keeps that:
+//! everything the first request needs is closed under dependencies, so it all comes before
+//! anything only a later request needs, and so on request by request: the original's
+//! concatenation, each layer kept at its first place (the original applied a shared dependency
+//! twice). Among one request's new layers the original's rule decides (a ready layer with the
+//! smallest name first; layers earlier requests placed count as done), so a single request orders
+//! exactly as before. Ordering by name and not by written `depends:` order keeps the order
+//! independent of how a layer lists its dependencies, as in the original.
 //!
 //! One deliberate refinement: a vanishing composer's own `depends:` are kept — they join the needed
 //! set and edges to the composer are also redirected to them (the original dropped them, so
@@ -248,7 +261,7 @@ pub fn resolve_with(
     opts: &ResolveOptions,
 ) -> Result<Vec<String>, ResolveError> {
     let r = Resolver { layers, opts };
-    let visited = r.closure(requested)?;
+    let (visited, rank) = r.closure(requested)?;
     r.check_composition(&visited)?;
 
     // Edges (dep → layer) among the layers that stay.
@@ -266,7 +279,7 @@ pub fn resolve_with(
         }
         deps.insert(key.clone(), set);
     }
-    match kahn(&deps) {
+    match kahn(&deps, &rank) {
         Some(order) => Ok(order),
         // Every cycle among the redirected edges follows a cycle of the written edges (edges only
         // ever run *through* vanishing composers), so report the written one.
@@ -347,23 +360,33 @@ impl<'a> Resolver<'a> {
         })
     }
 
-    /// Every layer reachable from the request over `layers:` and `depends:` (vanishing ones too).
-    fn closure(&self, requested: &[String]) -> Result<BTreeMap<String, &'a Layer>, ResolveError> {
+    /// Every layer reachable from the request over `layers:` and `depends:` (vanishing ones too),
+    /// and each one's rank: the index of the first request whose closure holds it.
+    #[allow(clippy::type_complexity)]
+    fn closure(
+        &self,
+        requested: &[String],
+    ) -> Result<(BTreeMap<String, &'a Layer>, BTreeMap<String, usize>), ResolveError> {
         let mut visited: BTreeMap<String, &'a Layer> = BTreeMap::new();
-        // Depth-first in written order, so the first unknown name reported is the first one met.
-        let mut stack: Vec<(String, Option<String>)> =
-            requested.iter().rev().map(|r| (r.clone(), None)).collect();
-        while let Some((reference, by)) = stack.pop() {
-            let (key, layer) = self.lookup(&reference, by.as_deref())?;
-            if visited.contains_key(&key) {
-                continue;
-            }
-            visited.insert(key.clone(), layer);
-            for next in layer.layers.iter().chain(&layer.depends).rev() {
-                stack.push((next.clone(), Some(key.clone())));
+        let mut rank: BTreeMap<String, usize> = BTreeMap::new();
+        // Depth-first in written order, so the first unknown name reported is the first one met;
+        // request `i`'s closure is walked completely before request `i + 1` is looked at, so the
+        // first visit of a layer is by the first request that needs it.
+        for (i, first) in requested.iter().enumerate() {
+            let mut stack: Vec<(String, Option<String>)> = vec![(first.clone(), None)];
+            while let Some((reference, by)) = stack.pop() {
+                let (key, layer) = self.lookup(&reference, by.as_deref())?;
+                if visited.contains_key(&key) {
+                    continue;
+                }
+                visited.insert(key.clone(), layer);
+                rank.insert(key.clone(), i);
+                for next in layer.layers.iter().chain(&layer.depends).rev() {
+                    stack.push((next.clone(), Some(key.clone())));
+                }
             }
         }
-        Ok(visited)
+        Ok((visited, rank))
     }
 
     /// Rejects cycles made of `layers:` edges alone.
@@ -465,9 +488,12 @@ impl<'a> Resolver<'a> {
     }
 }
 
-/// Kahn's algorithm over `deps` (layer → what must come before it) with a sorted ready queue;
-/// `None` when a cycle leaves nodes unplaced.
-fn kahn(deps: &BTreeMap<String, BTreeSet<String>>) -> Option<Vec<String>> {
+/// Kahn's algorithm over `deps` (layer → what must come before it) with a ready queue ordered by
+/// (`rank`, name); `None` when a cycle leaves nodes unplaced.
+fn kahn(
+    deps: &BTreeMap<String, BTreeSet<String>>,
+    rank: &BTreeMap<String, usize>,
+) -> Option<Vec<String>> {
     let mut indegree: BTreeMap<&str, usize> = BTreeMap::new();
     let mut dependents: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
     for (node, ds) in deps {
@@ -476,19 +502,21 @@ fn kahn(deps: &BTreeMap<String, BTreeSet<String>>) -> Option<Vec<String>> {
             dependents.entry(d.as_str()).or_default().push(node);
         }
     }
-    let mut ready: BTreeSet<&str> = indegree
+    // Every key of `deps` was visited, so it has a rank; the fallback only keeps this total.
+    let key = |n: &'_ str| -> usize { rank.get(n).copied().unwrap_or(usize::MAX) };
+    let mut ready: BTreeSet<(usize, &str)> = indegree
         .iter()
         .filter(|(_, n)| **n == 0)
-        .map(|(k, _)| *k)
+        .map(|(k, _)| (key(k), *k))
         .collect();
     let mut order = Vec::with_capacity(deps.len());
-    while let Some(node) = ready.pop_first() {
+    while let Some((_, node)) = ready.pop_first() {
         order.push(node.to_string());
         for dependent in dependents.get(node).map(Vec::as_slice).unwrap_or(&[]) {
             if let Some(n) = indegree.get_mut(dependent) {
                 *n -= 1;
                 if *n == 0 {
-                    ready.insert(dependent);
+                    ready.insert((key(dependent), dependent));
                 }
             }
         }
@@ -538,7 +566,7 @@ mod tests {
     }
 
     #[test]
-    fn ready_queue_is_lexicographic_not_declaration_order() {
+    fn within_one_request_ready_layers_go_by_name_not_declaration_order() {
         let ls = set(vec![
             layer("app", &["zeta", "alpha", "mid"], &[], true),
             layer("zeta", &[], &[], true),
@@ -552,16 +580,87 @@ mod tests {
     }
 
     #[test]
+    fn earlier_request_with_its_dependencies_comes_before_a_later_one() {
+        // The corpus shape: `python` needs `pixi`; `jupyter-mcp` needs nothing, and its name sorts
+        // before both. Requested python first, python's part comes first.
+        let ls = set(vec![
+            layer("python", &["pixi"], &[], true),
+            layer("pixi", &[], &[], true),
+            layer("jupyter-mcp", &[], &[], true),
+        ]);
+        assert_eq!(
+            resolve(&ls, &req(&["python", "jupyter-mcp"])).unwrap(),
+            ["pixi", "python", "jupyter-mcp"]
+        );
+        assert_eq!(
+            resolve(&ls, &req(&["jupyter-mcp", "python"])).unwrap(),
+            ["jupyter-mcp", "pixi", "python"]
+        );
+    }
+
+    #[test]
     fn several_requests_give_one_deduplicated_order() {
         let ls = set(vec![
             layer("a", &["shared"], &[], true),
             layer("b", &["shared"], &[], true),
             layer("shared", &[], &[], true),
         ]);
-        let order = resolve(&ls, &req(&["b", "a", "b", "shared"])).unwrap();
-        assert_eq!(order, ["shared", "a", "b"]);
-        // Request order does not matter.
-        assert_eq!(resolve(&ls, &req(&["a", "b"])).unwrap(), order);
+        // Each layer once, at the place of the first request that needs it.
+        assert_eq!(
+            resolve(&ls, &req(&["b", "a", "b", "shared"])).unwrap(),
+            ["shared", "b", "a"]
+        );
+        assert_eq!(
+            resolve(&ls, &req(&["a", "b"])).unwrap(),
+            ["shared", "a", "b"]
+        );
+    }
+
+    #[test]
+    fn dependencies_come_first_whatever_the_request_order() {
+        let ls = set(vec![
+            layer("app", &["base"], &[], true),
+            layer("base", &[], &[], true),
+        ]);
+        assert_eq!(
+            resolve(&ls, &req(&["app", "base"])).unwrap(),
+            ["base", "app"]
+        );
+    }
+
+    #[test]
+    fn a_later_request_orders_only_what_is_new_by_name() {
+        // `late` needs `k` (already placed by the first request), `b` (needs `k`) and `c`.
+        // `b` and `c` are both ready once the first request is placed: by name, `b` first.
+        let ls = set(vec![
+            layer("first", &["k"], &[], true),
+            layer("k", &[], &[], true),
+            layer("late", &["c", "b"], &[], true),
+            layer("b", &["k"], &[], true),
+            layer("c", &[], &[], true),
+        ]);
+        assert_eq!(
+            resolve(&ls, &req(&["first", "late"])).unwrap(),
+            ["k", "first", "b", "c", "late"]
+        );
+    }
+
+    #[test]
+    fn members_of_a_requested_vanishing_composer_take_its_place() {
+        let ls = set(vec![
+            layer("bundle", &[], &["x", "y"], false),
+            layer("x", &[], &[], true),
+            layer("y", &[], &[], true),
+            layer("a", &[], &[], true),
+        ]);
+        assert_eq!(
+            resolve(&ls, &req(&["bundle", "a"])).unwrap(),
+            ["x", "y", "a"]
+        );
+        assert_eq!(
+            resolve(&ls, &req(&["a", "bundle"])).unwrap(),
+            ["a", "x", "y"]
+        );
     }
 
     #[test]
@@ -865,10 +964,12 @@ mod tests {
             #[test]
             fn order_is_a_deterministic_topological_order_of_what_stays((ls, req) in project()) {
                 let order = resolve(&ls, &req).unwrap();
-                // Same result for any request order.
-                let mut rev = req.clone();
-                rev.reverse();
-                prop_assert_eq!(&resolve(&ls, &rev).unwrap(), &order);
+                // Request by request: what the first `i` requests need is a prefix of the order,
+                // and adding a request only appends.
+                for i in 1..req.len() {
+                    let head = resolve(&ls, &req[..i]).unwrap();
+                    prop_assert_eq!(&order[..head.len()], &head[..]);
+                }
                 // No duplicates, no vanishing composers.
                 let set: BTreeSet<&String> = order.iter().collect();
                 prop_assert_eq!(set.len(), order.len());

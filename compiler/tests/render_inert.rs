@@ -490,6 +490,7 @@ fn unit_is_well_formed(text: &str) -> Result<(), String> {
         "Environment",
         "WorkingDirectory",
         "User",
+        "Group",
         "Restart",
         "TimeoutStopSec",
         "KillSignal",

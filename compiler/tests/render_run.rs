@@ -64,7 +64,7 @@ fn install_twice_then_undo() {
         after: AFTER_UNDO.to_string(),
         env: vec![
             ("STUB_INSTALLED".into(), "jq".into()),
-            ("STUB_ENABLED".into(), "sshd.service".into()),
+            ("STUB_ENABLED".into(), "ssh.service".into()),
         ],
     });
     assert!(ok, "run failed:\n{out}\n--- stub log\n{}", sb.stub_log());
@@ -173,9 +173,14 @@ fn install_twice_then_undo() {
     assert!(sb
         .read("out/dropin")
         .contains("Environment=\"OPTIONS=-p 2222 \\\"quoted\\\" 100%%\"\n"));
+    // `sshd.service` is the sandbox's alias of `ssh.service`: the real unit is what counts.
     assert_eq!(
         sb.read("state/services/services.prior-enabled"),
-        "system sshd.service\n"
+        "system ssh.service\n"
+    );
+    assert_eq!(
+        sb.read("state/services/services.resolved"),
+        "system sshd.service ssh.service\n"
     );
     assert_eq!(
         sb.read("state/services/services.enabled"),
@@ -215,7 +220,7 @@ fn install_twice_then_undo() {
         log.contains("systemctl disable -- ov-services-sway.service"),
         "{log}"
     );
-    assert!(!log.contains("systemctl disable -- sshd.service"), "{log}");
+    assert!(!log.contains("systemctl disable -- ssh"), "{log}");
     assert!(
         log.contains("npm uninstall -g -- @anthropic-ai/claude-code cowsay"),
         "{log}"

@@ -365,7 +365,7 @@ fn a_failed_layer_stops_the_run_and_the_next_run_resumes_there() {
     // Options: --list and --dry-run change nothing; an unknown layer or user is a usage error.
     let out = run(&root, &["--list"]);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
-    assert!(String::from_utf8_lossy(&out.stdout).contains("layers/05-e2e-gate/01-system.sh"));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("layers/03-e2e-gate/01-system.sh"));
     let out = run(&root, &["--dry-run"]);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
     assert_eq!(

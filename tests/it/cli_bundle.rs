@@ -24,7 +24,7 @@ use crate::cli_common::{
 const TOP: &str = "vm-demo";
 const ARCHIVE: &str = "vm-demo.tar.gz";
 /// A script of the demo bundle (relative to the top directory).
-const SCRIPT: &str = "layers/05-demo-tools/01-system.sh";
+const SCRIPT: &str = "layers/02-demo-tools/01-system.sh";
 
 /// One archive entry.
 #[derive(Debug, Clone)]

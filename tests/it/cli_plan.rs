@@ -193,3 +193,52 @@ fn corpus_all_layers_at_once_on_debian() {
     expect_code(&text, 0, "text plan of all layers");
     assert_eq!(text_layers(&text.stdout), planned);
 }
+
+/// `--add-layer python --add-layer jupyter-mcp`: the request order wins where dependencies do not
+/// decide (the names alone would put `jupyter-mcp` first); python's dependency `pixi` still
+/// comes before python. The other request order gives the other order.
+#[test]
+fn corpus_request_order_decides_where_dependencies_do_not() {
+    let Some(c) = corpus() else { return };
+    let deps = std::fs::read_to_string(c.join("layers/python/layer.yml")).expect("python layer");
+    assert!(deps.contains("- pixi"), "python depends on pixi: {deps}");
+    let order = |first: &str, second: &str| {
+        layer_names(&plan_json(
+            &c,
+            &[
+                "host",
+                "--distro",
+                "debian:12",
+                "--add-layer",
+                first,
+                "--add-layer",
+                second,
+            ],
+        ))
+    };
+    let python_first = order("python", "jupyter-mcp");
+    let pos = |names: &[String], l: &str| names.iter().position(|n| n == l).expect(l);
+    assert!(
+        pos(&python_first, "pixi") < pos(&python_first, "python")
+            && pos(&python_first, "python") < pos(&python_first, "jupyter-mcp"),
+        "{python_first:?}"
+    );
+    assert_eq!(python_first.last().map(String::as_str), Some("jupyter-mcp"));
+    let mcp_first = order("jupyter-mcp", "python");
+    assert_eq!(mcp_first.first().map(String::as_str), Some("jupyter-mcp"));
+    assert!(pos(&mcp_first, "pixi") < pos(&mcp_first, "python"));
+    // The text plan shows the same order.
+    let text = plan(
+        &c,
+        &[
+            "host",
+            "--distro",
+            "debian:12",
+            "--add-layer",
+            "python",
+            "--add-layer",
+            "jupyter-mcp",
+        ],
+    );
+    assert_eq!(text_layers(&text), python_first);
+}

@@ -95,7 +95,7 @@ fn push_dry_run_prints_what_would_be_sent_and_run() {
     );
     assert!(
         r.stdout
-            .contains("\ndeploy vm:demo · 5 layer(s): demo-backports, demo-config, demo-env, demo-greeter, demo-tools\n"),
+            .contains("\ndeploy vm:demo · 5 layer(s): demo-env, demo-tools, demo-config, demo-greeter, demo-backports\n"),
         "{}",
         r.stdout
     );

@@ -14,7 +14,7 @@ use crate::support::{self, json_layers, json_lines, text, Guest, Operator, USER}
 
 const DEPLOY: &str = "vm:ovvm";
 /// The deploy's layers in install order (without `vm-reboot`, which only the reboot push adds).
-const LAYERS: [&str; 4] = ["vm-env", "vm-file", "vm-hello", "vm-service"];
+const LAYERS: [&str; 4] = ["vm-file", "vm-env", "vm-hello", "vm-service"];
 const UNIT: &str = "ov-vm-service-beat.service";
 /// Root's ledger of the guest's `ovtest` account.
 const LEDGER: &str = "/var/lib/overthink/installed/ovtest";
@@ -157,9 +157,26 @@ fn deploy_to_a_booting_guest_with_services_reboot_mid_push_and_del() {
         systemctl(&g, &format!("is-enabled {UNIT}")),
         (Some(0), "enabled".into())
     );
-    assert_eq!(g.sh("cat /run/ov-vm-beat"), "Hello, world!\n");
+    let state = format!("/home/{USER}/ov-vm-beat");
+    assert_eq!(g.sh(&format!("cat {state}")), "Hello, world!\n");
     let exec = g.sh(&format!("systemctl show -P ExecStart {UNIT}"));
     assert!(exec.contains("/usr/local/bin/ov-vm-beat"), "{exec}");
+    // The custom unit runs as the deploy's user, not root: its settings, its running program
+    // and the file the program wrote say so.
+    assert_eq!(
+        g.sh(&format!(
+            "systemctl show -P User {UNIT}; systemctl show -P Group {UNIT}"
+        )),
+        format!("{USER}\n{}\n", g.sh(&format!("id -g {USER}")).trim())
+    );
+    assert_eq!(
+        g.sh(&format!(
+            "ps -o user= -p \"$(systemctl show -P MainPID {UNIT})\""
+        ))
+        .trim(),
+        USER
+    );
+    assert_eq!(g.sh(&format!("stat -c %U {state}")).trim(), USER);
     assert_eq!(
         g.sh("sudo ls -A /var/lib/overthink/work"),
         "",
@@ -245,12 +262,7 @@ fn deploy_to_a_booting_guest_with_services_reboot_mid_push_and_del() {
     let out = op.ov(&args);
     g.expect_exit(&out, 0);
     let lines = json_lines(&out);
-    assert_eq!(
-        json_layers(&lines, "layer-skip"),
-        ["vm-env", "vm-file", "vm-hello", "vm-service"],
-        "{}",
-        text(&out)
-    );
+    assert_eq!(json_layers(&lines, "layer-skip"), LAYERS, "{}", text(&out));
     assert_eq!(json_layers(&lines, "layer-done"), ["vm-reboot"]);
     assert_eq!(
         g.sh("cat /var/lib/ov-vm/resumed"),
@@ -270,7 +282,7 @@ fn deploy_to_a_booting_guest_with_services_reboot_mid_push_and_del() {
     );
     assert_eq!(
         vm_state(&op)["applied_layers"],
-        serde_json::json!(["vm-env", "vm-file", "vm-hello", "vm-reboot", "vm-service"])
+        serde_json::json!(["vm-file", "vm-env", "vm-hello", "vm-service", "vm-reboot"])
     );
 
     // deploy del: the unit stopped, disabled and removed; the package removed; the file gone.

@@ -328,19 +328,24 @@ pub(super) fn custom_unit(
         u.value(dir, Ctx::Plain, true);
         u.lit("\n");
     }
-    if let Some(user) = &svc.user {
-        if !user_scope {
-            match user.as_str() {
-                "root" | "0" => {}
-                "${USER}" | "$USER" | "%(ENV_USER)s" => {
-                    u.lit("User=");
-                    u.var("OV_USER");
-                    u.lit("\n");
-                }
-                name => {
-                    ck.account("service `user:`", name)?;
-                    u.lit(&format!("User={name}\n"));
-                }
+    // A system unit runs as the deploy's user (the original ran these programs as the image's
+    // user under supervisord) unless the layer asks for root or names another account. The
+    // account is known only on the target: run.sh's `--user` resolved to OV_USER and its primary
+    // group OV_GID, which `ov_plain_account` checks before the text is written. A user unit runs
+    // in the user's own manager already.
+    if !user_scope {
+        match svc.user.as_deref() {
+            Some("root" | "0") => {}
+            None | Some("${USER}" | "$USER" | "%(ENV_USER)s") => {
+                u.lit("User=");
+                u.var("OV_USER");
+                u.lit("\nGroup=");
+                u.var("OV_GID");
+                u.lit("\n");
+            }
+            Some(name) => {
+                ck.account("service `user:`", name)?;
+                u.lit(&format!("User={name}\n"));
             }
         }
     }
@@ -494,6 +499,45 @@ mod tests {
         assert!(t.contains("WorkingDirectory=<OV_HOME>/w\n"), "{t}");
         assert!(t.contains("Restart=always\n"), "{t}");
         assert!(t.contains("WantedBy=multi-user.target"), "{t}");
+    }
+
+    #[test]
+    fn system_units_run_as_the_deploy_user_unless_the_layer_says_otherwise() {
+        let ck = Checker { layer: "l" };
+        let mut svc = ServiceEntry {
+            name: "s".into(),
+            exec: Some("/bin/true".into()),
+            ..Default::default()
+        };
+        let runs_as = |svc: &ServiceEntry, user_scope: bool| -> Vec<String> {
+            text(custom_unit(&ck, svc, user_scope).unwrap())
+                .lines()
+                .filter(|l| l.starts_with("User=") || l.starts_with("Group="))
+                .map(str::to_string)
+                .collect()
+        };
+        // No `user:` and `${USER}` alike: the deploy's user and primary group, known on the target.
+        let deploy_user = ["User=<OV_USER>", "Group=<OV_GID>"];
+        assert_eq!(runs_as(&svc, false), deploy_user);
+        for u in ["${USER}", "$USER", "%(ENV_USER)s"] {
+            svc.user = Some(u.into());
+            assert_eq!(runs_as(&svc, false), deploy_user, "{u}");
+        }
+        // Root only when asked for.
+        for u in ["root", "0"] {
+            svc.user = Some(u.into());
+            assert!(runs_as(&svc, false).is_empty(), "{u}");
+        }
+        // Another account: that one (systemd takes its primary group).
+        svc.user = Some("postgres".into());
+        assert_eq!(runs_as(&svc, false), ["User=postgres"]);
+        svc.user = Some("bad\nExecStartPre=/x".into());
+        assert!(custom_unit(&ck, &svc, false).is_err());
+        // A user unit runs in the user's own manager: no User= at all.
+        svc.user = None;
+        assert!(runs_as(&svc, true).is_empty());
+        svc.user = Some("postgres".into());
+        assert!(runs_as(&svc, true).is_empty());
     }
 
     #[test]

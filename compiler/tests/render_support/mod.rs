@@ -914,7 +914,7 @@ const STUBS: &[(&str, &str)] = &[
     ),
     (
         "systemctl",
-        r#"case " $* " in *" is-enabled "*) case " $STUB_ENABLED " in *" ${!#} "*) exit 0 ;; *) exit 1 ;; esac ;; esac"#,
+        r#"case " $* " in *" is-enabled "*) case " ${STUB_ENABLED:-} " in *" ${!#} "*) s=enabled r=0 ;; *) s=disabled r=1 ;; esac; case " $* " in *" --quiet "*) ;; *) echo "$s" ;; esac; exit "$r" ;; esac"#,
     ),
     ("gpg", "cat"),
     (
@@ -961,6 +961,20 @@ pub struct RunSpec {
     /// Extra environment (e.g. `STUB_INSTALLED`).
     pub env: Vec<(String, String)>,
 }
+
+/// Shell for the sandbox's mount namespace: unit directories of its own, so that how a unit name
+/// resolves does not depend on the host's units. They hold Debian's `ssh.service`, which declares
+/// `Alias=sshd.service`, enabled (the alias link exists), as on Debian 12.
+const SANDBOX_UNITS: &str = r#"
+for d in /etc/systemd/system /usr/lib/systemd/system; do
+  mkdir -p "$d" && mount -t tmpfs tmpfs "$d" || exit 93
+done
+if [ ! -L /lib ] && [ -d /lib/systemd/system ]; then
+  mount -t tmpfs tmpfs /lib/systemd/system || exit 93
+fi
+printf '[Unit]\nDescription=OpenBSD Secure Shell server\n\n[Service]\nExecStart=/usr/sbin/sshd -D\n\n[Install]\nWantedBy=multi-user.target\nAlias=sshd.service\n' >/usr/lib/systemd/system/ssh.service
+ln -s /usr/lib/systemd/system/ssh.service /etc/systemd/system/sshd.service
+"#;
 
 /// A scratch directory holding a bundle, stubs, a home and the state directories.
 pub struct Sandbox {
@@ -1078,7 +1092,7 @@ for d in /etc /usr /var /opt /root /home; do
   mkdir -p "$T/tmp/ovl$n.u" "$T/tmp/ovl$n.w"
   mount -t overlay overlay -o "lowerdir=$d,upperdir=$T/tmp/ovl$n.u,workdir=$T/tmp/ovl$n.w" "$d" || exit 91
 done
-export OV_BUNDLE="$T/bundle" OV_DEPLOY=vm:test OV_DEPLOY_ID=0123456789abcdef
+{units}export OV_BUNDLE="$T/bundle" OV_DEPLOY=vm:test OV_DEPLOY_ID=0123456789abcdef
 export OV_USER=root OV_UID=0 OV_GID=0 OV_HOME="$T/home" HOME="$T/home" USER=root
 export OV_LEDGER="$T/home/.config/overthink/installed" OV_RUN_DIR="$T/run"
 export BUILD_ARCH=x86_64 DEBIAN_FRONTEND=noninteractive TMPDIR="$T/tmp"
@@ -1101,7 +1115,8 @@ for round in $(seq {rounds}); do
   done
 done
 "#,
-            rounds = spec.rounds
+            rounds = spec.rounds,
+            units = SANDBOX_UNITS,
         ));
         script.push_str(&spec.between);
         script.push('\n');
@@ -1148,7 +1163,7 @@ for d in /etc /usr /var /opt /root /home; do
   mkdir -p "$T/tmp/ovl$n.u" "$T/tmp/ovl$n.w"
   mount -t overlay overlay -o "lowerdir=$d,upperdir=$T/tmp/ovl$n.u,workdir=$T/tmp/ovl$n.w" "$d" || exit 91
 done
-export STUB_LOG="$T/stub.log" STUB_TREE="$T/tree" OV_PWN_MARK="$T/pwned" STUB_DB="$T/stub.db"
+{units}export STUB_LOG="$T/stub.log" STUB_TREE="$T/tree" OV_PWN_MARK="$T/pwned" STUB_DB="$T/stub.db"
 export TMPDIR="$T/tmp" PATH="$T/stubs:$PATH"
 # run.sh runs steps with the standard PATH and a clean environment: the stubs go first in that
 # PATH (/usr/local/sbin, in the /usr overlay) and their variables into a file they read.
@@ -1156,7 +1171,8 @@ cp -- "$T"/stubs/* /usr/local/sbin/ || exit 92
 declare -p STUB_LOG STUB_TREE OV_PWN_MARK STUB_DB STUB_INSTALLED 2>/dev/null | sed 's/^declare -x/export/' > /etc/ov-stub.env
 chmod 0644 /etc/ov-stub.env
 mkdir -p "$T/out"
-"#
+"#,
+            units = SANDBOX_UNITS,
         ));
         script.push_str(body);
         let out = Command::new("unshare")

@@ -18,15 +18,16 @@ pub const VM: &str = "e2e";
 pub const DEPLOY: &str = "vm:e2e";
 /// The target user (the VM spec's `ssh.user`).
 pub const USER: &str = "tester";
-/// The fixture's layers in install order (resolve: dependencies first, ties by name).
+/// The fixture's layers in install order (resolve: dependencies first, then request order,
+/// then name).
 pub const LAYERS: [&str; 7] = [
-    "e2e-env",
     "e2e-hello",
-    "e2e-link",
     "e2e-system",
     "e2e-gate",
     "e2e-task",
+    "e2e-env",
     "e2e-user",
+    "e2e-link",
 ];
 /// The layer that fails (status 42) until [`GATE_MARKER`] exists in the root.
 pub const GATE: &str = "e2e-gate";
