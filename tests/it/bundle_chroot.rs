@@ -489,18 +489,6 @@ fn undo_puts_back_what_the_run_replaced_and_keeps_what_changed_since() {
     );
 }
 
-/// The `check` lines of a `run.sh --test` run: id → (result, msg).
-fn checks(stdout: &[u8]) -> BTreeMap<String, (String, String)> {
-    e2e::events(stdout)
-        .into_iter()
-        .filter(|(e, _)| e == "check")
-        .map(|(_, f)| {
-            let get = |k: &str| f.get(k).cloned().unwrap_or_default();
-            (get("id"), (get("result"), get("msg")))
-        })
-        .collect()
-}
-
 #[test]
 fn run_sh_test_reports_each_check_of_the_layers_and_changes_nothing() {
     let Some((root, _b)) = setup() else { return };
@@ -510,7 +498,7 @@ fn run_sh_test_reports_each_check_of_the_layers_and_changes_nothing() {
     // checks that hold on any Debian root.
     let out = run(&root, &["--test", "e2e-hello"]);
     assert_eq!(out.status.code(), Some(9), "{}", text(&out));
-    let got = checks(&out.stdout);
+    let got = e2e::checks(&out.stdout);
     assert_eq!(got["hello-package"].0, "fail", "{}", text(&out));
     assert_eq!(got["hello-package"].1, "`hello` is not installed");
     assert_eq!(got.len(), 2, "only the layer asked for: {got:?}");
@@ -526,7 +514,7 @@ fn run_sh_test_reports_each_check_of_the_layers_and_changes_nothing() {
         "one check fails: {}",
         text(&out)
     );
-    let got = checks(&out.stdout);
+    let got = e2e::checks(&out.stdout);
     let result = |id: &str| got.get(id).map(|(r, _)| r.as_str()).unwrap_or("absent");
     for id in [
         "hello-package",
@@ -586,7 +574,7 @@ fn run_sh_test_reports_each_check_of_the_layers_and_changes_nothing() {
     // Scope and layer filters; --events leaves only the progress lines.
     let out = run(&root, &["--test", "--scope", "deploy", "--events"]);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
-    let got = checks(&out.stdout);
+    let got = e2e::checks(&out.stdout);
     assert_eq!(
         got.keys().map(String::as_str).collect::<Vec<_>>(),
         ["cron-running", "greeting-env", "in-container-only"]
@@ -673,7 +661,7 @@ fn check_values_with_shell_metacharacters_are_data_not_code() {
         !canaries.contains("canary"),
         "a value ran as code: {canaries}"
     );
-    let got = checks(&out.stdout);
+    let got = e2e::checks(&out.stdout);
     let result = |id: &str| got.get(id).map(|(r, _)| r.as_str()).unwrap_or("absent");
     assert_eq!(result("path-is-data"), "pass", "{}", text(&out));
     assert_eq!(result("package-is-data"), "pass", "{}", text(&out));

@@ -30,7 +30,6 @@ const LAYERS: &[&str] = &[
     "direnv",
     "gnupg",
     "ripgrep",
-    "redis",
     "ssh-client",
     "cloud-init",
 ];
@@ -248,6 +247,29 @@ fn corpus_layers_apply_rerun_and_tear_down_to_the_root_as_it_was() {
         })
         .collect();
     assert!(d.is_empty(), "a re-run changed the root:\n{}", d.join("\n"));
+
+    // The layers' own checks of what was installed (scope `build`; `deploy` checks want the
+    // machine running, its services listening, which a chroot is not): each passes, or is
+    // skipped with its reason (container-only checks).
+    let out = root.run(&["bash", RUN, "--test", "--scope", "build", "--user", USER]);
+    let checks = e2e::checks(&out.stdout);
+    let failed: Vec<_> = checks
+        .iter()
+        .filter(|(_, (r, _))| r != "pass" && r != "skip")
+        .collect();
+    assert!(
+        failed.is_empty(),
+        "checks failed: {failed:?}\n{}",
+        text(&out)
+    );
+    assert!(
+        checks.values().any(|(r, _)| r == "pass")
+            && checks.values().all(|(r, m)| r != "skip" || !m.is_empty()),
+        "{}",
+        text(&out)
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    eprintln!("own checks: {checks:?}");
 
     // Teardown gives the root back: packages, tree, the planted files byte for byte.
     let out = run(&root, UNDO);

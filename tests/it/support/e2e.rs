@@ -132,6 +132,18 @@ pub fn end(stdout: &[u8]) -> BTreeMap<String, String> {
         .unwrap_or_default()
 }
 
+/// The `check` lines of a `run.sh --test` run: id → (result, msg).
+pub fn checks(stdout: &[u8]) -> BTreeMap<String, (String, String)> {
+    events(stdout)
+        .into_iter()
+        .filter(|(e, _)| e == "check")
+        .map(|(_, f)| {
+            let get = |k: &str| f.get(k).cloned().unwrap_or_default();
+            (get("id"), (get("result"), get("msg")))
+        })
+        .collect()
+}
+
 /// What a teardown leaves, by design: root's ledger directory with its lock file (another run may
 /// be waiting on it), root's empty work directory, and what raw `cmd:` tasks wrote (ov cannot
 /// know it). Directories the layers' `mkdir:` tasks and files created (`~/.config/e2e`,
