@@ -124,6 +124,16 @@ fn snapshot(root: &Root) -> BTreeMap<String, String> {
     e2e::snapshot(&root.path("/"), e2e::VOLATILE)
 }
 
+/// The root is as `before`, but for what a teardown leaves by design.
+fn assert_as_before(root: &Root, before: &BTreeMap<String, String>) {
+    let diff = e2e::diff(before, &snapshot(root), e2e::LEFT_AFTER_UNDO);
+    assert!(
+        diff.is_empty(),
+        "the root differs after undo:\n{}",
+        diff.join("\n")
+    );
+}
+
 #[test]
 fn real_run_applies_everything_then_is_a_no_op_and_undo_restores_the_root() {
     let Some((root, b)) = setup() else { return };
@@ -263,13 +273,7 @@ fn real_run_applies_everything_then_is_a_no_op_and_undo_restores_the_root() {
         text(&out)
     );
     assert!(!package_installed(&root, "hello"));
-    let after = snapshot(&root);
-    let diff = e2e::diff(&before, &after, e2e::LEFT_AFTER_UNDO);
-    assert!(
-        diff.is_empty(),
-        "the root differs after undo:\n{}",
-        diff.join("\n")
-    );
+    assert_as_before(&root, &before);
     // The directories the bundle created are gone; the ledger holds only its lock.
     assert!(
         !root.path("/home/tester/.config/e2e").exists()
@@ -480,13 +484,7 @@ fn undo_puts_back_what_the_run_replaced_and_keeps_what_changed_since() {
     );
     // Everything else as before, the restored files byte for byte with their modes and owners.
     root.sh("mv /etc/e2e-system.conf.ov-orig /etc/e2e-system.conf");
-    let after = snapshot(&root);
-    let diff = e2e::diff(&before, &after, e2e::LEFT_AFTER_UNDO);
-    assert!(
-        diff.is_empty(),
-        "the root differs after undo:\n{}",
-        diff.join("\n")
-    );
+    assert_as_before(&root, &before);
 }
 
 #[test]

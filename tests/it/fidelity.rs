@@ -54,18 +54,11 @@ fn spec() -> Spec {
     }
 }
 
-/// What a teardown leaves by design: root's ledger directory with its lock, root's empty work
-/// directory, and what a raw `cmd:` wrote (sshd's sudoers file: ov cannot know it). Accounts
-/// that packages' maintainer scripts created (`messagebus` for dbus) stay in the account files:
-/// Debian's purge never removes a system account.
-const LEFT: &[&str] = &[
-    "var/lib/overthink",
-    "var/lib/overthink/installed",
-    "var/lib/overthink/installed/tester",
-    "var/lib/overthink/installed/tester/.lock",
-    "var/lib/overthink/work",
-    "etc/sudoers.d/ov-user",
-];
+/// Beyond the ledger's own directory (`e2e::LEDGER_LEFT`), what a teardown leaves by design: what
+/// a raw `cmd:` wrote (sshd's sudoers file: ov cannot know it). Accounts that packages' maintainer
+/// scripts created (`messagebus` for dbus) stay in the account files: Debian's purge never
+/// removes a system account.
+const CMD_LEFT: &str = "etc/sudoers.d/ov-user";
 const ACCOUNT_FILES: &[&str] = &[
     "etc/passwd",
     "etc/passwd-",
@@ -155,7 +148,9 @@ fn plant(root: &Root, files: &[(&str, &str, &str, &str)]) {
 }
 
 fn assert_same(before: &BTreeMap<String, String>, after: &BTreeMap<String, String>) {
-    let d = e2e::diff(before, after, LEFT);
+    let mut left = e2e::LEDGER_LEFT.to_vec();
+    left.push(CMD_LEFT);
+    let d = e2e::diff(before, after, &left);
     assert!(
         d.is_empty(),
         "the root differs from before:\n{}",

@@ -98,20 +98,8 @@ fn snapshot(root: &Root) -> BTreeMap<String, String> {
     e2e::snapshot(&root.path("/"), e2e::VOLATILE)
 }
 
-/// What a teardown leaves by design: root's ledger directory with its lock, its work directory,
-/// the view in the user's home.
-const LEFT: &[&str] = &[
-    "var/lib/overthink",
-    "var/lib/overthink/installed",
-    "var/lib/overthink/installed/tester",
-    "var/lib/overthink/installed/tester/.lock",
-    "var/lib/overthink/work",
-    "home/tester/.config",
-    "home/tester/.config/overthink",
-];
-
 fn assert_same(root: &Root, before: &BTreeMap<String, String>) {
-    let diff = e2e::diff(before, &snapshot(root), LEFT);
+    let diff = e2e::diff(before, &snapshot(root), e2e::LEDGER_LEFT);
     assert!(
         diff.is_empty(),
         "the root differs after undo:\n{}",

@@ -144,6 +144,16 @@ pub fn checks(stdout: &[u8]) -> BTreeMap<String, (String, String)> {
         .collect()
 }
 
+/// What every teardown leaves: root's ledger directory for the account with its lock file
+/// (another run may be waiting on it) and root's empty work directory.
+pub const LEDGER_LEFT: &[&str] = &[
+    "var/lib/overthink",
+    "var/lib/overthink/installed",
+    "var/lib/overthink/installed/tester",
+    "var/lib/overthink/installed/tester/.lock",
+    "var/lib/overthink/work",
+];
+
 /// What a teardown leaves, by design: root's ledger directory with its lock file (another run may
 /// be waiting on it), root's empty work directory, and what raw `cmd:` tasks wrote (ov cannot
 /// know it). Directories the layers' `mkdir:` tasks and files created (`~/.config/e2e`,
