@@ -17,17 +17,19 @@ shift
 ov=${OV:-$here/target/debug/ov}
 corpus=${CORPUS:-$here/../shared/corpus/overthink-3e714536}
 
-# snap ROOT: one line per path outside the volatile places: type, mode, owner, and content digest.
+# snap ROOT: one line per path outside the volatile places (and the account files, which
+# packages' maintainer scripts change and purge never restores; ucf's own bookkeeping): type, mode, owner, link target,
+# and the content digest of files under 20 MB.
+skip=(proc dev sys run tmp var/tmp var/log var/cache var/lib/apt var/lib/dpkg etc/ld.so.cache
+  var/lib/overthink etc/passwd etc/passwd- etc/group etc/group- etc/shadow etc/shadow- etc/gshadow
+  etc/gshadow- etc/subuid etc/subgid var/lib/ucf)
 snap() {
-  (cd "$1" && find . -xdev \( -path ./proc -o -path ./dev -o -path ./sys -o -path ./run -o -path ./tmp \
-    -o -path ./var/tmp -o -path ./var/log -o -path ./var/cache -o -path ./var/lib/apt -o -path ./var/lib/dpkg \
-    -o -path ./etc/ld.so.cache -o -path ./var/lib/overthink -o -path ./etc/passwd -o -path ./etc/passwd- \
-    -o -path ./etc/group -o -path ./etc/group- -o -path ./etc/shadow -o -path ./etc/shadow- -o -path ./etc/gshadow \
-    -o -path ./etc/gshadow- -o -path ./etc/subuid -o -path ./etc/subgid \) -prune -o -printf '%p %y %m %U:%G %l\n' |
-    LC_ALL=C sort)
-  (cd "$1" && find . -xdev \( -path ./proc -o -path ./dev -o -path ./sys -o -path ./var/cache -o -path ./var/lib/apt \
-    -o -path ./var/lib/dpkg -o -path ./var/log -o -path ./var/lib/overthink -o -path ./tmp -o -path ./var/tmp \) -prune \
-    -o -type f -size -20M -print0 | LC_ALL=C sort -z | xargs -0 -r sha256sum)
+  local prune=() s
+  for s in "${skip[@]}"; do prune+=(-path "./$s" -o); done
+  unset 'prune[${#prune[@]}-1]'
+  (cd "$1" && find . -xdev \( "${prune[@]}" \) -prune -o -printf '%p %y %m %U:%G %l\n' | LC_ALL=C sort)
+  (cd "$1" && find . -xdev \( "${prune[@]}" \) -prune -o -type f -size -20M -print0 | LC_ALL=C sort -z |
+    xargs -0 -r sha256sum)
 }
 pkgs() {
   chroot "$1" dpkg-query -W -f='${db:Status-Abbrev} ${binary:Package} ${Version}\n' | awk '$1 == "ii"' | LC_ALL=C sort
@@ -77,7 +79,8 @@ for layer in "$@"; do
     pkgs "$r" >"$work/after.pkgs"
     left=$(diff "$work/before.tree" "$work/after.tree" | grep -c '^[<>]')
     pl=$(diff "$work/before.pkgs" "$work/after.pkgs" | grep -c '^[<>]')
-    what=$(diff "$work/before.tree" "$work/after.tree" | grep '^[<>]' | awk '{print $1 $2}' | head -n 3 | tr '\n' ' ')
+    what=$(diff "$work/before.tree" "$work/after.tree" | grep '^[<>]' | grep -v '^[<>] [0-9a-f]\{64\} ' |
+      awk '{print $1 $2}' | head -n 3 | tr '\n' ' ')
     echo "| $layer | $apply | $rerun | $tests | exit $u | $left paths, $pl packages ${what:+($what)} |"
   fi
   umount -l "$r/proc" 2>/dev/null
