@@ -4,7 +4,8 @@
 //! teardown: the package list, the file tree (type, mode, owner) and the content of every file are
 //! then what they were before — the planted files included. A layer that fails after installing
 //! packages is recorded with what it did: resumed after the fix, or undone as it is, it tears
-//! down to the packages before.
+//! down to the packages before. A download on a system without curl installs it first, as the
+//! layer's, and its undo removes it.
 //!
 //! Invariant: the roots are offline (no resolver); every package the layers install was put into
 //! apt's cache when the root was built, so the runs need no network.
@@ -42,6 +43,8 @@ fn spec() -> Spec {
         include: vec!["systemd", "sudo", "openssh-server"],
         prefetch: vec![
             "cloud-init",
+            "curl",
+            "ca-certificates",
             "socat",
             "iproute2",
             "supervisor",
@@ -371,6 +374,31 @@ fn a_link_over_a_working_program_is_undone_even_when_its_layer_failed() {
         "the site node\n",
         "the site's node runs again"
     );
+    assert_packages(&root, &pkgs_before);
+    assert_same(&before, &tree(&root));
+}
+
+#[test]
+fn a_download_on_a_system_without_curl_installs_it_first_and_undo_removes_it() {
+    let Some(root) = root() else { return };
+    // pixi downloads its release from GitHub; the root has no curl (and, offline, no GitHub):
+    // curl and the CA certificates come from the package manager first, as the layer's, then
+    // the download fails and so does the layer.
+    assert!(!root.path("/usr/bin/curl").exists());
+    install_bundle(&root, &["pixi"], &[]);
+    let pkgs_before = packages(&root);
+    let before = tree(&root);
+    let out = run(&root, RUN);
+    assert_eq!(out.status.code(), Some(4), "{}", text(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("curl is not installed: installing curl"),
+        "{}",
+        text(&out)
+    );
+    assert!(root.path("/usr/bin/curl").exists(), "{}", text(&out));
+    let out = run(&root, UNDO);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert!(!root.path("/usr/bin/curl").exists(), "{}", text(&out));
     assert_packages(&root, &pkgs_before);
     assert_same(&before, &tree(&root));
 }
