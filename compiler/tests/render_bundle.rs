@@ -68,11 +68,12 @@ echo done > "$T/out/checked"
     assert_eq!(sb.read("out/banner").trim(), "ovrender 600", "{log}");
     assert!(sb.read("out/motd").starts_with("Welcome"), "{log}");
     // A layer's facts directory exists only when it recorded facts (`skipped` records none); its
-    // backup directory (`.bak`: the index of what it created or replaced) only when its system
-    // steps wrote files (`builders` writes as the user only).
+    // backup index (`.bak.index`: what it created or replaced) only when its system steps wrote
+    // files (`builders` writes as the user only), and no backup directory, as nothing written
+    // here existed before.
     assert_eq!(
         sb.read("out/ledger"),
-        "builders.d\nbuilders.json\nbuilders.undo.sh\nconfig.bak\nconfig.d\nconfig.json\nconfig.undo.sh\nservices.bak\nservices.d\nservices.json\nservices.undo.sh\nskipped.json\nskipped.undo.sh\ntools.bak\ntools.d\ntools.json\ntools.undo.sh\n",
+        "builders.d\nbuilders.json\nbuilders.undo.sh\nconfig.bak.index\nconfig.d\nconfig.json\nconfig.undo.sh\nservices.bak.index\nservices.d\nservices.json\nservices.undo.sh\nskipped.json\nskipped.undo.sh\ntools.bak.index\ntools.d\ntools.json\ntools.undo.sh\n",
         "{log}"
     );
     // The user's view holds the records only.
