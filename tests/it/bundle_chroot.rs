@@ -126,12 +126,7 @@ fn snapshot(root: &Root) -> BTreeMap<String, String> {
 
 /// The root is as `before`, but for what a teardown leaves by design.
 fn assert_as_before(root: &Root, before: &BTreeMap<String, String>) {
-    let diff = e2e::diff(before, &snapshot(root), e2e::LEFT_AFTER_UNDO);
-    assert!(
-        diff.is_empty(),
-        "the root differs after undo:\n{}",
-        diff.join("\n")
-    );
+    e2e::assert_unchanged(before, &snapshot(root), e2e::LEFT_AFTER_UNDO);
 }
 
 #[test]

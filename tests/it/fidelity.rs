@@ -153,12 +153,7 @@ fn plant(root: &Root, files: &[(&str, &str, &str, &str)]) {
 fn assert_same(before: &BTreeMap<String, String>, after: &BTreeMap<String, String>) {
     let mut left = e2e::LEDGER_LEFT.to_vec();
     left.push(CMD_LEFT);
-    let d = e2e::diff(before, after, &left);
-    assert!(
-        d.is_empty(),
-        "the root differs from before:\n{}",
-        d.join("\n")
-    );
+    e2e::assert_unchanged(before, after, &left);
 }
 
 fn assert_packages(root: &Root, before: &BTreeSet<String>) {

@@ -99,12 +99,7 @@ fn snapshot(root: &Root) -> BTreeMap<String, String> {
 }
 
 fn assert_same(root: &Root, before: &BTreeMap<String, String>) {
-    let diff = e2e::diff(before, &snapshot(root), e2e::LEDGER_LEFT);
-    assert!(
-        diff.is_empty(),
-        "the root differs after undo:\n{}",
-        diff.join("\n")
-    );
+    e2e::assert_unchanged(before, &snapshot(root), e2e::LEDGER_LEFT);
 }
 
 #[test]

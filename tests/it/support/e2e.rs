@@ -241,6 +241,20 @@ pub fn snapshot(base: &Path, skip: &[&str]) -> BTreeMap<String, String> {
     out
 }
 
+/// Fail, listing the differences, unless `after` is `before` but for the paths in `expected`.
+pub fn assert_unchanged(
+    before: &BTreeMap<String, String>,
+    after: &BTreeMap<String, String>,
+    expected: &[&str],
+) {
+    let d = diff(before, after, expected);
+    assert!(
+        d.is_empty(),
+        "the root differs from before:\n{}",
+        d.join("\n")
+    );
+}
+
 /// What differs between two snapshots (`+` new or changed, `-` gone or changed), except the
 /// paths in `expected` (which must be new).
 pub fn diff(
