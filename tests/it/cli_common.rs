@@ -5,6 +5,8 @@
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
+
+pub use crate::common::{copy_tree, have_tool};
 use std::process::{Command, Stdio};
 
 /// What one run of the binary produced.
@@ -97,36 +99,6 @@ pub fn corpus() -> Option<PathBuf> {
     );
     eprintln!("skipping: the corpus is not at {}", p.display());
     None
-}
-
-/// A tool the test needs (`tar`, `sha256sum`): `false` (with a message) when missing; under CI
-/// its absence fails the test.
-pub fn have_tool(name: &str) -> bool {
-    let found = std::env::var_os("PATH")
-        .map(|path| std::env::split_paths(&path).any(|d| d.join(name).is_file()))
-        .unwrap_or(false);
-    if !found {
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "`{name}` is required under CI"
-        );
-        eprintln!("skipping: `{name}` is not installed");
-    }
-    found
-}
-
-/// Copy a directory tree (files keep their permission bits).
-pub fn copy_tree(src: &Path, dst: &Path) {
-    std::fs::create_dir_all(dst).expect("create copy dir");
-    for entry in std::fs::read_dir(src).expect("read dir") {
-        let entry = entry.expect("dir entry");
-        let to = dst.join(entry.file_name());
-        if entry.file_type().expect("file type").is_dir() {
-            copy_tree(&entry.path(), &to);
-        } else {
-            std::fs::copy(entry.path(), &to).expect("copy file");
-        }
-    }
 }
 
 /// Every regular file under `dir`, recursively.

@@ -1,6 +1,9 @@
 //! The one integration test binary of `ov`. Modules by area; `support/` holds the test targets
 //! (a private sshd, a debootstrapped Debian root, sshd chrooted into such a root) and fixtures.
 
+#[path = "../common/mod.rs"]
+mod common;
+
 mod attacks;
 mod bundle_chroot;
 mod cli_bounded;

@@ -4,6 +4,9 @@
 //! Needs root, qemu-system-x86, mmdebstrap and genisoimage: without them the tests print a skip
 //! message and pass, except under `CI`, where they fail.
 
+#[path = "../common/mod.rs"]
+mod common;
+
 mod cloud_init;
 mod deploy;
 mod support;

@@ -16,7 +16,7 @@ use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use super::sshd::{self, TestHost};
-use super::{e2e, is_root, nothing_missing, run};
+use super::{e2e, run};
 
 /// The account every push names with `--user`: unprivileged, no sudo, the attacker.
 pub const ATTACKER: &str = "ovatk";
@@ -36,34 +36,23 @@ const PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
 /// Serialises the tests of this process that use the accounts (they share one home and ledger).
 static SERIAL: Mutex<()> = Mutex::new(());
 
-fn which(tool: &str) -> bool {
-    PATH.split(':').any(|d| Path::new(d).join(tool).is_file())
-}
-
 /// Whether the attacks can run here: root and the tools. A missing one skips (printed), and fails
 /// under `CI`.
 pub fn available() -> bool {
-    let mut missing: Vec<&str> = [
-        "bash",
-        "runuser",
-        "useradd",
-        "usermod",
-        "getent",
-        "perl",
-        "tar",
-        "flock",
-        "sha256sum",
-    ]
-    .into_iter()
-    .filter(|t| !which(t))
-    .collect();
-    if !is_root() {
-        missing.push("root privileges");
-    }
-    let missing: Vec<String> = missing.into_iter().map(String::from).collect();
-    nothing_missing(
+    crate::common::require(
         "attack tests",
-        &missing,
+        &[
+            "bash",
+            "runuser",
+            "useradd",
+            "usermod",
+            "getent",
+            "perl",
+            "tar",
+            "flock",
+            "sha256sum",
+        ],
+        true,
         "the attack tests need root, util-linux and perl",
     )
 }
@@ -106,7 +95,7 @@ fn ensure_users() {
                 "refusing to attack with {user}: it is in group {g}"
             );
         }
-        if which("sudo") {
+        if crate::common::find_tool("sudo").is_some() {
             let out = user_cmd(user, "sudo")
                 .args(["-n", "true"])
                 .stdin(Stdio::null())
@@ -844,23 +833,8 @@ impl Project {
     }
 
     fn ov(&self) -> Command {
-        let h = self.home.path();
-        let mut c = Command::new(env!("CARGO_BIN_EXE_ov"));
-        c.env_clear()
-            .env(
-                "PATH",
-                std::env::var_os("PATH").unwrap_or_else(|| PATH.into()),
-            )
-            .env("HOME", h)
-            .env("XDG_CONFIG_HOME", h.join(".config"))
-            .env("XDG_DATA_HOME", h.join(".local/share"))
-            .env("XDG_CACHE_HOME", h.join(".cache"))
-            .env("LANG", "C.UTF-8")
-            .env("TERM", "dumb")
-            .current_dir(self.dir.path())
-            .stdin(Stdio::null())
-            .arg("-C")
-            .arg(self.dir.path());
+        let mut c = crate::common::ov_at_home(self.home.path(), self.dir.path());
+        c.current_dir(self.dir.path()).stdin(Stdio::null());
         c
     }
 

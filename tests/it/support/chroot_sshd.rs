@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 
 use ov::target::Target;
 
-use super::sshd::{alive, descendants, kill, Netns};
+use super::sshd::{kill, kill_tree, wait_gone, Netns};
 
 const PATH: &str = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 
@@ -48,50 +48,23 @@ impl Options {
     }
 }
 
-fn have(tool: &str) -> bool {
-    Command::new("sh")
-        .arg("-c")
-        .arg(format!("command -v {tool}"))
-        .output()
-        .map(|o| o.status.success())
-        .unwrap_or(false)
-}
-
 /// Whether a chrooted sshd host can run here (root; chroot, unshare, nsenter, ip, mount, the ssh
 /// client). Prints why not; under `CI` a missing tool is a failure.
 pub fn available() -> bool {
-    let mut missing: Vec<&str> = [
-        "chroot",
-        "unshare",
-        "nsenter",
-        "ip",
-        "mount",
-        "ssh",
-        "ssh-keygen",
-    ]
-    .into_iter()
-    .filter(|t| !have(t))
-    .collect();
-    let root = Command::new("id")
-        .arg("-u")
-        .output()
-        .map(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
-        .unwrap_or(false);
-    if !root {
-        missing.push("root privileges");
-    }
-    if missing.is_empty() {
-        return true;
-    }
-    let msg = format!(
-        "chrooted sshd host unavailable: missing {}",
-        missing.join(", ")
-    );
-    if std::env::var_os("CI").is_some() {
-        panic!("{msg} (CI is set)");
-    }
-    eprintln!("SKIP: {msg}");
-    false
+    crate::common::require(
+        "chrooted sshd host",
+        &[
+            "chroot",
+            "unshare",
+            "nsenter",
+            "ip",
+            "mount",
+            "ssh",
+            "ssh-keygen",
+        ],
+        true,
+        ".ci/run installs util-linux, iproute2 and openssh-client",
+    )
 }
 
 fn check(out: Output, what: &str) -> String {
@@ -377,22 +350,11 @@ ssh-keygen -q -t ed25519 -N '' -C ov-it-host -f /etc/ov-it/host_key
 
     fn stop(&mut self) {
         let stragglers = self.members();
-        if let Some(mut c) = self.sshd.take() {
-            let pid = c.id();
-            let kids = descendants(pid);
-            kill(&kids, "KILL");
-            kill(&[pid], "KILL");
-            let _ = c.wait();
-            let t0 = Instant::now();
-            while kids.iter().any(|&k| alive(k)) && t0.elapsed() < Duration::from_secs(3) {
-                std::thread::sleep(Duration::from_millis(20));
-            }
+        if let Some(c) = self.sshd.take() {
+            kill_tree(c);
         }
         kill(&stragglers, "KILL");
-        let t0 = Instant::now();
-        while stragglers.iter().any(|&k| alive(k)) && t0.elapsed() < Duration::from_secs(3) {
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        wait_gone(&stragglers);
     }
 }
 

@@ -24,7 +24,7 @@ use ov::target::Target;
 
 use super::chroot_sshd::{self, ChrootHost, Options};
 use super::rootfs::{self, Spec};
-use super::sshd::{alive, descendants, kill};
+use super::sshd::{descendants, kill_tree};
 
 /// The suite: trixie's cloud-init (25.1) reports `degraded` (new in 23.4); bookworm's 22.4 does
 /// not.
@@ -51,34 +51,15 @@ pub fn spec() -> Spec {
     }
 }
 
-fn have(tool: &str) -> bool {
-    Command::new("sh")
-        .arg("-c")
-        .arg(format!("command -v {tool}"))
-        .output()
-        .map(|o| o.status.success())
-        .unwrap_or(false)
-}
-
 /// Whether a cloud-init host can run here: what a [`ChrootHost`] needs, plus debootstrap, tar and
 /// flock for the cached root. Prints why not; under `CI` a missing tool is a failure.
 pub fn available() -> bool {
-    let missing: Vec<&str> = ["debootstrap", "tar", "flock"]
-        .into_iter()
-        .filter(|t| !have(t))
-        .collect();
-    if !missing.is_empty() {
-        let msg = format!(
-            "cloud-init test host unavailable: missing {}",
-            missing.join(", ")
-        );
-        if std::env::var_os("CI").is_some() {
-            panic!("{msg} (CI is set)");
-        }
-        eprintln!("SKIP: {msg}");
-        return false;
-    }
-    chroot_sshd::available()
+    crate::common::require(
+        "cloud-init test host",
+        &["debootstrap", "tar", "flock"],
+        false,
+        ".ci/run installs debootstrap",
+    ) && chroot_sshd::available()
 }
 
 /// cloud-init's own configuration for a chroot: the NoCloud datasource from the seed directory
@@ -269,16 +250,8 @@ impl CloudHost {
     }
 
     fn stop(&mut self) {
-        for mut c in self.boots.drain(..) {
-            let pid = c.id();
-            let kids = descendants(pid);
-            kill(&kids, "KILL");
-            kill(&[pid], "KILL");
-            let _ = c.wait();
-            let t0 = Instant::now();
-            while kids.iter().any(|&k| alive(k)) && t0.elapsed() < Duration::from_secs(3) {
-                std::thread::sleep(Duration::from_millis(20));
-            }
+        for c in self.boots.drain(..) {
+            kill_tree(c);
         }
     }
 }

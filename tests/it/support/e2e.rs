@@ -8,7 +8,7 @@
 use std::collections::BTreeMap;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Command;
 
 use super::rootfs::Spec;
 
@@ -65,29 +65,11 @@ pub fn ov(home: &Path) -> Command {
 
 /// [`ov`] for another project.
 pub fn ov_in(home: &Path, project: &Path) -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_ov"));
-    c.env_clear()
-        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
-        .env("HOME", home)
-        .env("XDG_CONFIG_HOME", home.join(".config"))
-        .env("XDG_DATA_HOME", home.join(".local/share"))
-        .env("XDG_CACHE_HOME", home.join(".cache"))
-        .env("LANG", "C.UTF-8")
-        .env("TERM", "dumb")
-        .arg("-C")
-        .arg(project);
-    c
+    crate::common::ov_at_home(home, project)
 }
 
 /// Exit status, stdout and stderr, for assertion messages.
-pub fn text(out: &Output) -> String {
-    format!(
-        "status {:?}\n--- stdout\n{}--- stderr\n{}",
-        out.status.code(),
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
-}
+pub use crate::common::output_text as text;
 
 /// The `::ov::` lines of `stdout` as (event, fields); `msg=` takes the rest of the line.
 pub fn events(stdout: &[u8]) -> Vec<(String, BTreeMap<String, String>)> {

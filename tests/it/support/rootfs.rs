@@ -30,43 +30,15 @@ fn cache_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("target/ov-test-rootfs")
 }
 
-fn have(tool: &str) -> bool {
-    Command::new("sh")
-        .arg("-c")
-        .arg(format!("command -v {tool}"))
-        .output()
-        .map(|o| o.status.success())
-        .unwrap_or(false)
-}
-
 /// Whether chroot tests can run here: root, debootstrap and chroot. Prints why not; under `CI`
 /// a missing tool is a failure.
 pub fn available() -> bool {
-    let mut missing = Vec::new();
-    for tool in ["debootstrap", "chroot", "mount", "umount", "tar"] {
-        if !have(tool) {
-            missing.push(tool);
-        }
-    }
-    if !rustix_is_root() {
-        missing.push("root privileges");
-    }
-    if missing.is_empty() {
-        return true;
-    }
-    if std::env::var_os("CI").is_some() {
-        panic!("chroot tests need {} under CI", missing.join(", "));
-    }
-    eprintln!("skipping chroot test: missing {}", missing.join(", "));
-    false
-}
-
-fn rustix_is_root() -> bool {
-    Command::new("id")
-        .arg("-u")
-        .output()
-        .map(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
-        .unwrap_or(false)
+    crate::common::require(
+        "chroot test",
+        &["debootstrap", "chroot", "mount", "umount", "tar"],
+        true,
+        ".ci/run installs debootstrap",
+    )
 }
 
 /// The cached root tarball for `spec`, built if missing (under a lock: concurrent callers wait).

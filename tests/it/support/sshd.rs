@@ -42,11 +42,7 @@ pub enum Kind {
 /// Skip (print and return `None`) unless the tools and privileges are there; under `CI` a
 /// missing tool is a failure.
 pub fn available() -> bool {
-    let mut missing = Vec::new();
-    if !Path::new(SSHD).exists() {
-        missing.push("sshd (openssh-server)");
-    }
-    for tool in [
+    let mut tools = vec![
         "ssh",
         "ssh-keygen",
         "sudo",
@@ -54,28 +50,16 @@ pub fn available() -> bool {
         "useradd",
         "ip",
         "flock",
-    ] {
-        if which(tool).is_none() {
-            missing.push(tool);
-        }
+    ];
+    if !Path::new(SSHD).exists() {
+        tools.push("sshd (openssh-server)");
     }
-    if !super::is_root() {
-        missing.push("root privileges");
-    }
-    let missing: Vec<String> = missing.into_iter().map(String::from).collect();
-    super::nothing_missing(
+    crate::common::require(
         "ssh test host",
-        &missing,
+        &tools,
+        true,
         ".ci/run installs openssh-server, sudo, iproute2",
     )
-}
-
-fn which(tool: &str) -> Option<PathBuf> {
-    let path = std::env::var_os("PATH")?;
-    std::env::split_paths(&path)
-        .chain(["/usr/sbin", "/sbin"].map(PathBuf::from))
-        .map(|d| d.join(tool))
-        .find(|p| p.is_file())
 }
 
 fn run_ok(cmd: &mut Command) -> bool {
@@ -290,6 +274,24 @@ pub fn kill(pids: &[u32], signal: &str) {
         cmd.arg(p.to_string());
     }
     let _ = run_ok(&mut cmd);
+}
+
+/// Kill `child` and every process below it, reap it, and give the others up to 3 s to go.
+pub fn kill_tree(mut child: std::process::Child) {
+    let pid = child.id();
+    let kids = descendants(pid);
+    kill(&kids, "KILL");
+    kill(&[pid], "KILL");
+    let _ = child.wait();
+    wait_gone(&kids);
+}
+
+/// Wait up to 3 s until none of `pids` is alive.
+pub fn wait_gone(pids: &[u32]) {
+    let t0 = std::time::Instant::now();
+    while pids.iter().any(|&k| alive(k)) && t0.elapsed() < std::time::Duration::from_secs(3) {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
 }
 
 /// A private sshd host.

@@ -35,58 +35,25 @@ pub fn one_vm_at_a_time() -> MutexGuard<'static, ()> {
     ONE_VM.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-fn have(tool: &str) -> bool {
-    Command::new("sh")
-        .arg("-c")
-        .arg(format!("command -v {tool}"))
-        .stdout(Stdio::null())
-        .status()
-        .map(|s| s.success())
-        .unwrap_or(false)
-}
-
-fn is_root() -> bool {
-    Command::new("id")
-        .arg("-u")
-        .output()
-        .map(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
-        .unwrap_or(false)
-}
-
 /// Whether VM tests can run here: root, QEMU, mmdebstrap, genisoimage, OpenSSH. Prints why not
 /// and returns false; under `CI` anything missing is a failure.
 pub fn available() -> bool {
-    let mut missing: Vec<&str> = [
-        "qemu-system-x86_64",
-        "setpriv",
-        "qemu-img",
-        "mmdebstrap",
-        "genisoimage",
-        "mkfs.ext4",
-        "ssh",
-        "ssh-keygen",
-        "flock",
-    ]
-    .into_iter()
-    .filter(|t| !have(t))
-    .collect();
-    if !is_root() {
-        missing.push("root privileges");
-    }
-    if missing.is_empty() {
-        return true;
-    }
-    if std::env::var_os("CI").is_some() {
-        panic!(
-            "VM tests need {} under CI (qemu-system-x86, mmdebstrap and genisoimage from bookworm-backports)",
-            missing.join(", ")
-        );
-    }
-    eprintln!(
-        "skipping VM test: missing {} (install qemu-system-x86, mmdebstrap, genisoimage from bookworm-backports; run as root)",
-        missing.join(", ")
-    );
-    false
+    crate::common::require(
+        "VM tests",
+        &[
+            "qemu-system-x86_64",
+            "setpriv",
+            "qemu-img",
+            "mmdebstrap",
+            "genisoimage",
+            "mkfs.ext4",
+            "ssh",
+            "ssh-keygen",
+            "flock",
+        ],
+        true,
+        "install qemu-system-x86, mmdebstrap and genisoimage from bookworm-backports; run as root",
+    )
 }
 
 fn cache_dir() -> PathBuf {
@@ -457,19 +424,6 @@ pub fn fixture() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/vm")
 }
 
-fn copy_tree(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).expect("mkdir");
-    for e in std::fs::read_dir(from).expect("read fixture") {
-        let e = e.expect("entry");
-        let dest = to.join(e.file_name());
-        if e.file_type().expect("type").is_dir() {
-            copy_tree(&e.path(), &dest);
-        } else {
-            std::fs::copy(e.path(), &dest).expect("copy fixture file");
-        }
-    }
-}
-
 impl Operator {
     /// An operator for `guest`, deploying to the fixture VM `vm` (key and known_hosts put where
     /// `ov vm create` leaves them: `~/.local/share/ov/vm/ov-<vm>/`).
@@ -483,7 +437,7 @@ impl Operator {
             .prefix("ov-vm-project.")
             .tempdir()
             .expect("project");
-        copy_tree(&fixture(), project.path());
+        crate::common::copy_tree(&fixture(), project.path());
         let deploy = project.path().join("deploy.yml");
         let text = read(&deploy);
         assert!(text.contains("port: 2231"), "the fixture's VM port");
@@ -510,20 +464,8 @@ impl Operator {
     /// `ov ARGS` as a command: a clean environment apart from PATH, and this HOME and XDG
     /// directories, so deploy.yml, keys and the bundle cache are the test's.
     pub fn command(&self, args: &[&str]) -> Command {
-        let home = self.home.path();
-        let mut c = Command::new(env!("CARGO_BIN_EXE_ov"));
-        c.env_clear()
-            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
-            .env("HOME", home)
-            .env("XDG_CONFIG_HOME", home.join(".config"))
-            .env("XDG_DATA_HOME", home.join(".local/share"))
-            .env("XDG_CACHE_HOME", home.join(".cache"))
-            .env("LANG", "C.UTF-8")
-            .env("TERM", "dumb")
-            .arg("-C")
-            .arg(self.project.path())
-            .args(args)
-            .stdin(Stdio::null());
+        let mut c = crate::common::ov_at_home(self.home.path(), self.project.path());
+        c.args(args).stdin(Stdio::null());
         c
     }
 
@@ -547,14 +489,7 @@ impl Operator {
 }
 
 /// Exit status, stdout and stderr, for assertion messages.
-pub fn text(out: &Output) -> String {
-    format!(
-        "status {:?}\n--- stdout\n{}--- stderr\n{}",
-        out.status.code(),
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
-}
+pub use crate::common::output_text as text;
 
 /// The JSON lines of `--json` output.
 pub fn json_lines(out: &Output) -> Vec<serde_json::Value> {
