@@ -4,6 +4,7 @@
 #[path = "../common/mod.rs"]
 mod common;
 
+mod architecture;
 mod attacks;
 mod bundle_chroot;
 mod cli_bounded;
