@@ -11,6 +11,9 @@ fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
 
+/// Module → the modules it uses.
+type Graph = BTreeMap<Vec<String>, BTreeSet<Vec<String>>>;
+
 /// One module: its path (`ssh::connect`, `""` for the crate root) and its non-test source.
 struct Module {
     path: Vec<String>,
@@ -161,10 +164,10 @@ fn resolve(path: &str, from: &[String], known: &BTreeSet<Vec<String>>) -> Option
 }
 
 /// Edges `module → module it uses`, without a parent's edges to its own descendants.
-fn graph(root: &Path) -> (BTreeMap<Vec<String>, BTreeSet<Vec<String>>>, Vec<Module>) {
+fn graph(root: &Path) -> Graph {
     let mods = modules(root);
     let known: BTreeSet<Vec<String>> = mods.iter().map(|m| m.path.clone()).collect();
-    let mut edges: BTreeMap<Vec<String>, BTreeSet<Vec<String>>> = BTreeMap::new();
+    let mut edges: Graph = BTreeMap::new();
     for m in &mods {
         let e = edges.entry(m.path.clone()).or_default();
         for p in named_paths(&m.text) {
@@ -175,14 +178,14 @@ fn graph(root: &Path) -> (BTreeMap<Vec<String>, BTreeSet<Vec<String>>>, Vec<Modu
             }
         }
     }
-    (edges, mods)
+    edges
 }
 
 /// A cycle of `edges`, if there is one, as the names along it.
-fn find_cycle(edges: &BTreeMap<Vec<String>, BTreeSet<Vec<String>>>) -> Option<Vec<String>> {
+fn find_cycle(edges: &Graph) -> Option<Vec<String>> {
     fn visit(
         n: &Vec<String>,
-        edges: &BTreeMap<Vec<String>, BTreeSet<Vec<String>>>,
+        edges: &Graph,
         state: &mut BTreeMap<Vec<String>, u8>,
         stack: &mut Vec<Vec<String>>,
     ) -> Option<Vec<String>> {
@@ -220,11 +223,9 @@ fn find_cycle(edges: &BTreeMap<Vec<String>, BTreeSet<Vec<String>>>) -> Option<Ve
 }
 
 /// The same graph between rooms (a module's first segment).
-fn rooms(
-    edges: &BTreeMap<Vec<String>, BTreeSet<Vec<String>>>,
-) -> BTreeMap<Vec<String>, BTreeSet<Vec<String>>> {
+fn rooms(edges: &Graph) -> Graph {
     let room = |p: &Vec<String>| p.iter().take(1).cloned().collect::<Vec<_>>();
-    let mut out: BTreeMap<Vec<String>, BTreeSet<Vec<String>>> = BTreeMap::new();
+    let mut out: Graph = BTreeMap::new();
     for (from, tos) in edges {
         let e = out.entry(room(from)).or_default();
         for to in tos {
@@ -237,7 +238,7 @@ fn rooms(
 }
 
 fn assert_acyclic(root: &Path) {
-    let (edges, _) = graph(root);
+    let edges = graph(root);
     assert!(edges.len() > 3, "no modules found under {}", root.display());
     if let Some(c) = find_cycle(&edges) {
         panic!(
@@ -280,13 +281,13 @@ fn the_cycle_check_finds_a_cycle() {
     w("c.rs", "pub fn f() {}\n");
     w("d/mod.rs", "pub mod e;\npub use e::Y;\n");
     w("d/e.rs", "pub struct Y;\nfn g() { crate::a::h(); }\n");
-    let (edges, _) = graph(dir.path());
+    let edges = graph(dir.path());
     assert_eq!(find_cycle(&edges), None, "{edges:?}");
     w(
         "b.rs",
         "pub struct X;\n#[cfg(test)]\nmod t { use crate::a; }\n",
     );
-    let (edges, _) = graph(dir.path());
+    let edges = graph(dir.path());
     assert_eq!(find_cycle(&edges), None, "a test module's use is no edge");
     w(
         "c.rs",
@@ -294,7 +295,7 @@ fn the_cycle_check_finds_a_cycle() {
     );
     w("a.rs", "use crate::{b::X, c};\n");
     w("d/e.rs", "pub struct Y;\nuse crate::{a::h};\n");
-    let (edges, _) = graph(dir.path());
+    let edges = graph(dir.path());
     let c = find_cycle(&edges).expect("a → c → d::e → a");
     assert_eq!(c.first(), c.last(), "{c:?}");
     assert!(c.contains(&"d::e".to_string()), "{c:?}");
