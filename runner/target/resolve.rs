@@ -1,11 +1,13 @@
-//! Stage `runner`, target: where a push goes — resolves host, port, user, key and known_hosts
-//! from the command line, the saved per-machine state and the VM spec, in that order.
+//! Stage `runner`, target resolution: where a push goes — resolves host, port, user, key and
+//! known_hosts from the command line, the saved per-machine state and the VM spec, in that order,
+//! into the SSH [`Target`] the ssh room connects to.
 //! Invariant: a VM target always has a per-VM known_hosts file and an existing key file.
 
 use std::path::{Path, PathBuf};
 
 use crate::exit::{Exit, HasExit};
-use crate::state::VmState;
+use crate::ssh::endpoint::Target;
+use crate::target::state::VmState;
 
 /// The per-user directories `ov` keeps its files in.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -82,49 +84,6 @@ pub struct ConnectOptions {
     pub spec_port: Option<u16>,
 }
 
-/// A resolved SSH destination.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Target {
-    /// Host name, address or (with an ssh config) host alias.
-    pub host: String,
-    /// Port (`None`: ssh's default or the config's).
-    pub port: Option<u16>,
-    /// Login user (`None`: ssh's default or the config's).
-    pub user: Option<String>,
-    /// Private key (`None`: ssh's defaults or the config's).
-    pub identity: Option<PathBuf>,
-    /// known_hosts file to use (accept-new on first contact, strict after).
-    pub known_hosts: Option<PathBuf>,
-    /// OpenSSH client config file.
-    pub ssh_config: Option<PathBuf>,
-    /// The VM, when the target is one.
-    pub vm: Option<String>,
-}
-
-impl Target {
-    /// `user@host:port` (parts that are unknown are left out).
-    pub fn describe(&self) -> String {
-        let mut s = String::new();
-        if let Some(u) = &self.user {
-            s.push_str(u);
-            s.push('@');
-        }
-        s.push_str(&self.host);
-        if let Some(p) = self.port {
-            s.push_str(&format!(":{p}"));
-        }
-        s
-    }
-
-    /// The host as known_hosts spells it (`[host]:port` for non-22 ports).
-    pub fn known_hosts_name(&self) -> String {
-        match self.port {
-            Some(p) if p != 22 => format!("[{}]:{p}", self.host),
-            _ => self.host.clone(),
-        }
-    }
-}
-
 /// Why a target could not be resolved.
 #[derive(Debug, thiserror::Error)]
 pub enum TargetError {
@@ -150,7 +109,7 @@ pub enum TargetError {
     },
     /// The key file can be read by others: OpenSSH would ignore it and the server would refuse
     /// us with only "Permission denied (publickey)".
-    #[error("ssh key `{path}` has mode {mode:04o}, so others may read it; OpenSSH ignores such a private key — make it private with `chmod 600 {quoted}`", quoted = crate::executor::quote(&path.to_string_lossy()))]
+    #[error("ssh key `{path}` has mode {mode:04o}, so others may read it; OpenSSH ignores such a private key — make it private with `chmod 600 {quoted}`", quoted = crate::ssh::exec::quote(&path.to_string_lossy()))]
     KeyPermissions {
         /// The key.
         path: PathBuf,
@@ -273,7 +232,7 @@ fn check_key(path: &Path, hint: &str) -> Result<(), TargetError> {
         }
     };
     let mode = meta.permissions().mode() & 0o7777;
-    if mode & 0o077 != 0 && crate::ssh::current_uid() == Some(meta.uid()) {
+    if mode & 0o077 != 0 && crate::ssh::connect::current_uid() == Some(meta.uid()) {
         return Err(TargetError::KeyPermissions {
             path: path.to_path_buf(),
             mode,

@@ -4,7 +4,7 @@
 //! password is reported as such, never as a generic failure.
 //!
 //! Two implementations: [`LocalExecutor`] (the `host` target and tests) here, and the SSH one in
-//! `ssh.rs`. Both are synchronous outside and drive tokio inside ([`drive`]).
+//! `master.rs`. Both are synchronous outside and drive tokio inside ([`drive`]).
 
 use std::collections::VecDeque;
 use std::io::Read;
@@ -13,7 +13,7 @@ use std::process::Stdio;
 use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncWrite, AsyncWriteExt, BufReader};
 
 use crate::exit::{Exit, HasExit};
-use crate::progress::Stream;
+use crate::ui::progress::Stream;
 
 /// Who runs a command on the target.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -180,7 +180,7 @@ pub enum ExecError {
     },
     /// Reconnecting after a dropped connection failed.
     #[error("reconnecting failed")]
-    Reconnect(#[source] Box<crate::wait::ConnectError>),
+    Reconnect(#[source] Box<crate::ssh::error::ConnectError>),
 }
 
 impl HasExit for ExecError {
@@ -223,7 +223,7 @@ pub trait Executor {
     fn reconnect(
         &mut self,
         _until: std::time::Instant,
-        _progress: &mut dyn crate::progress::Progress,
+        _progress: &mut dyn crate::ui::progress::Progress,
     ) -> Result<(), ExecError> {
         Err(ExecError::Closed {
             target: self.describe(),

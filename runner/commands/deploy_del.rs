@@ -1,0 +1,146 @@
+//! Stage `runner`, `ov deploy del`: tear a deploy down on its target, from the target's own
+//! ledger (and with `--purge`, forget the VM's saved state).
+//! Invariant: what is undone is decided on the target from its records, never from the project.
+
+use std::path::PathBuf;
+
+use serde_json::json;
+
+use crate::commands::project::{resolve, Selection};
+use crate::commands::{
+    connect_parts, local, with_display, CommandError, Common, Connection, Destination,
+};
+use crate::target::deploy::DeployArg;
+use crate::teardown::{teardown, teardown_with, LayerAction, TeardownOptions, TeardownReport};
+use crate::ui::progress::Display;
+
+/// Plain options of `ov deploy del`.
+#[derive(Debug, Clone)]
+pub struct DelRequest {
+    /// `-C/--project`.
+    pub project: Option<PathBuf>,
+    /// The deploy.
+    pub deploy: DeployArg,
+    /// How to reach the target.
+    pub connection: Connection,
+    /// `--purge`.
+    pub purge: bool,
+    /// `--dry-run`.
+    pub dry_run: bool,
+    /// `--no-wait` (lock).
+    pub no_wait_lock: bool,
+    /// `--user`.
+    pub user: Option<String>,
+}
+
+/// `ov deploy del`.
+pub fn run(req: &DelRequest) -> Result<(), CommandError> {
+    let target = resolve(
+        req.project.as_deref(),
+        &Selection::deploy_only(req.deploy.clone()),
+    )?
+    .target();
+    del(&DelCommand {
+        common: req.connection.common(&target),
+        deploy_id: Some(target.id.clone()),
+        user: req.user.clone().or(target.user),
+        dry_run: req.dry_run,
+        no_wait_lock: req.no_wait_lock,
+        purge: req.purge,
+    })
+}
+
+/// `ov deploy del` once the deploy is resolved.
+#[derive(Debug, Clone)]
+pub struct DelCommand {
+    /// Shared options.
+    pub common: Common,
+    /// Only this deploy id.
+    pub deploy_id: Option<String>,
+    /// Ledger owner.
+    pub user: Option<String>,
+    /// `--dry-run`.
+    pub dry_run: bool,
+    /// `--no-wait`.
+    pub no_wait_lock: bool,
+    /// `--purge`: also forget the VM's saved state.
+    pub purge: bool,
+}
+
+/// Tear the deploy down on its target from the target's own ledger.
+pub fn del(cmd: &DelCommand) -> Result<(), CommandError> {
+    with_display(cmd.common.json, |display| del_inner(cmd, display))
+}
+
+fn del_inner(cmd: &DelCommand, display: &mut Display) -> Result<(), CommandError> {
+    let mut opts = TeardownOptions {
+        name: cmd.common.deploy.clone(),
+        deploy_id: cmd.deploy_id.clone(),
+        user: cmd.user.clone(),
+        dry_run: cmd.dry_run,
+        no_wait_lock: cmd.no_wait_lock,
+        state: None,
+        purge: cmd.purge,
+    };
+    let report: TeardownReport = match &cmd.common.destination {
+        Destination::Local => {
+            let mut exec = local()?;
+            teardown_with(&mut exec, &opts, display)?
+        }
+        Destination::Remote(c) => {
+            let (target, state, wait) = connect_parts(&cmd.common, c)?;
+            opts.state = state;
+            teardown(target, wait, &opts, display)?
+        }
+    };
+    display.finish();
+    if let Some(plan) = &report.plan {
+        if cmd.common.json {
+            println!(
+                "{}",
+                json!({"event": "dry-run", "deploy_ids": plan.deploy_ids,
+                       "actions": plan.actions.iter().map(|a| format!("{a:?}")).collect::<Vec<_>>(),
+                       "script": plan.script})
+            );
+        } else {
+            println!(
+                "would tear down {} ({} layer action(s)):",
+                plan.deploy_ids.join(", "),
+                plan.actions.len()
+            );
+            for a in &plan.actions {
+                match a {
+                    LayerAction::Undo { layer } => {
+                        println!("  undo     {layer}")
+                    }
+                    LayerAction::Release { layer, remaining } => {
+                        println!(
+                            "  release  {layer} (still used by {})",
+                            remaining.join(", ")
+                        )
+                    }
+                }
+            }
+            println!(
+                "--- script (stdin of `sudo -n bash -s`) ---\n{}",
+                plan.script
+            );
+        }
+        return Ok(());
+    }
+    if cmd.common.json {
+        println!(
+            "{}",
+            json!({"event": "result", "deploy_ids": report.deploy_ids, "undone": report.undone,
+                   "released": report.released, "nothing_recorded": report.nothing_recorded})
+        );
+    } else if !report.nothing_recorded {
+        eprintln!(
+            "removed {}: {} layer(s) undone, {} still used by other deploys",
+            report.deploy_ids.join(", "),
+            report.undone.len(),
+            report.released.len()
+        );
+    }
+    Ok(())
+}
