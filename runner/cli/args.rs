@@ -185,15 +185,22 @@ pub struct ConnectArgs {
     pub json: bool,
 }
 
-/// `ov push` and `ov deploy add`.
+/// What push and test send, and where (shared by push, deploy add, test).
 #[derive(Debug, Args)]
-pub struct PushArgs {
+pub struct DeliveryArgs {
     #[command(flatten)]
     pub deploy: DeployArgs,
     #[command(flatten)]
     pub build: BuildArgs,
     #[command(flatten)]
     pub connect: ConnectArgs,
+}
+
+/// `ov push` and `ov deploy add`.
+#[derive(Debug, Args)]
+pub struct PushArgs {
+    #[command(flatten)]
+    pub delivery: DeliveryArgs,
     /// Do not wait for cloud-init to finish.
     #[arg(long)]
     pub no_wait_cloud_init: bool,
@@ -228,11 +235,7 @@ pub struct PushArgs {
 #[derive(Debug, Args)]
 pub struct TestArgs {
     #[command(flatten)]
-    pub deploy: DeployArgs,
-    #[command(flatten)]
-    pub build: BuildArgs,
-    #[command(flatten)]
-    pub connect: ConnectArgs,
+    pub delivery: DeliveryArgs,
     /// Only the checks of LAYER (repeatable; default: every layer of the bundle).
     #[arg(long = "layer", value_name = "LAYER")]
     pub only: Vec<String>,

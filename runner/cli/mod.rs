@@ -6,6 +6,7 @@
 
 pub mod args;
 
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -20,12 +21,14 @@ use crate::commands::push::PushRequest;
 use crate::commands::status::StatusRequest;
 use crate::commands::test::TestRequest;
 use crate::commands::verify::VerifyOptions;
-use crate::commands::{self, CommandError, Connection};
+use crate::commands::{self, CommandError, Connection, Delivery};
 use crate::exit::{Exit, HasExit};
-use crate::push::TestFilter;
+use crate::push::{PushOptions, RunMode, TestFilter};
 use crate::target::cloud_init::CloudInitOptions;
 use crate::target::deploy::DeployArg;
-use args::{BuildArgs, Cli, Command, ConnectArgs, DeployArgs, DeployCommand};
+use crate::target::resolve::ConnectOptions;
+use crate::teardown::TeardownOptions;
+use args::{BuildArgs, Cli, Command, ConnectArgs, DeliveryArgs, DeployArgs, DeployCommand};
 
 /// Parse the process arguments, run, and turn the outcome into an exit status.
 pub fn main() -> ExitCode {
@@ -55,8 +58,8 @@ pub fn main() -> ExitCode {
 /// Commands that talk to a target report their failure as a JSON line with `--json`.
 fn json_errors(command: &Command) -> bool {
     match command {
-        Command::Push(a) | Command::Deploy(DeployCommand::Add(a)) => a.connect.json,
-        Command::Test(a) => a.connect.json,
+        Command::Push(a) | Command::Deploy(DeployCommand::Add(a)) => a.delivery.connect.json,
+        Command::Test(a) => a.delivery.connect.json,
         Command::Deploy(DeployCommand::Del(a)) => a.connect.json,
         Command::Status(a) => a.connect.json,
         _ => false,
@@ -91,29 +94,31 @@ fn run(cli: Cli) -> Result<(), CommandError> {
         }),
         Command::Push(args) | Command::Deploy(DeployCommand::Add(args)) => {
             commands::push::run(&PushRequest {
-                project,
-                selection: selection(&args.deploy),
-                build: build(&args.build),
-                connection: connection(&args.connect),
-                cloud_init: CloudInitOptions {
-                    wait: !args.no_wait_cloud_init,
-                    deadline: Duration::from_secs(args.wait_cloud_init),
-                    ignore_errors: args.ignore_cloud_init_errors,
-                    ..CloudInitOptions::default()
+                delivery: delivery(project, &args.delivery),
+                options: PushOptions {
+                    keep: args.keep,
+                    dry_run: args.dry_run,
+                    no_wait_lock: args.no_wait,
+                    force: args.force,
+                    user: args.user,
+                    cloud_init: CloudInitOptions {
+                        wait: !args.no_wait_cloud_init,
+                        deadline: Duration::from_secs(args.wait_cloud_init),
+                        ignore_errors: args.ignore_cloud_init_errors,
+                        ..CloudInitOptions::default()
+                    },
+                    mode: if args.verify {
+                        RunMode::ApplyThenTest
+                    } else {
+                        RunMode::Apply
+                    },
+                    // Named by the deploy: the compiled bundle, or the one given.
+                    ..PushOptions::new(PathBuf::new())
                 },
-                keep: args.keep,
-                dry_run: args.dry_run,
-                no_wait_lock: args.no_wait,
-                force: args.force,
-                user: args.user,
-                verify: args.verify,
             })
         }
         Command::Test(args) => commands::test::run(&TestRequest {
-            project,
-            selection: selection(&args.deploy),
-            build: build(&args.build),
-            connection: connection(&args.connect),
+            delivery: delivery(project, &args.delivery),
             filter: TestFilter {
                 layers: args.only,
                 scope: args.scope,
@@ -125,10 +130,13 @@ fn run(cli: Cli) -> Result<(), CommandError> {
             project,
             deploy: DeployArg::parse(&args.deploy),
             connection: connection(&args.connect),
-            purge: args.purge,
-            dry_run: args.dry_run,
-            no_wait_lock: args.no_wait,
-            user: args.user,
+            options: TeardownOptions {
+                user: args.user,
+                dry_run: args.dry_run,
+                no_wait_lock: args.no_wait,
+                purge: args.purge,
+                ..TeardownOptions::default()
+            },
         }),
         Command::Status(args) => commands::status::run(&StatusRequest {
             project,
@@ -159,6 +167,15 @@ fn selection(args: &DeployArgs) -> Selection {
     }
 }
 
+fn delivery(project: Option<PathBuf>, args: &DeliveryArgs) -> Delivery {
+    Delivery {
+        project,
+        selection: selection(&args.deploy),
+        build: build(&args.build),
+        connection: connection(&args.connect),
+    }
+}
+
 fn build(args: &BuildArgs) -> BuildOptions {
     BuildOptions {
         templates: args.templates.clone(),
@@ -168,12 +185,15 @@ fn build(args: &BuildArgs) -> BuildOptions {
 
 fn connection(args: &ConnectArgs) -> Connection {
     Connection {
-        host: args.host.clone(),
-        port: args.port,
-        ssh_user: args.ssh_user.clone(),
-        identity: args.identity.clone(),
-        ssh_config: args.ssh_config.clone(),
-        known_hosts: args.known_hosts.clone(),
+        ssh: ConnectOptions {
+            host: args.host.clone(),
+            port: args.port,
+            user: args.ssh_user.clone(),
+            identity: args.identity.clone(),
+            ssh_config: args.ssh_config.clone(),
+            known_hosts: args.known_hosts.clone(),
+            ..ConnectOptions::default()
+        },
         wait_ssh: Duration::from_secs(args.wait_ssh),
         json: args.json,
     }

@@ -23,48 +23,33 @@ pub struct DelRequest {
     pub deploy: DeployArg,
     /// How to reach the target.
     pub connection: Connection,
-    /// `--purge`.
-    pub purge: bool,
-    /// `--dry-run`.
-    pub dry_run: bool,
-    /// `--no-wait` (lock).
-    pub no_wait_lock: bool,
-    /// `--user`.
-    pub user: Option<String>,
+    /// The flags of the teardown. What the deploy decides is filled in by [`run`]: `name`,
+    /// `deploy_id` and, when unset, `user` (the deploy's account).
+    pub options: TeardownOptions,
 }
 
 /// `ov deploy del`.
 pub fn run(req: &DelRequest) -> Result<(), CommandError> {
-    let target = resolve(
-        req.project.as_deref(),
-        &Selection::deploy_only(req.deploy.clone()),
-    )?
-    .target();
+    let selection = Selection::deploy_only(req.deploy.clone());
+    let target = resolve(req.project.as_deref(), &selection)?.target();
     del(&DelCommand {
         common: req.connection.common(&target),
-        deploy_id: Some(target.id.clone()),
-        user: req.user.clone().or(target.user),
-        dry_run: req.dry_run,
-        no_wait_lock: req.no_wait_lock,
-        purge: req.purge,
+        options: TeardownOptions {
+            name: target.name,
+            deploy_id: Some(target.id),
+            user: req.options.user.clone().or(target.user),
+            ..req.options.clone()
+        },
     })
 }
 
-/// `ov deploy del` once the deploy is resolved.
+/// A teardown of a resolved deploy.
 #[derive(Debug, Clone)]
 pub struct DelCommand {
     /// Shared options.
     pub common: Common,
-    /// Only this deploy id.
-    pub deploy_id: Option<String>,
-    /// Ledger owner.
-    pub user: Option<String>,
-    /// `--dry-run`.
-    pub dry_run: bool,
-    /// `--no-wait`.
-    pub no_wait_lock: bool,
-    /// `--purge`: also forget the VM's saved state.
-    pub purge: bool,
+    /// The teardown (its `state` is filled in for a VM).
+    pub options: TeardownOptions,
 }
 
 /// Tear the deploy down on its target from the target's own ledger.
@@ -73,15 +58,7 @@ pub fn del(cmd: &DelCommand) -> Result<(), CommandError> {
 }
 
 fn del_inner(cmd: &DelCommand, display: &mut Display) -> Result<(), CommandError> {
-    let mut opts = TeardownOptions {
-        name: cmd.common.deploy.clone(),
-        deploy_id: cmd.deploy_id.clone(),
-        user: cmd.user.clone(),
-        dry_run: cmd.dry_run,
-        no_wait_lock: cmd.no_wait_lock,
-        state: None,
-        purge: cmd.purge,
-    };
+    let mut opts = cmd.options.clone();
     let report: TeardownReport = match &cmd.common.destination {
         Destination::Local => {
             let mut exec = local()?;

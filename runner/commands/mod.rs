@@ -23,6 +23,7 @@ use std::time::Duration;
 
 pub use error::CommandError;
 
+use crate::commands::project::{bundle_and_target, BuildOptions, Selection};
 use crate::push::StateTarget;
 use crate::ssh::connect::WaitOptions;
 use crate::ssh::endpoint::Target;
@@ -44,8 +45,6 @@ pub enum Destination {
 /// Options shared by the remote commands.
 #[derive(Debug, Clone)]
 pub struct Common {
-    /// Deploy name (`vm:arch`, `host`, a node name): names the ledger records.
-    pub deploy: String,
     /// Where.
     pub destination: Destination,
     /// `--wait-ssh SECS`.
@@ -59,21 +58,11 @@ pub struct Common {
 /// How to reach the target, as the user gave it (the plain form of the connection arguments).
 #[derive(Debug, Clone, Default)]
 pub struct Connection {
-    /// `--host`.
-    pub host: Option<String>,
-    /// `--port`.
-    pub port: Option<u16>,
-    /// `--ssh-user`.
-    pub ssh_user: Option<String>,
-    /// `--identity`.
-    pub identity: Option<PathBuf>,
-    /// `--ssh-config`.
-    pub ssh_config: Option<PathBuf>,
-    /// `--known-hosts`.
-    pub known_hosts: Option<PathBuf>,
+    /// The SSH settings of the command line (the VM and its spec are filled in per target).
+    pub ssh: ConnectOptions,
     /// `--wait-ssh SECS`.
     pub wait_ssh: Duration,
-    /// `--json`.
+    /// `--json`: JSON lines on stdout instead of the progress display.
     pub json: bool,
 }
 
@@ -89,23 +78,41 @@ impl Connection {
                 ssh_port,
             } => Destination::Remote(ConnectOptions {
                 vm: Some(vm.clone()),
-                host: self.host.clone(),
-                port: self.port,
-                user: self.ssh_user.clone(),
-                identity: self.identity.clone(),
-                ssh_config: self.ssh_config.clone(),
-                known_hosts: self.known_hosts.clone(),
                 spec_user: ssh_user.clone(),
                 spec_port: *ssh_port,
+                ..self.ssh.clone()
             }),
         };
         Common {
-            deploy: target.name.clone(),
             destination,
             wait_ssh: self.wait_ssh,
             json: self.json,
             paths: None,
         }
+    }
+}
+
+/// What `ov push` and `ov test` send, and where: the deploy (compiled now) or a bundle, and how to
+/// reach its target.
+#[derive(Debug, Clone)]
+pub struct Delivery {
+    /// `-C/--project`.
+    pub project: Option<PathBuf>,
+    /// The deploy (or bundle) and its layers.
+    pub selection: Selection,
+    /// How the bundle is compiled.
+    pub build: BuildOptions,
+    /// How to reach the target.
+    pub connection: Connection,
+}
+
+impl Delivery {
+    /// The bundle to send, its target and the command's shared options for it.
+    fn prepare(&self) -> Result<(PathBuf, DeployTarget, Common), CommandError> {
+        let (bundle, target) =
+            bundle_and_target(self.project.as_deref(), &self.selection, &self.build)?;
+        let common = self.connection.common(&target);
+        Ok((bundle, target, common))
     }
 }
 

@@ -3,65 +3,37 @@
 //! with `--verify`, what the layers' own checks said).
 //! Invariant: the target's saved state changes only after a successful apply.
 
-use std::path::PathBuf;
-
 use serde_json::json;
 
 use crate::archive::open_bundle;
-use crate::commands::project::{bundle_and_target, BuildOptions, Selection};
 use crate::commands::{
-    connect_parts, local, with_display, CommandError, Common, Connection, Destination,
+    connect_parts, local, with_display, CommandError, Common, Delivery, Destination,
 };
 use crate::push::{
     push as push_remote, push_with, CheckReport, PushOptions, PushOutcome, PushReport, RunMode,
-    TestFilter,
 };
-use crate::target::cloud_init::CloudInitOptions;
 use crate::ui::progress::Display;
 
 /// Plain options of `ov push` and `ov deploy add`.
 #[derive(Debug, Clone)]
 pub struct PushRequest {
-    /// `-C/--project`.
-    pub project: Option<PathBuf>,
-    /// The deploy (or bundle) and its layers.
-    pub selection: Selection,
-    /// How the bundle is compiled.
-    pub build: BuildOptions,
-    /// How to reach the target.
-    pub connection: Connection,
-    /// cloud-init handling.
-    pub cloud_init: CloudInitOptions,
-    /// `--keep`.
-    pub keep: bool,
-    /// `--dry-run`.
-    pub dry_run: bool,
-    /// `--no-wait` (lock).
-    pub no_wait_lock: bool,
-    /// `--force`.
-    pub force: bool,
-    /// `--user`.
-    pub user: Option<String>,
-    /// `--verify`: run the layers' checks after the apply.
-    pub verify: bool,
+    /// What to send, and where.
+    pub delivery: Delivery,
+    /// The flags of the push. What the deploy decides is filled in by [`run`]: `bundle` (the
+    /// compiled or given archive) and, when unset, `user` (the deploy's account).
+    pub options: PushOptions,
 }
 
 /// `ov push`, `ov deploy add`.
 pub fn run(req: &PushRequest) -> Result<(), CommandError> {
-    let (bundle, target) = bundle_and_target(req.project.as_deref(), &req.selection, &req.build)?;
+    let (bundle, target, common) = req.delivery.prepare()?;
     push(&PushCommand {
-        cloud_init: req.cloud_init.clone(),
-        keep: req.keep,
-        dry_run: req.dry_run,
-        no_wait_lock: req.no_wait_lock,
-        force: req.force,
-        user: req.user.clone().or(target.user.clone()),
-        mode: if req.verify {
-            RunMode::ApplyThenTest
-        } else {
-            RunMode::Apply
+        common,
+        options: PushOptions {
+            bundle,
+            user: req.options.user.clone().or(target.user),
+            ..req.options.clone()
         },
-        ..PushCommand::new(req.connection.common(&target), bundle)
     })
 }
 
@@ -70,42 +42,8 @@ pub fn run(req: &PushRequest) -> Result<(), CommandError> {
 pub struct PushCommand {
     /// Shared options.
     pub common: Common,
-    /// The bundle archive.
-    pub bundle: PathBuf,
-    /// cloud-init handling.
-    pub cloud_init: CloudInitOptions,
-    /// `--keep`.
-    pub keep: bool,
-    /// `--dry-run`.
-    pub dry_run: bool,
-    /// `--no-wait` (lock).
-    pub no_wait_lock: bool,
-    /// `--force`.
-    pub force: bool,
-    /// `--user` (target account for run.sh).
-    pub user: Option<String>,
-    /// Apply (`ov push`), apply and check (`ov push --verify`) or only check (`ov test`).
-    pub mode: RunMode,
-    /// Which checks (`ov test --layer`, `--scope`).
-    pub test: TestFilter,
-}
-
-impl PushCommand {
-    /// Apply `bundle` with the defaults of `ov push`.
-    pub fn new(common: Common, bundle: PathBuf) -> PushCommand {
-        PushCommand {
-            common,
-            bundle,
-            cloud_init: CloudInitOptions::default(),
-            keep: false,
-            dry_run: false,
-            no_wait_lock: false,
-            force: false,
-            user: None,
-            mode: RunMode::Apply,
-            test: TestFilter::default(),
-        }
-    }
+    /// The push (its `state` is filled in for a VM).
+    pub options: PushOptions,
 }
 
 fn summary_push(r: &PushReport) -> String {
@@ -124,24 +62,12 @@ pub fn push(cmd: &PushCommand) -> Result<(), CommandError> {
 }
 
 fn push_inner(cmd: &PushCommand, display: &mut Display) -> Result<(), CommandError> {
-    let opts_base = PushOptions {
-        bundle: cmd.bundle.clone(),
-        keep: cmd.keep,
-        dry_run: cmd.dry_run,
-        no_wait_lock: cmd.no_wait_lock,
-        force: cmd.force,
-        user: cmd.user.clone(),
-        cloud_init: cmd.cloud_init.clone(),
-        remote_base: crate::push::REMOTE_BASE.into(),
-        state: None,
-        mode: cmd.mode,
-        test: cmd.test.clone(),
-    };
+    let opts = &cmd.options;
     let outcome = match &cmd.common.destination {
         Destination::Local => {
-            let bundle = open_bundle(&cmd.bundle)?;
+            let bundle = open_bundle(&opts.bundle)?;
             let mut exec = local()?;
-            if cmd.dry_run {
+            if opts.dry_run {
                 let text = format!(
                     "would run {} locally (as root via sudo -n unless already root): verify, extract under {}, run.sh",
                     bundle.path.display(),
@@ -150,15 +76,16 @@ fn push_inner(cmd: &PushCommand, display: &mut Display) -> Result<(), CommandErr
                 println!("{text}");
                 return Ok(());
             }
-            PushOutcome::Done(Box::new(push_with(
-                &mut exec, &bundle, &opts_base, display,
-            )?))
+            PushOutcome::Done(Box::new(push_with(&mut exec, &bundle, opts, display)?))
         }
         Destination::Remote(c) => {
             let (target, state, wait) = connect_parts(&cmd.common, c)?;
             // Checks change nothing on the target, so they change nothing in deploy.yml either.
-            let state = state.filter(|_| cmd.mode != RunMode::Test);
-            let opts = PushOptions { state, ..opts_base };
+            let state = state.filter(|_| opts.mode != RunMode::Test);
+            let opts = PushOptions {
+                state,
+                ..opts.clone()
+            };
             push_remote(target, wait, &opts, display)?
         }
     };
@@ -182,7 +109,7 @@ fn push_inner(cmd: &PushCommand, display: &mut Display) -> Result<(), CommandErr
                     .checks
                     .as_ref()
                     .map(|c| json!({"pass": c.pass, "fail": c.fail, "skip": c.skip}));
-                if cmd.mode == RunMode::Test {
+                if opts.mode == RunMode::Test {
                     println!(
                         "{}",
                         json!({"event": "result", "target": r.target, "checks": checks,
@@ -198,7 +125,7 @@ fn push_inner(cmd: &PushCommand, display: &mut Display) -> Result<(), CommandErr
                     );
                 }
             } else {
-                if cmd.mode != RunMode::Test {
+                if opts.mode != RunMode::Test {
                     eprintln!("{}", summary_push(&r));
                 }
                 if let Some(c) = &r.checks {
@@ -208,7 +135,7 @@ fn push_inner(cmd: &PushCommand, display: &mut Display) -> Result<(), CommandErr
                     );
                 }
             }
-            if cmd.mode.tests_run() {
+            if opts.mode.tests_run() {
                 checks_outcome(&r.target, r.checks.as_ref())?;
             }
         }

@@ -120,23 +120,26 @@ impl Executor for SshExecutor {
                 target: target.clone(),
                 what: what.clone(),
             };
+            let channel = |e: openssh::Error| ExecError::Channel {
+                target: target.clone(),
+                what: what.clone(),
+                message: e.to_string(),
+            };
+            // A failure while a command runs is the connection's when the master no longer
+            // answers; otherwise it is the failure itself.
+            let blame = |error: ExecError| async {
+                match session.check().await {
+                    Err(_) => disconnected(),
+                    Ok(()) => error,
+                }
+            };
             let mut cmd = session.raw_command(&cmdline);
             cmd.stdin(Stdio::piped())
                 .stdout(Stdio::piped())
                 .stderr(Stdio::piped());
             let mut child = match cmd.spawn().await {
                 Ok(c) => c,
-                Err(e) => {
-                    return Err(if session.check().await.is_err() {
-                        disconnected()
-                    } else {
-                        ExecError::Channel {
-                            target: target.clone(),
-                            what: what.clone(),
-                            message: e.to_string(),
-                        }
-                    })
-                }
+                Err(e) => return Err(blame(channel(e)).await),
             };
             let stdin = child.stdin().take();
             let stdout = child.stdout().take();
@@ -147,14 +150,8 @@ impl Executor for SshExecutor {
             let (stdout, stderr) = match driven {
                 Ok(v) => v,
                 Err(source) => {
-                    return Err(if session.check().await.is_err() {
-                        disconnected()
-                    } else {
-                        ExecError::Io {
-                            what: what.clone(),
-                            source,
-                        }
-                    })
+                    let what = what.clone();
+                    return Err(blame(ExecError::Io { what, source }).await);
                 }
             };
             let status = match child.wait().await {
@@ -168,17 +165,7 @@ impl Executor for SshExecutor {
                     }
                     None
                 }
-                Err(e) => {
-                    return Err(if session.check().await.is_err() {
-                        disconnected()
-                    } else {
-                        ExecError::Channel {
-                            target: target.clone(),
-                            what: what.clone(),
-                            message: e.to_string(),
-                        }
-                    })
-                }
+                Err(e) => return Err(blame(channel(e)).await),
             };
             let out = Output {
                 status,

@@ -557,7 +557,6 @@ fn vm_commands_end_to_end() {
         &marker_layers(out.path(), &["k1", "k2"]),
     );
     let common = Common {
-        deploy: "vm:it".into(),
         destination: Destination::Remote(ConnectOptions {
             vm: Some("it".into()),
             port: Some(host.port),
@@ -570,15 +569,7 @@ fn vm_commands_end_to_end() {
     };
     run_push(&PushCommand {
         common: common.clone(),
-        bundle: b.path.clone(),
-        cloud_init: Default::default(),
-        keep: false,
-        dry_run: false,
-        no_wait_lock: false,
-        force: false,
-        user: None,
-        mode: Default::default(),
-        test: Default::default(),
+        options: PushOptions::new(b.path.clone()),
     })
     .expect("push");
     assert!(out.path().join("k2").exists());
@@ -615,11 +606,11 @@ fn vm_commands_end_to_end() {
     .expect("status");
     run_del(&DelCommand {
         common: saved_only,
-        deploy_id: None,
-        user: None,
-        dry_run: false,
-        no_wait_lock: false,
-        purge: true,
+        options: TeardownOptions {
+            name: "vm:it".into(),
+            purge: true,
+            ..Default::default()
+        },
     })
     .expect("del");
     assert_eq!(
@@ -652,7 +643,6 @@ fn local_executor_pushes_and_tears_down() {
         &marker_layers(out.path(), &["here"]),
     );
     let common = Common {
-        deploy: "host".into(),
         destination: Destination::Local,
         wait_ssh: Duration::from_secs(1),
         json: false,
@@ -660,18 +650,13 @@ fn local_executor_pushes_and_tears_down() {
     };
     let push = PushCommand {
         common: common.clone(),
-        bundle: b.path.clone(),
-        cloud_init: ov::target::cloud_init::CloudInitOptions {
-            wait: false,
-            ..Default::default()
+        options: PushOptions {
+            cloud_init: ov::target::cloud_init::CloudInitOptions {
+                wait: false,
+                ..Default::default()
+            },
+            ..PushOptions::new(b.path.clone())
         },
-        keep: false,
-        dry_run: false,
-        no_wait_lock: false,
-        force: false,
-        user: None,
-        mode: Default::default(),
-        test: Default::default(),
     };
     run_push(&push).expect("push");
     assert_eq!(
@@ -680,11 +665,11 @@ fn local_executor_pushes_and_tears_down() {
     );
     let del = DelCommand {
         common,
-        deploy_id: None,
-        user: Some(USER.into()),
-        dry_run: false,
-        no_wait_lock: false,
-        purge: false,
+        options: TeardownOptions {
+            name: "host".into(),
+            user: Some(USER.into()),
+            ..Default::default()
+        },
     };
     run_del(&del).expect("del");
     assert!(!std::path::Path::new(crate::support::sshd::ROOT_LEDGERS)
