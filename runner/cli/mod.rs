@@ -70,13 +70,11 @@ fn run(cli: Cli) -> Result<(), CommandError> {
     let project = cli.project;
     match cli.command {
         Command::Plan(args) => commands::plan::run(&PlanOptions {
-            project,
-            selection: selection(&args.deploy),
+            selection: selection(&project, &args.deploy),
             json: args.json,
         }),
         Command::Compile(args) => commands::compile::run(&CompileOptions {
-            project,
-            selection: selection(&args.deploy),
+            selection: selection(&project, &args.deploy),
             build: build(&args.build),
             output: match (args.out_dir, args.output) {
                 (Some(dir), _) => Output::Unpacked(dir),
@@ -94,7 +92,7 @@ fn run(cli: Cli) -> Result<(), CommandError> {
         }),
         Command::Push(args) | Command::Deploy(DeployCommand::Add(args)) => {
             commands::push::run(&PushRequest {
-                delivery: delivery(project, &args.delivery),
+                delivery: delivery(&project, &args.delivery),
                 options: PushOptions {
                     keep: args.keep,
                     dry_run: args.dry_run,
@@ -118,7 +116,7 @@ fn run(cli: Cli) -> Result<(), CommandError> {
             })
         }
         Command::Test(args) => commands::test::run(&TestRequest {
-            delivery: delivery(project, &args.delivery),
+            delivery: delivery(&project, &args.delivery),
             filter: TestFilter {
                 layers: args.only,
                 scope: args.scope,
@@ -127,8 +125,7 @@ fn run(cli: Cli) -> Result<(), CommandError> {
             wait_cloud_init: !args.no_wait_cloud_init,
         }),
         Command::Deploy(DeployCommand::Del(args)) => commands::deploy_del::run(&DelRequest {
-            project,
-            deploy: DeployArg::parse(&args.deploy),
+            selection: Selection::deploy_only(project, DeployArg::parse(&args.deploy)),
             connection: connection(&args.connect),
             options: TeardownOptions {
                 user: args.user,
@@ -139,8 +136,7 @@ fn run(cli: Cli) -> Result<(), CommandError> {
             },
         }),
         Command::Status(args) => commands::status::run(&StatusRequest {
-            project,
-            selection: selection(&args.deploy),
+            selection: selection(&project, &args.deploy),
             connection: connection(&args.connect),
             user: args.user,
         }),
@@ -151,11 +147,12 @@ fn run(cli: Cli) -> Result<(), CommandError> {
     }
 }
 
-/// The deploy argument, parsed once, with its layers, distro and opt-ins.
-fn selection(args: &DeployArgs) -> Selection {
+/// The deploy argument, parsed once, with its project, layers, distro and opt-ins.
+fn selection(project: &Option<PathBuf>, args: &DeployArgs) -> Selection {
     let mut add_layers = args.layers.clone();
     add_layers.extend(args.add_layer.iter().cloned());
     Selection {
+        project: project.clone(),
         deploy: DeployArg::parse(&args.deploy),
         add_layers,
         distro: args.distro.clone(),
@@ -167,10 +164,9 @@ fn selection(args: &DeployArgs) -> Selection {
     }
 }
 
-fn delivery(project: Option<PathBuf>, args: &DeliveryArgs) -> Delivery {
+fn delivery(project: &Option<PathBuf>, args: &DeliveryArgs) -> Delivery {
     Delivery {
-        project,
-        selection: selection(&args.deploy),
+        selection: selection(project, &args.deploy),
         build: build(&args.build),
         connection: connection(&args.connect),
     }

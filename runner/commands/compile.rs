@@ -23,9 +23,7 @@ pub enum Output {
 /// Plain options of `ov compile`.
 #[derive(Debug, Clone)]
 pub struct CompileOptions {
-    /// `-C/--project`.
-    pub project: Option<PathBuf>,
-    /// The deploy and its layers.
+    /// The project, the deploy and its layers.
     pub selection: Selection,
     /// Templates and timestamps.
     pub build: BuildOptions,
@@ -35,7 +33,7 @@ pub struct CompileOptions {
 
 /// `ov compile`: write the archive (and `.sha256`) or the unpacked tree; print where and the digest.
 pub fn run(opts: &CompileOptions) -> Result<(), CommandError> {
-    let bundle = resolve(opts.project.as_deref(), &opts.selection)?.compile(&opts.build)?;
+    let bundle = resolve(&opts.selection)?.compile(&opts.build)?;
     let out = match &opts.output {
         Output::Unpacked(dir) => {
             let top = bundle::write_unpacked(&bundle, dir).map_err(CommandError::Write)?;

@@ -2,25 +2,20 @@
 //! ledger (and with `--purge`, forget the VM's saved state).
 //! Invariant: what is undone is decided on the target from its records, never from the project.
 
-use std::path::PathBuf;
-
 use serde_json::json;
 
 use crate::commands::project::{resolve, Selection};
 use crate::commands::{
-    connect_parts, local, with_display, CommandError, Common, Connection, Destination,
+    connect_parts, local, with_display, CommandError, Connection, Destination, OnTarget,
 };
-use crate::target::deploy::DeployArg;
 use crate::teardown::{teardown, teardown_with, LayerAction, TeardownOptions, TeardownReport};
 use crate::ui::progress::Display;
 
 /// Plain options of `ov deploy del`.
 #[derive(Debug, Clone)]
 pub struct DelRequest {
-    /// `-C/--project`.
-    pub project: Option<PathBuf>,
-    /// The deploy.
-    pub deploy: DeployArg,
+    /// The project and the deploy (no layers: the target's ledger names them).
+    pub selection: Selection,
     /// How to reach the target.
     pub connection: Connection,
     /// The flags of the teardown. What the deploy decides is filled in by [`run`]: `name`,
@@ -30,8 +25,7 @@ pub struct DelRequest {
 
 /// `ov deploy del`.
 pub fn run(req: &DelRequest) -> Result<(), CommandError> {
-    let selection = Selection::deploy_only(req.deploy.clone());
-    let target = resolve(req.project.as_deref(), &selection)?.target();
+    let target = resolve(&req.selection)?.target();
     del(&DelCommand {
         common: req.connection.common(&target),
         options: TeardownOptions {
@@ -43,14 +37,8 @@ pub fn run(req: &DelRequest) -> Result<(), CommandError> {
     })
 }
 
-/// A teardown of a resolved deploy.
-#[derive(Debug, Clone)]
-pub struct DelCommand {
-    /// Shared options.
-    pub common: Common,
-    /// The teardown (its `state` is filled in for a VM).
-    pub options: TeardownOptions,
-}
+/// A teardown of a resolved deploy; the options' `state` is filled in for a VM.
+pub type DelCommand = OnTarget<TeardownOptions>;
 
 /// Tear the deploy down on its target from the target's own ledger.
 pub fn del(cmd: &DelCommand) -> Result<(), CommandError> {

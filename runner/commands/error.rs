@@ -18,26 +18,19 @@ use crate::teardown::TeardownError;
 /// Why a subcommand failed.
 #[derive(Debug, thiserror::Error)]
 pub enum CommandError {
-    /// No project directory (`-C`, `$OV_PROJECT`, the working directory's parents), or it does
-    /// not load.
+    // The compiler's stages (exit 3; writing a bundle: 1), as they are.
     #[error(transparent)]
     Project(#[from] ov_compiler::project::ProjectError),
-    /// The deploy name does not resolve.
     #[error(transparent)]
     Deploy(#[from] ov_compiler::deploy::DeployError),
-    /// The layers do not resolve (unknown, cyclic).
     #[error(transparent)]
     Resolve(#[from] ov_compiler::resolve::ResolveError),
-    /// The layers do not lower into a plan.
     #[error(transparent)]
     Lower(#[from] ov_compiler::lower::LowerError),
-    /// The templates do not load or render.
     #[error(transparent)]
     Render(#[from] ov_compiler::render::RenderError),
-    /// The bundle cannot be assembled.
     #[error(transparent)]
     Build(ov_compiler::bundle::BundleError),
-    /// The bundle cannot be written.
     #[error(transparent)]
     Write(ov_compiler::bundle::BundleError),
     /// A bundle `ov inspect`, `ov verify` or `ov push` could not use.
@@ -45,26 +38,17 @@ pub enum CommandError {
     Bundle {
         /// `inspect`, `verify`, `push`.
         action: &'static str,
-        /// The archive.
         path: PathBuf,
-        /// Why.
         #[source]
         source: BundleReadError,
     },
     /// `ov inspect --script` names no text file of the bundle.
     #[error("`{path}` is not a text file of this bundle; files: {}", files.join(", "))]
-    NotInBundle {
-        /// The path asked for.
-        path: String,
-        /// The bundle's files.
-        files: Vec<String>,
-    },
+    NotInBundle { path: String, files: Vec<String> },
     /// `ov verify` found no checksum file beside the archive.
     #[error("cannot read `{}` (the checksum file must sit beside the archive): {reason}", path.display())]
     NoChecksumFile {
-        /// The `.sha256` path.
         path: PathBuf,
-        /// Why it could not be read.
         reason: std::io::Error,
     },
     /// There is no place for the bundle cache.
@@ -76,37 +60,29 @@ pub enum CommandError {
     /// Serialising JSON output.
     #[error(transparent)]
     Json(#[from] serde_json::Error),
-    /// A bundle to push does not pass the local checks.
+    // The runner's layers below, with their own exit codes: the local bundle, the target,
+    // the saved state, the local executor, then `ov push`/`ov test`, `ov deploy del` and
+    // `ov status`.
     #[error(transparent)]
     Archive(#[from] ArchiveError),
-    /// The target cannot be resolved.
     #[error(transparent)]
     Target(#[from] TargetError),
-    /// `~/.config/ov/deploy.yml` cannot be read or written.
     #[error(transparent)]
     State(#[from] StateError),
-    /// The local executor cannot start.
     #[error(transparent)]
     Exec(#[from] ExecError),
-    /// `ov push`, `ov deploy add`, `ov test`.
     #[error(transparent)]
     Push(#[from] PushError),
-    /// `ov deploy del`.
     #[error(transparent)]
     Teardown(#[from] TeardownError),
-    /// `ov status`.
     #[error(transparent)]
     Ledger(#[from] LedgerError),
     /// Checks that never reported (a run.sh without `--test`).
     #[error("the checks on {target} did not report a result")]
-    ChecksSilent {
-        /// Target description.
-        target: String,
-    },
+    ChecksSilent { target: String },
     /// The layers' own checks failed.
     #[error("{} check(s) failed on {target}:\n  {}", failed.len(), failed.join("\n  "))]
     ChecksFailed {
-        /// Target description.
         target: String,
         /// `layer/id: message` of each failed check.
         failed: Vec<String>,

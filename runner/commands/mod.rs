@@ -55,6 +55,15 @@ pub struct Common {
     pub paths: Option<Paths>,
 }
 
+/// A command on a resolved target: the shared options and the command's own.
+#[derive(Debug, Clone)]
+pub struct OnTarget<O> {
+    /// Where, and how to report.
+    pub common: Common,
+    /// What to do there.
+    pub options: O,
+}
+
 /// How to reach the target, as the user gave it (the plain form of the connection arguments).
 #[derive(Debug, Clone, Default)]
 pub struct Connection {
@@ -96,9 +105,7 @@ impl Connection {
 /// reach its target.
 #[derive(Debug, Clone)]
 pub struct Delivery {
-    /// `-C/--project`.
-    pub project: Option<PathBuf>,
-    /// The deploy (or bundle) and its layers.
+    /// The project, the deploy (or bundle) and its layers.
     pub selection: Selection,
     /// How the bundle is compiled.
     pub build: BuildOptions,
@@ -109,8 +116,7 @@ pub struct Delivery {
 impl Delivery {
     /// The bundle to send, its target and the command's shared options for it.
     fn prepare(&self) -> Result<(PathBuf, DeployTarget, Common), CommandError> {
-        let (bundle, target) =
-            bundle_and_target(self.project.as_deref(), &self.selection, &self.build)?;
+        let (bundle, target) = bundle_and_target(&self.selection, &self.build)?;
         let common = self.connection.common(&target);
         Ok((bundle, target, common))
     }

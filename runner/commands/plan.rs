@@ -2,8 +2,6 @@
 //! header and per layer one line per step and check.
 //! Invariant: reads the project only; writes nothing but stdout.
 
-use std::path::PathBuf;
-
 use ov_compiler::plan::{Gate, InstallPlan, Step};
 
 use crate::commands::project::{resolve, Selection};
@@ -12,9 +10,7 @@ use crate::commands::{emit, json_text, CommandError};
 /// Plain options of `ov plan`.
 #[derive(Debug, Clone)]
 pub struct PlanOptions {
-    /// `-C/--project`.
-    pub project: Option<PathBuf>,
-    /// The deploy and its layers.
+    /// The project, the deploy and its layers.
     pub selection: Selection,
     /// `--json`.
     pub json: bool,
@@ -22,7 +18,7 @@ pub struct PlanOptions {
 
 /// `ov plan`.
 pub fn run(opts: &PlanOptions) -> Result<(), CommandError> {
-    let plan = resolve(opts.project.as_deref(), &opts.selection)?.plan()?;
+    let plan = resolve(&opts.selection)?.plan()?;
     let text = if opts.json {
         json_text(&plan)?
     } else {

@@ -15,9 +15,13 @@ use ov_compiler::render::{self, Engine};
 use crate::commands::error::{BundleReadError, CommandError};
 use crate::target::deploy::{DeployArg, DeployTarget};
 
-/// Which deploy and which layers (the plain form of the shared deploy arguments).
+/// Which project, which deploy and which layers (the plain form of the shared deploy
+/// arguments).
 #[derive(Debug, Clone)]
 pub struct Selection {
+    /// `-C/--project`; `None`: `$OV_PROJECT`, else the first parent of the working directory
+    /// with an `overthink.yml`.
+    pub project: Option<PathBuf>,
     /// The deploy argument.
     pub deploy: DeployArg,
     /// Extra layers.
@@ -30,8 +34,9 @@ pub struct Selection {
 
 impl Selection {
     /// Only the deploy: no extra layers, the target's own distro, no opt-ins.
-    pub fn deploy_only(deploy: DeployArg) -> Selection {
+    pub fn deploy_only(project: Option<PathBuf>, deploy: DeployArg) -> Selection {
         Selection {
+            project,
             deploy,
             add_layers: Vec::new(),
             distro: None,
@@ -107,8 +112,8 @@ pub struct Resolved {
 }
 
 /// Load the project and resolve the selected deploy.
-pub fn resolve(project: Option<&Path>, selection: &Selection) -> Result<Resolved, CommandError> {
-    let root = find_project(project)?;
+pub fn resolve(selection: &Selection) -> Result<Resolved, CommandError> {
+    let root = find_project(selection.project.as_deref())?;
     let project = Project::load(&root)?;
     let (deploy, gates, requested) =
         ov_compiler::deploy::resolve_deploy(&project, &selection.request())?;
@@ -196,7 +201,6 @@ pub fn open_archive(
 /// names the deploy; the project, when there is one, adds the VM's SSH settings), or the
 /// selected deploy compiled into the cache.
 pub fn bundle_and_target(
-    project: Option<&Path>,
     selection: &Selection,
     build: &BuildOptions,
 ) -> Result<(PathBuf, DeployTarget), CommandError> {
@@ -206,14 +210,14 @@ pub fn bundle_and_target(
             let manifest = ov_compiler::manifest::inspect(archive, None)
                 .map_err(|e| bundle_error("push", path, e))?
                 .manifest;
-            let loaded = find_project(project)
+            let loaded = find_project(selection.project.as_deref())
                 .ok()
                 .and_then(|root| Project::load(&root).ok());
             let target = DeployTarget::of_manifest(&manifest.deploy, loaded.as_ref());
             Ok((path.clone(), target))
         }
         DeployArg::Name(_) => {
-            let resolved = resolve(project, selection)?;
+            let resolved = resolve(selection)?;
             let bundle = write_to_cache(&resolved.compile(build)?)?;
             Ok((bundle, resolved.target()))
         }

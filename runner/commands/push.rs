@@ -7,7 +7,7 @@ use serde_json::json;
 
 use crate::archive::open_bundle;
 use crate::commands::{
-    connect_parts, local, with_display, CommandError, Common, Delivery, Destination,
+    connect_parts, local, with_display, CommandError, Delivery, Destination, OnTarget,
 };
 use crate::push::{
     push as push_remote, push_with, CheckReport, PushOptions, PushOutcome, PushReport, RunMode,
@@ -37,14 +37,9 @@ pub fn run(req: &PushRequest) -> Result<(), CommandError> {
     })
 }
 
-/// A push of a compiled bundle (`ov push`, `ov deploy add`, `ov test` once the bundle is there).
-#[derive(Debug, Clone)]
-pub struct PushCommand {
-    /// Shared options.
-    pub common: Common,
-    /// The push (its `state` is filled in for a VM).
-    pub options: PushOptions,
-}
+/// A push of a compiled bundle (`ov push`, `ov deploy add`, `ov test` once the bundle is there);
+/// the options' `state` is filled in for a VM.
+pub type PushCommand = OnTarget<PushOptions>;
 
 fn summary_push(r: &PushReport) -> String {
     format!(

@@ -17,9 +17,7 @@ use crate::ui::progress::Progress;
 /// Plain options of `ov status`.
 #[derive(Debug, Clone)]
 pub struct StatusRequest {
-    /// `-C/--project`.
-    pub project: Option<PathBuf>,
-    /// The deploy and its layers.
+    /// The project, the deploy and its layers.
     pub selection: Selection,
     /// How to reach the target.
     pub connection: Connection,
@@ -29,7 +27,7 @@ pub struct StatusRequest {
 
 /// `ov status`.
 pub fn run(req: &StatusRequest) -> Result<(), CommandError> {
-    let resolved = resolve(req.project.as_deref(), &req.selection)?;
+    let resolved = resolve(&req.selection)?;
     let target = resolved.target();
     // Compare with what the project would compile now, when it compiles.
     let bundle = resolved

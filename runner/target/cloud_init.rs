@@ -58,28 +58,15 @@ pub enum CloudInitOutcome {
 pub enum CloudInitError {
     /// It reported errors.
     #[error("cloud-init on {target} finished with errors (use `--ignore-cloud-init-errors` to go on anyway):\n  {}", errors.join("\n  "))]
-    Failed {
-        /// Target description.
-        target: String,
-        /// Its error messages.
-        errors: Vec<String>,
-    },
+    Failed { target: String, errors: Vec<String> },
     /// It did not finish before our deadline.
     #[error("cloud-init on {target} did not finish within {secs}s")]
-    Timeout {
-        /// Target description.
-        target: String,
-        /// Deadline.
-        secs: u64,
-    },
+    Timeout { target: String, secs: u64 },
     /// Its answer made no sense.
     #[error("cannot understand `cloud-init status` on {target} (status {status}): {output}")]
     Unreadable {
-        /// Target description.
         target: String,
-        /// Exit status.
         status: i32,
-        /// What it printed.
         output: String,
     },
     /// The connection failed for good.
