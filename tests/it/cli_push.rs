@@ -170,3 +170,55 @@ fn push_dry_run_of_a_bundle_file_and_as_json() {
     );
     s.assert_untouched();
 }
+
+/// With `--json`, every failure of a push is one `error` line on stdout with its exit code and
+/// the whole message — a deploy that does not resolve (exit 3) as much as a bundle refused on
+/// its checksum (exit 4) — and nothing on stderr.
+#[test]
+fn push_failures_are_json_lines_with_json() {
+    let s = Setup::new();
+    let error_line = |r: &Run, code: i64| -> Value {
+        let lines: Vec<&str> = r.stdout.lines().collect();
+        assert_eq!(lines.len(), 1, "{}", r.stdout);
+        assert_eq!(r.stderr, "", "nothing on stderr");
+        let v: Value = serde_json::from_str(lines[0]).expect("JSON line");
+        assert_eq!(
+            (v["event"].as_str(), v["exit"].as_i64()),
+            (Some("error"), Some(code))
+        );
+        v
+    };
+    let r = s.push(Path::new("vm:nope"), &["--json"]);
+    expect_code(&r, 3, "push of an unknown VM --json");
+    let v = error_line(&r, 3);
+    assert!(
+        v["message"]
+            .as_str()
+            .expect("message")
+            .contains("unknown VM `nope`"),
+        "{v}"
+    );
+
+    let out = s.path("out/vm-demo.tar.gz");
+    std::fs::create_dir(s.path("out")).expect("mkdir");
+    let c = run(ov()
+        .arg("-C")
+        .arg(demo())
+        .args(["compile", "vm:demo", "-o"])
+        .arg(&out));
+    expect_code(&c, 0, "compile");
+    let mut bytes = std::fs::read(&out).expect("bundle");
+    let last = bytes.len() - 1;
+    bytes[last] ^= 0x01;
+    std::fs::write(&out, bytes).expect("write");
+    let r = s.push(&out, &["--json"]);
+    expect_code(&r, 4, "push --dry-run --json of an altered bundle");
+    let v = error_line(&r, 4);
+    assert!(
+        v["message"]
+            .as_str()
+            .expect("message")
+            .contains("does not match its checksum"),
+        "{v}"
+    );
+}
