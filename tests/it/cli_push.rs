@@ -39,6 +39,26 @@ impl Setup {
         self.listener.local_addr().expect("addr").port()
     }
 
+    /// `ov -C demo compile vm:demo -o out/vm-demo.tar.gz`; the archive's path.
+    fn compile(&self) -> PathBuf {
+        let out = self.path("out/vm-demo.tar.gz");
+        let c = run(ov()
+            .arg("-C")
+            .arg(demo())
+            .args(["compile", "vm:demo", "-o"])
+            .arg(&out));
+        expect_code(&c, 0, "compile");
+        out
+    }
+
+    /// Flip the last bit of a compiled bundle, so it no longer matches its `.sha256`.
+    fn alter(&self, bundle: &Path) {
+        let mut bytes = std::fs::read(bundle).expect("bundle");
+        let last = bytes.len() - 1;
+        bytes[last] ^= 0x01;
+        std::fs::write(bundle, bytes).expect("write");
+    }
+
     /// `ov -C demo push WHAT --dry-run …` against the listener's port.
     fn push(&self, what: &Path, extra: &[&str]) -> Run {
         run(ov()
@@ -131,14 +151,7 @@ fn push_dry_run_prints_what_would_be_sent_and_run() {
 fn push_dry_run_of_a_bundle_file_and_as_json() {
     let s = Setup::new();
     // Compile first, then push the file.
-    let out = s.path("out/vm-demo.tar.gz");
-    std::fs::create_dir(s.path("out")).expect("mkdir");
-    let c = run(ov()
-        .arg("-C")
-        .arg(demo())
-        .args(["compile", "vm:demo", "-o"])
-        .arg(&out));
-    expect_code(&c, 0, "compile");
+    let out = s.compile();
     let r = s.push(&out, &["--json"]);
     expect_code(&r, 0, "push FILE --dry-run --json");
     s.assert_untouched();
@@ -157,10 +170,7 @@ fn push_dry_run_of_a_bundle_file_and_as_json() {
     assert!(v["bootstrap"].as_str().expect("bootstrap").contains(&sha));
 
     // A bundle altered after compile is refused even for a dry run (exit 4, integrity).
-    let mut bytes = std::fs::read(&out).expect("bundle");
-    let last = bytes.len() - 1;
-    bytes[last] ^= 0x01;
-    std::fs::write(&out, bytes).expect("write");
+    s.alter(&out);
     let r = s.push(&out, &[]);
     expect_code(&r, 4, "push --dry-run of an altered bundle");
     assert!(
@@ -199,18 +209,8 @@ fn push_failures_are_json_lines_with_json() {
         "{v}"
     );
 
-    let out = s.path("out/vm-demo.tar.gz");
-    std::fs::create_dir(s.path("out")).expect("mkdir");
-    let c = run(ov()
-        .arg("-C")
-        .arg(demo())
-        .args(["compile", "vm:demo", "-o"])
-        .arg(&out));
-    expect_code(&c, 0, "compile");
-    let mut bytes = std::fs::read(&out).expect("bundle");
-    let last = bytes.len() - 1;
-    bytes[last] ^= 0x01;
-    std::fs::write(&out, bytes).expect("write");
+    let out = s.compile();
+    s.alter(&out);
     let r = s.push(&out, &["--json"]);
     expect_code(&r, 4, "push --dry-run --json of an altered bundle");
     let v = error_line(&r, 4);
