@@ -11,8 +11,8 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::archive::ManifestLayer;
-use crate::executor::{As, ExecError, Executor, Input, NullSink, Request};
 use crate::exit::{Exit, HasExit};
+use crate::ssh::exec::{As, ExecError, Executor, Input, NullSink, Request};
 
 /// `deploys/<deploy-id>.json`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -123,7 +123,7 @@ impl Ledger {
 pub enum LedgerError {
     /// No connection.
     #[error(transparent)]
-    Connect(#[from] crate::wait::ConnectError),
+    Connect(#[from] crate::ssh::error::ConnectError),
     /// The command failed.
     #[error(transparent)]
     Exec(#[from] ExecError),
@@ -446,13 +446,13 @@ pub fn compare(
 /// `ov status` over SSH: read the ledger of `user` (default: the login user) and compare it
 /// with `bundle`'s manifest when given. One connection, one channel.
 pub fn status(
-    target: crate::target::Target,
-    wait: crate::wait::WaitOptions,
+    target: crate::ssh::endpoint::Target,
+    wait: crate::ssh::connect::WaitOptions,
     user: Option<&str>,
     bundle: Option<&crate::archive::BundleInfo>,
-    progress: &mut dyn crate::progress::Progress,
+    progress: &mut dyn crate::ui::progress::Progress,
 ) -> Result<StatusReport, LedgerError> {
-    let mut exec = crate::ssh::SshExecutor::connect(target, wait, progress)?;
+    let mut exec = crate::ssh::master::SshExecutor::connect(target, wait, progress)?;
     let result = status_with(&mut exec, user, bundle);
     let _ = exec.close();
     result

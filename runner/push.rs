@@ -12,16 +12,18 @@ use std::collections::VecDeque;
 use std::path::PathBuf;
 
 use crate::archive::{open_bundle, BundleError, BundleInfo};
-use crate::executor::{quote, As, ExecError, Executor, Input, Request, Sink};
 use crate::exit::{Exit, HasExit};
 use crate::ledger::{read_ledger, Ledger, LedgerError, LedgerLines};
-use crate::progress::{CheckResult, Event, Progress, ProgressLine, RunEvent, Stream};
-use crate::ssh::SshExecutor;
-use crate::state::{load_vm_state, now_rfc3339, save_vm_state, StateError, VmState};
-use crate::target::Target;
-use crate::wait::{
-    wait_cloud_init, CloudInitError, CloudInitOptions, CloudInitOutcome, ConnectError, WaitOptions,
+use crate::ssh::connect::WaitOptions;
+use crate::ssh::endpoint::Target;
+use crate::ssh::error::ConnectError;
+use crate::ssh::exec::{quote, As, ExecError, Executor, Input, Request, Sink};
+use crate::ssh::master::SshExecutor;
+use crate::target::cloud_init::{
+    wait_cloud_init, CloudInitError, CloudInitOptions, CloudInitOutcome,
 };
+use crate::target::state::{load_vm_state, now_rfc3339, save_vm_state, StateError, VmState};
+use crate::ui::progress::{CheckResult, Event, Progress, ProgressLine, RunEvent, Stream};
 
 /// Where pushes unpack on the target (not `/tmp`: it may be a small tmpfs, and is cleaned on
 /// boot while a run may still be resumed by hand).
@@ -423,7 +425,7 @@ fn probe(exec: &mut dyn Executor, cloud_init_program: &str) -> Result<Probe, Pus
             stdin: Input::Null,
             capture_stdout: true,
         },
-        &mut crate::executor::NullSink,
+        &mut crate::ssh::exec::NullSink,
     )?;
     let text = String::from_utf8_lossy(&out.stdout).into_owned();
     let mut p = Probe::default();

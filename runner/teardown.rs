@@ -7,15 +7,16 @@
 //! in the user's home is ever run as root; a failed undo keeps that layer's records so a second
 //! `del` can retry. One channel to read, one per deploy to undo.
 
-use crate::executor::{join, As, ExecError, Executor, Input, Request, Sink};
 use crate::exit::{Exit, HasExit};
 use crate::ledger::{read_ledger, Ledger, LedgerError};
-use crate::progress::{Event, Progress, ProgressLine, RunEvent, Stream};
 use crate::push::StateTarget;
-use crate::ssh::SshExecutor;
-use crate::state::{load_vm_state, remove_entry, save_vm_state, StateError, VmState};
-use crate::target::Target;
-use crate::wait::{ConnectError, WaitOptions};
+use crate::ssh::connect::WaitOptions;
+use crate::ssh::endpoint::Target;
+use crate::ssh::error::ConnectError;
+use crate::ssh::exec::{join, As, ExecError, Executor, Input, Request, Sink};
+use crate::ssh::master::SshExecutor;
+use crate::target::state::{load_vm_state, remove_entry, save_vm_state, StateError, VmState};
+use crate::ui::progress::{Event, Progress, ProgressLine, RunEvent, Stream};
 
 /// The fence lines of the shell managed block (docs/bundle-runtime.md, ov-semantics §4.3).
 pub const BLOCK_BEGIN: &str = "# overthink:begin (managed by ov; do not edit inside this block)";

@@ -39,6 +39,26 @@ impl Setup {
         self.listener.local_addr().expect("addr").port()
     }
 
+    /// `ov -C demo compile vm:demo -o out/vm-demo.tar.gz`; the archive's path.
+    fn compile(&self) -> PathBuf {
+        let out = self.path("out/vm-demo.tar.gz");
+        let c = run(ov()
+            .arg("-C")
+            .arg(demo())
+            .args(["compile", "vm:demo", "-o"])
+            .arg(&out));
+        expect_code(&c, 0, "compile");
+        out
+    }
+
+    /// Flip the last bit of a compiled bundle, so it no longer matches its `.sha256`.
+    fn alter(&self, bundle: &Path) {
+        let mut bytes = std::fs::read(bundle).expect("bundle");
+        let last = bytes.len() - 1;
+        bytes[last] ^= 0x01;
+        std::fs::write(bundle, bytes).expect("write");
+    }
+
     /// `ov -C demo push WHAT --dry-run …` against the listener's port.
     fn push(&self, what: &Path, extra: &[&str]) -> Run {
         run(ov()
@@ -131,14 +151,7 @@ fn push_dry_run_prints_what_would_be_sent_and_run() {
 fn push_dry_run_of_a_bundle_file_and_as_json() {
     let s = Setup::new();
     // Compile first, then push the file.
-    let out = s.path("out/vm-demo.tar.gz");
-    std::fs::create_dir(s.path("out")).expect("mkdir");
-    let c = run(ov()
-        .arg("-C")
-        .arg(demo())
-        .args(["compile", "vm:demo", "-o"])
-        .arg(&out));
-    expect_code(&c, 0, "compile");
+    let out = s.compile();
     let r = s.push(&out, &["--json"]);
     expect_code(&r, 0, "push FILE --dry-run --json");
     s.assert_untouched();
@@ -157,10 +170,7 @@ fn push_dry_run_of_a_bundle_file_and_as_json() {
     assert!(v["bootstrap"].as_str().expect("bootstrap").contains(&sha));
 
     // A bundle altered after compile is refused even for a dry run (exit 4, integrity).
-    let mut bytes = std::fs::read(&out).expect("bundle");
-    let last = bytes.len() - 1;
-    bytes[last] ^= 0x01;
-    std::fs::write(&out, bytes).expect("write");
+    s.alter(&out);
     let r = s.push(&out, &[]);
     expect_code(&r, 4, "push --dry-run of an altered bundle");
     assert!(
@@ -169,4 +179,46 @@ fn push_dry_run_of_a_bundle_file_and_as_json() {
         r.stderr
     );
     s.assert_untouched();
+}
+
+/// With `--json`, every failure of a push is one `error` line on stdout with its exit code and
+/// the whole message — a deploy that does not resolve (exit 3) as much as a bundle refused on
+/// its checksum (exit 4) — and nothing on stderr.
+#[test]
+fn push_failures_are_json_lines_with_json() {
+    let s = Setup::new();
+    let error_line = |r: &Run, code: i64| -> Value {
+        let lines: Vec<&str> = r.stdout.lines().collect();
+        assert_eq!(lines.len(), 1, "{}", r.stdout);
+        assert_eq!(r.stderr, "", "nothing on stderr");
+        let v: Value = serde_json::from_str(lines[0]).expect("JSON line");
+        assert_eq!(
+            (v["event"].as_str(), v["exit"].as_i64()),
+            (Some("error"), Some(code))
+        );
+        v
+    };
+    let r = s.push(Path::new("vm:nope"), &["--json"]);
+    expect_code(&r, 3, "push of an unknown VM --json");
+    let v = error_line(&r, 3);
+    assert!(
+        v["message"]
+            .as_str()
+            .expect("message")
+            .contains("unknown VM `nope`"),
+        "{v}"
+    );
+
+    let out = s.compile();
+    s.alter(&out);
+    let r = s.push(&out, &["--json"]);
+    expect_code(&r, 4, "push --dry-run --json of an altered bundle");
+    let v = error_line(&r, 4);
+    assert!(
+        v["message"]
+            .as_str()
+            .expect("message")
+            .contains("does not match its checksum"),
+        "{v}"
+    );
 }

@@ -13,9 +13,10 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 
 use ov::exit::{Exit, HasExit};
-use ov::progress::{Event, Recorder};
 use ov::push::{push, PushError, PushOptions, PushOutcome, PushReport};
-use ov::wait::{CloudInitError, CloudInitOptions, CloudInitOutcome, WaitOptions};
+use ov::ssh::connect::WaitOptions;
+use ov::target::cloud_init::{CloudInitError, CloudInitOptions, CloudInitOutcome};
+use ov::ui::progress::{Event, Recorder};
 
 use crate::support::bundle::{build, Built, Layer};
 use crate::support::cloudhost::{CloudHost, USER};

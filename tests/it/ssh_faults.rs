@@ -5,12 +5,14 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use ov::executor::ExecError;
 use ov::exit::{Exit, HasExit};
-use ov::progress::{Event, Recorder, RunEvent};
 use ov::push::{push, PushError, PushOptions};
-use ov::ssh::SshExecutor;
-use ov::wait::{CloudInitError, CloudInitOptions, CloudInitOutcome, ConnectError, WaitOptions};
+use ov::ssh::connect::WaitOptions;
+use ov::ssh::error::ConnectError;
+use ov::ssh::exec::ExecError;
+use ov::ssh::master::SshExecutor;
+use ov::target::cloud_init::{CloudInitError, CloudInitOptions, CloudInitOutcome};
+use ov::ui::progress::{Event, Recorder, RunEvent};
 
 use crate::ssh_push::{done, scratch, wait};
 use crate::support::bundle::{build, rewrite_checksum, tamper_inner, Layer};
@@ -34,7 +36,7 @@ fn target_not_listening_yet_comes_up_later() {
     let waiter = std::thread::spawn(move || {
         let mut rec = Recorder::default();
         let r = SshExecutor::connect(target, short(60), &mut rec).map(|mut e| {
-            use ov::executor::Executor as _;
+            use ov::ssh::exec::Executor as _;
             let n = e.attempts();
             let _ = e.close();
             n
@@ -190,7 +192,7 @@ fn changed_host_key_is_refused() {
         // First contact records the key (accept-new).
         let mut e = SshExecutor::connect(host.target(USER), short(10), &mut Recorder::default())
             .expect("first contact");
-        use ov::executor::Executor as _;
+        use ov::ssh::exec::Executor as _;
         e.close().expect("close");
     }
     let recorded = std::fs::read_to_string(&known_hosts).expect("known_hosts written");

@@ -6,11 +6,11 @@ use std::time::Duration;
 
 use ov::exit::{Exit, HasExit};
 use ov::ledger::LayerMatch;
-use ov::progress::{Event, Recorder, RunEvent};
 use ov::push::{push, PushOptions, PushOutcome, PushReport, StateTarget};
-use ov::state::load_vm_state;
+use ov::ssh::connect::WaitOptions;
+use ov::target::state::load_vm_state;
 use ov::teardown::{teardown_with, TeardownOptions, BLOCK_BEGIN, BLOCK_END};
-use ov::wait::WaitOptions;
+use ov::ui::progress::{Event, Recorder, RunEvent};
 
 use crate::support::bundle::{build, Layer};
 use crate::support::sshd::{home_of, Kind, TestHost, USER};
@@ -406,9 +406,9 @@ fn teardown_reverse_order_refcounts_and_managed_block() {
     std::fs::write(&journal, "").expect("reset journal");
 
     let mut exec =
-        ov::ssh::SshExecutor::connect(host.target(USER), wait(), &mut Recorder::default())
+        ov::ssh::master::SshExecutor::connect(host.target(USER), wait(), &mut Recorder::default())
             .expect("connect");
-    use ov::executor::Executor as _;
+    use ov::ssh::exec::Executor as _;
 
     // Dry run: the plan, nothing done.
     let dry = teardown_with(
@@ -510,7 +510,7 @@ fn failed_undo_keeps_records_and_reports_incomplete() {
         .expect("push"),
     );
     let mut exec =
-        ov::ssh::SshExecutor::connect(host.target(USER), wait(), &mut Recorder::default())
+        ov::ssh::master::SshExecutor::connect(host.target(USER), wait(), &mut Recorder::default())
             .expect("connect");
     let e = teardown_with(
         &mut exec,
@@ -533,10 +533,11 @@ fn failed_undo_keeps_records_and_reports_incomplete() {
 /// deploy.yml, then `ov status` and `ov deploy del --purge`.
 #[test]
 fn vm_commands_end_to_end() {
-    use ov::commands::{
-        run_del, run_push, run_status, Common, DelCommand, Destination, PushCommand, StatusCommand,
-    };
-    use ov::target::{ConnectOptions, Paths};
+    use ov::commands::deploy_del::{del as run_del, DelCommand};
+    use ov::commands::push::{push as run_push, PushCommand};
+    use ov::commands::status::{status as run_status, StatusCommand};
+    use ov::commands::{Common, Destination};
+    use ov::target::resolve::{ConnectOptions, Paths};
     let Some(host) = TestHost::start(Kind::Loopback) else {
         return;
     };
@@ -556,7 +557,6 @@ fn vm_commands_end_to_end() {
         &marker_layers(out.path(), &["k1", "k2"]),
     );
     let common = Common {
-        deploy: "vm:it".into(),
         destination: Destination::Remote(ConnectOptions {
             vm: Some("it".into()),
             port: Some(host.port),
@@ -567,19 +567,11 @@ fn vm_commands_end_to_end() {
         json: true,
         paths: Some(paths.clone()),
     };
-    let exit = run_push(&PushCommand {
+    run_push(&PushCommand {
         common: common.clone(),
-        bundle: b.path.clone(),
-        cloud_init: Default::default(),
-        keep: false,
-        dry_run: false,
-        no_wait_lock: false,
-        force: false,
-        user: None,
-        mode: Default::default(),
-        test: Default::default(),
-    });
-    assert_eq!(exit, Exit::Ok);
+        options: PushOptions::new(b.path.clone()),
+    })
+    .expect("push");
     assert!(out.path().join("k2").exists());
     // accept-new recorded the host key in the VM's own known_hosts.
     let kh = std::fs::read_to_string(vm_dir.join("known_hosts")).expect("known_hosts");
@@ -606,25 +598,21 @@ fn vm_commands_end_to_end() {
         }),
         ..common.clone()
     };
-    assert_eq!(
-        run_status(&StatusCommand {
-            common: saved_only.clone(),
-            bundle: Some(b.path.clone()),
-            user: None
-        }),
-        Exit::Ok
-    );
-    assert_eq!(
-        run_del(&DelCommand {
-            common: saved_only,
-            deploy_id: None,
-            user: None,
-            dry_run: false,
-            no_wait_lock: false,
+    run_status(&StatusCommand {
+        common: saved_only.clone(),
+        bundle: Some(b.path.clone()),
+        user: None,
+    })
+    .expect("status");
+    run_del(&DelCommand {
+        common: saved_only,
+        options: TeardownOptions {
+            name: "vm:it".into(),
             purge: true,
-        }),
-        Exit::Ok
-    );
+            ..Default::default()
+        },
+    })
+    .expect("del");
     assert_eq!(
         load_vm_state(&paths.deploy_state_file(), "vm:it").expect("load"),
         None
@@ -637,7 +625,9 @@ fn vm_commands_end_to_end() {
 /// The `host` target: the same bundle through the local executor.
 #[test]
 fn local_executor_pushes_and_tears_down() {
-    use ov::commands::{run_del, run_push, Common, DelCommand, Destination, PushCommand};
+    use ov::commands::deploy_del::{del as run_del, DelCommand};
+    use ov::commands::push::{push as run_push, PushCommand};
+    use ov::commands::{Common, Destination};
     // No sshd needed, but the users and the serialisation of the test hosts are.
     let Some(host) = TestHost::prepare(Kind::Loopback) else {
         return;
@@ -653,7 +643,6 @@ fn local_executor_pushes_and_tears_down() {
         &marker_layers(out.path(), &["here"]),
     );
     let common = Common {
-        deploy: "host".into(),
         destination: Destination::Local,
         wait_ssh: Duration::from_secs(1),
         json: false,
@@ -661,33 +650,28 @@ fn local_executor_pushes_and_tears_down() {
     };
     let push = PushCommand {
         common: common.clone(),
-        bundle: b.path.clone(),
-        cloud_init: ov::wait::CloudInitOptions {
-            wait: false,
-            ..Default::default()
+        options: PushOptions {
+            cloud_init: ov::target::cloud_init::CloudInitOptions {
+                wait: false,
+                ..Default::default()
+            },
+            ..PushOptions::new(b.path.clone())
         },
-        keep: false,
-        dry_run: false,
-        no_wait_lock: false,
-        force: false,
-        user: None,
-        mode: Default::default(),
-        test: Default::default(),
     };
-    assert_eq!(run_push(&push), Exit::Ok);
+    run_push(&push).expect("push");
     assert_eq!(
         std::fs::read_to_string(out.path().join("here")).expect("marker"),
         "here local001\n"
     );
     let del = DelCommand {
         common,
-        deploy_id: None,
-        user: Some(USER.into()),
-        dry_run: false,
-        no_wait_lock: false,
-        purge: false,
+        options: TeardownOptions {
+            name: "host".into(),
+            user: Some(USER.into()),
+            ..Default::default()
+        },
     };
-    assert_eq!(run_del(&del), Exit::Ok);
+    run_del(&del).expect("del");
     assert!(!std::path::Path::new(crate::support::sshd::ROOT_LEDGERS)
         .join(USER)
         .join("layers/here.json")
@@ -700,9 +684,9 @@ fn master_is_closed_after_errors() {
     let Some(host) = TestHost::start(Kind::Loopback) else {
         return;
     };
-    use ov::executor::{As, Executor as _, NullSink, Request};
+    use ov::ssh::exec::{As, Executor as _, NullSink, Request};
     let mut exec =
-        ov::ssh::SshExecutor::connect(host.target(USER), wait(), &mut Recorder::default())
+        ov::ssh::master::SshExecutor::connect(host.target(USER), wait(), &mut Recorder::default())
             .expect("connect");
     let socket = exec.control_socket().expect("socket").to_path_buf();
     assert!(socket.exists());
@@ -752,7 +736,7 @@ fn teardown_runs_the_ledgers_own_undo_script_as_root() {
     )
     .expect("write undo.sh");
     let mut exec =
-        ov::ssh::SshExecutor::connect(host.target(USER), wait(), &mut Recorder::default())
+        ov::ssh::master::SshExecutor::connect(host.target(USER), wait(), &mut Recorder::default())
             .expect("connect");
     let r = teardown_with(
         &mut exec,
@@ -776,7 +760,7 @@ fn teardown_runs_the_ledgers_own_undo_script_as_root() {
 /// from the file.
 #[test]
 fn ssh_config_file_supplies_the_connection() {
-    use ov::executor::{As, Executor as _, Request};
+    use ov::ssh::exec::{As, Executor as _, Request};
     let Some(host) = TestHost::start(Kind::Loopback) else {
         return;
     };
@@ -793,22 +777,22 @@ fn ssh_config_file_supplies_the_connection() {
     )
     .expect("write config");
     let root = tempfile::tempdir().expect("tempdir");
-    let target = ov::target::resolve(
-        &ov::target::ConnectOptions {
+    let target = ov::target::resolve::resolve(
+        &ov::target::resolve::ConnectOptions {
             vm: Some("cfgtest".into()),
             ssh_config: Some(cfg),
             ..Default::default()
         },
         None,
-        &ov::target::Paths::under(root.path()),
+        &ov::target::resolve::Paths::under(root.path()),
     )
     .expect("resolve");
     assert_eq!(target.host, "ov-cfgtest");
-    let mut exec = ov::ssh::SshExecutor::connect(target, wait(), &mut Recorder::default())
+    let mut exec = ov::ssh::master::SshExecutor::connect(target, wait(), &mut Recorder::default())
         .expect("connect through the config");
     let mut req = Request::new(&["id", "-un"], As::Login);
     req.capture_stdout = true;
-    let out = exec.exec(req, &mut ov::executor::NullSink).expect("id");
+    let out = exec.exec(req, &mut ov::ssh::exec::NullSink).expect("id");
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), USER);
     exec.close().expect("close");
     assert!(host.dir().join("cfg_known_hosts").exists());

@@ -17,7 +17,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use ov::target::Target;
+use ov::ssh::endpoint::Target;
 
 use super::sshd::{kill, kill_tree, wait_gone, Netns};
 

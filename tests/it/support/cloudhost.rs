@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use ov::target::Target;
+use ov::ssh::endpoint::Target;
 
 use super::chroot_sshd::{self, ChrootHost, Options};
 use super::rootfs::{self, Spec};

@@ -12,7 +12,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant};
 
-use ov::target::Target;
+use ov::ssh::endpoint::Target;
 
 use super::run;
 

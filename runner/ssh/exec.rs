@@ -4,7 +4,7 @@
 //! password is reported as such, never as a generic failure.
 //!
 //! Two implementations: [`LocalExecutor`] (the `host` target and tests) here, and the SSH one in
-//! `ssh.rs`. Both are synchronous outside and drive tokio inside ([`drive`]).
+//! `master.rs`. Both are synchronous outside and drive tokio inside ([`drive`]).
 
 use std::collections::VecDeque;
 use std::io::Read;
@@ -13,7 +13,7 @@ use std::process::Stdio;
 use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncWrite, AsyncWriteExt, BufReader};
 
 use crate::exit::{Exit, HasExit};
-use crate::progress::Stream;
+use crate::ui::progress::Stream;
 
 /// Who runs a command on the target.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -82,6 +82,12 @@ impl<'a> Request<'a> {
     /// `sh -c SCRIPT` as `who` (a short command line built with [`quote`]).
     pub fn shell(script: &str, who: As) -> Request<'a> {
         Request::new(&["sh", "-c", script], who)
+    }
+
+    /// `sh -c SCRIPT sh ARG` as `who`: the script reads its one argument as `$1`, so the
+    /// argument is never part of the script's text.
+    pub fn shell_with_arg(script: &str, arg: &str, who: As) -> Request<'a> {
+        Request::new(&["sh", "-c", script, "sh", arg], who)
     }
 }
 
@@ -180,7 +186,7 @@ pub enum ExecError {
     },
     /// Reconnecting after a dropped connection failed.
     #[error("reconnecting failed")]
-    Reconnect(#[source] Box<crate::wait::ConnectError>),
+    Reconnect(#[source] Box<crate::ssh::error::ConnectError>),
 }
 
 impl HasExit for ExecError {
@@ -223,7 +229,7 @@ pub trait Executor {
     fn reconnect(
         &mut self,
         _until: std::time::Instant,
-        _progress: &mut dyn crate::progress::Progress,
+        _progress: &mut dyn crate::ui::progress::Progress,
     ) -> Result<(), ExecError> {
         Err(ExecError::Closed {
             target: self.describe(),
@@ -268,21 +274,9 @@ pub trait Executor {
     ) -> Result<(), ExecError> {
         let script = "umask 077 && mkdir -p -- \"$(dirname -- \"$1\")\" && cat > \"$1\"";
         let what = format!("copy to {path}");
-        let out = self.exec(
-            Request {
-                argv: vec![
-                    "sh".into(),
-                    "-c".into(),
-                    script.into(),
-                    "sh".into(),
-                    path.into(),
-                ],
-                who,
-                stdin: Input::Reader { reader, len },
-                capture_stdout: false,
-            },
-            sink,
-        )?;
+        let mut req = Request::shell_with_arg(script, path, who);
+        req.stdin = Input::Reader { reader, len };
+        let out = self.exec(req, sink)?;
         self.check(&what, &out)
     }
 
@@ -290,21 +284,9 @@ pub trait Executor {
     fn read_file(&mut self, path: &str, who: As) -> Result<Option<Vec<u8>>, ExecError> {
         // 44: a status `cat` itself never uses, so "absent" cannot be confused with a failure.
         let script = "[ -e \"$1\" ] || exit 44; exec cat -- \"$1\"";
-        let out = self.exec(
-            Request {
-                argv: vec![
-                    "sh".into(),
-                    "-c".into(),
-                    script.into(),
-                    "sh".into(),
-                    path.into(),
-                ],
-                who,
-                stdin: Input::Null,
-                capture_stdout: true,
-            },
-            &mut NullSink,
-        )?;
+        let mut req = Request::shell_with_arg(script, path, who);
+        req.capture_stdout = true;
+        let out = self.exec(req, &mut NullSink)?;
         if out.status == Some(44) {
             return Ok(None);
         }

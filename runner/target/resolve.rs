@@ -1,11 +1,13 @@
-//! Stage `runner`, target: where a push goes — resolves host, port, user, key and known_hosts
-//! from the command line, the saved per-machine state and the VM spec, in that order.
+//! Stage `runner`, target resolution: where a push goes — resolves host, port, user, key and
+//! known_hosts from the command line, the saved per-machine state and the VM spec, in that order,
+//! into the SSH [`Target`] the ssh room connects to.
 //! Invariant: a VM target always has a per-VM known_hosts file and an existing key file.
 
 use std::path::{Path, PathBuf};
 
 use crate::exit::{Exit, HasExit};
-use crate::state::VmState;
+use crate::ssh::endpoint::Target;
+use crate::target::state::VmState;
 
 /// The per-user directories `ov` keeps its files in.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -58,71 +60,23 @@ impl Paths {
 /// The default SSH port of a VM (user-mode networking forwards it to the guest's 22).
 pub const DEFAULT_VM_PORT: u16 = 2222;
 
-/// Connection settings as given by the user and the project (all optional).
+/// Connection settings as given by the user and the project (all optional): `--host`,
+/// `--port`, `--ssh-user` (`user`), `--identity`, `--ssh-config` and `--known-hosts` from the
+/// command line; the VM and its spec's `ssh.user` (else `source.base_user`) and `ssh.port`
+/// from the project.
 #[derive(Debug, Clone, Default)]
 pub struct ConnectOptions {
     /// The VM entity (`vm:<vm>`), if the target is a VM.
     pub vm: Option<String>,
-    /// `--host`.
     pub host: Option<String>,
-    /// `--port`.
     pub port: Option<u16>,
-    /// `--user`.
     pub user: Option<String>,
-    /// `--identity`.
     pub identity: Option<PathBuf>,
-    /// `--ssh-config FILE`: use this OpenSSH config; user/port/key then come from it unless
-    /// given explicitly.
+    /// An OpenSSH client config: user, port and key then come from it unless given explicitly.
     pub ssh_config: Option<PathBuf>,
-    /// `--known-hosts FILE`.
     pub known_hosts: Option<PathBuf>,
-    /// From the VM spec: `ssh.user`, else `source.base_user`.
     pub spec_user: Option<String>,
-    /// From the VM spec: `ssh.port`.
     pub spec_port: Option<u16>,
-}
-
-/// A resolved SSH destination.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Target {
-    /// Host name, address or (with an ssh config) host alias.
-    pub host: String,
-    /// Port (`None`: ssh's default or the config's).
-    pub port: Option<u16>,
-    /// Login user (`None`: ssh's default or the config's).
-    pub user: Option<String>,
-    /// Private key (`None`: ssh's defaults or the config's).
-    pub identity: Option<PathBuf>,
-    /// known_hosts file to use (accept-new on first contact, strict after).
-    pub known_hosts: Option<PathBuf>,
-    /// OpenSSH client config file.
-    pub ssh_config: Option<PathBuf>,
-    /// The VM, when the target is one.
-    pub vm: Option<String>,
-}
-
-impl Target {
-    /// `user@host:port` (parts that are unknown are left out).
-    pub fn describe(&self) -> String {
-        let mut s = String::new();
-        if let Some(u) = &self.user {
-            s.push_str(u);
-            s.push('@');
-        }
-        s.push_str(&self.host);
-        if let Some(p) = self.port {
-            s.push_str(&format!(":{p}"));
-        }
-        s
-    }
-
-    /// The host as known_hosts spells it (`[host]:port` for non-22 ports).
-    pub fn known_hosts_name(&self) -> String {
-        match self.port {
-            Some(p) if p != 22 => format!("[{}]:{p}", self.host),
-            _ => self.host.clone(),
-        }
-    }
 }
 
 /// Why a target could not be resolved.
@@ -136,33 +90,18 @@ pub enum TargetError {
     NoHost,
     /// A VM without a user.
     #[error("no ssh user for VM `{vm}`: set `vm.{vm}.ssh.user` (or `source.base_user`) in deploy.yml, or pass `--user`")]
-    NoUser {
-        /// The VM.
-        vm: String,
-    },
+    NoUser { vm: String },
     /// The key file is missing.
     #[error("ssh key `{path}` does not exist{hint}")]
-    MissingKey {
-        /// The path.
-        path: PathBuf,
-        /// What to do.
-        hint: String,
-    },
+    MissingKey { path: PathBuf, hint: String },
     /// The key file can be read by others: OpenSSH would ignore it and the server would refuse
     /// us with only "Permission denied (publickey)".
-    #[error("ssh key `{path}` has mode {mode:04o}, so others may read it; OpenSSH ignores such a private key — make it private with `chmod 600 {quoted}`", quoted = crate::executor::quote(&path.to_string_lossy()))]
-    KeyPermissions {
-        /// The key.
-        path: PathBuf,
-        /// Its permission bits.
-        mode: u32,
-    },
+    #[error("ssh key `{path}` has mode {mode:04o}, so others may read it; OpenSSH ignores such a private key — make it private with `chmod 600 {quoted}`", quoted = crate::ssh::exec::quote(&path.to_string_lossy()))]
+    KeyPermissions { path: PathBuf, mode: u32 },
     /// The per-VM directory could not be created.
     #[error("cannot create `{path}`")]
     Dir {
-        /// The path.
         path: PathBuf,
-        /// Why.
         #[source]
         source: std::io::Error,
     },
@@ -273,7 +212,7 @@ fn check_key(path: &Path, hint: &str) -> Result<(), TargetError> {
         }
     };
     let mode = meta.permissions().mode() & 0o7777;
-    if mode & 0o077 != 0 && crate::ssh::current_uid() == Some(meta.uid()) {
+    if mode & 0o077 != 0 && crate::ssh::connect::current_uid() == Some(meta.uid()) {
         return Err(TargetError::KeyPermissions {
             path: path.to_path_buf(),
             mode,
@@ -310,19 +249,30 @@ mod tests {
         k
     }
 
-    #[test]
-    fn vm_defaults_and_precedence() {
+    /// A scratch home and its `ov` directories.
+    fn home() -> (tempfile::TempDir, Paths) {
         let root = tempfile::tempdir().expect("tempdir");
         let paths = Paths::under(root.path());
+        (root, paths)
+    }
+
+    /// The VM `vm` with the spec's user `spec_user`.
+    fn vm(vm: &str, spec_user: Option<&str>) -> ConnectOptions {
+        ConnectOptions {
+            vm: Some(vm.into()),
+            spec_user: spec_user.map(str::to_string),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn vm_defaults_and_precedence() {
+        let (root, paths) = home();
         let vm_key = paths.vm_dir("arch").join("id_ed25519");
         std::fs::create_dir_all(vm_key.parent().expect("parent")).expect("mkdir");
         private(&vm_key);
 
-        let opts = ConnectOptions {
-            vm: Some("arch".into()),
-            spec_user: Some("arch".into()),
-            ..Default::default()
-        };
+        let opts = vm("arch", Some("arch"));
         let t = resolve(&opts, None, &paths).expect("resolve");
         assert_eq!(t.host, "127.0.0.1");
         assert_eq!(t.port, Some(2222));
@@ -356,25 +306,12 @@ mod tests {
 
     #[test]
     fn missing_key_and_user_are_clear_errors() {
-        let root = tempfile::tempdir().expect("tempdir");
-        let paths = Paths::under(root.path());
-        let opts = ConnectOptions {
-            vm: Some("deb".into()),
-            spec_user: Some("debian".into()),
-            ..Default::default()
-        };
+        let (_root, paths) = home();
+        let opts = vm("deb", Some("debian"));
         let e = resolve(&opts, None, &paths).expect_err("no key");
         assert!(e.to_string().contains("ov vm create deb"), "{e}");
         assert_eq!(e.exit(), Exit::InvalidInput);
-        let e = resolve(
-            &ConnectOptions {
-                vm: Some("deb".into()),
-                ..Default::default()
-            },
-            None,
-            &paths,
-        )
-        .expect_err("no user");
+        let e = resolve(&vm("deb", None), None, &paths).expect_err("no user");
         assert!(e.to_string().contains("vm.deb.ssh.user"), "{e}");
         let e = resolve(&ConnectOptions::default(), None, &paths).expect_err("no host");
         assert_eq!(e.exit(), Exit::Usage);
@@ -382,12 +319,10 @@ mod tests {
 
     #[test]
     fn ssh_config_leaves_settings_to_the_config() {
-        let root = tempfile::tempdir().expect("tempdir");
-        let paths = Paths::under(root.path());
+        let (root, paths) = home();
         let opts = ConnectOptions {
-            vm: Some("arch".into()),
             ssh_config: Some(root.path().join("cfg")),
-            ..Default::default()
+            ..vm("arch", None)
         };
         let t = resolve(&opts, None, &paths).expect("resolve");
         assert_eq!(t.host, "ov-arch");
@@ -402,8 +337,7 @@ mod tests {
     #[test]
     fn a_key_others_can_read_is_refused_before_connecting() {
         use std::os::unix::fs::PermissionsExt;
-        let root = tempfile::tempdir().expect("tempdir");
-        let paths = Paths::under(root.path());
+        let (root, paths) = home();
         let k = key(root.path());
         let opts = ConnectOptions {
             host: Some("192.0.2.1".into()),

@@ -6,6 +6,7 @@ use std::io::{IsTerminal, Write};
 use std::time::Duration;
 
 use indicatif::{ProgressBar, ProgressStyle};
+use serde::Serialize;
 use serde_json::{json, Map, Value};
 
 /// The prefix of a progress line printed by `run.sh` (docs/bundle-runtime.md).
@@ -69,7 +70,8 @@ impl ProgressLine {
 }
 
 /// A bundle runtime event, typed.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(tag = "event", rename_all = "kebab-case")]
 pub enum RunEvent {
     /// `begin deploy=… layers=N`
     Begin { deploy: String, layers: u64 },
@@ -96,6 +98,7 @@ pub enum RunEvent {
     },
     /// `end result=ok|fail applied=A skipped=S`
     End {
+        #[serde(rename = "result", serialize_with = "ok_or_fail")]
         ok: bool,
         applied: u64,
         skipped: u64,
@@ -104,17 +107,24 @@ pub enum RunEvent {
     Check(CheckResult),
     /// `test-end result=ok|fail checks=N pass=P fail=F skip=S`
     TestEnd {
+        #[serde(rename = "result", serialize_with = "ok_or_fail")]
         ok: bool,
         pass: u64,
         fail: u64,
         skip: u64,
     },
     /// Any other event (forward compatible; also the teardown script's events).
+    #[serde(skip)]
     Other(ProgressLine),
 }
 
+/// `result=ok|fail` as the runtime prints it.
+fn ok_or_fail<S: serde::Serializer>(ok: &bool, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(if *ok { "ok" } else { "fail" })
+}
+
 /// One check's result, as `run.sh --test` reports it.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct CheckResult {
     /// The layer.
     pub layer: String,
@@ -193,48 +203,6 @@ impl RunEvent {
 
     fn to_json(&self) -> Value {
         match self {
-            RunEvent::Begin { deploy, layers } => {
-                json!({"event": "begin", "deploy": deploy, "layers": layers})
-            }
-            RunEvent::LayerStart { layer, n, of } => {
-                json!({"event": "layer-start", "layer": layer, "n": n, "of": of})
-            }
-            RunEvent::LayerSkip { layer, reason } => {
-                json!({"event": "layer-skip", "layer": layer, "reason": reason})
-            }
-            RunEvent::ScriptStart { layer, script } => {
-                json!({"event": "script-start", "layer": layer, "script": script})
-            }
-            RunEvent::ScriptEnd {
-                layer,
-                script,
-                status,
-                secs,
-            } => json!({"event": "script-end", "layer": layer, "script": script,
-                         "status": status, "secs": secs}),
-            RunEvent::LayerDone { layer, secs } => {
-                json!({"event": "layer-done", "layer": layer, "secs": secs})
-            }
-            RunEvent::LayerFail {
-                layer,
-                script,
-                status,
-            } => json!({"event": "layer-fail", "layer": layer, "script": script, "status": status}),
-            RunEvent::End {
-                ok,
-                applied,
-                skipped,
-            } => json!({"event": "end", "result": if *ok { "ok" } else { "fail" },
-                        "applied": applied, "skipped": skipped}),
-            RunEvent::Check(c) => json!({"event": "check", "layer": c.layer, "id": c.id,
-                "kind": c.kind, "scope": c.scope, "result": c.result, "msg": c.msg}),
-            RunEvent::TestEnd {
-                ok,
-                pass,
-                fail,
-                skip,
-            } => json!({"event": "test-end", "result": if *ok { "ok" } else { "fail" },
-                        "pass": pass, "fail": fail, "skip": skip}),
             RunEvent::Other(l) => {
                 let mut m = Map::new();
                 m.insert("event".into(), Value::String(l.event.clone()));
@@ -243,6 +211,8 @@ impl RunEvent {
                 }
                 Value::Object(m)
             }
+            // The typed events serialise as `{"event": "<kebab-case name>", fields…}`.
+            typed => serde_json::to_value(typed).unwrap_or(Value::Null),
         }
     }
 }
@@ -669,6 +639,36 @@ mod tests {
             RunEvent::Other(l) => assert_eq!(l.get("a"), Some("1")),
             other => panic!("unexpected {other:?}"),
         }
+    }
+
+    #[test]
+    fn typed_events_serialise_as_the_runtime_names_them() {
+        let line = "::ov:: end result=fail applied=2 skipped=1";
+        let end = RunEvent::from_line(ProgressLine::parse(line).expect("line"));
+        assert_eq!(
+            end.to_json(),
+            json!({"event": "end", "result": "fail", "applied": 2, "skipped": 1})
+        );
+        let line = "::ov:: script-end layer=a script=01-system.sh status=3 secs=1.5";
+        let end = RunEvent::from_line(ProgressLine::parse(line).expect("line"));
+        assert_eq!(
+            end.to_json(),
+            json!({"event": "script-end", "layer": "a", "script": "01-system.sh",
+                   "status": 3, "secs": 1.5})
+        );
+        let line = "::ov:: check layer=a id=c1 kind=file scope=build result=pass msg=found it";
+        let check = RunEvent::from_line(ProgressLine::parse(line).expect("line"));
+        assert_eq!(
+            check.to_json(),
+            json!({"event": "check", "layer": "a", "id": "c1", "kind": "file",
+                   "scope": "build", "result": "pass", "msg": "found it"})
+        );
+        let line = "::ov:: test-end result=ok pass=3 fail=0 skip=1";
+        let end = RunEvent::from_line(ProgressLine::parse(line).expect("line"));
+        assert_eq!(
+            end.to_json(),
+            json!({"event": "test-end", "result": "ok", "pass": 3, "fail": 0, "skip": 1})
+        );
     }
 
     #[test]

@@ -1,19 +1,10 @@
-//! Stage `cli`: the command line (clap types stay in this file) converted into plain option
-//! structs; the only place that prints compile-side errors and picks the process exit status.
+//! Stage `cli`, the command line as clap types: every subcommand, flag and help text of `ov`.
+//! Invariant: nothing but clap derives here; [`super`] converts these into the commands' plain
+//! option structs.
 
-use std::error::Error as StdError;
 use std::path::PathBuf;
-use std::process::ExitCode;
-use std::time::Duration;
 
-use clap::{Args, CommandFactory, Parser, Subcommand};
-
-use crate::commands::{self, Common, DelCommand, Destination, PushCommand, StatusCommand};
-use crate::compile_cmd::{self, CompileOptions, Output};
-use crate::exit::Exit;
-use crate::push::{RunMode, TestFilter};
-use crate::target::ConnectOptions;
-use crate::wait::CloudInitOptions;
+use clap::{Args, Parser, Subcommand};
 
 /// Compile overthink layers into a standalone, checksummed shell bundle and push it over SSH.
 #[derive(Debug, Parser)]
@@ -194,15 +185,22 @@ pub struct ConnectArgs {
     pub json: bool,
 }
 
-/// `ov push` and `ov deploy add`.
+/// What push and test send, and where (shared by push, deploy add, test).
 #[derive(Debug, Args)]
-pub struct PushArgs {
+pub struct DeliveryArgs {
     #[command(flatten)]
     pub deploy: DeployArgs,
     #[command(flatten)]
     pub build: BuildArgs,
     #[command(flatten)]
     pub connect: ConnectArgs,
+}
+
+/// `ov push` and `ov deploy add`.
+#[derive(Debug, Args)]
+pub struct PushArgs {
+    #[command(flatten)]
+    pub delivery: DeliveryArgs,
     /// Do not wait for cloud-init to finish.
     #[arg(long)]
     pub no_wait_cloud_init: bool,
@@ -237,11 +235,7 @@ pub struct PushArgs {
 #[derive(Debug, Args)]
 pub struct TestArgs {
     #[command(flatten)]
-    pub deploy: DeployArgs,
-    #[command(flatten)]
-    pub build: BuildArgs,
-    #[command(flatten)]
-    pub connect: ConnectArgs,
+    pub delivery: DeliveryArgs,
     /// Only the checks of LAYER (repeatable; default: every layer of the bundle).
     #[arg(long = "layer", value_name = "LAYER")]
     pub only: Vec<String>,
@@ -287,231 +281,4 @@ pub struct StatusArgs {
     /// Owner of the ledger on the target (default: the deploy's user).
     #[arg(long, value_name = "NAME")]
     pub user: Option<String>,
-}
-
-/// Parse the process arguments, run, and turn the outcome into an exit status.
-pub fn main() -> ExitCode {
-    let cli = match Cli::try_parse() {
-        Ok(cli) => cli,
-        Err(e) => {
-            let code = if e.use_stderr() {
-                Exit::Usage
-            } else {
-                Exit::Ok
-            };
-            let _ = e.print();
-            return ExitCode::from(code.code());
-        }
-    };
-    match run(cli) {
-        Ok(exit) => ExitCode::from(exit.code()),
-        Err(failure) => {
-            print_error(failure.error.as_ref());
-            ExitCode::from(failure.exit.code())
-        }
-    }
-}
-
-/// An error on its way out, with the exit status it maps to.
-#[derive(Debug)]
-pub struct Failure {
-    /// The error chain to print.
-    pub error: Box<dyn StdError + Send + Sync>,
-    /// The process exit status.
-    pub exit: Exit,
-}
-
-impl Failure {
-    /// Wrap `error` with `exit`.
-    pub fn new(exit: Exit, error: impl Into<Box<dyn StdError + Send + Sync>>) -> Failure {
-        Failure {
-            error: error.into(),
-            exit,
-        }
-    }
-}
-
-fn run(cli: Cli) -> Result<Exit, Failure> {
-    let project = cli.project;
-    match cli.command {
-        Command::Plan(args) => {
-            compile_cmd::run_plan(project.as_deref(), &deploy_request(&args.deploy), args.json)
-        }
-        Command::Compile(args) => {
-            let output = match (args.out_dir, args.output) {
-                (Some(dir), _) => Output::Unpacked(dir),
-                (None, Some(file)) => Output::Archive(file),
-                (None, None) => Output::Default,
-            };
-            compile_cmd::run_compile(&CompileOptions {
-                project,
-                request: deploy_request(&args.deploy),
-                templates: args.build.templates,
-                source_date_epoch: args.build.source_date_epoch,
-                output,
-            })
-        }
-        Command::Inspect(args) => {
-            compile_cmd::run_inspect(&args.bundle, args.script.as_deref(), args.json)
-        }
-        Command::Verify(args) => compile_cmd::run_verify(&args.bundle),
-        Command::Push(args) | Command::Deploy(DeployCommand::Add(args)) => push(project, args),
-        Command::Test(args) => test(project, args),
-        Command::Deploy(DeployCommand::Del(args)) => {
-            let target = compile_cmd::target_of(project.as_deref(), &args.deploy)?;
-            Ok(commands::run_del(&DelCommand {
-                common: common(&target, &args.connect),
-                deploy_id: Some(target.deploy_id.clone()),
-                user: args.user.or(target.user.clone()),
-                dry_run: args.dry_run,
-                no_wait_lock: args.no_wait,
-                purge: args.purge,
-            }))
-        }
-        Command::Status(args) => {
-            let target = compile_cmd::target_of(project.as_deref(), &args.deploy.deploy)?;
-            // Compare with what the project would compile now, when it compiles.
-            let bundle = compile_cmd::compile_to_cache(&CompileOptions {
-                project,
-                request: deploy_request(&args.deploy),
-                templates: None,
-                source_date_epoch: None,
-                output: Output::Default,
-            })
-            .ok();
-            Ok(commands::run_status(&StatusCommand {
-                common: common(&target, &args.connect),
-                bundle,
-                user: args.user.or(target.user.clone()),
-            }))
-        }
-        Command::Completions { shell } => {
-            clap_complete::generate(shell, &mut Cli::command(), "ov", &mut std::io::stdout());
-            Ok(Exit::Ok)
-        }
-    }
-}
-
-/// The bundle a push or test sends and its target: `path/to/x.tar.gz` is an existing bundle;
-/// anything else names a deploy, compiled into the cache.
-fn bundle_and_target(
-    project: Option<PathBuf>,
-    deploy: &DeployArgs,
-    build: &BuildArgs,
-) -> Result<(PathBuf, compile_cmd::TargetInfo), Failure> {
-    if deploy.deploy.ends_with(".tar.gz") {
-        let bundle = PathBuf::from(&deploy.deploy);
-        let target = compile_cmd::target_of_bundle(project.as_deref(), &bundle)?;
-        Ok((bundle, target))
-    } else {
-        let target = compile_cmd::target_of(project.as_deref(), &deploy.deploy)?;
-        let bundle = compile_cmd::compile_to_cache(&CompileOptions {
-            project,
-            request: deploy_request(deploy),
-            templates: build.templates.clone(),
-            source_date_epoch: build.source_date_epoch,
-            output: Output::Default,
-        })?;
-        Ok((bundle, target))
-    }
-}
-
-fn test(project: Option<PathBuf>, args: TestArgs) -> Result<Exit, Failure> {
-    let (bundle, target) = bundle_and_target(project, &args.deploy, &args.build)?;
-    Ok(commands::run_push(&PushCommand {
-        common: common(&target, &args.connect),
-        bundle,
-        cloud_init: CloudInitOptions {
-            wait: !args.no_wait_cloud_init,
-            ..CloudInitOptions::default()
-        },
-        keep: false,
-        dry_run: false,
-        no_wait_lock: false,
-        force: false,
-        user: args.user.or(target.user),
-        mode: RunMode::Test,
-        test: TestFilter {
-            layers: args.only,
-            scope: args.scope,
-        },
-    }))
-}
-
-fn push(project: Option<PathBuf>, args: PushArgs) -> Result<Exit, Failure> {
-    let (bundle, target) = bundle_and_target(project, &args.deploy, &args.build)?;
-    Ok(commands::run_push(&PushCommand {
-        common: common(&target, &args.connect),
-        bundle,
-        cloud_init: CloudInitOptions {
-            wait: !args.no_wait_cloud_init,
-            deadline: Duration::from_secs(args.wait_cloud_init),
-            ignore_errors: args.ignore_cloud_init_errors,
-            ..CloudInitOptions::default()
-        },
-        keep: args.keep,
-        dry_run: args.dry_run,
-        no_wait_lock: args.no_wait,
-        force: args.force,
-        user: args.user.or(target.user),
-        mode: if args.verify {
-            RunMode::ApplyThenTest
-        } else {
-            RunMode::Apply
-        },
-        test: TestFilter::default(),
-    }))
-}
-
-fn common(target: &compile_cmd::TargetInfo, c: &ConnectArgs) -> Common {
-    let destination = if target.local {
-        Destination::Local
-    } else {
-        Destination::Remote(ConnectOptions {
-            vm: target.vm.clone(),
-            host: c.host.clone(),
-            port: c.port,
-            user: c.ssh_user.clone(),
-            identity: c.identity.clone(),
-            ssh_config: c.ssh_config.clone(),
-            known_hosts: c.known_hosts.clone(),
-            spec_user: target.ssh_user.clone(),
-            spec_port: target.ssh_port,
-        })
-    };
-    Common {
-        deploy: target.deploy.clone(),
-        destination,
-        wait_ssh: Duration::from_secs(c.wait_ssh),
-        json: c.json,
-        paths: None,
-    }
-}
-
-/// Convert the shared deploy arguments into the compiler's plain request.
-pub fn deploy_request(args: &DeployArgs) -> ov_compiler::deploy::DeployRequest {
-    let mut add_layers = args.layers.clone();
-    add_layers.extend(args.add_layer.iter().cloned());
-    ov_compiler::deploy::DeployRequest {
-        name: args.deploy.clone(),
-        add_layers,
-        distro: args.distro.clone(),
-        gates: ov_compiler::plan::Gates {
-            allow_repo_changes: args.gates.allow_repo_changes,
-            allow_root_tasks: args.gates.allow_root_tasks,
-            with_services: args.gates.with_services,
-        },
-        user: None,
-    }
-}
-
-/// Print `error: …` and one `caused by: …` per source, as cargo and uv do. Multi-line messages
-/// (located YAML errors with their source line) are printed as they are.
-pub fn print_error(error: &(dyn StdError + 'static)) {
-    eprintln!("error: {error}");
-    let mut source = error.source();
-    while let Some(cause) = source {
-        eprintln!("  caused by: {cause}");
-        source = cause.source();
-    }
 }

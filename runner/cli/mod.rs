@@ -1,0 +1,196 @@
+//! Stage `cli`: the command line ([`args`], clap types) converted into the plain option structs
+//! of the commands room, the dispatch to one command function per subcommand, and the process
+//! exit status. The only place clap is used.
+//! Invariant: every run ends in one exit status; a failure is printed once, by
+//! [`crate::ui::error::report`].
+
+pub mod args;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{CommandFactory, Parser};
+
+use crate::commands::compile::{CompileOptions, Output};
+use crate::commands::deploy_del::DelRequest;
+use crate::commands::inspect::InspectOptions;
+use crate::commands::plan::PlanOptions;
+use crate::commands::project::{BuildOptions, Selection};
+use crate::commands::push::PushRequest;
+use crate::commands::status::StatusRequest;
+use crate::commands::test::TestRequest;
+use crate::commands::verify::VerifyOptions;
+use crate::commands::{self, CommandError, Connection, Delivery};
+use crate::exit::{Exit, HasExit};
+use crate::push::{PushOptions, RunMode, TestFilter};
+use crate::target::cloud_init::CloudInitOptions;
+use crate::target::deploy::DeployArg;
+use crate::target::resolve::ConnectOptions;
+use crate::teardown::TeardownOptions;
+use args::{BuildArgs, Cli, Command, ConnectArgs, DeliveryArgs, DeployArgs, DeployCommand};
+
+/// Parse the process arguments, run, and turn the outcome into an exit status.
+pub fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            let code = if e.use_stderr() {
+                Exit::Usage
+            } else {
+                Exit::Ok
+            };
+            let _ = e.print();
+            return ExitCode::from(code.code());
+        }
+    };
+    let json = json_errors(&cli.command);
+    match run(cli) {
+        Ok(()) => ExitCode::from(Exit::Ok.code()),
+        Err(e) => {
+            let exit = e.exit();
+            crate::ui::error::report(&e, exit, json);
+            ExitCode::from(exit.code())
+        }
+    }
+}
+
+/// Commands that talk to a target report their failure as a JSON line with `--json`.
+fn json_errors(command: &Command) -> bool {
+    match command {
+        Command::Push(a) | Command::Deploy(DeployCommand::Add(a)) => a.delivery.connect.json,
+        Command::Test(a) => a.delivery.connect.json,
+        Command::Deploy(DeployCommand::Del(a)) => a.connect.json,
+        Command::Status(a) => a.connect.json,
+        _ => false,
+    }
+}
+
+fn run(cli: Cli) -> Result<(), CommandError> {
+    let project = cli.project;
+    match cli.command {
+        Command::Plan(args) => commands::plan::run(&PlanOptions {
+            selection: selection(&project, &args.deploy),
+            json: args.json,
+        }),
+        Command::Compile(args) => commands::compile::run(&CompileOptions {
+            selection: selection(&project, &args.deploy),
+            build: build(&args.build),
+            output: match (args.out_dir, args.output) {
+                (Some(dir), _) => Output::Unpacked(dir),
+                (None, Some(file)) => Output::Archive(file),
+                (None, None) => Output::Default,
+            },
+        }),
+        Command::Inspect(args) => commands::inspect::run(&InspectOptions {
+            bundle: args.bundle,
+            script: args.script,
+            json: args.json,
+        }),
+        Command::Verify(args) => commands::verify::run(&VerifyOptions {
+            bundle: args.bundle,
+        }),
+        Command::Push(args) | Command::Deploy(DeployCommand::Add(args)) => {
+            commands::push::run(&PushRequest {
+                delivery: delivery(&project, &args.delivery),
+                options: PushOptions {
+                    keep: args.keep,
+                    dry_run: args.dry_run,
+                    no_wait_lock: args.no_wait,
+                    force: args.force,
+                    user: args.user,
+                    cloud_init: CloudInitOptions {
+                        wait: !args.no_wait_cloud_init,
+                        deadline: Duration::from_secs(args.wait_cloud_init),
+                        ignore_errors: args.ignore_cloud_init_errors,
+                        ..CloudInitOptions::default()
+                    },
+                    mode: if args.verify {
+                        RunMode::ApplyThenTest
+                    } else {
+                        RunMode::Apply
+                    },
+                    // Named by the deploy: the compiled bundle, or the one given.
+                    ..PushOptions::new(PathBuf::new())
+                },
+            })
+        }
+        Command::Test(args) => commands::test::run(&TestRequest {
+            delivery: delivery(&project, &args.delivery),
+            filter: TestFilter {
+                layers: args.only,
+                scope: args.scope,
+            },
+            user: args.user,
+            wait_cloud_init: !args.no_wait_cloud_init,
+        }),
+        Command::Deploy(DeployCommand::Del(args)) => commands::deploy_del::run(&DelRequest {
+            selection: Selection::deploy_only(project, DeployArg::parse(&args.deploy)),
+            connection: connection(&args.connect),
+            options: TeardownOptions {
+                user: args.user,
+                dry_run: args.dry_run,
+                no_wait_lock: args.no_wait,
+                purge: args.purge,
+                ..TeardownOptions::default()
+            },
+        }),
+        Command::Status(args) => commands::status::run(&StatusRequest {
+            selection: selection(&project, &args.deploy),
+            connection: connection(&args.connect),
+            user: args.user,
+        }),
+        Command::Completions { shell } => {
+            clap_complete::generate(shell, &mut Cli::command(), "ov", &mut std::io::stdout());
+            Ok(())
+        }
+    }
+}
+
+/// The deploy argument, parsed once, with its project, layers, distro and opt-ins.
+fn selection(project: &Option<PathBuf>, args: &DeployArgs) -> Selection {
+    let mut add_layers = args.layers.clone();
+    add_layers.extend(args.add_layer.iter().cloned());
+    Selection {
+        project: project.clone(),
+        deploy: DeployArg::parse(&args.deploy),
+        add_layers,
+        distro: args.distro.clone(),
+        gates: ov_compiler::plan::Gates {
+            allow_repo_changes: args.gates.allow_repo_changes,
+            allow_root_tasks: args.gates.allow_root_tasks,
+            with_services: args.gates.with_services,
+        },
+    }
+}
+
+fn delivery(project: &Option<PathBuf>, args: &DeliveryArgs) -> Delivery {
+    Delivery {
+        selection: selection(project, &args.deploy),
+        build: build(&args.build),
+        connection: connection(&args.connect),
+    }
+}
+
+fn build(args: &BuildArgs) -> BuildOptions {
+    BuildOptions {
+        templates: args.templates.clone(),
+        source_date_epoch: args.source_date_epoch,
+    }
+}
+
+fn connection(args: &ConnectArgs) -> Connection {
+    Connection {
+        ssh: ConnectOptions {
+            host: args.host.clone(),
+            port: args.port,
+            user: args.ssh_user.clone(),
+            identity: args.identity.clone(),
+            ssh_config: args.ssh_config.clone(),
+            known_hosts: args.known_hosts.clone(),
+            ..ConnectOptions::default()
+        },
+        wait_ssh: Duration::from_secs(args.wait_ssh),
+        json: args.json,
+    }
+}

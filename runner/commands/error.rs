@@ -1,0 +1,141 @@
+//! Stage `runner`, command errors: the one error type of the commands layer — every failure a
+//! subcommand can end with, each variant with its exit status (like nextest's `ExpectedError`).
+//! Lower layers keep their own types and codes ([`HasExit`]); they arrive here transparently, so
+//! the printer sees their messages and sources unchanged.
+//! Invariant: `exit()` is the only place a command's outcome becomes an exit status.
+
+use std::path::PathBuf;
+
+use crate::archive::BundleError as ArchiveError;
+use crate::exit::{Exit, HasExit};
+use crate::ledger::LedgerError;
+use crate::push::PushError;
+use crate::ssh::exec::ExecError;
+use crate::target::resolve::TargetError;
+use crate::target::state::StateError;
+use crate::teardown::TeardownError;
+
+/// Why a subcommand failed.
+#[derive(Debug, thiserror::Error)]
+pub enum CommandError {
+    // The compiler's stages (exit 3; writing a bundle: 1), as they are.
+    #[error(transparent)]
+    Project(#[from] ov_compiler::project::ProjectError),
+    #[error(transparent)]
+    Deploy(#[from] ov_compiler::deploy::DeployError),
+    #[error(transparent)]
+    Resolve(#[from] ov_compiler::resolve::ResolveError),
+    #[error(transparent)]
+    Lower(#[from] ov_compiler::lower::LowerError),
+    #[error(transparent)]
+    Render(#[from] ov_compiler::render::RenderError),
+    #[error(transparent)]
+    Build(ov_compiler::bundle::BundleError),
+    #[error(transparent)]
+    Write(ov_compiler::bundle::BundleError),
+    /// A bundle `ov inspect`, `ov verify` or `ov push` could not use.
+    #[error("cannot {action} bundle `{}`", path.display())]
+    Bundle {
+        /// `inspect`, `verify`, `push`.
+        action: &'static str,
+        path: PathBuf,
+        #[source]
+        source: BundleReadError,
+    },
+    /// `ov inspect --script` names no text file of the bundle.
+    #[error("`{path}` is not a text file of this bundle; files: {}", files.join(", "))]
+    NotInBundle { path: String, files: Vec<String> },
+    /// `ov verify` found no checksum file beside the archive.
+    #[error("cannot read `{}` (the checksum file must sit beside the archive): {reason}", path.display())]
+    NoChecksumFile {
+        path: PathBuf,
+        reason: std::io::Error,
+    },
+    /// There is no place for the bundle cache.
+    #[error("neither `XDG_CACHE_HOME` nor `HOME` is set")]
+    NoCacheDir,
+    /// Local I/O (working directory, cache directory, stdout).
+    #[error(transparent)]
+    Io(#[from] std::io::Error),
+    /// Serialising JSON output.
+    #[error(transparent)]
+    Json(#[from] serde_json::Error),
+    // The runner's layers below, with their own exit codes: the local bundle, the target,
+    // the saved state, the local executor, then `ov push`/`ov test`, `ov deploy del` and
+    // `ov status`.
+    #[error(transparent)]
+    Archive(#[from] ArchiveError),
+    #[error(transparent)]
+    Target(#[from] TargetError),
+    #[error(transparent)]
+    State(#[from] StateError),
+    #[error(transparent)]
+    Exec(#[from] ExecError),
+    #[error(transparent)]
+    Push(#[from] PushError),
+    #[error(transparent)]
+    Teardown(#[from] TeardownError),
+    #[error(transparent)]
+    Ledger(#[from] LedgerError),
+    /// Checks that never reported (a run.sh without `--test`).
+    #[error("the checks on {target} did not report a result")]
+    ChecksSilent { target: String },
+    /// The layers' own checks failed.
+    #[error("{} check(s) failed on {target}:\n  {}", failed.len(), failed.join("\n  "))]
+    ChecksFailed {
+        target: String,
+        /// `layer/id: message` of each failed check.
+        failed: Vec<String>,
+    },
+}
+
+/// Why a bundle could not be read for `inspect`, `verify` or `push`.
+#[derive(Debug, thiserror::Error)]
+pub enum BundleReadError {
+    /// The archive cannot be opened.
+    #[error(transparent)]
+    Open(#[from] std::io::Error),
+    /// The archive or its manifest cannot be read.
+    #[error(transparent)]
+    Inspect(#[from] ov_compiler::manifest::InspectError),
+    /// The archive does not match its checksums (or is beyond the reading limits).
+    #[error(transparent)]
+    Verify(#[from] ov_compiler::manifest::VerifyError),
+}
+
+impl HasExit for CommandError {
+    fn exit(&self) -> Exit {
+        use ov_compiler::manifest::VerifyError;
+        match self {
+            CommandError::Project(_)
+            | CommandError::Deploy(_)
+            | CommandError::Resolve(_)
+            | CommandError::Lower(_)
+            | CommandError::Render(_)
+            | CommandError::Build(_)
+            | CommandError::NotInBundle { .. }
+            | CommandError::NoChecksumFile { .. } => Exit::InvalidInput,
+            CommandError::Bundle { source, .. } => match source {
+                BundleReadError::Verify(VerifyError::Archive(a)) if a.is_limit() => {
+                    Exit::InvalidInput
+                }
+                BundleReadError::Verify(_) => Exit::Integrity,
+                BundleReadError::Open(_) | BundleReadError::Inspect(_) => Exit::InvalidInput,
+            },
+            CommandError::Write(_)
+            | CommandError::NoCacheDir
+            | CommandError::Io(_)
+            | CommandError::Json(_) => Exit::Other,
+            CommandError::Archive(e) => e.exit(),
+            CommandError::Target(e) => e.exit(),
+            CommandError::State(e) => e.exit(),
+            CommandError::Exec(e) => e.exit(),
+            CommandError::Push(e) => e.exit(),
+            CommandError::Teardown(e) => e.exit(),
+            CommandError::Ledger(e) => e.exit(),
+            CommandError::ChecksSilent { .. } | CommandError::ChecksFailed { .. } => {
+                Exit::ChecksFailed
+            }
+        }
+    }
+}

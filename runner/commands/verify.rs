@@ -1,0 +1,39 @@
+//! Stage `runner`, `ov verify`: check a bundle — the archive against the `.sha256` beside it,
+//! then every file against `SHA256SUMS`.
+//! Invariant: exit 4 (integrity) on any mismatch, 3 when the files cannot be read or the archive
+//! is beyond the `bundle_read` limits (a gzip bomb is refused before it is expanded).
+
+use std::path::PathBuf;
+
+use crate::commands::project::{bundle_error, open_archive};
+use crate::commands::CommandError;
+
+/// Plain options of `ov verify`.
+#[derive(Debug, Clone)]
+pub struct VerifyOptions {
+    /// The bundle archive (its `.sha256` beside it).
+    pub bundle: PathBuf,
+}
+
+/// `ov verify`.
+pub fn run(opts: &VerifyOptions) -> Result<(), CommandError> {
+    let path = &opts.bundle;
+    let archive = open_archive(path, "verify")?;
+    let mut sum_path = path.as_os_str().to_owned();
+    sum_path.push(".sha256");
+    let sum_path = PathBuf::from(sum_path);
+    let sum =
+        std::fs::read_to_string(&sum_path).map_err(|reason| CommandError::NoChecksumFile {
+            path: sum_path.clone(),
+            reason,
+        })?;
+    let report = ov_compiler::manifest::verify_archive(archive, &sum)
+        .map_err(|e| bundle_error("verify", path, e))?;
+    println!(
+        "ok: {} matches {}; {} files match SHA256SUMS",
+        path.display(),
+        sum_path.display(),
+        report.files_checked
+    );
+    Ok(())
+}
