@@ -36,6 +36,26 @@ pub const EMBEDDED: &[(&str, &str)] = &[
         include_str!("../../templates/lib/steps.sh.j2"),
     ),
     (
+        "remote/bootstrap.sh.j2",
+        include_str!("../../templates/remote/bootstrap.sh.j2"),
+    ),
+    (
+        "remote/ledger-read.sh.j2",
+        include_str!("../../templates/remote/ledger-read.sh.j2"),
+    ),
+    (
+        "remote/ledger.sh.j2",
+        include_str!("../../templates/remote/ledger.sh.j2"),
+    ),
+    (
+        "remote/probe.sh.j2",
+        include_str!("../../templates/remote/probe.sh.j2"),
+    ),
+    (
+        "remote/root-chain.sh.j2",
+        include_str!("../../templates/remote/root-chain.sh.j2"),
+    ),
+    (
         "steps/builder-aur.sh.j2",
         include_str!("../../templates/steps/builder-aur.sh.j2"),
     ),
