@@ -1,7 +1,8 @@
 //! Stage `runner`, executors: the one primitive every remote action is built from — run an argv
 //! as the login user, root or another account, feed stdin, stream stdout/stderr line by line.
-//! Invariant: every argument reaches the remote shell quoted (`shlex`); a sudo that wants a
-//! password is reported as such, never as a generic failure.
+//! Invariant: every argument reaches the remote shell quoted by `ov_compiler::shell::quote` (one
+//! holding a NUL byte is refused); a sudo that wants a password is reported as such, never as a
+//! generic failure.
 //!
 //! Two implementations: [`LocalExecutor`] (the `host` target and tests) here, and the SSH one in
 //! `ssh.rs`. Both are synchronous outside and drive tokio inside ([`drive`]).
@@ -79,7 +80,7 @@ impl<'a> Request<'a> {
         }
     }
 
-    /// `sh -c SCRIPT` as `who` (a short command line built with [`quote`]).
+    /// `sh -c SCRIPT` as `who`.
     pub fn shell(script: &str, who: As) -> Request<'a> {
         Request::new(&["sh", "-c", script], who)
     }
@@ -178,6 +179,9 @@ pub enum ExecError {
         /// Target description.
         target: String,
     },
+    /// An argument cannot be passed to the target.
+    #[error("cannot pass an argument to the target")]
+    Argument(#[from] ov_compiler::shell::QuoteError),
     /// Reconnecting after a dropped connection failed.
     #[error("reconnecting failed")]
     Reconnect(#[source] Box<crate::wait::ConnectError>),
@@ -191,6 +195,7 @@ impl HasExit for ExecError {
             }
             ExecError::Closed { .. } => Exit::CannotConnect,
             ExecError::Reconnect(e) => e.exit(),
+            ExecError::Argument(_) => Exit::InvalidInput,
             _ => Exit::Other,
         }
     }
@@ -327,21 +332,21 @@ pub trait Executor {
     }
 }
 
-/// Quote one word for a POSIX shell.
-pub fn quote(word: &str) -> String {
-    // shlex refuses only NUL bytes, which cannot be passed through a command line anyway;
-    // replace them so the result is still one (different, visibly wrong) word.
-    match shlex::try_quote(word) {
-        Ok(q) => q.into_owned(),
-        Err(_) => shlex::try_quote(&word.replace('\0', "\u{fffd}"))
-            .map(|q| q.into_owned())
-            .unwrap_or_else(|_| "''".to_string()),
-    }
+/// Quote and join an argv into one command line, each word by the compiler's one quoting
+/// function; an argument holding a NUL byte (which no command line can carry) is an error, not a
+/// different argument.
+pub fn join(argv: &[String]) -> Result<String, ExecError> {
+    let words = argv
+        .iter()
+        .map(|a| ov_compiler::shell::quote(a))
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(words.join(" "))
 }
 
-/// Quote and join an argv into one command line.
-pub fn join(argv: &[String]) -> String {
-    argv.iter().map(|a| quote(a)).collect::<Vec<_>>().join(" ")
+/// `word` as a shell word in a command shown to a person (a fix to type); a word with a NUL byte,
+/// which no path or host name holds, is shown escaped instead.
+pub fn shown(word: &str) -> String {
+    ov_compiler::shell::quote(word).unwrap_or_else(|_| format!("{word:?}"))
 }
 
 /// The argv that runs `argv` as `who`, given the login account.
@@ -562,7 +567,7 @@ impl Executor for LocalExecutor {
 
     fn exec(&mut self, req: Request<'_>, sink: &mut dyn Sink) -> Result<Output, ExecError> {
         let argv = wrap_argv(&req.argv, &req.who, &self.user, self.is_root);
-        let what = join(&req.argv);
+        let what = join(&req.argv)?;
         let Some((program, args)) = argv.split_first() else {
             return Err(ExecError::Spawn {
                 program: String::new(),
@@ -632,7 +637,10 @@ mod tests {
                     argv: vec![
                         "sh".into(),
                         "-c".into(),
-                        format!("printf %s {}", quote(nasty)),
+                        format!(
+                            "printf %s {}",
+                            join(&[nasty.to_string()]).expect("quotable")
+                        ),
                     ],
                     who: As::Login,
                     stdin: Input::Null,
@@ -642,6 +650,12 @@ mod tests {
             )
             .expect("exec");
         assert_eq!(String::from_utf8_lossy(&out.stdout), nasty);
+        // A NUL byte cannot be passed: refused, not mangled into another argument.
+        let e = ex
+            .exec(Request::new(&["printf", "a\0b"], As::Login), &mut NullSink)
+            .expect_err("NUL");
+        assert!(matches!(e, ExecError::Argument(_)), "{e}");
+        assert_eq!(e.exit(), Exit::InvalidInput);
     }
 
     #[test]

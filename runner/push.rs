@@ -12,7 +12,9 @@ use std::collections::VecDeque;
 use std::path::PathBuf;
 
 use crate::archive::{open_bundle, BundleError, BundleInfo};
-use crate::executor::{quote, As, ExecError, Executor, Input, Request, Sink};
+use ov_compiler::remote;
+
+use crate::executor::{As, ExecError, Executor, Input, Request, Sink};
 use crate::exit::{Exit, HasExit};
 use crate::ledger::{read_ledger, Ledger, LedgerError, LedgerLines};
 use crate::progress::{CheckResult, Event, Progress, ProgressLine, RunEvent, Stream};
@@ -234,6 +236,9 @@ pub enum PushError {
     /// Saving the state failed.
     #[error(transparent)]
     State(#[from] StateError),
+    /// A script for the target could not be written (a value no shell string can hold).
+    #[error("cannot write the script to run on the target")]
+    Script(#[from] ov_compiler::render::RenderError),
     /// The probe's answer made no sense.
     #[error("unexpected answer from {target} while probing: {output}")]
     Probe {
@@ -266,6 +271,7 @@ impl HasExit for PushError {
             PushError::Ledger(e) => e.exit(),
             PushError::State(e) => e.exit(),
             PushError::Probe { .. } | PushError::Runtime { .. } => Exit::Other,
+            PushError::Script(_) => Exit::InvalidInput,
         }
     }
 }
@@ -368,7 +374,7 @@ pub fn push(
             target.user.as_deref(),
             &bundle,
             opts,
-        ))));
+        )?)));
     }
     let mut exec = SshExecutor::connect(target.clone(), wait, progress)?;
     let result = push_with(&mut exec, &bundle, opts, progress);
@@ -401,24 +407,11 @@ pub struct Probe {
     pub sudo_message: String,
 }
 
-const PROBE_SCRIPT: &str = r#"printf 'user=%s\n' "$(id -un)"
-printf 'uid=%s\n' "$(id -u)"
-if command -v "$1" >/dev/null 2>&1; then echo cloud_init=yes; else echo cloud_init=no; fi
-if [ "$(id -u)" = 0 ]; then echo sudo=ok
-elif m=$(sudo -n true 2>&1 </dev/null); then echo sudo=ok
-else printf 'sudo=no %s\n' "$(printf '%s' "$m" | head -n 1)"; fi
-"#;
-
 fn probe(exec: &mut dyn Executor, cloud_init_program: &str) -> Result<Probe, PushError> {
+    let script = remote::render(&remote::Probe { cloud_init_program })?;
     let out = exec.exec(
         Request {
-            argv: vec![
-                "sh".into(),
-                "-c".into(),
-                PROBE_SCRIPT.into(),
-                "sh".into(),
-                cloud_init_program.into(),
-            ],
+            argv: vec!["sh".into(), "-c".into(), script],
             who: As::Login,
             stdin: Input::Null,
             capture_stdout: true,
@@ -453,129 +446,31 @@ fn probe(exec: &mut dyn Executor, cloud_init_program: &str) -> Result<Probe, Pus
 
 /// The bootstrap that verifies, extracts and runs the bundle (as root, script on stdin), then
 /// prints the ledger of `ledger_user` (default: the login user, `$SUDO_USER`) on the same
-/// channel when run.sh succeeded, so no further session reads it back.
+/// channel when run.sh succeeded, so no further session reads it back: `remote/bootstrap.sh.j2`.
 pub fn bootstrap_script(
     remote_dir: &str,
     bundle: &BundleInfo,
     opts: &PushOptions,
     ledger_user: Option<&str>,
-) -> String {
-    // The archive's digest goes into the deploy record (run.sh cannot see the `.sha256`).
-    let mut args: Vec<String> = vec!["--bundle-sha256".into(), bundle.sha256.clone()];
-    if opts.no_wait_lock {
-        args.push("--no-wait".into());
-    }
-    if opts.force {
-        args.push("--force".into());
-    }
-    if let Some(u) = &opts.user {
-        args.push("--user".into());
-        args.push(u.clone());
-    }
-    // The checks: as the same user, only the progress lines (ov prints its own lines for people).
-    let mut test_args: Vec<String> = vec!["--test".into(), "--events".into()];
-    if let Some(scope) = &opts.test.scope {
-        test_args.push("--scope".into());
-        test_args.push(scope.clone());
-    }
-    if let Some(u) = &opts.user {
-        test_args.push("--user".into());
-        test_args.push(u.clone());
-    }
-    test_args.extend(opts.test.layers.iter().cloned());
-    let words = |v: &[String]| -> String { v.iter().map(|a| format!(" {}", quote(a))).collect() };
-    let (args, test_args) = (words(&args), words(&test_args));
-    let (apply, test) = (opts.mode.applies(), opts.mode.tests_run());
-    format!(
-        r#"# ov push bootstrap: receive the archive (it follows this script on stdin), verify it, unpack
-# it, run it, print the ledger back, clean up. Everything is in `main`, which bash reads whole
-# before running it (bash reads a script on a pipe byte by byte), so `head` reads the archive
-# and nothing else; the last line ends the script.
-{dump}main() {{
-set -u
-dir={dir}
-archive={archive}
-expected={expected}
-size={size}
-top={top}
-keep={keep}
-trap 'exit 129' HUP
-trap 'exit 143' TERM
-# ov's work directory is root's: it and every directory above it belong to root and no other
-# account can write them (checked with one stat), and the bundle's own directory is 0700 with a
-# random name, so no other account can read, swap or plant anything in what runs as root.
-base={base}
-umask 077
-chain=() p=
-IFS=/ read -r -a parts <<<"${{base#/}}"
-for c in "${{parts[@]}}"; do
-  p=$p/$c
-  chain+=("$p")
-  [ -e "$p" ] || [ -L "$p" ] || mkdir -m 0700 -- "$p" || exit 91
-done
-mapfile -t info < <(stat -c '%u %a %F' -- "${{chain[@]}}")
-i=0
-for p in "${{chain[@]}}"; do
-  s=${{info[i]:-missing}}; i=$((i + 1))
-  m=${{s#* }}; m=${{m%% *}}
-  case $s in "0 "*" directory") ;; *) m=777 ;; esac
-  if [ $((8#$m & 8#022)) != 0 ]; then
-    echo "refusing to unpack under $base: $p must be a directory of root's that no other account can write" >&2
-    exit 91
-  fi
-done
-mkdir -m 0700 -- "$dir" || exit 91
-cleanup() {{ if [ "$keep" = 0 ]; then cd / && rm -rf -- "$dir"; fi; }}
-trap cleanup EXIT
-head -c "$size" >"$dir/$archive" || exit 91
-cd -- "$dir" || exit 91
-actual=$(sha256sum -- "$archive" </dev/null) || exit 91
-actual=${{actual%% *}}
-if [ "$actual" != "$expected" ]; then
-  printf '::ov:: upload-check result=mismatch expected=%s actual=%s\n' "$expected" "$actual"
-  exit 90
-fi
-printf '::ov:: upload-check result=ok sha256=%s\n' "$actual"
-# Root's own files, private (0600/0700 through the umask): no owner, mode bit or set-id bit of
-# the archive survives.
-tar -xzf "$archive" --no-same-owner --no-same-permissions </dev/null || {{ echo "cannot extract $archive" >&2; exit 91; }}
-[ -f "$top/run.sh" ] || {{ echo "the bundle has no $top/run.sh" >&2; exit 91; }}
-rc=0
-if [ {apply} = 1 ]; then
-  bash "$dir/$top/run.sh"{args} </dev/null
-  rc=$?
-  # A bundle that failed its integrity check is not kept, whatever --keep says.
-  [ "$rc" != 3 ] || keep=0
-  # The ledger as run.sh left it, on this channel (see ov's runner/ledger.rs).
-  if [ "$rc" = 0 ]; then
-    ledger_user={ledger_user}
-    ov_ledgers={ledgers}
-    ov_ledger_dump "${{ledger_user:-${{SUDO_USER:-$(id -un)}}}}"
-  fi
-fi
-# The layers' own checks, after a successful apply (or alone): they change nothing.
-if [ "$rc" = 0 ] && [ {test} = 1 ]; then
-  bash "$dir/$top/run.sh"{test_args} </dev/null
-  rc=$?
-  [ "$rc" != 3 ] || keep=0
-fi
-exit "$rc"
-}}
-main; exit $?
-"#,
-        dump = crate::ledger::DUMP_FUNCTION,
-        ledger_user = quote(ledger_user.unwrap_or("")),
-        ledgers = quote(crate::ledger::ROOT_LEDGERS),
-        size = bundle.size,
-        dir = quote(remote_dir),
-        base = quote(opts.remote_base.trim_end_matches('/')),
-        archive = quote(&bundle.file_name),
-        expected = quote(&bundle.sha256),
-        top = quote(&bundle.top),
-        keep = if opts.keep { 1 } else { 0 },
-        apply = u8::from(apply),
-        test = u8::from(test),
-    )
+) -> Result<String, PushError> {
+    Ok(remote::render(&remote::Bootstrap {
+        dir: remote_dir,
+        base: opts.remote_base.trim_end_matches('/'),
+        archive: &bundle.file_name,
+        expected: &bundle.sha256,
+        size: bundle.size,
+        top: &bundle.top,
+        keep: u8::from(opts.keep),
+        apply: opts.mode.applies(),
+        test: opts.mode.tests_run(),
+        no_wait: opts.no_wait_lock,
+        force: opts.force,
+        user: opts.user.as_deref(),
+        test_scope: opts.test.scope.as_deref(),
+        test_layers: &opts.test.layers,
+        ledger_user: ledger_user.unwrap_or(""),
+        ledgers: crate::ledger::ROOT_LEDGERS,
+    })?)
 }
 
 fn remote_dir(opts: &PushOptions, bundle: &BundleInfo) -> String {
@@ -588,7 +483,12 @@ fn remote_dir(opts: &PushOptions, bundle: &BundleInfo) -> String {
     )
 }
 
-fn dry_run(target: &str, login: Option<&str>, bundle: &BundleInfo, opts: &PushOptions) -> DryRun {
+fn dry_run(
+    target: &str,
+    login: Option<&str>,
+    bundle: &BundleInfo,
+    opts: &PushOptions,
+) -> Result<DryRun, PushError> {
     let dir = remote_dir(opts, bundle);
     let archive = format!("{dir}/{}", bundle.file_name);
     let sudo = |cmd: &str| {
@@ -624,7 +524,7 @@ fn dry_run(target: &str, login: Option<&str>, bundle: &BundleInfo, opts: &PushOp
             archive, bundle.size, bundle.sha256
         ),
     ));
-    DryRun {
+    Ok(DryRun {
         target: target.to_string(),
         bundle: bundle.clone(),
         bootstrap: bootstrap_script(
@@ -632,10 +532,10 @@ fn dry_run(target: &str, login: Option<&str>, bundle: &BundleInfo, opts: &PushOp
             bundle,
             opts,
             opts.user.as_deref().or(bundle.user.as_deref()).or(login),
-        ),
+        )?,
         remote_dir: dir,
         commands,
-    }
+    })
 }
 
 /// Turns the run's output into progress events and remembers what a failure report needs.
@@ -776,7 +676,7 @@ pub fn push_with(
         .clone()
         .or_else(|| bundle.user.clone())
         .unwrap_or_else(|| facts.user.clone());
-    let script = bootstrap_script(&dir, bundle, opts, Some(&user));
+    let script = bootstrap_script(&dir, bundle, opts, Some(&user))?;
     let file = std::fs::File::open(&bundle.path).map_err(|source| BundleError::Io {
         path: bundle.path.clone(),
         source,
@@ -965,7 +865,8 @@ mod tests {
             &bundle,
             &opts,
             Some("a b"),
-        );
+        )
+        .expect("renders");
         assert!(s.contains("ledger_user='a b'"), "{s}");
         assert!(s.contains("archive=\"we'ird name.tar.gz\""), "{s}");
         assert!(
@@ -979,15 +880,6 @@ mod tests {
             .args(["-n", "-c", &s])
             .status()
             .expect("bash");
-        assert!(st.success());
-    }
-
-    #[test]
-    fn probe_script_is_valid_sh() {
-        let st = std::process::Command::new("sh")
-            .args(["-n", "-c", PROBE_SCRIPT])
-            .status()
-            .expect("sh");
         assert!(st.success());
     }
 }

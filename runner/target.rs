@@ -150,7 +150,7 @@ pub enum TargetError {
     },
     /// The key file can be read by others: OpenSSH would ignore it and the server would refuse
     /// us with only "Permission denied (publickey)".
-    #[error("ssh key `{path}` has mode {mode:04o}, so others may read it; OpenSSH ignores such a private key — make it private with `chmod 600 {quoted}`", quoted = crate::executor::quote(&path.to_string_lossy()))]
+    #[error("ssh key `{path}` has mode {mode:04o}, so others may read it; OpenSSH ignores such a private key — make it private with `chmod 600 {quoted}`", quoted = crate::executor::shown(&path.to_string_lossy()))]
     KeyPermissions {
         /// The key.
         path: PathBuf,

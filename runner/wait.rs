@@ -197,7 +197,7 @@ pub enum ConnectError {
         message: String,
     },
     /// OpenSSH ignored the private key: others may read it.
-    #[error("authentication failed for {target}: OpenSSH ignored the private key `{key}` because others may read it ({message}); make it private with `chmod 600 {quoted}` and retry", quoted = crate::executor::quote(key))]
+    #[error("authentication failed for {target}: OpenSSH ignored the private key `{key}` because others may read it ({message}); make it private with `chmod 600 {quoted}` and retry", quoted = crate::executor::shown(key))]
     KeyPermissions {
         /// Target description.
         target: String,
@@ -276,10 +276,10 @@ impl ConnectError {
                 let remove = match &file {
                     Some(f) => format!(
                         "ssh-keygen -f {} -R {}",
-                        crate::executor::quote(f),
-                        crate::executor::quote(known_hosts_name)
+                        crate::executor::shown(f),
+                        crate::executor::shown(known_hosts_name)
                     ),
-                    None => format!("ssh-keygen -R {}", crate::executor::quote(known_hosts_name)),
+                    None => format!("ssh-keygen -R {}", crate::executor::shown(known_hosts_name)),
                 };
                 ConnectError::HostKeyChanged {
                     host: known_hosts_name.to_string(),
