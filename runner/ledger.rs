@@ -10,9 +10,9 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use crate::archive::ManifestLayer;
 use crate::executor::{As, ExecError, Executor, Input, NullSink, Request};
 use crate::exit::{Exit, HasExit};
+use ov_compiler::manifest::Manifest;
 
 /// `deploys/<deploy-id>.json`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -354,15 +354,12 @@ impl StatusReport {
     }
 }
 
-/// Compare a ledger with manifest layers (`deploy_id`: the manifest's deploy, for extras).
-pub fn compare(
-    target: &str,
-    ledger: &Ledger,
-    manifest: Option<(&[ManifestLayer], Option<&str>)>,
-) -> StatusReport {
+/// Compare a ledger with a bundle's manifest (its layers; its deploy, for extras).
+pub fn compare(target: &str, ledger: &Ledger, manifest: Option<&Manifest>) -> StatusReport {
     let mut comparison = Vec::new();
     let mut extra = Vec::new();
-    if let Some((layers, deploy_id)) = manifest {
+    if let Some(m) = manifest {
+        let layers = &m.layers;
         for l in layers {
             let m = match ledger.layers.get(&l.name) {
                 None => LayerMatch::Missing,
@@ -374,11 +371,9 @@ pub fn compare(
             };
             comparison.push((l.name.clone(), m));
         }
-        if let Some(id) = deploy_id {
-            for name in ledger.applied_layers(id) {
-                if !layers.iter().any(|l| l.name == name) {
-                    extra.push(name);
-                }
+        for name in ledger.applied_layers(&m.deploy.id) {
+            if !layers.iter().any(|l| l.name == name) {
+                extra.push(name);
             }
         }
     }
@@ -415,13 +410,13 @@ pub fn status_with(
 ) -> Result<StatusReport, LedgerError> {
     let user = user
         .map(str::to_string)
-        .or_else(|| bundle.and_then(|b| b.user.clone()))
+        .or_else(|| bundle.and_then(|b| b.manifest.deploy.user.clone()))
         .unwrap_or_else(|| exec.login_user().to_string());
     let ledger = read_ledger(exec, &user)?;
     Ok(compare(
         &exec.describe(),
         &ledger,
-        bundle.map(|b| (b.layers.as_slice(), b.deploy_id.as_deref())),
+        bundle.map(|b| &b.manifest),
     ))
 }
 
@@ -523,17 +518,8 @@ mod tests {
         assert_eq!(l.unreadable.len(), 1);
         assert_eq!(l.deploys_for("vm:x").len(), 1);
 
-        let manifest = [
-            ManifestLayer {
-                name: "a".into(),
-                digest: "x".into(),
-            },
-            ManifestLayer {
-                name: "c".into(),
-                digest: "z".into(),
-            },
-        ];
-        let s = compare("t", &l, Some((&manifest, Some("d1"))));
+        let manifest = crate::archive::test_manifest("vm:x", "d1", "u", &[("a", "x"), ("c", "z")]);
+        let s = compare("t", &l, Some(&manifest));
         assert_eq!(
             s.comparison,
             vec![

@@ -332,9 +332,10 @@ impl DryRun {
         );
         s.push_str(&format!(
             "deploy {} · {} layer(s): {}\n",
-            self.bundle.deploy.as_deref().unwrap_or("?"),
-            self.bundle.layers.len(),
+            self.bundle.manifest.deploy.name,
+            self.bundle.manifest.layers.len(),
             self.bundle
+                .manifest
                 .layers
                 .iter()
                 .map(|l| l.name.as_str())
@@ -531,7 +532,10 @@ fn dry_run(
             &dir,
             bundle,
             opts,
-            opts.user.as_deref().or(bundle.user.as_deref()).or(login),
+            opts.user
+                .as_deref()
+                .or(bundle.manifest.deploy.user.as_deref())
+                .or(login),
         )?,
         remote_dir: dir,
         commands,
@@ -674,7 +678,7 @@ pub fn push_with(
     let user = opts
         .user
         .clone()
-        .or_else(|| bundle.user.clone())
+        .or_else(|| bundle.manifest.deploy.user.clone())
         .unwrap_or_else(|| facts.user.clone());
     let script = bootstrap_script(&dir, bundle, opts, Some(&user))?;
     let file = std::fs::File::open(&bundle.path).map_err(|source| BundleError::Io {
@@ -777,26 +781,13 @@ pub fn push_with(
         _ if !opts.mode.applies() => Ledger::default(),
         _ => read_ledger(exec, &user)?,
     };
-    let applied_layers = match &bundle.deploy_id {
-        Some(id) => ledger.applied_layers(id),
-        None => bundle
-            .layers
-            .iter()
-            .filter(|l| {
-                ledger
-                    .layers
-                    .get(&l.name)
-                    .is_some_and(|r| l.digest.is_empty() || r.digest == l.digest)
-            })
-            .map(|l| l.name.clone())
-            .collect(),
-    };
+    let applied_layers = ledger.applied_layers(&bundle.manifest.deploy.id);
 
     Ok(PushReport {
         target,
         remote_dir: dir,
         bundle_sha256: bundle.sha256.clone(),
-        deploy_id: bundle.deploy_id.clone(),
+        deploy_id: Some(bundle.manifest.deploy.id.clone()),
         applied,
         skipped,
         applied_layers,
@@ -851,11 +842,7 @@ mod tests {
             sha256: "0".repeat(64),
             size: 1,
             top: "vm-x".into(),
-            manifest: serde_json::Value::Null,
-            deploy: None,
-            deploy_id: None,
-            user: None,
-            layers: vec![],
+            manifest: crate::archive::test_manifest("vm:x", "abc", "u", &[]),
         };
         let mut opts = PushOptions::new("/x/b.tar.gz");
         opts.user = Some("a b".into());
