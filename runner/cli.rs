@@ -435,6 +435,7 @@ fn test(project: Option<PathBuf>, args: TestArgs) -> Result<Exit, Failure> {
             layers: args.only,
             scope: args.scope,
         },
+        templates: args.build.templates,
     }))
 }
 
@@ -460,6 +461,7 @@ fn push(project: Option<PathBuf>, args: PushArgs) -> Result<Exit, Failure> {
             RunMode::Apply
         },
         test: TestFilter::default(),
+        templates: args.build.templates,
     }))
 }
 

@@ -71,6 +71,8 @@ pub struct PushCommand {
     pub mode: RunMode,
     /// Which checks (`ov test --layer`, `--scope`).
     pub test: TestFilter,
+    /// `--templates DIR` (it replaces the target-side scripts of `templates/remote/` too).
+    pub templates: Option<PathBuf>,
 }
 
 /// `ov deploy del`.
@@ -208,6 +210,7 @@ fn push_inner(cmd: &PushCommand, display: &mut Display) -> Result<(), Failure> {
         state: None,
         mode: cmd.mode,
         test: cmd.test.clone(),
+        templates: cmd.templates.clone(),
     };
     let outcome = match &cmd.common.destination {
         Destination::Local => {

@@ -13,6 +13,8 @@ use serde_json::Value;
 use crate::executor::{As, ExecError, Executor, Input, NullSink, Request};
 use crate::exit::{Exit, HasExit};
 use ov_compiler::manifest::Manifest;
+use ov_compiler::remote;
+use ov_compiler::render::Engine;
 
 /// `deploys/<deploy-id>.json`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -165,11 +167,23 @@ pub const ROOT_LEDGERS: &str = "/var/lib/overthink/installed";
 /// Read the ledger of `user` on the target in one command: `remote/ledger-read.sh.j2` as root,
 /// whose `::ov-ledger::` lines [`LedgerLines`] reads (the lines the push bootstrap prints).
 pub fn read_ledger(exec: &mut dyn Executor, user: &str) -> Result<Ledger, LedgerError> {
+    read_ledger_with(exec, &Engine::new(None)?, user)
+}
+
+/// [`read_ledger`] with `engine`'s templates (`--templates DIR` may have replaced them).
+pub fn read_ledger_with(
+    exec: &mut dyn Executor,
+    engine: &Engine,
+    user: &str,
+) -> Result<Ledger, LedgerError> {
     let target = exec.describe();
-    let script = ov_compiler::remote::render(&ov_compiler::remote::LedgerRead {
-        user,
-        ledgers: ROOT_LEDGERS,
-    })?;
+    let script = remote::render_with(
+        engine,
+        &remote::LedgerRead {
+            user,
+            ledgers: ROOT_LEDGERS,
+        },
+    )?;
     let out = exec.exec(
         Request {
             argv: vec!["bash".into(), "-s".into()],

@@ -13,10 +13,11 @@ use std::path::PathBuf;
 
 use crate::archive::{open_bundle, BundleError, BundleInfo};
 use ov_compiler::remote;
+use ov_compiler::render::Engine;
 
 use crate::executor::{As, ExecError, Executor, Input, Request, Sink};
 use crate::exit::{Exit, HasExit};
-use crate::ledger::{read_ledger, Ledger, LedgerError, LedgerLines};
+use crate::ledger::{read_ledger_with, Ledger, LedgerError, LedgerLines};
 use crate::progress::{CheckResult, Event, Progress, ProgressLine, RunEvent, Stream};
 use crate::ssh::SshExecutor;
 use crate::state::{load_vm_state, now_rfc3339, save_vm_state, StateError, VmState};
@@ -114,6 +115,8 @@ pub struct PushOptions {
     pub mode: RunMode,
     /// Which checks, when the mode runs them.
     pub test: TestFilter,
+    /// `--templates DIR`: replacements for the target-side scripts of `templates/remote/`.
+    pub templates: Option<PathBuf>,
 }
 
 impl PushOptions {
@@ -131,6 +134,7 @@ impl PushOptions {
             state: None,
             mode: RunMode::Apply,
             test: TestFilter::default(),
+            templates: None,
         }
     }
 }
@@ -408,8 +412,12 @@ pub struct Probe {
     pub sudo_message: String,
 }
 
-fn probe(exec: &mut dyn Executor, cloud_init_program: &str) -> Result<Probe, PushError> {
-    let script = remote::render(&remote::Probe { cloud_init_program })?;
+fn probe(
+    exec: &mut dyn Executor,
+    engine: &Engine,
+    cloud_init_program: &str,
+) -> Result<Probe, PushError> {
+    let script = remote::render_with(engine, &remote::Probe { cloud_init_program })?;
     let out = exec.exec(
         Request {
             argv: vec!["sh".into(), "-c".into(), script],
@@ -449,29 +457,33 @@ fn probe(exec: &mut dyn Executor, cloud_init_program: &str) -> Result<Probe, Pus
 /// prints the ledger of `ledger_user` (default: the login user, `$SUDO_USER`) on the same
 /// channel when run.sh succeeded, so no further session reads it back: `remote/bootstrap.sh.j2`.
 pub fn bootstrap_script(
+    engine: &Engine,
     remote_dir: &str,
     bundle: &BundleInfo,
     opts: &PushOptions,
     ledger_user: Option<&str>,
 ) -> Result<String, PushError> {
-    Ok(remote::render(&remote::Bootstrap {
-        dir: remote_dir,
-        base: opts.remote_base.trim_end_matches('/'),
-        archive: &bundle.file_name,
-        expected: &bundle.sha256,
-        size: bundle.size,
-        top: &bundle.top,
-        keep: u8::from(opts.keep),
-        apply: opts.mode.applies(),
-        test: opts.mode.tests_run(),
-        no_wait: opts.no_wait_lock,
-        force: opts.force,
-        user: opts.user.as_deref(),
-        test_scope: opts.test.scope.as_deref(),
-        test_layers: &opts.test.layers,
-        ledger_user: ledger_user.unwrap_or(""),
-        ledgers: crate::ledger::ROOT_LEDGERS,
-    })?)
+    Ok(remote::render_with(
+        engine,
+        &remote::Bootstrap {
+            dir: remote_dir,
+            base: opts.remote_base.trim_end_matches('/'),
+            archive: &bundle.file_name,
+            expected: &bundle.sha256,
+            size: bundle.size,
+            top: &bundle.top,
+            keep: u8::from(opts.keep),
+            apply: opts.mode.applies(),
+            test: opts.mode.tests_run(),
+            no_wait: opts.no_wait_lock,
+            force: opts.force,
+            user: opts.user.as_deref(),
+            test_scope: opts.test.scope.as_deref(),
+            test_layers: &opts.test.layers,
+            ledger_user: ledger_user.unwrap_or(""),
+            ledgers: crate::ledger::ROOT_LEDGERS,
+        },
+    )?)
 }
 
 fn remote_dir(opts: &PushOptions, bundle: &BundleInfo) -> String {
@@ -529,6 +541,7 @@ fn dry_run(
         target: target.to_string(),
         bundle: bundle.clone(),
         bootstrap: bootstrap_script(
+            &Engine::new(opts.templates.as_deref())?,
             &dir,
             bundle,
             opts,
@@ -657,7 +670,8 @@ pub fn push_with(
     let target = exec.describe();
 
     // 1. What is there: login user, cloud-init, sudo.
-    let facts = probe(exec, &opts.cloud_init.program)?;
+    let engine = Engine::new(opts.templates.as_deref())?;
+    let facts = probe(exec, &engine, &opts.cloud_init.program)?;
 
     // 2. cloud-init (it may still be creating users and sudo rules).
     let cloud = wait_cloud_init(exec, &opts.cloud_init, facts.cloud_init, progress)?;
@@ -680,7 +694,7 @@ pub fn push_with(
         .clone()
         .or_else(|| bundle.manifest.deploy.user.clone())
         .unwrap_or_else(|| facts.user.clone());
-    let script = bootstrap_script(&dir, bundle, opts, Some(&user))?;
+    let script = bootstrap_script(&engine, &dir, bundle, opts, Some(&user))?;
     let file = std::fs::File::open(&bundle.path).map_err(|source| BundleError::Io {
         path: bundle.path.clone(),
         source,
@@ -779,7 +793,7 @@ pub fn push_with(
     let ledger = match dumped {
         Some(Ok(ledger)) => ledger,
         _ if !opts.mode.applies() => Ledger::default(),
-        _ => read_ledger(exec, &user)?,
+        _ => read_ledger_with(exec, &engine, &user)?,
     };
     let applied_layers = ledger.applied_layers(&bundle.manifest.deploy.id);
 
@@ -834,20 +848,26 @@ pub fn record_state(
 mod tests {
     use super::*;
 
-    #[test]
-    fn bootstrap_is_valid_bash_and_quotes_everything() {
-        let bundle = BundleInfo {
+    /// A bundle archive `file_name` of an empty deploy `vm:x`.
+    fn bundle(file_name: &str) -> BundleInfo {
+        BundleInfo {
             path: "/x/b.tar.gz".into(),
-            file_name: "we'ird name.tar.gz".into(),
+            file_name: file_name.into(),
             sha256: "0".repeat(64),
             size: 1,
             top: "vm-x".into(),
             manifest: crate::archive::test_manifest("vm:x", "abc", "u", &[]),
-        };
+        }
+    }
+
+    #[test]
+    fn bootstrap_is_valid_bash_and_quotes_everything() {
+        let bundle = bundle("we'ird name.tar.gz");
         let mut opts = PushOptions::new("/x/b.tar.gz");
         opts.user = Some("a b".into());
         opts.no_wait_lock = true;
         let s = bootstrap_script(
+            &Engine::new(None).expect("the embedded templates compile"),
             "/var/lib/overthink/work/vm-x.123",
             &bundle,
             &opts,
@@ -868,5 +888,21 @@ mod tests {
             .status()
             .expect("bash");
         assert!(st.success());
+    }
+
+    #[test]
+    fn templates_dir_replaces_the_remote_scripts() {
+        let d = tempfile::tempdir().expect("tempdir");
+        std::fs::create_dir(d.path().join("remote")).expect("mkdir");
+        std::fs::write(
+            d.path().join("remote/bootstrap.sh.j2"),
+            "echo replaced {{ archive }}\n",
+        )
+        .expect("write");
+        let bundle = bundle("b c.tar.gz");
+        let mut opts = PushOptions::new("/x/b.tar.gz");
+        opts.templates = Some(d.path().to_path_buf());
+        let plan = dry_run("t", None, &bundle, &opts).expect("renders");
+        assert_eq!(plan.bootstrap, "echo replaced 'b c.tar.gz'\n");
     }
 }

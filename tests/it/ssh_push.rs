@@ -578,6 +578,7 @@ fn vm_commands_end_to_end() {
         user: None,
         mode: Default::default(),
         test: Default::default(),
+        templates: None,
     });
     assert_eq!(exit, Exit::Ok);
     assert!(out.path().join("k2").exists());
@@ -673,6 +674,7 @@ fn local_executor_pushes_and_tears_down() {
         user: None,
         mode: Default::default(),
         test: Default::default(),
+        templates: None,
     };
     assert_eq!(run_push(&push), Exit::Ok);
     assert_eq!(
