@@ -22,10 +22,6 @@ pub struct Probe<'a> {
     pub cloud_init_program: &'a str,
 }
 
-impl RemoteScript for Probe<'_> {
-    const TEMPLATE: &'static str = "remote/probe.sh.j2";
-}
-
 /// `remote/bootstrap.sh.j2`: piped to `sudo -n bash -s` with the archive right after it; checks
 /// the work directory is root's alone, stores the archive, verifies its digest, unpacks it, runs
 /// `run.sh` (and/or `run.sh --test`) and prints the ledger back on the same channel.
@@ -65,10 +61,6 @@ pub struct Bootstrap<'a> {
     pub ledgers: &'a str,
 }
 
-impl RemoteScript for Bootstrap<'_> {
-    const TEMPLATE: &'static str = "remote/bootstrap.sh.j2";
-}
-
 /// `remote/ledger-read.sh.j2`: print root's ledger of `user` as `::ov-ledger::` lines (the same
 /// lines the bootstrap prints after a run); run as root with `bash -s`. Exit 3: no such
 /// account; 4: a directory on the way is not root's alone.
@@ -80,8 +72,19 @@ pub struct LedgerRead<'a> {
     pub ledgers: &'a str,
 }
 
-impl RemoteScript for LedgerRead<'_> {
-    const TEMPLATE: &'static str = "remote/ledger-read.sh.j2";
+/// Each context struct and the template it fills.
+macro_rules! remote_scripts {
+    ($($script:ident => $template:literal,)*) => {
+        $(impl RemoteScript for $script<'_> {
+            const TEMPLATE: &'static str = $template;
+        })*
+    };
+}
+
+remote_scripts! {
+    Probe => "remote/probe.sh.j2",
+    Bootstrap => "remote/bootstrap.sh.j2",
+    LedgerRead => "remote/ledger-read.sh.j2",
 }
 
 /// Render `script` from the embedded templates.

@@ -103,18 +103,14 @@ fn every_value_is_one_quoted_word() {
     }
     let layers = vec!["b".to_string()];
     let b = render(&bootstrap(Some("a b"), &layers, true)).expect("renders");
-    assert!(
-        b.contains(
-            "run.sh\" --bundle-sha256 0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef --no-wait --force --user 'a b' </dev/null"
-        ),
-        "{b}"
-    );
-    assert!(
-        b.contains("run.sh\" --test --events --scope deploy --user 'a b' b </dev/null"),
-        "{b}"
-    );
-    assert!(b.contains("\nsize=1234\n"), "{b}");
-    assert!(b.contains("  ledger_user='a b'\n"), "{b}");
+    for want in [
+        "run.sh\" --bundle-sha256 0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef --no-wait --force --user 'a b' </dev/null",
+        "run.sh\" --test --events --scope deploy --user 'a b' b </dev/null",
+        "\nsize=1234\n",
+        "  ledger_user='a b'\n",
+    ] {
+        assert!(b.contains(want), "want `{want}` in\n{b}");
+    }
 
     // The probe, run: the program name is data, never code.
     let probe = render(&Probe {
