@@ -1,26 +1,19 @@
 //! Stage `runner`, bundle archive (local side): checks a bundle against the `.sha256` beside it
-//! and reads what the pusher needs from it (top directory, manifest), streaming.
+//! and reads what the pusher needs from it (top directory, typed manifest) with the compiler's
+//! one bundle reader (`manifest::read_bundle`), streaming.
 //! Invariant: nothing is sent anywhere unless the archive matches its `.sha256`, has exactly one
-//! top directory holding `run.sh`, only directories and regular files that stay inside it, and
-//! stays within the `bundle_read` limits; only `manifest.json` and `SHA256SUMS` are held in memory.
+//! top directory holding `run.sh` and a `manifest.json` of a format this `ov` reads, only
+//! directories and regular files that stay inside it, and stays within the `bundle_read` limits;
+//! only `manifest.json` and `SHA256SUMS` are held in memory.
 
 use std::io::Read;
 use std::path::{Path, PathBuf};
 
-use ov_compiler::bundle_read::{scan, ArchiveError, Limits, ScanOptions};
-use serde_json::Value;
+use ov_compiler::bundle_read::{ArchiveError, Limits};
+use ov_compiler::manifest::{read_bundle, InspectError, Manifest, ReadOptions};
 use sha2::{Digest, Sha256};
 
 use crate::exit::{Exit, HasExit};
-
-/// One layer as the manifest lists it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ManifestLayer {
-    /// Layer name.
-    pub name: String,
-    /// Content digest (empty when the manifest has none).
-    pub digest: String,
-}
 
 /// A verified bundle archive.
 #[derive(Debug, Clone)]
@@ -35,16 +28,8 @@ pub struct BundleInfo {
     pub size: u64,
     /// The single top directory inside.
     pub top: String,
-    /// `manifest.json`, parsed (Null when the bundle has none).
-    pub manifest: Value,
-    /// `deploy` from the manifest.
-    pub deploy: Option<String>,
-    /// `deploy_id` from the manifest.
-    pub deploy_id: Option<String>,
-    /// The target user from the manifest.
-    pub user: Option<String>,
-    /// Layers in install order.
-    pub layers: Vec<ManifestLayer>,
+    /// `manifest.json`.
+    pub manifest: Manifest,
 }
 
 /// Why a bundle cannot be pushed.
@@ -89,6 +74,15 @@ pub enum BundleError {
         /// Why.
         #[source]
         source: ArchiveError,
+    },
+    /// The archive's `manifest.json` is missing, unreadable or of a newer format.
+    #[error("cannot read the manifest of bundle `{path}`")]
+    Manifest {
+        /// The archive.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: InspectError,
     },
     /// The archive's layout is not a bundle's.
     #[error("`{path}` is not an ov bundle: {reason}")]
@@ -184,68 +178,27 @@ pub fn open_bundle_with(path: &Path, limits: &Limits) -> Result<BundleInfo, Bund
         source,
     };
     let f = std::fs::File::open(path).map_err(io)?;
-    let keep = |_: &str, rel: &str| rel == "manifest.json" || rel == "SHA256SUMS";
-    let contents = scan(
+    let read = read_bundle(
         std::io::BufReader::new(f),
-        &ScanOptions {
+        &ReadOptions {
             limits: *limits,
-            hash: false,
+            file: None,
             bound_by_sums: true,
-            keep: &keep,
         },
     )
-    .map_err(|source| BundleError::Archive {
-        path: path.to_path_buf(),
-        source,
+    .map_err(|e| match e {
+        InspectError::Archive(source) => BundleError::Archive {
+            path: path.to_path_buf(),
+            source,
+        },
+        source => BundleError::Manifest {
+            path: path.to_path_buf(),
+            source,
+        },
     })?;
-    let top = contents.top.clone();
-    if !contents.files.iter().any(|f| f.path == "run.sh") {
-        return Err(layout(format!("no `{top}/run.sh`")));
+    if !read.paths().any(|p| p == "run.sh") {
+        return Err(layout(format!("no `{}/run.sh`", read.top)));
     }
-    let manifest = match contents.kept("manifest.json") {
-        Some(text) => {
-            serde_json::from_slice(text).map_err(|e| layout(format!("manifest.json: {e}")))?
-        }
-        None => Value::Null,
-    };
-    // `ov compile` writes `deploy: {name, id, user, …}` (compiler `ManifestDeploy`); a flat
-    // `deploy`/`deploy_id`/`user` at the top level is read too.
-    let s = |k: &str| {
-        let nested = match k {
-            "deploy" => "name",
-            "deploy_id" => "id",
-            other => other,
-        };
-        manifest
-            .get("deploy")
-            .and_then(|d| d.get(nested))
-            .or_else(|| manifest.get(k))
-            .and_then(Value::as_str)
-            .map(str::to_string)
-    };
-    let layers = manifest
-        .get("layers")
-        .and_then(Value::as_array)
-        .map(|a| {
-            a.iter()
-                .filter_map(|l| match l {
-                    Value::String(n) => Some(ManifestLayer {
-                        name: n.clone(),
-                        digest: String::new(),
-                    }),
-                    Value::Object(o) => Some(ManifestLayer {
-                        name: o.get("name")?.as_str()?.to_string(),
-                        digest: o
-                            .get("digest")
-                            .and_then(Value::as_str)
-                            .unwrap_or_default()
-                            .to_string(),
-                    }),
-                    _ => None,
-                })
-                .collect()
-        })
-        .unwrap_or_default();
     Ok(BundleInfo {
         file_name: path
             .file_name()
@@ -254,13 +207,54 @@ pub fn open_bundle_with(path: &Path, limits: &Limits) -> Result<BundleInfo, Bund
         path: path.to_path_buf(),
         sha256: actual,
         size,
-        deploy: s("deploy"),
-        deploy_id: s("deploy_id"),
-        user: s("user"),
-        top,
-        manifest,
-        layers,
+        top: read.top,
+        manifest: read.manifest,
     })
+}
+
+/// A manifest of the shape `ov compile` writes, for the runner's unit tests: `layers` as
+/// (name, digest), in install order.
+#[cfg(test)]
+pub(crate) fn test_manifest(
+    deploy: &str,
+    id: &str,
+    user: &str,
+    layers: &[(&str, &str)],
+) -> Manifest {
+    use ov_compiler::manifest::{ManifestDeploy, ManifestGates, ManifestLayer, BUNDLE_FORMAT};
+    Manifest {
+        format_version: BUNDLE_FORMAT,
+        ov_version: "test".into(),
+        deploy: ManifestDeploy {
+            name: deploy.into(),
+            id: id.into(),
+            target: deploy.into(),
+            distro: vec!["debian".into()],
+            package_formats: vec!["deb".into()],
+            user: Some(user.into()),
+            requested: Vec::new(),
+        },
+        gates: ManifestGates::default(),
+        layers: layers
+            .iter()
+            .enumerate()
+            .map(|(i, (name, digest))| ManifestLayer {
+                name: (*name).into(),
+                version: None,
+                source: format!("layers/{name}"),
+                dir: format!("layers/{:02}-{name}", i + 1),
+                digest: (*digest).into(),
+                scripts: Vec::new(),
+                undo: format!("layers/{:02}-{name}/undo.sh", i + 1),
+                payload: Vec::new(),
+                skipped: Vec::new(),
+                reverse_ops: Vec::new(),
+                checks: Vec::new(),
+            })
+            .collect(),
+        overridden_templates: Vec::new(),
+        mtime: 0,
+    }
 }
 
 #[cfg(test)]
@@ -286,35 +280,29 @@ mod tests {
         path
     }
 
+    /// `manifest.json` as `ov compile` writes it.
+    fn manifest(layers: &[(&str, &str)]) -> String {
+        serde_json::to_string(&test_manifest("vm:x", "abc", "u", layers)).expect("json")
+    }
+
     #[test]
     fn reads_manifest_and_checks_sum() {
         let d = tempfile::tempdir().expect("tempdir");
+        let m = manifest(&[("a", "d1"), ("b", "d2")]);
         let p = make(
             d.path(),
-            &[
-                ("vm-x/run.sh", "#!/bin/bash\n"),
-                (
-                    "vm-x/manifest.json",
-                    r#"{"deploy":"vm:x","deploy_id":"abc","user":"u","layers":[{"name":"a","digest":"d1"},{"name":"b","digest":"d2"}]}"#,
-                ),
-            ],
+            &[("vm-x/run.sh", "#!/bin/bash\n"), ("vm-x/manifest.json", &m)],
         );
         let b = open_bundle(&p).expect("open");
         assert_eq!(b.top, "vm-x");
-        assert_eq!(b.deploy_id.as_deref(), Some("abc"));
-        assert_eq!(
-            b.layers,
-            vec![
-                ManifestLayer {
-                    name: "a".into(),
-                    digest: "d1".into()
-                },
-                ManifestLayer {
-                    name: "b".into(),
-                    digest: "d2".into()
-                }
-            ]
-        );
+        assert_eq!(b.manifest.deploy.id, "abc");
+        let layers: Vec<(&str, &str)> = b
+            .manifest
+            .layers
+            .iter()
+            .map(|l| (l.name.as_str(), l.digest.as_str()))
+            .collect();
+        assert_eq!(layers, vec![("a", "d1"), ("b", "d2")]);
         // One changed byte after compile: refused.
         let mut bytes = std::fs::read(&p).expect("read");
         let last = bytes.len() - 1;
@@ -325,22 +313,32 @@ mod tests {
     }
 
     #[test]
-    fn reads_the_deploy_object_ov_compile_writes() {
+    fn reads_the_deploy_object_ov_compile_writes_and_nothing_else() {
         let d = tempfile::tempdir().expect("tempdir");
+        let m = manifest(&[("a", "d1")]);
         let p = make(
             d.path(),
-            &[
-                ("vm-x/run.sh", "#!/bin/bash\n"),
-                (
-                    "vm-x/manifest.json",
-                    r#"{"deploy":{"name":"vm:x","id":"abc","target":"vm:x","user":"u"},"layers":[{"name":"a","digest":"d1"}]}"#,
-                ),
-            ],
+            &[("vm-x/run.sh", "#!/bin/bash\n"), ("vm-x/manifest.json", &m)],
         );
         let b = open_bundle(&p).expect("open");
-        assert_eq!(b.deploy.as_deref(), Some("vm:x"));
-        assert_eq!(b.deploy_id.as_deref(), Some("abc"));
-        assert_eq!(b.user.as_deref(), Some("u"));
+        assert_eq!(b.manifest.deploy.name, "vm:x");
+        assert_eq!(b.manifest.deploy.id, "abc");
+        assert_eq!(b.manifest.deploy.user.as_deref(), Some("u"));
+        // A flat `deploy`/`deploy_id`/`user`, which `ov compile` never writes, is refused, as is
+        // a bundle without a manifest: `inspect`, `verify` and `push` read one shape.
+        let flat = r#"{"deploy":"vm:x","deploy_id":"abc","user":"u","layers":[{"name":"a","digest":"d1"}]}"#;
+        for entries in [
+            vec![
+                ("vm-x/run.sh", "#!/bin/bash\n"),
+                ("vm-x/manifest.json", flat),
+            ],
+            vec![("vm-x/run.sh", "#!/bin/bash\n")],
+        ] {
+            let p = make(d.path(), &entries);
+            let e = open_bundle(&p).expect_err("not a manifest ov compile writes");
+            assert!(matches!(e, BundleError::Manifest { .. }), "{e}");
+            assert_eq!(e.exit(), Exit::InvalidInput);
+        }
     }
 
     #[test]
@@ -353,7 +351,8 @@ mod tests {
             "{e}"
         );
         assert_eq!(e.exit(), Exit::InvalidInput);
-        let p = make(d.path(), &[("a/x", "x")]);
+        let m = manifest(&[]);
+        let p = make(d.path(), &[("a/x", "x"), ("a/manifest.json", &m)]);
         assert!(open_bundle(&p)
             .expect_err("no run.sh")
             .to_string()
@@ -369,9 +368,14 @@ mod tests {
     fn refuses_what_is_beyond_the_limits_or_sums_before_reading_it() {
         let d = tempfile::tempdir().expect("tempdir");
         let big = "z".repeat(5000);
+        let m = manifest(&[]);
         let p = make(
             d.path(),
-            &[("vm-x/run.sh", "#!/bin/bash\n"), ("vm-x/files/l/big", &big)],
+            &[
+                ("vm-x/manifest.json", &m),
+                ("vm-x/run.sh", "#!/bin/bash\n"),
+                ("vm-x/files/l/big", &big),
+            ],
         );
         let small = Limits {
             entry: 4096,

@@ -13,17 +13,19 @@ use std::path::PathBuf;
 
 use crate::archive::{open_bundle, BundleError, BundleInfo};
 use crate::exit::{Exit, HasExit};
-use crate::ledger::{read_ledger, Ledger, LedgerError, LedgerLines};
+use crate::ledger::{read_ledger_with, Ledger, LedgerError, LedgerLines};
 use crate::ssh::connect::WaitOptions;
 use crate::ssh::endpoint::Target;
 use crate::ssh::error::ConnectError;
-use crate::ssh::exec::{quote, As, ExecError, Executor, Input, Request, Sink};
+use crate::ssh::exec::{As, ExecError, Executor, Input, Request, Sink};
 use crate::ssh::master::SshExecutor;
 use crate::target::cloud_init::{
     wait_cloud_init, CloudInitError, CloudInitOptions, CloudInitOutcome,
 };
 use crate::target::state::{load_vm_state, now_rfc3339, save_vm_state, StateError, VmState};
 use crate::ui::progress::{CheckResult, Event, Progress, ProgressLine, RunEvent, Stream};
+use ov_compiler::remote;
+use ov_compiler::render::Engine;
 
 /// Where pushes unpack on the target (not `/tmp`: it may be a small tmpfs, and is cleaned on
 /// boot while a run may still be resumed by hand).
@@ -114,6 +116,8 @@ pub struct PushOptions {
     pub mode: RunMode,
     /// Which checks, when the mode runs them.
     pub test: TestFilter,
+    /// `--templates DIR`: replacements for the target-side scripts of `templates/remote/`.
+    pub templates: Option<PathBuf>,
 }
 
 impl PushOptions {
@@ -131,6 +135,7 @@ impl PushOptions {
             state: None,
             mode: RunMode::Apply,
             test: TestFilter::default(),
+            templates: None,
         }
     }
 }
@@ -236,6 +241,9 @@ pub enum PushError {
     /// Saving the state failed.
     #[error(transparent)]
     State(#[from] StateError),
+    /// A script for the target could not be written (a value no shell string can hold).
+    #[error("cannot write the script to run on the target")]
+    Script(#[from] ov_compiler::render::RenderError),
     /// The probe's answer made no sense.
     #[error("unexpected answer from {target} while probing: {output}")]
     Probe {
@@ -268,6 +276,7 @@ impl HasExit for PushError {
             PushError::Ledger(e) => e.exit(),
             PushError::State(e) => e.exit(),
             PushError::Probe { .. } | PushError::Runtime { .. } => Exit::Other,
+            PushError::Script(_) => Exit::InvalidInput,
         }
     }
 }
@@ -328,9 +337,10 @@ impl DryRun {
         );
         s.push_str(&format!(
             "deploy {} · {} layer(s): {}\n",
-            self.bundle.deploy.as_deref().unwrap_or("?"),
-            self.bundle.layers.len(),
+            self.bundle.manifest.deploy.name,
+            self.bundle.manifest.layers.len(),
             self.bundle
+                .manifest
                 .layers
                 .iter()
                 .map(|l| l.name.as_str())
@@ -370,7 +380,7 @@ pub fn push(
             target.user.as_deref(),
             &bundle,
             opts,
-        ))));
+        )?)));
     }
     let mut exec = SshExecutor::connect(target.clone(), wait, progress)?;
     let result = push_with(&mut exec, &bundle, opts, progress);
@@ -403,24 +413,15 @@ pub struct Probe {
     pub sudo_message: String,
 }
 
-const PROBE_SCRIPT: &str = r#"printf 'user=%s\n' "$(id -un)"
-printf 'uid=%s\n' "$(id -u)"
-if command -v "$1" >/dev/null 2>&1; then echo cloud_init=yes; else echo cloud_init=no; fi
-if [ "$(id -u)" = 0 ]; then echo sudo=ok
-elif m=$(sudo -n true 2>&1 </dev/null); then echo sudo=ok
-else printf 'sudo=no %s\n' "$(printf '%s' "$m" | head -n 1)"; fi
-"#;
-
-fn probe(exec: &mut dyn Executor, cloud_init_program: &str) -> Result<Probe, PushError> {
+fn probe(
+    exec: &mut dyn Executor,
+    engine: &Engine,
+    cloud_init_program: &str,
+) -> Result<Probe, PushError> {
+    let script = remote::render_with(engine, &remote::Probe { cloud_init_program })?;
     let out = exec.exec(
         Request {
-            argv: vec![
-                "sh".into(),
-                "-c".into(),
-                PROBE_SCRIPT.into(),
-                "sh".into(),
-                cloud_init_program.into(),
-            ],
+            argv: vec!["sh".into(), "-c".into(), script],
             who: As::Login,
             stdin: Input::Null,
             capture_stdout: true,
@@ -455,129 +456,35 @@ fn probe(exec: &mut dyn Executor, cloud_init_program: &str) -> Result<Probe, Pus
 
 /// The bootstrap that verifies, extracts and runs the bundle (as root, script on stdin), then
 /// prints the ledger of `ledger_user` (default: the login user, `$SUDO_USER`) on the same
-/// channel when run.sh succeeded, so no further session reads it back.
+/// channel when run.sh succeeded, so no further session reads it back: `remote/bootstrap.sh.j2`.
 pub fn bootstrap_script(
+    engine: &Engine,
     remote_dir: &str,
     bundle: &BundleInfo,
     opts: &PushOptions,
     ledger_user: Option<&str>,
-) -> String {
-    // The archive's digest goes into the deploy record (run.sh cannot see the `.sha256`).
-    let mut args: Vec<String> = vec!["--bundle-sha256".into(), bundle.sha256.clone()];
-    if opts.no_wait_lock {
-        args.push("--no-wait".into());
-    }
-    if opts.force {
-        args.push("--force".into());
-    }
-    if let Some(u) = &opts.user {
-        args.push("--user".into());
-        args.push(u.clone());
-    }
-    // The checks: as the same user, only the progress lines (ov prints its own lines for people).
-    let mut test_args: Vec<String> = vec!["--test".into(), "--events".into()];
-    if let Some(scope) = &opts.test.scope {
-        test_args.push("--scope".into());
-        test_args.push(scope.clone());
-    }
-    if let Some(u) = &opts.user {
-        test_args.push("--user".into());
-        test_args.push(u.clone());
-    }
-    test_args.extend(opts.test.layers.iter().cloned());
-    let words = |v: &[String]| -> String { v.iter().map(|a| format!(" {}", quote(a))).collect() };
-    let (args, test_args) = (words(&args), words(&test_args));
-    let (apply, test) = (opts.mode.applies(), opts.mode.tests_run());
-    format!(
-        r#"# ov push bootstrap: receive the archive (it follows this script on stdin), verify it, unpack
-# it, run it, print the ledger back, clean up. Everything is in `main`, which bash reads whole
-# before running it (bash reads a script on a pipe byte by byte), so `head` reads the archive
-# and nothing else; the last line ends the script.
-{dump}main() {{
-set -u
-dir={dir}
-archive={archive}
-expected={expected}
-size={size}
-top={top}
-keep={keep}
-trap 'exit 129' HUP
-trap 'exit 143' TERM
-# ov's work directory is root's: it and every directory above it belong to root and no other
-# account can write them (checked with one stat), and the bundle's own directory is 0700 with a
-# random name, so no other account can read, swap or plant anything in what runs as root.
-base={base}
-umask 077
-chain=() p=
-IFS=/ read -r -a parts <<<"${{base#/}}"
-for c in "${{parts[@]}}"; do
-  p=$p/$c
-  chain+=("$p")
-  [ -e "$p" ] || [ -L "$p" ] || mkdir -m 0700 -- "$p" || exit 91
-done
-mapfile -t info < <(stat -c '%u %a %F' -- "${{chain[@]}}")
-i=0
-for p in "${{chain[@]}}"; do
-  s=${{info[i]:-missing}}; i=$((i + 1))
-  m=${{s#* }}; m=${{m%% *}}
-  case $s in "0 "*" directory") ;; *) m=777 ;; esac
-  if [ $((8#$m & 8#022)) != 0 ]; then
-    echo "refusing to unpack under $base: $p must be a directory of root's that no other account can write" >&2
-    exit 91
-  fi
-done
-mkdir -m 0700 -- "$dir" || exit 91
-cleanup() {{ if [ "$keep" = 0 ]; then cd / && rm -rf -- "$dir"; fi; }}
-trap cleanup EXIT
-head -c "$size" >"$dir/$archive" || exit 91
-cd -- "$dir" || exit 91
-actual=$(sha256sum -- "$archive" </dev/null) || exit 91
-actual=${{actual%% *}}
-if [ "$actual" != "$expected" ]; then
-  printf '::ov:: upload-check result=mismatch expected=%s actual=%s\n' "$expected" "$actual"
-  exit 90
-fi
-printf '::ov:: upload-check result=ok sha256=%s\n' "$actual"
-# Root's own files, private (0600/0700 through the umask): no owner, mode bit or set-id bit of
-# the archive survives.
-tar -xzf "$archive" --no-same-owner --no-same-permissions </dev/null || {{ echo "cannot extract $archive" >&2; exit 91; }}
-[ -f "$top/run.sh" ] || {{ echo "the bundle has no $top/run.sh" >&2; exit 91; }}
-rc=0
-if [ {apply} = 1 ]; then
-  bash "$dir/$top/run.sh"{args} </dev/null
-  rc=$?
-  # A bundle that failed its integrity check is not kept, whatever --keep says.
-  [ "$rc" != 3 ] || keep=0
-  # The ledger as run.sh left it, on this channel (see ov's runner/ledger.rs).
-  if [ "$rc" = 0 ]; then
-    ledger_user={ledger_user}
-    ov_ledgers={ledgers}
-    ov_ledger_dump "${{ledger_user:-${{SUDO_USER:-$(id -un)}}}}"
-  fi
-fi
-# The layers' own checks, after a successful apply (or alone): they change nothing.
-if [ "$rc" = 0 ] && [ {test} = 1 ]; then
-  bash "$dir/$top/run.sh"{test_args} </dev/null
-  rc=$?
-  [ "$rc" != 3 ] || keep=0
-fi
-exit "$rc"
-}}
-main; exit $?
-"#,
-        dump = crate::ledger::DUMP_FUNCTION,
-        ledger_user = quote(ledger_user.unwrap_or("")),
-        ledgers = quote(crate::ledger::ROOT_LEDGERS),
-        size = bundle.size,
-        dir = quote(remote_dir),
-        base = quote(opts.remote_base.trim_end_matches('/')),
-        archive = quote(&bundle.file_name),
-        expected = quote(&bundle.sha256),
-        top = quote(&bundle.top),
-        keep = if opts.keep { 1 } else { 0 },
-        apply = u8::from(apply),
-        test = u8::from(test),
-    )
+) -> Result<String, PushError> {
+    Ok(remote::render_with(
+        engine,
+        &remote::Bootstrap {
+            dir: remote_dir,
+            base: opts.remote_base.trim_end_matches('/'),
+            archive: &bundle.file_name,
+            expected: &bundle.sha256,
+            size: bundle.size,
+            top: &bundle.top,
+            keep: u8::from(opts.keep),
+            apply: opts.mode.applies(),
+            test: opts.mode.tests_run(),
+            no_wait: opts.no_wait_lock,
+            force: opts.force,
+            user: opts.user.as_deref(),
+            test_scope: opts.test.scope.as_deref(),
+            test_layers: &opts.test.layers,
+            ledger_user: ledger_user.unwrap_or(""),
+            ledgers: crate::ledger::ROOT_LEDGERS,
+        },
+    )?)
 }
 
 fn remote_dir(opts: &PushOptions, bundle: &BundleInfo) -> String {
@@ -590,7 +497,12 @@ fn remote_dir(opts: &PushOptions, bundle: &BundleInfo) -> String {
     )
 }
 
-fn dry_run(target: &str, login: Option<&str>, bundle: &BundleInfo, opts: &PushOptions) -> DryRun {
+fn dry_run(
+    target: &str,
+    login: Option<&str>,
+    bundle: &BundleInfo,
+    opts: &PushOptions,
+) -> Result<DryRun, PushError> {
     let dir = remote_dir(opts, bundle);
     let archive = format!("{dir}/{}", bundle.file_name);
     let sudo = |cmd: &str| {
@@ -626,18 +538,22 @@ fn dry_run(target: &str, login: Option<&str>, bundle: &BundleInfo, opts: &PushOp
             archive, bundle.size, bundle.sha256
         ),
     ));
-    DryRun {
+    Ok(DryRun {
         target: target.to_string(),
         bundle: bundle.clone(),
         bootstrap: bootstrap_script(
+            &Engine::new(opts.templates.as_deref())?,
             &dir,
             bundle,
             opts,
-            opts.user.as_deref().or(bundle.user.as_deref()).or(login),
-        ),
+            opts.user
+                .as_deref()
+                .or(bundle.manifest.deploy.user.as_deref())
+                .or(login),
+        )?,
         remote_dir: dir,
         commands,
-    }
+    })
 }
 
 /// Turns the run's output into progress events and remembers what a failure report needs.
@@ -755,7 +671,8 @@ pub fn push_with(
     let target = exec.describe();
 
     // 1. What is there: login user, cloud-init, sudo.
-    let facts = probe(exec, &opts.cloud_init.program)?;
+    let engine = Engine::new(opts.templates.as_deref())?;
+    let facts = probe(exec, &engine, &opts.cloud_init.program)?;
 
     // 2. cloud-init (it may still be creating users and sudo rules).
     let cloud = wait_cloud_init(exec, &opts.cloud_init, facts.cloud_init, progress)?;
@@ -776,9 +693,9 @@ pub fn push_with(
     let user = opts
         .user
         .clone()
-        .or_else(|| bundle.user.clone())
+        .or_else(|| bundle.manifest.deploy.user.clone())
         .unwrap_or_else(|| facts.user.clone());
-    let script = bootstrap_script(&dir, bundle, opts, Some(&user));
+    let script = bootstrap_script(&engine, &dir, bundle, opts, Some(&user))?;
     let file = std::fs::File::open(&bundle.path).map_err(|source| BundleError::Io {
         path: bundle.path.clone(),
         source,
@@ -877,28 +794,15 @@ pub fn push_with(
     let ledger = match dumped {
         Some(Ok(ledger)) => ledger,
         _ if !opts.mode.applies() => Ledger::default(),
-        _ => read_ledger(exec, &user)?,
+        _ => read_ledger_with(exec, &engine, &user)?,
     };
-    let applied_layers = match &bundle.deploy_id {
-        Some(id) => ledger.applied_layers(id),
-        None => bundle
-            .layers
-            .iter()
-            .filter(|l| {
-                ledger
-                    .layers
-                    .get(&l.name)
-                    .is_some_and(|r| l.digest.is_empty() || r.digest == l.digest)
-            })
-            .map(|l| l.name.clone())
-            .collect(),
-    };
+    let applied_layers = ledger.applied_layers(&bundle.manifest.deploy.id);
 
     Ok(PushReport {
         target,
         remote_dir: dir,
         bundle_sha256: bundle.sha256.clone(),
-        deploy_id: bundle.deploy_id.clone(),
+        deploy_id: Some(bundle.manifest.deploy.id.clone()),
         applied,
         skipped,
         applied_layers,
@@ -945,29 +849,32 @@ pub fn record_state(
 mod tests {
     use super::*;
 
-    #[test]
-    fn bootstrap_is_valid_bash_and_quotes_everything() {
-        let bundle = BundleInfo {
+    /// A bundle archive `file_name` of an empty deploy `vm:x`.
+    fn bundle(file_name: &str) -> BundleInfo {
+        BundleInfo {
             path: "/x/b.tar.gz".into(),
-            file_name: "we'ird name.tar.gz".into(),
+            file_name: file_name.into(),
             sha256: "0".repeat(64),
             size: 1,
             top: "vm-x".into(),
-            manifest: serde_json::Value::Null,
-            deploy: None,
-            deploy_id: None,
-            user: None,
-            layers: vec![],
-        };
+            manifest: crate::archive::test_manifest("vm:x", "abc", "u", &[]),
+        }
+    }
+
+    #[test]
+    fn bootstrap_is_valid_bash_and_quotes_everything() {
+        let bundle = bundle("we'ird name.tar.gz");
         let mut opts = PushOptions::new("/x/b.tar.gz");
         opts.user = Some("a b".into());
         opts.no_wait_lock = true;
         let s = bootstrap_script(
+            &Engine::new(None).expect("the embedded templates compile"),
             "/var/lib/overthink/work/vm-x.123",
             &bundle,
             &opts,
             Some("a b"),
-        );
+        )
+        .expect("renders");
         assert!(s.contains("ledger_user='a b'"), "{s}");
         assert!(s.contains("archive=\"we'ird name.tar.gz\""), "{s}");
         assert!(
@@ -985,11 +892,18 @@ mod tests {
     }
 
     #[test]
-    fn probe_script_is_valid_sh() {
-        let st = std::process::Command::new("sh")
-            .args(["-n", "-c", PROBE_SCRIPT])
-            .status()
-            .expect("sh");
-        assert!(st.success());
+    fn templates_dir_replaces_the_remote_scripts() {
+        let d = tempfile::tempdir().expect("tempdir");
+        std::fs::create_dir(d.path().join("remote")).expect("mkdir");
+        std::fs::write(
+            d.path().join("remote/bootstrap.sh.j2"),
+            "echo replaced {{ archive }}\n",
+        )
+        .expect("write");
+        let bundle = bundle("b c.tar.gz");
+        let mut opts = PushOptions::new("/x/b.tar.gz");
+        opts.templates = Some(d.path().to_path_buf());
+        let plan = dry_run("t", None, &bundle, &opts).expect("renders");
+        assert_eq!(plan.bootstrap, "echo replaced 'b c.tar.gz'\n");
     }
 }

@@ -165,8 +165,13 @@ impl HasExit for TeardownError {
     }
 }
 
-/// Compute the plan from a ledger. `None` when nothing is recorded for the name/id.
-pub fn plan(ledger: &Ledger, user: &str, opts: &TeardownOptions) -> Option<TeardownPlan> {
+/// Compute the plan from a ledger. `None` when nothing is recorded for the name/id; an error when
+/// a deploy id cannot be passed to the target (it holds a NUL byte).
+pub fn plan(
+    ledger: &Ledger,
+    user: &str,
+    opts: &TeardownOptions,
+) -> Result<Option<TeardownPlan>, TeardownError> {
     let ids: Vec<String> = match &opts.deploy_id {
         Some(id) => vec![id.clone()],
         None => ledger
@@ -186,7 +191,7 @@ pub fn plan(ledger: &Ledger, user: &str, opts: &TeardownOptions) -> Option<Teard
         })
         .collect();
     if ids.is_empty() {
-        return None;
+        return Ok(None);
     }
 
     // Layers to visit, in reverse install order: the deploy records' order first (latest
@@ -239,13 +244,13 @@ pub fn plan(ledger: &Ledger, user: &str, opts: &TeardownOptions) -> Option<Teard
     let script = ids
         .iter()
         .map(|id| join(&undo_argv(ledger, user, id, opts.no_wait_lock)))
-        .collect::<Vec<_>>()
+        .collect::<Result<Vec<_>, _>>()?
         .join("\n");
-    Some(TeardownPlan {
+    Ok(Some(TeardownPlan {
         deploy_ids: ids,
         actions,
         script,
-    })
+    }))
 }
 
 /// The command that tears deploy `id` down: the ledger's own `undo.sh`, as root.
@@ -306,7 +311,7 @@ pub fn teardown_with(
         .clone()
         .unwrap_or_else(|| exec.login_user().to_string());
     let ledger = read_ledger(exec, &user)?;
-    let Some(plan) = plan(&ledger, &user, opts) else {
+    let Some(plan) = plan(&ledger, &user, opts)? else {
         progress.event(&Event::Note {
             msg: format!(
                 "no deploy recorded for `{}` on {target} (already torn down?)",
@@ -413,22 +418,25 @@ pub fn teardown(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ledger::parse_framed;
+    use crate::ledger::parse_dump;
 
     fn ledger() -> Ledger {
-        let mut b = Vec::new();
-        b.extend_from_slice(b"home\0/home/u\0dir\0/var/lib/overthink/installed/u\0");
-        b.extend_from_slice(
-            b"deploys/d1.json\0{\"deploy_id\":\"d1\",\"target\":\"vm:x\",\"layers\":[\"a\",\"b\",\"c\"]}\0",
-        );
-        b.extend_from_slice(b"layers/a.json\0{\"layer\":\"a\",\"digest\":\"1\",\"deployed_by\":[\"d1\",\"d2\"],\"steps\":[1]}\0");
-        b.extend_from_slice(
-            b"layers/b.json\0{\"layer\":\"b\",\"digest\":\"2\",\"deployed_by\":[\"d1\"]}\0",
-        );
-        b.extend_from_slice(
-            b"layers/c.json\0{\"layer\":\"c\",\"digest\":\"3\",\"deployed_by\":[\"d1\"]}\0",
-        );
-        parse_framed(&b).expect("ledger")
+        parse_dump(
+            "::ov-ledger:: begin
+::ov-ledger:: home /home/u
+::ov-ledger:: dir /var/lib/overthink/installed/u
+::ov-ledger:: file deploys/d1.json
+::ov-ledger:: l {\"deploy_id\":\"d1\",\"target\":\"vm:x\",\"layers\":[\"a\",\"b\",\"c\"]}
+::ov-ledger:: file layers/a.json
+::ov-ledger:: l {\"layer\":\"a\",\"digest\":\"1\",\"deployed_by\":[\"d1\",\"d2\"],\"steps\":[1]}
+::ov-ledger:: file layers/b.json
+::ov-ledger:: l {\"layer\":\"b\",\"digest\":\"2\",\"deployed_by\":[\"d1\"]}
+::ov-ledger:: file layers/c.json
+::ov-ledger:: l {\"layer\":\"c\",\"digest\":\"3\",\"deployed_by\":[\"d1\"]}
+::ov-ledger:: end
+",
+        )
+        .expect("ledger")
     }
 
     #[test]
@@ -437,7 +445,9 @@ mod tests {
             name: "vm:x".into(),
             ..Default::default()
         };
-        let p = plan(&ledger(), "u", &opts).expect("plan");
+        let p = plan(&ledger(), "u", &opts)
+            .expect("quotable")
+            .expect("plan");
         assert_eq!(p.deploy_ids, vec!["d1".to_string()]);
         assert_eq!(
             p.actions,
@@ -463,6 +473,6 @@ mod tests {
             name: "vm:other".into(),
             ..Default::default()
         };
-        assert_eq!(plan(&ledger(), "u", &opts), None);
+        assert_eq!(plan(&ledger(), "u", &opts).expect("quotable"), None);
     }
 }

@@ -4,7 +4,8 @@
 //!
 //! Pipeline: [`project`] (+ [`layer_parse`], [`yaml`]) → [`resolve`] → [`deploy`] → [`lower`] →
 //! [`plan::InstallPlan`] → [`render`] (+ [`shell`], templates) → [`bundle`] (+ [`manifest`]);
-//! [`bundle_read`] streams a finished bundle back, within limits, for `ov verify` and `ov inspect`.
+//! [`bundle_read`] streams a finished bundle back, within limits, for `ov verify` and `ov inspect`;
+//! [`remote`] renders the runner's target-side scripts (probe, push bootstrap, ledger read).
 
 pub mod bundle;
 pub mod bundle_read;
@@ -18,6 +19,7 @@ pub mod manifest;
 pub mod par;
 pub mod plan;
 pub mod project;
+pub mod remote;
 pub mod render;
 pub mod resolve;
 pub mod shell;

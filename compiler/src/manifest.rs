@@ -436,8 +436,9 @@ pub struct Inspection {
     pub manifest: Manifest,
     /// Every file's path relative to the top directory, in archive order.
     pub paths: Vec<String>,
-    /// The files read into memory (path relative to the top directory → bytes): `manifest.json`
-    /// and the file passed to [`inspect`], if the bundle has it.
+    /// The files read into memory (path relative to the top directory → bytes): `manifest.json`,
+    /// the file passed to [`inspect`] if the bundle has it, and `SHA256SUMS` when it bounded the
+    /// read ([`ReadOptions::bound_by_sums`]).
     pub files: BTreeMap<String, Vec<u8>>,
 }
 
@@ -477,15 +478,46 @@ pub fn inspect_with(
     file: Option<&str>,
     limits: &Limits,
 ) -> Result<Inspection, InspectError> {
+    read_bundle(
+        archive,
+        &ReadOptions {
+            limits: *limits,
+            file,
+            bound_by_sums: false,
+        },
+    )
+}
+
+/// How [`read_bundle`] reads an archive.
+#[derive(Debug, Clone, Copy)]
+pub struct ReadOptions<'a> {
+    /// How much the archive may hold.
+    pub limits: Limits,
+    /// One more file to keep in memory besides `manifest.json` (path inside the bundle).
+    pub file: Option<&'a str>,
+    /// Refuse, before reading it, an entry `SHA256SUMS` (read first) does not list or lists with
+    /// another size: what `ov push` needs, since it sends the archive on to a target.
+    pub bound_by_sums: bool,
+}
+
+/// The one typed reader of a bundle archive, for `ov inspect`, `ov verify` and `ov push`: streams
+/// it within `opts.limits` (one top directory of plain directories and regular files, no links),
+/// keeps `manifest.json` and `opts.file`, and parses the manifest into [`Manifest`], refusing a
+/// newer format. No digest is checked here: [`verify_archive`] does that.
+pub fn read_bundle(archive: impl Read, opts: &ReadOptions<'_>) -> Result<Inspection, InspectError> {
+    let file = opts.file;
+    // `SHA256SUMS` bounds what follows it only when it is kept.
     let keep = |top: &str, rel: &str| {
-        rel == "manifest.json" || file.is_some_and(|f| below_top(f, top) == rel)
+        rel == "manifest.json"
+            || (opts.bound_by_sums && rel == "SHA256SUMS")
+            || file.is_some_and(|f| below_top(f, top) == rel)
     };
     let contents = scan(
         archive,
         &ScanOptions {
-            limits: *limits,
+            limits: opts.limits,
             hash: false,
-            bound_by_sums: false,
+            bound_by_sums: opts.bound_by_sums,
             keep: &keep,
         },
     )

@@ -171,9 +171,11 @@ impl Object for ShellFragment {
 }
 
 /// The template engine: embedded templates (optionally overridden from a directory), strict
-/// undefined variables, and a formatter that shell-quotes every interpolated value.
+/// undefined variables, and a formatter that shell-quotes every interpolated value. Files of
+/// `templates/` without the `.j2` suffix are not templates: they are kept verbatim ([`Engine::text`]).
 pub struct Engine {
     env: Environment<'static>,
+    texts: BTreeMap<String, String>,
     overridden: Vec<(String, String)>,
 }
 
@@ -282,14 +284,37 @@ impl Engine {
                 fragment(shell::runtime_word(&s, false))
             },
         );
+        let mut texts = BTreeMap::new();
         for (name, text) in sources {
+            if !name.ends_with(".j2") {
+                texts.insert(name, text);
+                continue;
+            }
             env.add_template_owned(name.clone(), text)
                 .map_err(|source| RenderError::Template {
                     template: name,
                     source,
                 })?;
         }
-        Ok(Engine { env, overridden })
+        Ok(Engine {
+            env,
+            texts,
+            overridden,
+        })
+    }
+
+    /// The verbatim file `name` of `templates/` (one without the `.j2` suffix).
+    pub fn text(&self, name: &str) -> Result<&str, RenderError> {
+        self.texts
+            .get(name)
+            .map(String::as_str)
+            .ok_or_else(|| RenderError::Template {
+                template: name.to_string(),
+                source: minijinja::Error::new(
+                    minijinja::ErrorKind::TemplateNotFound,
+                    "no such file in templates/",
+                ),
+            })
     }
 
     /// Render template `name` with `ctx`.
@@ -360,7 +385,7 @@ const T_HEADER: &str = "steps/header.sh.j2";
 const T_STEP: &str = "steps/step.sh.j2";
 const T_SKIPPED: &str = "steps/skipped.sh.j2";
 const T_UNDO: &str = "steps/undo.sh.j2";
-const T_LIB: &str = "lib/steps.sh.j2";
+const T_LIB: &str = "lib/steps.sh";
 
 /// Render every layer of `plan` into scripts, undo scripts and a payload list.
 ///
@@ -373,7 +398,7 @@ pub fn render(
     project_root: &Path,
     engine: &Engine,
 ) -> Result<Rendered, RenderError> {
-    let step_lib = engine.render(T_LIB, &context! {})?;
+    let step_lib = engine.text(T_LIB)?.to_string();
     let layers = crate::par::map(&plan.layers, |lp| {
         LayerRenderer::new(plan, lp, project_root, engine)?.render()
     })

@@ -1,5 +1,6 @@
 //! Stage `render` (templates): the shell templates embedded in the binary, by relative name under
-//! `templates/`; a test in `render` checks this list equals the directory, byte for byte.
+//! `templates/`; a test in `render` checks this list equals the directory, byte for byte. Names
+//! ending in `.j2` are templates; the others are shell kept verbatim.
 
 /// (name, source) of every embedded template, sorted by name.
 pub const EMBEDDED: &[(&str, &str)] = &[
@@ -31,9 +32,26 @@ pub const EMBEDDED: &[(&str, &str)] = &[
         "bundle/verify.sh.j2",
         include_str!("../../templates/bundle/verify.sh.j2"),
     ),
+    ("lib/steps.sh", include_str!("../../templates/lib/steps.sh")),
     (
-        "lib/steps.sh.j2",
-        include_str!("../../templates/lib/steps.sh.j2"),
+        "remote/bootstrap.sh.j2",
+        include_str!("../../templates/remote/bootstrap.sh.j2"),
+    ),
+    (
+        "remote/ledger-read.sh.j2",
+        include_str!("../../templates/remote/ledger-read.sh.j2"),
+    ),
+    (
+        "remote/ledger.sh.j2",
+        include_str!("../../templates/remote/ledger.sh.j2"),
+    ),
+    (
+        "remote/probe.sh.j2",
+        include_str!("../../templates/remote/probe.sh.j2"),
+    ),
+    (
+        "remote/root-chain.sh.j2",
+        include_str!("../../templates/remote/root-chain.sh.j2"),
     ),
     (
         "steps/builder-aur.sh.j2",

@@ -20,7 +20,8 @@ pub struct PushRequest {
     /// What to send, and where.
     pub delivery: Delivery,
     /// The flags of the push. What the deploy decides is filled in by [`run`]: `bundle` (the
-    /// compiled or given archive) and, when unset, `user` (the deploy's account).
+    /// compiled or given archive), `templates` (as for the compile) and, when unset, `user` (the
+    /// deploy's account).
     pub options: PushOptions,
 }
 
@@ -32,6 +33,7 @@ pub fn run(req: &PushRequest) -> Result<(), CommandError> {
         options: PushOptions {
             bundle,
             user: req.options.user.clone().or(target.user),
+            templates: req.delivery.build.templates.clone(),
             ..req.options.clone()
         },
     })

@@ -34,6 +34,7 @@ pub fn run(req: &TestRequest) -> Result<(), CommandError> {
             user: req.user.clone().or(target.user),
             mode: RunMode::Test,
             test: req.filter.clone(),
+            templates: req.delivery.build.templates.clone(),
             ..PushOptions::new(bundle)
         },
     })

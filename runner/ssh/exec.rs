@@ -1,7 +1,8 @@
 //! Stage `runner`, executors: the one primitive every remote action is built from — run an argv
 //! as the login user, root or another account, feed stdin, stream stdout/stderr line by line.
-//! Invariant: every argument reaches the remote shell quoted (`shlex`); a sudo that wants a
-//! password is reported as such, never as a generic failure.
+//! Invariant: every argument reaches the remote shell quoted by `ov_compiler::shell::quote` (one
+//! holding a NUL byte is refused); a sudo that wants a password is reported as such, never as a
+//! generic failure.
 //!
 //! Two implementations: [`LocalExecutor`] (the `host` target and tests) here, and the SSH one in
 //! `master.rs`. Both are synchronous outside and drive tokio inside ([`drive`]).
@@ -77,17 +78,6 @@ impl<'a> Request<'a> {
             stdin: Input::Null,
             capture_stdout: false,
         }
-    }
-
-    /// `sh -c SCRIPT` as `who` (a short command line built with [`quote`]).
-    pub fn shell(script: &str, who: As) -> Request<'a> {
-        Request::new(&["sh", "-c", script], who)
-    }
-
-    /// `sh -c SCRIPT sh ARG` as `who`: the script reads its one argument as `$1`, so the
-    /// argument is never part of the script's text.
-    pub fn shell_with_arg(script: &str, arg: &str, who: As) -> Request<'a> {
-        Request::new(&["sh", "-c", script, "sh", arg], who)
     }
 }
 
@@ -184,6 +174,9 @@ pub enum ExecError {
         /// Target description.
         target: String,
     },
+    /// An argument cannot be passed to the target.
+    #[error("cannot pass an argument to the target")]
+    Argument(#[from] ov_compiler::shell::QuoteError),
     /// Reconnecting after a dropped connection failed.
     #[error("reconnecting failed")]
     Reconnect(#[source] Box<crate::ssh::error::ConnectError>),
@@ -197,6 +190,7 @@ impl HasExit for ExecError {
             }
             ExecError::Closed { .. } => Exit::CannotConnect,
             ExecError::Reconnect(e) => e.exit(),
+            ExecError::Argument(_) => Exit::InvalidInput,
             _ => Exit::Other,
         }
     }
@@ -262,38 +256,6 @@ pub trait Executor {
         )
     }
 
-    /// Copy a byte stream into `path` on the target (parent directories are created with mode
-    /// 0700, the file with 0600), as `who`.
-    fn copy_to(
-        &mut self,
-        reader: &mut dyn Read,
-        len: u64,
-        path: &str,
-        who: As,
-        sink: &mut dyn Sink,
-    ) -> Result<(), ExecError> {
-        let script = "umask 077 && mkdir -p -- \"$(dirname -- \"$1\")\" && cat > \"$1\"";
-        let what = format!("copy to {path}");
-        let mut req = Request::shell_with_arg(script, path, who);
-        req.stdin = Input::Reader { reader, len };
-        let out = self.exec(req, sink)?;
-        self.check(&what, &out)
-    }
-
-    /// Read a file; `Ok(None)` when it does not exist.
-    fn read_file(&mut self, path: &str, who: As) -> Result<Option<Vec<u8>>, ExecError> {
-        // 44: a status `cat` itself never uses, so "absent" cannot be confused with a failure.
-        let script = "[ -e \"$1\" ] || exit 44; exec cat -- \"$1\"";
-        let mut req = Request::shell_with_arg(script, path, who);
-        req.capture_stdout = true;
-        let out = self.exec(req, &mut NullSink)?;
-        if out.status == Some(44) {
-            return Ok(None);
-        }
-        self.check(&format!("read {path}"), &out)?;
-        Ok(Some(out.stdout))
-    }
-
     /// `Ok` when `out` succeeded, else [`ExecError::Failed`].
     fn check(&self, what: &str, out: &Output) -> Result<(), ExecError> {
         if out.success() {
@@ -309,21 +271,21 @@ pub trait Executor {
     }
 }
 
-/// Quote one word for a POSIX shell.
-pub fn quote(word: &str) -> String {
-    // shlex refuses only NUL bytes, which cannot be passed through a command line anyway;
-    // replace them so the result is still one (different, visibly wrong) word.
-    match shlex::try_quote(word) {
-        Ok(q) => q.into_owned(),
-        Err(_) => shlex::try_quote(&word.replace('\0', "\u{fffd}"))
-            .map(|q| q.into_owned())
-            .unwrap_or_else(|_| "''".to_string()),
-    }
+/// Quote and join an argv into one command line, each word by the compiler's one quoting
+/// function; an argument holding a NUL byte (which no command line can carry) is an error, not a
+/// different argument.
+pub fn join(argv: &[String]) -> Result<String, ExecError> {
+    let words = argv
+        .iter()
+        .map(|a| ov_compiler::shell::quote(a))
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(words.join(" "))
 }
 
-/// Quote and join an argv into one command line.
-pub fn join(argv: &[String]) -> String {
-    argv.iter().map(|a| quote(a)).collect::<Vec<_>>().join(" ")
+/// `word` as a shell word in a command shown to a person (a fix to type); a word with a NUL byte,
+/// which no path or host name holds, is shown escaped instead.
+pub fn shown(word: &str) -> String {
+    ov_compiler::shell::quote(word).unwrap_or_else(|_| format!("{word:?}"))
 }
 
 /// The argv that runs `argv` as `who`, given the login account.
@@ -544,7 +506,7 @@ impl Executor for LocalExecutor {
 
     fn exec(&mut self, req: Request<'_>, sink: &mut dyn Sink) -> Result<Output, ExecError> {
         let argv = wrap_argv(&req.argv, &req.who, &self.user, self.is_root);
-        let what = join(&req.argv);
+        let what = join(&req.argv)?;
         let Some((program, args)) = argv.split_first() else {
             return Err(ExecError::Spawn {
                 program: String::new(),
@@ -614,7 +576,10 @@ mod tests {
                     argv: vec![
                         "sh".into(),
                         "-c".into(),
-                        format!("printf %s {}", quote(nasty)),
+                        format!(
+                            "printf %s {}",
+                            join(&[nasty.to_string()]).expect("quotable")
+                        ),
                     ],
                     who: As::Login,
                     stdin: Input::Null,
@@ -624,6 +589,12 @@ mod tests {
             )
             .expect("exec");
         assert_eq!(String::from_utf8_lossy(&out.stdout), nasty);
+        // A NUL byte cannot be passed: refused, not mangled into another argument.
+        let e = ex
+            .exec(Request::new(&["printf", "a\0b"], As::Login), &mut NullSink)
+            .expect_err("NUL");
+        assert!(matches!(e, ExecError::Argument(_)), "{e}");
+        assert_eq!(e.exit(), Exit::InvalidInput);
     }
 
     #[test]
@@ -660,30 +631,6 @@ mod tests {
         assert!(lines.0.contains(&(Stream::Stdout, "out1".into())));
         assert!(lines.0.contains(&(Stream::Stdout, "no-newline".into())));
         assert_eq!(out.stderr, vec!["err1".to_string()]);
-    }
-
-    #[test]
-    fn copy_and_read_back() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let path = dir.path().join("sub/dir/file.bin");
-        let data: Vec<u8> = (0..700_000u32).map(|i| (i % 251) as u8).collect();
-        let mut ex = LocalExecutor::new().expect("runtime");
-        ex.copy_to(
-            &mut &data[..],
-            data.len() as u64,
-            &path.to_string_lossy(),
-            As::Login,
-            &mut NullSink,
-        )
-        .expect("copy");
-        let back = ex
-            .read_file(&path.to_string_lossy(), As::Login)
-            .expect("read");
-        assert_eq!(back.as_deref(), Some(&data[..]));
-        let missing = ex
-            .read_file(&dir.path().join("nope").to_string_lossy(), As::Login)
-            .expect("read missing");
-        assert_eq!(missing, None);
     }
 
     #[test]

@@ -108,8 +108,8 @@ impl Executor for SshExecutor {
     fn exec(&mut self, req: Request<'_>, sink: &mut dyn Sink) -> Result<Output, ExecError> {
         let argv = wrap_argv(&req.argv, &req.who, self.login_user(), self.login_is_root());
         let needs_sudo = argv.first().map(|p| p == "sudo").unwrap_or(false);
-        let cmdline = join(&argv);
-        let what = join(&req.argv);
+        let cmdline = join(&argv)?;
+        let what = join(&req.argv)?;
         let target = self.describe();
         let user = self.login_user().to_string();
         let Some(session) = self.session.as_ref() else {

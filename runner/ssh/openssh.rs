@@ -4,7 +4,7 @@
 //! Invariant: authentication, key-permission and host-key failures are never retried.
 
 use crate::ssh::error::ConnectError;
-use crate::ssh::exec::quote;
+use crate::ssh::exec::shown as quote;
 
 /// What an OpenSSH connection failure means for us.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -96,7 +96,7 @@ pub enum TargetError {
     MissingKey { path: PathBuf, hint: String },
     /// The key file can be read by others: OpenSSH would ignore it and the server would refuse
     /// us with only "Permission denied (publickey)".
-    #[error("ssh key `{path}` has mode {mode:04o}, so others may read it; OpenSSH ignores such a private key — make it private with `chmod 600 {quoted}`", quoted = crate::ssh::exec::quote(&path.to_string_lossy()))]
+    #[error("ssh key `{path}` has mode {mode:04o}, so others may read it; OpenSSH ignores such a private key — make it private with `chmod 600 {quoted}`", quoted = crate::ssh::exec::shown(&path.to_string_lossy()))]
     KeyPermissions { path: PathBuf, mode: u32 },
     /// The per-VM directory could not be created.
     #[error("cannot create `{path}`")]

@@ -693,7 +693,7 @@ fn master_is_closed_after_errors() {
     assert!(socket.as_os_str().len() < 108, "{}", socket.display());
     let out = exec
         .exec(
-            Request::shell("echo no >&2; exit 9", As::Login),
+            Request::new(&["sh", "-c", "echo no >&2; exit 9"], As::Login),
             &mut NullSink,
         )
         .expect("runs");

@@ -241,13 +241,34 @@ pub fn build(dir: &Path, deploy: &str, deploy_id: &str, user: &str, layers: &[La
     files.push(("run.sh".into(), run.into_bytes(), 0o755));
     files.push(("lib.sh".into(), LIB_SH.as_bytes().to_vec(), 0o644));
     files.push(("undo.sh".into(), UNDO_SH.as_bytes().to_vec(), 0o755));
+    // The manifest as `ov compile` writes it: `ov` reads no other shape.
     let manifest = serde_json::json!({
-        "format": 1,
-        "deploy": deploy,
-        "deploy_id": deploy_id,
-        "target": deploy,
-        "user": user,
-        "layers": digests.iter().map(|(n, d)| serde_json::json!({"name": n, "digest": d})).collect::<Vec<_>>(),
+        "format_version": ov_compiler::manifest::BUNDLE_FORMAT,
+        "ov_version": "test",
+        "deploy": {
+            "name": deploy,
+            "id": deploy_id,
+            "target": deploy,
+            "distro": ["debian"],
+            "package_formats": ["deb"],
+            "user": user,
+            "requested": [],
+        },
+        "gates": {"allow_repo_changes": false, "allow_root_tasks": false, "with_services": false},
+        "layers": digests.iter().enumerate().map(|(i, (n, d))| serde_json::json!({
+            "name": n,
+            "version": null,
+            "source": format!("layers/{n}"),
+            "dir": format!("layers/{:02}-{n}", i + 1),
+            "digest": d,
+            "scripts": [],
+            "undo": format!("layers/{:02}-{n}/undo.sh", i + 1),
+            "payload": [],
+            "skipped": [],
+            "reverse_ops": [],
+        })).collect::<Vec<_>>(),
+        "overridden_templates": [],
+        "mtime": 0,
     });
     files.push((
         "manifest.json".into(),

@@ -1,0 +1,98 @@
+//! Stage `render` (target-side scripts of the runner): the shell `ov` runs on a target outside a
+//! bundle — the push probe and bootstrap, the ledger read — rendered from `templates/remote/` by
+//! the same engine as the bundle, so every value is quoted by its formatter and a missing one is
+//! an error. Invariant: the runner keeps no shell text; it fills one of the plain context structs
+//! below and gets the script back.
+
+use serde::Serialize;
+
+use crate::render::{Engine, RenderError};
+
+/// A script of `templates/remote/`: its context, and the template it fills.
+pub trait RemoteScript: Serialize {
+    /// Template name, relative to `templates/`.
+    const TEMPLATE: &'static str;
+}
+
+/// `remote/probe.sh.j2`: what the target is (login user, uid, cloud-init, passwordless sudo), one
+/// `key=value` line per fact; run as the login user with `sh -c`.
+#[derive(Debug, Clone, Serialize)]
+pub struct Probe<'a> {
+    /// The cloud-init program whose presence is reported (`cloud-init`, or a test's stand-in).
+    pub cloud_init_program: &'a str,
+}
+
+/// `remote/bootstrap.sh.j2`: piped to `sudo -n bash -s` with the archive right after it; checks
+/// the work directory is root's alone, stores the archive, verifies its digest, unpacks it, runs
+/// `run.sh` (and/or `run.sh --test`) and prints the ledger back on the same channel.
+#[derive(Debug, Clone, Serialize)]
+pub struct Bootstrap<'a> {
+    /// The fresh work directory for this push (below `base`).
+    pub dir: &'a str,
+    /// The directory ov unpacks under; it and every directory above it must be root's alone.
+    pub base: &'a str,
+    /// The archive's file name.
+    pub archive: &'a str,
+    /// The archive's sha256 (hex), checked on arrival and recorded by `run.sh`.
+    pub expected: &'a str,
+    /// The archive's size in bytes: exactly what is read from stdin after the script.
+    pub size: u64,
+    /// The bundle's top directory (it holds `run.sh`).
+    pub top: &'a str,
+    /// `1`: leave the work directory in place; `0`: remove it.
+    pub keep: u8,
+    /// Apply the bundle (`run.sh`).
+    pub apply: bool,
+    /// Run the layers' checks (`run.sh --test --events`) after a successful apply, or alone.
+    pub test: bool,
+    /// `--no-wait` for `run.sh`: refuse instead of waiting for the ledger lock.
+    pub no_wait: bool,
+    /// `--force` for `run.sh`: re-run layers already applied.
+    pub force: bool,
+    /// `--user` for `run.sh`, when given.
+    pub user: Option<&'a str>,
+    /// `--scope` for `run.sh --test`, when given.
+    pub test_scope: Option<&'a str>,
+    /// Layers whose checks run (empty: all).
+    pub test_layers: &'a [String],
+    /// Whose ledger is printed after the run (empty: `$SUDO_USER`, else root).
+    pub ledger_user: &'a str,
+    /// Where root keeps the ledgers (one directory per account).
+    pub ledgers: &'a str,
+}
+
+/// `remote/ledger-read.sh.j2`: print root's ledger of `user` as `::ov-ledger::` lines (the same
+/// lines the bootstrap prints after a run); run as root with `bash -s`. Exit 3: no such
+/// account; 4: a directory on the way is not root's alone.
+#[derive(Debug, Clone, Serialize)]
+pub struct LedgerRead<'a> {
+    /// The account whose ledger is read.
+    pub user: &'a str,
+    /// Where root keeps the ledgers (one directory per account).
+    pub ledgers: &'a str,
+}
+
+/// Each context struct and the template it fills.
+macro_rules! remote_scripts {
+    ($($script:ident => $template:literal,)*) => {
+        $(impl RemoteScript for $script<'_> {
+            const TEMPLATE: &'static str = $template;
+        })*
+    };
+}
+
+remote_scripts! {
+    Probe => "remote/probe.sh.j2",
+    Bootstrap => "remote/bootstrap.sh.j2",
+    LedgerRead => "remote/ledger-read.sh.j2",
+}
+
+/// Render `script` from the embedded templates.
+pub fn render<S: RemoteScript>(script: &S) -> Result<String, RenderError> {
+    render_with(&Engine::new(None)?, script)
+}
+
+/// Render `script` with `engine` (whose templates a `--templates DIR` may have replaced).
+pub fn render_with<S: RemoteScript>(engine: &Engine, script: &S) -> Result<String, RenderError> {
+    engine.render(S::TEMPLATE, script)
+}

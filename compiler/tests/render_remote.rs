@@ -1,0 +1,139 @@
+//! Stage `render` (target-side scripts of the runner): every template of `templates/remote/`,
+//! rendered with awkward values, passes `bash -n` and ShellCheck like the bundle's scripts, holds
+//! every value as one quoted word, and refuses a value no shell string can hold.
+
+mod render_support;
+
+use ov_compiler::remote::{render, Bootstrap, LedgerRead, Probe};
+use render_support::*;
+
+const ODD: &str = "we'ird $(touch /tmp/ov-pwn) `x` name";
+
+fn bootstrap<'a>(user: Option<&'a str>, layers: &'a [String], apply: bool) -> Bootstrap<'a> {
+    Bootstrap {
+        dir: "/var/lib/overthink/work/vm-x.0123456789ab",
+        base: "/var/lib/overthink/work",
+        archive: ODD,
+        expected: "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef",
+        size: 1234,
+        top: "vm-x",
+        keep: 0,
+        apply,
+        test: !apply || user.is_some(),
+        no_wait: true,
+        force: true,
+        user,
+        test_scope: user.map(|_| "deploy"),
+        test_layers: layers,
+        ledger_user: user.unwrap_or(""),
+        ledgers: "/var/lib/overthink/installed",
+    }
+}
+
+/// Every remote script as (template name, text), in each of its shapes.
+fn all_remote_scripts() -> Vec<(String, String)> {
+    let layers = vec![ODD.to_string(), "b".to_string()];
+    let mut out = vec![
+        (
+            "remote/probe.sh.j2".to_string(),
+            render(&Probe {
+                cloud_init_program: ODD,
+            })
+            .expect("probe renders"),
+        ),
+        (
+            "remote/ledger-read.sh.j2".to_string(),
+            render(&LedgerRead {
+                user: ODD,
+                ledgers: "/var/lib/overthink/installed",
+            })
+            .expect("ledger read renders"),
+        ),
+    ];
+    for (i, b) in [
+        bootstrap(Some(ODD), &layers, true),
+        bootstrap(None, &[], true),
+        bootstrap(None, &layers, false),
+    ]
+    .iter()
+    .enumerate()
+    {
+        out.push((
+            format!("remote/bootstrap.sh.j2#{i}"),
+            render(b).expect("bootstrap renders"),
+        ));
+    }
+    out
+}
+
+#[test]
+fn remote_scripts_pass_bash_n_and_shellcheck() {
+    let bash = have_tool("bash", &["--version"]);
+    let sc = have_tool("shellcheck", &["--version"]);
+    let mut failures = Vec::new();
+    for (name, text) in all_remote_scripts() {
+        if bash {
+            failures.extend(bash_n(&name, &text).err());
+        }
+        if sc {
+            failures.extend(shellcheck(&name, &text).err());
+        }
+    }
+    // The probe runs under `sh -c`: it must be POSIX sh too.
+    let probe = &all_remote_scripts()[0].1;
+    let st = std::process::Command::new("sh")
+        .args(["-n", "-c", probe])
+        .status()
+        .expect("sh");
+    assert!(st.success(), "sh -n rejects the probe:\n{probe}");
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+#[test]
+fn every_value_is_one_quoted_word() {
+    let quoted = ov_compiler::shell::quote(ODD).expect("quotable");
+    for (name, text) in all_remote_scripts() {
+        assert!(
+            !text.contains(&format!(" {ODD}")) && !text.contains(&format!("={ODD}")),
+            "{name}: a value reached the script unquoted:\n{text}"
+        );
+        if !name.ends_with("#1") {
+            assert!(text.contains(&quoted), "{name}:\n{text}");
+        }
+    }
+    let layers = vec!["b".to_string()];
+    let b = render(&bootstrap(Some("a b"), &layers, true)).expect("renders");
+    for want in [
+        "run.sh\" --bundle-sha256 0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef --no-wait --force --user 'a b' </dev/null",
+        "run.sh\" --test --events --scope deploy --user 'a b' b </dev/null",
+        "\nsize=1234\n",
+        "  ledger_user='a b'\n",
+    ] {
+        assert!(b.contains(want), "want `{want}` in\n{b}");
+    }
+
+    // The probe, run: the program name is data, never code.
+    let probe = render(&Probe {
+        cloud_init_program: "$(echo pwned)",
+    })
+    .expect("renders");
+    let out = std::process::Command::new("sh")
+        .args(["-c", &probe])
+        .output()
+        .expect("sh");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("\ncloud_init=no\n"), "{text}");
+    assert!(!text.contains("pwned"), "{text}");
+}
+
+#[test]
+fn a_value_with_a_nul_byte_is_refused_with_a_clear_error() {
+    let e = render(&LedgerRead {
+        user: "a\0b",
+        ledgers: "/var/lib/overthink/installed",
+    })
+    .expect_err("NUL");
+    let chain = error_chain(&e);
+    assert!(chain.contains("remote/ledger-read.sh.j2"), "{chain}");
+    assert!(chain.contains("NUL byte"), "{chain}");
+}
