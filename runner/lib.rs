@@ -2,24 +2,22 @@
 //! compiler lives in the `ov-compiler` crate; this crate converts command-line arguments into
 //! plain option structs first, then calls one command function per subcommand.
 //!
-//! Rooms, each depending only on the ones after it (no cycles):
-//! [`cli`] → [`commands`] → [`push`], [`teardown`], [`ledger`], [`archive`] → [`target`] →
-//! [`ssh`] → [`ui`] → [`exit`].
+//! Rooms, each depending only on the ones after it (no cycles, checked by a test):
+//! [`cli`] → [`commands`] → [`apply`] (push, teardown) → [`target`] (deploy, reach, state,
+//! ledger, cloud-init) → [`bundle`] (the local archive) → [`ssh`] → [`ui`] → [`exit`].
 //!
 //! Flow of `ov push`: [`cli`] → [`commands::push`] (the project resolved once by
-//! [`commands::project`], the deploy typed by [`target::deploy`]) → [`push::push`]
-//! ([`archive::open_bundle`] → [`ssh::master::SshExecutor::connect`] (retrying in
-//! [`ssh::connect`]) → [`target::cloud_init`] → [`push::push_with`] → [`ledger`] →
-//! [`target::state`]); a failure is one [`commands::CommandError`], printed by [`ui::error`],
+//! [`commands::project`], the deploy typed by [`target::deploy`]) → [`apply::push::push`]
+//! ([`bundle::open_bundle`] → [`ssh::master::SshExecutor::connect`] (retrying in
+//! [`ssh::connect`]) → [`target::cloud_init`] → [`apply::push::push_with`] → [`target::ledger`]
+//! → [`target::state`]); a failure is one [`commands::CommandError`], printed by [`ui::error`],
 //! whose exit status is [`exit::Exit`].
 
-pub mod archive;
+pub mod apply;
+pub mod bundle;
 pub mod cli;
 pub mod commands;
 pub mod exit;
-pub mod ledger;
-pub mod push;
 pub mod ssh;
 pub mod target;
-pub mod teardown;
 pub mod ui;

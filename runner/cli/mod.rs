@@ -12,6 +12,8 @@ use std::time::Duration;
 
 use clap::{CommandFactory, Parser};
 
+use crate::apply::push::{PushOptions, RunMode, TestFilter};
+use crate::apply::teardown::TeardownOptions;
 use crate::commands::compile::{CompileOptions, Output};
 use crate::commands::deploy_del::DelRequest;
 use crate::commands::inspect::InspectOptions;
@@ -23,11 +25,9 @@ use crate::commands::test::TestRequest;
 use crate::commands::verify::VerifyOptions;
 use crate::commands::{self, CommandError, Connection, Delivery};
 use crate::exit::{Exit, HasExit};
-use crate::push::{PushOptions, RunMode, TestFilter};
 use crate::target::cloud_init::CloudInitOptions;
 use crate::target::deploy::DeployArg;
 use crate::target::resolve::ConnectOptions;
-use crate::teardown::TeardownOptions;
 use args::{BuildArgs, Cli, Command, ConnectArgs, DeliveryArgs, DeployArgs, DeployCommand};
 
 /// Parse the process arguments, run, and turn the outcome into an exit status.

@@ -4,11 +4,13 @@
 
 use serde_json::json;
 
+use crate::apply::teardown::{
+    teardown, teardown_with, LayerAction, TeardownOptions, TeardownReport,
+};
 use crate::commands::project::{resolve, Selection};
 use crate::commands::{
     connect_parts, local, with_display, CommandError, Connection, Destination, OnTarget,
 };
-use crate::teardown::{teardown, teardown_with, LayerAction, TeardownOptions, TeardownReport};
 use crate::ui::progress::Display;
 
 /// Plain options of `ov deploy del`.

@@ -6,14 +6,14 @@
 
 use std::path::PathBuf;
 
-use crate::archive::BundleError as ArchiveError;
+use crate::apply::push::PushError;
+use crate::apply::teardown::TeardownError;
+use crate::bundle::BundleError as ArchiveError;
 use crate::exit::{Exit, HasExit};
-use crate::ledger::LedgerError;
-use crate::push::PushError;
 use crate::ssh::exec::ExecError;
+use crate::target::ledger::LedgerError;
 use crate::target::resolve::TargetError;
 use crate::target::state::StateError;
-use crate::teardown::TeardownError;
 
 /// Why a subcommand failed.
 #[derive(Debug, thiserror::Error)]

@@ -23,8 +23,8 @@ use std::time::Duration;
 
 pub use error::CommandError;
 
+use crate::apply::push::StateTarget;
 use crate::commands::project::{bundle_and_target, BuildOptions, Selection};
-use crate::push::StateTarget;
 use crate::ssh::connect::WaitOptions;
 use crate::ssh::endpoint::Target;
 use crate::ssh::exec::LocalExecutor;

@@ -5,12 +5,12 @@
 
 use serde_json::json;
 
-use crate::archive::open_bundle;
+use crate::apply::push::{
+    push as push_remote, push_with, CheckReport, PushOptions, PushOutcome, PushReport, RunMode,
+};
+use crate::bundle::open_bundle;
 use crate::commands::{
     connect_parts, local, with_display, CommandError, Delivery, Destination, OnTarget,
-};
-use crate::push::{
-    push as push_remote, push_with, CheckReport, PushOptions, PushOutcome, PushReport, RunMode,
 };
 use crate::ui::progress::Display;
 
@@ -68,7 +68,7 @@ fn push_inner(cmd: &PushCommand, display: &mut Display) -> Result<(), CommandErr
                 let text = format!(
                     "would run {} locally (as root via sudo -n unless already root): verify, extract under {}, run.sh",
                     bundle.path.display(),
-                    crate::push::REMOTE_BASE
+                    crate::apply::push::REMOTE_BASE
                 );
                 println!("{text}");
                 return Ok(());

@@ -5,13 +5,13 @@
 
 use std::path::PathBuf;
 
-use crate::archive::open_bundle;
+use crate::bundle::open_bundle;
 use crate::commands::project::{resolve, write_to_cache, BuildOptions, Selection};
 use crate::commands::{
     connect_parts, local, with_display, CommandError, Common, Connection, Destination,
 };
-use crate::ledger::{status as read_status, status_with, LayerMatch, StatusReport};
 use crate::ssh::exec::Executor;
+use crate::target::ledger::{status as read_status, status_with, LayerMatch, StatusReport};
 use crate::ui::progress::Progress;
 
 /// Plain options of `ov status`.

@@ -3,9 +3,9 @@
 //! fails).
 //! Invariant: changes nothing on the target, nor in the saved state.
 
+use crate::apply::push::{PushOptions, RunMode, TestFilter};
 use crate::commands::push::{push, PushCommand};
 use crate::commands::{CommandError, Delivery};
-use crate::push::{PushOptions, RunMode, TestFilter};
 use crate::target::cloud_init::CloudInitOptions;
 
 /// Plain options of `ov test`.

@@ -12,8 +12,8 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
+use ov::apply::push::{push, PushError, PushOptions, PushOutcome, PushReport};
 use ov::exit::{Exit, HasExit};
-use ov::push::{push, PushError, PushOptions, PushOutcome, PushReport};
 use ov::ssh::connect::WaitOptions;
 use ov::target::cloud_init::{CloudInitError, CloudInitOptions, CloudInitOutcome};
 use ov::ui::progress::{Event, Recorder};

@@ -5,8 +5,8 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
+use ov::apply::push::{push, PushError, PushOptions};
 use ov::exit::{Exit, HasExit};
-use ov::push::{push, PushError, PushOptions};
 use ov::ssh::connect::WaitOptions;
 use ov::ssh::error::ConnectError;
 use ov::ssh::exec::ExecError;
@@ -312,7 +312,7 @@ fn connection_cut_mid_run_then_the_next_push_resumes() {
     // bootstrap removes its work directory on the way out.
     let t0 = Instant::now();
     let leftovers = || {
-        std::fs::read_dir(ov::push::REMOTE_BASE)
+        std::fs::read_dir(ov::apply::push::REMOTE_BASE)
             .map(|rd| {
                 rd.flatten()
                     .filter(|e| e.file_name().to_string_lossy().starts_with("vm-cut."))
@@ -475,7 +475,7 @@ fn bundle_altered_after_compile_is_refused_before_anything_runs() {
     assert!(!out.path().join("ran").exists());
 
     // 3. A missing .sha256 is invalid input.
-    std::fs::remove_file(ov::archive::checksum_path(&b.path)).expect("rm");
+    std::fs::remove_file(ov::bundle::checksum_path(&b.path)).expect("rm");
     let e = push(
         host.target(USER),
         wait(),

@@ -4,12 +4,12 @@
 use std::path::Path;
 use std::time::Duration;
 
+use ov::apply::push::{push, PushOptions, PushOutcome, PushReport, StateTarget};
+use ov::apply::teardown::{teardown_with, TeardownOptions, BLOCK_BEGIN, BLOCK_END};
 use ov::exit::{Exit, HasExit};
-use ov::ledger::LayerMatch;
-use ov::push::{push, PushOptions, PushOutcome, PushReport, StateTarget};
 use ov::ssh::connect::WaitOptions;
+use ov::target::ledger::LayerMatch;
 use ov::target::state::load_vm_state;
-use ov::teardown::{teardown_with, TeardownOptions, BLOCK_BEGIN, BLOCK_END};
 use ov::ui::progress::{Event, Recorder, RunEvent};
 
 use crate::support::bundle::{build, Layer};
@@ -319,9 +319,9 @@ fn status_compares_the_target_with_a_manifest() {
         .expect("push"),
     );
 
-    let info = ov::archive::open_bundle(&b.path).expect("bundle");
+    let info = ov::bundle::open_bundle(&b.path).expect("bundle");
     let mark = host.mark();
-    let s = ov::ledger::status(
+    let s = ov::target::ledger::status(
         host.target(USER),
         wait(),
         None,
@@ -339,8 +339,8 @@ fn status_compares_the_target_with_a_manifest() {
     let mut layers = marker_layers(out.path(), &["p", "r"]);
     layers.insert(1, Layer::new("q", "echo changed"));
     let b2 = build(&dir2, "vm:st", "st00001", USER, &layers);
-    let info2 = ov::archive::open_bundle(&b2.path).expect("bundle");
-    let s = ov::ledger::status(
+    let info2 = ov::bundle::open_bundle(&b2.path).expect("bundle");
+    let s = ov::target::ledger::status(
         host.target(USER),
         wait(),
         None,
@@ -439,7 +439,7 @@ fn teardown_reverse_order_refcounts_and_managed_block() {
         std::fs::read_to_string(&journal).expect("journal"),
         "undo only-a2 deployA\nundo only-a1 deployA\n"
     );
-    let ledger = ov::ledger::read_ledger(&mut exec, USER).expect("ledger");
+    let ledger = ov::target::ledger::read_ledger(&mut exec, USER).expect("ledger");
     assert_eq!(ledger.layers["base"].deployed_by, vec!["deployB"]);
     assert!(!ledger.deploys.contains_key("deployA"));
     assert!(ledger.deploys.contains_key("deployB"));
@@ -459,7 +459,7 @@ fn teardown_reverse_order_refcounts_and_managed_block() {
     )
     .expect("teardown B");
     assert_eq!(r.undone, vec!["only-b", "base"]);
-    let ledger = ov::ledger::read_ledger(&mut exec, USER).expect("ledger");
+    let ledger = ov::target::ledger::read_ledger(&mut exec, USER).expect("ledger");
     assert!(
         ledger.layers.is_empty() && ledger.deploys.is_empty(),
         "{ledger:?}"
@@ -523,7 +523,7 @@ fn failed_undo_keeps_records_and_reports_incomplete() {
     .expect_err("incomplete");
     assert_eq!(e.exit(), Exit::RemoteStep);
     assert!(e.to_string().contains("`bad` (status 3)"), "{e}");
-    let ledger = ov::ledger::read_ledger(&mut exec, USER).expect("ledger");
+    let ledger = ov::target::ledger::read_ledger(&mut exec, USER).expect("ledger");
     assert!(ledger.layers.contains_key("bad"));
     assert!(!ledger.layers.contains_key("ok1"));
     assert!(ledger.deploys.contains_key("undofail"));
@@ -748,7 +748,7 @@ fn teardown_runs_the_ledgers_own_undo_script_as_root() {
         &mut Recorder::default(),
     )
     .expect("teardown");
-    assert_eq!(r.script, Some(ov::teardown::TeardownScript::Ledger));
+    assert_eq!(r.script, Some(ov::apply::teardown::TeardownScript::Ledger));
     assert_eq!(r.undone, vec!["lu1"]);
     assert_eq!(
         std::fs::read_to_string(out.path().join("called")).expect("called"),

@@ -317,7 +317,7 @@ pub fn rewrite_checksum(path: &Path) {
         .to_string_lossy()
         .into_owned();
     std::fs::write(
-        ov::archive::checksum_path(path),
+        ov::bundle::checksum_path(path),
         format!("{}  {name}\n", sha256(&bytes)),
     )
     .expect("write .sha256");

@@ -407,7 +407,7 @@ pub fn status(
     target: crate::ssh::endpoint::Target,
     wait: crate::ssh::connect::WaitOptions,
     user: Option<&str>,
-    bundle: Option<&crate::archive::BundleInfo>,
+    bundle: Option<&crate::bundle::BundleInfo>,
     progress: &mut dyn crate::ui::progress::Progress,
 ) -> Result<StatusReport, LedgerError> {
     let mut exec = crate::ssh::master::SshExecutor::connect(target, wait, progress)?;
@@ -420,7 +420,7 @@ pub fn status(
 pub fn status_with(
     exec: &mut dyn Executor,
     user: Option<&str>,
-    bundle: Option<&crate::archive::BundleInfo>,
+    bundle: Option<&crate::bundle::BundleInfo>,
 ) -> Result<StatusReport, LedgerError> {
     let user = user
         .map(str::to_string)
@@ -532,7 +532,7 @@ mod tests {
         assert_eq!(l.unreadable.len(), 1);
         assert_eq!(l.deploys_for("vm:x").len(), 1);
 
-        let manifest = crate::archive::test_manifest("vm:x", "d1", "u", &[("a", "x"), ("c", "z")]);
+        let manifest = crate::bundle::test_manifest("vm:x", "d1", "u", &[("a", "x"), ("c", "z")]);
         let s = compare("t", &l, Some(&manifest));
         assert_eq!(
             s.comparison,

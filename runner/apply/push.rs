@@ -11,9 +11,8 @@
 use std::collections::VecDeque;
 use std::path::PathBuf;
 
-use crate::archive::{open_bundle, BundleError, BundleInfo};
+use crate::bundle::{open_bundle, BundleError, BundleInfo};
 use crate::exit::{Exit, HasExit};
-use crate::ledger::{read_ledger_with, Ledger, LedgerError, LedgerLines};
 use crate::ssh::connect::WaitOptions;
 use crate::ssh::endpoint::Target;
 use crate::ssh::error::ConnectError;
@@ -22,6 +21,7 @@ use crate::ssh::master::SshExecutor;
 use crate::target::cloud_init::{
     wait_cloud_init, CloudInitError, CloudInitOptions, CloudInitOutcome,
 };
+use crate::target::ledger::{read_ledger_with, Ledger, LedgerError, LedgerLines};
 use crate::target::state::{load_vm_state, now_rfc3339, save_vm_state, StateError, VmState};
 use crate::ui::progress::{CheckResult, Event, Progress, ProgressLine, RunEvent, Stream};
 use ov_compiler::remote;
@@ -482,7 +482,7 @@ pub fn bootstrap_script(
             test_scope: opts.test.scope.as_deref(),
             test_layers: &opts.test.layers,
             ledger_user: ledger_user.unwrap_or(""),
-            ledgers: crate::ledger::ROOT_LEDGERS,
+            ledgers: crate::target::ledger::ROOT_LEDGERS,
         },
     )?)
 }
@@ -857,7 +857,7 @@ mod tests {
             sha256: "0".repeat(64),
             size: 1,
             top: "vm-x".into(),
-            manifest: crate::archive::test_manifest("vm:x", "abc", "u", &[]),
+            manifest: crate::bundle::test_manifest("vm:x", "abc", "u", &[]),
         }
     }
 

@@ -7,18 +7,18 @@
 //! in the user's home is ever run as root; a failed undo keeps that layer's records so a second
 //! `del` can retry. One channel to read, one per deploy to undo.
 
+use crate::apply::push::StateTarget;
 use crate::exit::{Exit, HasExit};
-use crate::ledger::{read_ledger, Ledger, LedgerError};
-use crate::push::StateTarget;
 use crate::ssh::connect::WaitOptions;
 use crate::ssh::endpoint::Target;
 use crate::ssh::error::ConnectError;
 use crate::ssh::exec::{join, As, ExecError, Executor, Input, Request, Sink};
 use crate::ssh::master::SshExecutor;
+use crate::target::ledger::{read_ledger, Ledger, LedgerError};
 use crate::target::state::{load_vm_state, remove_entry, save_vm_state, StateError, VmState};
 use crate::ui::progress::{Event, Progress, ProgressLine, RunEvent, Stream};
 
-/// The fence lines of the shell managed block (docs/bundle-runtime.md, ov-semantics §4.3).
+/// The fence lines of the shell managed block in the user's profile (docs/bundle-runtime.md).
 pub const BLOCK_BEGIN: &str = "# overthink:begin (managed by ov; do not edit inside this block)";
 /// End fence.
 pub const BLOCK_END: &str = "# overthink:end";
@@ -418,7 +418,7 @@ pub fn teardown(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ledger::parse_dump;
+    use crate::target::ledger::parse_dump;
 
     fn ledger() -> Ledger {
         parse_dump(
