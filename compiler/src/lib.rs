@@ -22,4 +22,5 @@ pub mod render;
 pub mod resolve;
 pub mod shell;
 pub mod templates;
+pub mod walk;
 pub mod yaml;

@@ -188,7 +188,18 @@ pub enum LowerError {
         #[source]
         source: std::io::Error,
     },
-    /// A `package.json` that is not valid JSON of the expected shape.
+    /// The layer directory (or a part of it a step carries in the bundle) cannot be listed.
+    #[error("layer `{layer}`: cannot list the files of `{}`", path.display())]
+    LayerFiles {
+        /// The layer.
+        layer: String,
+        /// The directory.
+        path: PathBuf,
+        /// The I/O error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A builder manifest (`package.json`, `Cargo.toml`) that does not have the expected shape.
     #[error("layer `{layer}`: invalid `{}`: {reason}", path.display())]
     BuilderManifestInvalid {
         /// The layer.
@@ -369,6 +380,9 @@ fn lower_layer(
                 builder: BuilderKind::Aur,
                 manifest: None,
                 packages: aur_packages.clone(),
+                names: Vec::new(),
+                crate_name: None,
+                files: Vec::new(),
             },
             Scope::System,
             Venue::ContainerBuilder,
@@ -382,60 +396,65 @@ fn lower_layer(
         ));
     }
     let files = &layer.builder_files;
+    let dir = &layer.source_dir;
     if files.cargo {
         // The installed binaries' names are only known after the build; `cargo install` records
         // them in `$CARGO_HOME/.crates.toml`, so there is no compile-time reverse op to offer.
-        steps.push(step(
+        let crate_name = cargo_package_name(name, &dir.join("Cargo.toml"))?;
+        let mut carried = vec!["Cargo.toml".to_string()];
+        for extra in ["Cargo.lock", "build.rs"] {
+            if dir.join(extra).is_file() {
+                carried.push(extra.to_string());
+            }
+        }
+        if dir.join("src").is_dir() {
+            carried.extend(layer_files(name, dir, "src")?);
+        }
+        carried.sort();
+        steps.push(builder_step(
             gates,
-            Action::Builder {
-                builder: BuilderKind::Cargo,
-                manifest: Some("Cargo.toml".to_string()),
-                packages: Vec::new(),
-            },
-            Scope::User,
-            Venue::ContainerBuilder,
-            Phase::Install,
-            None,
-            None,
+            BuilderKind::Cargo,
+            "Cargo.toml",
+            (Vec::new(), Vec::new()),
+            Some(crate_name),
+            carried,
             Vec::new(),
         ));
     }
     if files.npm {
-        let (specs, names) = npm_dependencies(name, &layer.source_dir.join("package.json"))?;
+        let (specs, names) = npm_dependencies(name, &dir.join("package.json"))?;
         let reverse = if names.is_empty() {
             Vec::new()
         } else {
-            vec![rev(ReverseKind::NpmUninstallG, Scope::User, names)]
+            vec![rev(ReverseKind::NpmUninstallG, Scope::User, names.clone())]
         };
-        steps.push(step(
+        steps.push(builder_step(
             gates,
-            Action::Builder {
-                builder: BuilderKind::Npm,
-                manifest: Some("package.json".to_string()),
-                packages: specs,
-            },
-            Scope::User,
-            Venue::ContainerBuilder,
-            Phase::Install,
+            BuilderKind::Npm,
+            "package.json",
+            (specs, names),
             None,
-            None,
+            vec!["package.json".to_string()],
             reverse,
         ));
     }
     if let Some(manifest) = &files.pixi_manifest {
         // The original's pixi builder always installs into the `default` environment.
-        steps.push(step(
+        let mut carried = vec![manifest.clone()];
+        if files.pixi_lock {
+            carried.push("pixi.lock".to_string());
+        }
+        if files.build_script {
+            carried.push("build.sh".to_string());
+        }
+        carried.sort();
+        steps.push(builder_step(
             gates,
-            Action::Builder {
-                builder: BuilderKind::Pixi,
-                manifest: Some(manifest.clone()),
-                packages: Vec::new(),
-            },
-            Scope::User,
-            Venue::ContainerBuilder,
-            Phase::Install,
+            BuilderKind::Pixi,
+            manifest,
+            (Vec::new(), Vec::new()),
             None,
-            None,
+            carried,
             vec![rev_extra(
                 ReverseKind::PixiEnvRemove,
                 Scope::User,
@@ -476,6 +495,62 @@ fn lower_layer(
         steps,
         checks: Vec::new(),
     })
+}
+
+/// A file-triggered builder step (as the target user, in the builder venue); `packages` is the
+/// pair (install specs, names).
+fn builder_step(
+    gates: Gates,
+    builder: BuilderKind,
+    manifest: &str,
+    (packages, names): (Vec<String>, Vec<String>),
+    crate_name: Option<String>,
+    files: Vec<String>,
+    reverse: Vec<ReverseOp>,
+) -> Step {
+    step(
+        gates,
+        Action::Builder {
+            builder,
+            manifest: Some(manifest.to_string()),
+            packages,
+            names,
+            crate_name,
+            files,
+        },
+        Scope::User,
+        Venue::ContainerBuilder,
+        Phase::Install,
+        None,
+        None,
+        reverse,
+    )
+}
+
+/// The regular files below `rel` of the layer directory `dir` (all of it for `""`), as paths
+/// relative to `dir`, sorted. A symlink counts when it leads to a regular file.
+fn layer_files(layer: &str, dir: &Path, rel: &str) -> Result<Vec<String>, LowerError> {
+    let base = if rel.is_empty() {
+        dir.to_path_buf()
+    } else {
+        dir.join(rel)
+    };
+    let files = crate::walk::list_files(&base).map_err(|source| LowerError::LayerFiles {
+        layer: layer.to_string(),
+        path: base.clone(),
+        source,
+    })?;
+    Ok(files
+        .into_iter()
+        .filter(|(_, path)| std::fs::metadata(path).is_ok_and(|m| m.is_file()))
+        .map(|(name, _)| {
+            if rel.is_empty() {
+                name
+            } else {
+                format!("{rel}/{name}")
+            }
+        })
+        .collect())
 }
 
 /// The layer directory relative to the project root, with `/` separators (`.` for the root).
@@ -867,6 +942,15 @@ fn lower_task(
     check_env_names(layer_name, &layer.vars, "`vars:`")?;
     let mut with_vars = apply_vars(task, &layer.vars);
     normalise_dests(layer_name, &mut with_vars)?;
+    let mut ctx_files = None;
+    if let TaskVerb::Cmd { body } = &mut with_vars.verb {
+        let (resolved, uses_ctx) = resolve_ctx(body);
+        if uses_ctx {
+            // `/ctx/` was the whole layer directory in the original: carry all of it.
+            *body = resolved;
+            ctx_files = Some(layer_files(layer_name, &layer.source_dir, "")?);
+        }
+    }
     let task = &with_vars;
     let target_path = match &task.verb {
         TaskVerb::Copy { src, to } => Some(to.as_ref().unwrap_or(src)),
@@ -954,6 +1038,7 @@ fn lower_task(
         Action::Task {
             task: task.clone(),
             run_as: who,
+            ctx_files,
         },
         scope,
         if skip.is_some() {
@@ -1349,6 +1434,67 @@ fn npm_dependencies(layer: &str, path: &Path) -> Result<(Vec<String>, Vec<String
     Ok((specs, names))
 }
 
+/// `[package] name` of a Cargo.toml (a line scan: the only value needed, and no TOML crate).
+fn cargo_package_name(layer: &str, path: &Path) -> Result<String, LowerError> {
+    let text = std::fs::read_to_string(path).map_err(|source| LowerError::BuilderManifestRead {
+        layer: layer.to_string(),
+        path: path.to_path_buf(),
+        source,
+    })?;
+    let mut in_package = false;
+    for line in text.lines() {
+        let line = line.trim();
+        if line.starts_with('[') {
+            in_package = line == "[package]";
+            continue;
+        }
+        if in_package {
+            if let Some((key, value)) = line.split_once('=') {
+                if key.trim() == "name" {
+                    let value = value.trim().trim_matches(|c| c == '"' || c == '\'');
+                    return Ok(value.to_string());
+                }
+            }
+        }
+    }
+    Err(LowerError::BuilderManifestInvalid {
+        layer: layer.to_string(),
+        path: path.to_path_buf(),
+        reason: "no `name` in its `[package]` table".to_string(),
+        source: None,
+    })
+}
+
+/// Replace `/ctx` references (the layer directory, in the original's container builds) by
+/// `${OV_CTX}`, the layer's payload directory in the bundle. Only a `/ctx` that starts a path
+/// (after a blank, quote, `=`, `:` or an operator) and ends one is replaced, so `/srv/ctx/` stays.
+fn resolve_ctx(body: &str) -> (String, bool) {
+    let mut out = String::with_capacity(body.len());
+    let mut used = false;
+    let mut prev: Option<char> = None;
+    let mut rest = body;
+    while !rest.is_empty() {
+        let starts = rest.starts_with("/ctx")
+            && prev.is_none_or(|p| p.is_whitespace() || "\"'=:;|&(<>`".contains(p))
+            && rest[4..]
+                .chars()
+                .next()
+                .is_none_or(|c| c == '/' || c.is_whitespace() || "\"';|&)<>`".contains(c));
+        if starts {
+            out.push_str("${OV_CTX}");
+            used = true;
+            rest = &rest[4..];
+            prev = Some('x');
+            continue;
+        }
+        let ch = rest.chars().next().unwrap_or_default();
+        out.push(ch);
+        prev = Some(ch);
+        rest = &rest[ch.len_utf8()..];
+    }
+    (out, used)
+}
+
 #[cfg(test)]
 mod tests {
     use std::collections::BTreeSet;
@@ -1648,6 +1794,9 @@ mod tests {
                 builder: BuilderKind::Npm,
                 manifest: Some("package.json".into()),
                 packages: vec!["a@1.0".into(), "b".into()],
+                names: vec!["a".into(), "b".into()],
+                crate_name: None,
+                files: vec!["package.json".into()],
             }
         );
         assert_eq!(npm.reverse[0].targets, ["a", "b"]);

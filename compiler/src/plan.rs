@@ -472,10 +472,15 @@ pub enum Action {
     },
     /// One `tasks:` entry other than `copy:` (which is a [`Action::File`]).
     Task {
-        /// The task as written.
+        /// The task with the layer's `vars:` applied; a `cmd:` body refers to the layer directory
+        /// as `${OV_CTX}` (written `/ctx` in the layer).
         task: Task,
         /// Who runs it.
         run_as: RunAs,
+        /// Set when a `cmd:` body refers to the layer directory: every file in it (paths relative
+        /// to it, sorted), carried in the bundle under `files/<layer>/`.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        ctx_files: Option<Vec<String>>,
     },
     /// A payload file from the layer directory, carried inside the bundle and installed on the target.
     File {
@@ -518,8 +523,18 @@ pub enum Action {
         /// The manifest file (relative to the layer directory), if file-triggered.
         #[serde(skip_serializing_if = "Option::is_none")]
         manifest: Option<String>,
-        /// Packages (aur).
+        /// aur: package names; npm: install specs (`name` or `name@version`), in name order.
         packages: Vec<String>,
+        /// npm: the package names of `packages` (what `npm uninstall -g` takes).
+        #[serde(skip_serializing_if = "Vec::is_empty")]
+        names: Vec<String>,
+        /// cargo: the crate's `[package] name`.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        crate_name: Option<String>,
+        /// Files of the layer directory the build reads (the manifest, lock file, build script,
+        /// sources), relative to it, sorted; carried in the bundle under `files/<layer>/`.
+        #[serde(skip_serializing_if = "Vec::is_empty")]
+        files: Vec<String>,
     },
     /// A key that only matters to containers; never runs (venue `skip`).
     ContainerOnly {
@@ -622,6 +637,7 @@ impl Action {
                 builder,
                 manifest,
                 packages,
+                ..
             } => match manifest {
                 Some(m) => format!("{builder:?} {m}").to_lowercase(),
                 None => format!(

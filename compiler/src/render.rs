@@ -128,27 +128,6 @@ pub enum RenderError {
         /// What is wrong with it.
         reason: String,
     },
-    /// A payload file the plan refers to cannot be read on the compiling machine.
-    #[error("layer `{layer}`: payload file `{}` cannot be read", path.display())]
-    Payload {
-        /// The layer.
-        layer: String,
-        /// The file.
-        path: PathBuf,
-        /// The I/O error.
-        #[source]
-        source: std::io::Error,
-    },
-    /// A builder manifest (`package.json`, `Cargo.toml`) cannot be understood.
-    #[error("layer `{layer}`: cannot read `{}`: {message}", path.display())]
-    Manifest {
-        /// The layer.
-        layer: String,
-        /// The manifest.
-        path: PathBuf,
-        /// What is wrong.
-        message: String,
-    },
 }
 
 /// A value that is already a complete shell fragment and must be emitted verbatim.
@@ -196,7 +175,7 @@ impl Engine {
         let mut overridden = Vec::new();
         if let Some(dir) = override_dir {
             for (name, path) in
-                list_template_files(dir).map_err(|source| RenderError::Override {
+                crate::walk::list_files(dir).map_err(|source| RenderError::Override {
                     path: dir.to_path_buf(),
                     source,
                 })?
@@ -316,32 +295,6 @@ fn fragment(word: Result<String, shell::QuoteError>) -> Result<Value, minijinja:
         .map_err(|e| minijinja::Error::new(minijinja::ErrorKind::InvalidOperation, e.to_string()))
 }
 
-/// Every regular file below `dir` as (relative name with `/`, path), sorted by name.
-pub fn list_template_files(dir: &Path) -> std::io::Result<Vec<(String, PathBuf)>> {
-    fn walk(base: &Path, dir: &Path, out: &mut Vec<(String, PathBuf)>) -> std::io::Result<()> {
-        for entry in std::fs::read_dir(dir)? {
-            let entry = entry?;
-            let path = entry.path();
-            if entry.file_type()?.is_dir() {
-                walk(base, &path, out)?;
-            } else {
-                let rel = path.strip_prefix(base).unwrap_or(&path);
-                let name = rel
-                    .components()
-                    .map(|c| c.as_os_str().to_string_lossy())
-                    .collect::<Vec<_>>()
-                    .join("/");
-                out.push((name, path));
-            }
-        }
-        Ok(())
-    }
-    let mut out = Vec::new();
-    walk(dir, dir, &mut out)?;
-    out.sort();
-    Ok(out)
-}
-
 // ---- the render stage ----------------------------------------------------------------------
 
 mod check;
@@ -444,6 +397,16 @@ struct LayerRenderer<'a> {
     /// The layer directory on the compiling machine.
     dir: PathBuf,
     payload: PayloadMap,
+}
+
+/// The fields of an [`Action::Builder`], borrowed.
+struct BuilderStep<'p> {
+    builder: BuilderKind,
+    manifest: Option<&'p str>,
+    packages: &'p [String],
+    names: &'p [String],
+    crate_name: Option<&'p str>,
+    files: &'p [String],
 }
 
 /// One line of a script: a runnable step, or a skipped one shown as a comment.
@@ -584,57 +547,13 @@ impl<'a> LayerRenderer<'a> {
 
     // ---- payload ---------------------------------------------------------------------------
 
-    /// Carry `rel` (a file of the layer directory) in the bundle as `files/<layer>/<rel>`.
+    /// Carry `rel` (a file of the layer directory, as the plan names it) in the bundle as
+    /// `files/<layer>/<rel>`.
     fn add_payload(&mut self, what: &str, rel: &str) -> Result<(), RenderError> {
         self.ck.relative(what, rel)?;
-        let path = self.dir.join(rel);
-        let meta = std::fs::metadata(&path).map_err(|source| RenderError::Payload {
-            layer: self.lp.name.clone(),
-            path: path.clone(),
-            source,
-        })?;
-        if !meta.is_file() {
-            return Err(RenderError::Payload {
-                layer: self.lp.name.clone(),
-                path,
-                source: std::io::Error::other("not a regular file"),
-            });
-        }
         self.payload
-            .insert(format!("files/{}/{rel}", self.lp.name), path);
+            .insert(format!("files/{}/{rel}", self.lp.name), self.dir.join(rel));
         Ok(())
-    }
-
-    /// Carry every regular file below `rel` (the whole layer directory for `""`).
-    fn add_payload_tree(&mut self, rel: &str) -> Result<(), RenderError> {
-        let base = if rel.is_empty() {
-            self.dir.clone()
-        } else {
-            self.dir.join(rel)
-        };
-        let files = list_template_files(&base).map_err(|source| RenderError::Payload {
-            layer: self.lp.name.clone(),
-            path: base.clone(),
-            source,
-        })?;
-        for (name, path) in files {
-            if std::fs::metadata(&path)
-                .map(|m| m.is_file())
-                .unwrap_or(false)
-            {
-                let full = if rel.is_empty() {
-                    name
-                } else {
-                    format!("{rel}/{name}")
-                };
-                self.add_payload("payload file", &full)?;
-            }
-        }
-        Ok(())
-    }
-
-    fn payload_exists(&self, rel: &str) -> bool {
-        self.dir.join(rel).is_file()
     }
 
     // ---- steps -----------------------------------------------------------------------------
@@ -748,9 +667,13 @@ impl<'a> LayerRenderer<'a> {
                     context! { layer, n, format, path, content },
                 )
             }
-            Action::Task { task, run_as } => {
+            Action::Task {
+                task,
+                run_as,
+                ctx_files,
+            } => {
                 let account = self.account(step.scope, run_as)?;
-                self.task(n, task, &account)
+                self.task(n, task, ctx_files.as_deref(), &account)
             }
             Action::File {
                 source,
@@ -836,7 +759,20 @@ impl<'a> LayerRenderer<'a> {
                 builder,
                 manifest,
                 packages,
-            } => self.builder(n, *builder, manifest.as_deref(), packages),
+                names,
+                crate_name,
+                files,
+            } => self.builder(
+                n,
+                &BuilderStep {
+                    builder: *builder,
+                    manifest: manifest.as_deref(),
+                    packages,
+                    names,
+                    crate_name: crate_name.as_deref(),
+                    files,
+                },
+            ),
             Action::ContainerOnly { key } => Err(self.ck.invalid(
                 "container-only key",
                 key,
@@ -973,7 +909,13 @@ impl<'a> LayerRenderer<'a> {
         }
     }
 
-    fn task(&mut self, n: usize, task: &Task, account: &Account) -> Result<String, RenderError> {
+    fn task(
+        &mut self,
+        n: usize,
+        task: &Task,
+        ctx_files: Option<&[String]>,
+        account: &Account,
+    ) -> Result<String, RenderError> {
         let layer = self.lp.name.clone();
         let ck = &self.ck;
         let mode = match &task.mode {
@@ -988,12 +930,11 @@ impl<'a> LayerRenderer<'a> {
         let owner = account.owner();
         match &task.verb {
             TaskVerb::Cmd { body } => {
-                let (body, uses_ctx) = resolve_ctx(body);
-                if uses_ctx {
-                    // `/ctx/` was the whole layer directory in the original: carry all of it.
-                    self.add_payload_tree("")?;
+                let uses_ctx = ctx_files.is_some();
+                for f in ctx_files.unwrap_or_default() {
+                    self.add_payload("payload file", f)?;
                 }
-                let mut body = body;
+                let mut body = body.clone();
                 if !body.ends_with('\n') {
                     body.push('\n');
                 }
@@ -1115,17 +1056,16 @@ impl<'a> LayerRenderer<'a> {
         )
     }
 
-    fn builder(
-        &mut self,
-        n: usize,
-        builder: BuilderKind,
-        manifest: Option<&str>,
-        packages: &[String],
-    ) -> Result<String, RenderError> {
+    fn builder(&mut self, n: usize, step: &BuilderStep) -> Result<String, RenderError> {
         let layer = self.lp.name.clone();
-        match builder {
+        for f in step.files {
+            self.add_payload("builder file", f)?;
+        }
+        let carries = |name: &str| step.files.iter().any(|f| f == name);
+        let packages = step.packages;
+        match step.builder {
             BuilderKind::Pixi => {
-                let manifest = manifest.unwrap_or("pixi.toml");
+                let manifest = step.manifest.unwrap_or("pixi.toml");
                 if !["pixi.toml", "pyproject.toml", "environment.yml"].contains(&manifest) {
                     return Err(self.ck.invalid(
                         "pixi manifest",
@@ -1134,67 +1074,42 @@ impl<'a> LayerRenderer<'a> {
                     ));
                 }
                 self.add_payload("pixi manifest", manifest)?;
-                let lock = self.payload_exists("pixi.lock");
-                if lock {
-                    self.add_payload("pixi lock file", "pixi.lock")?;
-                }
-                let build = self.payload_exists("build.sh");
-                if build {
-                    self.add_payload("pixi build script", "build.sh")?;
-                }
                 self.tpl(
                     "steps/builder-pixi.sh.j2",
                     context! {
                         layer, n, manifest,
-                        lock => if lock { "yes" } else { "no" },
-                        build => if build { "yes" } else { "no" },
+                        lock => if carries("pixi.lock") { "yes" } else { "no" },
+                        build => if carries("build.sh") { "yes" } else { "no" },
                     },
                 )
             }
             BuilderKind::Npm => {
-                let manifest = manifest.unwrap_or("package.json");
+                let manifest = step.manifest.unwrap_or("package.json");
                 self.add_payload("npm manifest", manifest)?;
-                // The plan's specs when it has them; else the manifest's dependencies.
-                let deps = if packages.is_empty() {
-                    npm_dependencies(&self.dir.join(manifest), &self.lp.name)?
-                } else {
-                    packages.iter().map(|spec| npm_split_spec(spec)).collect()
-                };
-                let mut names = Vec::new();
-                let mut specs = Vec::new();
-                for (name, spec) in deps {
-                    self.ck.operand("package.json dependency", &name)?;
-                    self.ck.line("package.json version", &spec)?;
-                    specs.push(if spec.is_empty() || spec == "*" {
-                        name.clone()
-                    } else {
-                        format!("{name}@{spec}")
-                    });
-                    names.push(name);
+                for name in step.names {
+                    self.ck.operand("package.json dependency", name)?;
+                }
+                for spec in packages {
+                    self.ck.line("package.json version", spec)?;
                 }
                 self.tpl(
                     "steps/builder-npm.sh.j2",
-                    context! { layer, n, names, specs },
+                    context! { layer, n, names => step.names, specs => packages },
                 )
             }
             BuilderKind::Cargo => {
-                let manifest = manifest.unwrap_or("Cargo.toml");
+                let manifest = step.manifest.unwrap_or("Cargo.toml");
                 if manifest != "Cargo.toml" {
                     return Err(self
                         .ck
                         .invalid("cargo manifest", manifest, "is not Cargo.toml"));
                 }
                 self.add_payload("cargo manifest", manifest)?;
-                for extra in ["Cargo.lock", "build.rs"] {
-                    if self.payload_exists(extra) {
-                        self.add_payload("cargo file", extra)?;
-                    }
-                }
-                if self.dir.join("src").is_dir() {
-                    self.add_payload_tree("src")?;
-                }
-                let krate = cargo_package_name(&self.dir.join(manifest), &self.lp.name)?;
-                self.ck.operand("Cargo.toml package name", &krate)?;
+                let krate = step.crate_name.ok_or_else(|| {
+                    self.ck
+                        .invalid("cargo builder", manifest, "has no crate name in the plan")
+                })?;
+                self.ck.operand("Cargo.toml package name", krate)?;
                 self.tpl("steps/builder-cargo.sh.j2", context! { layer, n, krate })
             }
             BuilderKind::Aur => {
@@ -1379,100 +1294,6 @@ fn extract_from_url(url: &str) -> &'static str {
     }
 }
 
-/// Replace `/ctx` references (the layer directory, in the original's container builds) by
-/// `${OV_CTX}`, the layer's payload directory in the bundle. Only a `/ctx` that starts a path
-/// (after a blank, quote, `=`, `:` or an operator) and ends one is replaced, so `/srv/ctx/` stays.
-fn resolve_ctx(body: &str) -> (String, bool) {
-    let mut out = String::with_capacity(body.len());
-    let mut used = false;
-    let mut prev: Option<char> = None;
-    let mut rest = body;
-    while !rest.is_empty() {
-        let starts = rest.starts_with("/ctx")
-            && prev.is_none_or(|p| p.is_whitespace() || "\"'=:;|&(<>`".contains(p))
-            && rest[4..]
-                .chars()
-                .next()
-                .is_none_or(|c| c == '/' || c.is_whitespace() || "\"';|&)<>`".contains(c));
-        if starts {
-            out.push_str("${OV_CTX}");
-            used = true;
-            rest = &rest[4..];
-            prev = Some('x');
-            continue;
-        }
-        let ch = rest.chars().next().unwrap_or_default();
-        out.push(ch);
-        prev = Some(ch);
-        rest = &rest[ch.len_utf8()..];
-    }
-    (out, used)
-}
-
-/// `name@version` (or `@scope/name@version`) → (name, version); a bare name has version `""`.
-fn npm_split_spec(spec: &str) -> (String, String) {
-    let at = if let Some(rest) = spec.strip_prefix('@') {
-        rest.find('@').map(|i| i + 1)
-    } else {
-        spec.find('@')
-    };
-    match at {
-        Some(i) => (spec[..i].to_string(), spec[i + 1..].to_string()),
-        None => (spec.to_string(), String::new()),
-    }
-}
-
-/// `dependencies` of a package.json, in file order.
-fn npm_dependencies(path: &Path, layer: &str) -> Result<Vec<(String, String)>, RenderError> {
-    let err = |message: String| RenderError::Manifest {
-        layer: layer.to_string(),
-        path: path.to_path_buf(),
-        message,
-    };
-    let text = std::fs::read_to_string(path).map_err(|e| err(e.to_string()))?;
-    let json: serde_json::Value = serde_json::from_str(&text).map_err(|e| err(e.to_string()))?;
-    let Some(deps) = json.get("dependencies") else {
-        return Ok(Vec::new());
-    };
-    let map = deps
-        .as_object()
-        .ok_or_else(|| err("`dependencies` is not an object".to_string()))?;
-    map.iter()
-        .map(|(k, v)| {
-            v.as_str()
-                .map(|s| (k.clone(), s.to_string()))
-                .ok_or_else(|| err(format!("the version of `{k}` is not a string")))
-        })
-        .collect()
-}
-
-/// `[package] name` of a Cargo.toml (a line scan: the only value needed, and no TOML crate).
-fn cargo_package_name(path: &Path, layer: &str) -> Result<String, RenderError> {
-    let err = |message: String| RenderError::Manifest {
-        layer: layer.to_string(),
-        path: path.to_path_buf(),
-        message,
-    };
-    let text = std::fs::read_to_string(path).map_err(|e| err(e.to_string()))?;
-    let mut in_package = false;
-    for line in text.lines() {
-        let line = line.trim();
-        if line.starts_with('[') {
-            in_package = line == "[package]";
-            continue;
-        }
-        if in_package {
-            if let Some((key, value)) = line.split_once('=') {
-                if key.trim() == "name" {
-                    let value = value.trim().trim_matches(|c| c == '"' || c == '\'');
-                    return Ok(value.to_string());
-                }
-            }
-        }
-    }
-    Err(err("no `name` in its `[package]` table".to_string()))
-}
-
 /// Refuse a layer plan in which any string holds a NUL byte (no shell string can carry one).
 fn no_nul(lp: &LayerPlan) -> Result<(), RenderError> {
     fn walk(v: &serde_json::Value) -> Option<String> {
@@ -1575,7 +1396,7 @@ mod engine_tests {
     #[test]
     fn embedded_templates_equal_the_templates_directory() {
         let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../templates");
-        let on_disk = list_template_files(&dir).expect("templates/ is readable");
+        let on_disk = crate::walk::list_files(&dir).expect("templates/ is readable");
         let on_disk: Vec<(String, String)> = on_disk
             .into_iter()
             .map(|(n, p)| (n, std::fs::read_to_string(p).expect("utf-8 template")))

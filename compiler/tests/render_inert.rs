@@ -171,6 +171,7 @@ fn tstep(
         Action::Task {
             task: t,
             run_as: RunAs::TargetUser,
+            ctx_files: None,
         },
         Scope::User,
         rev,

@@ -78,6 +78,7 @@ fn task_write(path: &str, content: &str) -> Action {
             pos: Default::default(),
         },
         run_as: ov_compiler::plan::RunAs::Root,
+        ctx_files: None,
     }
 }
 
