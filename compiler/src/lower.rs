@@ -53,6 +53,9 @@ use crate::plan::{
 };
 use crate::project::Project;
 
+#[path = "lower_convert.rs"]
+mod convert;
+
 /// Why a layer could not be lowered. Every variant names the layer.
 #[derive(Debug, thiserror::Error)]
 pub enum LowerError {
@@ -657,7 +660,7 @@ fn lower_section(
                 format: format.to_string(),
                 packages: Vec::new(),
                 options: Vec::new(),
-                repos: prepare_repos,
+                repos: prepare_repos.iter().map(crate::plan::Repo::from).collect(),
                 keys: section.keys.clone(),
                 copr: section.copr.clone(),
                 modules: section.modules.clone(),
@@ -1036,7 +1039,7 @@ fn lower_task(
     Ok(step(
         gates,
         Action::Task {
-            task: task.clone(),
+            task: crate::plan::Task::from(task),
             run_as: who,
             ctx_files,
         },
@@ -1325,7 +1328,7 @@ fn lower_service(gates: Gates, layer: &str, service: &ServiceEntry) -> Result<St
                 Action::ServicePackaged {
                     unit,
                     enable: service.enable,
-                    service: service.clone(),
+                    service: crate::plan::ServiceEntry::from(service),
                 },
                 scope,
                 Venue::HostNative,
@@ -1352,7 +1355,7 @@ fn lower_service(gates: Gates, layer: &str, service: &ServiceEntry) -> Result<St
                 gates,
                 Action::ServiceCustom {
                     unit,
-                    service: service.clone(),
+                    service: crate::plan::ServiceEntry::from(service),
                 },
                 scope,
                 Venue::HostNative,
@@ -1857,11 +1860,11 @@ mod tests {
         assert!(packages.is_empty());
         assert_eq!(
             repos,
-            &[Repo {
+            &[crate::plan::Repo {
                 name: Some("nodesource".into()),
                 key: Some("https://deb.nodesource.com/gpgkey/nodesource-repo.gpg.key".into()),
                 signed_by: Some("/etc/apt/keyrings/nodesource.gpg".into()),
-                ..Repo::default()
+                ..crate::plan::Repo::default()
             }]
         );
         assert_eq!(
@@ -2390,7 +2393,7 @@ mod tests {
         };
         assert_eq!(
             task.verb,
-            TaskVerb::Mkdir {
+            crate::plan::TaskVerb::Mkdir {
                 path: "/opt/app/y".into()
             }
         );

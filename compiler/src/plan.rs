@@ -9,7 +9,9 @@ use std::collections::BTreeMap;
 
 use serde::Serialize;
 
-use crate::layer::{Repo, ServiceEntry, Task};
+mod entries;
+
+pub use entries::{Pos, Repo, ServiceEntry, ServiceOverrides, ServiceScope, Task, TaskVerb};
 
 /// Version of the plan/manifest format; bump on any incompatible change.
 pub const FORMAT_VERSION: u32 = 1;
@@ -561,7 +563,6 @@ impl Action {
 
     /// A one-line, human-readable description (for `ov plan`, manifests and `run.sh --list`).
     pub fn summary(&self) -> String {
-        use crate::layer::TaskVerb;
         match self {
             Action::SystemPackages {
                 format,

@@ -303,9 +303,9 @@ mod systemd;
 use check::Checker;
 use minijinja::context;
 
-use crate::layer::{Repo, Task, TaskVerb};
 use crate::plan::{
-    Action, BuilderKind, InstallPlan, LayerPlan, Phase, ReverseKind, ReverseOp, RunAs, Step,
+    Action, BuilderKind, InstallPlan, LayerPlan, Phase, Repo, ReverseKind, ReverseOp, RunAs, Step,
+    Task, TaskVerb,
 };
 
 /// Template names (relative to `templates/`).

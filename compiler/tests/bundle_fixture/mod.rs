@@ -9,7 +9,7 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use ov_compiler::layer::ServiceEntry;
+use ov_compiler::plan::ServiceEntry;
 use ov_compiler::plan::{
     Action, Deploy, Gate, Gates, InstallPlan, LayerPlan, Phase, ReverseKind, ReverseOp, Scope,
     Skip, Step, TargetDistro, TargetKind, Venue, FORMAT_VERSION,
@@ -65,8 +65,8 @@ fn rev(kind: ReverseKind, scope: Scope, targets: &[&str]) -> ReverseOp {
 
 fn task_write(path: &str, content: &str) -> Action {
     Action::Task {
-        task: ov_compiler::layer::Task {
-            verb: ov_compiler::layer::TaskVerb::Write {
+        task: ov_compiler::plan::Task {
+            verb: ov_compiler::plan::TaskVerb::Write {
                 path: path.into(),
                 content: content.into(),
             },

@@ -8,11 +8,11 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use ov_compiler::layer::{Repo, ServiceEntry, ServiceOverrides, Task, TaskVerb};
 use ov_compiler::plan::{
     Action, BuilderKind, Deploy, Gate, Gates, InstallPlan, LayerPlan, Phase, ReverseKind,
     ReverseOp, RunAs, Scope, Skip, Step, TargetDistro, TargetKind, Venue, FORMAT_VERSION,
 };
+use ov_compiler::plan::{Repo, ServiceEntry, ServiceOverrides, Task, TaskVerb};
 use ov_compiler::render::{render, Engine, Rendered};
 
 /// The project directory with the payload files of the hand-built plans.
