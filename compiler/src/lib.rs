@@ -13,7 +13,6 @@ pub mod gzip;
 pub mod layer;
 pub mod layer_parse;
 pub mod lower;
-pub mod lower_checks;
 pub mod manifest;
 pub mod par;
 pub mod plan;
