@@ -11,7 +11,9 @@ use serde::Serialize;
 
 mod entries;
 
-pub use entries::{Pos, Repo, ServiceEntry, ServiceOverrides, ServiceScope, Task, TaskVerb};
+pub use entries::{
+    download_extract, Pos, Repo, ServiceEntry, ServiceOverrides, ServiceScope, Task, TaskVerb,
+};
 
 /// Version of the plan/manifest format; bump on any incompatible change.
 pub const FORMAT_VERSION: u32 = 1;

@@ -5,7 +5,9 @@
 use std::path::{Component, Path};
 
 use crate::layer::{normalise_dest, Layer, Task, TaskVerb};
-use crate::plan::{Action, Gate, Gates, Phase, ReverseKind, RunAs, Scope, Skip, Step, Venue};
+use crate::plan::{
+    download_extract, Action, Gate, Gates, Phase, ReverseKind, RunAs, Scope, Skip, Step, Venue,
+};
 
 use super::builders::layer_files;
 use super::{check_env_names, rev, step, LowerError};
@@ -105,7 +107,7 @@ pub(super) fn lower_task(
         } => {
             let targets = if !task.uninstall.is_empty() {
                 task.uninstall.clone()
-            } else if download_is_plain_file(url, extract.as_deref()) {
+            } else if download_extract(url, extract.as_deref()) == Some("none") {
                 to.iter().cloned().collect()
             } else {
                 // An archive extracted into `to` (often a shared directory such as
@@ -275,21 +277,6 @@ fn is_anchored(path: &str) -> bool {
         || path.starts_with("~/")
         || path.starts_with("${HOME}")
         || path.starts_with("$HOME")
-}
-
-/// Whether a download lands as a single file at `to` (extract `none`, explicit or by URL).
-fn download_is_plain_file(url: &str, extract: Option<&str>) -> bool {
-    match extract {
-        Some(e) => e == "none",
-        None => {
-            let u = url.split(['?', '#']).next().unwrap_or(url);
-            ![
-                ".tar.gz", ".tgz", ".tar.xz", ".txz", ".tar.zst", ".zip", ".sh",
-            ]
-            .iter()
-            .any(|ext| u.ends_with(ext))
-        }
-    }
 }
 
 /// Checks a `copy:` source: `Ok(None)` when it is a file inside the layer directory, `Ok(Some)`

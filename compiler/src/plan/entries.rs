@@ -139,6 +139,45 @@ impl TaskVerb {
     }
 }
 
+/// What a `download:` does with what it fetched: `tar.gz`, `tar.xz`, `tar.zst`, `zip`, `sh` (run
+/// it) or `none` (keep the file at `to`). An `extract:` given is normalised (`tgz`, `txz`, `tzst`;
+/// empty means `none`); without one, the URL's suffix decides (any case; query and fragment
+/// ignored). `None` for an `extract:` that names no known format.
+pub fn download_extract(url: &str, extract: Option<&str>) -> Option<&'static str> {
+    if let Some(e) = extract {
+        return match e {
+            "tar.gz" | "tgz" => Some("tar.gz"),
+            "tar.xz" | "txz" => Some("tar.xz"),
+            "tar.zst" | "tzst" => Some("tar.zst"),
+            "zip" => Some("zip"),
+            "sh" => Some("sh"),
+            "none" | "" => Some("none"),
+            _ => None,
+        };
+    }
+    let path = url
+        .split(['?', '#'])
+        .next()
+        .unwrap_or(url)
+        .to_ascii_lowercase();
+    let by_suffix = [
+        (".tar.gz", "tar.gz"),
+        (".tgz", "tar.gz"),
+        (".tar.xz", "tar.xz"),
+        (".txz", "tar.xz"),
+        (".tar.zst", "tar.zst"),
+        (".tzst", "tar.zst"),
+        (".zip", "zip"),
+        (".sh", "sh"),
+    ];
+    Some(
+        by_suffix
+            .iter()
+            .find(|(suffix, _)| path.ends_with(suffix))
+            .map_or("none", |(_, kind)| kind),
+    )
+}
+
 /// Where a service runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
 #[serde(rename_all = "lowercase")]
