@@ -193,7 +193,6 @@ pub struct Deploy {
 pub struct InstallPlan {
     /// [`FORMAT_VERSION`].
     pub format_version: u32,
-    /// The deploy.
     pub deploy: Deploy,
     /// Gates opened for this compile.
     pub gates: Gates,
@@ -204,7 +203,6 @@ pub struct InstallPlan {
 /// One layer's steps, in emission order.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct LayerPlan {
-    /// Layer name.
     pub name: String,
     /// `version:` of the layer, if any.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -344,16 +342,13 @@ pub enum CheckSpec {
     Addr {
         /// Host name or address.
         host: String,
-        /// Port.
         port: u16,
         /// Whether it must connect (`false`: must be refused).
         reachable: bool,
     },
     /// An HTTP request (with `curl`, as the target user).
     Http {
-        /// The URL.
         url: String,
-        /// Method.
         method: String,
         /// Status it must answer.
         status: u16,
@@ -508,7 +503,6 @@ pub enum Action {
     ServicePackaged {
         /// Unit name with suffix, e.g. `sshd.service`.
         unit: String,
-        /// `enable:`.
         enable: bool,
         /// The service entry (for overrides).
         service: ServiceEntry,

@@ -3,7 +3,7 @@
 //! by request, then by name), so the same project and request always yield the same order whatever
 //! the order of the layer map.
 //!
-//! Semantics follow the original (reference §1.8):
+//! Semantics follow the original tool's resolver:
 //! 1. `layers:` is composition. A composing layer (non-empty `layers:`) that has no content of its
 //!    own ([`Layer::has_content`]) *vanishes*: it never appears in the order, and every edge to it
 //!    is replaced by edges to its members (recursively).
@@ -25,7 +25,8 @@
 //!
 //! One deliberate refinement: a vanishing composer's own `depends:` are kept — they join the needed
 //! set and edges to the composer are also redirected to them (the original dropped them, so
-//! requesting `chrome-kwin` alone did not pull in `kwin`). No order in reference §1.8/§8.6 changes.
+//! requesting `chrome-kwin` alone did not pull in `kwin`). No order the original produced for the
+//! corpus changes (the corpus tests in `compiler/tests/plan_corpus.rs` pin them).
 //!
 //! Remote refs (`@github.com/org/repo/layers/x:ver`) are looked up in `layers` under their bare
 //! key (`github.com/org/repo/layers/x`); a loader that read the repo cache puts them there. This
@@ -161,7 +162,6 @@ pub struct RemoteRef {
     pub host: String,
     /// Organisation or user.
     pub org: String,
-    /// Repository.
     pub repo: String,
     /// Path of the layer directory inside the repository, e.g. `layers/x`.
     pub sub_path: String,

@@ -3,10 +3,9 @@
 //! paths in the plan), and every decision about *what* runs is made here — rendering only decides
 //! *how*.
 //!
-//! Per layer, steps are emitted in this order (reference §3.5, plus the kinds the original never
-//! produced):
+//! Per layer, steps are emitted in this order (the original's, plus the kinds it never produced):
 //! 1. `ShellHook` (`env:` / `path_append:`), scope `user-profile`.
-//! 2. Package sections, selected as reference §1.3: the first distro tag (most specific first) that
+//! 2. Package sections, selected as the original did: the first distro tag (most specific first) that
 //!    has a tag section wins and is installed with the primary format; otherwise every section of
 //!    the target's formats, in format order. Per section: a `prepare` `SystemPackages` step (repo,
 //!    key, copr, module set-up), `RepoChange` steps, the `install` step, and a `cleanup` step that
@@ -67,14 +66,10 @@ pub enum LowerError {
     Check(#[from] checks::CheckError),
     /// The order names a layer the project does not have.
     #[error("unknown layer `{layer}` in the resolved order")]
-    UnknownLayer {
-        /// The name.
-        layer: String,
-    },
+    UnknownLayer { layer: String },
     /// The layer directory is not inside the project root, so the plan cannot name it relatively.
     #[error("layer `{layer}`: its directory `{}` is outside the project root", dir.display())]
     SourceOutsideProject {
-        /// The layer.
         layer: String,
         /// Its source directory.
         dir: PathBuf,
@@ -82,7 +77,6 @@ pub enum LowerError {
     /// A `copy:` source that is absolute, climbs with `..`, or resolves outside the layer directory.
     #[error("layer `{layer}`: task at line {line}: `copy: {src}` must be a path inside the layer directory")]
     UnsafeCopySource {
-        /// The layer.
         layer: String,
         /// Line of the task in `layer.yml`.
         line: u32,
@@ -92,7 +86,6 @@ pub enum LowerError {
     /// A `copy:` source that is a directory (list its files as separate `copy:` tasks).
     #[error("layer `{layer}`: task at line {line}: `copy: {src}` is a directory; copy its files one by one")]
     CopySourceNotFile {
-        /// The layer.
         layer: String,
         /// Line of the task.
         line: u32,
@@ -103,7 +96,6 @@ pub enum LowerError {
     /// directory).
     #[error("layer `{layer}`: task at line {line}: `{verb}` path `{path}` must be absolute or start with `~/` or `${{HOME}}`")]
     RelativeTarget {
-        /// The layer.
         layer: String,
         /// Line of the task.
         line: u32,
@@ -116,7 +108,6 @@ pub enum LowerError {
     /// refuses a `..` written in the path itself, with its position).
     #[error("layer `{layer}`: task at line {line}: `{field}` path `{path}` contains `..` once `vars:` are applied; {}", parent_dir_hint(.resolved.as_deref()))]
     ParentDirInTarget {
-        /// The layer.
         layer: String,
         /// Line of the task.
         line: u32,
@@ -130,7 +121,6 @@ pub enum LowerError {
     /// A service entry that says neither how to run it nor which unit to use.
     #[error("layer `{layer}`: service `{service}` has neither `exec:` nor `use_packaged:`")]
     ServiceWithoutAction {
-        /// The layer.
         layer: String,
         /// The service's `name:`.
         service: String,
@@ -138,7 +128,6 @@ pub enum LowerError {
     /// A service entry with both `exec:` and `use_packaged:` (use `overrides.exec` instead).
     #[error("layer `{layer}`: service `{service}` has both `exec:` and `use_packaged:`; use `overrides: {{exec: …}}` to change a packaged unit's command")]
     ServiceWithBothActions {
-        /// The layer.
         layer: String,
         /// The service's `name:`.
         service: String,
@@ -146,17 +135,14 @@ pub enum LowerError {
     /// A unit name that systemd would not accept or that would escape the unit directory.
     #[error("layer `{layer}`: service `{service}`: invalid unit name `{unit}`")]
     InvalidUnitName {
-        /// The layer.
         layer: String,
         /// The service's `name:`.
         service: String,
-        /// The offending unit name.
         unit: String,
     },
     /// A repository entry that cannot be turned into set-up steps.
     #[error("layer `{layer}`: {format} repository `{repo}`: {reason}")]
     InvalidRepo {
-        /// The layer.
         layer: String,
         /// The package format.
         format: String,
@@ -169,16 +155,11 @@ pub enum LowerError {
     #[error(
         "layer `{layer}`: the target distro declares no package format to install its packages"
     )]
-    NoPackageFormat {
-        /// The layer.
-        layer: String,
-    },
+    NoPackageFormat { layer: String },
     /// An environment variable name that cannot be exported by a shell.
     #[error("layer `{layer}`: invalid environment variable name `{name}` in {context}")]
     InvalidEnvName {
-        /// The layer.
         layer: String,
-        /// The name.
         name: String,
         /// Where it was (`env:`, a task, a service).
         context: String,
@@ -186,31 +167,24 @@ pub enum LowerError {
     /// A builder manifest that could not be read.
     #[error("layer `{layer}`: cannot read `{}`", path.display())]
     BuilderManifestRead {
-        /// The layer.
         layer: String,
-        /// The manifest.
         path: PathBuf,
-        /// The I/O error.
         #[source]
         source: std::io::Error,
     },
     /// The layer directory (or a part of it a step carries in the bundle) cannot be listed.
     #[error("layer `{layer}`: cannot list the files of `{}`", path.display())]
     LayerFiles {
-        /// The layer.
         layer: String,
         /// The directory.
         path: PathBuf,
-        /// The I/O error.
         #[source]
         source: std::io::Error,
     },
     /// A builder manifest (`package.json`, `Cargo.toml`) that does not have the expected shape.
     #[error("layer `{layer}`: invalid `{}`: {reason}", path.display())]
     BuilderManifestInvalid {
-        /// The layer.
         layer: String,
-        /// The manifest.
         path: PathBuf,
         /// What is wrong.
         reason: String,

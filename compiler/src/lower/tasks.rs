@@ -12,7 +12,8 @@ use crate::plan::{
 use super::builders::layer_files;
 use super::{check_env_names, rev, step, LowerError};
 
-/// `user:` → who runs a task (reference §1.4).
+/// `user:` → who runs a task: absent, `root`, `0` or `0:0` is root; `${USER}`, `$USER`, `${UID}`
+/// or `${UID}:${GID}` is the target user; anything else a named account.
 fn run_as(user: Option<&str>) -> RunAs {
     match user.map(str::trim) {
         None | Some("" | "root" | "0" | "0:0") => RunAs::Root,

@@ -53,7 +53,6 @@ pub struct Task {
     pub mode: Option<String>,
     /// `env:` exported before the task runs (file order).
     pub env: Vec<(String, String)>,
-    /// `comment:`.
     pub comment: Option<String>,
     /// `uninstall:` — explicit teardown targets (download tasks into shared directories).
     pub uninstall: Vec<String>,
@@ -86,7 +85,6 @@ pub enum TaskVerb {
     Write {
         /// Destination path.
         path: String,
-        /// `content:`.
         content: String,
     },
     /// `link:` — create a symlink.
@@ -106,12 +104,10 @@ pub enum TaskVerb {
         extract: Option<String>,
         /// `include:` — members to extract.
         include: Vec<String>,
-        /// `strip_components:`.
         strip_components: Option<u32>,
     },
     /// `setcap:` — set (or, with empty caps, remove) file capabilities.
     Setcap {
-        /// The file.
         path: String,
         /// `caps:`; empty means strip all capabilities (`setcap -r`).
         caps: String,
@@ -192,7 +188,6 @@ pub enum ServiceScope {
 /// One `service:` entry: either a packaged unit to enable, or a custom service to render as a unit.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 pub struct ServiceEntry {
-    /// `name:`.
     pub name: String,
     /// `use_packaged:` — an existing unit (`.service` appended when no unit suffix is given).
     pub use_packaged: Option<String>,
@@ -202,7 +197,6 @@ pub struct ServiceEntry {
     pub env: Vec<(String, String)>,
     /// `restart:` — `no|on-failure|always|unless-stopped`.
     pub restart: Option<String>,
-    /// `working_directory:`.
     pub working_directory: Option<String>,
     /// `user:` — the account the service runs as.
     pub user: Option<String>,
@@ -214,9 +208,7 @@ pub struct ServiceEntry {
     pub stdout: Option<String>,
     /// `stop_timeout:` seconds.
     pub stop_timeout: Option<String>,
-    /// `scope:`.
     pub scope: ServiceScope,
-    /// `enable:`.
     pub enable: bool,
     /// `overrides:` — drop-in env/after/exec for packaged units.
     pub overrides: Option<ServiceOverrides>,

@@ -11,7 +11,7 @@ use crate::yaml::{self, Doc, Node, Value, YamlErrorKind};
 use super::files::{Entry, Merged};
 use super::{schema, unknown_key, ProjectError};
 
-/// One distro of `build.yml`, with inheritance applied (reference §2.2).
+/// One distro of `build.yml`, with inheritance (`inherits:`) applied.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Distro {
     /// Its name (`archlinux`, `debian`, …).
@@ -27,7 +27,6 @@ pub struct Distro {
 /// `base_user:` of a distro.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct BaseUser {
-    /// Account name.
     pub name: String,
     /// User id.
     pub uid: u32,

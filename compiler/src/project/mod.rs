@@ -141,9 +141,7 @@ pub enum ProjectError {
     /// A file could not be read.
     #[error("cannot read `{}`", path.display())]
     Read {
-        /// The file.
         path: PathBuf,
-        /// The I/O error.
         #[source]
         source: io::Error,
     },
@@ -164,7 +162,6 @@ pub enum ProjectError {
     /// Two layer directories share a name.
     #[error("{diag}")]
     DuplicateLayer {
-        /// The layer name.
         name: String,
         /// The first directory (in sorted discovery order).
         first: PathBuf,

@@ -50,7 +50,6 @@ pub struct InstallOpts {
     pub with_services: bool,
     /// Allow repository changes.
     pub allow_repo_changes: bool,
-    /// Allow root tasks.
     pub allow_root_tasks: bool,
     /// Skip steps this target cannot run (builders on a VM).
     pub skip_incompatible: bool,

@@ -37,7 +37,6 @@ pub struct Rendered {
 /// One layer's rendered scripts, undo script and payload.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RenderedLayer {
-    /// Layer name.
     pub name: String,
     /// Scripts in order: one per contiguous (scope, venue) run of the layer's runnable steps.
     pub scripts: Vec<RenderedScript>,
@@ -88,9 +87,7 @@ pub enum RenderError {
     /// A `--templates DIR` file could not be read.
     #[error("cannot read template override `{}`", path.display())]
     Override {
-        /// The file.
         path: PathBuf,
-        /// The I/O error.
         #[source]
         source: std::io::Error,
     },
@@ -116,7 +113,6 @@ pub enum RenderError {
     LayerTemplate {
         /// The layer being rendered.
         layer: String,
-        /// Template name.
         template: String,
         /// The engine's error.
         #[source]
