@@ -364,7 +364,7 @@ pub fn build(
     );
     let mut lib = render("bundle/lib.sh.j2")?;
     if !rendered.step_lib.is_empty() {
-        lib.push_str("\n# ---- step helpers (templates/lib/steps.sh.j2) ----\n");
+        lib.push_str("\n# ---- step helpers (templates/lib/steps.sh) ----\n");
         lib.push_str(&rendered.step_lib);
         if !lib.ends_with('\n') {
             lib.push('\n');

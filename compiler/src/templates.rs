@@ -1,7 +1,8 @@
-//! Stage `render` (templates): the shell templates embedded in the binary, by relative name under
-//! `templates/`; a test in `render` checks this list equals the directory, byte for byte.
+//! Stage `render` (templates): the files of `templates/` embedded in the binary, by relative name
+//! (a name ending in `.j2` is a template; any other file is shell carried verbatim); a test in
+//! `render` checks this list equals the directory, byte for byte.
 
-/// (name, source) of every embedded template, sorted by name.
+/// (name, source) of every embedded file of `templates/`, sorted by name.
 pub const EMBEDDED: &[(&str, &str)] = &[
     (
         "bundle/README.txt.j2",
@@ -31,10 +32,7 @@ pub const EMBEDDED: &[(&str, &str)] = &[
         "bundle/verify.sh.j2",
         include_str!("../../templates/bundle/verify.sh.j2"),
     ),
-    (
-        "lib/steps.sh.j2",
-        include_str!("../../templates/lib/steps.sh.j2"),
-    ),
+    ("lib/steps.sh", include_str!("../../templates/lib/steps.sh")),
     (
         "steps/builder-aur.sh.j2",
         include_str!("../../templates/steps/builder-aur.sh.j2"),

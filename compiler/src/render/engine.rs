@@ -36,6 +36,8 @@ impl Object for ShellFragment {
 /// undefined variables, and a formatter that shell-quotes every interpolated value.
 pub struct Engine {
     env: Environment<'static>,
+    /// Files of `templates/` that are not templates (not `.j2`), carried verbatim.
+    texts: BTreeMap<String, String>,
     overridden: Vec<(String, String)>,
 }
 
@@ -136,14 +138,23 @@ impl Engine {
                 fragment(shell::runtime_word(&s, false))
             },
         );
+        let mut texts = BTreeMap::new();
         for (name, text) in sources {
+            if !name.ends_with(".j2") {
+                texts.insert(name, text);
+                continue;
+            }
             env.add_template_owned(name.clone(), text)
                 .map_err(|source| RenderError::Template {
                     template: name,
                     source,
                 })?;
         }
-        Ok(Engine { env, overridden })
+        Ok(Engine {
+            env,
+            texts,
+            overridden,
+        })
     }
 
     /// Render template `name` with `ctx`.
@@ -157,6 +168,16 @@ impl Engine {
             .map_err(wrap)?
             .render(ctx)
             .map_err(wrap)
+    }
+
+    /// The verbatim file `name` of `templates/` (one that is not a `.j2` template).
+    pub fn text(&self, name: &str) -> Result<&str, RenderError> {
+        self.texts
+            .get(name)
+            .map(String::as_str)
+            .ok_or_else(|| RenderError::UnknownText {
+                name: name.to_string(),
+            })
     }
 
     /// Templates replaced by the override directory, with the sha256 of each replacement.
@@ -241,6 +262,30 @@ mod tests {
             .render(minijinja::context! { v => "a\nov_pwn\r\u{1b}b" })
             .unwrap();
         assert_eq!(out, "# a ov_pwn  b\nok");
+    }
+
+    #[test]
+    fn files_that_are_not_templates_are_carried_verbatim_and_can_be_overridden() {
+        let engine = Engine::new(None).expect("engine");
+        let lib = engine.text("lib/steps.sh").expect("embedded");
+        assert_eq!(lib, include_str!("../../../templates/lib/steps.sh"));
+        assert!(
+            lib.contains("${#"),
+            "bash syntax the template engine would refuse"
+        );
+        assert!(
+            engine.render("lib/steps.sh", &()).is_err(),
+            "not a template"
+        );
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join("lib")).unwrap();
+        std::fs::write(dir.path().join("lib/steps.sh"), "{{ not a template }}\n").unwrap();
+        let engine = Engine::new(Some(dir.path())).expect("engine with override");
+        assert_eq!(
+            engine.text("lib/steps.sh").unwrap(),
+            "{{ not a template }}\n"
+        );
+        assert_eq!(engine.overridden()[0].0, "lib/steps.sh");
     }
 
     #[test]

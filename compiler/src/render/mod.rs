@@ -15,7 +15,6 @@ mod undo;
 
 use std::path::{Path, PathBuf};
 
-use minijinja::context;
 use thiserror::Error;
 
 use crate::plan::{Action, InstallPlan, LayerPlan, Scope, Step, Venue};
@@ -91,6 +90,12 @@ pub enum RenderError {
         #[source]
         source: std::io::Error,
     },
+    /// A verbatim file of `templates/` that does not exist (a bug in `ov`, not in the input).
+    #[error("no file `{name}` among the embedded templates")]
+    UnknownText {
+        /// Its relative name, e.g. `lib/steps.sh`.
+        name: String,
+    },
     /// A `--templates DIR` file names no embedded template (a typo would otherwise be ignored).
     #[error("template override `{name}` does not replace any built-in template (known: {known})")]
     UnknownOverride {
@@ -132,8 +137,8 @@ pub enum RenderError {
     },
 }
 
-/// The template of the step helpers (becomes part of `lib.sh`).
-const T_LIB: &str = "lib/steps.sh.j2";
+/// The step helpers, shell carried verbatim (becomes part of `lib.sh`).
+const STEP_LIB: &str = "lib/steps.sh";
 
 /// Render every layer of `plan` into scripts, undo scripts and a payload list.
 ///
@@ -146,7 +151,7 @@ pub fn render(
     project_root: &Path,
     engine: &Engine,
 ) -> Result<Rendered, RenderError> {
-    let step_lib = engine.render(T_LIB, &context! {})?;
+    let step_lib = engine.text(STEP_LIB)?.to_string();
     let layers = crate::par::map(&plan.layers, |lp| {
         LayerRenderer::new(plan, lp, project_root, engine)?.render()
     })
