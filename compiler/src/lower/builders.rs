@@ -5,40 +5,37 @@
 use std::path::Path;
 
 use crate::layer::Layer;
-use crate::plan::{Action, BuilderKind, Gates, Phase, ReverseKind, ReverseOp, Scope, Step, Venue};
+use crate::plan::{Action, BuilderKind, ReverseKind, ReverseOp, Scope, Step};
 
 use super::{rev, rev_extra, step, LowerError};
 
 /// The layer's builder steps, by builder name: `aur` (its packages, collected from the selected
 /// `aur:` sections), then the file-triggered `cargo`, `npm` and `pixi`.
 pub(super) fn lower_builders(
-    gates: Gates,
     name: &str,
     layer: &Layer,
     aur_packages: Vec<String>,
 ) -> Result<Vec<Step>, LowerError> {
     let mut steps = Vec::new();
     if !aur_packages.is_empty() {
-        steps.push(step(
-            gates,
-            Action::Builder {
-                builder: BuilderKind::Aur,
-                manifest: None,
-                packages: aur_packages.clone(),
-                names: Vec::new(),
-                crate_name: None,
-                files: Vec::new(),
-            },
-            Scope::System,
-            Venue::ContainerBuilder,
-            Phase::Install,
-            None,
-            None,
-            vec![ReverseOp {
-                format: Some("pac".to_string()),
-                ..rev(ReverseKind::PackageRemove, Scope::System, aur_packages)
-            }],
-        ));
+        steps.push(
+            step(
+                Action::Builder {
+                    builder: BuilderKind::Aur,
+                    manifest: None,
+                    packages: aur_packages.clone(),
+                    names: Vec::new(),
+                    crate_name: None,
+                    files: Vec::new(),
+                },
+                Scope::System,
+                vec![ReverseOp {
+                    format: Some("pac".to_string()),
+                    ..rev(ReverseKind::PackageRemove, Scope::System, aur_packages)
+                }],
+            )
+            .in_builder(),
+        );
     }
     let files = &layer.builder_files;
     let dir = &layer.source_dir;
@@ -57,7 +54,6 @@ pub(super) fn lower_builders(
         }
         carried.sort();
         steps.push(builder_step(
-            gates,
             BuilderKind::Cargo,
             "Cargo.toml",
             (Vec::new(), Vec::new()),
@@ -74,7 +70,6 @@ pub(super) fn lower_builders(
             vec![rev(ReverseKind::NpmUninstallG, Scope::User, names.clone())]
         };
         steps.push(builder_step(
-            gates,
             BuilderKind::Npm,
             "package.json",
             (specs, names),
@@ -94,7 +89,6 @@ pub(super) fn lower_builders(
         }
         carried.sort();
         steps.push(builder_step(
-            gates,
             BuilderKind::Pixi,
             manifest,
             (Vec::new(), Vec::new()),
@@ -114,7 +108,6 @@ pub(super) fn lower_builders(
 /// A file-triggered builder step (as the target user, in the builder venue); `packages` is the
 /// pair (install specs, names).
 fn builder_step(
-    gates: Gates,
     builder: BuilderKind,
     manifest: &str,
     (packages, names): (Vec<String>, Vec<String>),
@@ -123,7 +116,6 @@ fn builder_step(
     reverse: Vec<ReverseOp>,
 ) -> Step {
     step(
-        gates,
         Action::Builder {
             builder,
             manifest: Some(manifest.to_string()),
@@ -133,12 +125,9 @@ fn builder_step(
             files,
         },
         Scope::User,
-        Venue::ContainerBuilder,
-        Phase::Install,
-        None,
-        None,
         reverse,
     )
+    .in_builder()
 }
 
 /// The regular files below `rel` of the layer directory `dir` (all of it for `""`), as paths

@@ -117,3 +117,31 @@ pub fn kinds(lp: &LayerPlan) -> Vec<String> {
         .map(|s| format!("{}/{}", s.kind(), s.phase.as_str()))
         .collect()
 }
+
+/// A `download:` of `url` to `to`, extracted as its suffix says, with no other modifiers.
+pub fn download(url: &str, to: Option<&str>) -> TaskVerb {
+    TaskVerb::Download {
+        url: url.to_string(),
+        to: to.map(str::to_string),
+        extract: None,
+        include: vec![],
+        strip_components: None,
+    }
+}
+
+/// A layer `name` whose only content is `task`.
+pub fn one_task(name: &str, task: Task) -> Layer {
+    Layer {
+        tasks: vec![task],
+        ..named(name)
+    }
+}
+
+/// Lowers `layer`, alone in a fresh project with `files` in its directory, on Arch with every gate
+/// open.
+pub fn lower_alone(layer: Layer, files: &[(&str, &str)]) -> Result<InstallPlan, LowerError> {
+    let name = layer.name.clone();
+    let mut fx = Fixture::new();
+    fx.add(layer, files);
+    fx.lower(ARCH, ALL, &[name.as_str()])
+}

@@ -234,33 +234,56 @@ pub fn lower(
     })
 }
 
-/// Builds a step, marking it skipped when its gate is closed (a step already skipped keeps its
-/// own reason).
-#[allow(clippy::too_many_arguments)]
-fn step(
-    gates: Gates,
-    action: Action,
-    scope: Scope,
-    venue: Venue,
-    phase: Phase,
-    gate: Option<Gate>,
-    skip: Option<Skip>,
-    reverse: Vec<ReverseOp>,
-) -> Step {
-    let skip = skip.or_else(|| {
-        gate.filter(|g| !gates.allows(*g)).map(|g| Skip {
-            reason: format!("requires --{}", g.as_str()),
-            enable_with: Some(g),
-        })
-    });
+/// A step acting for `scope`, run on the target itself in the install phase, with no gate; the
+/// methods below change what differs.
+fn step(action: Action, scope: Scope, reverse: Vec<ReverseOp>) -> Step {
     Step {
         action,
         scope,
-        venue,
-        phase,
-        gate,
-        skip,
+        venue: Venue::HostNative,
+        phase: Phase::Install,
+        gate: None,
+        skip: None,
         reverse,
+    }
+}
+
+impl Step {
+    /// In package-section phase `phase`.
+    fn in_phase(self, phase: Phase) -> Step {
+        Step { phase, ..self }
+    }
+
+    /// Run inside a builder toolchain (pixi, npm, cargo, makepkg).
+    fn in_builder(self) -> Step {
+        Step {
+            venue: Venue::ContainerBuilder,
+            ..self
+        }
+    }
+
+    /// Not run on this target, for `skip`'s reason (venue `skip`); `None` changes nothing.
+    fn skipped(self, skip: Option<Skip>) -> Step {
+        match skip {
+            Some(skip) => Step {
+                venue: Venue::Skip,
+                skip: Some(skip),
+                ..self
+            },
+            None => self,
+        }
+    }
+
+    /// Needs `gate`, and is skipped naming the flag when `gates` keeps it closed (a step already
+    /// skipped keeps its own reason).
+    fn gated(self, gate: Option<Gate>, gates: Gates) -> Step {
+        let skip = self.skip.or_else(|| {
+            gate.filter(|g| !gates.allows(*g)).map(|g| Skip {
+                reason: format!("requires --{}", g.as_str()),
+                enable_with: Some(g),
+            })
+        });
+        Step { gate, skip, ..self }
     }
 }
 
@@ -308,16 +331,11 @@ fn lower_layer(
     if !layer.env.is_empty() || !layer.path_append.is_empty() {
         check_env_names(name, &layer.env, "`env:`")?;
         steps.push(step(
-            gates,
             Action::ShellHook {
                 env: layer.env.clone(),
                 path_append: layer.path_append.clone(),
             },
             Scope::UserProfile,
-            Venue::HostNative,
-            Phase::Install,
-            None,
-            None,
             vec![rev_extra(
                 ReverseKind::RemoveEnvdFile,
                 Scope::UserProfile,
@@ -353,7 +371,7 @@ fn lower_layer(
     }
 
     // 4. Builders, by builder name.
-    steps.extend(builders::lower_builders(gates, name, layer, aur_packages)?);
+    steps.extend(builders::lower_builders(name, layer, aur_packages)?);
 
     // 5. Services.
     for service in &layer.services {
@@ -362,21 +380,19 @@ fn lower_layer(
 
     // 6. What was left out.
     for key in &layer.container_only {
-        steps.push(step(
-            gates,
-            Action::ContainerOnly {
-                key: key.key.clone(),
-            },
-            Scope::System,
-            Venue::Skip,
-            Phase::Install,
-            None,
-            Some(Skip {
+        steps.push(
+            step(
+                Action::ContainerOnly {
+                    key: key.key.clone(),
+                },
+                Scope::System,
+                Vec::new(),
+            )
+            .skipped(Some(Skip {
                 reason: key.reason.clone(),
                 enable_with: None,
-            }),
-            Vec::new(),
-        ));
+            })),
+        );
     }
 
     Ok(LayerPlan {
@@ -571,11 +587,9 @@ mod tests {
             ["${HOME}/.config/overthink/env.d/rust.env"]
         );
 
-        let mut fx = Fixture::new();
         let mut l = named("bad");
         l.env = vec![("A B".into(), "x".into())];
-        fx.add(l, &[]);
-        let err = fx.lower(ARCH, ALL, &["bad"]).unwrap_err();
+        let err = lower_alone(l, &[]).unwrap_err();
         assert!(matches!(err, LowerError::InvalidEnvName { .. }), "{err}");
     }
 

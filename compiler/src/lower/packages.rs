@@ -3,7 +3,7 @@
 //! module documentation of `lower` says, so a renderer does exactly what a step's fields say.
 
 use crate::layer::{Layer, PackageSection, Repo, SectionKey};
-use crate::plan::{Action, Gate, Gates, Phase, ReverseKind, ReverseOp, Scope, Step, Venue};
+use crate::plan::{Action, Gate, Gates, Phase, ReverseKind, ReverseOp, Scope, Step};
 
 use super::{rev, rev_extra, step, LowerError};
 
@@ -73,102 +73,88 @@ pub(super) fn lower_section(
     let sets_up_repos = has_prepare || !changes.is_empty();
     let repo_gate = Some(Gate::AllowRepoChanges);
 
-    let packages_action = |packages: Vec<String>, options: Vec<String>, exclude: Vec<String>| {
-        Action::SystemPackages {
-            format: format.to_string(),
-            packages,
-            options,
-            repos: Vec::new(),
-            keys: Vec::new(),
-            copr: Vec::new(),
-            modules: Vec::new(),
-            exclude,
-        }
+    // Each phase's step carries the part of the section it does.
+    let nothing = PackageSection {
+        packages: Vec::new(),
+        options: Vec::new(),
+        repos: Vec::new(),
+        keys: Vec::new(),
+        copr: Vec::new(),
+        modules: Vec::new(),
+        exclude: Vec::new(),
+        ..section.clone()
+    };
+    let action = |part: PackageSection| Action::SystemPackages {
+        format: format.to_string(),
+        packages: part.packages,
+        options: part.options,
+        repos: part.repos.iter().map(crate::plan::Repo::from).collect(),
+        keys: part.keys,
+        copr: part.copr,
+        modules: part.modules,
+        exclude: part.exclude,
     };
 
     if has_prepare {
-        steps.push(step(
-            gates,
-            Action::SystemPackages {
-                format: format.to_string(),
-                packages: Vec::new(),
-                options: Vec::new(),
-                repos: prepare_repos.iter().map(crate::plan::Repo::from).collect(),
-                keys: section.keys.clone(),
-                copr: section.copr.clone(),
-                modules: section.modules.clone(),
-                exclude: Vec::new(),
-            },
-            Scope::System,
-            Venue::HostNative,
-            Phase::Prepare,
-            repo_gate,
-            None,
-            prepare_reverse,
-        ));
+        let part = PackageSection {
+            repos: prepare_repos,
+            keys: section.keys.clone(),
+            copr: section.copr.clone(),
+            modules: section.modules.clone(),
+            ..nothing.clone()
+        };
+        steps.push(
+            step(action(part), Scope::System, prepare_reverse)
+                .in_phase(Phase::Prepare)
+                .gated(repo_gate, gates),
+        );
     }
     for (path, content) in changes {
-        steps.push(step(
-            gates,
-            Action::RepoChange {
-                format: format.to_string(),
-                path: path.clone(),
-                content,
-            },
+        let reverse = vec![rev_extra(
+            ReverseKind::RemoveRepoFile,
             Scope::System,
-            Venue::HostNative,
-            Phase::Prepare,
-            repo_gate,
-            None,
-            vec![rev_extra(
-                ReverseKind::RemoveRepoFile,
-                Scope::System,
-                vec![path],
-                &[("layer", layer), ("format", format)],
-            )],
-        ));
+            vec![path.clone()],
+            &[("layer", layer), ("format", format)],
+        )];
+        let change = Action::RepoChange {
+            format: format.to_string(),
+            path,
+            content,
+        };
+        steps.push(
+            step(change, Scope::System, reverse)
+                .in_phase(Phase::Prepare)
+                .gated(repo_gate, gates),
+        );
     }
-    steps.push(step(
-        gates,
-        packages_action(
-            section.packages.clone(),
-            section.options.clone(),
-            section.exclude.clone(),
-        ),
-        Scope::System,
-        Venue::HostNative,
-        Phase::Install,
-        if sets_up_repos { repo_gate } else { None },
-        None,
-        vec![ReverseOp {
-            format: Some(format.to_string()),
-            ..rev(
-                ReverseKind::PackageRemove,
-                Scope::System,
-                section.packages.clone(),
-            )
-        }],
-    ));
-    if !section.copr.is_empty() {
-        steps.push(step(
-            gates,
-            Action::SystemPackages {
-                format: format.to_string(),
-                packages: Vec::new(),
-                options: Vec::new(),
-                repos: Vec::new(),
-                keys: Vec::new(),
-                copr: section.copr.clone(),
-                modules: Vec::new(),
-                exclude: Vec::new(),
-            },
+    let part = PackageSection {
+        packages: section.packages.clone(),
+        options: section.options.clone(),
+        exclude: section.exclude.clone(),
+        ..nothing.clone()
+    };
+    let reverse = vec![ReverseOp {
+        format: Some(format.to_string()),
+        ..rev(
+            ReverseKind::PackageRemove,
             Scope::System,
-            Venue::HostNative,
-            Phase::Cleanup,
-            repo_gate,
-            None,
-            Vec::new(),
-        ));
+            section.packages.clone(),
+        )
+    }];
+    steps.push(
+        step(action(part), Scope::System, reverse)
+            .gated(if sets_up_repos { repo_gate } else { None }, gates),
+    );
+    if !section.copr.is_empty() {
+        let part = PackageSection {
+            copr: section.copr.clone(),
+            ..nothing
+        };
+        steps.push(
+            step(action(part), Scope::System, Vec::new())
+                .in_phase(Phase::Cleanup)
+                .gated(repo_gate, gates),
+        );
     }
     Ok(())
 }
@@ -348,6 +334,7 @@ fn is_file_token(s: &str) -> bool {
 mod tests {
     use super::*;
     use crate::lower::fixture::*;
+    use crate::plan::Venue;
 
     #[test]
     fn first_matching_tag_section_wins_with_primary_format() {

@@ -2,7 +2,7 @@
 //! overrides) or a custom unit to write; every service step needs `--with-services`.
 
 use crate::layer::{ServiceEntry, ServiceScope};
-use crate::plan::{Action, Gate, Gates, Phase, ReverseKind, Scope, Step, Venue};
+use crate::plan::{Action, Gate, Gates, ReverseKind, Scope, Step};
 
 use super::{check_env_names, rev, rev_extra, step, LowerError};
 
@@ -91,19 +91,15 @@ pub(super) fn lower_service(
                 reverse.push(rev(ReverseKind::ServiceDisable, scope, vec![unit.clone()]));
             }
             Ok(step(
-                gates,
                 Action::ServicePackaged {
                     unit,
                     enable: service.enable,
                     service: crate::plan::ServiceEntry::from(service),
                 },
                 scope,
-                Venue::HostNative,
-                Phase::Install,
-                Some(Gate::WithServices),
-                None,
                 reverse,
-            ))
+            )
+            .gated(Some(Gate::WithServices), gates))
         }
         (None, Some(_)) => {
             if !is_unit_name(layer) || !is_unit_name(&service.name) {
@@ -119,18 +115,14 @@ pub(super) fn lower_service(
                 reverse.push(rev(ReverseKind::ServiceDisable, scope, vec![unit.clone()]));
             }
             Ok(step(
-                gates,
                 Action::ServiceCustom {
                     unit,
                     service: crate::plan::ServiceEntry::from(service),
                 },
                 scope,
-                Venue::HostNative,
-                Phase::Install,
-                Some(Gate::WithServices),
-                None,
                 reverse,
-            ))
+            )
+            .gated(Some(Gate::WithServices), gates))
         }
     }
 }
@@ -252,11 +244,9 @@ mod tests {
                 "invalid unit name",
             ),
         ] {
-            let mut fx = Fixture::new();
             let mut l = named("s");
             l.services = vec![entry];
-            fx.add(l, &[]);
-            let err = fx.lower(ARCH, ALL, &["s"]).unwrap_err().to_string();
+            let err = lower_alone(l, &[]).unwrap_err().to_string();
             assert!(err.starts_with("layer `s`: service"), "{err}");
             assert!(err.contains(want), "{err}");
         }

@@ -5,9 +5,7 @@
 use std::path::{Component, Path};
 
 use crate::layer::{normalise_dest, Layer, Task, TaskVerb};
-use crate::plan::{
-    download_extract, Action, Gate, Gates, Phase, ReverseKind, RunAs, Scope, Skip, Step, Venue,
-};
+use crate::plan::{download_extract, Action, Gate, Gates, ReverseKind, RunAs, Scope, Skip, Step};
 
 use super::builders::layer_files;
 use super::{check_env_names, rev, step, LowerError};
@@ -79,7 +77,6 @@ pub(super) fn lower_task(
         let dest = to.clone().unwrap_or_else(|| src.clone());
         let skip = copy_source_check(layer_name, layer, task, src)?;
         return Ok(step(
-            gates,
             Action::File {
                 source: src.clone(),
                 dest: dest.clone(),
@@ -87,16 +84,9 @@ pub(super) fn lower_task(
                 run_as: who,
             },
             scope,
-            if skip.is_some() {
-                Venue::Skip
-            } else {
-                Venue::HostNative
-            },
-            Phase::Install,
-            None,
-            skip,
             vec![rev(rm, scope, vec![dest])],
-        ));
+        )
+        .skipped(skip));
     }
 
     let (reverse, skip) = match &task.verb {
@@ -139,23 +129,16 @@ pub(super) fn lower_task(
     let gate = (scope == Scope::System && matches!(task.verb, TaskVerb::Cmd { .. }))
         .then_some(Gate::AllowRootTasks);
     Ok(step(
-        gates,
         Action::Task {
             task: crate::plan::Task::from(task),
             run_as: who,
             ctx_files,
         },
         scope,
-        if skip.is_some() {
-            Venue::Skip
-        } else {
-            Venue::HostNative
-        },
-        Phase::Install,
-        gate,
-        skip,
         reverse,
-    ))
+    )
+    .skipped(skip)
+    .gated(gate, gates))
 }
 
 /// The task with the layer's `vars:` applied, as the original's container build saw it there
@@ -364,6 +347,7 @@ fn resolve_ctx(body: &str) -> (String, bool) {
 mod tests {
     use super::*;
     use crate::lower::fixture::*;
+    use crate::plan::Venue;
 
     #[test]
     fn vars_fill_paths_and_urls_and_reach_cmd_as_env() {
@@ -382,13 +366,10 @@ mod tests {
         );
 
         let dl = task(
-            TaskVerb::Download {
-                url: "https://example.org/${V}/t_${V}_${ARCH}.tgz".into(),
-                to: Some("/opt/t-${V}".into()),
-                extract: None,
-                include: vec![],
-                strip_components: None,
-            },
+            download(
+                "https://example.org/${V}/t_${V}_${ARCH}.tgz",
+                Some("/opt/t-${V}"),
+            ),
             None,
         );
         let TaskVerb::Download { url, to, .. } = apply_vars(&dl, &vars).verb else {
@@ -441,24 +422,12 @@ mod tests {
         let mut fx = Fixture::new();
         let mut l = named("t");
         let mut dl_plain = task(
-            TaskVerb::Download {
-                url: "https://e.example/tool".into(),
-                to: Some("/usr/local/bin/tool".into()),
-                extract: None,
-                include: vec![],
-                strip_components: None,
-            },
+            download("https://e.example/tool", Some("/usr/local/bin/tool")),
             Some("root"),
         );
         dl_plain.mode = Some("0755".into());
         let dl_archive = task(
-            TaskVerb::Download {
-                url: "https://e.example/t.tar.gz".into(),
-                to: Some("/usr/local/bin".into()),
-                extract: None,
-                include: vec![],
-                strip_components: None,
-            },
+            download("https://e.example/t.tar.gz", Some("/usr/local/bin")),
             None,
         );
         let mut dl_listed = dl_archive.clone();
@@ -646,34 +615,40 @@ mod tests {
             .contains("`bin/ov` is not in the layer directory"));
 
         for bad in ["../secret", "/etc/shadow", "a/../../b"] {
-            let mut fx = Fixture::new();
-            let mut l = named("c");
-            l.tasks = vec![task(
-                TaskVerb::Copy {
-                    src: bad.into(),
-                    to: Some("/x".into()),
-                },
-                None,
-            )];
-            fx.add(l, &[]);
-            let err = fx.lower(ARCH, ALL, &["c"]).unwrap_err();
+            let err = lower_alone(
+                one_task(
+                    "c",
+                    task(
+                        TaskVerb::Copy {
+                            src: bad.into(),
+                            to: Some("/x".into()),
+                        },
+                        None,
+                    ),
+                ),
+                &[],
+            )
+            .unwrap_err();
             assert!(
                 matches!(err, LowerError::UnsafeCopySource { line: 7, .. }),
                 "{bad}: {err}"
             );
         }
 
-        let mut fx = Fixture::new();
-        let mut l = named("c");
-        l.tasks = vec![task(
-            TaskVerb::Copy {
-                src: "d".into(),
-                to: Some("/x".into()),
-            },
-            None,
-        )];
-        fx.add(l, &[("d/inner", "x")]);
-        let err = fx.lower(ARCH, ALL, &["c"]).unwrap_err();
+        let err = lower_alone(
+            one_task(
+                "c",
+                task(
+                    TaskVerb::Copy {
+                        src: "d".into(),
+                        to: Some("/x".into()),
+                    },
+                    None,
+                ),
+            ),
+            &[("d/inner", "x")],
+        )
+        .unwrap_err();
         assert!(matches!(err, LowerError::CopySourceNotFile { .. }), "{err}");
     }
 
@@ -696,34 +671,36 @@ mod tests {
                 target: "/opt/x".into(),
             },
         ] {
-            let mut fx = Fixture::new();
-            let mut l = named("rel");
-            l.tasks = vec![task(verb, Some("${USER}"))];
-            fx.add(l, &[("conf", "x")]);
-            let err = fx.lower(ARCH, ALL, &["rel"]).unwrap_err();
+            let err = lower_alone(
+                one_task("rel", task(verb, Some("${USER}"))),
+                &[("conf", "x")],
+            )
+            .unwrap_err();
             assert!(
                 matches!(err, LowerError::RelativeTarget { line: 7, .. }),
                 "{err}"
             );
         }
         // A relative link *target* is fine: it is resolved against the link's directory.
-        let mut fx = Fixture::new();
-        let mut l = named("rel");
-        l.tasks = vec![task(
-            TaskVerb::Link {
-                path: "~/bin/x".into(),
-                target: "x-wrapper".into(),
-            },
-            Some("${USER}"),
-        )];
-        fx.add(l, &[]);
-        assert!(fx.lower(ARCH, ALL, &["rel"]).is_ok());
+        assert!(lower_alone(
+            one_task(
+                "rel",
+                task(
+                    TaskVerb::Link {
+                        path: "~/bin/x".into(),
+                        target: "x-wrapper".into(),
+                    },
+                    Some("${USER}"),
+                )
+            ),
+            &[]
+        )
+        .is_ok());
     }
 
     #[test]
     fn a_parent_dir_from_vars_is_refused_and_dots_are_normalised() {
         let lower_one = |verb: TaskVerb, uninstall: &[&str]| {
-            let mut fx = Fixture::new();
             let mut l = named("v");
             l.vars = vec![
                 ("UP".into(), "/opt/app/..".into()),
@@ -732,8 +709,7 @@ mod tests {
             let mut t = task(verb, None);
             t.uninstall = uninstall.iter().map(|u| u.to_string()).collect();
             l.tasks = vec![t];
-            fx.add(l, &[]);
-            fx.lower(ARCH, ALL, &["v"])
+            lower_alone(l, &[])
         };
         let err = lower_one(
             TaskVerb::Write {
@@ -754,13 +730,7 @@ mod tests {
             "{err}"
         );
         let err = lower_one(
-            TaskVerb::Download {
-                url: "https://example.org/x.tar.gz".into(),
-                to: Some("${DIR}".into()),
-                extract: None,
-                include: vec![],
-                strip_components: None,
-            },
+            download("https://example.org/x.tar.gz", Some("${DIR}")),
             &["${UP}/../bin/x"],
         )
         .unwrap_err();

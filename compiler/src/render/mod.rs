@@ -198,19 +198,12 @@ fn no_nul(lp: &LayerPlan) -> Result<(), RenderError> {
         }
     }
     let value = serde_json::to_value(lp).unwrap_or(serde_json::Value::Null);
-    match walk(&value) {
-        Some(s) => Err(RenderError::Quote {
+    if let Some(s) = walk(&value) {
+        // Quoting refuses the string, with the error that names it.
+        shell::quote(&s).map_err(|source| RenderError::Quote {
             layer: lp.name.clone(),
-            source: shell::QuoteError::Nul {
-                preview: s
-                    .split('\0')
-                    .next()
-                    .unwrap_or_default()
-                    .chars()
-                    .take(40)
-                    .collect(),
-            },
-        }),
-        None => Ok(()),
+            source,
+        })?;
     }
+    Ok(())
 }
