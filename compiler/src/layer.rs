@@ -135,6 +135,23 @@ pub struct PackageSection {
     pub exclude: Vec<String>,
 }
 
+impl PackageSection {
+    /// A section selected by `key`, standing at `pos`, with nothing in it yet.
+    pub fn empty(key: SectionKey, pos: Pos) -> PackageSection {
+        PackageSection {
+            key,
+            pos,
+            packages: Vec::new(),
+            options: Vec::new(),
+            repos: Vec::new(),
+            keys: Vec::new(),
+            copr: Vec::new(),
+            modules: Vec::new(),
+            exclude: Vec::new(),
+        }
+    }
+}
+
 /// A repository entry; which fields apply depends on the format (see the field docs).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 pub struct Repo {

@@ -754,17 +754,7 @@ impl Parser<'_> {
         let allowed = format
             .and_then(section_fields_for)
             .unwrap_or(SECTION_FIELDS);
-        let mut s = PackageSection {
-            key,
-            pos: k.pos,
-            packages: Vec::new(),
-            options: Vec::new(),
-            repos: Vec::new(),
-            keys: Vec::new(),
-            copr: Vec::new(),
-            modules: Vec::new(),
-            exclude: Vec::new(),
-        };
+        let mut s = PackageSection::empty(key, k.pos);
         let fields = self.entries(v, what).map_err(|e| {
             e.with_hint(format!(
                 "a package section is a mapping, e.g. `{}: {{packages: [a, b]}}`",

@@ -15,33 +15,20 @@ impl From<&layer::Pos> for plan::Pos {
 
 impl From<&layer::Repo> for plan::Repo {
     fn from(r: &layer::Repo) -> plan::Repo {
-        let layer::Repo {
-            name,
-            url,
-            gpgkey,
-            gpgcheck,
-            rpm,
-            key,
-            signed_by,
-            suite,
-            components,
-            ppa,
-            server,
-            siglevel,
-        } = r.clone();
+        let r = r.clone();
         plan::Repo {
-            name,
-            url,
-            gpgkey,
-            gpgcheck,
-            rpm,
-            key,
-            signed_by,
-            suite,
-            components,
-            ppa,
-            server,
-            siglevel,
+            name: r.name,
+            url: r.url,
+            gpgkey: r.gpgkey,
+            gpgcheck: r.gpgcheck,
+            rpm: r.rpm,
+            key: r.key,
+            signed_by: r.signed_by,
+            suite: r.suite,
+            components: r.components,
+            ppa: r.ppa,
+            server: r.server,
+            siglevel: r.siglevel,
         }
     }
 }

@@ -76,15 +76,8 @@ pub const ALL: Gates = Gates {
 
 pub fn section(key: SectionKey, packages: &[&str]) -> PackageSection {
     PackageSection {
-        key,
-        pos: Pos::default(),
         packages: packages.iter().map(|s| s.to_string()).collect(),
-        options: vec![],
-        repos: vec![],
-        keys: vec![],
-        copr: vec![],
-        modules: vec![],
-        exclude: vec![],
+        ..PackageSection::empty(key, Pos::default())
     }
 }
 

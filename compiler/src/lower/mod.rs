@@ -523,36 +523,18 @@ mod tests {
             builders,
             [BuilderKind::Aur, BuilderKind::Npm, BuilderKind::Pixi]
         );
-        let aur = lp
-            .steps
-            .iter()
-            .find(|s| {
-                matches!(
-                    s.action,
-                    Action::Builder {
-                        builder: BuilderKind::Aur,
-                        ..
-                    }
-                )
-            })
-            .unwrap();
+        let builder_step = |kind: BuilderKind| {
+            lp.steps
+                .iter()
+                .find(|s| matches!(&s.action, Action::Builder { builder, .. } if *builder == kind))
+                .unwrap()
+        };
+        let aur = builder_step(BuilderKind::Aur);
         assert_eq!(
             (aur.scope, aur.venue),
             (Scope::System, Venue::ContainerBuilder)
         );
-        let npm = lp
-            .steps
-            .iter()
-            .find(|s| {
-                matches!(
-                    s.action,
-                    Action::Builder {
-                        builder: BuilderKind::Npm,
-                        ..
-                    }
-                )
-            })
-            .unwrap();
+        let npm = builder_step(BuilderKind::Npm);
         assert_eq!(
             npm.action,
             Action::Builder {

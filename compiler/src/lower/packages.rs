@@ -74,16 +74,7 @@ pub(super) fn lower_section(
     let repo_gate = Some(Gate::AllowRepoChanges);
 
     // Each phase's step carries the part of the section it does.
-    let nothing = PackageSection {
-        packages: Vec::new(),
-        options: Vec::new(),
-        repos: Vec::new(),
-        keys: Vec::new(),
-        copr: Vec::new(),
-        modules: Vec::new(),
-        exclude: Vec::new(),
-        ..section.clone()
-    };
+    let nothing = PackageSection::empty(section.key.clone(), section.pos);
     let action = |part: PackageSection| Action::SystemPackages {
         format: format.to_string(),
         packages: part.packages,

@@ -1,138 +1,129 @@
 //! Stage `plan`: the layer entries a step carries — a task, a repository, a service — as the IR's
 //! own types, so the contract between `lower` and `render` does not move when the layer model
-//! does; `lower` converts into them after applying `vars:` and normalising paths.
+//! does. `lower` fills them after applying `vars:` and normalising paths; the serialised form is
+//! the plan's (`ov plan --json`), field for field what the layer said unless a doc says otherwise.
 
 use serde::Serialize;
 
-/// A source position in a YAML file, 1-based, as shown to people in error messages.
+/// Where an entry stands in its `layer.yml` (1-based), kept so a plan can be traced to its source.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
 pub struct Pos {
-    /// Line, starting at 1.
+    /// Line, from 1.
     pub line: u32,
-    /// Column, starting at 1.
+    /// Column, from 1.
     pub column: u32,
 }
 
-/// A repository entry; which fields apply depends on the format.
+/// A repository of a `prepare` step, holding only the parts that need the network or edit a
+/// shared file (what one file written at compile time covers is a `RepoChange` step instead).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 pub struct Repo {
-    /// Repository name (file name stem / pacman section).
+    /// Stem of the repository and keyring files, or the pacman section; a PPA has none.
     pub name: Option<String>,
-    /// rpm: URL of a `.repo` file; deb: archive base URL.
+    /// rpm: a `.repo` file to download; deb: the archive, absent when a `RepoChange` wrote the
+    /// sources file (the step then only fetches `key`).
     pub url: Option<String>,
-    /// rpm: key URL to `rpm --import`.
+    /// rpm: a key the step imports with `rpm --import`.
     pub gpgkey: Option<String>,
-    /// rpm: `"false"` disables gpg checking.
+    /// rpm: `false`, `0` or `no` keeps gpg checking off, for the install too.
     pub gpgcheck: Option<String>,
-    /// rpm: URL of a release package to install first.
+    /// rpm: a release package installed before the packages.
     pub rpm: Option<String>,
-    /// deb: key URL, dearmored into `/etc/apt/keyrings/<name>.gpg`.
+    /// deb: a key the step fetches and dearmors to `signed_by`; pac: a key to receive and sign.
     pub key: Option<String>,
-    /// deb: explicit `signed-by` path.
+    /// deb: the keyring the sources entry names (`/etc/apt/keyrings/<name>.gpg` unless given).
     pub signed_by: Option<String>,
-    /// deb: suite (default `stable`; `/` means a flat repository).
+    /// deb: the suite, `stable` when absent; `/` is a flat repository.
     pub suite: Option<String>,
-    /// deb: components (default `main`).
+    /// deb: the components, `main` when absent.
     pub components: Option<String>,
-    /// deb: a PPA name for `add-apt-repository`.
+    /// deb: a PPA the step adds with `add-apt-repository`.
     pub ppa: Option<String>,
-    /// pac: `Server =` URL.
+    /// pac: the `Server =` line of the section the step appends to `/etc/pacman.conf`.
     pub server: Option<String>,
-    /// pac: `SigLevel =` (default `Optional TrustAll`).
+    /// pac: its `SigLevel =`, `Optional TrustAll` when absent.
     pub siglevel: Option<String>,
 }
 
-/// One entry of `tasks:`: exactly one verb plus modifiers.
+/// What a `Task` step runs.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Task {
-    /// The verb and its own arguments.
+    /// The verb, with the layer's `vars:` applied to its paths and URLs.
     pub verb: TaskVerb,
-    /// `user:` as written (`root`, `0`, `${USER}`, `uid:gid`, a name); `None` means root.
+    /// The account as the layer named it; the step's `run_as` is what the scripts act on.
     pub user: Option<String>,
-    /// `mode:` as an octal string such as `0755`.
+    /// Octal mode of what the task creates (`0755`).
     pub mode: Option<String>,
-    /// `env:` exported before the task runs (file order).
+    /// Exported before a `cmd:` body runs: the layer's `vars:`, then the task's own `env:`.
     pub env: Vec<(String, String)>,
+    /// The layer's note on the task; not rendered.
     pub comment: Option<String>,
-    /// `uninstall:` — explicit teardown targets (download tasks into shared directories).
+    /// The paths the layer said undo the task; the step's `reverse` is what teardown uses.
     pub uninstall: Vec<String>,
-    /// Where the task's first key stands, for messages.
+    /// Where the task stands in `layer.yml`.
     pub pos: Pos,
 }
 
-/// The eight task verbs of the original, with their verb-specific fields.
+/// A task's verb with its arguments; paths are as the scripts resolve them on the target.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(tag = "verb", rename_all = "lowercase")]
 pub enum TaskVerb {
-    /// `cmd:` — raw shell, run with `bash`; the only way layer text reaches a script unquoted.
+    /// Raw shell, run by bash in a subshell; the only layer text that reaches a script unquoted.
     Cmd {
-        /// The shell body.
+        /// The shell text; `${OV_CTX}` is the layer's payload directory.
         body: String,
     },
-    /// `mkdir:` — create a directory (and parents).
+    /// A directory, made with its parents.
     Mkdir {
-        /// Directory path (may use `${HOME}`, `~/`, …).
+        /// Where.
         path: String,
     },
-    /// `copy:` — install a file from the layer directory.
+    /// A payload file installed on the target (lowered to a `File` step, never run as a task).
     Copy {
-        /// Source path relative to the layer's source directory.
+        /// Relative to the layer directory.
         src: String,
-        /// Destination (`to:`); defaults to `src` as in the original host renderer.
+        /// Destination; `src` when absent.
         to: Option<String>,
     },
-    /// `write:` — write literal content to a file.
+    /// A file written with literal text.
     Write {
-        /// Destination path.
+        /// Where.
         path: String,
+        /// Its whole text.
         content: String,
     },
-    /// `link:` — create a symlink.
+    /// A symbolic link.
     Link {
-        /// The link's path.
+        /// The link itself.
         path: String,
-        /// `target:` (falls back to `to:`).
+        /// What it points at (a relative target is relative to the link's directory).
         target: String,
     },
-    /// `download:` — fetch a URL, optionally extract it.
+    /// A fetched URL, kept, extracted or run as [`download_extract`] says.
     Download {
-        /// URL (may contain `${BUILD_ARCH}` / `${ARCH}`).
+        /// What to fetch.
         url: String,
-        /// `to:` destination (file for `extract: none`, directory otherwise).
+        /// The file (`none`) or directory (an archive) it lands in; absent only for `sh`.
         to: Option<String>,
-        /// `extract:` (`tar.gz`, `tar.xz`, `tar.zst`, `zip`, `sh`, `none`); detected from the URL if absent.
+        /// How to treat it; from the URL's suffix when absent.
         extract: Option<String>,
-        /// `include:` — members to extract.
+        /// Archive members to extract (all when empty).
         include: Vec<String>,
+        /// Leading path components dropped from a tar archive's members.
         strip_components: Option<u32>,
     },
-    /// `setcap:` — set (or, with empty caps, remove) file capabilities.
+    /// File capabilities set, or removed when `caps` is empty.
     Setcap {
+        /// The file.
         path: String,
-        /// `caps:`; empty means strip all capabilities (`setcap -r`).
+        /// In `setcap` syntax (`cap_net_bind_service=+ep`).
         caps: String,
     },
-    /// `build:` — a marker for the container generator; a no-op here.
+    /// A container-build marker; the step is skipped on a host.
     Build {
-        /// Usually `all`.
+        /// What the layer asked to build (usually `all`).
         what: String,
     },
-}
-
-impl TaskVerb {
-    /// The verb's YAML key.
-    pub fn name(&self) -> &'static str {
-        match self {
-            TaskVerb::Cmd { .. } => "cmd",
-            TaskVerb::Mkdir { .. } => "mkdir",
-            TaskVerb::Copy { .. } => "copy",
-            TaskVerb::Write { .. } => "write",
-            TaskVerb::Link { .. } => "link",
-            TaskVerb::Download { .. } => "download",
-            TaskVerb::Setcap { .. } => "setcap",
-            TaskVerb::Build { .. } => "build",
-        }
-    }
 }
 
 /// What a `download:` does with what it fetched: `tar.gz`, `tar.xz`, `tar.zst`, `zip`, `sh` (run
@@ -174,58 +165,64 @@ pub fn download_extract(url: &str, extract: Option<&str>) -> Option<&'static str
     )
 }
 
-/// Where a service runs.
+/// Which systemd manager a service's unit belongs to (the step's `scope` says the same).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum ServiceScope {
-    /// A system unit (default).
+    /// The system manager.
     #[default]
     System,
-    /// A user unit of the target user.
+    /// The target user's manager (`systemctl --user`).
     User,
 }
 
-/// One `service:` entry: either a packaged unit to enable, or a custom service to render as a unit.
+/// A service as a `ServicePackaged` step (a drop-in for `overrides`) or a `ServiceCustom` step (a
+/// whole unit) renders it.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 pub struct ServiceEntry {
+    /// The service's name in the layer; a custom unit is `ov-<layer>-<name>.service`.
     pub name: String,
-    /// `use_packaged:` — an existing unit (`.service` appended when no unit suffix is given).
+    /// The unit the distro ships (a packaged service).
     pub use_packaged: Option<String>,
-    /// `exec:` — command line of a custom service (may use supervisord `%(ENV_X)s` references).
+    /// A supervisord command line, split as supervisord does into `ExecStart=`.
     pub exec: Option<String>,
-    /// `env:` (file order).
+    /// `Environment=` lines of the unit.
     pub env: Vec<(String, String)>,
-    /// `restart:` — `no|on-failure|always|unless-stopped`.
+    /// `Restart=`; `unless-stopped` becomes `always`.
     pub restart: Option<String>,
+    /// `WorkingDirectory=`.
     pub working_directory: Option<String>,
-    /// `user:` — the account the service runs as.
+    /// `User=` of a system unit (the target user when absent, none for `root`); a user unit
+    /// runs in the target user's manager.
     pub user: Option<String>,
-    /// `after:` units.
+    /// `After=` units.
     pub after: Vec<String>,
-    /// `before:` units.
+    /// `Before=` units.
     pub before: Vec<String>,
-    /// `stdout:` — log destination.
+    /// Where standard output is appended (`StandardOutput=append:`) when an absolute path.
     pub stdout: Option<String>,
-    /// `stop_timeout:` seconds.
+    /// `TimeoutStopSec=`, in seconds.
     pub stop_timeout: Option<String>,
+    /// The manager the unit belongs to.
     pub scope: ServiceScope,
+    /// Whether the step enables (and starts) the unit.
     pub enable: bool,
-    /// `overrides:` — drop-in env/after/exec for packaged units.
+    /// What a packaged service's drop-in changes.
     pub overrides: Option<ServiceOverrides>,
-    /// supervisord lifecycle keys (`kind`, `events`, `auto_start`, `start_retries`, `start_secs`,
-    /// `stop_signal`, `exit_codes`, `priority`) kept verbatim; only some translate to systemd.
+    /// supervisord keys as written; `stop_signal` and `exit_codes` become unit settings, the
+    /// rest a comment in the unit.
     pub supervisord: Vec<(String, String)>,
-    /// Where the entry starts.
+    /// Where the entry stands in `layer.yml`.
     pub pos: Pos,
 }
 
-/// `overrides:` of a service entry.
+/// The drop-in of a packaged service.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 pub struct ServiceOverrides {
-    /// Extra environment.
+    /// `Environment=` lines of the drop-in, after the entry's own `env`.
     pub env: Vec<(String, String)>,
-    /// Extra ordering.
+    /// Added `After=` units.
     pub after: Vec<String>,
-    /// Replacement command line.
+    /// A replacement `ExecStart=`.
     pub exec: Option<String>,
 }
