@@ -405,6 +405,20 @@ pub struct Step {
 }
 
 impl Step {
+    /// A step acting for `scope`, run on the target itself in the install phase, with no gate
+    /// and no skip; change the fields that differ.
+    pub fn new(action: Action, scope: Scope, reverse: Vec<ReverseOp>) -> Step {
+        Step {
+            action,
+            scope,
+            venue: Venue::HostNative,
+            phase: Phase::Install,
+            gate: None,
+            skip: None,
+            reverse,
+        }
+    }
+
     /// The step kind's name as it appears in plans and manifests.
     pub fn kind(&self) -> &'static str {
         self.action.kind()

@@ -237,15 +237,7 @@ pub fn lower(
 /// A step acting for `scope`, run on the target itself in the install phase, with no gate; the
 /// methods below change what differs.
 fn step(action: Action, scope: Scope, reverse: Vec<ReverseOp>) -> Step {
-    Step {
-        action,
-        scope,
-        venue: Venue::HostNative,
-        phase: Phase::Install,
-        gate: None,
-        skip: None,
-        reverse,
-    }
+    Step::new(action, scope, reverse)
 }
 
 impl Step {

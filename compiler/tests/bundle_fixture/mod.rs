@@ -11,8 +11,8 @@ use std::path::{Path, PathBuf};
 
 use ov_compiler::plan::ServiceEntry;
 use ov_compiler::plan::{
-    Action, Deploy, Gate, Gates, InstallPlan, LayerPlan, Phase, ReverseKind, ReverseOp, Scope,
-    Skip, Step, TargetDistro, TargetKind, Venue, FORMAT_VERSION,
+    Action, Deploy, Gate, Gates, InstallPlan, LayerPlan, ReverseKind, ReverseOp, Scope, Skip, Step,
+    TargetDistro, TargetKind, Venue, FORMAT_VERSION,
 };
 use ov_compiler::render::{PayloadFile, Rendered, RenderedLayer, RenderedScript};
 
@@ -42,15 +42,7 @@ fn undo(layer: &str, body: &str) -> String {
 }
 
 fn step(action: Action, scope: Scope) -> Step {
-    Step {
-        action,
-        scope,
-        venue: Venue::HostNative,
-        phase: Phase::Install,
-        gate: None,
-        skip: None,
-        reverse: Vec::new(),
-    }
+    Step::new(action, scope, Vec::new())
 }
 
 fn rev(kind: ReverseKind, scope: Scope, targets: &[&str]) -> ReverseOp {

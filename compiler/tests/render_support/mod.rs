@@ -65,15 +65,7 @@ pub fn pkg_op(format: &str, targets: &[String]) -> ReverseOp {
 }
 
 pub fn step(action: Action, scope: Scope, reverse: Vec<ReverseOp>) -> Step {
-    Step {
-        action,
-        scope,
-        venue: Venue::HostNative,
-        phase: Phase::Install,
-        gate: None,
-        skip: None,
-        reverse,
-    }
+    Step::new(action, scope, reverse)
 }
 
 pub fn task(verb: TaskVerb) -> Task {
@@ -152,13 +144,9 @@ pub fn plan(format: &str, layers: Vec<LayerPlan>) -> InstallPlan {
 
 fn packages_step(phase: Phase, action: Action, reverse: Vec<ReverseOp>) -> Step {
     Step {
-        action,
-        scope: Scope::System,
-        venue: Venue::HostNative,
         phase,
         gate: (phase == Phase::Prepare).then_some(Gate::AllowRepoChanges),
-        skip: None,
-        reverse,
+        ..Step::new(action, Scope::System, reverse)
     }
 }
 
