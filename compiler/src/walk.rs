@@ -1,6 +1,6 @@
-//! Shared by `load`/`lower` and `render`'s template overrides: the files below a directory on the
-//! compiling machine, listed in a stable order (sorted by relative name) so output never depends
-//! on the order the file system returns entries in.
+//! Stages `lower` and `render` (shared): the files below a directory on the compiling machine —
+//! a layer directory, a `--templates` directory — in a stable order (sorted by relative name), so
+//! output never depends on the order the file system lists entries in.
 
 use std::path::{Path, PathBuf};
 

@@ -1,7 +1,9 @@
 //! Stage `lower`: the loaded layers in resolved order → the [`InstallPlan`] IR; output is a pure,
 //! deterministic function of the project files and the deploy (no map-order iteration, no absolute
 //! paths in the plan), and every decision about *what* runs is made here — rendering only decides
-//! *how*.
+//! *how*. Lowering is also the last stage that looks at a layer directory: what a script needs
+//! from it (the files a builder or a `/ctx` body takes, a crate's name, `package.json`'s
+//! dependencies) is read here and carried in the plan.
 //!
 //! Per layer, steps are emitted in this order (the original's, plus the kinds it never produced):
 //! 1. `ShellHook` (`env:` / `path_append:`), scope `user-profile`.
