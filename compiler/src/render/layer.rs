@@ -19,17 +19,21 @@ const T_HEADER: &str = "steps/header.sh.j2";
 const T_STEP: &str = "steps/step.sh.j2";
 const T_SKIPPED: &str = "steps/skipped.sh.j2";
 
-/// A payload file found for the layer.
+/// Payload files by path in the bundle (`files/<layer>/…`) → path on the compiling machine.
 type PayloadMap = BTreeMap<String, PathBuf>;
 
+/// Renders one layer of a plan: its scripts (here), each step's body (`steps`) and its undo
+/// script (`undo`).
 pub(super) struct LayerRenderer<'a> {
     pub(super) plan: &'a InstallPlan,
     pub(super) lp: &'a LayerPlan,
-    pub(super) engine: &'a Engine,
+    engine: &'a Engine,
+    /// Checks each value for the place it takes in a command or file, naming the layer.
     pub(super) ck: Checker<'a>,
-    /// The layer directory on the compiling machine.
-    pub(super) dir: PathBuf,
-    pub(super) payload: PayloadMap,
+    /// The layer directory on the compiling machine (only joined to payload paths, never read).
+    dir: PathBuf,
+    /// What the runnable steps carry in the bundle.
+    payload: PayloadMap,
 }
 
 /// One line of a script: a runnable step, or a skipped one shown as a comment.
