@@ -84,17 +84,13 @@ pub enum BundleError {
     Name {
         /// What the value is (`deploy name`, `layer name`, …).
         what: &'static str,
-        /// The value.
         value: String,
         /// Which rule it breaks.
         reason: &'static str,
     },
     /// The plan has no layers.
     #[error("deploy `{deploy}` has no layers to bundle")]
-    Empty {
-        /// The deploy.
-        deploy: String,
-    },
+    Empty { deploy: String },
     /// Rendered layers and plan layers differ (a render bug, reported rather than guessed at).
     #[error("rendered layers do not match the plan: plan has {plan}, render produced {rendered}")]
     LayerMismatch {
@@ -106,9 +102,7 @@ pub enum BundleError {
     /// A rendered script name is not `MM-<scope>.sh` or appears twice.
     #[error("layer `{layer}`: bad script file name `{file}`: {reason}")]
     ScriptName {
-        /// The layer.
         layer: String,
-        /// The name.
         file: String,
         /// Why.
         reason: &'static str,
@@ -116,7 +110,6 @@ pub enum BundleError {
     /// A payload path is outside `files/<layer>/` or has a component that cannot travel.
     #[error("layer `{layer}`: payload path `{path}` {reason}")]
     PayloadPath {
-        /// The layer.
         layer: String,
         /// The bundle path.
         path: String,
@@ -126,18 +119,15 @@ pub enum BundleError {
     /// A payload file cannot be read.
     #[error("layer `{layer}`: cannot read payload file `{}`", path.display())]
     Payload {
-        /// The layer.
         layer: String,
         /// The file on the compiling machine.
         path: PathBuf,
-        /// The I/O error.
         #[source]
         source: std::io::Error,
     },
     /// A payload source is not a regular file (a symlink could pull in any file of this machine).
     #[error("layer `{layer}`: payload `{}` is not a regular file (symlinks and directories are refused)", path.display())]
     PayloadNotFile {
-        /// The layer.
         layer: String,
         /// The file on the compiling machine.
         path: PathBuf,
@@ -150,7 +140,6 @@ pub enum BundleError {
     Json {
         /// What was serialised.
         what: &'static str,
-        /// The error.
         #[source]
         source: serde_json::Error,
     },
@@ -160,9 +149,7 @@ pub enum BundleError {
     /// Writing the bundle to disk failed.
     #[error("cannot write `{}`", path.display())]
     Write {
-        /// The path.
         path: PathBuf,
-        /// The I/O error.
         #[source]
         source: std::io::Error,
     },

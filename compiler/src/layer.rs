@@ -121,11 +121,9 @@ pub struct PackageSection {
     pub key: SectionKey,
     /// Where the section's key stands, for messages.
     pub pos: Pos,
-    /// `packages:`.
     pub packages: Vec<String>,
     /// `options:` — extra install flags.
     pub options: Vec<String>,
-    /// `repos:`.
     pub repos: Vec<Repo>,
     /// `keys:` (pac) — keys to receive and locally sign.
     pub keys: Vec<String>,
@@ -137,7 +135,24 @@ pub struct PackageSection {
     pub exclude: Vec<String>,
 }
 
-/// A repository entry; which fields apply depends on the format (reference §1.3).
+impl PackageSection {
+    /// A section selected by `key`, standing at `pos`, with nothing in it yet.
+    pub fn empty(key: SectionKey, pos: Pos) -> PackageSection {
+        PackageSection {
+            key,
+            pos,
+            packages: Vec::new(),
+            options: Vec::new(),
+            repos: Vec::new(),
+            keys: Vec::new(),
+            copr: Vec::new(),
+            modules: Vec::new(),
+            exclude: Vec::new(),
+        }
+    }
+}
+
+/// A repository entry; which fields apply depends on the format (see the field docs).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 pub struct Repo {
     /// Repository name (file name stem / pacman section).
@@ -177,7 +192,6 @@ pub struct Task {
     pub mode: Option<String>,
     /// `env:` exported before the task runs (file order).
     pub env: Vec<(String, String)>,
-    /// `comment:`.
     pub comment: Option<String>,
     /// `uninstall:` — explicit teardown targets (download tasks into shared directories).
     pub uninstall: Vec<String>,
@@ -210,7 +224,6 @@ pub enum TaskVerb {
     Write {
         /// Destination path.
         path: String,
-        /// `content:`.
         content: String,
     },
     /// `link:` — create a symlink.
@@ -230,12 +243,10 @@ pub enum TaskVerb {
         extract: Option<String>,
         /// `include:` — members to extract.
         include: Vec<String>,
-        /// `strip_components:`.
         strip_components: Option<u32>,
     },
     /// `setcap:` — set (or, with empty caps, remove) file capabilities.
     Setcap {
-        /// The file.
         path: String,
         /// `caps:`; empty means strip all capabilities (`setcap -r`).
         caps: String,
@@ -277,7 +288,6 @@ pub enum ServiceScope {
 /// One `service:` entry: either a packaged unit to enable, or a custom service to render as a unit.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 pub struct ServiceEntry {
-    /// `name:`.
     pub name: String,
     /// `use_packaged:` — an existing unit (`.service` appended when no unit suffix is given).
     pub use_packaged: Option<String>,
@@ -287,7 +297,6 @@ pub struct ServiceEntry {
     pub env: Vec<(String, String)>,
     /// `restart:` — `no|on-failure|always|unless-stopped`.
     pub restart: Option<String>,
-    /// `working_directory:`.
     pub working_directory: Option<String>,
     /// `user:` — the account the service runs as.
     pub user: Option<String>,
@@ -299,9 +308,7 @@ pub struct ServiceEntry {
     pub stdout: Option<String>,
     /// `stop_timeout:` seconds.
     pub stop_timeout: Option<String>,
-    /// `scope:`.
     pub scope: ServiceScope,
-    /// `enable:`.
     pub enable: bool,
     /// `overrides:` — drop-in env/after/exec for packaged units.
     pub overrides: Option<ServiceOverrides>,
@@ -341,15 +348,12 @@ pub struct SecretSpec {
 /// A file retrieved back to the operator after a deploy.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Artifact {
-    /// `name:`.
     pub name: String,
     /// `path:` on the target.
     pub path: String,
     /// `retrieve_to:` on the operator's machine.
     pub retrieve_to: Option<String>,
-    /// `mode:`.
     pub mode: Option<String>,
-    /// `optional:`.
     pub optional: bool,
     /// `rewrite:` — literal find/replace pairs applied to the retrieved file, in order.
     pub rewrite: Vec<ArtifactRewrite>,
@@ -483,21 +487,17 @@ pub enum CheckProbe {
     Service {
         /// The service name (a `service:` entry of a layer, or a unit).
         name: String,
-        /// `running:`.
         running: Option<bool>,
-        /// `enabled:`.
         enabled: Option<bool>,
     },
     /// `addr: HOST:PORT` with `reachable` (default true).
     Addr {
         /// `host:port`.
         addr: String,
-        /// `reachable:`.
         reachable: bool,
     },
     /// `http: URL` with `status`, `method`, `body`, `allow_insecure`.
     Http {
-        /// The URL.
         url: String,
         /// `status:` (default 200).
         status: u16,

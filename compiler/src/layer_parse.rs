@@ -47,7 +47,6 @@ pub enum LayerError {
     Read {
         /// The `layer.yml`.
         path: PathBuf,
-        /// The I/O error.
         #[source]
         source: io::Error,
     },
@@ -90,7 +89,7 @@ fn schema(e: YamlError) -> LayerError {
 }
 
 // ------------------------------------------------------------------------------------------
-// Key tables (reference §1.2–1.6)
+// Key tables: every key of schema v3 that the original read, per place
 
 /// Keys inside `layer:` that this parser consumes.
 const LAYER_KEYS: &[&str] = &[
@@ -249,7 +248,7 @@ const SECTION_FIELDS: &[&str] = &[
     "packages", "options", "repos", "keys", "copr", "modules", "exclude",
 ];
 
-/// Sub-fields each known format's templates read (reference §1.3); other formats and tag
+/// Sub-fields each known format's templates read in the original; other formats and tag
 /// sections (rendered with whatever the target's primary format is) may use all of them.
 fn section_fields_for(format: &str) -> Option<&'static [&'static str]> {
     match format {
@@ -369,7 +368,8 @@ pub fn parse_layer(
     Ok(layer)
 }
 
-/// Find the builder manifests and unit files beside a `layer.yml` (reference §1.7). Missing or
+/// Find the builder manifests and unit files beside a `layer.yml`: the first of `pixi.toml`,
+/// `pyproject.toml`, `environment.yml`; `package.json`; `Cargo.toml` with `src/`. Missing or
 /// unreadable directories simply have none.
 pub fn scan_builder_files(dir: &Path) -> BuilderFiles {
     // One directory read instead of a `stat` per candidate name: the entry's type comes from
@@ -754,17 +754,7 @@ impl Parser<'_> {
         let allowed = format
             .and_then(section_fields_for)
             .unwrap_or(SECTION_FIELDS);
-        let mut s = PackageSection {
-            key,
-            pos: k.pos,
-            packages: Vec::new(),
-            options: Vec::new(),
-            repos: Vec::new(),
-            keys: Vec::new(),
-            copr: Vec::new(),
-            modules: Vec::new(),
-            exclude: Vec::new(),
-        };
+        let mut s = PackageSection::empty(key, k.pos);
         let fields = self.entries(v, what).map_err(|e| {
             e.with_hint(format!(
                 "a package section is a mapping, e.g. `{}: {{packages: [a, b]}}`",

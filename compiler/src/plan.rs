@@ -9,7 +9,11 @@ use std::collections::BTreeMap;
 
 use serde::Serialize;
 
-use crate::layer::{Repo, ServiceEntry, Task};
+mod entries;
+
+pub use entries::{
+    download_extract, Pos, Repo, ServiceEntry, ServiceOverrides, ServiceScope, Task, TaskVerb,
+};
 
 /// Version of the plan/manifest format; bump on any incompatible change.
 pub const FORMAT_VERSION: u32 = 1;
@@ -189,7 +193,6 @@ pub struct Deploy {
 pub struct InstallPlan {
     /// [`FORMAT_VERSION`].
     pub format_version: u32,
-    /// The deploy.
     pub deploy: Deploy,
     /// Gates opened for this compile.
     pub gates: Gates,
@@ -200,7 +203,6 @@ pub struct InstallPlan {
 /// One layer's steps, in emission order.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct LayerPlan {
-    /// Layer name.
     pub name: String,
     /// `version:` of the layer, if any.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -340,16 +342,13 @@ pub enum CheckSpec {
     Addr {
         /// Host name or address.
         host: String,
-        /// Port.
         port: u16,
         /// Whether it must connect (`false`: must be refused).
         reachable: bool,
     },
     /// An HTTP request (with `curl`, as the target user).
     Http {
-        /// The URL.
         url: String,
-        /// Method.
         method: String,
         /// Status it must answer.
         status: u16,
@@ -406,6 +405,20 @@ pub struct Step {
 }
 
 impl Step {
+    /// A step acting for `scope`, run on the target itself in the install phase, with no gate
+    /// and no skip; change the fields that differ.
+    pub fn new(action: Action, scope: Scope, reverse: Vec<ReverseOp>) -> Step {
+        Step {
+            action,
+            scope,
+            venue: Venue::HostNative,
+            phase: Phase::Install,
+            gate: None,
+            skip: None,
+            reverse,
+        }
+    }
+
     /// The step kind's name as it appears in plans and manifests.
     pub fn kind(&self) -> &'static str {
         self.action.kind()
@@ -472,10 +485,15 @@ pub enum Action {
     },
     /// One `tasks:` entry other than `copy:` (which is a [`Action::File`]).
     Task {
-        /// The task as written.
+        /// The task with the layer's `vars:` applied; a `cmd:` body refers to the layer directory
+        /// as `${OV_CTX}` (written `/ctx` in the layer).
         task: Task,
         /// Who runs it.
         run_as: RunAs,
+        /// Set when a `cmd:` body refers to the layer directory: every file in it (paths relative
+        /// to it, sorted), carried in the bundle under `files/<layer>/`.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        ctx_files: Option<Vec<String>>,
     },
     /// A payload file from the layer directory, carried inside the bundle and installed on the target.
     File {
@@ -499,7 +517,6 @@ pub enum Action {
     ServicePackaged {
         /// Unit name with suffix, e.g. `sshd.service`.
         unit: String,
-        /// `enable:`.
         enable: bool,
         /// The service entry (for overrides).
         service: ServiceEntry,
@@ -518,8 +535,18 @@ pub enum Action {
         /// The manifest file (relative to the layer directory), if file-triggered.
         #[serde(skip_serializing_if = "Option::is_none")]
         manifest: Option<String>,
-        /// Packages (aur).
+        /// aur: package names; npm: install specs (`name` or `name@version`), in name order.
         packages: Vec<String>,
+        /// npm: the package names of `packages` (what `npm uninstall -g` takes).
+        #[serde(skip_serializing_if = "Vec::is_empty")]
+        names: Vec<String>,
+        /// cargo: the crate's `[package] name`.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        crate_name: Option<String>,
+        /// Files of the layer directory the build reads (the manifest, lock file, build script,
+        /// sources), relative to it, sorted; carried in the bundle under `files/<layer>/`.
+        #[serde(skip_serializing_if = "Vec::is_empty")]
+        files: Vec<String>,
     },
     /// A key that only matters to containers; never runs (venue `skip`).
     ContainerOnly {
@@ -546,7 +573,6 @@ impl Action {
 
     /// A one-line, human-readable description (for `ov plan`, manifests and `run.sh --list`).
     pub fn summary(&self) -> String {
-        use crate::layer::TaskVerb;
         match self {
             Action::SystemPackages {
                 format,
@@ -622,6 +648,7 @@ impl Action {
                 builder,
                 manifest,
                 packages,
+                ..
             } => match manifest {
                 Some(m) => format!("{builder:?} {m}").to_lowercase(),
                 None => format!(

@@ -3,7 +3,7 @@
 //! by request, then by name), so the same project and request always yield the same order whatever
 //! the order of the layer map.
 //!
-//! Semantics follow the original (reference §1.8):
+//! Semantics follow the original tool's resolver:
 //! 1. `layers:` is composition. A composing layer (non-empty `layers:`) that has no content of its
 //!    own ([`Layer::has_content`]) *vanishes*: it never appears in the order, and every edge to it
 //!    is replaced by edges to its members (recursively).
@@ -25,7 +25,8 @@
 //!
 //! One deliberate refinement: a vanishing composer's own `depends:` are kept — they join the needed
 //! set and edges to the composer are also redirected to them (the original dropped them, so
-//! requesting `chrome-kwin` alone did not pull in `kwin`). No order in reference §1.8/§8.6 changes.
+//! requesting `chrome-kwin` alone did not pull in `kwin`). No order the original produced for the
+//! corpus changes (the corpus tests in `compiler/tests/plan_corpus.rs` pin them).
 //!
 //! Remote refs (`@github.com/org/repo/layers/x:ver`) are looked up in `layers` under their bare
 //! key (`github.com/org/repo/layers/x`); a loader that read the repo cache puts them there. This
@@ -161,7 +162,6 @@ pub struct RemoteRef {
     pub host: String,
     /// Organisation or user.
     pub org: String,
-    /// Repository.
     pub repo: String,
     /// Path of the layer directory inside the repository, e.g. `layers/x`.
     pub sub_path: String,
@@ -565,18 +565,30 @@ mod tests {
         names.iter().map(|s| s.to_string()).collect()
     }
 
+    /// A layer with content and no dependencies or members.
+    fn leaf(name: &str) -> Layer {
+        layer(name, &[], &[], true)
+    }
+
+    /// The message of the error resolving `names` gives (the test fails if it resolves).
+    fn error(ls: &Layers, names: &[&str]) -> String {
+        resolve(ls, &req(names)).unwrap_err().to_string()
+    }
+
+    /// The order `names` resolves to (the test fails if it does not resolve).
+    fn order(ls: &Layers, names: &[&str]) -> Vec<String> {
+        resolve(ls, &req(names)).unwrap()
+    }
+
     #[test]
     fn within_one_request_ready_layers_go_by_name_not_declaration_order() {
         let ls = set(vec![
             layer("app", &["zeta", "alpha", "mid"], &[], true),
-            layer("zeta", &[], &[], true),
+            leaf("zeta"),
             layer("alpha", &["zeta"], &[], true),
-            layer("mid", &[], &[], true),
+            leaf("mid"),
         ]);
-        assert_eq!(
-            resolve(&ls, &req(&["app"])).unwrap(),
-            ["mid", "zeta", "alpha", "app"]
-        );
+        assert_eq!(order(&ls, &["app"]), ["mid", "zeta", "alpha", "app"]);
     }
 
     #[test]
@@ -585,15 +597,15 @@ mod tests {
         // before both. Requested python first, python's part comes first.
         let ls = set(vec![
             layer("python", &["pixi"], &[], true),
-            layer("pixi", &[], &[], true),
-            layer("jupyter-mcp", &[], &[], true),
+            leaf("pixi"),
+            leaf("jupyter-mcp"),
         ]);
         assert_eq!(
-            resolve(&ls, &req(&["python", "jupyter-mcp"])).unwrap(),
+            order(&ls, &["python", "jupyter-mcp"]),
             ["pixi", "python", "jupyter-mcp"]
         );
         assert_eq!(
-            resolve(&ls, &req(&["jupyter-mcp", "python"])).unwrap(),
+            order(&ls, &["jupyter-mcp", "python"]),
             ["jupyter-mcp", "pixi", "python"]
         );
     }
@@ -603,29 +615,17 @@ mod tests {
         let ls = set(vec![
             layer("a", &["shared"], &[], true),
             layer("b", &["shared"], &[], true),
-            layer("shared", &[], &[], true),
+            leaf("shared"),
         ]);
         // Each layer once, at the place of the first request that needs it.
-        assert_eq!(
-            resolve(&ls, &req(&["b", "a", "b", "shared"])).unwrap(),
-            ["shared", "b", "a"]
-        );
-        assert_eq!(
-            resolve(&ls, &req(&["a", "b"])).unwrap(),
-            ["shared", "a", "b"]
-        );
+        assert_eq!(order(&ls, &["b", "a", "b", "shared"]), ["shared", "b", "a"]);
+        assert_eq!(order(&ls, &["a", "b"]), ["shared", "a", "b"]);
     }
 
     #[test]
     fn dependencies_come_first_whatever_the_request_order() {
-        let ls = set(vec![
-            layer("app", &["base"], &[], true),
-            layer("base", &[], &[], true),
-        ]);
-        assert_eq!(
-            resolve(&ls, &req(&["app", "base"])).unwrap(),
-            ["base", "app"]
-        );
+        let ls = set(vec![layer("app", &["base"], &[], true), leaf("base")]);
+        assert_eq!(order(&ls, &["app", "base"]), ["base", "app"]);
     }
 
     #[test]
@@ -634,13 +634,13 @@ mod tests {
         // `b` and `c` are both ready once the first request is placed: by name, `b` first.
         let ls = set(vec![
             layer("first", &["k"], &[], true),
-            layer("k", &[], &[], true),
+            leaf("k"),
             layer("late", &["c", "b"], &[], true),
             layer("b", &["k"], &[], true),
-            layer("c", &[], &[], true),
+            leaf("c"),
         ]);
         assert_eq!(
-            resolve(&ls, &req(&["first", "late"])).unwrap(),
+            order(&ls, &["first", "late"]),
             ["k", "first", "b", "c", "late"]
         );
     }
@@ -649,35 +649,26 @@ mod tests {
     fn members_of_a_requested_vanishing_composer_take_its_place() {
         let ls = set(vec![
             layer("bundle", &[], &["x", "y"], false),
-            layer("x", &[], &[], true),
-            layer("y", &[], &[], true),
-            layer("a", &[], &[], true),
+            leaf("x"),
+            leaf("y"),
+            leaf("a"),
         ]);
-        assert_eq!(
-            resolve(&ls, &req(&["bundle", "a"])).unwrap(),
-            ["x", "y", "a"]
-        );
-        assert_eq!(
-            resolve(&ls, &req(&["a", "bundle"])).unwrap(),
-            ["a", "x", "y"]
-        );
+        assert_eq!(order(&ls, &["bundle", "a"]), ["x", "y", "a"]);
+        assert_eq!(order(&ls, &["a", "bundle"]), ["a", "x", "y"]);
     }
 
     #[test]
     fn content_less_composer_vanishes_and_edges_go_to_members() {
         let ls = set(vec![
             layer("bundle", &[], &["x", "y"], false),
-            layer("x", &[], &[], true),
+            leaf("x"),
             layer("y", &["base"], &[], true),
-            layer("base", &[], &[], true),
+            leaf("base"),
             layer("user", &["bundle"], &[], true),
         ]);
-        assert_eq!(resolve(&ls, &req(&["bundle"])).unwrap(), ["base", "x", "y"]);
+        assert_eq!(order(&ls, &["bundle"]), ["base", "x", "y"]);
         // `user` depends on the composer ⇒ after both members.
-        assert_eq!(
-            resolve(&ls, &req(&["user"])).unwrap(),
-            ["base", "x", "y", "user"]
-        );
+        assert_eq!(order(&ls, &["user"]), ["base", "x", "y", "user"]);
     }
 
     #[test]
@@ -685,151 +676,125 @@ mod tests {
         let ls = set(vec![
             layer("outer", &[], &["inner", "c"], false),
             layer("inner", &[], &["a", "b"], false),
-            layer("a", &[], &[], true),
-            layer("b", &[], &[], true),
-            layer("c", &[], &[], true),
+            leaf("a"),
+            leaf("b"),
+            leaf("c"),
             layer("top", &["outer"], &[], true),
         ]);
-        assert_eq!(
-            resolve(&ls, &req(&["top"])).unwrap(),
-            ["a", "b", "c", "top"]
-        );
+        assert_eq!(order(&ls, &["top"]), ["a", "b", "c", "top"]);
     }
 
     #[test]
     fn composer_with_content_stays_after_its_members() {
         let ls = set(vec![
             layer("desk", &[], &["wm", "bar"], true),
-            layer("wm", &[], &[], true),
+            leaf("wm"),
             layer("bar", &["wm"], &[], true),
         ]);
-        assert_eq!(
-            resolve(&ls, &req(&["desk"])).unwrap(),
-            ["wm", "bar", "desk"]
-        );
+        assert_eq!(order(&ls, &["desk"]), ["wm", "bar", "desk"]);
     }
 
     #[test]
     fn vanishing_composer_keeps_its_own_depends() {
         let ls = set(vec![
             layer("chrome-kwin", &["kwin"], &["chrome"], false),
-            layer("chrome", &[], &[], true),
-            layer("kwin", &[], &[], true),
+            leaf("chrome"),
+            leaf("kwin"),
             layer("desk", &["chrome-kwin"], &[], true),
         ]);
-        assert_eq!(
-            resolve(&ls, &req(&["chrome-kwin"])).unwrap(),
-            ["chrome", "kwin"]
-        );
-        assert_eq!(
-            resolve(&ls, &req(&["desk"])).unwrap(),
-            ["chrome", "kwin", "desk"]
-        );
+        assert_eq!(order(&ls, &["chrome-kwin"]), ["chrome", "kwin"]);
+        assert_eq!(order(&ls, &["desk"]), ["chrome", "kwin", "desk"]);
     }
 
     #[test]
     fn content_less_layer_without_members_is_kept() {
         // Only composers vanish; a layer with nothing but `depends:` still appears.
-        let ls = set(vec![
-            layer("meta", &["a"], &[], false),
-            layer("a", &[], &[], true),
-        ]);
-        assert_eq!(resolve(&ls, &req(&["meta"])).unwrap(), ["a", "meta"]);
+        let ls = set(vec![layer("meta", &["a"], &[], false), leaf("a")]);
+        assert_eq!(order(&ls, &["meta"]), ["a", "meta"]);
     }
 
     #[test]
-    fn dependency_cycle_is_reported_as_a_chain() {
-        let ls = set(vec![
-            layer("a", &["b"], &[], true),
-            layer("b", &["c"], &[], true),
-            layer("c", &["a"], &[], true),
-            layer("d", &["a"], &[], true),
-        ]);
-        let err = resolve(&ls, &req(&["d"])).unwrap_err();
-        assert_eq!(
-            err.to_string(),
-            "circular dependency: `a` -> `b` -> `c` -> `a`"
-        );
-    }
-
-    #[test]
-    fn self_dependency_is_a_cycle() {
-        let ls = set(vec![layer("a", &["a"], &[], true)]);
-        let err = resolve(&ls, &req(&["a"])).unwrap_err();
-        assert_eq!(err.to_string(), "circular dependency: `a` -> `a`");
-    }
-
-    #[test]
-    fn composition_cycle_is_reported() {
-        let ls = set(vec![
-            layer("p", &[], &["q"], false),
-            layer("q", &[], &["p"], false),
-        ]);
-        let err = resolve(&ls, &req(&["p"])).unwrap_err();
-        assert_eq!(
-            err.to_string(),
-            "circular layer composition: `p` -> `q` -> `p`"
-        );
-    }
-
-    #[test]
-    fn cycle_through_a_vanishing_composer_is_reported() {
-        let ls = set(vec![
-            layer("comp", &["a"], &["m"], false),
-            layer("m", &[], &[], true),
-            layer("a", &["comp"], &[], true),
-        ]);
-        let err = resolve(&ls, &req(&["a"])).unwrap_err();
-        assert_eq!(err.to_string(), "circular dependency: `a` -> `comp` -> `a`");
-    }
-
-    #[test]
-    fn cycle_between_vanishing_composers_terminates() {
-        let ls = set(vec![
-            layer("c1", &["c2"], &["m"], false),
-            layer("c2", &["c1"], &["m"], false),
-            layer("m", &[], &[], true),
-            layer("top", &["c1"], &[], true),
-        ]);
-        let err = resolve(&ls, &req(&["top"])).unwrap_err();
-        assert_eq!(err.to_string(), "circular dependency: `c1` -> `c2` -> `c1`");
+    fn cycles_are_reported_as_a_chain() {
+        let cases = [
+            // A dependency cycle, entered from a layer outside it.
+            (
+                vec![
+                    layer("a", &["b"], &[], true),
+                    layer("b", &["c"], &[], true),
+                    layer("c", &["a"], &[], true),
+                    layer("d", &["a"], &[], true),
+                ],
+                "d",
+                "circular dependency: `a` -> `b` -> `c` -> `a`",
+            ),
+            // A layer that depends on itself.
+            (
+                vec![layer("a", &["a"], &[], true)],
+                "a",
+                "circular dependency: `a` -> `a`",
+            ),
+            // Two composers that compose each other.
+            (
+                vec![
+                    layer("p", &[], &["q"], false),
+                    layer("q", &[], &["p"], false),
+                ],
+                "p",
+                "circular layer composition: `p` -> `q` -> `p`",
+            ),
+            // Through a composer that vanishes.
+            (
+                vec![
+                    layer("comp", &["a"], &["m"], false),
+                    leaf("m"),
+                    layer("a", &["comp"], &[], true),
+                ],
+                "a",
+                "circular dependency: `a` -> `comp` -> `a`",
+            ),
+            // Between two vanishing composers (the search terminates).
+            (
+                vec![
+                    layer("c1", &["c2"], &["m"], false),
+                    layer("c2", &["c1"], &["m"], false),
+                    leaf("m"),
+                    layer("top", &["c1"], &[], true),
+                ],
+                "top",
+                "circular dependency: `c1` -> `c2` -> `c1`",
+            ),
+        ];
+        for (layers, request, message) in cases {
+            assert_eq!(error(&set(layers), &[request]), message, "{request}");
+        }
     }
 
     #[test]
     fn unknown_requested_layer_suggests_close_names() {
-        let ls = set(vec![
-            layer("ripgrep", &[], &[], true),
-            layer("nodejs", &[], &[], true),
-        ]);
-        let err = resolve(&ls, &req(&["ripgre"])).unwrap_err();
+        let ls = set(vec![leaf("ripgrep"), leaf("nodejs")]);
         assert_eq!(
-            err.to_string(),
+            error(&ls, &["ripgre"]),
             "unknown layer `ripgre` (requested); did you mean `ripgrep`?"
         );
-        let err = resolve(&ls, &req(&["zzzzzzzz"])).unwrap_err();
-        assert_eq!(err.to_string(), "unknown layer `zzzzzzzz` (requested)");
+        assert_eq!(
+            error(&ls, &["zzzzzzzz"]),
+            "unknown layer `zzzzzzzz` (requested)"
+        );
     }
 
     #[test]
     fn unknown_dependency_names_the_requirer() {
-        let ls = set(vec![
-            layer("app", &["nodjs"], &[], true),
-            layer("nodejs", &[], &[], true),
-        ]);
-        let err = resolve(&ls, &req(&["app"])).unwrap_err();
+        let ls = set(vec![layer("app", &["nodjs"], &[], true), leaf("nodejs")]);
         assert_eq!(
-            err.to_string(),
+            error(&ls, &["app"]),
             "unknown layer `nodjs` (required by `app`); did you mean `nodejs`?"
         );
     }
 
     #[test]
     fn local_version_suffix_is_ignored() {
-        let ls = set(vec![
-            layer("app", &["base:1.2"], &[], true),
-            layer("base", &[], &[], true),
-        ]);
-        assert_eq!(resolve(&ls, &req(&["app"])).unwrap(), ["base", "app"]);
+        let ls = set(vec![layer("app", &["base:1.2"], &[], true), leaf("base")]);
+        assert_eq!(order(&ls, &["app"]), ["base", "app"]);
     }
 
     #[test]
@@ -843,30 +808,27 @@ mod tests {
         assert!(RemoteRef::parse("@github.com/org/repo/layers/x:").is_err());
     }
 
-    #[test]
-    fn remote_ref_found_under_its_bare_key() {
-        let mut ls = set(vec![layer(
+    /// `app`, which depends on the remote layer `@github.com/o/r/layers/x:v1`.
+    fn app_needing_remote_x() -> Layers {
+        set(vec![layer(
             "app",
             &["@github.com/o/r/layers/x:v1"],
             &[],
             true,
-        )]);
-        let remote = layer("github.com/o/r/layers/x", &[], &[], true);
+        )])
+    }
+
+    #[test]
+    fn remote_ref_found_under_its_bare_key() {
+        let mut ls = app_needing_remote_x();
+        let remote = leaf("github.com/o/r/layers/x");
         ls.insert(remote.name.clone(), remote);
-        assert_eq!(
-            resolve(&ls, &req(&["app"])).unwrap(),
-            ["github.com/o/r/layers/x", "app"]
-        );
+        assert_eq!(order(&ls, &["app"]), ["github.com/o/r/layers/x", "app"]);
     }
 
     #[test]
     fn missing_remote_ref_names_cache_dir_and_fetch_command() {
-        let ls = set(vec![layer(
-            "app",
-            &["@github.com/o/r/layers/x:v1"],
-            &[],
-            true,
-        )]);
+        let ls = app_needing_remote_x();
         let opts = ResolveOptions {
             repo_cache: Some(PathBuf::from("/cache")),
         };
@@ -889,12 +851,7 @@ mod tests {
         let layer_dir = dir.path().join("github.com/o/r@v1/layers/x");
         std::fs::create_dir_all(&layer_dir).unwrap();
         std::fs::write(layer_dir.join("layer.yml"), "layer: {}\n").unwrap();
-        let ls = set(vec![layer(
-            "app",
-            &["@github.com/o/r/layers/x:v1"],
-            &[],
-            true,
-        )]);
+        let ls = app_needing_remote_x();
         let opts = ResolveOptions {
             repo_cache: Some(dir.path().to_path_buf()),
         };

@@ -1,8 +1,8 @@
-//! Stage `render` (templates): the shell templates embedded in the binary, by relative name under
-//! `templates/`; a test in `render` checks this list equals the directory, byte for byte. Names
-//! ending in `.j2` are templates; the others are shell kept verbatim.
+//! Stage `render` (templates): the files of `templates/` embedded in the binary, by relative name
+//! (a name ending in `.j2` is a template; any other file is shell carried verbatim); a test in
+//! `render` checks this list equals the directory, byte for byte.
 
-/// (name, source) of every embedded template, sorted by name.
+/// (name, source) of every embedded file of `templates/`, sorted by name.
 pub const EMBEDDED: &[(&str, &str)] = &[
     (
         "bundle/README.txt.j2",

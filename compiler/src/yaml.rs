@@ -196,7 +196,6 @@ fn source_line(text: &str, line: u32) -> Option<String> {
 /// booleans; the original tool, like most users, meant the text).
 #[derive(Debug, Clone, PartialEq)]
 pub struct Node {
-    /// The value.
     pub value: Value,
     /// Where the node stands (for mappings and sequences: their first entry).
     pub pos: Pos,

@@ -6,7 +6,7 @@
 mod render_support;
 
 use ov_compiler::bundle;
-use ov_compiler::layer::TaskVerb;
+use ov_compiler::plan::TaskVerb;
 use ov_compiler::plan::{ReverseKind, Scope};
 use render_support::*;
 

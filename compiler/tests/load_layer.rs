@@ -1,5 +1,5 @@
 //! Stage `load`, positive cases: what each part of a valid `layer.yml` becomes in the model
-//! (reference §1.2–1.7), and how builder files are detected.
+//! (every section of schema v3 a layer may hold), and how builder files are detected.
 
 use std::path::{Path, PathBuf};
 

@@ -3,7 +3,7 @@
 
 use std::path::{Path, PathBuf};
 
-use ov_compiler::project::{find_root, load_overlay, NodeTarget, Project, ProjectError};
+use ov_compiler::project::{find_root, NodeTarget, Project, ProjectError};
 
 /// Write `files` (relative path → content) under a fresh temp dir.
 fn project(files: &[(&str, &str)]) -> tempfile::TempDir {
@@ -290,54 +290,6 @@ fn find_root_rules() {
     if let Err(e) = find_root(None, None, &d.join("nothing")) {
         assert!(matches!(e, ProjectError::NotFound { .. }), "{e}");
     }
-}
-
-#[test]
-fn overlay_reads_what_ov_uses() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("deploy.yml");
-    assert_eq!(
-        load_overlay(&path).unwrap(),
-        None,
-        "a missing overlay is not an error"
-    );
-    std::fs::write(
-        &path,
-        r#"images:
-  vm:arch:
-    target: vm
-    vm_source: arch
-    add_layers: [ripgrep]
-    vm_state:
-      ssh_port: 2224
-      ssh_user: arch
-      ssh_key_path: /home/op/.local/share/ov/vm/ov-arch/id_ed25519
-      backend: auto
-      key_injection_resolved: {smbios: true, cloud_init: true}
-      instance_id: 6c0e
-      applied_layers: [ripgrep, uv]
-    something_else: kept-by-the-writer
-other_root_key: 1
-"#,
-    )
-    .unwrap();
-    let o = load_overlay(&path).unwrap().unwrap();
-    let e = &o.images["vm:arch"];
-    assert_eq!(e.target.as_deref(), Some("vm"));
-    assert_eq!(e.add_layers, ["ripgrep"]);
-    let s = e.vm_state.as_ref().unwrap();
-    assert_eq!(s.ssh_port, Some(2224));
-    assert_eq!(s.instance_id.as_deref(), Some("6c0e"));
-    assert_eq!(s.applied_layers, ["ripgrep", "uv"]);
-    assert_eq!(s.bundle_sha256, None);
-
-    std::fs::write(
-        &path,
-        "images:\n  vm:arch:\n    vm_state:\n      ssh_port: [1]\n",
-    )
-    .unwrap();
-    let err = load_overlay(&path).unwrap_err();
-    assert!(err.to_string().contains("deploy.yml:4:17"), "{err}");
 }
 
 #[test]

@@ -110,8 +110,8 @@ fn reference_orders_are_reproduced() {
 #[test]
 fn sway_desktop_vnc_order_with_the_missing_layer_restored() {
     let Some(mut p) = corpus() else { return };
-    // `sway-desktop-vnc` is one of the 30 layers not in the corpus; reference §8.6 gives its
-    // composition (`layers: [sway-desktop, wayvnc]`) and says it has content of its own.
+    // `sway-desktop-vnc` is one of the 30 layers not in the corpus; the original project
+    // composes it as `layers: [sway-desktop, wayvnc]`, with content of its own.
     assert!(!p.layers.contains_key("sway-desktop-vnc"));
     let vnc = Layer {
         name: "sway-desktop-vnc".to_string(),
@@ -144,7 +144,7 @@ fn all_layers_at_once_respect_every_edge_and_drop_pure_composers() {
     let pos = |n: &str| ord.iter().position(|x| x == n);
     // Each layer at most once.
     assert_eq!(ord.iter().collect::<BTreeSet<_>>().len(), ord.len());
-    // The content-less composers of reference §8.6 that are in the corpus vanish; nothing else.
+    // The content-less composers in the corpus vanish; nothing else.
     let missing: BTreeSet<&str> = names.iter().copied().filter(|n| pos(n).is_none()).collect();
     let expected: BTreeSet<&str> = [
         "agent-forwarding",

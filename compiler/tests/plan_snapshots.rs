@@ -1,5 +1,5 @@
 //! IR snapshots for `lower`: one InstallPlan snapshot per fixture — representative corpus layers
-//! (reference §8.7) each on a distro where it does something, the plan fixture project on three
+//! (one per step kind and package format) each on a distro where it does something, the plan fixture project on three
 //! distros, and the example project's VM deploy. Gates are closed unless the deploy node opens
 //! them, so the snapshots also show what each gate holds back.
 

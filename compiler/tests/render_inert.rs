@@ -10,10 +10,10 @@ mod render_support;
 
 use std::path::Path;
 
-use ov_compiler::layer::{Repo, ServiceEntry, ServiceOverrides, Task, TaskVerb};
 use ov_compiler::plan::{
     Action, Gate, InstallPlan, LayerPlan, Phase, ReverseKind, RunAs, Scope, Step,
 };
+use ov_compiler::plan::{Repo, ServiceEntry, ServiceOverrides, Task, TaskVerb};
 use ov_compiler::render::{render, Engine, RenderError};
 use proptest::prelude::*;
 use proptest::test_runner::{Config, TestCaseError, TestRunner};
@@ -171,6 +171,7 @@ fn tstep(
         Action::Task {
             task: t,
             run_as: RunAs::TargetUser,
+            ctx_files: None,
         },
         Scope::User,
         rev,

@@ -343,7 +343,7 @@ fn undo_continues_past_a_failing_op_and_reports_it() {
             "one",
             vec![
                 task_step(
-                    ov_compiler::layer::TaskVerb::Write {
+                    ov_compiler::plan::TaskVerb::Write {
                         path: "/etc/ov-one.conf".into(),
                         content: "x\n".into(),
                     },

@@ -7,7 +7,7 @@
 //! (POSIX rules, no comments); the `shlex` crate treats `#` as a comment, so the splitter is a few
 //! lines written here.
 
-use crate::layer::ServiceEntry;
+use crate::plan::ServiceEntry;
 use crate::shell::{runtime_parts, RuntimePart};
 
 use super::check::Checker;

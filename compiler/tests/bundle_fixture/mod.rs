@@ -9,10 +9,10 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use ov_compiler::layer::ServiceEntry;
+use ov_compiler::plan::ServiceEntry;
 use ov_compiler::plan::{
-    Action, Deploy, Gate, Gates, InstallPlan, LayerPlan, Phase, ReverseKind, ReverseOp, Scope,
-    Skip, Step, TargetDistro, TargetKind, Venue, FORMAT_VERSION,
+    Action, Deploy, Gate, Gates, InstallPlan, LayerPlan, ReverseKind, ReverseOp, Scope, Skip, Step,
+    TargetDistro, TargetKind, Venue, FORMAT_VERSION,
 };
 use ov_compiler::render::{PayloadFile, Rendered, RenderedLayer, RenderedScript};
 
@@ -42,15 +42,7 @@ fn undo(layer: &str, body: &str) -> String {
 }
 
 fn step(action: Action, scope: Scope) -> Step {
-    Step {
-        action,
-        scope,
-        venue: Venue::HostNative,
-        phase: Phase::Install,
-        gate: None,
-        skip: None,
-        reverse: Vec::new(),
-    }
+    Step::new(action, scope, Vec::new())
 }
 
 fn rev(kind: ReverseKind, scope: Scope, targets: &[&str]) -> ReverseOp {
@@ -65,8 +57,8 @@ fn rev(kind: ReverseKind, scope: Scope, targets: &[&str]) -> ReverseOp {
 
 fn task_write(path: &str, content: &str) -> Action {
     Action::Task {
-        task: ov_compiler::layer::Task {
-            verb: ov_compiler::layer::TaskVerb::Write {
+        task: ov_compiler::plan::Task {
+            verb: ov_compiler::plan::TaskVerb::Write {
                 path: path.into(),
                 content: content.into(),
             },
@@ -78,6 +70,7 @@ fn task_write(path: &str, content: &str) -> Action {
             pos: Default::default(),
         },
         run_as: ov_compiler::plan::RunAs::Root,
+        ctx_files: None,
     }
 }
 

@@ -8,11 +8,11 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use ov_compiler::layer::{Repo, ServiceEntry, ServiceOverrides, Task, TaskVerb};
 use ov_compiler::plan::{
     Action, BuilderKind, Deploy, Gate, Gates, InstallPlan, LayerPlan, Phase, ReverseKind,
     ReverseOp, RunAs, Scope, Skip, Step, TargetDistro, TargetKind, Venue, FORMAT_VERSION,
 };
+use ov_compiler::plan::{Repo, ServiceEntry, ServiceOverrides, Task, TaskVerb};
 use ov_compiler::render::{render, Engine, Rendered};
 
 /// The project directory with the payload files of the hand-built plans.
@@ -65,15 +65,7 @@ pub fn pkg_op(format: &str, targets: &[String]) -> ReverseOp {
 }
 
 pub fn step(action: Action, scope: Scope, reverse: Vec<ReverseOp>) -> Step {
-    Step {
-        action,
-        scope,
-        venue: Venue::HostNative,
-        phase: Phase::Install,
-        gate: None,
-        skip: None,
-        reverse,
-    }
+    Step::new(action, scope, reverse)
 }
 
 pub fn task(verb: TaskVerb) -> Task {
@@ -98,6 +90,7 @@ pub fn task_step(verb: TaskVerb, scope: Scope, reverse: Vec<ReverseOp>) -> Step 
         Action::Task {
             task: task(verb),
             run_as,
+            ctx_files: None,
         },
         scope,
         reverse,
@@ -151,13 +144,9 @@ pub fn plan(format: &str, layers: Vec<LayerPlan>) -> InstallPlan {
 
 fn packages_step(phase: Phase, action: Action, reverse: Vec<ReverseOp>) -> Step {
     Step {
-        action,
-        scope: Scope::System,
-        venue: Venue::HostNative,
         phase,
         gate: (phase == Phase::Prepare).then_some(Gate::AllowRepoChanges),
-        skip: None,
-        reverse,
+        ..Step::new(action, Scope::System, reverse)
     }
 }
 
@@ -376,6 +365,7 @@ pub fn tasks_layer() -> LayerPlan {
         Action::Task {
             task: write,
             run_as: RunAs::Root,
+            ctx_files: None,
         },
         Scope::System,
         vec![op(
@@ -408,6 +398,7 @@ pub fn tasks_layer() -> LayerPlan {
         Action::Task {
             task: dl,
             run_as: RunAs::Root,
+            ctx_files: None,
         },
         Scope::System,
         vec![op(
@@ -429,6 +420,7 @@ pub fn tasks_layer() -> LayerPlan {
         Action::Task {
             task: dl_none,
             run_as: RunAs::Root,
+            ctx_files: None,
         },
         Scope::System,
         vec![op(
@@ -449,6 +441,7 @@ pub fn tasks_layer() -> LayerPlan {
         Action::Task {
             task: dl_zip,
             run_as: RunAs::Root,
+            ctx_files: None,
         },
         Scope::System,
         vec![op(
@@ -471,13 +464,19 @@ pub fn tasks_layer() -> LayerPlan {
         vec![],
     ));
     let mut cmd = task(TaskVerb::Cmd {
-        body: "account=$(getent passwd 1000 | cut -d: -f1)\nmkdir -p /etc/sudoers.d\nprintf '%s ALL=(ALL) NOPASSWD: ALL\\n' \"$account\" > /etc/sudoers.d/ov-user\ncp -a /ctx/system_files/* / 2>/dev/null || true".into(),
+        body: "account=$(getent passwd 1000 | cut -d: -f1)\nmkdir -p /etc/sudoers.d\nprintf '%s ALL=(ALL) NOPASSWD: ALL\\n' \"$account\" > /etc/sudoers.d/ov-user\ncp -a ${OV_CTX}/system_files/* / 2>/dev/null || true".into(),
     });
     cmd.env = vec![("SECRET".into(), "s3cr3t'$(no)".into())];
     steps.push(step(
         Action::Task {
             task: cmd,
             run_as: RunAs::Root,
+            // As lower writes it for a body that said `/ctx/system_files/*`.
+            ctx_files: Some(strings(&[
+                "config",
+                "sshd-wrapper",
+                "system_files/etc/demo/banner",
+            ])),
         },
         Scope::System,
         vec![],
@@ -521,6 +520,7 @@ pub fn tasks_layer() -> LayerPlan {
         Action::Task {
             task: mkdir,
             run_as: RunAs::TargetUser,
+            ctx_files: None,
         },
         Scope::User,
         vec![],
@@ -558,6 +558,7 @@ pub fn tasks_layer() -> LayerPlan {
                 body: "echo \"hello from $(id -un)\"".into(),
             }),
             run_as: RunAs::TargetUser,
+            ctx_files: None,
         },
         Scope::System,
         vec![],
@@ -682,6 +683,9 @@ pub fn builders_layer(format: &str) -> LayerPlan {
                 builder,
                 manifest: manifest.map(String::from),
                 packages: strings(packages),
+                names: Vec::new(),
+                crate_name: None,
+                files: Vec::new(),
             },
             Scope::User,
             reverse,
@@ -689,25 +693,55 @@ pub fn builders_layer(format: &str) -> LayerPlan {
         s.venue = Venue::ContainerBuilder;
         s
     };
+    // What lower reads from the fixture's layer directory.
+    let with = |mut s: Step, names: &[&str], krate: Option<&str>, files: &[&str]| {
+        if let Action::Builder {
+            names: n,
+            crate_name,
+            files: f,
+            ..
+        } = &mut s.action
+        {
+            *n = strings(names);
+            *crate_name = krate.map(String::from);
+            *f = strings(files);
+        }
+        s
+    };
     let mut steps = vec![
-        builder(
-            BuilderKind::Pixi,
-            Some("pixi.toml"),
+        with(
+            builder(
+                BuilderKind::Pixi,
+                Some("pixi.toml"),
+                &[],
+                vec![op(ReverseKind::PixiEnvRemove, Scope::User, &["default"])],
+            ),
             &[],
-            vec![op(ReverseKind::PixiEnvRemove, Scope::User, &["default"])],
+            None,
+            &["build.sh", "pixi.toml"],
         ),
-        builder(
-            BuilderKind::Npm,
-            Some("package.json"),
-            &[],
-            vec![op(ReverseKind::NpmUninstallG, Scope::User, &[])],
+        with(
+            builder(
+                BuilderKind::Npm,
+                Some("package.json"),
+                &["@anthropic-ai/claude-code", "cowsay@1.6.0"],
+                vec![op(ReverseKind::NpmUninstallG, Scope::User, &[])],
+            ),
+            &["@anthropic-ai/claude-code", "cowsay"],
+            None,
+            &["package.json"],
         ),
-        builder(
-            BuilderKind::Cargo,
-            Some("Cargo.toml"),
+        with(
+            builder(
+                BuilderKind::Cargo,
+                Some("Cargo.toml"),
+                &[],
+                // No reverse op, as the plan has none for cargo (crates are known after the build).
+                vec![],
+            ),
             &[],
-            // No reverse op, as the plan has none for cargo (crates are known after the build).
-            vec![],
+            Some("ov-demo-tool"),
+            &["Cargo.toml", "src/main.rs"],
         ),
     ];
     if format == "pac" {

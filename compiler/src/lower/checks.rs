@@ -23,7 +23,6 @@ pub const DEFAULT_NET_TIMEOUT: u32 = 10;
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("layer `{layer}`: check `{id}` (line {line}): {reason}")]
 pub struct CheckError {
-    /// The layer.
     pub layer: String,
     /// The check's id.
     pub id: String,

@@ -1,0 +1,313 @@
+//! Stage `render`, the template engine: the embedded templates (optionally overridden from a
+//! directory) with strict undefined variables and a formatter that shell-quotes every
+//! interpolated value; only [`ShellFragment`]s, built by the reviewed filters, pass verbatim.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use minijinja::value::{Object, Value};
+use minijinja::{Environment, UndefinedBehavior};
+use serde::Serialize;
+use sha2::{Digest, Sha256};
+
+use super::RenderError;
+use crate::shell;
+
+/// A value that is already a complete shell fragment and must be emitted verbatim.
+///
+/// Filters create it: `raw_shell` (a layer's `cmd:` body — the single reviewed path for raw layer
+/// shell), `runtime_path`/`runtime_word` (whose output is built by [`shell`]) and `comment` (text
+/// with every line break and control character replaced, for `#` comments); `render` also builds
+/// some from [`shell::concat_word`] (unit files with run-time values).
+#[derive(Debug)]
+pub(super) struct ShellFragment(pub(super) String);
+
+impl Object for ShellFragment {
+    fn repr(self: &std::sync::Arc<Self>) -> minijinja::value::ObjectRepr {
+        minijinja::value::ObjectRepr::Plain
+    }
+
+    fn is_true(self: &std::sync::Arc<Self>) -> bool {
+        !self.0.is_empty()
+    }
+}
+
+/// The template engine: embedded templates (optionally overridden from a directory), strict
+/// undefined variables, and a formatter that shell-quotes every interpolated value.
+pub struct Engine {
+    env: Environment<'static>,
+    /// Files of `templates/` that are not templates (not `.j2`), carried verbatim.
+    texts: BTreeMap<String, String>,
+    overridden: Vec<(String, String)>,
+}
+
+impl Engine {
+    /// Build the engine from the embedded templates, replacing any that `override_dir` provides
+    /// under the same relative name.
+    pub fn new(override_dir: Option<&Path>) -> Result<Engine, RenderError> {
+        let mut sources: BTreeMap<String, String> = crate::templates::EMBEDDED
+            .iter()
+            .map(|(n, s)| ((*n).to_string(), (*s).to_string()))
+            .collect();
+        let mut overridden = Vec::new();
+        if let Some(dir) = override_dir {
+            for (name, path) in
+                crate::walk::list_files(dir).map_err(|source| RenderError::Override {
+                    path: dir.to_path_buf(),
+                    source,
+                })?
+            {
+                if !sources.contains_key(&name) {
+                    return Err(RenderError::UnknownOverride {
+                        name,
+                        known: sources.keys().cloned().collect::<Vec<_>>().join(", "),
+                    });
+                }
+                let text = std::fs::read_to_string(&path)
+                    .map_err(|source| RenderError::Override { path, source })?;
+                overridden.push((name.clone(), hex::encode(Sha256::digest(text.as_bytes()))));
+                sources.insert(name, text);
+            }
+        }
+        let mut env = Environment::new();
+        env.set_undefined_behavior(UndefinedBehavior::Strict);
+        env.set_keep_trailing_newline(true);
+        env.set_trim_blocks(true);
+        env.set_lstrip_blocks(true);
+        // Templates cannot opt out of quoting: `safe` is gone, and the formatter below ignores
+        // both the auto-escape state (so `{% autoescape false %}` changes nothing) and the
+        // "safe string" flag other filters may set.
+        env.remove_filter("safe");
+        env.set_formatter(|out, _state, value| {
+            if let Some(fragment) = value.downcast_object_ref::<ShellFragment>() {
+                return out.write_str(&fragment.0).map_err(minijinja::Error::from);
+            }
+            if value.is_undefined() || value.is_none() {
+                return Err(minijinja::Error::new(
+                    minijinja::ErrorKind::UndefinedError,
+                    "refusing to interpolate a missing value into a shell script",
+                ));
+            }
+            let text = match value.as_str() {
+                Some(s) => s.to_string(),
+                None if value.kind() == minijinja::value::ValueKind::Seq
+                    || value.kind() == minijinja::value::ValueKind::Map =>
+                {
+                    return Err(minijinja::Error::new(
+                        minijinja::ErrorKind::InvalidOperation,
+                        "a list or map cannot be one shell word; iterate over it",
+                    ))
+                }
+                None => value.to_string(),
+            };
+            let word = shell::quote(&text).map_err(|e| {
+                minijinja::Error::new(minijinja::ErrorKind::InvalidOperation, e.to_string())
+            })?;
+            out.write_str(&word).map_err(minijinja::Error::from)
+        });
+        env.add_filter(
+            "raw_shell",
+            |body: String| -> Result<Value, minijinja::Error> {
+                if body.contains('\0') {
+                    return Err(minijinja::Error::new(
+                        minijinja::ErrorKind::InvalidOperation,
+                        "shell body contains a NUL byte",
+                    ));
+                }
+                Ok(Value::from_object(ShellFragment(body)))
+            },
+        );
+        env.add_filter(
+            "runtime_path",
+            |s: String| -> Result<Value, minijinja::Error> {
+                fragment(shell::runtime_word(&s, true))
+            },
+        );
+        env.add_filter("comment", |text: String| -> Value {
+            // A comment ends at a newline; with every control character gone, nothing after the
+            // `#` can become code.
+            let one_line: String = text
+                .chars()
+                .map(|c| if c.is_control() { ' ' } else { c })
+                .collect();
+            Value::from_object(ShellFragment(one_line))
+        });
+        env.add_filter(
+            "runtime_word",
+            |s: String| -> Result<Value, minijinja::Error> {
+                fragment(shell::runtime_word(&s, false))
+            },
+        );
+        let mut texts = BTreeMap::new();
+        for (name, text) in sources {
+            if !name.ends_with(".j2") {
+                texts.insert(name, text);
+                continue;
+            }
+            env.add_template_owned(name.clone(), text)
+                .map_err(|source| RenderError::Template {
+                    template: name,
+                    source,
+                })?;
+        }
+        Ok(Engine {
+            env,
+            texts,
+            overridden,
+        })
+    }
+
+    /// Render template `name` with `ctx`.
+    pub fn render(&self, name: &str, ctx: &impl Serialize) -> Result<String, RenderError> {
+        let wrap = |source| RenderError::Template {
+            template: name.to_string(),
+            source,
+        };
+        self.env
+            .get_template(name)
+            .map_err(wrap)?
+            .render(ctx)
+            .map_err(wrap)
+    }
+
+    /// The verbatim file `name` of `templates/` (one that is not a `.j2` template).
+    pub fn text(&self, name: &str) -> Result<&str, RenderError> {
+        self.texts
+            .get(name)
+            .map(String::as_str)
+            .ok_or_else(|| RenderError::UnknownText {
+                name: name.to_string(),
+            })
+    }
+
+    /// Templates replaced by the override directory, with the sha256 of each replacement.
+    pub fn overridden(&self) -> &[(String, String)] {
+        &self.overridden
+    }
+}
+
+impl std::fmt::Debug for Engine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Engine")
+            .field("overridden", &self.overridden)
+            .finish_non_exhaustive()
+    }
+}
+
+fn fragment(word: Result<String, shell::QuoteError>) -> Result<Value, minijinja::Error> {
+    word.map(|w| Value::from_object(ShellFragment(w)))
+        .map_err(|e| minijinja::Error::new(minijinja::ErrorKind::InvalidOperation, e.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn engine_with(src: &str) -> Environment<'static> {
+        let mut e = Engine::new(None).expect("engine").env;
+        e.add_template_owned("t", src.to_string())
+            .expect("template");
+        e
+    }
+
+    #[test]
+    fn every_interpolation_is_quoted_and_cannot_be_unquoted() {
+        let env = engine_with("echo {{ v }} {{ v|safe if false else v }} {% autoescape false %}{{ v }}{% endautoescape %}");
+        let out = env
+            .get_template("t")
+            .unwrap()
+            .render(minijinja::context! { v => "$(touch /x); `y`" })
+            .unwrap();
+        assert_eq!(
+            out,
+            "echo '$(touch /x); `y`' '$(touch /x); `y`' '$(touch /x); `y`'"
+        );
+        let env = engine_with("{{ v|safe }}");
+        assert!(env
+            .get_template("t")
+            .unwrap()
+            .render(minijinja::context! { v => "x" })
+            .is_err());
+    }
+
+    #[test]
+    fn undefined_and_nul_values_are_errors() {
+        let env = engine_with("{{ missing }}");
+        assert!(env.get_template("t").unwrap().render(()).is_err());
+        let env = engine_with("{{ v }}");
+        assert!(env
+            .get_template("t")
+            .unwrap()
+            .render(minijinja::context! { v => "a\0b" })
+            .is_err());
+    }
+
+    #[test]
+    fn raw_shell_and_runtime_paths_are_the_only_verbatim_paths() {
+        let env = engine_with("{{ body|raw_shell }}\nmkdir -p {{ p|runtime_path }}");
+        let out = env
+            .get_template("t")
+            .unwrap()
+            .render(minijinja::context! { body => "echo \"$HOME\"", p => "${HOME}/a b" })
+            .unwrap();
+        assert_eq!(out, "echo \"$HOME\"\nmkdir -p \"${OV_HOME}\"'/a b'");
+    }
+
+    #[test]
+    fn comments_stay_on_one_line() {
+        let env = engine_with("# {{ v|comment }}\nok");
+        let out = env
+            .get_template("t")
+            .unwrap()
+            .render(minijinja::context! { v => "a\nov_pwn\r\u{1b}b" })
+            .unwrap();
+        assert_eq!(out, "# a ov_pwn  b\nok");
+    }
+
+    #[test]
+    fn files_that_are_not_templates_are_carried_verbatim_and_can_be_overridden() {
+        let engine = Engine::new(None).expect("engine");
+        let lib = engine.text("lib/steps.sh").expect("embedded");
+        assert_eq!(lib, include_str!("../../../templates/lib/steps.sh"));
+        assert!(
+            lib.contains("${#"),
+            "bash syntax the template engine would refuse"
+        );
+        assert!(
+            engine.render("lib/steps.sh", &()).is_err(),
+            "not a template"
+        );
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join("lib")).unwrap();
+        std::fs::write(dir.path().join("lib/steps.sh"), "{{ not a template }}\n").unwrap();
+        let engine = Engine::new(Some(dir.path())).expect("engine with override");
+        assert_eq!(
+            engine.text("lib/steps.sh").unwrap(),
+            "{{ not a template }}\n"
+        );
+        assert_eq!(engine.overridden()[0].0, "lib/steps.sh");
+    }
+
+    #[test]
+    fn embedded_templates_equal_the_templates_directory() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../templates");
+        let on_disk = crate::walk::list_files(&dir).expect("templates/ is readable");
+        let on_disk: Vec<(String, String)> = on_disk
+            .into_iter()
+            .map(|(n, p)| (n, std::fs::read_to_string(p).expect("utf-8 template")))
+            .collect();
+        let embedded: Vec<(String, String)> = crate::templates::EMBEDDED
+            .iter()
+            .map(|(n, s)| ((*n).to_string(), (*s).to_string()))
+            .collect();
+        let names = |v: &[(String, String)]| v.iter().map(|(n, _)| n.clone()).collect::<Vec<_>>();
+        assert_eq!(
+            names(&embedded),
+            names(&on_disk),
+            "add new templates to compiler/src/templates.rs"
+        );
+        for ((name, a), (_, b)) in embedded.iter().zip(&on_disk) {
+            assert_eq!(a, b, "embedded `{name}` differs from templates/{name}");
+        }
+    }
+}
