@@ -10,6 +10,7 @@
 pub mod bundle;
 pub mod bundle_read;
 pub mod deploy;
+pub mod entries;
 pub mod gzip;
 pub mod layer;
 pub mod layer_parse;

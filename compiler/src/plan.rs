@@ -9,9 +9,7 @@ use std::collections::BTreeMap;
 
 use serde::Serialize;
 
-mod entries;
-
-pub use entries::{
+pub use crate::entries::{
     download_extract, Pos, Repo, ServiceEntry, ServiceOverrides, ServiceScope, Task, TaskVerb,
 };
 

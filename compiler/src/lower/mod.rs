@@ -43,7 +43,6 @@
 
 mod builders;
 pub mod checks;
-mod convert;
 #[cfg(test)]
 mod fixture;
 mod packages;

@@ -79,7 +79,7 @@ pub(super) fn lower_section(
         format: format.to_string(),
         packages: part.packages,
         options: part.options,
-        repos: part.repos.iter().map(crate::plan::Repo::from).collect(),
+        repos: part.repos.clone(),
         keys: part.keys,
         copr: part.copr,
         modules: part.modules,

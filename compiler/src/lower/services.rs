@@ -94,7 +94,7 @@ pub(super) fn lower_service(
                 Action::ServicePackaged {
                     unit,
                     enable: service.enable,
-                    service: crate::plan::ServiceEntry::from(service),
+                    service: service.clone(),
                 },
                 scope,
                 reverse,
@@ -117,7 +117,7 @@ pub(super) fn lower_service(
             Ok(step(
                 Action::ServiceCustom {
                     unit,
-                    service: crate::plan::ServiceEntry::from(service),
+                    service: service.clone(),
                 },
                 scope,
                 reverse,

@@ -130,7 +130,7 @@ pub(super) fn lower_task(
         .then_some(Gate::AllowRootTasks);
     Ok(step(
         Action::Task {
-            task: crate::plan::Task::from(task),
+            task: task.clone(),
             run_as: who,
             ctx_files,
         },

@@ -1,11 +1,15 @@
-//! Stage `plan`: the layer entries a step carries — a task, a repository, a service — as the IR's
-//! own types, so the contract between `lower` and `render` does not move when the layer model
-//! does. `lower` fills them after applying `vars:` and normalising paths; the serialised form is
-//! the plan's (`ov plan --json`), field for field what the layer said unless a doc says otherwise.
+//! Stages `load` and `plan` (shared): the entries a layer declares — a task, a repository, a
+//! service — defined once. `layer_parse` builds them from `layer.yml` as written; `lower` applies
+//! the layer's `vars:`, normalises paths and puts them into plan steps; `render` reads them from
+//! the plan. The IR does not import the layer model: both use this vocabulary, so the two cannot
+//! drift apart, and the serialised form is the plan's (`ov plan --json`).
+//! Invariant: nothing here reads files or decides anything; the docs say what each field means
+//! in a layer and what the scripts do with it.
 
 use serde::Serialize;
 
-/// Where an entry stands in its `layer.yml` (1-based), kept so a plan can be traced to its source.
+/// A source position in a YAML file, 1-based: shown in error messages, and kept in a plan so a
+/// step can be traced to its source.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
 pub struct Pos {
     /// Line, from 1.
@@ -124,6 +128,22 @@ pub enum TaskVerb {
         /// What the layer asked to build (usually `all`).
         what: String,
     },
+}
+
+impl TaskVerb {
+    /// The verb's YAML key.
+    pub fn name(&self) -> &'static str {
+        match self {
+            TaskVerb::Cmd { .. } => "cmd",
+            TaskVerb::Mkdir { .. } => "mkdir",
+            TaskVerb::Copy { .. } => "copy",
+            TaskVerb::Write { .. } => "write",
+            TaskVerb::Link { .. } => "link",
+            TaskVerb::Download { .. } => "download",
+            TaskVerb::Setcap { .. } => "setcap",
+            TaskVerb::Build { .. } => "build",
+        }
+    }
 }
 
 /// What a `download:` does with what it fetched: `tar.gz`, `tar.xz`, `tar.zst`, `zip`, `sh` (run
