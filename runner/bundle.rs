@@ -20,7 +20,6 @@ use crate::exit::{Exit, HasExit};
 pub struct BundleInfo {
     /// The archive.
     pub path: PathBuf,
-    /// Its file name.
     pub file_name: String,
     /// Its sha256 (verified against the `.sha256` file).
     pub sha256: String,

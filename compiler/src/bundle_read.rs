@@ -98,10 +98,7 @@ pub enum ArchiveError {
     },
     /// The same path twice.
     #[error("duplicate archive entry `{path}`")]
-    Duplicate {
-        /// The path.
-        path: String,
-    },
+    Duplicate { path: String },
     /// One entry larger than [`Limits::entry`].
     #[error("archive entry `{path}` expands to {}, more than the {} one bundle file may hold; refused before reading it", bytes(*size), bytes(*limit))]
     EntryTooLarge {
@@ -109,7 +106,6 @@ pub enum ArchiveError {
         path: String,
         /// Its size from its header.
         size: u64,
-        /// The limit.
         limit: u64,
     },
     /// The entries together larger than [`Limits::expanded`].
@@ -119,7 +115,6 @@ pub enum ArchiveError {
         path: String,
         /// The expanded size with it.
         total: u64,
-        /// The limit.
         limit: u64,
     },
     /// A file to be read into memory larger than [`Limits::kept`].
@@ -129,15 +124,11 @@ pub enum ArchiveError {
         path: String,
         /// Its size from its header.
         size: u64,
-        /// The limit.
         limit: u64,
     },
     /// More entries than [`Limits::entries`].
     #[error("the archive has more than {limit} entries")]
-    TooManyEntries {
-        /// The limit.
-        limit: u64,
-    },
+    TooManyEntries { limit: u64 },
     /// Entry names longer, together, than [`Limits::names`], or one name longer than
     /// [`MAX_PATH_BYTES`].
     #[error("archive entry names are too long at `{path}`: {}, more than {}", bytes(*size), bytes(*limit))]
@@ -146,7 +137,6 @@ pub enum ArchiveError {
         path: String,
         /// The size found.
         size: u64,
-        /// The limit.
         limit: u64,
     },
     /// A GNU long-name or pax header larger than its cap.
@@ -156,9 +146,7 @@ pub enum ArchiveError {
         path: String,
         /// `GNU long-name`, `pax`.
         what: &'static str,
-        /// Its size.
         size: u64,
-        /// The limit.
         limit: u64,
     },
     /// An entry larger than `SHA256SUMS` (read earlier in the archive) allows: absent from it,
@@ -207,7 +195,6 @@ impl ArchiveError {
 
 /// What to do while reading.
 pub struct ScanOptions<'a> {
-    /// The limits.
     pub limits: Limits,
     /// sha256 every regular file.
     pub hash: bool,

@@ -172,7 +172,6 @@ pub struct ManifestScript {
 pub struct SkippedStep {
     /// Step kind, e.g. `ServiceCustom`.
     pub kind: String,
-    /// Its scope.
     pub scope: String,
     /// What it would have done.
     pub what: String,

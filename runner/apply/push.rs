@@ -143,7 +143,6 @@ impl PushOptions {
 /// Details of a failed layer.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StepFailure {
-    /// Layer.
     pub layer: String,
     /// Script file.
     pub script: String,
@@ -171,7 +170,6 @@ pub enum PushError {
     /// The uploaded archive differs from the local one.
     #[error("the bundle arrived altered on {target} (expected sha256 {expected}, got {actual}); nothing was run")]
     UploadMismatch {
-        /// Target.
         target: String,
         /// Local sha256.
         expected: String,
@@ -181,7 +179,6 @@ pub enum PushError {
     /// run.sh found a file that does not match SHA256SUMS.
     #[error("the bundle failed its own integrity check on {target} (run.sh: SHA256SUMS mismatch); nothing was run{}", tail_text(.tail))]
     RemoteIntegrity {
-        /// Target.
         target: String,
         /// Output tail.
         tail: Vec<String>,
@@ -189,21 +186,16 @@ pub enum PushError {
     /// A layer's script failed.
     #[error("layer `{}` failed on {target}: script `{}` exited with status {}{}", .failure.layer, .failure.script, .failure.status, tail_text(&.failure.tail))]
     StepFailed {
-        /// Target.
         target: String,
         /// What failed.
         failure: StepFailure,
     },
     /// Another run holds the lock.
     #[error("the ledger on {target} is locked by another run (retry later, or push without `--no-wait` to wait for it)")]
-    Locked {
-        /// Target.
-        target: String,
-    },
+    Locked { target: String },
     /// run.sh could not become root.
     #[error("run.sh could not become root on {target}: user `{user}` needs passwordless sudo")]
     NoRoot {
-        /// Target.
         target: String,
         /// Login user.
         user: String,
@@ -212,7 +204,6 @@ pub enum PushError {
     /// writable).
     #[error("run.sh could not start on {target} (status {status}){}", tail_text(.tail))]
     Runtime {
-        /// Target.
         target: String,
         /// Exit status.
         status: i32,
@@ -222,7 +213,6 @@ pub enum PushError {
     /// run.sh or the bootstrap failed otherwise.
     #[error("the run on {target} failed with status {status}{}", tail_text(.tail))]
     RunFailed {
-        /// Target.
         target: String,
         /// Exit status (-1: killed).
         status: i32,
@@ -231,10 +221,7 @@ pub enum PushError {
     },
     /// The connection dropped while run.sh ran.
     #[error("the connection to {target} was lost during the run; layers completed so far are recorded on the target — push again to resume")]
-    Interrupted {
-        /// Target.
-        target: String,
-    },
+    Interrupted { target: String },
     /// Reading the ledger failed.
     #[error(transparent)]
     Ledger(#[from] LedgerError),
@@ -247,7 +234,6 @@ pub enum PushError {
     /// The probe's answer made no sense.
     #[error("unexpected answer from {target} while probing: {output}")]
     Probe {
-        /// Target.
         target: String,
         /// What came back.
         output: String,
@@ -403,7 +389,6 @@ pub fn push(
 pub struct Probe {
     /// Login user.
     pub user: String,
-    /// Its uid.
     pub uid: String,
     /// Whether cloud-init is installed.
     pub cloud_init: bool,

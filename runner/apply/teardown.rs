@@ -47,16 +47,12 @@ pub struct TeardownOptions {
 pub enum LayerAction {
     /// Still used by other deploys: drop our id only.
     Release {
-        /// Layer.
         layer: String,
         /// The deploys that keep it.
         remaining: Vec<String>,
     },
     /// No other user: run its undo script and remove its records.
-    Undo {
-        /// Layer.
-        layer: String,
-    },
+    Undo { layer: String },
 }
 
 /// The computed teardown.
@@ -111,14 +107,10 @@ pub enum TeardownError {
     Ledger(#[from] LedgerError),
     /// Another run holds the lock.
     #[error("the ledger on {target} is locked by another run")]
-    Locked {
-        /// Target.
-        target: String,
-    },
+    Locked { target: String },
     /// Records name the deploy, but root's ledger holds no `undo.sh` to tear it down with.
     #[error("the ledger of `{user}` on {target} records the deploy but holds no `undo.sh` (`{dir}/undo.sh`); run the bundle's own `undo.sh --user {user}` on the target")]
     NoUndoScript {
-        /// Target.
         target: String,
         /// The account.
         user: String,
@@ -128,7 +120,6 @@ pub enum TeardownError {
     /// Some undo scripts failed.
     #[error("teardown on {target} is incomplete: {}; their records are kept so `ov deploy del` can retry", .failed.iter().map(|(l, s)| format!("`{l}` (status {s})")).collect::<Vec<_>>().join(", "))]
     Incomplete {
-        /// Target.
         target: String,
         /// Layers and statuses.
         failed: Vec<(String, i64)>,
@@ -138,9 +129,7 @@ pub enum TeardownError {
     /// The script failed otherwise.
     #[error("teardown on {target} failed with status {status}: {stderr}")]
     Failed {
-        /// Target.
         target: String,
-        /// Status.
         status: i32,
         /// stderr tail.
         stderr: String,

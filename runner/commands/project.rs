@@ -103,9 +103,7 @@ pub fn find_project(explicit: Option<&Path>) -> Result<PathBuf, CommandError> {
 /// A project loaded once, with the deploy resolved in it.
 #[derive(Debug)]
 pub struct Resolved {
-    /// The project.
     pub project: Project,
-    /// The deploy.
     pub deploy: Deploy,
     gates: Gates,
     requested: Vec<String>,

@@ -67,13 +67,11 @@ pub enum ConnectError {
     Fatal {
         /// Target description.
         target: String,
-        /// The message.
         message: String,
     },
     /// Local setup failed (control directory, runtime).
     #[error("cannot prepare the ssh connection: {what}")]
     Setup {
-        /// What.
         what: String,
         /// Why.
         #[source]

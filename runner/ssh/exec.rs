@@ -63,7 +63,6 @@ pub struct Request<'a> {
     pub argv: Vec<String>,
     /// Who runs it.
     pub who: As,
-    /// Its stdin.
     pub stdin: Input<'a>,
     /// Keep stdout as bytes (and do not pass it to the sink line by line).
     pub capture_stdout: bool,
@@ -113,7 +112,6 @@ pub enum ExecError {
     /// A local process could not be started.
     #[error("cannot start `{program}`")]
     Spawn {
-        /// The program.
         program: String,
         /// Why.
         #[source]

@@ -132,7 +132,6 @@ pub enum LedgerError {
     /// The user does not exist there.
     #[error("user `{user}` does not exist on {target}")]
     NoUser {
-        /// The user.
         user: String,
         /// Target description.
         target: String,

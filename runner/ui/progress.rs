@@ -126,7 +126,6 @@ fn ok_or_fail<S: serde::Serializer>(ok: &bool, s: S) -> Result<S::Ok, S::Error> 
 /// One check's result, as `run.sh --test` reports it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct CheckResult {
-    /// The layer.
     pub layer: String,
     /// The check's id.
     pub id: String,

@@ -236,6 +236,20 @@ ov_mkdir() {
   ov_mkdir_p "$1" "${3:-}" "${2:-}"
 }
 
+# ov_settle TMP DEST OWNER — the last move of every write: TMP (a file or link made beside DEST)
+# gets OWNER (`chown -h`: a link itself, never what it points at) and is renamed over DEST in one
+# step, and what DEST now holds is recorded for undo; on failure TMP goes and nothing changed.
+ov_settle() {
+  local tmp=$1 dest=$2 owner=$3
+  if { [ -z "$owner" ] || chown -h -- "$(ov_owner_spec "$owner")" "$tmp"; } &&
+    mv -fT -- "$tmp" "$dest"; then
+    ov_backup_sum "$dest"
+    return
+  fi
+  rm -f -- "$tmp"
+  return 1
+}
+
 # ov_write_file DEST MODE CONTENT [OWNER] — write CONTENT byte for byte: a temporary file in the
 # destination's directory, then one rename, so readers never see a half-written file. The
 # temporary file is created exclusively (noclobber: O_EXCL), with MODE through the umask when MODE
@@ -262,12 +276,9 @@ ov_write_file() {
   { printf '%s' "$content" >"$tmp"; } 2>/dev/null && ok=1
   umask 022
   ((noclobber)) || set +C
-  if ((ok)) &&
-    { [ "$chm" = 0 ] || chmod -- "$mode" "$tmp"; } &&
-    { [ -z "$owner" ] || chown -- "$(ov_owner_spec "$owner")" "$tmp"; } &&
-    mv -fT -- "$tmp" "$dest"; then
-    ov_backup_sum "$dest"
-    return
+  if ((ok)) && { [ "$chm" = 0 ] || chmod -- "$mode" "$tmp"; }; then
+    ov_settle "$tmp" "$dest" "$owner" || return 1
+    return 0
   fi
   if ((ok)); then
     rm -f -- "$tmp"
@@ -288,11 +299,9 @@ ov_install_file() {
   ov_mkdir_p "$dir" "$owner" || return 1
   ov_backup "$dest" || return 1
   tmp=$(mktemp -- "$dir/.ov-tmp.XXXXXXXX") || return 1
-  if install -m "$mode" -- "$src" "$tmp" &&
-    { [ -z "$owner" ] || chown -- "$(ov_owner_spec "$owner")" "$tmp"; } &&
-    mv -fT -- "$tmp" "$dest"; then
-    ov_backup_sum "$dest"
-    return
+  if install -m "$mode" -- "$src" "$tmp"; then
+    ov_settle "$tmp" "$dest" "$owner" || return 1
+    return 0
   fi
   rm -f -- "$tmp"
   return 1
@@ -307,13 +316,7 @@ ov_link() {
   ov_backup "$link" || return 1
   tmp=$dir/.ov-tmp.$BASHPID.$RANDOM$RANDOM
   ln -s -- "$target" "$tmp" || return 1
-  if { [ -z "$owner" ] || chown -h -- "$(ov_owner_spec "$owner")" "$tmp"; } &&
-    mv -fT -- "$tmp" "$link"; then
-    ov_backup_sum "$link"
-    return
-  fi
-  rm -f -- "$tmp"
-  return 1
+  ov_settle "$tmp" "$link" "$owner"
 }
 
 # ov_setcap CAPS FILE — set file capabilities; empty CAPS removes them all (`setcap -r`), and a
