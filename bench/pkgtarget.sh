@@ -207,7 +207,11 @@ cmd_start() {
   lower=$(cmd_build "$@")
   cmd_stop
   install -d -m 0755 "$DIR"
-  [ -s "$DIR/port" ] || free_port > "$DIR/port"
+  # The port is kept across starts (the harness generates its inputs once); a new one only when
+  # something else took it meanwhile.
+  if [ ! -s "$DIR/port" ] || (exec 3<>"/dev/tcp/$ADDR/$(cat "$DIR/port")") 2>/dev/null; then
+    free_port > "$DIR/port"
+  fi
   local port; port=$(cat "$DIR/port")
   printf '%s\n' "$lower" > "$DIR/lower"
   rm -rf --one-file-system "$DIR/scratch" "$DIR/root"
