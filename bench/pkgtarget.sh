@@ -76,8 +76,8 @@ cp /etc/resolv.conf "$root/etc/resolv.conf"
 in_root apt-get update -q >"$work/apt.log"
 echo "[pkgtarget] downloading: $*" >&2
 in_root apt-get install -q -y --no-install-recommends --download-only "$@" >>"$work/apt.log"
-# The file: mirror: the archive s signed InRelease and (uncompressed) Packages index as apt stored
-# them, and every downloaded .deb at the pool path that index names.
+# The file: mirror: the signed InRelease of the archive as apt stored it, and every .deb in the
+# cache (the downloaded ones and the base system of debootstrap) at the pool path the index names.
 lists=$root/var/lib/apt/lists
 host=${mirror#*://}; host=${host%/}; prefix=$(printf "%s" "$host" | tr / _)_dists_${suite}
 inrel=$lists/${prefix}_InRelease
@@ -87,8 +87,8 @@ arch=${pkgs%_Packages}; arch=${arch##*binary-}
 m=$root$local_mirror
 install -d "$m/dists/$suite/main/binary-$arch"
 cp "$inrel" "$m/dists/$suite/InRelease"
-# apt fetches the compressed index (a file: mirror is no exception): the archive s own Packages.xz,
-# by the hash this InRelease names for it.
+# apt fetches the compressed index (a file: mirror is no exception): the Packages.xz of the
+# archive, by the hash this InRelease names for it (apt stored only the uncompressed one).
 sha=$(awk -v f="main/binary-$arch/Packages.xz" "/^SHA256:/ { s = 1; next } /^[^ ]/ { s = 0 } s && \$3 == f { print \$1 }" "$inrel")
 [ -n "$sha" ] || { echo "[pkgtarget] InRelease names no main/binary-$arch/Packages.xz" >&2; exit 1; }
 in_root /usr/lib/apt/apt-helper download-file "$mirror/dists/$suite/main/binary-$arch/by-hash/SHA256/$sha" \
@@ -116,7 +116,7 @@ rm -rf "$root/var/lib/apt/lists/"*
 in_root apt-get update -q >>"$work/apt.log"
 # Every package resolves from the mirror, offline.
 in_root apt-get install -q -y --no-install-recommends --simulate "$@" >>"$work/apt.log"
-# The login user, its key and sudo rule; sshd s own config and host key.
+# The login user, its key and sudo rule; the host key of sshd (its config is written per start).
 in_root useradd --create-home --shell /bin/bash "$user"
 in_root usermod -p "*" "$user"
 ssh-keygen -q -t ed25519 -N "" -C ovbench-pkg-client -f "$work/client_ed25519"
