@@ -717,7 +717,7 @@ def report(b: Bench, started: float, load_before: tuple, load_after: tuple) -> s
                      "once per run and installs without recommends; the end state is checked after "
                      "each run (`dpkg-query`: every package `ii`; `dpkg --audit` empty).")
             L.append("")
-            L.append("Layers: " + "; ".join(f"{i}: {' '.join(p)}" for i, p in enumerate(gen.PKG_LAYERS, 1)) + ".")
+            L.append("Layers (the 5-layer workload is the first five): " + "; ".join(f"{i}: {' '.join(p)}" for i, p in enumerate(gen.PKG_LAYERS, 1)) + ".")
             L.append("")
         L.append("| contender | first run | ×floor | re-run (no change) | ×floor | runs | SSH sessions "
                  "(first/re-run) | connections | best first / re-run |")
