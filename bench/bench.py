@@ -82,6 +82,7 @@ PKG_REPS = {
     "pkgs5": {"floor": (5, 2), "ov": (5, 2), "ansible-layers": (3, 1), "ansible-one": (3, 1), "pyinfra": (3, 1)},
     "pkgs20": {"floor": (5, 2), "ov": (5, 2), "ansible-layers": (2, 1), "ansible-one": (3, 1), "pyinfra": (2, 1)},
 }
+DEFAULT_SECTIONS = "push,scale,compile,packages"
 COMPILE_REPS = (5, 3)
 PLAN_REPS = (9, 5)
 DISTROS = ["archlinux", "debian:12", "fedora:43", "ubuntu:24.04"]
@@ -636,7 +637,8 @@ def report(b: Bench, started: float, load_before: tuple, load_after: tuple) -> s
     L.append("")
     L.append(f"- date: {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime(started))}, "
              f"run took {(time.time() - started) / 60:.1f} min ({'quick' if b.quick else 'full'} run: "
-             f"`bench/run.sh{' --quick' if b.quick else ''}`)")
+             f"`bench/run.sh{' --quick' if b.quick else ''}"
+             f"{'' if b.args.sections == DEFAULT_SECTIONS else ' --sections ' + b.args.sections}`)")
     L.append(f"- machine: nproc {info['nproc']}, CPU `{info['cpu']}`, memory {info['memory']}, "
              f"Linux {info['kernel']}; load average {load_before[0]:.2f} before, {load_after[0]:.2f} after "
              "(the machine is shared: ratios within one run are the figures to trust)")
@@ -887,7 +889,7 @@ def main() -> int:
     ap.add_argument("--out", default=str(HERE / "out"))
     ap.add_argument("--corpus", default=str(REPO.parent / "shared/corpus/overthink-3e714536"))
     ap.add_argument("--target-env", required=True, help="file with `bench/target.sh env` output")
-    ap.add_argument("--sections", default="push,scale,compile,packages")
+    ap.add_argument("--sections", default=DEFAULT_SECTIONS)
     ap.add_argument("--contenders", default=",".join(PUSH_CONTENDERS),
                     help="push/scale contenders (" + ",".join(PUSH_CONTENDERS) + ")")
     ap.add_argument("--pkg-contenders", default=",".join(PKG_CONTENDERS),
