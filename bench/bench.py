@@ -10,6 +10,9 @@ Sections:
            counted from the target sshd's VERBOSE log.
   compile  `ov compile` of the whole corpus for four distros vs `tar -czf` of the same files, peak
            memory (`/usr/bin/time -v`), `ov plan` of the corpus, compile time at 10/100/all layers.
+  packages real Debian packages, 5 and 20 layers of 1-3 each, on a disposable Debian 12 host
+           (bench/pkgtarget.sh: a fresh overlay of a cached root per run): the floor (one
+           `apt-get install`), ov, Ansible (one `apt` task per layer / one for all), pyinfra.
 """
 
 from __future__ import annotations
@@ -64,6 +67,22 @@ REPS = {
     "layers10": {"floor": (5, 3), "ov": (5, 3)},
     "layers1000": {"floor": (3, 1), "ov": (3, 1)},
 }
+# The packages section (issue 15): contenders, labels and repetitions (full, quick). Every run
+# is a fresh target: a first run and an unchanged re-run on it.
+PKG_WORKLOADS = gen.PKG_WORKLOADS
+PKG_CONTENDERS = ["floor", "ov", "ansible-layers", "ansible-one", "pyinfra"]
+PKG_LABELS = {
+    "floor": "floor: one script, `apt-get update` + one `apt-get install`",
+    "ov": "`ov push <deploy>` (compile + push)",
+    "ansible-layers": "Ansible, one `apt` task per layer",
+    "ansible-one": "Ansible, one `apt` task listing every package",
+    "pyinfra": "pyinfra, `apt.packages` per layer",
+}
+PKG_REPS = {
+    "pkgs5": {"floor": (5, 2), "ov": (5, 2), "ansible-layers": (3, 1), "ansible-one": (3, 1), "pyinfra": (3, 1)},
+    "pkgs20": {"floor": (5, 2), "ov": (5, 2), "ansible-layers": (2, 1), "ansible-one": (3, 1), "pyinfra": (2, 1)},
+}
+DEFAULT_SECTIONS = "push,scale,compile,packages"
 COMPILE_REPS = (5, 3)
 PLAN_REPS = (9, 5)
 DISTROS = ["archlinux", "debian:12", "fedora:43", "ubuntu:24.04"]
@@ -71,7 +90,7 @@ RUN_TIMEOUT = 3600
 
 
 def reps_of(wkey: str, contender: str, quick: bool) -> int:
-    full, q = REPS.get(wkey, {}).get(contender, (0, 0))
+    full, q = {**REPS, **PKG_REPS}.get(wkey, {}).get(contender, (0, 0))
     return q if quick else full
 
 
@@ -218,11 +237,12 @@ class Bench:
         self.sshd_log = SshdLog(Path(self.target["OV_BENCH_SSHD_LOG"]))
         self.user_home = home_of(self.target["OV_BENCH_USER"])
         self.home = self.out / "home"  # HOME of every contender: nothing lands in root's home
-        self.results: dict = {"push": {}, "compile": {}, "plan": {}, "compile_scale": {}}
+        self.results: dict = {"push": {}, "compile": {}, "plan": {}, "compile_scale": {}, "packages": {}}
         self.notes: list[str] = []
         self.contenders = [c for c in PUSH_CONTENDERS if c in args.contenders.split(",")]
         self.ov_ok = self.probe_ov()
         self.bundles: dict[str, Path] = {}
+        self.failed_sections: list[str] = []
 
     # ---------------------------------------------------------------- set-up
     @staticmethod
@@ -271,8 +291,8 @@ class Bench:
 
     # ---------------------------------------------------------------- ov command lines
     # Every ov command line the harness uses is built here (one place to follow the CLI).
-    def ov_conn(self) -> list[str]:
-        t = self.target
+    def ov_conn(self, t: dict[str, str] | None = None) -> list[str]:
+        t = t or self.target
         return ["--host", t["OV_BENCH_HOST"], "--port", t["OV_BENCH_PORT"], "--ssh-user",
                 t["OV_BENCH_USER"], "-i", t["OV_BENCH_KEY"], "--known-hosts", t["OV_BENCH_KNOWN_HOSTS"]]
 
@@ -386,6 +406,105 @@ class Bench:
                             log(tail(Path(s.note.split("see ")[-1])) if "see " in s.note else s.note)
                             break
             self.reset_target()
+
+    # ---------------------------------------------------------------- packages
+    def pkg_target(self, cmd: str, *args: str) -> subprocess.CompletedProcess:
+        """bench/pkgtarget.sh CMD ARGS (the packages target), output captured."""
+        return subprocess.run([str(HERE / "pkgtarget.sh"), cmd, *args], capture_output=True, text=True)
+
+    def pkg_start(self) -> dict[str, str]:
+        """A fresh packages target (builds its root on first use); its settings with the keys
+        gen.py reads (OV_BENCH_*)."""
+        r = self.pkg_target("start", *gen.pkg_everything())
+        if r.returncode != 0:
+            raise RuntimeError(f"bench/pkgtarget.sh start failed:\n{r.stderr[-3000:]}")
+        r = self.pkg_target("env")
+        env = dict(line.split("=", 1) for line in r.stdout.splitlines() if "=" in line)
+        return {k.replace("OV_PKG_", "OV_BENCH_"): v for k, v in env.items()}
+
+    def pkg_in_target(self, argv: list[str]) -> tuple[int, str]:
+        r = self.pkg_target("exec", *argv)
+        return r.returncode, r.stdout + r.stderr
+
+    def run_pkg_contender(self, c: str, w: Workload, phase: str, rep: int, t: dict[str, str]) -> Sample:
+        logf = self.logs / "packages" / f"{w.key}-{c}-{phase}-{rep}.log"
+        g = self.gen_dir / "pkg"
+        ctl = Path(tempfile.mkdtemp(prefix="ovb-cp.", dir="/tmp"))
+        sshd_log = SshdLog(Path(t["OV_BENCH_SSHD_LOG"]))
+        mark = sshd_log.mark()
+        if c == "floor":
+            argv = ["ssh", "-F", "/dev/null", "-i", t["OV_BENCH_KEY"], "-o", "IdentitiesOnly=yes",
+                    "-o", f"UserKnownHostsFile={t['OV_BENCH_KNOWN_HOSTS']}", "-o", "StrictHostKeyChecking=yes",
+                    "-o", "BatchMode=yes", "-o", "ControlPath=none", "-p", t["OV_BENCH_PORT"],
+                    f"{t['OV_BENCH_USER']}@{t['OV_BENCH_HOST']}", "sudo -n bash -s"]
+            ms, rc, _ = timed(argv, logf, env=self.env(), stdin=g / "floor" / f"{w.key}.sh")
+        elif c == "ov":
+            argv = [str(self.ov), "-C", str(g / "ov" / w.key), "push", f"vm:{w.vm}", *self.ov_conn(t)]
+            ms, rc, _ = timed(argv, logf, env=self.env())
+        elif c.startswith("ansible"):
+            d = g / "ansible"
+            book = f"{w.key}-{c.removeprefix('ansible-')}.yml"
+            ms, rc, _ = timed([str(self.venv / "bin/ansible-playbook"), book], logf, cwd=d,
+                              env=self.env(ANSIBLE_CONFIG=str(d / "ansible.cfg"), ANSIBLE_NOCOLOR="1",
+                                           ANSIBLE_SSH_CONTROL_PATH_DIR=str(ctl),
+                                           ANSIBLE_LOCAL_TEMP=str(self.home / "ansible-tmp")))
+        elif c == "pyinfra":
+            d = g / "pyinfra"
+            ms, rc, _ = timed([str(self.venv / "bin/pyinfra"), "-y", "inventory.py", f"{w.key}.py"], logf,
+                              cwd=d, env=self.env())
+        else:
+            raise ValueError(c)
+        close_masters(ctl)
+        sessions, conns = sshd_log.since(mark)
+        good, want, wrong = gen.check_packages(w, self.pkg_in_target)
+        ok = rc == 0 and good == want and not wrong
+        note = "" if ok else f"exit {rc}, {good}/{want} packages installed{'; ' + wrong if wrong else ''}; see {logf}"
+        return Sample(ms, rc, ok, sessions=sessions, connections=conns, note=note)
+
+    def packages_section(self, contenders: list[str]) -> None:
+        """Every run on a fresh target (a new overlay of the cached root): first run, then an
+        unchanged re-run on the same target; contenders alternate within each round."""
+        if "ov" in contenders and not self.ov_ok.get("push", False):
+            contenders = [c for c in contenders if c != "ov"]
+        contenders = [c for c in contenders if c == "floor" or c == "ov" or self.contender_available(
+            "ansible-fast" if c.startswith("ansible") else c)]
+        log("packages: starting the target (the first start builds its root: debootstrap, needs network)")
+        try:
+            t = self.pkg_start()
+        except RuntimeError as e:
+            self.failed_sections.append(f"packages: {e}")
+            self.notes.append("packages section skipped: bench/pkgtarget.sh could not start the target "
+                              "(see the harness output).")
+            log(str(e))
+            return
+        gen.generate_packages(self.gen_dir / "pkg", PKG_WORKLOADS, t)
+        self.results["pkg_target"] = {k: t[k] for k in ("OV_BENCH_HOST", "OV_BENCH_PORT", "OV_BENCH_LOWER")}
+        try:
+            for w in PKG_WORKLOADS:
+                plan = {c: reps_of(w.key, c, self.quick) for c in contenders}
+                plan = {c: n for c, n in plan.items() if n > 0}
+                if not plan:
+                    continue
+                res = {c: {"first": Series(), "rerun": Series()} for c in plan}
+                self.results["packages"][w.key] = res
+                log(f"packages {w.key} ({w.describe()}): {plan}")
+                for r in range(max(plan.values())):
+                    active = [c for c in plan if plan[c] > r and res[c]["first"].failure is None]
+                    k = r % len(active) if active else 0
+                    for c in active[k:] + active[:k]:
+                        t = self.pkg_start()  # a RuntimeError here ends the section (and the run)
+                        shutil.rmtree(self.home / ".config/ov", ignore_errors=True)
+                        for phase in ("first", "rerun"):
+                            s = self.run_pkg_contender(c, w, phase, r + 1, t)
+                            res[c][phase].samples.append(s)
+                            log(f"  {w.key} {c:16s} {phase:5s} {s.ms:9.0f} ms  sessions={s.sessions} "
+                                f"conns={s.connections}{'' if s.ok else '  FAILED: ' + s.note}")
+                            if not s.ok:
+                                res[c]["first"].failure = res[c]["first"].failure or s.note
+                                log(tail(Path(s.note.split("see ")[-1])) if "see " in s.note else s.note)
+                                break
+        finally:
+            self.pkg_target("stop")
 
     # ---------------------------------------------------------------- compile
     def corpus_layers(self) -> list[str]:
@@ -518,7 +637,8 @@ def report(b: Bench, started: float, load_before: tuple, load_after: tuple) -> s
     L.append("")
     L.append(f"- date: {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime(started))}, "
              f"run took {(time.time() - started) / 60:.1f} min ({'quick' if b.quick else 'full'} run: "
-             f"`bench/run.sh{' --quick' if b.quick else ''}`)")
+             f"`bench/run.sh{' --quick' if b.quick else ''}"
+             f"{'' if b.args.sections == DEFAULT_SECTIONS else ' --sections ' + b.args.sections}`)")
     L.append(f"- machine: nproc {info['nproc']}, CPU `{info['cpu']}`, memory {info['memory']}, "
              f"Linux {info['kernel']}; load average {load_before[0]:.2f} before, {load_after[0]:.2f} after "
              "(the machine is shared: ratios within one run are the figures to trust)")
@@ -579,6 +699,44 @@ def report(b: Bench, started: float, load_before: tuple, load_after: tuple) -> s
                      f"{len(ov['first'].ms())} |")
         L.append("")
 
+    pk = R["packages"]
+    for w in PKG_WORKLOADS:
+        if w.key not in pk:
+            continue
+        res = pk[w.key]
+        fl = res.get("floor")
+        ff, fr = (fl["first"].med(), fl["rerun"].med()) if fl else (None, None)
+        L.append(f"## Packages: {w.describe()} (`{w.key}`)")
+        L.append("")
+        if w is PKG_WORKLOADS[0]:
+            L.append("A disposable Debian 12 host (bench/pkgtarget.sh): sshd chrooted into a fresh overlay "
+                     "(tmpfs upper) of a cached debootstrapped bookworm root, on "
+                     f"{R.get('pkg_target', {}).get('OV_BENCH_HOST', '127.0.0.1')}; the packages come from "
+                     "a local file: mirror in the root (the archive's signed index), so `apt-get update` "
+                     "and every install run offline; maintainer scripts and triggers (man-db, libc-bin) "
+                     "run, service starts are refused (policy-rc.d). Each run starts on a new overlay; "
+                     "the re-run is on the same one, nothing changed. Every contender updates the lists "
+                     "once per run and installs without recommends; the end state is checked after "
+                     "each run (`dpkg-query`: every package `ii`; `dpkg --audit` empty).")
+            L.append("")
+            L.append("Layers (the 5-layer workload is the first five): " + "; ".join(f"{i}: {' '.join(p)}" for i, p in enumerate(gen.PKG_LAYERS, 1)) + ".")
+            L.append("")
+        L.append("| contender | first run | ×floor | re-run (no change) | ×floor | runs | SSH sessions "
+                 "(first/re-run) | connections | best first / re-run |")
+        L.append("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+        for c in PKG_CONTENDERS:
+            if c not in res:
+                continue
+            f, rr = res[c]["first"], res[c]["rerun"]
+            fail = f.failure
+            L.append(f"| {PKG_LABELS[c]} | {fmt_ms(f.med())} | {fmt_ratio(ratio(f.med(), ff))} | "
+                     f"{fmt_ms(rr.med())} | {fmt_ratio(ratio(rr.med(), fr))} | {len(f.ms())} | "
+                     f"{fmt_set(f.sessions())} / {fmt_set(rr.sessions())} | "
+                     f"{fmt_set(f.connections() + rr.connections())} | "
+                     f"{fmt_ms(f.best())} / {fmt_ms(rr.best())} |"
+                     + (f" FAILED: {fail} |" if fail else ""))
+        L.append("")
+
     comp = R["compile"]
     if comp:
         tar = comp.get("tar -czf")
@@ -625,15 +783,17 @@ def report(b: Bench, started: float, load_before: tuple, load_after: tuple) -> s
         L.append("Where ov's time goes, and the fixes that would meet the missed targets: "
                  "[PROFILE.md](PROFILE.md) (figures from `bench/profile.py`).")
         L.append("")
+    reps = {wk: r for wk, r in {**REPS, **PKG_REPS}.items()
+            if wk in R["push"] or wk in R["packages"]}
     L.append("## Repetitions")
     L.append("")
     L.append("Contenders alternate within each round (order rotated per round); medians over the runs "
              "listed in each table (the push tables also give the best run: the machine is shared, and "
              "the best run is the least disturbed one). Ansible costs 0.3-0.9 s per task here, so the "
              "peers get fewer rounds: "
-             + "; ".join(f"{wk}: " + ", ".join(f"{c} {reps_of(wk, c, b.quick)}" for c in REPS[wk]
+             + "; ".join(f"{wk}: " + ", ".join(f"{c} {reps_of(wk, c, b.quick)}" for c in reps[wk]
                                                if reps_of(wk, c, b.quick))
-                         for wk in REPS) + ".")
+                         for wk in reps) + ".")
     if b.notes:
         L.append("")
         L.append("## Notes")
@@ -652,6 +812,8 @@ def targets(b: Bench) -> list[tuple[str, str, bool | None]]:
         return s.med() if s else None
 
     for w in (FILES, LAYERS):
+        if w.key not in push:
+            continue  # section not run
         ov, fl = med(w.key, "ov", "first"), med(w.key, "floor", "first")
         r = ratio(ov, fl)
         out.append((f"push ≤ 1.5× floor ({w.key})", fmt_ratio(r), None if r is None else r <= 1.5))
@@ -674,6 +836,20 @@ def targets(b: Bench) -> list[tuple[str, str, bool | None]]:
         desc = ", ".join(f"{n}: {fmt_set(f)}/{fmt_set(r)}" for n, f, r in sess)
         out.append(("SSH sessions per push constant in layers", f"layers: first/re-run sessions — {desc}",
                     len(firsts) == 1 and len(reruns) == 1 if firsts and reruns else None))
+    pk = R["packages"]
+    for w in PKG_WORKLOADS:
+        def pmed(c: str, phase: str) -> float | None:
+            s = pk.get(w.key, {}).get(c, {}).get(phase)
+            return s.med() if s else None
+
+        if w.key not in pk:
+            continue
+        r = ratio(pmed("ov", "first"), pmed("floor", "first"))
+        out.append((f"packages: push ≤ 1.3× floor ({w.key}, issue 15)", fmt_ratio(r),
+                    None if r is None else r <= 1.3))
+        r = ratio(pmed("ov", "rerun"), pmed("floor", "rerun"))
+        out.append((f"packages: no-op re-push ≤ 1.1× floor ({w.key}, issue 15)", fmt_ratio(r),
+                    None if r is None else r <= 1.1))
     comp = R["compile"]
     tar = comp.get("tar -czf")
     for d in DISTROS:
@@ -713,8 +889,11 @@ def main() -> int:
     ap.add_argument("--out", default=str(HERE / "out"))
     ap.add_argument("--corpus", default=str(REPO.parent / "shared/corpus/overthink-3e714536"))
     ap.add_argument("--target-env", required=True, help="file with `bench/target.sh env` output")
-    ap.add_argument("--sections", default="push,scale,compile")
-    ap.add_argument("--contenders", default=",".join(PUSH_CONTENDERS))
+    ap.add_argument("--sections", default=DEFAULT_SECTIONS)
+    ap.add_argument("--contenders", default=",".join(PUSH_CONTENDERS),
+                    help="push/scale contenders (" + ",".join(PUSH_CONTENDERS) + ")")
+    ap.add_argument("--pkg-contenders", default=",".join(PKG_CONTENDERS),
+                    help="packages contenders (" + ",".join(PKG_CONTENDERS) + ")")
     ap.add_argument("--results", help="where to write the markdown (default: bench/RESULTS.md for a "
                     "full run, bench/out/RESULTS-quick.md for --quick)")
     args = ap.parse_args()
@@ -731,6 +910,8 @@ def main() -> int:
         b.push_matrix(extra, [c for c in ("floor", "ov") if c in b.contenders])
         if "push" not in sections:
             b.push_matrix([LAYERS], [c for c in ("floor", "ov") if c in b.contenders])
+    if "packages" in sections:
+        b.packages_section([c for c in PKG_CONTENDERS if c in args.pkg_contenders.split(",")])
     if "compile" in sections:
         if b.corpus.is_dir():
             b.compile_section()
@@ -747,7 +928,9 @@ def main() -> int:
     dump_json(b, b.out / "results.json")
     print(text)
     log(f"wrote {results} and {b.out / 'results.json'}; logs under {b.logs}")
-    failed = any(s.failure for res in b.results["push"].values() for c in res.values() for s in c.values())
+    failed = bool(b.failed_sections) or any(
+        s.failure for sec in ("push", "packages") for res in b.results[sec].values()
+        for c in res.values() for s in c.values())
     return 1 if failed else 0
 
 

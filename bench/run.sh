@@ -2,7 +2,9 @@
 # bench/run.sh [--quick] [more bench.py options] — the whole benchmark in one command:
 # builds ov (release), installs the peers (Ansible, pyinfra) into bench/.venv, starts the private
 # SSH target (bench/target.sh), runs bench/bench.py (prints the table, writes bench/RESULTS.md or,
-# with --quick, bench/out/RESULTS-quick.md), and stops the target again.
+# with --quick, bench/out/RESULTS-quick.md), and stops the target again. The packages section runs
+# on its own disposable Debian 12 host (bench/pkgtarget.sh; its root is built on first use, with
+# debootstrap: network to deb.debian.org once, then cached under bench/out/pkgroot/).
 # Needs root (the target is a local user with passwordless sudo and a private sshd), cargo, python3.
 set -euo pipefail
 HERE=$(cd "$(dirname "$0")" && pwd)
@@ -29,7 +31,9 @@ if [ ! -x "$HERE/.venv/bin/python" ] || ! cmp -s "$HERE/requirements.txt" "$stam
 fi
 
 "$HERE/target.sh" start
-trap '"$HERE/target.sh" stop' EXIT
+# The packages target (bench/pkgtarget.sh) is started per run by bench.py; stopped here too in
+# case bench.py was interrupted.
+trap '"$HERE/target.sh" stop; "$HERE/pkgtarget.sh" stop' EXIT
 "$HERE/target.sh" env > "$OUT/target.env"
 
 PYTHONDONTWRITEBYTECODE=1 "$HERE/.venv/bin/python" "$HERE/bench.py" --ov "$REPO/target/release/ov" --venv "$HERE/.venv" \
