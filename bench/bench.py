@@ -223,6 +223,18 @@ def home_of(user: str) -> Path:
 
 
 # --------------------------------------------------------------------------------- the harness
+def record_sample(res: dict, c: str, wkey: str, phase: str, s: "Sample") -> bool:
+    """Keep and log sample `s` of contender `c`; a failed one marks the contender failed (it runs
+    no more rounds) and shows the tail of its log. Whether it succeeded."""
+    res[c][phase].samples.append(s)
+    log(f"  {wkey} {c:16s} {phase:5s} {s.ms:9.0f} ms  sessions={s.sessions} "
+        f"conns={s.connections}{'' if s.ok else '  FAILED: ' + s.note}")
+    if not s.ok:
+        res[c]["first"].failure = res[c]["first"].failure or s.note
+        log(tail(Path(s.note.split("see ")[-1])) if "see " in s.note else s.note)
+    return s.ok
+
+
 class Bench:
     def __init__(self, args: argparse.Namespace):
         self.args = args
@@ -398,12 +410,7 @@ class Bench:
                     self.reset_target()
                     for phase in ("first", "rerun"):
                         s = self.run_contender(c, w, phase, r + 1)
-                        res[c][phase].samples.append(s)
-                        log(f"  {w.key} {c:16s} {phase:5s} {s.ms:9.0f} ms  sessions={s.sessions} "
-                            f"conns={s.connections}{'' if s.ok else '  FAILED: ' + s.note}")
-                        if not s.ok:
-                            res[c]["first"].failure = res[c]["first"].failure or s.note
-                            log(tail(Path(s.note.split("see ")[-1])) if "see " in s.note else s.note)
+                        if not record_sample(res, c, w.key, phase, s):
                             break
             self.reset_target()
 
@@ -496,12 +503,7 @@ class Bench:
                         shutil.rmtree(self.home / ".config/ov", ignore_errors=True)
                         for phase in ("first", "rerun"):
                             s = self.run_pkg_contender(c, w, phase, r + 1, t)
-                            res[c][phase].samples.append(s)
-                            log(f"  {w.key} {c:16s} {phase:5s} {s.ms:9.0f} ms  sessions={s.sessions} "
-                                f"conns={s.connections}{'' if s.ok else '  FAILED: ' + s.note}")
-                            if not s.ok:
-                                res[c]["first"].failure = res[c]["first"].failure or s.note
-                                log(tail(Path(s.note.split("see ")[-1])) if "see " in s.note else s.note)
+                            if not record_sample(res, c, w.key, phase, s):
                                 break
         finally:
             self.pkg_target("stop")
@@ -628,6 +630,27 @@ def versions(b: Bench) -> dict:
     return v
 
 
+def contender_table(L: list[str], res: dict, contenders: list[str], labels: dict[str, str],
+                    ff: float | None, fr: float | None) -> None:
+    """One push table: a row per contender that ran (first run and re-run, each against the
+    floor's `ff` / `fr`), sessions, connections, best runs; a failure is said in its row."""
+    L.append("| contender | first run | ×floor | re-run (no change) | ×floor | runs | SSH sessions "
+             "(first/re-run) | connections | best first / re-run |")
+    L.append("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+    for c in contenders:
+        if c not in res:
+            continue
+        f, rr = res[c]["first"], res[c]["rerun"]
+        fail = f.failure
+        L.append(f"| {labels[c]} | {fmt_ms(f.med())} | {fmt_ratio(ratio(f.med(), ff))} | "
+                 f"{fmt_ms(rr.med())} | {fmt_ratio(ratio(rr.med(), fr))} | {len(f.ms())} | "
+                 f"{fmt_set(f.sessions())} / {fmt_set(rr.sessions())} | "
+                 f"{fmt_set(f.connections() + rr.connections())} | "
+                 f"{fmt_ms(f.best())} / {fmt_ms(rr.best())} |"
+                 + (f" FAILED: {fail} |" if fail else ""))
+    L.append("")
+
+
 def report(b: Bench, started: float, load_before: tuple, load_after: tuple) -> str:
     R = b.results
     info = machine_info()
@@ -658,21 +681,7 @@ def report(b: Bench, started: float, load_before: tuple, load_after: tuple) -> s
         ff, fr = (s.med() if s else None for s in floor_of[w.key])
         L.append(f"## Push: {w.describe()} (`{w.key}`)")
         L.append("")
-        L.append("| contender | first run | ×floor | re-run (no change) | ×floor | runs | SSH sessions "
-                 "(first/re-run) | connections | best first / re-run |")
-        L.append("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
-        for c in PUSH_CONTENDERS:
-            if c not in res:
-                continue
-            f, rr = res[c]["first"], res[c]["rerun"]
-            fail = f.failure
-            L.append(f"| {LABELS[c]} | {fmt_ms(f.med())} | {fmt_ratio(ratio(f.med(), ff))} | "
-                     f"{fmt_ms(rr.med())} | {fmt_ratio(ratio(rr.med(), fr))} | {len(f.ms())} | "
-                     f"{fmt_set(f.sessions())} / {fmt_set(rr.sessions())} | "
-                     f"{fmt_set(f.connections() + rr.connections())} | "
-                     f"{fmt_ms(f.best())} / {fmt_ms(rr.best())} |"
-                     + (f" FAILED: {fail} |" if fail else ""))
-        L.append("")
+        contender_table(L, res, PUSH_CONTENDERS, LABELS, ff, fr)
 
     scale = [w for w in SCALE if w.key in push]
     if scale:
@@ -721,21 +730,7 @@ def report(b: Bench, started: float, load_before: tuple, load_after: tuple) -> s
             L.append("")
             L.append("Layers (the 5-layer workload is the first five): " + "; ".join(f"{i}: {' '.join(p)}" for i, p in enumerate(gen.PKG_LAYERS, 1)) + ".")
             L.append("")
-        L.append("| contender | first run | ×floor | re-run (no change) | ×floor | runs | SSH sessions "
-                 "(first/re-run) | connections | best first / re-run |")
-        L.append("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
-        for c in PKG_CONTENDERS:
-            if c not in res:
-                continue
-            f, rr = res[c]["first"], res[c]["rerun"]
-            fail = f.failure
-            L.append(f"| {PKG_LABELS[c]} | {fmt_ms(f.med())} | {fmt_ratio(ratio(f.med(), ff))} | "
-                     f"{fmt_ms(rr.med())} | {fmt_ratio(ratio(rr.med(), fr))} | {len(f.ms())} | "
-                     f"{fmt_set(f.sessions())} / {fmt_set(rr.sessions())} | "
-                     f"{fmt_set(f.connections() + rr.connections())} | "
-                     f"{fmt_ms(f.best())} / {fmt_ms(rr.best())} |"
-                     + (f" FAILED: {fail} |" if fail else ""))
-        L.append("")
+        contender_table(L, res, PKG_CONTENDERS, PKG_LABELS, ff, fr)
 
     comp = R["compile"]
     if comp:
