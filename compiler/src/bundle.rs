@@ -306,10 +306,11 @@ pub fn build(
         }
     }
 
+    let from_engine = engine.overridden_in_bundle();
     let mut overridden: Vec<OverriddenTemplate> = rendered
         .overridden_templates
         .iter()
-        .chain(engine.overridden())
+        .chain(&from_engine)
         .map(|(name, sha256)| OverriddenTemplate {
             name: name.clone(),
             sha256: sha256.clone(),

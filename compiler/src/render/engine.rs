@@ -184,6 +184,16 @@ impl Engine {
     pub fn overridden(&self) -> &[(String, String)] {
         &self.overridden
     }
+
+    /// The overrides that can change a bundle, which its manifest lists: all but the runner's own
+    /// target-side scripts (`remote/`), which no bundle holds.
+    pub fn overridden_in_bundle(&self) -> Vec<(String, String)> {
+        self.overridden
+            .iter()
+            .filter(|(name, _)| !name.starts_with("remote/"))
+            .cloned()
+            .collect()
+    }
 }
 
 impl std::fmt::Debug for Engine {
@@ -286,6 +296,32 @@ mod tests {
             "{{ not a template }}\n"
         );
         assert_eq!(engine.overridden()[0].0, "lib/steps.sh");
+    }
+
+    #[test]
+    fn a_bundle_lists_only_the_overrides_it_can_hold() {
+        let dir = tempfile::tempdir().unwrap();
+        for (rel, text) in [
+            ("lib/steps.sh", "# mine\n"),
+            ("remote/probe.sh.j2", "echo probe\n"),
+        ] {
+            let path = dir.path().join(rel);
+            std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+            std::fs::write(path, text).unwrap();
+        }
+        let engine = Engine::new(Some(dir.path())).expect("engine with overrides");
+        let all: Vec<&str> = engine
+            .overridden()
+            .iter()
+            .map(|(n, _)| n.as_str())
+            .collect();
+        assert_eq!(all, ["lib/steps.sh", "remote/probe.sh.j2"]);
+        let in_bundle: Vec<String> = engine
+            .overridden_in_bundle()
+            .into_iter()
+            .map(|(n, _)| n)
+            .collect();
+        assert_eq!(in_bundle, ["lib/steps.sh"]);
     }
 
     #[test]

@@ -160,7 +160,7 @@ pub fn render(
     Ok(Rendered {
         layers,
         step_lib,
-        overridden_templates: engine.overridden().to_vec(),
+        overridden_templates: engine.overridden_in_bundle(),
     })
 }
 
