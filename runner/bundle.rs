@@ -252,6 +252,7 @@ pub(crate) fn test_manifest(
             })
             .collect(),
         overridden_templates: Vec::new(),
+        package_batches: Vec::new(),
         mtime: 0,
     }
 }

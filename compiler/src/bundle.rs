@@ -14,6 +14,7 @@ use serde::Serialize;
 use sha2::{Digest, Sha256};
 use thiserror::Error;
 
+use crate::batch;
 use crate::manifest::{
     Manifest, ManifestCheck, ManifestDeploy, ManifestGates, ManifestLayer, ManifestReverseOp,
     ManifestScript, OverriddenTemplate, SkippedStep, BUNDLE_FORMAT,
@@ -206,6 +207,7 @@ pub fn build(
     let mut run_scripts = Vec::new();
     let mut test_checks = Vec::new();
     let mut test_texts = Vec::new();
+    let mut run_packages: Vec<String> = Vec::new();
     for (index, (lp, rl)) in plan.layers.iter().zip(&rendered.layers).enumerate() {
         check_name("layer name", &lp.name, false)?;
         let dir = format!("layers/{:0width$}-{}", index + 1, lp.name);
@@ -269,7 +271,21 @@ pub fn build(
                 })
             })
             .collect();
+        let batching = batch::layer_batching(lp);
+        let pkg_first = run_packages.len();
+        let pkg_format = match &batching.install {
+            Some((format, packages)) => {
+                run_packages.extend(packages.iter().cloned());
+                format.clone()
+            }
+            None => String::new(),
+        };
         run_layers.push(RunLayer {
+            pkg_format,
+            pkg_first,
+            pkg_count: run_packages.len() - pkg_first,
+            pkg_join: batching.join.into(),
+            pkg_pass: batching.pass.into(),
             name: lp.name.clone(),
             dir: dir.clone(),
             digest: digest.clone(),
@@ -338,6 +354,7 @@ pub fn build(
         },
         layers: manifest_layers,
         overridden_templates: overridden,
+        package_batches: batch::package_batches(plan),
         mtime,
     };
 
@@ -352,6 +369,7 @@ pub fn build(
         layer_count: run_layers.len(),
         layers: run_layers,
         scripts: run_scripts,
+        packages: run_packages,
         list_text: manifest.listing(),
     };
     let render = |name: &str| engine.render(name, &ctx).map_err(BundleError::Render);
@@ -793,6 +811,15 @@ struct RunLayer {
     /// so run.sh finds them without walking every script (linear in the number of layers).
     first_script: usize,
     script_count: usize,
+    /// The batching facts (`crate::batch`): the format of the layer's batchable install (empty
+    /// when it has none), its package names as `packages[pkg_first..pkg_first + pkg_count]`,
+    /// whether the install may join an earlier layer's transaction and whether a transaction
+    /// may go on past the layer.
+    pkg_format: String,
+    pkg_first: usize,
+    pkg_count: usize,
+    pkg_join: u8,
+    pkg_pass: u8,
 }
 
 /// One check as `test.sh`'s arrays hold it (see the template for what each column means).
@@ -964,5 +991,7 @@ struct RuntimeContext {
     layer_count: usize,
     layers: Vec<RunLayer>,
     scripts: Vec<RunScript>,
+    /// Every batchable install's package names, layer after layer (`RunLayer::pkg_first`).
+    packages: Vec<String>,
     list_text: String,
 }

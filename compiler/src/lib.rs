@@ -7,6 +7,7 @@
 //! [`bundle_read`] streams a finished bundle back, within limits, for `ov verify` and `ov inspect`;
 //! [`remote`] renders the runner's target-side scripts (probe, push bootstrap, ledger read).
 
+pub mod batch;
 pub mod bundle;
 pub mod bundle_read;
 pub mod deploy;

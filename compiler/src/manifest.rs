@@ -12,6 +12,8 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use thiserror::Error;
 
+pub use crate::batch::PackageBatch;
+
 /// The bundle format this compiler writes (also `plan::FORMAT_VERSION`).
 pub const BUNDLE_FORMAT: u32 = crate::plan::FORMAT_VERSION;
 
@@ -30,6 +32,10 @@ pub struct Manifest {
     pub layers: Vec<ManifestLayer>,
     /// Templates replaced by `--templates DIR`, with the sha256 of each replacement.
     pub overridden_templates: Vec<OverriddenTemplate>,
+    /// Package installs of consecutive layers that share one transaction when every layer runs
+    /// ([`crate::batch`]); run.sh applies the same rule to the layers it really runs.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub package_batches: Vec<PackageBatch>,
     /// The modification time stamped on every archive entry (seconds since the epoch).
     pub mtime: u64,
 }
@@ -74,6 +80,15 @@ impl Manifest {
                 }
                 out.push('\n');
             }
+        }
+        for b in &self.package_batches {
+            out.push_str(&format!(
+                "one {} transaction for {} packages of {} layers: {}\n",
+                b.format,
+                b.packages,
+                b.layers.len(),
+                b.layers.join(", ")
+            ));
         }
         out.trim_end().to_string()
     }

@@ -2,6 +2,7 @@
 //! header and per layer one line per step and check.
 //! Invariant: reads the project only; writes nothing but stdout.
 
+use ov_compiler::batch::package_batches;
 use ov_compiler::plan::{Gate, InstallPlan, Step};
 
 use crate::commands::project::{resolve, Selection};
@@ -82,6 +83,19 @@ pub fn summary(plan: &InstallPlan) -> String {
                 s.push_str(&format!("  [skip: {why}]"));
             }
             s.push('\n');
+        }
+    }
+    let batches = package_batches(plan);
+    if !batches.is_empty() {
+        s.push_str("\npackage transactions shared by layers (when every layer runs):\n");
+        for b in &batches {
+            s.push_str(&format!(
+                "    one {} transaction for {} packages of {} layers: {}\n",
+                b.format,
+                b.packages,
+                b.layers.len(),
+                b.layers.join(", ")
+            ));
         }
     }
     s

@@ -743,6 +743,153 @@ ov_pkg_run() {
   return "$rc"
 }
 
+# ---- package transactions shared by layers ----------------------------------------------------
+# run.sh plans them (docs/bundle-runtime.md "Package transactions"): for consecutive layers the
+# rule lets share one, it writes OV_RUN_DIR/batch/LEADER.plan, one line `LAYER PACKAGE...` per
+# layer in run order. The leader's install step runs the transaction; every layer's install step
+# then records its share of it. Without a plan (a script run on its own, a layer run alone) or
+# when the transaction failed, a layer installs its own packages as before.
+
+# ov_pkg_batched FORMAT — whether this layer's packages came with a shared transaction (they are
+# recorded as the layer's now); false when the layer must install them itself. Its first layer
+# runs the transaction here, at its own install step (after its repository steps). What a failed
+# transaction installed is recorded too, before the layer installs the rest itself.
+ov_pkg_batched() {
+  local fmt=$1 got
+  [ -n "${OV_RUN_DIR:-}" ] && [ -n "${OV_LAYER:-}" ] || return 1
+  if [ -f "$OV_RUN_DIR/batch/$OV_LAYER.plan" ]; then
+    ov_pkg_batch_run "$fmt" "$OV_RUN_DIR/batch/$OV_LAYER.plan" || true
+  fi
+  got=$OV_RUN_DIR/batch/$OV_LAYER.got
+  [ -d "$got" ] || return 1
+  ov_pkg_batch_claim "$got" || return 1
+  if [ -e "$got/ok" ]; then
+    echo "ov: $fmt: installed in the shared transaction of layer $(cat -- "$got/leader")"
+    return 0
+  fi
+  return 1
+}
+
+# ov_pkg_batch_claim DIR — add what a shared transaction installed for this layer (DIR/packages.FORMAT,
+# DIR/packages-deps.deb) to the layer's facts; run.sh calls it too for a layer whose packages
+# came but whose own steps never ran (a run that stopped before it).
+ov_pkg_batch_claim() {
+  local dir=$1 f
+  for f in "$dir"/packages.* "$dir"/packages-deps.*; do
+    [ -s "$f" ] || continue
+    ov_state_merge "${f##*/}" <"$f" || return 1
+  done
+}
+
+# ov_pkg_batch_holds DIR — whether a shared transaction installed anything for the layer of DIR.
+ov_pkg_batch_holds() {
+  local f
+  for f in "$1"/packages.* "$1"/packages-deps.*; do
+    [ -s "$f" ] && return 0
+  done
+  return 1
+}
+
+# ov_pkg_batch_run FORMAT PLAN — run one transaction for every package of PLAN (once: the plan
+# is moved aside first), then give each layer its share in OV_RUN_DIR/batch/LAYER.got/, with `ok`
+# in it when the transaction succeeded.
+ov_pkg_batch_run() {
+  local fmt=$1 dir=$OV_RUN_DIR/batch layer rc=0 plan
+  local -a layers=() pkgs=() words=()
+  plan=$dir/$OV_LAYER.ran
+  mv -f -- "$2" "$plan" || return 1
+  while read -r -a words; do
+    [ "${#words[@]}" -gt 1 ] || continue
+    layers+=("${words[0]}")
+    pkgs+=("${words[@]:1}")
+  done <"$plan"
+  for layer in "${layers[@]}"; do
+    mkdir -p -- "$dir/$layer.got" && printf '%s\n' "$OV_LAYER" >"$dir/$layer.got/leader" || return 1
+  done
+  case $fmt in
+    deb)
+      ov_apt_update_once || return 1
+      ov_deb_installed >"$dir/before" || return 1
+      echo "ov: deb: one transaction for the packages of ${#layers[@]} layers: ${layers[*]}"
+      ov_apt_install -- "${pkgs[@]}" || rc=$?
+      ov_deb_attribute "$plan" "$dir" || return 1
+      ;;
+    *)
+      ov_fail "no shared transaction for package format $fmt"
+      return 1
+      ;;
+  esac
+  if [ "$rc" = 0 ]; then
+    for layer in "${layers[@]}"; do : >"$dir/$layer.got/ok"; done
+  else
+    echo "ov: $fmt: the shared transaction failed (status $rc): each layer installs its own packages"
+  fi
+  return "$rc"
+}
+
+# ov_deb_attribute PLAN DIR — after a shared transaction: which layer of PLAN owns each package it
+# installed, as if each layer had run its own install in turn. A layer owns the packages it names
+# that were missing before (packages.deb), and the new packages its names need, through their
+# Pre-Depends and Depends (alternatives and virtual packages included) as dpkg's database records
+# them, less those an earlier layer of the plan already owns (packages-deps.deb, which also holds
+# its own new packages, as ov_pkg_record_after writes it). A new package none of them needs (a
+# maintainer script's doing) is the first layer's. Written to DIR/LAYER.got/.
+ov_deb_attribute() {
+  local plan=$1 dir=$2
+  local -a new=()
+  ov_deb_installed >"$dir/after" || return 1
+  mapfile -t new < <(awk 'NR == FNR { had[$0] = 1; next } !($0 in had)' "$dir/before" "$dir/after")
+  : >"$dir/deps"
+  if [ "${#new[@]}" -gt 0 ]; then
+    dpkg-query -W -f='${Package}\t${Provides}\t${Pre-Depends}, ${Depends}\n' -- "${new[@]}" >"$dir/deps" || return 1
+  fi
+  # shellcheck disable=SC2016 # awk's own $ fields
+  awk -v dir="$dir" '
+    function bare(c) { sub(/\(.*/, "", c); gsub(/[ \t]/, "", c); sub(/:.*/, "", c); return c }
+    function own(L, p) { if ((p in fresh) && !(p in owner)) { owner[p] = L; q[++qt] = p } }
+    FILENAME == ARGV[1] { had[$0] = 1; next }
+    FILENAME == ARGV[2] { now[$0] = 1; if (!($0 in had)) fresh[$0] = 1; next }
+    FILENAME == ARGV[3] {
+      split($0, f, "\t"); deps[f[1]] = f[3]
+      n = split(f[2], pv, ",")
+      for (i = 1; i <= n; i++) { v = bare(pv[i]); if (v != "") prov[v] = prov[v] " " f[1] }
+      next
+    }
+    { plan[++nl] = $0 }
+    END {
+      for (l = 1; l <= nl; l++) {
+        n = split(plan[l], w, " "); L = w[1]; qh = 0; qt = 0
+        if (l == 1) first = L
+        for (i = 2; i <= n; i++) {
+          p = w[i]
+          if ((p in now) && !(p in had) && !(p in named)) { named[p] = 1; print p >> (dir "/" L ".got/packages.deb") }
+          own(L, p)
+        }
+        while (qh < qt) {
+          p = q[++qh]; print p >> (dir "/" L ".got/packages-deps.deb")
+          m = split(deps[p], d, ",")
+          for (j = 1; j <= m; j++) {
+            k = split(d[j], alt, "|")
+            for (a = 1; a <= k; a++) {
+              c = bare(alt[a]); if (c == "") continue
+              own(L, c)
+              r = split(prov[c], cs, " ")
+              for (x = 1; x <= r; x++) own(L, cs[x])
+            }
+          }
+        }
+      }
+      for (p in fresh) if (!(p in owner)) print p >> (dir "/" first ".got/packages-deps.deb")
+    }' "$dir/before" "$dir/after" "$dir/deps" "$plan"
+}
+
+# ov_apt_install [OPTION...] -- PACKAGE... — apt-get install as every deb step runs it: no
+# recommends, waiting for the dpkg lock, and a configuration file the site changed is kept.
+ov_apt_install() {
+  apt-get install -y -q --no-install-recommends -o DPkg::Lock::Timeout=300 \
+    -o Dpkg::Options::=--force-confdef -o Dpkg::Options::=--force-confold "$@"
+}
+
 # ov_apt_update_once — `apt-get update` once per run: a marker in the run-scoped "$OV_RUN_DIR"
 # (without one, every call updates).
 ov_apt_update_once() {

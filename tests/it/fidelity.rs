@@ -38,7 +38,7 @@ const LAYERS: &[&str] = &[
 /// A Debian cloud image's userland, as far as these layers care: systemd (units are enabled
 /// offline), sshd and sudo installed; cloud-init (installed by the test that needs it: debootstrap
 /// cannot configure it in its base stage) and the layers' packages in apt's cache.
-fn spec() -> Spec {
+pub(crate) fn spec() -> Spec {
     Spec {
         include: vec!["systemd", "sudo", "openssh-server"],
         prefetch: vec![

@@ -6,6 +6,7 @@ mod common;
 
 mod architecture;
 mod attacks;
+mod batch_chroot;
 mod bundle_chroot;
 mod cli_bounded;
 mod cli_bundle;

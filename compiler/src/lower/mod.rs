@@ -44,7 +44,7 @@
 mod builders;
 pub mod checks;
 #[cfg(test)]
-mod fixture;
+pub(crate) mod fixture;
 mod packages;
 mod services;
 mod tasks;

@@ -143,11 +143,12 @@ impl<'a> LayerRenderer<'a> {
                         ))
                     }
                 };
+                let batchable = crate::batch::batchable_install(step).is_some();
                 self.tpl(
                     &template,
                     context! {
                         layer, n, phase => step.phase.as_str(), packages, options, repos, keys,
-                        copr, modules, exclude, setopts,
+                        copr, modules, exclude, setopts, batchable,
                     },
                 )
             }
