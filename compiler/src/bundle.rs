@@ -20,6 +20,7 @@ use crate::manifest::{
     ManifestScript, OverriddenTemplate, SkippedStep, BUNDLE_FORMAT,
 };
 use crate::plan::{CheckPlan, CheckSpec, InstallPlan, ReverseOp, Step, TargetKind};
+use crate::preflight;
 use crate::render::{Engine, RenderError, Rendered, RenderedLayer};
 
 /// Entry mtime when no `SOURCE_DATE_EPOCH` is given: 1980-01-01T00:00:00Z (a fixed, plausible time;
@@ -208,6 +209,7 @@ pub fn build(
     let mut test_checks = Vec::new();
     let mut test_texts = Vec::new();
     let mut run_packages: Vec<String> = Vec::new();
+    let mut payload_bytes: u64 = 0;
     for (index, (lp, rl)) in plan.layers.iter().zip(&rendered.layers).enumerate() {
         check_name("layer name", &lp.name, false)?;
         let dir = format!("layers/{:0width$}-{}", index + 1, lp.name);
@@ -248,6 +250,7 @@ pub fn build(
         files.insert(undo.clone(), (0o755, rl.undo.clone().into_bytes()));
         let mut payload_paths = Vec::new();
         for (path, mode, data) in payload {
+            payload_bytes += data.len() as u64;
             let full = format!("files/{}/{path}", lp.name);
             payload_paths.push(full.clone());
             files.insert(full, (mode, data));
@@ -370,6 +373,9 @@ pub fn build(
         layers: run_layers,
         scripts: run_scripts,
         packages: run_packages,
+        distro: deploy.distro.tags.clone(),
+        needs: preflight::required_commands(plan),
+        payload_kib: payload_bytes.div_ceil(1024),
         list_text: manifest.listing(),
     };
     let render = |name: &str| engine.render(name, &ctx).map_err(BundleError::Render);
@@ -993,5 +999,11 @@ struct RuntimeContext {
     scripts: Vec<RunScript>,
     /// Every batchable install's package names, layer after layer (`RunLayer::pkg_first`).
     packages: Vec<String>,
+    /// The distro tags the bundle was compiled for, most specific first (preflight).
+    distro: Vec<String>,
+    /// The commands run.sh must find before any step runs ([`crate::preflight`]).
+    needs: Vec<String>,
+    /// The size of the layers' payload, in KiB, rounded up (preflight: free space).
+    payload_kib: u64,
     list_text: String,
 }

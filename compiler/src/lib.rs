@@ -9,6 +9,7 @@
 
 pub mod batch;
 pub mod bundle;
+pub mod bundle_dir;
 pub mod bundle_read;
 pub mod deploy;
 pub mod entries;
@@ -19,6 +20,7 @@ pub mod lower;
 pub mod manifest;
 pub mod par;
 pub mod plan;
+pub mod preflight;
 pub mod project;
 pub mod remote;
 pub mod render;

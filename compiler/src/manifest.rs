@@ -228,8 +228,8 @@ use crate::bundle_read::{scan, Limits, ScanOptions};
 /// What [`verify_archive`] checked.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct VerifyReport {
-    /// The archive's sha256 (matches the `.sha256` file).
-    pub sha256: String,
+    /// The archive's sha256 (matches the `.sha256` file); `None` for an unpacked bundle.
+    pub sha256: Option<String>,
     /// The top directory.
     pub top: String,
     /// Number of files checked against `SHA256SUMS`.
@@ -368,12 +368,32 @@ pub fn verify_archive_with(
     )
     .map_err(VerifyError::Archive)?;
     let sums_bytes = contents.kept("SHA256SUMS").ok_or(VerifyError::NoSums)?;
-    let sums = parse_sums(&String::from_utf8_lossy(sums_bytes))?;
     let digests: BTreeMap<&str, Option<&[u8; 32]>> = contents
         .files
         .iter()
         .map(|f| (f.path.as_str(), f.sha256.as_ref()))
         .collect();
+    let files_checked = compare_sums(sums_bytes, &digests)?;
+    let deploy = contents
+        .kept("manifest.json")
+        .and_then(|d| serde_json::from_slice::<Manifest>(d).ok())
+        .map(|m| m.deploy.name);
+    Ok(VerifyReport {
+        sha256: Some(actual),
+        top: contents.top,
+        files_checked,
+        deploy,
+    })
+}
+
+/// Compare `SHA256SUMS` (its bytes) with the files found (path → digest, `None` when it was not
+/// hashed): every listed file present with its digest, nothing present unlisted but
+/// `SHA256SUMS` itself. Returns how many files were checked.
+pub(crate) fn compare_sums(
+    sums_bytes: &[u8],
+    digests: &BTreeMap<&str, Option<&[u8; 32]>>,
+) -> Result<usize, VerifyError> {
+    let sums = parse_sums(&String::from_utf8_lossy(sums_bytes))?;
     let mut mismatched = Vec::new();
     let mut missing = Vec::new();
     for (path, hash) in &sums {
@@ -397,16 +417,7 @@ pub fn verify_archive_with(
             extra,
         });
     }
-    let deploy = contents
-        .kept("manifest.json")
-        .and_then(|d| serde_json::from_slice::<Manifest>(d).ok())
-        .map(|m| m.deploy.name);
-    Ok(VerifyReport {
-        sha256: actual,
-        top: contents.top,
-        files_checked: sums.len(),
-        deploy,
-    })
+    Ok(sums.len())
 }
 
 /// Why a bundle could not be inspected.
@@ -536,9 +547,18 @@ pub fn read_bundle(archive: impl Read, opts: &ReadOptions<'_>) -> Result<Inspect
         },
     )
     .map_err(InspectError::Archive)?;
-    let top = contents.top;
-    let files = contents.kept;
     let paths = contents.files.into_iter().map(|f| f.path).collect();
+    read_bundle_parts(contents.top, paths, contents.kept)
+}
+
+/// The [`Inspection`] of a bundle read by [`read_bundle`] or from a directory
+/// ([`crate::bundle_dir`]): its top directory, every path, and the files kept (`manifest.json`
+/// among them), whose manifest is parsed here, refusing a newer format.
+pub(crate) fn read_bundle_parts(
+    top: String,
+    paths: Vec<String>,
+    files: BTreeMap<String, Vec<u8>>,
+) -> Result<Inspection, InspectError> {
     let raw = files
         .get("manifest.json")
         .ok_or_else(|| InspectError::NoManifest { top: top.clone() })?;

@@ -139,7 +139,7 @@ pub struct CompileArgs {
 /// `ov inspect`.
 #[derive(Debug, Args)]
 pub struct InspectArgs {
-    /// The bundle archive.
+    /// The bundle archive, or an unpacked bundle (`compile --out-dir`, or extracted by hand).
     pub bundle: PathBuf,
     /// Print one file of the bundle, e.g. `layers/01-ripgrep/01-system.sh`.
     #[arg(long, value_name = "PATH")]
@@ -152,7 +152,8 @@ pub struct InspectArgs {
 /// `ov verify`.
 #[derive(Debug, Args)]
 pub struct VerifyArgs {
-    /// The bundle archive (its `.sha256` must be beside it).
+    /// The bundle archive (its `.sha256` must be beside it), or an unpacked bundle: then every
+    /// file is checked against SHA256SUMS (there is no archive digest).
     pub bundle: PathBuf,
 }
 

@@ -101,10 +101,14 @@ pub enum BundleReadError {
     /// The archive does not match its checksums (or is beyond the reading limits).
     #[error(transparent)]
     Verify(#[from] ov_compiler::manifest::VerifyError),
+    /// An unpacked bundle cannot be read, or does not match its checksums.
+    #[error(transparent)]
+    Dir(#[from] ov_compiler::bundle_dir::DirError),
 }
 
 impl HasExit for CommandError {
     fn exit(&self) -> Exit {
+        use ov_compiler::bundle_dir::DirError;
         use ov_compiler::manifest::VerifyError;
         match self {
             CommandError::Project(_)
@@ -120,6 +124,15 @@ impl HasExit for CommandError {
                     Exit::InvalidInput
                 }
                 BundleReadError::Verify(_) => Exit::Integrity,
+                BundleReadError::Dir(d) => match d {
+                    DirError::Verify(VerifyError::Archive(a)) if a.is_limit() => Exit::InvalidInput,
+                    DirError::Verify(_) | DirError::NotPlain { .. } => Exit::Integrity,
+                    DirError::Read { .. }
+                    | DirError::TooManyEntries { .. }
+                    | DirError::KeptTooLarge { .. }
+                    | DirError::NotABundle { .. }
+                    | DirError::Inspect(_) => Exit::InvalidInput,
+                },
                 BundleReadError::Open(_) | BundleReadError::Inspect(_) => Exit::InvalidInput,
             },
             CommandError::Write(_)

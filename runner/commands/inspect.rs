@@ -5,13 +5,15 @@
 
 use std::path::PathBuf;
 
+use ov_compiler::bundle_read::Limits;
+
 use crate::commands::project::{bundle_error, open_archive};
 use crate::commands::{emit, json_text, CommandError};
 
 /// Plain options of `ov inspect`.
 #[derive(Debug, Clone)]
 pub struct InspectOptions {
-    /// The bundle archive.
+    /// The bundle archive, or an unpacked bundle's directory.
     pub bundle: PathBuf,
     /// `--script PATH`: print this file of the bundle.
     pub script: Option<String>,
@@ -22,9 +24,14 @@ pub struct InspectOptions {
 /// `ov inspect`.
 pub fn run(opts: &InspectOptions) -> Result<(), CommandError> {
     let path = &opts.bundle;
-    let archive = open_archive(path, "inspect")?;
-    let inspection = ov_compiler::manifest::inspect(archive, opts.script.as_deref())
-        .map_err(|e| bundle_error("inspect", path, e))?;
+    let inspection = if path.is_dir() {
+        ov_compiler::bundle_dir::inspect_dir(path, opts.script.as_deref(), &Limits::default())
+            .map_err(|e| bundle_error("inspect", path, e))?
+    } else {
+        let archive = open_archive(path, "inspect")?;
+        ov_compiler::manifest::inspect(archive, opts.script.as_deref())
+            .map_err(|e| bundle_error("inspect", path, e))?
+    };
     let text =
         match &opts.script {
             Some(p) => inspection.script(p).map(str::to_string).ok_or_else(|| {

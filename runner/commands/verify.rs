@@ -5,19 +5,34 @@
 
 use std::path::PathBuf;
 
+use ov_compiler::bundle_read::Limits;
+
 use crate::commands::project::{bundle_error, open_archive};
 use crate::commands::CommandError;
 
 /// Plain options of `ov verify`.
 #[derive(Debug, Clone)]
 pub struct VerifyOptions {
-    /// The bundle archive (its `.sha256` beside it).
+    /// The bundle archive (its `.sha256` beside it), or an unpacked bundle's directory.
     pub bundle: PathBuf,
 }
 
 /// `ov verify`.
 pub fn run(opts: &VerifyOptions) -> Result<(), CommandError> {
     let path = &opts.bundle;
+    if path.is_dir() {
+        // Unpacked (`ov compile --out-dir`, or extracted by hand): no archive, so no archive
+        // digest; every file against SHA256SUMS all the same.
+        let report = ov_compiler::bundle_dir::verify_dir(path, &Limits::default())
+            .map_err(|e| bundle_error("verify", path, e))?;
+        println!(
+            "ok: {} (unpacked bundle {}): {} files match SHA256SUMS (no archive, so no archive digest to check)",
+            path.display(),
+            report.top,
+            report.files_checked
+        );
+        return Ok(());
+    }
     let archive = open_archive(path, "verify")?;
     let mut sum_path = path.as_os_str().to_owned();
     sum_path.push(".sha256");

@@ -435,3 +435,62 @@ fn inspect_prints_the_listing_a_script_and_json() {
         assert!(listing.contains(&line), "`{line}` in\n{listing}");
     }
 }
+
+#[test]
+fn verify_and_inspect_read_an_unpacked_bundle_as_its_archive() {
+    let t = tempfile::tempdir().expect("tempdir");
+    let archive = t.path().join(ARCHIVE);
+    compile(&archive, &[]);
+    let d = t.path().join("unpacked");
+    let r = run(ov()
+        .arg("-C")
+        .arg(demo())
+        .args(["compile", "vm:demo", "--out-dir"])
+        .arg(&d));
+    expect_code(&r, 0, "compile --out-dir");
+    let top = d.join(TOP);
+
+    // The --out-dir and the bundle's own directory are both accepted.
+    for path in [&d, &top] {
+        let r = verify(path);
+        expect_code(&r, 0, "verify an unpacked bundle");
+        assert!(
+            r.stdout.starts_with("ok: ") && r.stdout.contains("files match SHA256SUMS"),
+            "{}",
+            r.stdout
+        );
+    }
+    let of_dir = run(ov().arg("inspect").arg(&d));
+    expect_code(&of_dir, 0, "inspect an unpacked bundle");
+    assert_eq!(of_dir.stdout, run(ov().arg("inspect").arg(&archive)).stdout);
+    let script = run(ov().arg("inspect").arg(&top).args(["--script", SCRIPT]));
+    expect_code(&script, 0, "inspect --script of an unpacked bundle");
+    assert_eq!(
+        script.stdout,
+        std::fs::read_to_string(top.join(SCRIPT)).expect("script")
+    );
+
+    // Tampering, a file not listed and a link are each integrity failures (exit 4).
+    let victim = top.join(SCRIPT);
+    let original = std::fs::read(&victim).expect("script");
+    std::fs::write(&victim, b"#!/bin/sh\necho changed\n").expect("tamper");
+    let r = verify(&d);
+    expect_code(&r, 4, "verify a modified unpacked bundle");
+    assert!(r.stderr.contains(SCRIPT), "{}", r.stderr);
+    std::fs::write(&victim, &original).expect("restore");
+    expect_code(&verify(&d), 0, "verify restored");
+    std::fs::write(top.join("extra.sh"), b"echo\n").expect("extra");
+    let r = verify(&d);
+    expect_code(&r, 4, "verify with an unlisted file");
+    assert!(r.stderr.contains("extra.sh"), "{}", r.stderr);
+    std::fs::remove_file(top.join("extra.sh")).expect("rm extra");
+    std::os::unix::fs::symlink("/etc/passwd", top.join("link")).expect("symlink");
+    let r = verify(&d);
+    expect_code(&r, 4, "verify with a link");
+    assert!(r.stderr.contains("not a plain file"), "{}", r.stderr);
+
+    // A directory that is no bundle is named as such (exit 3).
+    let r = verify(t.path());
+    expect_code(&r, 3, "verify a directory that is no bundle");
+    assert!(r.stderr.contains("not an unpacked bundle"), "{}", r.stderr);
+}

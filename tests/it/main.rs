@@ -8,6 +8,7 @@ mod architecture;
 mod attacks;
 mod batch_chroot;
 mod bundle_chroot;
+mod by_hand_chroot;
 mod cli_bounded;
 mod cli_bundle;
 mod cli_common;
