@@ -57,6 +57,10 @@ pub struct LayerRecord {
     /// Deploy ids that need this layer (refcount).
     #[serde(default)]
     pub deployed_by: Vec<String>,
+    /// `ID=DIGEST`: the digest each deploy applied — two deploys may compile a shared layer
+    /// differently (other gates); absent in records from before it was kept.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub deploy_digests: Vec<String>,
     /// When it was applied.
     #[serde(default)]
     pub deployed_at: String,
@@ -67,6 +71,16 @@ pub struct LayerRecord {
     /// Anything else (steps, reverse ops, …).
     #[serde(flatten)]
     pub extra: BTreeMap<String, Value>,
+}
+
+impl LayerRecord {
+    /// The digest deploy `id` applied: its own `deploy_digests` entry, else `digest`.
+    pub fn digest_for(&self, id: &str) -> &str {
+        self.deploy_digests
+            .iter()
+            .find_map(|e| e.strip_prefix(id).and_then(|r| r.strip_prefix('=')))
+            .unwrap_or(&self.digest)
+    }
 }
 
 /// Everything the ledger holds for one user.
@@ -377,9 +391,9 @@ pub fn compare(target: &str, ledger: &Ledger, manifest: Option<&Manifest>) -> St
             let m = match ledger.layers.get(&l.name) {
                 None => LayerMatch::Missing,
                 Some(r) if r.result.as_deref() == Some("failed") => LayerMatch::Failed,
-                Some(r) if r.digest == l.digest => LayerMatch::Applied,
+                Some(r) if r.digest_for(&m.deploy.id) == l.digest => LayerMatch::Applied,
                 Some(r) => LayerMatch::Differs {
-                    recorded: r.digest.clone(),
+                    recorded: r.digest_for(&m.deploy.id).to_string(),
                 },
             };
             comparison.push((l.name.clone(), m));
@@ -507,6 +521,44 @@ mod tests {
         cut.feed("::ov-ledger:: home /h");
         assert!(cut.ledger().is_none());
         assert!(parse_dump("::ov-ledger:: begin\n::ov-ledger:: home /h\n").is_err());
+    }
+
+    #[test]
+    fn each_deploy_compares_the_digest_it_applied_of_a_shared_layer() {
+        let text = "::ov-ledger:: begin
+::ov-ledger:: home /home/u
+::ov-ledger:: dir /var/lib/overthink/installed/u
+::ov-ledger:: file layers/a.json
+::ov-ledger:: l {\"layer\":\"a\",\"digest\":\"y\",\"deployed_by\":[\"d1\",\"d2\"],\"deploy_digests\":[\"d1=x\",\"d2=y\"]}
+::ov-ledger:: end
+";
+        let l = parse_dump(text).expect("parse");
+        // d1 compiled `a` without a gate d2 opened: its own digest, not the last one applied.
+        for (id, digest) in [("d1", "x"), ("d2", "y")] {
+            let manifest = crate::bundle::test_manifest("vm:x", id, "u", &[("a", digest)]);
+            let s = compare("t", &l, Some(&manifest));
+            assert_eq!(
+                s.comparison,
+                vec![("a".to_string(), LayerMatch::Applied)],
+                "{id}"
+            );
+        }
+        let manifest = crate::bundle::test_manifest("vm:x", "d1", "u", &[("a", "y")]);
+        assert_eq!(
+            compare("t", &l, Some(&manifest)).comparison,
+            vec![(
+                "a".to_string(),
+                LayerMatch::Differs {
+                    recorded: "x".to_string()
+                }
+            )]
+        );
+        // A record from before `deploy_digests`: its `digest` for every deploy.
+        let old = LayerRecord {
+            deploy_digests: Vec::new(),
+            ..l.layers["a"].clone()
+        };
+        assert_eq!(old.digest_for("d1"), "y");
     }
 
     #[test]

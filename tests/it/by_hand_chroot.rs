@@ -184,3 +184,56 @@ fn an_archive_named_with_o_runs_as_its_readme_says_and_its_digest_is_recorded() 
     let record: serde_json::Value = serde_json::from_str(&deploys).expect("deploy record");
     assert_eq!(record["bundle_sha256"], digest.as_str(), "{deploys}");
 }
+
+#[test]
+fn two_deploys_that_compile_a_shared_layer_differently_do_not_reapply_each_others() {
+    let Some(root) = root() else { return };
+    let dir = tempfile::tempdir().expect("tmp");
+    let layer = dir.path().join("layers/shared");
+    std::fs::create_dir_all(&layer).expect("layer dir");
+    // The root `cmd:` is gated: deploy `host` compiles the layer without it, `vm:other` with it.
+    std::fs::write(
+        layer.join("layer.yml"),
+        "layer:\n  tasks:\n    - write: /etc/ov-shared\n      content: \"shared\\n\"\n    - cmd: echo ran >>/var/lib/ov-shared-cmd\n",
+    )
+    .expect("layer.yml");
+    std::fs::write(
+        dir.path().join("deploy.yml"),
+        "version: 3\nvm:\n  other:\n    source:\n      kind: cloud_image\n      base_user: debian\n      distro: \"debian:12\"\n    ssh:\n      user: tester\n      key_source: none\n",
+    )
+    .expect("deploy.yml");
+    std::fs::write(
+        dir.path().join("overthink.yml"),
+        "version: 2\nincludes:\n  - deploy.yml\ndiscover:\n  layers:\n    - path: layers\n",
+    )
+    .expect("overthink.yml");
+    let compile = |deploy: &str, flags: &[&str]| {
+        let out_dir = root.path(&format!("/var/tmp/ov/{}", deploy.replace(':', "-")));
+        let out = e2e::ov_in(dir.path(), dir.path())
+            .args(["compile", deploy, "shared", "--distro", "debian:12"])
+            .args(flags)
+            .arg("--out-dir")
+            .arg(&out_dir)
+            .output()
+            .expect("ov runs");
+        assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    };
+    compile("host", &[]);
+    compile("vm:other", &["--allow-root-tasks"]);
+    let host = "/var/tmp/ov/host/host/run.sh";
+    let other = "/var/tmp/ov/vm-other/vm-other/run.sh";
+    let apply = |script: &str| {
+        let out = root.run(&["bash", script, "--user", USER]);
+        assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+        e2e::end(&out.stdout)
+    };
+    assert_eq!(apply(host)["applied"], "1");
+    assert_eq!(apply(other)["applied"], "1");
+    // Each deploy's own digest is recorded: a re-run of either applies nothing.
+    for script in [host, other, host] {
+        let end = apply(script);
+        assert_eq!(end["applied"], "0", "{script}: {end:?}");
+        assert_eq!(end["skipped"], "1", "{script}: {end:?}");
+    }
+    assert_eq!(root.sh("cat /var/lib/ov-shared-cmd"), "ran\n");
+}
