@@ -5,6 +5,9 @@
 use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
+use clap_complete::engine::ArgValueCompleter;
+
+use super::complete;
 
 /// Compile overthink layers into a standalone, checksummed shell bundle and push it over SSH.
 #[derive(Debug, Parser)]
@@ -47,7 +50,8 @@ pub enum Command {
     Deploy(DeployCommand),
     /// Show the layers recorded on the target and whether they match what would compile now.
     Status(StatusArgs),
-    /// Print a shell completion script.
+    /// Print the shell's completion hook (`source <(ov completions bash)`); it completes deploy
+    /// and layer names of the project the shell is in.
     Completions {
         /// bash, zsh, fish, elvish or powershell.
         shell: clap_complete::Shell,
@@ -67,12 +71,13 @@ pub enum DeployCommand {
 #[derive(Debug, Args, Clone)]
 pub struct DeployArgs {
     /// `vm:<vm>`, a deploy node such as `arch-vm`, or `host`.
+    #[arg(add = ArgValueCompleter::new(complete::deploys))]
     pub deploy: String,
     /// Extra layers to deploy.
-    #[arg(value_name = "LAYER")]
+    #[arg(value_name = "LAYER", add = ArgValueCompleter::new(complete::layers))]
     pub layers: Vec<String>,
     /// Extra layer to deploy (repeatable).
-    #[arg(long = "add-layer", value_name = "LAYER")]
+    #[arg(long = "add-layer", value_name = "LAYER", add = ArgValueCompleter::new(complete::layers))]
     pub add_layer: Vec<String>,
     /// Distro tag of the target, e.g. `debian:12`, `archlinux`, `fedora:43`, `ubuntu:24.04`.
     #[arg(long, value_name = "TAG")]
@@ -255,6 +260,7 @@ pub struct TestArgs {
 #[derive(Debug, Args)]
 pub struct DelArgs {
     /// `vm:<vm>`, a deploy node, or `host`.
+    #[arg(add = ArgValueCompleter::new(complete::deploys))]
     pub deploy: String,
     #[command(flatten)]
     pub connect: ConnectArgs,

@@ -5,6 +5,7 @@
 //! [`crate::ui::error::report`].
 
 pub mod args;
+mod complete;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -32,6 +33,9 @@ use args::{BuildArgs, Cli, Command, ConnectArgs, DeliveryArgs, DeployArgs, Deplo
 
 /// Parse the process arguments, run, and turn the outcome into an exit status.
 pub fn main() -> ExitCode {
+    // With `COMPLETE=<shell>` set (by the hook `ov completions` prints), answer the shell's
+    // completion request and exit; otherwise this does nothing.
+    clap_complete::CompleteEnv::with_factory(Cli::command).complete();
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(e) => {
@@ -141,7 +145,16 @@ fn run(cli: Cli) -> Result<(), CommandError> {
             user: args.user,
         }),
         Command::Completions { shell } => {
-            clap_complete::generate(shell, &mut Cli::command(), "ov", &mut std::io::stdout());
+            // The hook that asks `ov` itself (COMPLETE=<shell> ov -- WORDS…), so deploy and
+            // layer names come from the project the shell is in.
+            let name = shell.to_string();
+            let shells = clap_complete::env::Shells::builtins();
+            let hook = shells.completer(&name).ok_or_else(|| {
+                CommandError::Io(std::io::Error::other(format!(
+                    "no completion hook for `{name}`"
+                )))
+            })?;
+            hook.write_registration("COMPLETE", "ov", "ov", "ov", &mut std::io::stdout())?;
             Ok(())
         }
     }

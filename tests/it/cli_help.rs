@@ -105,3 +105,59 @@ fn usage_errors_exit_2() {
     // One of them in full: the message, the usage line and the pointer to --help.
     insta::assert_snapshot!("usage-missing-deploy", ov_run(&["plan"]).stderr);
 }
+
+/// What bash offers for `WORDS` (the last one being completed) with the hook `ov completions
+/// bash` prints sourced, in directory `dir`, with this `ov` first on PATH.
+fn bash_offers(dir: &std::path::Path, words: &[&str]) -> Vec<String> {
+    let bin = std::path::Path::new(env!("CARGO_BIN_EXE_ov"))
+        .parent()
+        .expect("bin dir")
+        .to_path_buf();
+    let path = format!(
+        "{}:{}",
+        bin.display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let quoted: Vec<String> = words.iter().map(|w| format!("'{w}'")).collect();
+    let script = format!(
+        "source <(ov completions bash) && COMP_WORDS=({}) && COMP_CWORD={} && \
+         _clap_complete_ov ov '{}' '{}' && printf '%s\\n' \"${{COMPREPLY[@]}}\"",
+        quoted.join(" "),
+        words.len() - 1,
+        words[words.len() - 1],
+        words[words.len() - 2],
+    );
+    let out = std::process::Command::new("bash")
+        .args(["--norc", "-c", &script])
+        .current_dir(dir)
+        .env_clear()
+        .env("PATH", path)
+        .output()
+        .expect("bash runs");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| l.trim().to_string())
+        .filter(|l| !l.is_empty())
+        .collect()
+}
+
+#[test]
+fn bash_completes_the_projects_deploy_and_layer_names() {
+    let demo = crate::cli_common::demo();
+    let deploys = bash_offers(&demo, &["ov", "push", "vm:"]);
+    assert_eq!(deploys, ["vm:demo"], "{deploys:?}");
+    let deploys = bash_offers(&demo, &["ov", "deploy", "del", "de"]);
+    assert_eq!(deploys, ["demo-vm"], "{deploys:?}");
+    let layers = bash_offers(&demo, &["ov", "plan", "vm:demo", "demo-g"]);
+    assert_eq!(layers, ["demo-greeter"], "{layers:?}");
+    let layers = bash_offers(&demo, &["ov", "compile", "host", "--add-layer", "demo-e"]);
+    assert_eq!(layers, ["demo-env"], "{layers:?}");
+    // Outside a project: no names, and no error.
+    let none = bash_offers(std::path::Path::new("/"), &["ov", "push", "vm:"]);
+    assert!(none.is_empty(), "{none:?}");
+}
