@@ -52,7 +52,7 @@ pub enum DeployError {
     },
     /// A VM that deploy.yml's `vm:` map does not define.
     #[error(
-        "unknown VM `{vm}`{}; define it under `vm:` in deploy.yml and create it with `ov vm create {vm}` first",
+        "unknown VM `{vm}`{}; define it under `vm:` in deploy.yml (its `source:` with the distro, and `ssh:` with the user and port), or deploy to this machine with `host`",
         known_vms_text(known)
     )]
     UnknownVm {
@@ -659,12 +659,13 @@ mod tests {
     }
 
     #[test]
-    fn unknown_vm_lists_known_vms_and_says_how_to_create_one() {
+    fn unknown_vm_lists_known_vms_and_says_what_to_define() {
         let err = resolve_deploy(&project(), &req("vm:nope")).unwrap_err();
         assert_eq!(
             err.to_string(),
             "unknown VM `nope` (known VMs: `arch`, `blank`, `deb`); define it under `vm:` in \
-             deploy.yml and create it with `ov vm create nope` first"
+             deploy.yml (its `source:` with the distro, and `ssh:` with the user and port), or \
+             deploy to this machine with `host`"
         );
     }
 

@@ -176,7 +176,9 @@ pub fn resolve(
     if let Some(k) = &identity {
         check_key(
             k,
-            &format!(" (create the VM first: `ov vm create {vm}`, or pass `--identity`)"),
+            &format!(
+                " (the key `ov` looks for when none is given for `{vm}`; pass the VM's private key with `--identity KEY`)"
+            ),
         )?;
     }
     let known_hosts = match (&opts.known_hosts, with_config) {
@@ -309,7 +311,8 @@ mod tests {
         let (_root, paths) = home();
         let opts = vm("deb", Some("debian"));
         let e = resolve(&opts, None, &paths).expect_err("no key");
-        assert!(e.to_string().contains("ov vm create deb"), "{e}");
+        assert!(e.to_string().contains("--identity KEY"), "{e}");
+        assert!(!e.to_string().contains("ov vm create"), "{e}");
         assert_eq!(e.exit(), Exit::InvalidInput);
         let e = resolve(&vm("deb", None), None, &paths).expect_err("no user");
         assert!(e.to_string().contains("vm.deb.ssh.user"), "{e}");
