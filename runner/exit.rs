@@ -17,6 +17,7 @@ use std::fmt;
 /// | 7 | a remote step failed (a layer script, or teardown left something undone) |
 /// | 8 | the target's ledger is locked by another run |
 /// | 9 | a check of the layers' own tests (`ov test`, `ov push --verify`) failed |
+/// | 10 | the target differs from what the project compiles now (`ov status --exit-code`) |
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Exit {
     /// 0 — everything worked.
@@ -39,11 +40,13 @@ pub enum Exit {
     Locked,
     /// 9 — a check of the layers' own tests failed on the target.
     ChecksFailed,
+    /// 10 — the target differs from what the project compiles now (asked for with `--exit-code`).
+    Differs,
 }
 
 impl Exit {
     /// Every variant, in code order (for docs and tests).
-    pub const ALL: [Exit; 10] = [
+    pub const ALL: [Exit; 11] = [
         Exit::Ok,
         Exit::Other,
         Exit::Usage,
@@ -54,6 +57,7 @@ impl Exit {
         Exit::RemoteStep,
         Exit::Locked,
         Exit::ChecksFailed,
+        Exit::Differs,
     ];
 
     /// The numeric process exit status.
@@ -69,6 +73,7 @@ impl Exit {
             Exit::RemoteStep => 7,
             Exit::Locked => 8,
             Exit::ChecksFailed => 9,
+            Exit::Differs => 10,
         }
     }
 
@@ -85,6 +90,7 @@ impl Exit {
             Exit::RemoteStep => "remote step failed",
             Exit::Locked => "target locked",
             Exit::ChecksFailed => "a check failed",
+            Exit::Differs => "the target differs",
         }
     }
 }
@@ -114,7 +120,7 @@ mod tests {
     #[test]
     fn codes_are_distinct_and_documented_order() {
         let codes: Vec<u8> = Exit::ALL.iter().map(|e| e.code()).collect();
-        assert_eq!(codes, vec![0, 1, 2, 3, 4, 5, 6, 7, 8, 9]);
+        assert_eq!(codes, vec![0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10]);
         assert_eq!(Exit::Locked.to_string(), "8 (target locked)");
     }
 }

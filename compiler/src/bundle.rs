@@ -233,6 +233,13 @@ pub fn build(
         for s in &scripts {
             let path = format!("{dir}/{}", s.file_name);
             files.insert(path.clone(), (0o755, s.content.clone().into_bytes()));
+            // Its check script (`run.sh --check`) changes nothing, so it is outside the digest.
+            if !s.check.is_empty() {
+                files.insert(
+                    format!("{dir}/{}", check_file_name(&s.file_name)),
+                    (0o755, s.check.clone().into_bytes()),
+                );
+            }
             run_scripts.push(RunScript {
                 layer: index,
                 file: s.file_name.clone(),
@@ -574,6 +581,11 @@ fn check_name(what: &'static str, value: &str, allow_colon: bool) -> Result<(), 
 }
 
 /// The layer's scripts sorted by file name (the run order), after checking each name.
+/// The check script of the layer script `MM-<scope>.sh`: `MM-<scope>.check.sh`.
+fn check_file_name(script: &str) -> String {
+    format!("{}.check.sh", script.strip_suffix(".sh").unwrap_or(script))
+}
+
 fn sorted_scripts(rl: &RenderedLayer) -> Result<Vec<&crate::render::RenderedScript>, BundleError> {
     let mut scripts: Vec<_> = rl.scripts.iter().collect();
     scripts.sort_by(|a, b| a.file_name.cmp(&b.file_name));

@@ -288,4 +288,7 @@ pub struct StatusArgs {
     /// Owner of the ledger on the target (default: the deploy's user).
     #[arg(long, value_name = "NAME")]
     pub user: Option<String>,
+    /// Exit 10 when the target differs from what the project compiles now.
+    #[arg(long)]
+    pub exit_code: bool,
 }

@@ -143,6 +143,7 @@ fn run(cli: Cli) -> Result<(), CommandError> {
             selection: selection(&project, &args.deploy),
             connection: connection(&args.connect),
             user: args.user,
+            exit_code: args.exit_code,
         }),
         Command::Completions { shell } => {
             // The hook that asks `ov` itself (COMPLETE=<shell> ov -- WORDS…), so deploy and

@@ -80,6 +80,9 @@ pub enum CommandError {
     /// Checks that never reported (a run.sh without `--test`).
     #[error("the checks on {target} did not report a result")]
     ChecksSilent { target: String },
+    /// `ov status --exit-code`: the target does not hold what the project compiles now.
+    #[error("the target differs from what the project compiles now: {what}")]
+    Differs { what: String },
     /// The layers' own checks failed.
     #[error("{} check(s) failed on {target}:\n  {}", failed.len(), failed.join("\n  "))]
     ChecksFailed {
@@ -146,6 +149,7 @@ impl HasExit for CommandError {
             CommandError::Push(e) => e.exit(),
             CommandError::Teardown(e) => e.exit(),
             CommandError::Ledger(e) => e.exit(),
+            CommandError::Differs { .. } => Exit::Differs,
             CommandError::ChecksSilent { .. } | CommandError::ChecksFailed { .. } => {
                 Exit::ChecksFailed
             }

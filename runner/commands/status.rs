@@ -23,6 +23,8 @@ pub struct StatusRequest {
     pub connection: Connection,
     /// `--user`.
     pub user: Option<String>,
+    /// `--exit-code`: fail (exit 10) when the target differs from the compiled bundle.
+    pub exit_code: bool,
 }
 
 /// `ov status`.
@@ -38,6 +40,7 @@ pub fn run(req: &StatusRequest) -> Result<(), CommandError> {
         common: req.connection.common(&target),
         bundle,
         user: req.user.clone().or(target.user),
+        exit_code: req.exit_code,
     })
 }
 
@@ -50,6 +53,8 @@ pub struct StatusCommand {
     pub bundle: Option<PathBuf>,
     /// Ledger owner.
     pub user: Option<String>,
+    /// `--exit-code`.
+    pub exit_code: bool,
 }
 
 /// Read the target's ledger and print it, compared with the bundle when there is one.
@@ -112,5 +117,41 @@ fn status_inner(cmd: &StatusCommand, display: &mut dyn Progress) -> Result<(), C
             }
         }
     }
+    if cmd.exit_code {
+        differs(&report, bundle.is_some())?;
+    }
     Ok(())
+}
+
+/// `--exit-code`: an error (exit 10) naming what differs, unless the target holds every layer
+/// of the bundle as compiled and nothing more.
+fn differs(report: &StatusReport, compared: bool) -> Result<(), CommandError> {
+    if !compared {
+        return Err(CommandError::Differs {
+            what: "nothing to compare with (the project does not compile now)".into(),
+        });
+    }
+    let mut what: Vec<String> = report
+        .comparison
+        .iter()
+        .filter_map(|(name, m)| match m {
+            LayerMatch::Applied => None,
+            LayerMatch::Differs { .. } => Some(format!("`{name}` applied with other content")),
+            LayerMatch::Failed => Some(format!("`{name}` failed")),
+            LayerMatch::Missing => Some(format!("`{name}` not applied")),
+        })
+        .collect();
+    what.extend(
+        report
+            .extra
+            .iter()
+            .map(|e| format!("`{e}` recorded but no longer in the deploy")),
+    );
+    if what.is_empty() {
+        Ok(())
+    } else {
+        Err(CommandError::Differs {
+            what: what.join(", "),
+        })
+    }
 }

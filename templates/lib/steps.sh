@@ -1143,9 +1143,17 @@ OV_PROFILE_END='# overthink:end'
 # ov_envd_write LAYER [e NAME VALUE | p ENTRY]... — write ~/.config/overthink/env.d/LAYER.env:
 # values single-quoted, PATH entries appended once each (`$PATH` itself expands when sourced).
 ov_envd_write() {
-  local layer=$1 content q
-  shift
-  content="# overthink env for layer $layer - managed by ov; do not edit"$'\n'
+  local content
+  ov_envd_text_v content "$@" || return 1
+  ov_write_file "$OV_HOME/.config/overthink/env.d/$1.env" 0644 "$content"
+}
+
+# ov_envd_text_v VAR LAYER [e NAME VALUE | p PATH]... — VAR = the text of LAYER's env.d file.
+ov_envd_text_v() {
+  local -n ov_et_out=$1
+  local layer=$2 ov_et_text ov_et_q
+  shift 2
+  ov_et_text="# overthink env for layer $layer - managed by ov; do not edit"$'\n'
   while [ "$#" -gt 0 ]; do
     case $1 in
       e)
@@ -1153,12 +1161,12 @@ ov_envd_write() {
           ov_fail "invalid environment variable name: $2"
           return 1
         }
-        content+="export $2=$(ov_sh_quote "$3")"$'\n'
+        ov_et_text+="export $2=$(ov_sh_quote "$3")"$'\n'
         shift 3
         ;;
       p)
-        q=$(ov_sh_quote "$2")
-        content+="case \":\$PATH:\" in *:$q:*) ;; *) export PATH=\"\$PATH:\"$q ;; esac"$'\n'
+        ov_et_q=$(ov_sh_quote "$2")
+        ov_et_text+="case \":\$PATH:\" in *:$ov_et_q:*) ;; *) export PATH=\"\$PATH:\"$ov_et_q ;; esac"$'\n'
         shift 2
         ;;
       *)
@@ -1167,7 +1175,8 @@ ov_envd_write() {
         ;;
     esac
   done
-  ov_write_file "$OV_HOME/.config/overthink/env.d/$layer.env" 0644 "$content"
+  # shellcheck disable=SC2034 # a nameref: assigns the caller's variable
+  ov_et_out=$ov_et_text
 }
 
 # The managed block's body: sources every env.d file when the profile is read ("$HOME" quoted, the
@@ -1949,3 +1958,198 @@ ov_undo_pixi() {
   return "$rc"
 }
 # ---- end of step helpers ----------------------------------------------------------------------
+
+# ---- check mode (run.sh --check) --------------------------------------------------------------
+# Each layer script NN-scope.sh has a check script beside it, NN-scope.check.sh (templates/check/),
+# run by `run.sh --check` with the same account and environment. It calls only the helpers below:
+# each one looks and changes nothing, and says per step `ok`, `change` (a run would change this)
+# or `unknown` (it cannot be looked at from here). With OV_CHECK_DIFF=1 a file that differs is
+# shown as a unified diff — a private one (no read bit for others in the bundle's mode) only with
+# OV_CHECK_SECRETS=1. OV_CHECK_APPLIED=1 says the ledger shows the layer applied by this deploy
+# with this content: its `cmd:` tasks and set-up steps ran then and a run would not run them.
+# As root in a system script, a path is only read when every directory on the way is root's
+# (ov_check_trusted): root reads nothing another account can swap under it.
+OV_CHECK_CHANGES=0
+
+# ov_chk STATE WHAT [WHY] — report one step; `change` counts.
+ov_chk() {
+  [ "$1" = change ] && OV_CHECK_CHANGES=$((OV_CHECK_CHANGES + 1))
+  printf '  %-7s %s%s\n' "$1" "$2" "${3:+ ($3)}"
+}
+
+# ov_check_trusted PATH — whether PATH may be read here: as root in a system script, only when
+# every existing directory on the way is root's (one `stat` of them all).
+ov_check_trusted() {
+  local rest d='' uid
+  local -a dirs=()
+  [ "$EUID" = 0 ] && [ "${OV_SCOPE:-system}" = system ] || return 0
+  rest=${1#/}
+  while [[ $rest == */* ]]; do
+    d+=/${rest%%/*}
+    rest=${rest#*/}
+    dirs+=("$d")
+  done
+  [ "${#dirs[@]}" -gt 0 ] || return 0
+  while read -r uid; do
+    [ "$uid" = 0 ] || return 1
+  done < <(stat -c %u -- "${dirs[@]}" 2>/dev/null)
+  return 0
+}
+
+# ov_check_meta WHAT PATH MODE OWNER — after the content matched: mode and owner as the step sets them.
+ov_check_meta() {
+  local what=$1 p=$2 mode=$3 owner=$4 have want
+  have=$(stat -c '%a %u:%g %U' -- "$p") || {
+    ov_chk unknown "$what" "cannot stat it"
+    return
+  }
+  if [ -n "$mode" ] && [ $((8#${have%% *})) != $((8#$mode)) ]; then
+    ov_chk change "$what" "mode ${have%% *}, the step sets $mode"
+    return
+  fi
+  if [ -n "$owner" ]; then
+    want=$owner
+    [[ $want == *:* ]] || want="$want:"
+    have=${have#* }
+    if [[ $want == *: ]]; then
+      [ "${have#* }" = "${want%:}" ] || [ "${have%%:*}" = "${want%:}" ] || {
+        ov_chk change "$what" "owner ${have#* }, the step sets ${want%:}"
+        return
+      }
+    elif [ "${have%% *}" != "$want" ]; then
+      ov_chk change "$what" "owner ${have%% *}, the step sets $want"
+      return
+    fi
+  fi
+  ov_chk ok "$what"
+}
+
+# ov_check_file WHAT DEST MODE OWNER KIND DATA — DEST should hold the bytes of the bundle's file
+# DATA (KIND `file`) or the text DATA itself (KIND `text`), with MODE and OWNER.
+ov_check_file() {
+  local what=$1 dest=$2 mode=$3 owner=$4 kind=$5 data=$6 m
+  if ! ov_check_trusted "$dest"; then
+    ov_chk unknown "$what" "a directory on the way is not root's"
+  elif [ -L "$dest" ]; then
+    ov_chk change "$what" "a link is there, the step writes a file"
+  elif [ ! -e "$dest" ]; then
+    ov_chk change "$what" "absent"
+  elif [ ! -f "$dest" ]; then
+    ov_chk change "$what" "not a regular file"
+  elif [ ! -r "$dest" ]; then
+    ov_chk unknown "$what" "cannot read it as $(id -un)"
+  elif cmp -s -- "$dest" <(ov_check_bytes "$kind" "$data"); then
+    ov_check_meta "$what" "$dest" "$mode" "$owner"
+  else
+    ov_chk change "$what" "content differs"
+    if [ "${OV_CHECK_DIFF:-0}" = 1 ]; then
+      m=$((8#${mode:-644}))
+      if (((m & 4) == 0)) && [ "${OV_CHECK_SECRETS:-0}" != 1 ]; then
+        echo "          (a private file, mode $mode: run.sh --check --diff --show-secrets shows its diff)"
+      else
+        diff -u --label "$dest (on this machine)" --label "$dest (the bundle's)" -- "$dest" \
+          <(ov_check_bytes "$kind" "$data") | sed -e 's/^/    /'
+      fi
+    fi
+  fi
+}
+
+# ov_check_bytes KIND DATA — print the bytes a step would write (see ov_check_file).
+ov_check_bytes() {
+  if [ "$1" = file ]; then cat -- "$2"; else printf '%s' "$2"; fi
+}
+
+# The check twin of each helper a layer script calls (same arguments).
+ov_check_install_file() {
+  ov_check_file "file $2" "$2" "$3" "${4:-}" file "$1"
+}
+ov_check_write_file() {
+  ov_check_file "file $1" "$1" "$2" "${4:-}" text "$3"
+}
+ov_check_mkdir() {
+  if ! ov_check_trusted "$1/"; then
+    ov_chk unknown "directory $1" "a directory on the way is not root's"
+  elif [ -d "$1" ] && [ ! -L "$1" ]; then
+    ov_check_meta "directory $1" "$1" "${2:-}" "${3:-}"
+  else
+    ov_chk change "directory $1" "absent"
+  fi
+}
+ov_check_link() {
+  local have
+  if [ -L "$2" ]; then
+    have=$(readlink -- "$2")
+    if [ "$have" = "$1" ]; then ov_chk ok "link $2 -> $1"; else ov_chk change "link $2 -> $1" "points to $have"; fi
+  elif [ -e "$2" ]; then
+    ov_chk change "link $2 -> $1" "a file is there"
+  else
+    ov_chk change "link $2 -> $1" "absent"
+  fi
+}
+ov_check_download() {
+  if [ -e "$2" ]; then
+    ov_chk ok "download $1" "$2 is there; its content is not fetched to compare"
+  else
+    ov_chk change "download $1" "$2 absent"
+  fi
+}
+ov_check_setcap() {
+  local have
+  have=$(getcap -- "$2" 2>/dev/null) || have=''
+  if [ -z "$1" ]; then
+    if [ -z "$have" ]; then ov_chk ok "no capabilities on $2"; else ov_chk change "no capabilities on $2" "has ${have#* }"; fi
+  elif [[ " $have " == *" $1 "* || $have == *" $1" ]]; then
+    ov_chk ok "capabilities $1 on $2"
+  else
+    ov_chk change "capabilities $1 on $2" "${have:-none}"
+  fi
+}
+ov_check_envd() {
+  local content
+  ov_envd_text_v content "$@" || return 1
+  ov_check_file "env file of $1" "$OV_HOME/.config/overthink/env.d/$1.env" 0644 '' text "$content"
+}
+ov_check_profile_block() {
+  local f
+  for f in "$OV_HOME/.profile" "$OV_HOME/.bashrc"; do
+    if [ -f "$f" ] && grep -qxF -- "$OV_PROFILE_BODY" "$f"; then
+      ov_chk ok "managed block in $f"
+    else
+      ov_chk change "managed block in $f" "absent"
+    fi
+  done
+}
+ov_check_packages() {
+  local fmt=$1 p missing=()
+  shift
+  for p in "$@"; do
+    ov_pkg_installed "$fmt" "$p" || missing+=("$p")
+  done
+  if [ "${#missing[@]}" = 0 ]; then
+    ov_chk ok "$fmt packages $*"
+  else
+    ov_chk change "$fmt packages $*" "would install ${missing[*]}"
+  fi
+}
+ov_check_service() {
+  local scope=$1 unit=$2 state
+  if [ "$scope" != system ]; then
+    ov_chk unknown "service $unit" "a user's manager is not asked in a check"
+    return
+  fi
+  state=$(systemctl is-enabled -- "$unit" 2>/dev/null) || true
+  case $state in
+    enabled | enabled-runtime | static | indirect | generated) ov_chk ok "service $unit enabled" ;;
+    '') ov_chk unknown "service $unit" "systemctl cannot tell" ;;
+    *) ov_chk change "service $unit enabled" "$state" ;;
+  esac
+}
+# ov_check_runs WHAT — a step that cannot be looked at (a `cmd:` task, a builder, repository
+# set-up): it ran when the layer was applied; otherwise a run would run it.
+ov_check_runs() {
+  if [ "${OV_CHECK_APPLIED:-0}" = 1 ]; then
+    ov_chk ok "$1" "ran when the layer was applied"
+  else
+    ov_chk change "$1" "would run; not checkable beforehand"
+  fi
+}

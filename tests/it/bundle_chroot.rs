@@ -664,3 +664,111 @@ fn check_values_with_shell_metacharacters_are_data_not_code() {
     assert_ne!(result("url-is-data"), "pass", "{}", text(&out));
     assert_eq!(out.status.code(), Some(9), "{}", text(&out));
 }
+
+/// The `(state, what)` pairs of a `run.sh --check` report (`  change  file /etc/x (why)`).
+fn check_lines(out: &Output) -> Vec<(String, String)> {
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| {
+            let l = l.strip_prefix("  ")?;
+            let (state, rest) = l.split_once(' ')?;
+            ["ok", "change", "unknown"]
+                .contains(&state)
+                .then(|| (state.to_string(), rest.trim().to_string()))
+        })
+        .collect()
+}
+
+#[test]
+fn check_mode_changes_nothing_and_reports_what_a_run_would_change_and_drift() {
+    let Some((root, _b)) = setup() else { return };
+    let before = snapshot(&root);
+    let pkgs_before = root.sh("dpkg-query -W -f='${Package} ${Version}\\n'");
+
+    // A fresh target: every step would change it; nothing is written (not even a ledger).
+    let out = run(&root, &["--check", "--user", USER]);
+    assert_eq!(out.status.code(), Some(10), "{}", text(&out));
+    let lines = check_lines(&out);
+    assert!(
+        lines.iter().all(|(s, _)| s == "change"),
+        "a fresh root has nothing of the bundle: {lines:?}"
+    );
+    for what in [
+        "file /etc/e2e-system.conf",
+        "file /usr/local/bin/e2e-greet",
+        "deb packages hello",
+    ] {
+        assert!(
+            lines.iter().any(|(_, w)| w.starts_with(what)),
+            "`{what}` in {lines:?}"
+        );
+    }
+    assert_eq!(
+        e2e::diff(&before, &snapshot(&root), &[]),
+        Vec::<String>::new(),
+        "--check changed the root"
+    );
+    assert_eq!(
+        root.sh("dpkg-query -W -f='${Package} ${Version}\\n'"),
+        pkgs_before
+    );
+
+    // Applied: no changes, exit 0 — as root, and as the target user (no sudo, no root).
+    root.sh(&format!("touch {GATE_MARKER}"));
+    let out = run(&root, &["--user", USER]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let out = run(&root, &["--check", "--user", USER]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert!(
+        check_lines(&out).iter().all(|(s, _)| s == "ok"),
+        "{}",
+        text(&out)
+    );
+    let as_user = root.run(&[
+        "runuser", "-u", USER, "--", "bash", RUN, "--check", "--user", USER,
+    ]);
+    let user_lines = check_lines(&as_user);
+    assert!(
+        user_lines
+            .iter()
+            .any(|(s, w)| s == "ok" && w.starts_with("file /etc/e2e-system.conf")),
+        "{}",
+        text(&as_user)
+    );
+    // Not root, it cannot read root's ledger: only the steps nothing can look at would run.
+    let would_run: Vec<_> = user_lines.iter().filter(|(s, _)| s == "change").collect();
+    assert!(
+        would_run.len() == 3 && would_run.iter().all(|(_, w)| w.starts_with("cmd ")),
+        "{}",
+        text(&as_user)
+    );
+    assert!(
+        String::from_utf8_lossy(&as_user.stdout)
+            .contains("(not root: root's ledger cannot be read"),
+        "{}",
+        text(&as_user)
+    );
+
+    // Drift: a deployed file edited on the target is shown as exactly that diff.
+    root.sh("printf 'system=no\\n' >/etc/e2e-system.conf");
+    let out = run(&root, &["--check", "--diff", "--user", USER]);
+    assert_eq!(out.status.code(), Some(10), "{}", text(&out));
+    let changed: Vec<_> = check_lines(&out)
+        .into_iter()
+        .filter(|(s, _)| s == "change")
+        .collect();
+    assert_eq!(
+        changed,
+        [(
+            "change".to_string(),
+            "file /etc/e2e-system.conf (content differs)".to_string()
+        )],
+        "{}",
+        text(&out)
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains("    --- /etc/e2e-system.conf (on this machine)\n    +++ /etc/e2e-system.conf (the bundle's)\n    @@ -1 +1 @@\n    -system=no\n    +system=yes\n"),
+        "{stdout}"
+    );
+}

@@ -367,6 +367,8 @@ fn deploy_add_status_push_and_del_over_ssh_with_the_ov_binary() {
             "{l} does not match: {stdout}"
         );
     }
+    let out = rig.ov(&["status", DEPLOY, "--exit-code"]);
+    assert_eq!(out.status.code(), Some(0), "up to date: {}", text(&out));
     let out = rig.ov(&["status", DEPLOY, "--json"]);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
     // JSON lines: progress events (`connected`), then the report (the one without `event`).
@@ -460,6 +462,16 @@ fn deploy_add_status_push_and_del_over_ssh_with_the_ov_binary() {
         stdout.matches(" not applied").count(),
         LAYERS.len(),
         "{stdout}"
+    );
+    // With --exit-code, a target without the deploy's layers is a difference (exit 10).
+    let out = rig.ov(&["status", DEPLOY, "--exit-code"]);
+    assert_eq!(out.status.code(), Some(10), "{}", text(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains(
+            "the target differs from what the project compiles now: `e2e-hello` not applied"
+        ),
+        "{}",
+        text(&out)
     );
     let state = rig.state_text();
     assert_others_kept(&state);

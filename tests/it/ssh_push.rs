@@ -602,6 +602,7 @@ fn vm_commands_end_to_end() {
         common: saved_only.clone(),
         bundle: Some(b.path.clone()),
         user: None,
+        exit_code: true,
     })
     .expect("status");
     run_del(&DelCommand {

@@ -221,6 +221,50 @@ mod tests {
     }
 
     #[test]
+    fn every_step_template_has_its_check_twin_and_no_check_calls_a_writing_helper() {
+        use crate::templates::EMBEDDED;
+        let names: Vec<&str> = EMBEDDED.iter().map(|(n, _)| *n).collect();
+        for (name, _) in EMBEDDED {
+            let Some(kind) = name.strip_prefix("steps/") else {
+                continue;
+            };
+            if ["header.sh.j2", "step.sh.j2", "skipped.sh.j2", "undo.sh.j2"].contains(&kind) {
+                continue;
+            }
+            assert!(
+                names.contains(&format!("check/{kind}").as_str()),
+                "steps/{kind} has no check/{kind}: `run.sh --check` could not look at the step"
+            );
+        }
+        // A check only looks: every command in a check template is a check helper (or `:`).
+        for (name, text) in EMBEDDED.iter().filter(|(n, _)| n.starts_with("check/")) {
+            for line in text.lines().map(str::trim) {
+                let first = line.split_whitespace().next().unwrap_or("");
+                let allowed = first.is_empty()
+                    || first.starts_with('#')
+                    || first.starts_with("{%")
+                    || first.starts_with("ov_check_")
+                    || [
+                        "ov_plain_account",
+                        ":",
+                        "set",
+                        "exec",
+                        "OV_CHECK_CHANGES=0",
+                        "if",
+                        "exit",
+                        "[",
+                        "e",
+                        "p",
+                    ]
+                    .contains(&first)
+                    || first.starts_with("OV_CHECK_WHAT=")
+                    || first == "{{";
+                assert!(allowed, "{name}: `{line}` is not a check helper");
+            }
+        }
+    }
+
+    #[test]
     fn every_interpolation_is_quoted_and_cannot_be_unquoted() {
         let env = engine_with("echo {{ v }} {{ v|safe if false else v }} {% autoescape false %}{{ v }}{% endautoescape %}");
         let out = env

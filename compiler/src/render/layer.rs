@@ -18,6 +18,11 @@ use crate::shell;
 const T_HEADER: &str = "steps/header.sh.j2";
 const T_STEP: &str = "steps/step.sh.j2";
 const T_SKIPPED: &str = "steps/skipped.sh.j2";
+/// The check script's own parts (`run.sh --check`); each step's check is `check/<kind>.sh.j2`,
+/// the twin of `steps/<kind>.sh.j2`, rendered with the same context.
+const T_CHECK_HEADER: &str = "check/header.sh.j2";
+const T_CHECK_STEP: &str = "check/step.sh.j2";
+const T_CHECK_FOOTER: &str = "check/footer.sh.j2";
 
 /// Payload files by path in the bundle (`files/<layer>/…`) → path on the compiling machine.
 type PayloadMap = BTreeMap<String, PathBuf>;
@@ -34,6 +39,8 @@ pub(super) struct LayerRenderer<'a> {
     dir: PathBuf,
     /// What the runnable steps carry in the bundle.
     payload: PayloadMap,
+    /// Rendering a step's check (`check/…`) instead of the step (`steps/…`).
+    checking: bool,
 }
 
 /// One line of a script: a runnable step, or a skipped one shown as a comment.
@@ -65,10 +72,19 @@ impl<'a> LayerRenderer<'a> {
             ck,
             dir: project_root.join(&lp.source),
             payload: PayloadMap::new(),
+            checking: false,
         })
     }
 
     pub(super) fn tpl(&self, name: &str, ctx: Value) -> Result<String, RenderError> {
+        let check_name;
+        let name = match name.strip_prefix("steps/") {
+            Some(rest) if self.checking => {
+                check_name = format!("check/{rest}");
+                check_name.as_str()
+            }
+            _ => name,
+        };
         self.engine.render(name, &ctx).map_err(|e| match e {
             RenderError::Template { template, source } => RenderError::LayerTemplate {
                 layer: self.lp.name.clone(),
@@ -106,15 +122,14 @@ impl<'a> LayerRenderer<'a> {
         let mut scripts = Vec::new();
         for (k, (scope, venue, items)) in groups.into_iter().enumerate() {
             let file_name = format!("{:02}-{}.sh", k + 1, scope.as_str());
-            let mut content = self.tpl(
-                T_HEADER,
-                context! {
-                    layer => &self.lp.name,
-                    scope => scope.as_str(),
-                    venue => venue.as_str(),
-                    file_name => &file_name,
-                },
-            )?;
+            let header = context! {
+                layer => &self.lp.name,
+                scope => scope.as_str(),
+                venue => venue.as_str(),
+                file_name => &file_name,
+            };
+            let mut content = self.tpl(T_HEADER, header.clone())?;
+            let mut check = self.tpl(T_CHECK_HEADER, header)?;
             let mut steps = Vec::new();
             for item in items {
                 content.push('\n');
@@ -130,6 +145,20 @@ impl<'a> LayerRenderer<'a> {
                                 kind => step.kind(),
                                 summary => step.action.summary(),
                                 body => Value::from_object(ShellFragment(body)),
+                            },
+                        )?);
+                        self.checking = true;
+                        let probe = self.step_body(i + 1, step);
+                        self.checking = false;
+                        let probe = probe?.trim_end_matches('\n').to_string();
+                        check.push('\n');
+                        check.push_str(&self.tpl(
+                            T_CHECK_STEP,
+                            context! {
+                                n => i + 1,
+                                kind => step.kind(),
+                                summary => step.action.summary(),
+                                body => Value::from_object(ShellFragment(probe)),
                             },
                         )?);
                         steps.push(step.action.summary());
@@ -148,11 +177,13 @@ impl<'a> LayerRenderer<'a> {
                     }
                 }
             }
+            check.push_str(&self.tpl(T_CHECK_FOOTER, context! {})?);
             scripts.push(RenderedScript {
                 file_name,
                 scope,
                 venue,
                 content,
+                check,
                 steps,
             });
         }

@@ -58,6 +58,8 @@ pub struct RenderedScript {
     pub venue: Venue,
     /// The script text (starts with a shebang and `set -euo pipefail`).
     pub content: String,
+    /// Its check script (`run.sh --check`): per step, what a run would change, changing nothing.
+    pub check: String,
     /// One-line summaries of the steps it performs (for the manifest and `--list`).
     pub steps: Vec<String>,
 }

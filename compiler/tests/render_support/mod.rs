@@ -864,6 +864,8 @@ pub fn all_scripts(r: &Rendered) -> Vec<(String, String)> {
         let dir = format!("layers/{:02}-{}", i + 1, l.name);
         for s in &l.scripts {
             out.push((format!("{dir}/{}", s.file_name), s.content.clone()));
+            let check = s.file_name.replace(".sh", ".check.sh");
+            out.push((format!("{dir}/{check}"), s.check.clone()));
         }
         out.push((format!("{dir}/undo.sh"), l.undo.clone()));
     }
