@@ -22,6 +22,7 @@ fn bootstrap<'a>(user: Option<&'a str>, layers: &'a [String], apply: bool) -> Bo
         test: !apply || user.is_some(),
         no_wait: true,
         force: true,
+        verbose: apply,
         user,
         test_scope: user.map(|_| "deploy"),
         test_layers: layers,
