@@ -28,6 +28,7 @@ use crate::exit::{Exit, HasExit};
 use crate::target::cloud_init::CloudInitOptions;
 use crate::target::deploy::DeployArg;
 use crate::target::resolve::ConnectOptions;
+use crate::ui::progress::Verbosity;
 use args::{BuildArgs, Cli, Command, ConnectArgs, DeliveryArgs, DeployArgs, DeployCommand};
 
 /// Parse the process arguments, run, and turn the outcome into an exit status.
@@ -68,6 +69,18 @@ fn json_errors(command: &Command) -> bool {
 
 fn run(cli: Cli) -> Result<(), CommandError> {
     let project = cli.project;
+    let verbosity = if cli.quiet {
+        Verbosity::Quiet
+    } else if cli.verbose {
+        Verbosity::Verbose
+    } else {
+        Verbosity::Normal
+    };
+    let delivery = |project: &Option<PathBuf>, args: &DeliveryArgs| Delivery {
+        selection: selection(project, &args.deploy),
+        build: build(&args.build),
+        connection: connection(&args.connect, verbosity),
+    };
     match cli.command {
         Command::Plan(args) => commands::plan::run(&PlanOptions {
             selection: selection(&project, &args.deploy),
@@ -76,6 +89,7 @@ fn run(cli: Cli) -> Result<(), CommandError> {
         Command::Compile(args) => commands::compile::run(&CompileOptions {
             selection: selection(&project, &args.deploy),
             build: build(&args.build),
+            verbosity,
             output: match (args.out_dir, args.output) {
                 (Some(dir), _) => Output::Unpacked(dir),
                 (None, Some(file)) => Output::Archive(file),
@@ -98,6 +112,7 @@ fn run(cli: Cli) -> Result<(), CommandError> {
                     dry_run: args.dry_run,
                     no_wait_lock: args.no_wait,
                     force: args.force,
+                    verbose: verbosity == Verbosity::Verbose,
                     user: args.user,
                     cloud_init: CloudInitOptions {
                         wait: !args.no_wait_cloud_init,
@@ -126,7 +141,7 @@ fn run(cli: Cli) -> Result<(), CommandError> {
         }),
         Command::Deploy(DeployCommand::Del(args)) => commands::deploy_del::run(&DelRequest {
             selection: Selection::deploy_only(project, DeployArg::parse(&args.deploy)),
-            connection: connection(&args.connect),
+            connection: connection(&args.connect, verbosity),
             options: TeardownOptions {
                 user: args.user,
                 dry_run: args.dry_run,
@@ -137,7 +152,7 @@ fn run(cli: Cli) -> Result<(), CommandError> {
         }),
         Command::Status(args) => commands::status::run(&StatusRequest {
             selection: selection(&project, &args.deploy),
-            connection: connection(&args.connect),
+            connection: connection(&args.connect, verbosity),
             user: args.user,
         }),
         Command::Completions { shell } => {
@@ -164,14 +179,6 @@ fn selection(project: &Option<PathBuf>, args: &DeployArgs) -> Selection {
     }
 }
 
-fn delivery(project: &Option<PathBuf>, args: &DeliveryArgs) -> Delivery {
-    Delivery {
-        selection: selection(project, &args.deploy),
-        build: build(&args.build),
-        connection: connection(&args.connect),
-    }
-}
-
 fn build(args: &BuildArgs) -> BuildOptions {
     BuildOptions {
         templates: args.templates.clone(),
@@ -179,7 +186,7 @@ fn build(args: &BuildArgs) -> BuildOptions {
     }
 }
 
-fn connection(args: &ConnectArgs) -> Connection {
+fn connection(args: &ConnectArgs, verbosity: Verbosity) -> Connection {
     Connection {
         ssh: ConnectOptions {
             host: args.host.clone(),
@@ -192,5 +199,6 @@ fn connection(args: &ConnectArgs) -> Connection {
         },
         wait_ssh: Duration::from_secs(args.wait_ssh),
         json: args.json,
+        verbosity,
     }
 }
