@@ -41,6 +41,8 @@ pub struct TeardownOptions {
     pub state: Option<StateTarget>,
     /// Remove the deploy.yml entry instead of keeping it (`--purge`).
     pub purge: bool,
+    /// Show every line the undo scripts print (`-v`); otherwise only a failed layer's.
+    pub verbose: bool,
 }
 
 /// What happens to one layer.
@@ -333,12 +335,19 @@ fn undo_argv(ledger: &Ledger, user: &str, id: &str, no_wait: bool) -> Vec<String
     argv
 }
 
+/// How many lines of the current layer's undo output wait to be shown if it fails.
+const HELD_LINES: usize = 200;
+
 struct TeardownSink<'a> {
     progress: &'a mut dyn Progress,
     report: TeardownReport,
     /// The plan, for the words of each layer's line (`what`: what its undo reversed, or the
     /// deploys that keep it).
     plan: TeardownPlan,
+    /// Pass every output line on at once (`-v`); otherwise the current layer's lines wait here
+    /// and are shown only if its undo fails.
+    verbose: bool,
+    held: Vec<(Stream, String)>,
 }
 
 impl Sink for TeardownSink<'_> {
@@ -379,14 +388,31 @@ impl Sink for TeardownSink<'_> {
                     }
                     _ => {}
                 }
+                match pl.event.as_str() {
+                    "undo-fail" => {
+                        for (stream, line) in std::mem::take(&mut self.held) {
+                            self.progress.event(&Event::Output { stream, line });
+                        }
+                    }
+                    "undo-layer" => self.held.clear(),
+                    _ => {}
+                }
                 self.progress.event(&Event::Run(RunEvent::from_line(pl)));
                 return;
             }
         }
-        self.progress.event(&Event::Output {
-            stream,
-            line: line.to_string(),
-        });
+        if self.verbose {
+            self.progress.event(&Event::Output {
+                stream,
+                line: line.to_string(),
+            });
+        } else {
+            // The end of a long output is what explains a failure.
+            if self.held.len() == HELD_LINES {
+                self.held.remove(0);
+            }
+            self.held.push((stream, line.to_string()));
+        }
     }
 }
 
@@ -428,6 +454,8 @@ pub fn teardown_with(
             ..Default::default()
         },
         plan: plan.clone(),
+        verbose: opts.verbose,
+        held: Vec::new(),
     };
     if !ledger.has_undo_script {
         return Err(TeardownError::NoUndoScript {
@@ -452,6 +480,9 @@ pub fn teardown_with(
         status = out.status;
         stderr = out.stderr_text();
         if status != Some(0) {
+            for (stream, line) in std::mem::take(&mut sink.held) {
+                sink.progress.event(&Event::Output { stream, line });
+            }
             break;
         }
     }

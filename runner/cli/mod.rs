@@ -147,6 +147,7 @@ fn run(cli: Cli) -> Result<(), CommandError> {
                 dry_run: args.dry_run,
                 no_wait_lock: args.no_wait,
                 purge: args.purge,
+                verbose: verbosity == Verbosity::Verbose,
                 ..TeardownOptions::default()
             },
         }),

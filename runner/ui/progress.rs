@@ -548,6 +548,12 @@ impl Display {
                 | RunEvent::StepError { .. }
                 | RunEvent::StepLog { .. } => Vec::new(),
                 RunEvent::Other(l) if l.event.starts_with("undo-") => undo_text(l),
+                // The upload arrived intact (a mismatch fails the push and says so).
+                RunEvent::Other(l)
+                    if !verbose && l.event == "upload-check" && l.get("result") == Some("ok") =>
+                {
+                    Vec::new()
+                }
                 _ => plain_text(ev).into_iter().collect(),
             },
             Event::Output { line, .. } => match line.strip_prefix("ov: step ") {
