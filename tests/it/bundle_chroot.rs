@@ -338,8 +338,14 @@ fn a_failed_layer_stops_the_run_and_the_next_run_resumes_there() {
         "the layer's own message is shown: {}",
         text(&out)
     );
+    // The trap's note is in the run's log (root's), not repeated among the last lines.
     let note = format!("ov: failed with status 42 at line {line}: exit 42");
-    assert!(log.contains(&note.as_str()), "{log:?}");
+    assert!(!log.contains(&note.as_str()), "{log:?}");
+    assert!(
+        root.sh(&format!("cat {LEDGER}/logs/{id}.log"))
+            .contains(&note),
+        "the log holds the trap's note"
+    );
     assert_eq!(
         end(&out.stdout).get("result").map(String::as_str),
         Some("fail")
