@@ -981,4 +981,33 @@ mod tests {
         let plan = dry_run("t", None, &bundle, &opts).expect("renders");
         assert_eq!(plan.bootstrap, "echo replaced 'b c.tar.gz'\n");
     }
+
+    #[test]
+    fn a_failure_names_the_command_the_script_the_log_and_how_to_resume() {
+        let f = StepFailure {
+            layer: "a".into(),
+            script: "01-system.sh".into(),
+            status: 100,
+            tail: vec!["E: Unable to locate package nope".into()],
+            path: "layers/1-a/01-system.sh".into(),
+            log: "/var/lib/overthink/installed/u/logs/abc.log".into(),
+            command: Some("\"${apt[@]}\" install nope".into()),
+            line: Some(12),
+            inner: "lib.sh:812".into(),
+        };
+        let e = PushError::StepFailed {
+            target: "u@h:22".into(),
+            failure: Box::new(f),
+        };
+        assert_eq!(
+            e.to_string(),
+            "layer `a` failed on u@h:22: script `01-system.sh` exited with status 100
+  failed command: \"${apt[@]}\" install nope
+  in the bundle: layers/1-a/01-system.sh line 12 (the command is at lib.sh line 812)
+  last output:
+    E: Unable to locate package nope
+  the whole output is in /var/lib/overthink/installed/u/logs/abc.log on the target
+  fix, then push again to resume: the layers already applied are skipped"
+        );
+    }
 }

@@ -926,4 +926,88 @@ mod tests {
         .to_json();
         assert_eq!(v["stream"], "stderr");
     }
+
+    /// Feed `lines` (progress lines or plain output) to a plain display; its lines.
+    fn shown(verbosity: Verbosity, lines: &[&str]) -> Vec<String> {
+        let mut d = Display::with_verbosity(DisplayMode::Plain, verbosity);
+        let mut out = Vec::new();
+        for l in lines {
+            let ev = match ProgressLine::parse(l) {
+                Some(pl) => Event::Run(RunEvent::from_line(pl)),
+                None => Event::Output {
+                    stream: Stream::Stdout,
+                    line: l.to_string(),
+                },
+            };
+            d.track(&ev);
+            out.extend(d.human_lines(&ev));
+        }
+        out
+    }
+
+    const RUN: &[&str] = &[
+        "::ov:: begin deploy=vm:x layers=3",
+        "::ov:: layer-skip layer=base reason=applied",
+        "::ov:: layer-start layer=ux-motd n=2 of=3",
+        "::ov:: script-start layer=ux-motd script=01-system.sh",
+        "ov: step 1: write /etc/motd",
+        "apt says something",
+        "::ov:: script-end layer=ux-motd script=01-system.sh status=0 secs=75",
+        "::ov:: layer-done layer=ux-motd secs=75",
+        "::ov:: layer-start layer=late n=3 of=3",
+        "::ov:: script-start layer=late script=01-system.sh",
+        "::ov:: script-end layer=late script=01-system.sh status=3 secs=0",
+        "::ov:: step-error layer=late script=01-system.sh path=layers/3-late/01-system.sh status=3 line=9 in= msg=false",
+        "::ov:: step-log layer=late script=01-system.sh msg=boom",
+        "::ov:: layer-fail layer=late script=01-system.sh status=3 path=layers/3-late/01-system.sh log=/l",
+        "::ov:: end result=fail applied=1 skipped=1 msg=layer late failed",
+    ];
+
+    #[test]
+    fn the_counter_names_the_current_layer_and_step_lines_their_layer() {
+        assert_eq!(
+            shown(Verbosity::Normal, RUN),
+            [
+                "deploy vm:x: 3 layer(s)",
+                "[1/3] base skipped (applied)",
+                "[2/3] ux-motd",
+                "  ux-motd · step 1: write /etc/motd",
+                "apt says something",
+                "[2/3] ux-motd done in 1m15s",
+                "[3/3] late",
+                "[3/3] late FAILED: 01-system.sh exited with status 3",
+            ]
+        );
+    }
+
+    #[test]
+    fn quiet_shows_no_progress_and_verbose_each_script_end() {
+        assert!(shown(Verbosity::Quiet, RUN).is_empty());
+        let v = shown(Verbosity::Verbose, RUN);
+        assert!(
+            v.contains(&"  ux-motd/01-system.sh: status 0 in 75s".to_string()),
+            "{v:?}"
+        );
+        assert_eq!(
+            v.last().map(String::as_str),
+            Some("failed: 1 applied, 1 skipped")
+        );
+    }
+
+    #[test]
+    fn failure_events_are_typed() {
+        let ev = |s: &str| RunEvent::from_line(ProgressLine::parse(s).expect("line"));
+        assert_eq!(
+            ev("::ov:: step-error layer=a script=01-system.sh path=layers/1-a/01-system.sh status=100 line= in=lib.sh:812 msg=apt-get install -y x"),
+            RunEvent::StepError {
+                layer: "a".into(),
+                script: "01-system.sh".into(),
+                path: "layers/1-a/01-system.sh".into(),
+                status: 100,
+                line: None,
+                inner: "lib.sh:812".into(),
+                command: "apt-get install -y x".into(),
+            }
+        );
+    }
 }
