@@ -213,6 +213,50 @@ pub fn open_bundle_with(path: &Path, limits: &Limits) -> Result<BundleInfo, Bund
 
 /// A manifest of the shape `ov compile` writes, for the runner's unit tests: `layers` as
 /// (name, digest), in install order.
+/// The steps a closed gate left out of a bundle, per gate (the flag without dashes that opens
+/// it, e.g. `allow-root-tasks`): how many, and in which layers.
+pub fn gated_off(manifest: &Manifest) -> std::collections::BTreeMap<String, (usize, Vec<String>)> {
+    let mut out: std::collections::BTreeMap<String, (usize, Vec<String>)> = Default::default();
+    for layer in &manifest.layers {
+        for step in &layer.skipped {
+            let Some(gate) = &step.enable_with else {
+                continue;
+            };
+            let entry = out.entry(gate.clone()).or_default();
+            entry.0 += 1;
+            if !entry.1.contains(&layer.name) {
+                entry.1.push(layer.name.clone());
+            }
+        }
+    }
+    out
+}
+
+/// One line saying which steps closed gates left out and the flag that opens each gate
+/// (`None`: none left out), e.g. `2 step(s) left out by closed gates: 2 need
+/// --allow-root-tasks (e2e-task); \`ov plan\` lists them`.
+pub fn gated_off_summary(manifest: &Manifest) -> Option<String> {
+    let gated = gated_off(manifest);
+    let total: usize = gated.values().map(|(n, _)| n).sum();
+    if total == 0 {
+        return None;
+    }
+    let parts: Vec<String> = gated
+        .iter()
+        .map(|(gate, (n, layers))| {
+            format!(
+                "{n} need{} --{gate} ({})",
+                if *n == 1 { "s" } else { "" },
+                layers.join(", ")
+            )
+        })
+        .collect();
+    Some(format!(
+        "{total} step(s) left out because a gate is closed: {}; `ov plan` lists them",
+        parts.join(", ")
+    ))
+}
+
 #[cfg(test)]
 pub(crate) fn test_manifest(
     deploy: &str,

@@ -49,6 +49,8 @@ pub struct Bootstrap<'a> {
     pub no_wait: bool,
     /// `--force` for `run.sh`: re-run layers already applied.
     pub force: bool,
+    /// `--verbose` for `run.sh`: stream every line the steps print.
+    pub verbose: bool,
     /// `--user` for `run.sh`, when given.
     pub user: Option<&'a str>,
     /// `--scope` for `run.sh --test`, when given.

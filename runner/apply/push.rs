@@ -118,6 +118,9 @@ pub struct PushOptions {
     pub test: TestFilter,
     /// `--templates DIR`: replacements for the target-side scripts of `templates/remote/`.
     pub templates: Option<PathBuf>,
+    /// Stream every line the steps print (`-v`: `run.sh --verbose`); otherwise the target keeps
+    /// them in the run's log and sends the step lines only (and a failed script's last lines).
+    pub verbose: bool,
 }
 
 impl PushOptions {
@@ -136,12 +139,13 @@ impl PushOptions {
             mode: RunMode::Apply,
             test: TestFilter::default(),
             templates: None,
+            verbose: false,
         }
     }
 }
 
 /// Details of a failed layer.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct StepFailure {
     pub layer: String,
     /// Script file.
@@ -150,6 +154,51 @@ pub struct StepFailure {
     pub status: i64,
     /// The last lines it printed.
     pub tail: Vec<String>,
+    /// The script's path inside the bundle (`layers/NN-<layer>/MM-<scope>.sh`; empty from an
+    /// older runtime).
+    pub path: String,
+    /// The run's log on the target (empty from an older runtime).
+    pub log: String,
+    /// The command that failed, as its script's ERR trap saw it.
+    pub command: Option<String>,
+    /// Its line in the script, when known.
+    pub line: Option<u64>,
+    /// Where the command is when it is in another file than the script (`lib.sh:812`).
+    pub inner: String,
+}
+
+impl StepFailure {
+    /// What a person needs to fix it: the command and where, the last lines, the log, and how to
+    /// resume.
+    fn details(&self) -> String {
+        let mut s = String::new();
+        if let Some(cmd) = &self.command {
+            s.push_str(&format!("\n  failed command: {cmd}"));
+        }
+        let place = match (self.path.is_empty(), self.line) {
+            (false, Some(n)) => format!("{} line {n}", self.path),
+            (false, None) => self.path.clone(),
+            (true, _) => String::new(),
+        };
+        if !place.is_empty() {
+            s.push_str(&format!("\n  in the bundle: {place}"));
+            if !self.inner.is_empty() {
+                s.push_str(&format!(
+                    " (the command is at {})",
+                    self.inner.replacen(':', " line ", 1)
+                ));
+            }
+        }
+        s.push_str(&tail_text(&self.tail));
+        if !self.log.is_empty() {
+            s.push_str(&format!(
+                "\n  the whole output is in {} on the target",
+                self.log
+            ));
+        }
+        s.push_str("\n  fix, then push again to resume: the layers already applied are skipped");
+        s
+    }
 }
 
 /// Why a push failed.
@@ -184,11 +233,11 @@ pub enum PushError {
         tail: Vec<String>,
     },
     /// A layer's script failed.
-    #[error("layer `{}` failed on {target}: script `{}` exited with status {}{}", .failure.layer, .failure.script, .failure.status, tail_text(&.failure.tail))]
+    #[error("layer `{}` failed on {target}: script `{}` exited with status {}{}", .failure.layer, .failure.script, .failure.status, .failure.details())]
     StepFailed {
         target: String,
         /// What failed.
-        failure: StepFailure,
+        failure: Box<StepFailure>,
     },
     /// Another run holds the lock.
     #[error("the ledger on {target} is locked by another run (retry later, or push without `--no-wait` to wait for it)")]
@@ -463,6 +512,7 @@ pub fn bootstrap_script(
             test: opts.mode.tests_run(),
             no_wait: opts.no_wait_lock,
             force: opts.force,
+            verbose: opts.verbose,
             user: opts.user.as_deref(),
             test_scope: opts.test.scope.as_deref(),
             test_layers: &opts.test.layers,
@@ -554,6 +604,10 @@ struct RunSink<'a> {
     ledger: LedgerLines,
     checks: Vec<CheckResult>,
     test_end: Option<(u64, u64, u64)>,
+    /// The failed script's last lines and failing command, as the target read them from the
+    /// run's log (`step-log`, `step-error`).
+    step_log: Vec<String>,
+    step_error: Option<RunEvent>,
 }
 
 impl<'a> RunSink<'a> {
@@ -569,6 +623,8 @@ impl<'a> RunSink<'a> {
             ledger: LedgerLines::default(),
             checks: Vec::new(),
             test_end: None,
+            step_log: Vec::new(),
+            step_error: None,
         }
     }
 
@@ -590,17 +646,36 @@ impl Sink for RunSink<'_> {
                 let ev = RunEvent::from_line(pl);
                 match &ev {
                     RunEvent::ScriptStart { .. } => self.tail.clear(),
+                    RunEvent::StepLog { line, .. } => self.step_log.push(line.clone()),
+                    RunEvent::StepError { .. } => self.step_error = Some(ev.clone()),
                     RunEvent::LayerFail {
                         layer,
                         script,
                         status,
+                        path,
+                        log,
                     } => {
-                        self.failure = Some(StepFailure {
+                        let mut failure = StepFailure {
                             layer: layer.clone(),
                             script: script.clone(),
                             status: *status,
                             tail: self.tail.iter().cloned().collect(),
-                        })
+                            path: path.clone(),
+                            log: log.clone(),
+                            ..StepFailure::default()
+                        };
+                        if let Some(RunEvent::StepError {
+                            line,
+                            inner,
+                            command,
+                            ..
+                        }) = self.step_error.take()
+                        {
+                            failure.command = Some(command);
+                            failure.line = line;
+                            failure.inner = inner;
+                        }
+                        self.failure = Some(failure);
                     }
                     RunEvent::End {
                         ok,
@@ -654,6 +729,15 @@ pub fn push_with(
     progress: &mut dyn Progress,
 ) -> Result<PushReport, PushError> {
     let target = exec.describe();
+    if opts.mode.applies() {
+        if let Some(msg) = crate::bundle::gated_off_summary(&bundle.manifest) {
+            let gates = crate::bundle::gated_off(&bundle.manifest)
+                .into_iter()
+                .map(|(gate, (n, _))| (gate, n))
+                .collect();
+            progress.event(&Event::GatedOff { gates, msg });
+        }
+    }
 
     // 1. What is there: login user, cloud-init, sudo.
     let engine = Engine::new(opts.templates.as_deref())?;
@@ -706,11 +790,16 @@ pub fn push_with(
     };
     let status = out.status.unwrap_or(-1);
     let tail: Vec<String> = sink.tail.iter().cloned().collect();
-    // stderr travels on its own channel, so the failed script's last stderr lines may arrive
-    // after the `layer-fail` line; no script starts after a failure, so the tail as it stands
-    // now is the failed script's output.
+    // The failed script's last lines come from the run's log on the target (`step-log`). From
+    // a runtime that streams instead: stderr travels on its own channel, so the failed script's
+    // last stderr lines may arrive after the `layer-fail` line; no script starts after a
+    // failure, so the tail as it stands now is the failed script's output.
     if let Some(failure) = sink.failure.as_mut() {
-        failure.tail = tail.clone();
+        failure.tail = if sink.step_log.is_empty() {
+            tail.clone()
+        } else {
+            sink.step_log.clone()
+        };
     }
     // run.sh --test exits 9 when a check failed: the run itself went well, the report says the rest.
     let checks = sink.test_end.map(|(pass, fail, skip)| CheckReport {
@@ -738,12 +827,10 @@ pub fn push_with(
         (4, _) if sink.failure.is_some() => {
             return Err(PushError::StepFailed {
                 target,
-                failure: sink.failure.take().unwrap_or_else(|| StepFailure {
-                    layer: String::new(),
-                    script: String::new(),
+                failure: Box::new(sink.failure.take().unwrap_or_else(|| StepFailure {
                     status: 4,
-                    tail: Vec::new(),
-                }),
+                    ..StepFailure::default()
+                })),
             })
         }
         (5, _) => return Err(PushError::Locked { target }),
@@ -762,7 +849,10 @@ pub fn push_with(
         }
         _ => {
             if let Some(failure) = sink.failure.take() {
-                return Err(PushError::StepFailed { target, failure });
+                return Err(PushError::StepFailed {
+                    target,
+                    failure: Box::new(failure),
+                });
             }
             return Err(PushError::RunFailed {
                 target,
@@ -890,5 +980,34 @@ mod tests {
         opts.templates = Some(d.path().to_path_buf());
         let plan = dry_run("t", None, &bundle, &opts).expect("renders");
         assert_eq!(plan.bootstrap, "echo replaced 'b c.tar.gz'\n");
+    }
+
+    #[test]
+    fn a_failure_names_the_command_the_script_the_log_and_how_to_resume() {
+        let f = StepFailure {
+            layer: "a".into(),
+            script: "01-system.sh".into(),
+            status: 100,
+            tail: vec!["E: Unable to locate package nope".into()],
+            path: "layers/1-a/01-system.sh".into(),
+            log: "/var/lib/overthink/installed/u/logs/abc.log".into(),
+            command: Some("\"${apt[@]}\" install nope".into()),
+            line: Some(12),
+            inner: "lib.sh:812".into(),
+        };
+        let e = PushError::StepFailed {
+            target: "u@h:22".into(),
+            failure: Box::new(f),
+        };
+        assert_eq!(
+            e.to_string(),
+            "layer `a` failed on u@h:22: script `01-system.sh` exited with status 100
+  failed command: \"${apt[@]}\" install nope
+  in the bundle: layers/1-a/01-system.sh line 12 (the command is at lib.sh line 812)
+  last output:
+    E: Unable to locate package nope
+  the whole output is in /var/lib/overthink/installed/u/logs/abc.log on the target
+  fix, then push again to resume: the layers already applied are skipped"
+        );
     }
 }

@@ -14,9 +14,10 @@ use crate::ssh::endpoint::Target;
 use crate::ssh::error::ConnectError;
 use crate::ssh::exec::{join, As, ExecError, Executor, Input, Request, Sink};
 use crate::ssh::master::SshExecutor;
-use crate::target::ledger::{read_ledger, Ledger, LedgerError};
+use crate::target::ledger::{read_ledger, LayerRecord, Ledger, LedgerError};
 use crate::target::state::{load_vm_state, remove_entry, save_vm_state, StateError, VmState};
 use crate::ui::progress::{Event, Progress, ProgressLine, RunEvent, Stream};
+use serde_json::Value;
 
 /// The fence lines of the shell managed block in the user's profile (docs/bundle-runtime.md).
 pub const BLOCK_BEGIN: &str = "# overthink:begin (managed by ov; do not edit inside this block)";
@@ -40,6 +41,8 @@ pub struct TeardownOptions {
     pub state: Option<StateTarget>,
     /// Remove the deploy.yml entry instead of keeping it (`--purge`).
     pub purge: bool,
+    /// Show every line the undo scripts print (`-v`); otherwise only a failed layer's.
+    pub verbose: bool,
 }
 
 /// What happens to one layer.
@@ -64,6 +67,77 @@ pub struct TeardownPlan {
     pub actions: Vec<LayerAction>,
     /// The commands that perform them (as root), one per deploy.
     pub script: String,
+    /// Per layer to undo, what its undo reverses, in words, in the order it runs them
+    /// ([`reverse_ops_text`]).
+    pub reverse: std::collections::BTreeMap<String, Vec<String>>,
+}
+
+/// What a layer's undo reverses, in words, from its ledger record: its reverse operations
+/// last-to-first (the order its `undo.sh` runs them), then the empty directories it made.
+pub fn reverse_ops_text(rec: &LayerRecord) -> Vec<String> {
+    let list = |v: &Value| -> String {
+        v.as_array()
+            .map(|a| {
+                a.iter()
+                    .filter_map(Value::as_str)
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            })
+            .unwrap_or_default()
+    };
+    let mut out: Vec<String> = Vec::new();
+    let ops = rec
+        .extra
+        .get("reverse_ops")
+        .and_then(Value::as_array)
+        .cloned()
+        .unwrap_or_default();
+    for op in ops.iter().rev() {
+        let kind = op["kind"].as_str().unwrap_or("?");
+        let targets = list(&op["targets"]);
+        let as_user = op["scope"].as_str().is_some_and(|s| s.starts_with("user"));
+        let text = match kind {
+            "package-remove" => format!(
+                "remove packages {targets}{} (with the dependencies they pulled in that nothing else needs)",
+                op["format"]
+                    .as_str()
+                    .map(|f| format!(" ({f})"))
+                    .unwrap_or_default()
+            ),
+            "cargo-uninstall" => format!("cargo uninstall {targets}"),
+            "npm-uninstall-g" => format!("npm uninstall -g {targets}"),
+            "pixi-env-remove" => format!("remove the pixi environment {targets}"),
+            "rm-file-system" | "rm-file-user" => format!(
+                "remove {targets}{} (or put back what it replaced)",
+                if as_user { " as the user" } else { "" }
+            ),
+            "rm-dir-recursive" => format!("remove the directory tree {targets}"),
+            "service-disable" => format!("disable and stop {targets}"),
+            "service-remove" => format!("remove the unit file {targets}"),
+            "remove-dropin" => format!("remove the drop-in {targets}"),
+            "restore-enabled" => format!("enable {targets} again (it was enabled before)"),
+            "remove-managed-block" => {
+                "strip the managed block from ~/.profile and ~/.bashrc (when no layer is left)"
+                    .to_string()
+            }
+            "remove-envd-file" => format!("remove the env.d file {targets}"),
+            "remove-repo-file" => format!("remove the repository file {targets}"),
+            "copr-disable" => format!("disable the copr {targets}"),
+            other => format!("{other} {targets}"),
+        };
+        if !out.contains(&text) {
+            out.push(text);
+        }
+    }
+    for (key, who) in [("created_dirs", ""), ("user_created_dirs", " as the user")] {
+        let dirs = rec.extra.get(key).map(list).unwrap_or_default();
+        if !dirs.is_empty() {
+            out.push(format!(
+                "remove the directories it made{who}, if empty: {dirs}"
+            ));
+        }
+    }
+    out
 }
 
 /// What a teardown did.
@@ -206,6 +280,7 @@ pub fn plan(
     }
 
     let mut actions = Vec::new();
+    let mut reverse = std::collections::BTreeMap::new();
     for layer in &order {
         let Some(rec) = ledger.layers.get(layer) else {
             continue;
@@ -220,6 +295,7 @@ pub fn plan(
             .cloned()
             .collect();
         if remaining.is_empty() {
+            reverse.insert(layer.clone(), reverse_ops_text(rec));
             actions.push(LayerAction::Undo {
                 layer: layer.clone(),
             });
@@ -239,6 +315,7 @@ pub fn plan(
         deploy_ids: ids,
         actions,
         script,
+        reverse,
     }))
 }
 
@@ -258,16 +335,50 @@ fn undo_argv(ledger: &Ledger, user: &str, id: &str, no_wait: bool) -> Vec<String
     argv
 }
 
+/// How many lines of the current layer's undo output wait to be shown if it fails.
+const HELD_LINES: usize = 200;
+
 struct TeardownSink<'a> {
     progress: &'a mut dyn Progress,
     report: TeardownReport,
+    /// The plan, for the words of each layer's line (`what`: what its undo reversed, or the
+    /// deploys that keep it).
+    plan: TeardownPlan,
+    /// Pass every output line on at once (`-v`); otherwise the current layer's lines wait here
+    /// and are shown only if its undo fails.
+    verbose: bool,
+    held: Vec<(Stream, String)>,
 }
 
 impl Sink for TeardownSink<'_> {
     fn line(&mut self, stream: Stream, line: &str) {
         if stream == Stream::Stdout {
-            if let Some(pl) = ProgressLine::parse(line) {
+            if let Some(mut pl) = ProgressLine::parse(line) {
                 let layer = pl.get("layer").unwrap_or_default().to_string();
+                let what = match pl.get("action") {
+                    Some("removed") if pl.event == "undo-layer" => {
+                        self.plan.reverse.get(&layer).map(|ops| ops.join("; "))
+                    }
+                    Some("release") if pl.event == "undo-layer" => {
+                        self.plan.actions.iter().find_map(|a| match a {
+                            LayerAction::Release {
+                                layer: l,
+                                remaining,
+                            } if *l == layer => Some(remaining.join(", ")),
+                            _ => None,
+                        })
+                    }
+                    _ => None,
+                };
+                // Before any `msg=` (the protocol keeps it last).
+                if let Some(what) = what.filter(|w| !w.is_empty()) {
+                    let at = pl
+                        .fields
+                        .iter()
+                        .position(|(k, _)| k == "msg")
+                        .unwrap_or(pl.fields.len());
+                    pl.fields.insert(at, ("what".into(), what));
+                }
                 match (pl.event.as_str(), pl.get("action")) {
                     ("undo-layer", Some("removed")) => self.report.undone.push(layer),
                     ("undo-layer", Some("release")) => self.report.released.push(layer),
@@ -277,14 +388,31 @@ impl Sink for TeardownSink<'_> {
                     }
                     _ => {}
                 }
+                match pl.event.as_str() {
+                    "undo-fail" => {
+                        for (stream, line) in std::mem::take(&mut self.held) {
+                            self.progress.event(&Event::Output { stream, line });
+                        }
+                    }
+                    "undo-layer" => self.held.clear(),
+                    _ => {}
+                }
                 self.progress.event(&Event::Run(RunEvent::from_line(pl)));
                 return;
             }
         }
-        self.progress.event(&Event::Output {
-            stream,
-            line: line.to_string(),
-        });
+        if self.verbose {
+            self.progress.event(&Event::Output {
+                stream,
+                line: line.to_string(),
+            });
+        } else {
+            // The end of a long output is what explains a failure.
+            if self.held.len() == HELD_LINES {
+                self.held.remove(0);
+            }
+            self.held.push((stream, line.to_string()));
+        }
     }
 }
 
@@ -325,6 +453,9 @@ pub fn teardown_with(
             deploy_ids: plan.deploy_ids.clone(),
             ..Default::default()
         },
+        plan: plan.clone(),
+        verbose: opts.verbose,
+        held: Vec::new(),
     };
     if !ledger.has_undo_script {
         return Err(TeardownError::NoUndoScript {
@@ -349,6 +480,9 @@ pub fn teardown_with(
         status = out.status;
         stderr = out.stderr_text();
         if status != Some(0) {
+            for (stream, line) in std::mem::take(&mut sink.held) {
+                sink.progress.event(&Event::Output { stream, line });
+            }
             break;
         }
     }

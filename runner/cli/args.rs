@@ -24,6 +24,15 @@ pub struct Cli {
     #[arg(short = 'C', long = "project", global = true, value_name = "DIR")]
     pub project: Option<PathBuf>,
 
+    /// Print only the result and errors (no progress lines).
+    #[arg(short = 'q', long, global = true, conflicts_with = "verbose")]
+    pub quiet: bool,
+
+    /// Print every line the steps print on the target (default: a line per layer and per step;
+    /// the steps' whole output is kept in a log on the target, shown in part when a step fails).
+    #[arg(short = 'v', long, global = true)]
+    pub verbose: bool,
+
     #[command(subcommand)]
     pub command: Command,
 }

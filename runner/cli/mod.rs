@@ -29,6 +29,7 @@ use crate::exit::{Exit, HasExit};
 use crate::target::cloud_init::CloudInitOptions;
 use crate::target::deploy::DeployArg;
 use crate::target::resolve::ConnectOptions;
+use crate::ui::progress::Verbosity;
 use args::{BuildArgs, Cli, Command, ConnectArgs, DeliveryArgs, DeployArgs, DeployCommand};
 
 /// Parse the process arguments, run, and turn the outcome into an exit status.
@@ -72,6 +73,18 @@ fn json_errors(command: &Command) -> bool {
 
 fn run(cli: Cli) -> Result<(), CommandError> {
     let project = cli.project;
+    let verbosity = if cli.quiet {
+        Verbosity::Quiet
+    } else if cli.verbose {
+        Verbosity::Verbose
+    } else {
+        Verbosity::Normal
+    };
+    let delivery = |project: &Option<PathBuf>, args: &DeliveryArgs| Delivery {
+        selection: selection(project, &args.deploy),
+        build: build(&args.build),
+        connection: connection(&args.connect, verbosity),
+    };
     match cli.command {
         Command::Plan(args) => commands::plan::run(&PlanOptions {
             selection: selection(&project, &args.deploy),
@@ -80,6 +93,7 @@ fn run(cli: Cli) -> Result<(), CommandError> {
         Command::Compile(args) => commands::compile::run(&CompileOptions {
             selection: selection(&project, &args.deploy),
             build: build(&args.build),
+            verbosity,
             output: match (args.out_dir, args.output) {
                 (Some(dir), _) => Output::Unpacked(dir),
                 (None, Some(file)) => Output::Archive(file),
@@ -102,6 +116,7 @@ fn run(cli: Cli) -> Result<(), CommandError> {
                     dry_run: args.dry_run,
                     no_wait_lock: args.no_wait,
                     force: args.force,
+                    verbose: verbosity == Verbosity::Verbose,
                     user: args.user,
                     cloud_init: CloudInitOptions {
                         wait: !args.no_wait_cloud_init,
@@ -130,18 +145,19 @@ fn run(cli: Cli) -> Result<(), CommandError> {
         }),
         Command::Deploy(DeployCommand::Del(args)) => commands::deploy_del::run(&DelRequest {
             selection: Selection::deploy_only(project, DeployArg::parse(&args.deploy)),
-            connection: connection(&args.connect),
+            connection: connection(&args.connect, verbosity),
             options: TeardownOptions {
                 user: args.user,
                 dry_run: args.dry_run,
                 no_wait_lock: args.no_wait,
                 purge: args.purge,
+                verbose: verbosity == Verbosity::Verbose,
                 ..TeardownOptions::default()
             },
         }),
         Command::Status(args) => commands::status::run(&StatusRequest {
             selection: selection(&project, &args.deploy),
-            connection: connection(&args.connect),
+            connection: connection(&args.connect, verbosity),
             user: args.user,
             exit_code: args.exit_code,
         }),
@@ -178,14 +194,6 @@ fn selection(project: &Option<PathBuf>, args: &DeployArgs) -> Selection {
     }
 }
 
-fn delivery(project: &Option<PathBuf>, args: &DeliveryArgs) -> Delivery {
-    Delivery {
-        selection: selection(project, &args.deploy),
-        build: build(&args.build),
-        connection: connection(&args.connect),
-    }
-}
-
 fn build(args: &BuildArgs) -> BuildOptions {
     BuildOptions {
         templates: args.templates.clone(),
@@ -193,7 +201,7 @@ fn build(args: &BuildArgs) -> BuildOptions {
     }
 }
 
-fn connection(args: &ConnectArgs) -> Connection {
+fn connection(args: &ConnectArgs, verbosity: Verbosity) -> Connection {
     Connection {
         ssh: ConnectOptions {
             host: args.host.clone(),
@@ -206,5 +214,6 @@ fn connection(args: &ConnectArgs) -> Connection {
         },
         wait_ssh: Duration::from_secs(args.wait_ssh),
         json: args.json,
+        verbosity,
     }
 }

@@ -8,6 +8,7 @@ use ov_compiler::bundle;
 
 use crate::commands::project::{resolve, BuildOptions, Selection};
 use crate::commands::CommandError;
+use crate::ui::progress::Verbosity;
 
 /// Where `ov compile` writes.
 #[derive(Debug, Clone)]
@@ -29,11 +30,19 @@ pub struct CompileOptions {
     pub build: BuildOptions,
     /// Where to write.
     pub output: Output,
+    /// `-q`: no note about steps left out by closed gates.
+    pub verbosity: Verbosity,
 }
 
 /// `ov compile`: write the archive (and `.sha256`) or the unpacked tree; print where and the digest.
 pub fn run(opts: &CompileOptions) -> Result<(), CommandError> {
     let bundle = resolve(&opts.selection)?.compile(&opts.build)?;
+    // Steps a closed gate leaves out are easy to miss: say so, with the flag, once.
+    if opts.verbosity > Verbosity::Quiet {
+        if let Some(msg) = crate::bundle::gated_off_summary(&bundle.manifest) {
+            eprintln!("note: {msg}");
+        }
+    }
     let out = match &opts.output {
         Output::Unpacked(dir) => {
             let top = bundle::write_unpacked(&bundle, dir).map_err(CommandError::Write)?;

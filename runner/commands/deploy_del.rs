@@ -5,7 +5,7 @@
 use serde_json::json;
 
 use crate::apply::teardown::{
-    teardown, teardown_with, LayerAction, TeardownOptions, TeardownReport,
+    teardown, teardown_with, LayerAction, TeardownOptions, TeardownPlan, TeardownReport,
 };
 use crate::commands::project::{resolve, Selection};
 use crate::commands::{
@@ -44,7 +44,7 @@ pub type DelCommand = OnTarget<TeardownOptions>;
 
 /// Tear the deploy down on its target from the target's own ledger.
 pub fn del(cmd: &DelCommand) -> Result<(), CommandError> {
-    with_display(cmd.common.json, |display| del_inner(cmd, display))
+    with_display(&cmd.common, |display| del_inner(cmd, display))
 }
 
 fn del_inner(cmd: &DelCommand, display: &mut Display) -> Result<(), CommandError> {
@@ -67,31 +67,16 @@ fn del_inner(cmd: &DelCommand, display: &mut Display) -> Result<(), CommandError
                 "{}",
                 json!({"event": "dry-run", "deploy_ids": plan.deploy_ids,
                        "actions": plan.actions.iter().map(|a| format!("{a:?}")).collect::<Vec<_>>(),
+                       "layers": plan.actions.iter().map(|a| match a {
+                           LayerAction::Undo { layer } => json!({"layer": layer, "action": "undo",
+                               "reverse": plan.reverse.get(layer).cloned().unwrap_or_default()}),
+                           LayerAction::Release { layer, remaining } => json!({"layer": layer,
+                               "action": "release", "remaining": remaining}),
+                       }).collect::<Vec<_>>(),
                        "script": plan.script})
             );
         } else {
-            println!(
-                "would tear down {} ({} layer action(s)):",
-                plan.deploy_ids.join(", "),
-                plan.actions.len()
-            );
-            for a in &plan.actions {
-                match a {
-                    LayerAction::Undo { layer } => {
-                        println!("  undo     {layer}")
-                    }
-                    LayerAction::Release { layer, remaining } => {
-                        println!(
-                            "  release  {layer} (still used by {})",
-                            remaining.join(", ")
-                        )
-                    }
-                }
-            }
-            println!(
-                "--- script (stdin of `sudo -n bash -s`) ---\n{}",
-                plan.script
-            );
+            print!("{}", dry_run_text(plan));
         }
         return Ok(());
     }
@@ -102,6 +87,7 @@ fn del_inner(cmd: &DelCommand, display: &mut Display) -> Result<(), CommandError
                    "released": report.released, "nothing_recorded": report.nothing_recorded})
         );
     } else if !report.nothing_recorded {
+        display.finish();
         eprintln!(
             "removed {}: {} layer(s) undone, {} still used by other deploys",
             report.deploy_ids.join(", "),
@@ -110,4 +96,33 @@ fn del_inner(cmd: &DelCommand, display: &mut Display) -> Result<(), CommandError
         );
     }
     Ok(())
+}
+
+/// `ov deploy del --dry-run` in words: per layer, in the order they would go, what its undo
+/// reverses (or which deploys keep it).
+fn dry_run_text(plan: &TeardownPlan) -> String {
+    let mut s = format!(
+        "would remove deploy {} ({} layer(s), last installed first):\n",
+        plan.deploy_ids.join(", "),
+        plan.actions.len()
+    );
+    for a in &plan.actions {
+        match a {
+            LayerAction::Undo { layer } => {
+                s.push_str(&format!("  undo {layer}\n"));
+                let ops = plan.reverse.get(layer).cloned().unwrap_or_default();
+                if ops.is_empty() {
+                    s.push_str("      (it recorded nothing to reverse; its records go)\n");
+                }
+                for op in ops {
+                    s.push_str(&format!("      {op}\n"));
+                }
+            }
+            LayerAction::Release { layer, remaining } => s.push_str(&format!(
+                "  keep {layer}: still used by {}; only this deploy is taken off its record\n",
+                remaining.join(", ")
+            )),
+        }
+    }
+    s
 }

@@ -31,7 +31,7 @@ use crate::ssh::exec::LocalExecutor;
 use crate::target::deploy::{state_key, DeployTarget, Machine};
 use crate::target::resolve::{resolve, ConnectOptions, Paths};
 use crate::target::state::load_vm_state;
-use crate::ui::progress::{Display, DisplayMode};
+use crate::ui::progress::{Display, DisplayMode, Verbosity};
 
 /// Where a command goes.
 #[derive(Debug, Clone)]
@@ -51,6 +51,8 @@ pub struct Common {
     pub wait_ssh: Duration,
     /// `--json`.
     pub json: bool,
+    /// `-q` / `-v`.
+    pub verbosity: Verbosity,
     /// Override of `~/.config/ov` / `~/.local/share/ov` (tests); `None`: from the environment.
     pub paths: Option<Paths>,
 }
@@ -73,6 +75,8 @@ pub struct Connection {
     pub wait_ssh: Duration,
     /// `--json`: JSON lines on stdout instead of the progress display.
     pub json: bool,
+    /// `-q` / `-v`: how much the progress display says.
+    pub verbosity: Verbosity,
 }
 
 impl Connection {
@@ -96,6 +100,7 @@ impl Connection {
             destination,
             wait_ssh: self.wait_ssh,
             json: self.json,
+            verbosity: self.verbosity,
             paths: None,
         }
     }
@@ -159,12 +164,13 @@ fn local() -> Result<LocalExecutor, CommandError> {
     Ok(LocalExecutor::new()?)
 }
 
-/// Run `body` with the progress display for `json` and close the display before returning.
+/// Run `body` with the progress display of `common` (`--json`, `-q`/`-v`) and close the display
+/// before returning.
 fn with_display<T>(
-    json: bool,
+    common: &Common,
     body: impl FnOnce(&mut Display) -> Result<T, CommandError>,
 ) -> Result<T, CommandError> {
-    let mut display = Display::new(DisplayMode::detect(json));
+    let mut display = Display::with_verbosity(DisplayMode::detect(common.json), common.verbosity);
     let result = body(&mut display);
     display.finish();
     result

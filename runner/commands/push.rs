@@ -55,7 +55,7 @@ fn summary_push(r: &PushReport) -> String {
 
 /// Push a compiled bundle (also for `ov test`); prints the outcome, returns the failure.
 pub fn push(cmd: &PushCommand) -> Result<(), CommandError> {
-    with_display(cmd.common.json, |display| push_inner(cmd, display))
+    with_display(&cmd.common, |display| push_inner(cmd, display))
 }
 
 fn push_inner(cmd: &PushCommand, display: &mut Display) -> Result<(), CommandError> {

@@ -59,7 +59,7 @@ pub struct StatusCommand {
 
 /// Read the target's ledger and print it, compared with the bundle when there is one.
 pub fn status(cmd: &StatusCommand) -> Result<(), CommandError> {
-    with_display(cmd.common.json, |display| status_inner(cmd, display))
+    with_display(&cmd.common, |display| status_inner(cmd, display))
 }
 
 fn status_inner(cmd: &StatusCommand, display: &mut dyn Progress) -> Result<(), CommandError> {

@@ -1,5 +1,7 @@
 //! Stage `runner`, progress: parses the bundle's `::ov::` lines and shows what a push is doing —
-//! an indicatif spinner/bar on a terminal, plain lines otherwise, JSON lines with `--json`.
+//! an indicatif spinner/bar on a terminal, plain lines otherwise, JSON lines with `--json` — at
+//! three verbosities (`-q`: nothing but the result and errors; default: a line per layer and per
+//! step, kept in the scrollback; `-v`: every line the steps print).
 //! Invariant: every event reaches exactly one sink; parsing never fails (unknown events are kept).
 
 use std::io::{IsTerminal, Write};
@@ -90,11 +92,36 @@ pub enum RunEvent {
     },
     /// `layer-done layer=… secs=T`
     LayerDone { layer: String, secs: f64 },
-    /// `layer-fail layer=… script=… status=S`
+    /// `layer-fail layer=… script=… status=S path=… log=…` (`path`: the script in the bundle,
+    /// `log`: the run's log on the target; both empty from an older runtime).
     LayerFail {
         layer: String,
         script: String,
         status: i64,
+        #[serde(skip_serializing_if = "String::is_empty")]
+        path: String,
+        #[serde(skip_serializing_if = "String::is_empty")]
+        log: String,
+    },
+    /// `step-error layer=… script=… path=… status=S line=N in=FILE:M msg=COMMAND`: the command
+    /// that ended a failed script (its ERR trap), its line in the script (`None`: not known) and,
+    /// when the command is in another file (`lib.sh`), where.
+    StepError {
+        layer: String,
+        script: String,
+        path: String,
+        status: i64,
+        line: Option<u64>,
+        #[serde(rename = "in", skip_serializing_if = "String::is_empty")]
+        inner: String,
+        command: String,
+    },
+    /// `step-log layer=… script=… msg=LINE`: one of the last lines a failed script printed (from
+    /// the run's log on the target).
+    StepLog {
+        layer: String,
+        script: String,
+        line: String,
     },
     /// `end result=ok|fail applied=A skipped=S`
     End {
@@ -176,6 +203,22 @@ impl RunEvent {
                 layer: s("layer"),
                 script: s("script"),
                 status: l.num("status").unwrap_or(-1),
+                path: s("path"),
+                log: s("log"),
+            },
+            "step-error" => RunEvent::StepError {
+                layer: s("layer"),
+                script: s("script"),
+                path: s("path"),
+                status: l.num("status").unwrap_or(-1),
+                line: l.num("line"),
+                inner: s("in"),
+                command: s("msg"),
+            },
+            "step-log" => RunEvent::StepLog {
+                layer: s("layer"),
+                script: s("script"),
+                line: s("msg"),
             },
             "end" => RunEvent::End {
                 ok: l.get("result") == Some("ok"),
@@ -256,6 +299,12 @@ pub enum Event {
     Run(RunEvent),
     /// A line the remote side printed that is not an event.
     Output { stream: Stream, line: String },
+    /// Steps a closed gate left out of the bundle: per gate (the flag without dashes), how many;
+    /// `msg` says it in words ([`crate::bundle::gated_off_summary`]).
+    GatedOff {
+        gates: std::collections::BTreeMap<String, usize>,
+        msg: String,
+    },
 }
 
 impl Event {
@@ -282,6 +331,9 @@ impl Event {
             Event::Run(r) => r.to_json(),
             Event::Output { stream, line } => {
                 json!({"event": "output", "stream": stream.name(), "line": line})
+            }
+            Event::GatedOff { gates, msg } => {
+                json!({"event": "gated-off", "gates": gates, "msg": msg})
             }
         }
     }
@@ -330,7 +382,7 @@ impl Progress for Silent {
 /// How [`Display`] renders.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum DisplayMode {
-    /// Spinner and bar on stderr (a terminal).
+    /// Spinner and bar on stderr (a terminal); the lines of the layers stay above it.
     Bar,
     /// One plain line per event on stderr.
     Plain,
@@ -351,16 +403,51 @@ impl DisplayMode {
     }
 }
 
+/// How much the display says (`-q`, default, `-v`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Verbosity {
+    /// `-q`: only notes; the command prints its result and the error report its failure.
+    Quiet,
+    /// A line per layer (start; done, skipped or failed, with its time) and per step.
+    #[default]
+    Normal,
+    /// Also every line the steps print (the push asks the target to stream them) and each
+    /// script's end.
+    Verbose,
+}
+
 /// The user-facing progress display.
 pub struct Display {
     mode: DisplayMode,
+    verbosity: Verbosity,
     bar: Option<ProgressBar>,
+    /// Layers in this run (`begin`), the number of the current one, and its name.
+    layers: u64,
+    current: u64,
+    layer: String,
 }
 
 impl Display {
-    /// A display in `mode`.
+    /// A display in `mode` at the default verbosity.
     pub fn new(mode: DisplayMode) -> Display {
-        Display { mode, bar: None }
+        Display::with_verbosity(mode, Verbosity::Normal)
+    }
+
+    /// A display in `mode` saying as much as `verbosity` asks.
+    pub fn with_verbosity(mode: DisplayMode, verbosity: Verbosity) -> Display {
+        Display {
+            mode,
+            verbosity,
+            bar: None,
+            layers: 0,
+            current: 0,
+            layer: String::new(),
+        }
+    }
+
+    /// The display's verbosity.
+    pub fn verbosity(&self) -> Verbosity {
+        self.verbosity
     }
 
     /// Remove the bar (call before printing a final summary).
@@ -383,11 +470,12 @@ impl Display {
         bar.set_message(msg);
     }
 
+    /// The bar's fill counts finished layers; its text names the current one (`[2/4] name`).
     fn layer_bar(&mut self, total: u64) {
         self.finish();
         let b = ProgressBar::new(total);
         b.set_style(
-            ProgressStyle::with_template("{bar:30} {pos}/{len} {msg} [{elapsed}]")
+            ProgressStyle::with_template("{bar:30} {msg} [{elapsed}]")
                 .unwrap_or_else(|_| ProgressStyle::default_bar()),
         );
         b.enable_steady_tick(Duration::from_millis(120));
@@ -401,37 +489,120 @@ impl Display {
         }
     }
 
+    /// `[K/N] layer`, the counter of the layer being worked on.
+    fn counter(&self) -> String {
+        format!("[{}/{}] {}", self.current, self.layers, self.layer)
+    }
+
+    /// Follow the run: which layer is current (a skipped layer counts as one too).
+    fn track(&mut self, ev: &Event) {
+        match ev {
+            Event::Run(RunEvent::Begin { layers, .. }) => {
+                self.layers = *layers;
+                self.current = 0;
+            }
+            Event::Run(RunEvent::LayerStart { layer, n, of }) => {
+                self.current = if *n > 0 { *n } else { self.current + 1 };
+                if *of > 0 {
+                    self.layers = *of;
+                }
+                self.layer = layer.clone();
+            }
+            Event::Run(RunEvent::LayerSkip { layer, .. }) => {
+                self.current += 1;
+                self.layer = layer.clone();
+            }
+            _ => {}
+        }
+    }
+
+    /// The human lines of an event at this display's verbosity (none: nothing worth a line).
+    fn human_lines(&self, ev: &Event) -> Vec<String> {
+        let verbose = self.verbosity == Verbosity::Verbose;
+        if self.verbosity == Verbosity::Quiet {
+            return match ev {
+                Event::Note { msg } => vec![msg.clone()],
+                _ => Vec::new(),
+            };
+        }
+        let one = |s: String| vec![s];
+        match ev {
+            Event::Run(r) => match r {
+                RunEvent::LayerStart { .. } => one(self.counter()),
+                RunEvent::LayerSkip { reason, .. } => {
+                    one(format!("{} skipped ({reason})", self.counter()))
+                }
+                RunEvent::LayerDone { secs, .. } => {
+                    one(format!("{} done in {}", self.counter(), secs_text(*secs)))
+                }
+                RunEvent::LayerFail { script, status, .. } => one(format!(
+                    "{} FAILED: {script} exited with status {status}",
+                    self.counter()
+                )),
+                RunEvent::ScriptEnd { .. } | RunEvent::End { .. } if verbose => {
+                    plain_text(ev).into_iter().collect()
+                }
+                // The failure report shows these (the command, the last lines, the log).
+                RunEvent::ScriptEnd { .. }
+                | RunEvent::End { .. }
+                | RunEvent::StepError { .. }
+                | RunEvent::StepLog { .. } => Vec::new(),
+                RunEvent::Other(l) if l.event.starts_with("undo-") => undo_text(l),
+                // The upload arrived intact (a mismatch fails the push and says so).
+                RunEvent::Other(l)
+                    if !verbose && l.event == "upload-check" && l.get("result") == Some("ok") =>
+                {
+                    Vec::new()
+                }
+                _ => plain_text(ev).into_iter().collect(),
+            },
+            Event::Output { line, .. } => match line.strip_prefix("ov: step ") {
+                // A step line of the current layer's script says which layer it belongs to.
+                Some(step) if !self.layer.is_empty() => {
+                    one(format!("  {} · step {step}", self.layer))
+                }
+                _ => one(line.clone()),
+            },
+            _ => plain_text(ev).into_iter().collect(),
+        }
+    }
+
     fn bar_event(&mut self, ev: &Event) {
         match ev {
             Event::WaitSsh { .. } | Event::CloudInit { .. } | Event::Upload { .. } => {
-                if let Some(text) = plain_text(ev) {
-                    self.spinner(text);
+                if self.verbosity > Verbosity::Quiet {
+                    if let Some(text) = plain_text(ev) {
+                        self.spinner(text);
+                    }
                 }
+                return;
             }
             Event::Connected { target, .. } => {
-                if let Some(text) = plain_text(ev) {
-                    self.println(&text);
+                for line in self.human_lines(ev) {
+                    self.println(&line);
                 }
                 if self.bar.is_some() {
                     self.spinner(format!("preparing {target}"));
                 }
+                return;
             }
-            Event::Note { .. } => {
-                if let Some(text) = plain_text(ev) {
-                    self.println(&text);
+            Event::Run(RunEvent::Begin { layers, .. }) if self.verbosity > Verbosity::Quiet => {
+                self.layer_bar(*layers)
+            }
+            _ => {}
+        }
+        for line in self.human_lines(ev) {
+            self.println(&line);
+        }
+        match ev {
+            Event::Run(RunEvent::LayerStart { .. }) => {
+                if let Some(b) = &self.bar {
+                    b.set_message(self.counter());
                 }
             }
-            // Successful scripts only move the bar; a failure gets its own line.
-            Event::Run(RunEvent::ScriptEnd { status: 0, .. }) => {}
-            Event::Run(RunEvent::Begin { layers, .. }) => self.layer_bar(*layers),
-            Event::Run(RunEvent::LayerStart { layer, .. }) => {
+            Event::Run(RunEvent::ScriptStart { script, .. }) => {
                 if let Some(b) = &self.bar {
-                    b.set_message(layer.clone());
-                }
-            }
-            Event::Run(RunEvent::ScriptStart { layer, script }) => {
-                if let Some(b) = &self.bar {
-                    b.set_message(format!("{layer} · {script}"));
+                    b.set_message(format!("{} · {script}", self.counter()));
                 }
             }
             Event::Run(RunEvent::LayerDone { .. }) | Event::Run(RunEvent::LayerSkip { .. }) => {
@@ -440,12 +611,64 @@ impl Display {
                 }
             }
             Event::Run(RunEvent::End { .. }) => self.finish(),
-            Event::Run(_) => {
-                if let Some(text) = plain_text(ev) {
-                    self.println(&text);
-                }
+            _ => {}
+        }
+    }
+}
+
+/// Seconds as people read them: `0s`, `12s`, `2m05s`.
+fn secs_text(secs: f64) -> String {
+    let s = secs.max(0.0).round() as u64;
+    if s < 60 {
+        format!("{s}s")
+    } else {
+        format!("{}m{:02}s", s / 60, s % 60)
+    }
+}
+
+/// A teardown event in words (`undo.sh`'s `undo-*` lines; `what` is added by the teardown from
+/// the layer's record: what its undo reverses).
+fn undo_text(l: &ProgressLine) -> Vec<String> {
+    let layer = l.get("layer").unwrap_or_default();
+    match (l.event.as_str(), l.get("action")) {
+        ("undo-begin", _) => vec![format!(
+            "removing deploy {} ({}): {} layer(s)",
+            l.get("deploy").unwrap_or_default(),
+            l.get("deploy_id").unwrap_or_default(),
+            l.get("layers").unwrap_or("?")
+        )],
+        ("undo-layer", Some("teardown")) => Vec::new(),
+        ("undo-layer", Some("removed")) => {
+            let mut out = vec![format!("removed {layer}")];
+            out.extend(
+                l.get("what")
+                    .unwrap_or_default()
+                    .split("; ")
+                    .filter(|w| !w.is_empty())
+                    .map(|w| format!("  {w}")),
+            );
+            out
+        }
+        ("undo-layer", Some("release")) => vec![format!(
+            "kept {layer}: still used by {}",
+            l.get("what").unwrap_or("another deploy")
+        )],
+        ("undo-layer", Some("gone")) => {
+            vec![format!("{layer}: no record left on the target (already removed)")]
+        }
+        ("undo-fail", _) => vec![format!(
+            "FAILED to undo {layer} (status {}{}); its record is kept, so `ov deploy del` can retry",
+            l.get("status").unwrap_or("?"),
+            l.get("msg").map(|m| format!(": {m}")).unwrap_or_default()
+        )],
+        // The command's summary follows.
+        ("undo-end", _) => Vec::new(),
+        _ => {
+            let mut s = l.event.clone();
+            for (k, v) in &l.fields {
+                s.push_str(&format!(" {k}={v}"));
             }
-            Event::Output { line, .. } => self.println(line),
+            vec![s]
         }
     }
 }
@@ -476,6 +699,7 @@ pub fn plain_text(ev: &Event) -> Option<String> {
         }
         Event::Upload { sent, total } => format!("uploading bundle: {sent}/{total} bytes"),
         Event::Output { line, .. } => line.clone(),
+        Event::GatedOff { msg, .. } => format!("note: {msg}"),
         Event::Run(r) => match r {
             RunEvent::Begin { deploy, layers } => format!("deploy {deploy}: {layers} layer(s)"),
             RunEvent::LayerStart { layer, n, of } => format!("[{n}/{of}] {layer}"),
@@ -492,7 +716,19 @@ pub fn plain_text(ev: &Event) -> Option<String> {
                 layer,
                 script,
                 status,
+                ..
             } => format!("FAILED {layer}/{script}: status {status}"),
+            RunEvent::StepError {
+                path,
+                line,
+                command,
+                ..
+            } => format!(
+                "  failed command{}: {command}",
+                line.map(|n| format!(" ({path} line {n})"))
+                    .unwrap_or_default()
+            ),
+            RunEvent::StepLog { line, .. } => format!("  | {line}"),
             RunEvent::End {
                 ok,
                 applied,
@@ -533,6 +769,7 @@ pub fn plain_text(ev: &Event) -> Option<String> {
 
 impl Progress for Display {
     fn event(&mut self, ev: &Event) {
+        self.track(ev);
         match self.mode {
             DisplayMode::Json => {
                 let mut out = std::io::stdout().lock();
@@ -541,8 +778,8 @@ impl Progress for Display {
                 let _ = out.flush();
             }
             DisplayMode::Plain => {
-                if let Some(text) = plain_text(ev) {
-                    eprintln!("{text}");
+                for line in self.human_lines(ev) {
+                    eprintln!("{line}");
                 }
             }
             DisplayMode::Bar => self.bar_event(ev),
@@ -575,7 +812,9 @@ mod tests {
             RunEvent::LayerFail {
                 layer: "a".into(),
                 script: "01-system.sh".into(),
-                status: 4
+                status: 4,
+                path: String::new(),
+                log: String::new(),
             }
         );
     }
@@ -686,5 +925,89 @@ mod tests {
         }
         .to_json();
         assert_eq!(v["stream"], "stderr");
+    }
+
+    /// Feed `lines` (progress lines or plain output) to a plain display; its lines.
+    fn shown(verbosity: Verbosity, lines: &[&str]) -> Vec<String> {
+        let mut d = Display::with_verbosity(DisplayMode::Plain, verbosity);
+        let mut out = Vec::new();
+        for l in lines {
+            let ev = match ProgressLine::parse(l) {
+                Some(pl) => Event::Run(RunEvent::from_line(pl)),
+                None => Event::Output {
+                    stream: Stream::Stdout,
+                    line: l.to_string(),
+                },
+            };
+            d.track(&ev);
+            out.extend(d.human_lines(&ev));
+        }
+        out
+    }
+
+    const RUN: &[&str] = &[
+        "::ov:: begin deploy=vm:x layers=3",
+        "::ov:: layer-skip layer=base reason=applied",
+        "::ov:: layer-start layer=ux-motd n=2 of=3",
+        "::ov:: script-start layer=ux-motd script=01-system.sh",
+        "ov: step 1: write /etc/motd",
+        "apt says something",
+        "::ov:: script-end layer=ux-motd script=01-system.sh status=0 secs=75",
+        "::ov:: layer-done layer=ux-motd secs=75",
+        "::ov:: layer-start layer=late n=3 of=3",
+        "::ov:: script-start layer=late script=01-system.sh",
+        "::ov:: script-end layer=late script=01-system.sh status=3 secs=0",
+        "::ov:: step-error layer=late script=01-system.sh path=layers/3-late/01-system.sh status=3 line=9 in= msg=false",
+        "::ov:: step-log layer=late script=01-system.sh msg=boom",
+        "::ov:: layer-fail layer=late script=01-system.sh status=3 path=layers/3-late/01-system.sh log=/l",
+        "::ov:: end result=fail applied=1 skipped=1 msg=layer late failed",
+    ];
+
+    #[test]
+    fn the_counter_names_the_current_layer_and_step_lines_their_layer() {
+        assert_eq!(
+            shown(Verbosity::Normal, RUN),
+            [
+                "deploy vm:x: 3 layer(s)",
+                "[1/3] base skipped (applied)",
+                "[2/3] ux-motd",
+                "  ux-motd · step 1: write /etc/motd",
+                "apt says something",
+                "[2/3] ux-motd done in 1m15s",
+                "[3/3] late",
+                "[3/3] late FAILED: 01-system.sh exited with status 3",
+            ]
+        );
+    }
+
+    #[test]
+    fn quiet_shows_no_progress_and_verbose_each_script_end() {
+        assert!(shown(Verbosity::Quiet, RUN).is_empty());
+        let v = shown(Verbosity::Verbose, RUN);
+        assert!(
+            v.contains(&"  ux-motd/01-system.sh: status 0 in 75s".to_string()),
+            "{v:?}"
+        );
+        assert_eq!(
+            v.last().map(String::as_str),
+            Some("failed: 1 applied, 1 skipped")
+        );
+    }
+
+    #[test]
+    fn failure_events_are_typed() {
+        let ev = |s: &str| RunEvent::from_line(ProgressLine::parse(s).expect("line"));
+        assert_eq!(
+            ev("::ov:: step-error layer=a script=01-system.sh path=layers/1-a/01-system.sh status=100 line= in=lib.sh:812 msg=apt-get install -y x"),
+            RunEvent::StepError {
+                layer: "a".into(),
+                script: "01-system.sh".into(),
+                path: "layers/1-a/01-system.sh".into(),
+                status: 100,
+                line: None,
+                inner: "lib.sh:812".into(),
+                command: "apt-get install -y x".into(),
+            }
+        );
     }
 }

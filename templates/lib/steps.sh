@@ -40,9 +40,56 @@ ov_fail() {
   return 1
 }
 
-# ov_step N SUMMARY — one progress line per step, so a failure's last lines name the step.
+# ov_step N SUMMARY — one progress line per step, so a failure's last lines name the step. It goes
+# to the step's output (run.sh keeps that in the run's log) and, when run.sh keeps the output out
+# of the stream, also to run.sh's standard output (ov_step_fd, a variable of run.sh's that only
+# root's own scripts see), so the display still shows each step.
 ov_step() {
+  if [ -n "${ov_step_fd:-}" ]; then
+    printf 'ov: step %s: %s\n' "$1" "$2" >&"$ov_step_fd"
+  fi
   printf 'ov: step %s: %s\n' "$1" "$2"
+}
+
+# ov_say TEXT — a line for the run's output, not only its log (like ov_step's): what the operator
+# should see without --verbose, e.g. which layers a package transaction served.
+ov_say() {
+  if [ -n "${ov_step_fd:-}" ]; then
+    printf 'ov: %s\n' "$1" >&"$ov_step_fd"
+  fi
+  printf 'ov: %s\n' "$1"
+}
+
+# ov_err_note STATUS COMMAND [exit] — the ERR trap of every step script (and the EXIT trap of a
+# `cmd:` task's shell, with `exit`): print `ov: failed with status S at line N (FILE line M): CMD`
+# on stderr, where N is the line in the step script and FILE line M where the command is when that
+# is another file (lib.sh). Only a failure that ends the script is noted (errexit on): a command
+# whose failure the script handles is not one. For `exit N` bash knows no line; the script's one
+# line holding the command is named then, if there is exactly one.
+ov_err_note() {
+  local st=$1 cmd=${2//$'\n'/ } script=${ov_step_script:-$0} i line='' inner='' n=0 l
+  [ "$st" != 0 ] || return 0
+  if [ "${3:-}" = exit ]; then
+    if [ -f "$script" ]; then
+      i=0
+      while IFS= read -r l || [ -n "$l" ]; do
+        i=$((i + 1))
+        case $l in *"$cmd"*) n=$((n + 1)) line=$i ;; esac
+      done <"$script"
+      [ "$n" = 1 ] || line=''
+    fi
+  else
+    case $- in *e*) ;; *) return 0 ;; esac
+    for ((i = 1; i < ${#BASH_SOURCE[@]}; i++)); do
+      if [ "${BASH_SOURCE[i]}" = "$script" ]; then
+        line=${BASH_LINENO[i - 1]}
+        break
+      fi
+      [ -n "$inner" ] || inner="${BASH_SOURCE[i]##*/} line ${BASH_LINENO[i - 1]}"
+    done
+  fi
+  printf 'ov: failed with status %s%s%s: %s\n' "$st" "${line:+ at line $line}" "${inner:+ ($inner)}" "$cmd" >&2
+  return 0
 }
 
 # ov_ctx_dir LAYER — the layer's payload directory, which `cmd:` bodies know as /ctx. The path is
@@ -671,7 +718,7 @@ ov_run_func_as() {
     case $e in HOME=* | USER=* | LOGNAME=* | SHELL=* | OV_STATE=* | OV_REPORT=*) ;; *) keep+=("$e") ;; esac
   done
   (cd / && runuser -u "$name" -- env -i "${keep[@]}" HOME="$home" USER="$name" LOGNAME="$name" \
-    SHELL="${shell:-/bin/sh}" bash -c "$(declare -f "$fn"); $fn") </dev/null 8>&- 9>&-
+    SHELL="${shell:-/bin/sh}" bash -c "$(declare -f ov_err_note "$fn"); $fn") </dev/null 6>&- 7>&- 8>&- 9>&-
 }
 
 # ---- packages ---------------------------------------------------------------------------------
@@ -764,7 +811,7 @@ ov_pkg_batched() {
   [ -d "$got" ] || return 1
   ov_pkg_batch_claim "$got" || return 1
   if [ -e "$got/ok" ]; then
-    echo "ov: $fmt: installed in the shared transaction of layer $(cat -- "$got/leader")"
+    ov_say "$fmt: installed in the shared transaction of layer $(cat -- "$got/leader")"
     return 0
   fi
   return 1
@@ -810,7 +857,7 @@ ov_pkg_batch_run() {
     deb)
       ov_apt_update_once || return 1
       ov_deb_installed >"$dir/before" || return 1
-      echo "ov: deb: one transaction for the packages of ${#layers[@]} layers: ${layers[*]}"
+      ov_say "deb: one transaction for the packages of ${#layers[@]} layers: ${layers[*]}"
       ov_apt_install -- "${pkgs[@]}" || rc=$?
       ov_deb_attribute "$plan" "$dir" || return 1
       ;;
@@ -822,7 +869,7 @@ ov_pkg_batch_run() {
   if [ "$rc" = 0 ]; then
     for layer in "${layers[@]}"; do : >"$dir/$layer.got/ok"; done
   else
-    echo "ov: $fmt: the shared transaction failed (status $rc): each layer installs its own packages"
+    ov_say "$fmt: the shared transaction failed (status $rc): each layer installs its own packages"
   fi
   return "$rc"
 }

@@ -309,11 +309,42 @@ fn a_failed_layer_stops_the_run_and_the_next_run_resumes_there() {
     assert_eq!(fail[0].1["layer"], GATE);
     assert_eq!(fail[0].1["script"], "01-system.sh");
     assert_eq!(fail[0].1["status"], "42");
+    let path = format!("layers/03-{GATE}/01-system.sh");
+    assert_eq!(fail[0].1["path"], path);
+    assert_eq!(fail[0].1["log"], format!("{LEDGER}/logs/{id}.log"));
+    // The failing command, its line in the script (ERR/EXIT trap) and the layer's own last
+    // lines, from the run's log.
+    let events = e2e::events(&out.stdout);
+    let err: Vec<_> = events.iter().filter(|(e, _)| e == "step-error").collect();
+    assert_eq!(err.len(), 1, "{}", text(&out));
+    assert_eq!(err[0].1["msg"], "exit 42");
+    assert_eq!(err[0].1["path"], path);
+    assert_eq!(err[0].1["status"], "42");
+    let script = std::fs::read_to_string(root.path(&format!("{BUNDLE_DIR}/vm-e2e/{path}")))
+        .expect("the gate's script");
+    let line: usize = err[0].1["line"].parse().expect("a line number");
+    assert_eq!(
+        script.lines().nth(line - 1).map(str::trim),
+        Some("exit 42"),
+        "line {line} of\n{script}"
+    );
+    let log: Vec<&str> = events
+        .iter()
+        .filter(|(e, _)| e == "step-log")
+        .map(|(_, f)| f["msg"].as_str())
+        .collect();
     assert!(
-        String::from_utf8_lossy(&out.stderr).contains("e2e-gate: /etc/e2e-allow is missing")
-            || String::from_utf8_lossy(&out.stdout).contains("e2e-gate: /etc/e2e-allow is missing"),
+        log.contains(&"e2e-gate: /etc/e2e-allow is missing"),
         "the layer's own message is shown: {}",
         text(&out)
+    );
+    // The trap's note is in the run's log (root's), not repeated among the last lines.
+    let note = format!("ov: failed with status 42 at line {line}: exit 42");
+    assert!(!log.contains(&note.as_str()), "{log:?}");
+    assert!(
+        root.sh(&format!("cat {LEDGER}/logs/{id}.log"))
+            .contains(&note),
+        "the log holds the trap's note"
     );
     assert_eq!(
         end(&out.stdout).get("result").map(String::as_str),
@@ -433,17 +464,22 @@ fn undo_puts_back_what_the_run_replaced_and_keeps_what_changed_since() {
 
     let out = run(&root, &[]);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    // The steps' output is kept in the run's log in root's ledger (root's alone), not streamed.
     let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        root.sh(&format!(
+            "stat -c '%U %a' {LEDGER}/logs {LEDGER}/logs/*.log"
+        )),
+        "root 700\nroot 600\n"
+    );
+    let log = root.sh(&format!("cat {LEDGER}/logs/*.log"));
     for p in [
         "/etc/e2e-system.conf",
         "/usr/local/bin/e2e-greet",
         "/home/tester/.local/bin/e2e-hi",
     ] {
-        assert!(
-            stdout.contains(&format!("saved {p} ")),
-            "{p}: {}",
-            text(&out)
-        );
+        assert!(log.contains(&format!("saved {p} ")), "{p}: {log}");
+        assert!(!stdout.contains(&format!("saved {p} ")), "{p}: {stdout}");
     }
     assert_eq!(root.sh("e2e-greet"), "greetings from ov\n");
     // root's copies are in root's ledger; the user's in the user's home, the user's own.

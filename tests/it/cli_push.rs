@@ -222,3 +222,33 @@ fn push_failures_are_json_lines_with_json() {
         "{v}"
     );
 }
+
+/// `ov compile` says in one line which steps closed gates leave out and the flag that opens
+/// each (the demo's repository and its package need `--allow-repo-changes`); `-q` and an open
+/// gate say nothing.
+#[test]
+fn compile_names_the_steps_closed_gates_leave_out() {
+    let s = Setup::new();
+    let compile = |extra: &[&str]| {
+        run(ov()
+            .arg("-C")
+            .arg(demo())
+            .args(["compile", "vm:demo", "-o"])
+            .arg(s.path("out/vm-demo.tar.gz"))
+            .args(extra))
+    };
+    let c = compile(&[]);
+    expect_code(&c, 0, "compile");
+    assert_eq!(
+        c.stderr,
+        "note: 2 step(s) left out because a gate is closed: 2 need --allow-repo-changes \
+         (demo-backports); `ov plan` lists them\n"
+    );
+    let c = compile(&["-q"]);
+    expect_code(&c, 0, "compile -q");
+    assert_eq!(c.stderr, "");
+    assert!(c.stdout.starts_with("wrote "), "{}", c.stdout);
+    let c = compile(&["--allow-repo-changes"]);
+    expect_code(&c, 0, "compile --allow-repo-changes");
+    assert_eq!(c.stderr, "");
+}

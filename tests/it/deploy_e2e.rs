@@ -134,6 +134,43 @@ impl Rig {
         out
     }
 
+    /// `ov push DEPLOY --force --host ADDR` in a terminal (`script` gives it a pty); what the
+    /// terminal showed.
+    fn terminal_push(&self) -> Output {
+        let cmd = e2e::ov(self.home.path());
+        let args: Vec<&std::ffi::OsStr> = cmd.get_args().collect();
+        assert_eq!(args.first().map(|a| a.to_str()), Some(Some("-C")));
+        let mut script = std::process::Command::new("script");
+        script.env_clear();
+        for (k, v) in cmd.get_envs() {
+            if let Some(v) = v {
+                script.env(k, v);
+            }
+        }
+        // `script` runs one shell command: the values reach it as variables, not as its text.
+        let out = script
+            .env("TERM", "xterm")
+            .env("OVT_BIN", cmd.get_program())
+            .env("OVT_PROJECT", args[1])
+            .env("OVT_DEPLOY", DEPLOY)
+            .env("OVT_HOST", &self.host.addr)
+            .args([
+                "-q",
+                "-e",
+                "-c",
+                r#"exec "$OVT_BIN" -C "$OVT_PROJECT" push "$OVT_DEPLOY" --force --host "$OVT_HOST""#,
+                "/dev/null",
+            ])
+            .stdin(std::process::Stdio::null())
+            .output()
+            .expect("script runs");
+        eprintln!(
+            "$ script -c 'ov push {DEPLOY} --force' -> {:?}",
+            out.status.code()
+        );
+        out
+    }
+
     fn package_installed(&self, pkg: &str) -> bool {
         self.host
             .run(&format!("dpkg-query -W -f='${{Status}}' {pkg}"))
@@ -693,4 +730,156 @@ fn ov_test_and_push_verify_run_the_layers_checks_over_ssh() {
         "",
         "the upload is removed after the checks"
     );
+}
+
+/// What an operator reads back, by the `ov` binary against the host: the push display in
+/// non-terminal mode (a line per layer with its time, step lines naming their layer, and a
+/// failure that names the command, its line, the script, the log and how to resume), `-q`
+/// (only the result), `-v` (every line the steps print), `ov deploy del --dry-run` (each layer's
+/// reverse operations) and `ov deploy del` (per layer, what it removed) — pinned by snapshots
+/// with the host's address, the deploy id and the times filtered; and, in a terminal (`script`),
+/// the layers' lines kept in the scrollback above the bar.
+#[test]
+fn the_display_reads_back_in_each_mode() {
+    let Some(rig) = Rig::start() else { return };
+    let h = &rig.host;
+    let (manifest, _) = {
+        // Compile once to learn the deploy id (the push compiles the same bundle).
+        let out = rig.ov(&["push", DEPLOY, "--dry-run"]);
+        assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+        rig.cached_bundle()
+    };
+    let id = manifest["deploy"]["id"].as_str().expect("id").to_string();
+    let filters: Vec<(String, String)> = vec![
+        (regex_escape(&h.addr), "[host]".into()),
+        (id.clone(), "[deploy-id]".into()),
+        (r"\b\d+m\d\ds\b|\b\d+s\b".into(), "[secs]".into()),
+        (r"attempt \d+".into(), "attempt [n]".into()),
+        (r"\b\d+/\d+ bytes".into(), "[size] bytes".into()),
+        (r"\b[0-9a-f]{64}\b".into(), "[sha256]".into()),
+    ];
+    let filters: Vec<(&str, &str)> = filters
+        .iter()
+        .map(|(a, b)| (a.as_str(), b.as_str()))
+        .collect();
+    let stderr = |out: &Output| String::from_utf8_lossy(&out.stderr).into_owned();
+
+    // The gate fails: a line per layer, the failure with its command and line, the log, resume.
+    let out = rig.ov(&["push", DEPLOY]);
+    assert_eq!(out.status.code(), Some(7), "{}", text(&out));
+    let log = format!("{LEDGER}/logs/{id}.log");
+    assert!(stderr(&out).contains(&log), "{}", text(&out));
+    assert_eq!(h.sh(&format!("stat -c '%U %a' {log}")), "root 600\n");
+    assert!(h
+        .sh(&format!("cat {log}"))
+        .contains("e2e-gate: /etc/e2e-allow is missing"));
+    insta::with_settings!({filters => filters.clone()}, {
+        insta::assert_snapshot!("push-plain-failure", stderr(&out));
+    });
+
+    // Fixed; `-q` resumes and prints only the result.
+    h.sh(&format!("touch {GATE_MARKER}"));
+    let out = rig.ov(&["push", DEPLOY, "-q"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "");
+    insta::with_settings!({filters => filters.clone()}, {
+        insta::assert_snapshot!("push-quiet", stderr(&out));
+    });
+
+    // What a teardown would undo, per layer; then the teardown in words.
+    let out = rig.ov(&["deploy", "del", DEPLOY, "--dry-run"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    insta::with_settings!({filters => filters.clone()}, {
+        insta::assert_snapshot!("del-dry-run", String::from_utf8_lossy(&out.stdout));
+    });
+    let out = rig.ov(&["deploy", "del", DEPLOY]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert!(!stderr(&out).contains("undo-layer"), "{}", text(&out));
+    insta::with_settings!({filters => filters.clone()}, {
+        insta::assert_snapshot!("del", stderr(&out));
+    });
+    assert_eq!(
+        h.sh(&format!("ls -A {LEDGER}")),
+        ".lock\n",
+        "the log goes with the deploy"
+    );
+
+    // A whole push, plain: a line per layer with its time; step lines name their layer.
+    let out = rig.ov(&["push", DEPLOY]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    insta::with_settings!({filters => filters.clone()}, {
+        insta::assert_snapshot!("push-plain", stderr(&out));
+    });
+
+    // `-v`: the steps' own output too (here the raw tasks' and apt's), and each script's end.
+    let out = rig.ov(&["push", DEPLOY, "-v", "--force"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let verbose = stderr(&out);
+    assert!(
+        verbose.contains("\n  e2e-task/01-system.sh: status 0 in ")
+            && verbose.contains("hello is already the newest version"),
+        "{verbose}"
+    );
+    insta::with_settings!({filters => filters.clone()}, {
+        insta::assert_snapshot!("push-verbose", verbose);
+    });
+
+    // In a terminal: the bar comes and goes, the layers' lines stay in the scrollback.
+    let out = rig.terminal_push();
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let screen = strip_ansi(&String::from_utf8_lossy(&out.stdout));
+    for (i, l) in LAYERS.iter().enumerate() {
+        let done = format!("[{}/{}] {l} done in ", i + 1, LAYERS.len());
+        assert!(
+            screen.lines().any(|line| line.starts_with(&done)),
+            "no `{done}` line kept in:\n{screen}"
+        );
+    }
+    assert!(
+        screen.contains("  e2e-task · step 1: cmd mkdir -p /var/lib/e2e"),
+        "{screen}"
+    );
+    assert!(
+        screen.contains("7 layer(s) applied, 0 already applied"),
+        "{screen}"
+    );
+}
+
+fn regex_escape(s: &str) -> String {
+    s.chars()
+        .flat_map(|c| {
+            if c.is_ascii_alphanumeric() {
+                vec![c]
+            } else {
+                vec!['\\', c]
+            }
+        })
+        .collect()
+}
+
+/// The text of a terminal capture without its escape sequences (colours, cursor moves) and with
+/// carriage returns as line ends.
+fn strip_ansi(s: &str) -> String {
+    let mut out = String::new();
+    let mut chars = s.chars().peekable();
+    while let Some(c) = chars.next() {
+        match c {
+            '\u{1b}' => {
+                if chars.peek() == Some(&'[') {
+                    chars.next();
+                    // Parameters, then one final byte in @..~.
+                    for d in chars.by_ref() {
+                        if ('@'..='~').contains(&d) {
+                            break;
+                        }
+                    }
+                } else {
+                    chars.next();
+                }
+            }
+            '\r' => out.push('\n'),
+            c => out.push(c),
+        }
+    }
+    out
 }

@@ -565,6 +565,7 @@ fn vm_commands_end_to_end() {
         }),
         wait_ssh: Duration::from_secs(20),
         json: true,
+        verbosity: Default::default(),
         paths: Some(paths.clone()),
     };
     run_push(&PushCommand {
@@ -647,6 +648,7 @@ fn local_executor_pushes_and_tears_down() {
         destination: Destination::Local,
         wait_ssh: Duration::from_secs(1),
         json: false,
+        verbosity: Default::default(),
         paths: None,
     };
     let push = PushCommand {
