@@ -717,8 +717,10 @@ ov_run_func_as() {
   for e in "${env[@]}"; do
     case $e in HOME=* | USER=* | LOGNAME=* | SHELL=* | OV_STATE=* | OV_REPORT=*) ;; *) keep+=("$e") ;; esac
   done
+  # Its output reaches ours through root's pipes, never as the run's log itself (ov_as_user).
   (cd / && runuser -u "$name" -- env -i "${keep[@]}" HOME="$home" USER="$name" LOGNAME="$name" \
-    SHELL="${shell:-/bin/sh}" bash -c "$(declare -f ov_err_note "$fn"); $fn") </dev/null 6>&- 7>&- 8>&- 9>&-
+    SHELL="${shell:-/bin/sh}" bash -c "$(declare -f ov_err_note "$fn"); $fn") </dev/null 6>&- 7>&- 8>&- 9>&- \
+    > >(cat) 2> >(cat >&2)
 }
 
 # ---- packages ---------------------------------------------------------------------------------

@@ -681,10 +681,12 @@ fn user_steps_inherit_no_root_descriptor_root_reads_back() {
         let scratch = root_dir("ov-it-atk-scratch.", 0o755);
         let markers = Markers::new();
         let mut c = Canaries::new(&[]);
+        // A user-scope step, and a process a root step starts as the user (the library's own
+        // `ov_as_user`, as AUR builds and services do) while the run's output is root's log.
         let layers = [layer(
             "atk-fd",
             scratch.path(),
-            "    - cmd: |\n        sleep 3\n      user: \"${USER}\"\n",
+            "    - cmd: |\n        sleep 3\n      user: \"${USER}\"\n    - cmd: |\n        ov_as_user sleep 3\n      user: root\n",
         )];
         let mut p = Project::new(&layers, &[]);
         let thief = Loop::start(
