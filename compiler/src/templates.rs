@@ -38,16 +38,16 @@ pub const EMBEDDED: &[(&str, &str)] = &[
         include_str!("../../templates/remote/bootstrap.sh.j2"),
     ),
     (
+        "remote/enter.sh.j2",
+        include_str!("../../templates/remote/enter.sh.j2"),
+    ),
+    (
         "remote/ledger-read.sh.j2",
         include_str!("../../templates/remote/ledger-read.sh.j2"),
     ),
     (
         "remote/ledger.sh.j2",
         include_str!("../../templates/remote/ledger.sh.j2"),
-    ),
-    (
-        "remote/probe.sh.j2",
-        include_str!("../../templates/remote/probe.sh.j2"),
     ),
     (
         "remote/root-chain.sh.j2",

@@ -244,9 +244,9 @@ fn ssh_master_reuse_session_counts() {
         counts[0], counts[1],
         "channels must not depend on the layer count"
     );
-    // The probe, then one run channel (the archive goes up on its stdin and the ledger comes back
-    // on its stdout); waiting for cloud-init would add one.
-    assert!(counts[0].0 <= 2, "{counts:?}");
+    // One channel: its entry becomes root, the archive goes up on its stdin and the ledger comes
+    // back on its stdout (no probe channel); waiting for cloud-init would add two.
+    assert_eq!(counts[0].0, 1, "{counts:?}");
     assert_eq!(counts[0].1, 1, "one TCP connection per push");
 }
 
