@@ -13,6 +13,10 @@ pub const EMBEDDED: &[(&str, &str)] = &[
         include_str!("../../templates/bundle/common.sh.j2"),
     ),
     (
+        "bundle/ledger-print.sh.j2",
+        include_str!("../../templates/bundle/ledger-print.sh.j2"),
+    ),
+    (
         "bundle/lib.sh.j2",
         include_str!("../../templates/bundle/lib.sh.j2"),
     ),
