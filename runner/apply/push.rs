@@ -563,7 +563,12 @@ impl Sink for RunSink<'_> {
                     return;
                 }
                 st.other_stdout = true;
-                if pl.event == "enter" && pl.get("cloud-init") == Some("present") {
+                // Only the entry's (it speaks before the bootstrap's `login` line): a step that
+                // prints this line later cannot make ov wait and run the bundle again.
+                if pl.event == "enter"
+                    && pl.get("cloud-init") == Some("present")
+                    && st.login.is_none()
+                {
                     st.cloud_init_present = true;
                     return;
                 }
