@@ -48,6 +48,8 @@ def home_of(user: str) -> Path:
 def reset() -> None:
     shutil.rmtree(gen.ROOT, ignore_errors=True)
     shutil.rmtree(home_of(USER) / ".config/overthink", ignore_errors=True)
+    # root's ledger for the account (where ov keeps it since the privilege boundary)
+    shutil.rmtree(Path("/var/lib/overthink/installed") / USER, ignore_errors=True)
 
 
 def ov_env(tmp: Path) -> dict:

@@ -1,5 +1,5 @@
 //! Stage `render` (target-side scripts of the runner): the shell `ov` runs on a target outside a
-//! bundle — the push probe and bootstrap, the ledger read — rendered from `templates/remote/` by
+//! bundle — the push channel's entry and bootstrap, the ledger read — rendered from `templates/remote/` by
 //! the same engine as the bundle, so every value is quoted by its formatter and a missing one is
 //! an error. Invariant: the runner keeps no shell text; it fills one of the plain context structs
 //! below and gets the script back.
@@ -14,12 +14,17 @@ pub trait RemoteScript: Serialize {
     const TEMPLATE: &'static str;
 }
 
-/// `remote/probe.sh.j2`: what the target is (login user, uid, cloud-init, passwordless sudo), one
-/// `key=value` line per fact; run as the login user with `sh -c`.
+/// `remote/enter.sh.j2`: the push's run channel, run as the login user with `sh -c`: stops with
+/// status 93 (`::ov:: enter cloud-init=present`, nothing read, nothing run as root) when
+/// `cloud_init_program` is given and installed; otherwise becomes root (`sudo -n` unless the
+/// login is root) and runs `bash -s`, which reads the bootstrap on the same stdin.
 #[derive(Debug, Clone, Serialize)]
-pub struct Probe<'a> {
-    /// The cloud-init program whose presence is reported (`cloud-init`, or a test's stand-in).
-    pub cloud_init_program: &'a str,
+pub struct Enter<'a> {
+    /// The cloud-init program to look for (`cloud-init`, or a test's stand-in); `None`: do not look.
+    pub cloud_init_program: Option<&'a str>,
+    /// Whether the login account is root; `None`: not known, the script finds out (and prints
+    /// `::ov:: login user=NAME` first).
+    pub login_root: Option<bool>,
 }
 
 /// `remote/bootstrap.sh.j2`: piped to `sudo -n bash -s` with the archive right after it; checks
@@ -84,7 +89,7 @@ macro_rules! remote_scripts {
 }
 
 remote_scripts! {
-    Probe => "remote/probe.sh.j2",
+    Enter => "remote/enter.sh.j2",
     Bootstrap => "remote/bootstrap.sh.j2",
     LedgerRead => "remote/ledger-read.sh.j2",
 }

@@ -13,6 +13,10 @@ pub const EMBEDDED: &[(&str, &str)] = &[
         include_str!("../../templates/bundle/common.sh.j2"),
     ),
     (
+        "bundle/ledger-print.sh.j2",
+        include_str!("../../templates/bundle/ledger-print.sh.j2"),
+    ),
+    (
         "bundle/lib.sh.j2",
         include_str!("../../templates/bundle/lib.sh.j2"),
     ),
@@ -126,16 +130,16 @@ pub const EMBEDDED: &[(&str, &str)] = &[
         include_str!("../../templates/remote/bootstrap.sh.j2"),
     ),
     (
+        "remote/enter.sh.j2",
+        include_str!("../../templates/remote/enter.sh.j2"),
+    ),
+    (
         "remote/ledger-read.sh.j2",
         include_str!("../../templates/remote/ledger-read.sh.j2"),
     ),
     (
         "remote/ledger.sh.j2",
         include_str!("../../templates/remote/ledger.sh.j2"),
-    ),
-    (
-        "remote/probe.sh.j2",
-        include_str!("../../templates/remote/probe.sh.j2"),
     ),
     (
         "remote/root-chain.sh.j2",

@@ -4,7 +4,7 @@
 
 mod render_support;
 
-use ov_compiler::remote::{render, Bootstrap, LedgerRead, Probe};
+use ov_compiler::remote::{render, Bootstrap, Enter, LedgerRead};
 use render_support::*;
 
 const ODD: &str = "we'ird $(touch /tmp/ov-pwn) `x` name";
@@ -34,23 +34,32 @@ fn bootstrap<'a>(user: Option<&'a str>, layers: &'a [String], apply: bool) -> Bo
 /// Every remote script as (template name, text), in each of its shapes.
 fn all_remote_scripts() -> Vec<(String, String)> {
     let layers = vec![ODD.to_string(), "b".to_string()];
-    let mut out = vec![
-        (
-            "remote/probe.sh.j2".to_string(),
-            render(&Probe {
-                cloud_init_program: ODD,
+    let mut out = Vec::new();
+    for (i, (program, login_root)) in [
+        (Some(ODD), None),
+        (Some(ODD), Some(true)),
+        (None, Some(false)),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        out.push((
+            format!("remote/enter.sh.j2#{i}"),
+            render(&Enter {
+                cloud_init_program: program,
+                login_root,
             })
-            .expect("probe renders"),
-        ),
-        (
-            "remote/ledger-read.sh.j2".to_string(),
-            render(&LedgerRead {
-                user: ODD,
-                ledgers: "/var/lib/overthink/installed",
-            })
-            .expect("ledger read renders"),
-        ),
-    ];
+            .expect("entry renders"),
+        ));
+    }
+    out.extend([(
+        "remote/ledger-read.sh.j2".to_string(),
+        render(&LedgerRead {
+            user: ODD,
+            ledgers: "/var/lib/overthink/installed",
+        })
+        .expect("ledger read renders"),
+    )]);
     for (i, b) in [
         bootstrap(Some(ODD), &layers, true),
         bootstrap(None, &[], true),
@@ -80,13 +89,16 @@ fn remote_scripts_pass_bash_n_and_shellcheck() {
             failures.extend(shellcheck(&name, &text).err());
         }
     }
-    // The probe runs under `sh -c`: it must be POSIX sh too.
-    let probe = &all_remote_scripts()[0].1;
-    let st = std::process::Command::new("sh")
-        .args(["-n", "-c", probe])
-        .status()
-        .expect("sh");
-    assert!(st.success(), "sh -n rejects the probe:\n{probe}");
+    // The entry runs under `sh -c`: it must be POSIX sh too.
+    for (name, text) in all_remote_scripts() {
+        if name.starts_with("remote/enter.sh.j2") {
+            let st = std::process::Command::new("sh")
+                .args(["-n", "-c", &text])
+                .status()
+                .expect("sh");
+            assert!(st.success(), "sh -n rejects {name}:\n{text}");
+        }
+    }
     assert!(failures.is_empty(), "{}", failures.join("\n"));
 }
 
@@ -98,14 +110,15 @@ fn every_value_is_one_quoted_word() {
             !text.contains(&format!(" {ODD}")) && !text.contains(&format!("={ODD}")),
             "{name}: a value reached the script unquoted:\n{text}"
         );
-        if !name.ends_with("#1") {
+        // The shapes that hold no value: a bootstrap without a user, an entry without a check.
+        if !["remote/bootstrap.sh.j2#1", "remote/enter.sh.j2#2"].contains(&name.as_str()) {
             assert!(text.contains(&quoted), "{name}:\n{text}");
         }
     }
     let layers = vec!["b".to_string()];
     let b = render(&bootstrap(Some("a b"), &layers, true)).expect("renders");
     for want in [
-        "run.sh\" --bundle-sha256 0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef --no-wait --force --verbose --user 'a b' </dev/null",
+        "run.sh\" --bundle-sha256 0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef ${print:+\"$print\"} --no-wait --force --verbose --user 'a b' </dev/null",
         "run.sh\" --test --events --scope deploy --user 'a b' b </dev/null",
         "\nsize=1234\n",
         "  ledger_user='a b'\n",
@@ -113,18 +126,31 @@ fn every_value_is_one_quoted_word() {
         assert!(b.contains(want), "want `{want}` in\n{b}");
     }
 
-    // The probe, run: the program name is data, never code.
-    let probe = render(&Probe {
-        cloud_init_program: "$(echo pwned)",
-    })
-    .expect("renders");
-    let out = std::process::Command::new("sh")
-        .args(["-c", &probe])
-        .output()
-        .expect("sh");
+    // The entry, run: the program name is data, never code; a program that is there stops the
+    // channel (status 93) before it reads stdin or becomes root.
+    let entry = |program: &str| {
+        render(&Enter {
+            cloud_init_program: Some(program),
+            login_root: Some(true),
+        })
+        .expect("renders")
+    };
+    let run = |script: &str| {
+        std::process::Command::new("sh")
+            .args(["-c", script])
+            .stdin(std::process::Stdio::null())
+            .output()
+            .expect("sh")
+    };
+    let out = run(&entry("$(echo pwned)").replace("exec bash -s login-root", "echo entered"));
     let text = String::from_utf8_lossy(&out.stdout);
-    assert!(text.contains("\ncloud_init=no\n"), "{text}");
-    assert!(!text.contains("pwned"), "{text}");
+    assert_eq!(text, "entered\n");
+    let out = run(&entry("sh").replace("exec bash -s login-root", "echo entered"));
+    assert_eq!(out.status.code(), Some(93));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "::ov:: enter cloud-init=present\n"
+    );
 }
 
 #[test]

@@ -1,12 +1,16 @@
-//! Stage `runner`, push: verify the bundle locally → connect → probe → wait for cloud-init →
-//! one channel under `sudo -n bash -s`: a small bootstrap on stdin, the archive right after it
-//! (stored once into root's `/var/lib/overthink/work/<unique>/`, 0700), its sha256 verified there, extracted, `run.sh`
-//! run, the ledger printed back, then (`--verify`, `ov test`: [`RunMode`]) `run.sh --test` on the
-//! same channel → save state (not for `ov test`, which changes nothing).
+//! Stage `runner`, push: verify the bundle locally → connect → one channel: an entry as the login
+//! user (`remote/enter.sh.j2`) that becomes root with `sudo -n`, then a small bootstrap on its
+//! stdin and the archive right after it (stored once into root's
+//! `/var/lib/overthink/work/<unique>/`, 0700), its sha256 verified there, extracted, `run.sh` run,
+//! the ledger printed back, then (`--verify`, `ov test`: [`RunMode`]) `run.sh --test` on the same
+//! channel → save state (not for `ov test`, which changes nothing). When ov waits for cloud-init
+//! and the target has it, the entry stops before anything runs: ov waits, then opens the channel
+//! again.
 //! Invariants: nothing runs on the target unless the archive matches its `.sha256`; a fixed
-//! number of channels per push (probe, [cloud-init], run; a ledger read only if the run
-//! channel's print did not arrive) whatever the number of layers; the master is closed on
-//! every path; the remote work directory is removed unless `--keep`.
+//! number of channels per push (run; with cloud-init installed: run stopped at the entry,
+//! cloud-init, run; a ledger read only if the run channel's print did not arrive) whatever the
+//! number of layers; the master is closed on every path; the remote work directory is removed
+//! unless `--keep`.
 
 use std::collections::VecDeque;
 use std::path::PathBuf;
@@ -16,10 +20,10 @@ use crate::exit::{Exit, HasExit};
 use crate::ssh::connect::WaitOptions;
 use crate::ssh::endpoint::Target;
 use crate::ssh::error::ConnectError;
-use crate::ssh::exec::{As, ExecError, Executor, Input, Request, Sink};
+use crate::ssh::exec::{sudo_refused, As, ExecError, Executor, Input, Output, Request, Sink};
 use crate::ssh::master::SshExecutor;
 use crate::target::cloud_init::{
-    wait_cloud_init, CloudInitError, CloudInitOptions, CloudInitOutcome,
+    no_wait, wait_cloud_init, CloudInitError, CloudInitOptions, CloudInitOutcome,
 };
 use crate::target::ledger::{read_ledger_with, Ledger, LedgerError, LedgerLines};
 use crate::target::state::{load_vm_state, now_rfc3339, save_vm_state, StateError, VmState};
@@ -280,13 +284,9 @@ pub enum PushError {
     /// A script for the target could not be written (a value no shell string can hold).
     #[error("cannot write the script to run on the target")]
     Script(#[from] ov_compiler::render::RenderError),
-    /// The probe's answer made no sense.
-    #[error("unexpected answer from {target} while probing: {output}")]
-    Probe {
-        target: String,
-        /// What came back.
-        output: String,
-    },
+    /// The run channel said cloud-init is there a second time, after ov waited for it.
+    #[error("unexpected answer from {target}: cloud-init reported again after the wait")]
+    CloudInitAgain { target: String },
 }
 
 fn tail_text(tail: &[String]) -> String {
@@ -310,7 +310,7 @@ impl HasExit for PushError {
             PushError::NoRoot { .. } | PushError::Interrupted { .. } => Exit::CannotConnect,
             PushError::Ledger(e) => e.exit(),
             PushError::State(e) => e.exit(),
-            PushError::Probe { .. } | PushError::Runtime { .. } => Exit::Other,
+            PushError::CloudInitAgain { .. } | PushError::Runtime { .. } => Exit::Other,
             PushError::Script(_) => Exit::InvalidInput,
         }
     }
@@ -337,7 +337,7 @@ pub struct PushReport {
     pub ledger: Ledger,
     /// What cloud-init said.
     pub cloud_init: CloudInitOutcome,
-    /// The login user the probe saw.
+    /// The login user, as the target named it.
     pub login_user: String,
     /// The state saved in deploy.yml (when asked to).
     pub state: Option<VmState>,
@@ -417,8 +417,20 @@ pub fn push(
             opts,
         )?)));
     }
-    let mut exec = SshExecutor::connect(target.clone(), wait, progress)?;
-    let result = push_with(&mut exec, &bundle, opts, progress);
+    let exec = SshExecutor::connect(target.clone(), wait, progress)?;
+    push_connected(exec, &target, &bundle, opts, progress)
+}
+
+/// [`push`] over a master already open to `target` (the caller verified `bundle` and checked
+/// `--dry-run`): [`push_with`], close, record the state.
+pub fn push_connected(
+    mut exec: SshExecutor,
+    target: &Target,
+    bundle: &BundleInfo,
+    opts: &PushOptions,
+    progress: &mut dyn Progress,
+) -> Result<PushOutcome, PushError> {
+    let result = push_with(&mut exec, bundle, opts, progress);
     let closed = exec.close();
     let mut report = result?;
     // A failure to close after a successful push is worth a note, not a failed push.
@@ -428,64 +440,9 @@ pub fn push(
         });
     }
     if let Some(st) = &opts.state {
-        report.state = Some(record_state(st, &target, &report)?);
+        report.state = Some(record_state(st, target, &report)?);
     }
     Ok(PushOutcome::Done(Box::new(report)))
-}
-
-/// The facts the probe gathers in one command.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Probe {
-    /// Login user.
-    pub user: String,
-    pub uid: String,
-    /// Whether cloud-init is installed.
-    pub cloud_init: bool,
-    /// Whether `sudo -n true` works.
-    pub sudo: bool,
-    /// sudo's complaint, when it does not.
-    pub sudo_message: String,
-}
-
-fn probe(
-    exec: &mut dyn Executor,
-    engine: &Engine,
-    cloud_init_program: &str,
-) -> Result<Probe, PushError> {
-    let script = remote::render_with(engine, &remote::Probe { cloud_init_program })?;
-    let out = exec.exec(
-        Request {
-            argv: vec!["sh".into(), "-c".into(), script],
-            who: As::Login,
-            stdin: Input::Null,
-            capture_stdout: true,
-        },
-        &mut crate::ssh::exec::NullSink,
-    )?;
-    let text = String::from_utf8_lossy(&out.stdout).into_owned();
-    let mut p = Probe::default();
-    let mut seen_sudo = false;
-    for line in text.lines() {
-        if let Some(v) = line.strip_prefix("user=") {
-            p.user = v.to_string();
-        } else if let Some(v) = line.strip_prefix("uid=") {
-            p.uid = v.to_string();
-        } else if let Some(v) = line.strip_prefix("cloud_init=") {
-            p.cloud_init = v == "yes";
-        } else if let Some(v) = line.strip_prefix("sudo=") {
-            seen_sudo = true;
-            p.sudo = v == "ok";
-            p.sudo_message = v.strip_prefix("no").unwrap_or("").trim().to_string();
-        }
-    }
-    if !out.success() || p.user.is_empty() || !seen_sudo {
-        return Err(PushError::Probe {
-            target: exec.describe(),
-            output: format!("{}{}", text.trim(), out.stderr_text()),
-        });
-    }
-    exec.learned_login_user(&p.user);
-    Ok(p)
 }
 
 /// The bootstrap that verifies, extracts and runs the bundle (as root, script on stdin), then
@@ -551,28 +508,38 @@ fn dry_run(
         format!("ssh master to {target}"),
         "(one TCP connection; every command below is a channel on it)".to_string(),
     )];
-    commands.push((
-        "sh -c '<probe: user, uid, cloud-init present, sudo -n true>'".into(),
-        "nothing".into(),
-    ));
+    let entry = if opts.cloud_init.wait {
+        format!(
+            "sh -c '<entry: stop if {} is installed; then: exec {}>'",
+            opts.cloud_init.program,
+            sudo("bash -s")
+        )
+    } else {
+        format!("sh -c '<entry: exec {}>'", sudo("bash -s"))
+    };
+    let stdin = format!(
+        "the bootstrap below, then the archive {} ({} bytes, sha256 {}); it prints the ledger back",
+        archive, bundle.size, bundle.sha256
+    );
+    commands.push((entry, stdin.clone()));
     if opts.cloud_init.wait {
         commands.push((
             format!(
-                "timeout {} {} status --wait --format json   (only if cloud-init is installed)",
+                "timeout {} {} status --wait --format json   (only if the entry found cloud-init \
+                 installed)",
                 opts.cloud_init.deadline.as_secs(),
                 opts.cloud_init.program
             ),
             "nothing".into(),
         ));
+        commands.push((
+            format!(
+                "sh -c '<entry: exec {}>'   (only after waiting for cloud-init)",
+                sudo("bash -s")
+            ),
+            stdin,
+        ));
     }
-    commands.push((
-        sudo("bash -s"),
-        format!(
-            "the bootstrap below, then the archive {} ({} bytes, sha256 {}); it prints the \
-             ledger back",
-            archive, bundle.size, bundle.sha256
-        ),
-    ));
     Ok(DryRun {
         target: target.to_string(),
         bundle: bundle.clone(),
@@ -591,9 +558,9 @@ fn dry_run(
     })
 }
 
-/// Turns the run's output into progress events and remembers what a failure report needs.
-struct RunSink<'a> {
-    progress: &'a mut dyn Progress,
+/// What the run channel's output said, kept for the outcome and a failure report.
+#[derive(Default)]
+struct RunState {
     tail: VecDeque<String>,
     failure: Option<StepFailure>,
     end: Option<(bool, u64, u64)>,
@@ -608,26 +575,23 @@ struct RunSink<'a> {
     /// run's log (`step-log`, `step-error`).
     step_log: Vec<String>,
     step_error: Option<RunEvent>,
+    /// The login account, as the target named it (`::ov:: login user=…`).
+    login: Option<String>,
+    /// The channel stopped because cloud-init is installed (`::ov:: enter cloud-init=present`).
+    cloud_init_present: bool,
+    /// Whether stdout carried anything but the login line (sudo refusing prints nothing there).
+    other_stdout: bool,
+    /// Shown when the bootstrap starts (what cloud-init is, once the entry's check passed).
+    announce: Option<Event>,
 }
 
-impl<'a> RunSink<'a> {
-    fn new(progress: &'a mut dyn Progress) -> RunSink<'a> {
-        RunSink {
-            progress,
-            tail: VecDeque::new(),
-            failure: None,
-            end: None,
-            upload_mismatch: None,
-            last_upload_report: 0,
-            upload_offset: 0,
-            ledger: LedgerLines::default(),
-            checks: Vec::new(),
-            test_end: None,
-            step_log: Vec::new(),
-            step_error: None,
-        }
-    }
+/// Turns the run's output into progress events and remembers what a failure report needs.
+struct RunSink<'a> {
+    progress: &'a mut dyn Progress,
+    st: RunState,
+}
 
+impl RunState {
     fn remember(&mut self, line: &str) {
         if self.tail.len() == FAILURE_TAIL {
             self.tail.pop_front();
@@ -638,16 +602,35 @@ impl<'a> RunSink<'a> {
 
 impl Sink for RunSink<'_> {
     fn line(&mut self, stream: Stream, line: &str) {
-        if stream == Stream::Stdout && self.ledger.feed(line) {
+        let st = &mut self.st;
+        if stream == Stream::Stdout && st.ledger.feed(line) {
             return;
         }
         if stream == Stream::Stdout {
             if let Some(pl) = ProgressLine::parse(line) {
+                // The entry's and the bootstrap's own lines: facts for ov, not progress.
+                if pl.event == "login" {
+                    st.login = pl.get("user").map(str::to_string);
+                    if let Some(ev) = st.announce.take() {
+                        self.progress.event(&ev);
+                    }
+                    return;
+                }
+                st.other_stdout = true;
+                // Only the entry's (it speaks before the bootstrap's `login` line): a step that
+                // prints this line later cannot make ov wait and run the bundle again.
+                if pl.event == "enter"
+                    && pl.get("cloud-init") == Some("present")
+                    && st.login.is_none()
+                {
+                    st.cloud_init_present = true;
+                    return;
+                }
                 let ev = RunEvent::from_line(pl);
                 match &ev {
-                    RunEvent::ScriptStart { .. } => self.tail.clear(),
-                    RunEvent::StepLog { line, .. } => self.step_log.push(line.clone()),
-                    RunEvent::StepError { .. } => self.step_error = Some(ev.clone()),
+                    RunEvent::ScriptStart { .. } => st.tail.clear(),
+                    RunEvent::StepLog { line, .. } => st.step_log.push(line.clone()),
+                    RunEvent::StepError { .. } => st.step_error = Some(ev.clone()),
                     RunEvent::LayerFail {
                         layer,
                         script,
@@ -659,7 +642,7 @@ impl Sink for RunSink<'_> {
                             layer: layer.clone(),
                             script: script.clone(),
                             status: *status,
-                            tail: self.tail.iter().cloned().collect(),
+                            tail: st.tail.iter().cloned().collect(),
                             path: path.clone(),
                             log: log.clone(),
                             ..StepFailure::default()
@@ -669,27 +652,27 @@ impl Sink for RunSink<'_> {
                             inner,
                             command,
                             ..
-                        }) = self.step_error.take()
+                        }) = st.step_error.take()
                         {
                             failure.command = Some(command);
                             failure.line = line;
                             failure.inner = inner;
                         }
-                        self.failure = Some(failure);
+                        st.failure = Some(failure);
                     }
                     RunEvent::End {
                         ok,
                         applied,
                         skipped,
-                    } => self.end = Some((*ok, *applied, *skipped)),
-                    RunEvent::Check(c) => self.checks.push(c.clone()),
+                    } => st.end = Some((*ok, *applied, *skipped)),
+                    RunEvent::Check(c) => st.checks.push(c.clone()),
                     RunEvent::TestEnd {
                         pass, fail, skip, ..
-                    } => self.test_end = Some((*pass, *fail, *skip)),
+                    } => st.test_end = Some((*pass, *fail, *skip)),
                     RunEvent::Other(l)
                         if l.event == "upload-check" && l.get("result") == Some("mismatch") =>
                     {
-                        self.upload_mismatch = Some((
+                        st.upload_mismatch = Some((
                             l.get("expected").unwrap_or_default().to_string(),
                             l.get("actual").unwrap_or_default().to_string(),
                         ));
@@ -699,8 +682,9 @@ impl Sink for RunSink<'_> {
                 self.progress.event(&Event::Run(ev));
                 return;
             }
+            st.other_stdout = true;
         }
-        self.remember(line);
+        st.remember(line);
         self.progress.event(&Event::Output {
             stream,
             line: line.to_string(),
@@ -708,17 +692,94 @@ impl Sink for RunSink<'_> {
     }
 
     fn sent(&mut self, sent: u64, total: u64) {
+        let st = &mut self.st;
         // Progress is the archive's bytes, not the bootstrap's ahead of them.
         let (sent, total) = (
-            sent.saturating_sub(self.upload_offset),
-            total.saturating_sub(self.upload_offset),
+            sent.saturating_sub(st.upload_offset),
+            total.saturating_sub(st.upload_offset),
         );
         // One event per 4 MiB (and the last): enough for a bar, not a flood of JSON.
-        if sent == total || sent - self.last_upload_report >= 4 << 20 {
-            self.last_upload_report = sent;
+        if sent == total || sent - st.last_upload_report >= 4 << 20 {
+            st.last_upload_report = sent;
             self.progress.event(&Event::Upload { sent, total });
         }
     }
+}
+
+/// One run channel: the entry (remote/enter.sh.j2; with `check_cloud_init`, it stops at once
+/// when cloud-init is installed) as the login user, which becomes root and reads the bootstrap
+/// and then the archive on its stdin; the output streamed into progress events.
+fn run_channel(
+    exec: &mut dyn Executor,
+    engine: &Engine,
+    script: &str,
+    bundle: &BundleInfo,
+    opts: &PushOptions,
+    check_cloud_init: bool,
+    progress: &mut dyn Progress,
+) -> Result<(Output, RunState), PushError> {
+    let target = exec.describe();
+    let login_root = (!exec.login_user().is_empty()).then(|| exec.login_is_root());
+    let enter = remote::render_with(
+        engine,
+        &remote::Enter {
+            cloud_init_program: check_cloud_init.then_some(opts.cloud_init.program.as_str()),
+            login_root,
+        },
+    )?;
+    let file = std::fs::File::open(&bundle.path).map_err(|source| BundleError::Io {
+        path: bundle.path.clone(),
+        source,
+    })?;
+    let mut input = std::io::Read::chain(script.as_bytes(), file);
+    let mut sink = RunSink {
+        progress,
+        st: RunState {
+            upload_offset: script.len() as u64,
+            // When nothing is waited for, what cloud-init is can be said once the bootstrap runs
+            // (the entry's check, when there was one, passed). After a wait, it was said.
+            announce: (check_cloud_init || !opts.cloud_init.wait)
+                .then(|| no_wait(&opts.cloud_init, false).map(|(_, ev)| ev))
+                .flatten(),
+            ..RunState::default()
+        },
+    };
+    let out = match exec.exec(
+        Request {
+            argv: vec!["sh".into(), "-c".into(), enter],
+            who: As::Login,
+            stdin: Input::Reader {
+                reader: &mut input,
+                len: script.len() as u64 + bundle.size,
+            },
+            capture_stdout: false,
+        },
+        &mut sink,
+    ) {
+        Ok(out) => out,
+        Err(ExecError::Disconnected { .. }) => return Err(PushError::Interrupted { target }),
+        Err(e) => return Err(e.into()),
+    };
+    let st = sink.st;
+    // sudo refusing to become root: status 1, nothing but the login line on stdout, sudo's
+    // complaint on stderr — nothing ran.
+    if !st.other_stdout && !exec.login_is_root() {
+        if let Some(message) = sudo_refused(&Output {
+            stdout: Vec::new(),
+            ..out.clone()
+        }) {
+            return Err(ExecError::Sudo {
+                user: st
+                    .login
+                    .clone()
+                    .unwrap_or_else(|| exec.login_user().to_string()),
+                target,
+                message,
+            }
+            .into());
+        }
+    }
+    Ok((out, st))
 }
 
 /// Push over an open executor (SSH or local). Does not close it.
@@ -738,56 +799,47 @@ pub fn push_with(
             progress.event(&Event::GatedOff { gates, msg });
         }
     }
-
-    // 1. What is there: login user, cloud-init, sudo.
     let engine = Engine::new(opts.templates.as_deref())?;
-    let facts = probe(exec, &engine, &opts.cloud_init.program)?;
 
-    // 2. cloud-init (it may still be creating users and sudo rules).
-    let cloud = wait_cloud_init(exec, &opts.cloud_init, facts.cloud_init, progress)?;
-    let waited = !matches!(cloud, CloudInitOutcome::Absent | CloudInitOutcome::Skipped);
-    if !facts.sudo && !waited {
-        return Err(ExecError::Sudo {
-            user: facts.user.clone(),
-            target,
-            message: facts.sudo_message.clone(),
-        }
-        .into());
-    }
-
-    // 3. Upload, verify, extract, run — one channel as root: the archive follows the bootstrap
-    // on its stdin (into a fresh private directory), output is streamed live, and the ledger
-    // comes back on it.
+    // Upload, verify, extract, run — one channel: the entry becomes root, the archive follows the
+    // bootstrap on its stdin (into a fresh private directory), output is streamed live, and the
+    // ledger comes back on it. When ov waits for cloud-init and the target has it (it may still
+    // be creating users and sudo rules), the entry stops before anything runs; ov waits, then
+    // opens the channel again.
     let dir = remote_dir(opts, bundle);
-    let user = opts
+    let ledger_user = opts
         .user
         .clone()
-        .or_else(|| bundle.manifest.deploy.user.clone())
-        .unwrap_or_else(|| facts.user.clone());
-    let script = bootstrap_script(&engine, &dir, bundle, opts, Some(&user))?;
-    let file = std::fs::File::open(&bundle.path).map_err(|source| BundleError::Io {
-        path: bundle.path.clone(),
-        source,
-    })?;
-    let mut input = std::io::Read::chain(script.as_bytes(), file);
-    let mut sink = RunSink::new(progress);
-    sink.upload_offset = script.len() as u64;
-    let out = match exec.exec(
-        Request {
-            argv: vec!["bash".into(), "-s".into()],
-            who: As::Root,
-            stdin: Input::Reader {
-                reader: &mut input,
-                len: script.len() as u64 + bundle.size,
-            },
-            capture_stdout: false,
-        },
-        &mut sink,
-    ) {
-        Ok(out) => out,
-        Err(ExecError::Disconnected { .. }) => return Err(PushError::Interrupted { target }),
-        Err(e) => return Err(e.into()),
+        .or_else(|| bundle.manifest.deploy.user.clone());
+    let script = bootstrap_script(&engine, &dir, bundle, opts, ledger_user.as_deref())?;
+    let (mut out, mut sink) = run_channel(
+        exec,
+        &engine,
+        &script,
+        bundle,
+        opts,
+        opts.cloud_init.wait,
+        progress,
+    )?;
+    let cloud = if sink.cloud_init_present {
+        let cloud = wait_cloud_init(exec, &opts.cloud_init, true, progress)?;
+        (out, sink) = run_channel(exec, &engine, &script, bundle, opts, false, progress)?;
+        if sink.cloud_init_present {
+            return Err(PushError::CloudInitAgain { target });
+        }
+        cloud
+    } else {
+        match no_wait(&opts.cloud_init, false) {
+            Some((outcome, _)) => outcome,
+            None => CloudInitOutcome::Absent,
+        }
     };
+    let login = sink
+        .login
+        .clone()
+        .filter(|l| !l.is_empty())
+        .unwrap_or_else(|| exec.login_user().to_string());
+    exec.learned_login_user(&login);
     let status = out.status.unwrap_or(-1);
     let tail: Vec<String> = sink.tail.iter().cloned().collect();
     // The failed script's last lines come from the run's log on the target (`step-log`). From
@@ -837,7 +889,7 @@ pub fn push_with(
         (6, _) => {
             return Err(PushError::NoRoot {
                 target,
-                user: facts.user,
+                user: login,
             })
         }
         (2 | 8 | 91, _) if sink.failure.is_none() => {
@@ -862,14 +914,13 @@ pub fn push_with(
         }
     };
     let dumped = sink.ledger.ledger();
-    drop(sink);
 
-    // 5. The ledger, as run.sh left it: printed on the run channel; read in a session of its own
+    // The ledger, as run.sh left it: printed on the run channel; read in a session of its own
     // only if that print did not arrive whole (or did not parse).
     let ledger = match dumped {
         Some(Ok(ledger)) => ledger,
         _ if !opts.mode.applies() => Ledger::default(),
-        _ => read_ledger_with(exec, &engine, &user)?,
+        _ => read_ledger_with(exec, &engine, ledger_user.as_deref().unwrap_or(&login))?,
     };
     let applied_layers = ledger.applied_layers(&bundle.manifest.deploy.id);
 
@@ -883,14 +934,14 @@ pub fn push_with(
         applied_layers,
         ledger,
         cloud_init: cloud,
-        login_user: facts.user,
+        login_user: login,
         state: None,
         checks,
     })
 }
 
 /// Record a finished push in deploy.yml: connection facts from `target` (and the login user
-/// the probe saw), the layers the ledger holds, a stable instance id.
+/// the target named), the layers the ledger holds, a stable instance id.
 pub fn record_state(
     st: &StateTarget,
     target: &Target,
@@ -954,7 +1005,7 @@ mod tests {
         assert!(s.contains("archive=\"we'ird name.tar.gz\""), "{s}");
         assert!(
             s.contains(&format!(
-                "run.sh\" --bundle-sha256 {} --no-wait --user 'a b' </dev/null",
+                "run.sh\" --bundle-sha256 {} ${{print:+\"$print\"}} --no-wait --user 'a b' </dev/null",
                 "0".repeat(64)
             )),
             "{s}"

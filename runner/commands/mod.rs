@@ -24,7 +24,9 @@ use std::time::Duration;
 pub use error::CommandError;
 
 use crate::apply::push::StateTarget;
-use crate::commands::project::{bundle_and_target, BuildOptions, Selection};
+use crate::commands::project::{
+    bundle_and_target, pending_bundle_and_target, BuildOptions, PendingBundle, Selection,
+};
 use crate::ssh::connect::WaitOptions;
 use crate::ssh::endpoint::Target;
 use crate::ssh::exec::LocalExecutor;
@@ -122,6 +124,13 @@ impl Delivery {
     /// The bundle to send, its target and the command's shared options for it.
     fn prepare(&self) -> Result<(PathBuf, DeployTarget, Common), CommandError> {
         let (bundle, target) = bundle_and_target(&self.selection, &self.build)?;
+        let common = self.connection.common(&target);
+        Ok((bundle, target, common))
+    }
+
+    /// [`Delivery::prepare`] with the compile left to do (see [`PendingBundle`]).
+    fn prepare_pending(&self) -> Result<(PendingBundle, DeployTarget, Common), CommandError> {
+        let (bundle, target) = pending_bundle_and_target(&self.selection, &self.build)?;
         let common = self.connection.common(&target);
         Ok((bundle, target, common))
     }

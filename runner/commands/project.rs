@@ -195,6 +195,26 @@ pub fn open_archive(
         .map_err(|e| bundle_error(action, path, e))
 }
 
+/// The bundle a push sends, perhaps still to be compiled: a command can start connecting to the
+/// target while the deploy compiles.
+#[derive(Debug)]
+pub enum PendingBundle {
+    /// An archive that exists.
+    Ready(PathBuf),
+    /// The deploy, resolved, to compile into the cache.
+    Compile(Box<Resolved>, BuildOptions),
+}
+
+impl PendingBundle {
+    /// The archive, compiled first if need be.
+    pub fn finish(self) -> Result<PathBuf, CommandError> {
+        match self {
+            PendingBundle::Ready(path) => Ok(path),
+            PendingBundle::Compile(resolved, build) => write_to_cache(&resolved.compile(&build)?),
+        }
+    }
+}
+
 /// The bundle a push or test sends and its target: an existing bundle as it is (its manifest
 /// names the deploy; the project, when there is one, adds the VM's SSH settings), or the
 /// selected deploy compiled into the cache.
@@ -202,6 +222,16 @@ pub fn bundle_and_target(
     selection: &Selection,
     build: &BuildOptions,
 ) -> Result<(PathBuf, DeployTarget), CommandError> {
+    let (pending, target) = pending_bundle_and_target(selection, build)?;
+    Ok((pending.finish()?, target))
+}
+
+/// [`bundle_and_target`], with the compile left to do: the target is known once the project is
+/// loaded and the deploy resolved.
+pub fn pending_bundle_and_target(
+    selection: &Selection,
+    build: &BuildOptions,
+) -> Result<(PendingBundle, DeployTarget), CommandError> {
     match &selection.deploy {
         DeployArg::Bundle(path) => {
             let archive = open_archive(path, "push")?;
@@ -212,12 +242,15 @@ pub fn bundle_and_target(
                 .ok()
                 .and_then(|root| Project::load(&root).ok());
             let target = DeployTarget::of_manifest(&manifest.deploy, loaded.as_ref());
-            Ok((path.clone(), target))
+            Ok((PendingBundle::Ready(path.clone()), target))
         }
         DeployArg::Name(_) => {
             let resolved = resolve(selection)?;
-            let bundle = write_to_cache(&resolved.compile(build)?)?;
-            Ok((bundle, resolved.target()))
+            let target = resolved.target();
+            Ok((
+                PendingBundle::Compile(Box::new(resolved), build.clone()),
+                target,
+            ))
         }
     }
 }

@@ -5,13 +5,21 @@
 
 use serde_json::json;
 
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
 use crate::apply::push::{
-    push as push_remote, push_with, CheckReport, PushOptions, PushOutcome, PushReport, RunMode,
+    push as push_remote, push_connected, push_with, CheckReport, PushError, PushOptions,
+    PushOutcome, PushReport, RunMode, StateTarget,
 };
 use crate::bundle::open_bundle;
+use crate::commands::project::PendingBundle;
 use crate::commands::{
     connect_parts, local, with_display, CommandError, Delivery, Destination, OnTarget,
 };
+use crate::ssh::connect::WaitOptions;
+use crate::ssh::endpoint::Target;
+use crate::ssh::master::SshExecutor;
 use crate::ui::progress::Display;
 
 /// Plain options of `ov push` and `ov deploy add`.
@@ -27,15 +35,73 @@ pub struct PushRequest {
 
 /// `ov push`, `ov deploy add`.
 pub fn run(req: &PushRequest) -> Result<(), CommandError> {
-    let (bundle, target, common) = req.delivery.prepare()?;
-    push(&PushCommand {
-        common,
-        options: PushOptions {
-            bundle,
-            user: req.options.user.clone().or(target.user),
-            templates: req.delivery.build.templates.clone(),
-            ..req.options.clone()
-        },
+    let (pending, target, common) = req.delivery.prepare_pending()?;
+    let options = PushOptions {
+        user: req.options.user.clone().or(target.user),
+        templates: req.delivery.build.templates.clone(),
+        ..req.options.clone()
+    };
+    match (pending, &common.destination) {
+        // Connecting takes longer than compiling: the deploy compiles while the master connects.
+        (PendingBundle::Compile(resolved, build), Destination::Remote(c)) if !options.dry_run => {
+            let connect = connect_parts(&common, c)?;
+            let json = common.json;
+            with_display(&common, |display| {
+                let pending = PendingBundle::Compile(resolved, build);
+                let mode = options.mode;
+                let r = compile_while_connecting(pending, connect, options, display)?;
+                display.finish();
+                report(json, mode, r)
+            })
+        }
+        (pending, _) => push(&PushCommand {
+            common,
+            options: PushOptions {
+                bundle: pending.finish()?,
+                ..options
+            },
+        }),
+    }
+}
+
+/// Compile (and verify) the bundle on a thread of its own while this one opens the master to the
+/// target; then push. A failed compile is the error (the master, if it came up, is closed), and
+/// makes the connect give up rather than wait for a target that does not answer.
+fn compile_while_connecting(
+    pending: PendingBundle,
+    (target, state, wait): (Target, Option<StateTarget>, WaitOptions),
+    options: PushOptions,
+    display: &mut Display,
+) -> Result<PushReport, CommandError> {
+    let give_up = Arc::new(AtomicBool::new(false));
+    let wait = WaitOptions {
+        give_up: Some(give_up.clone()),
+        ..wait
+    };
+    std::thread::scope(|s| {
+        let compiling = s.spawn(|| {
+            let bundle = pending.finish().and_then(|path| Ok(open_bundle(&path)?));
+            if bundle.is_err() {
+                give_up.store(true, Ordering::SeqCst);
+            }
+            bundle
+        });
+        let connected = SshExecutor::connect(target.clone(), wait, display);
+        let bundle = match compiling.join() {
+            Ok(bundle) => bundle?,
+            Err(panic) => std::panic::resume_unwind(panic),
+        };
+        let exec = connected.map_err(PushError::from)?;
+        let options = PushOptions {
+            bundle: bundle.path.clone(),
+            // Checks change nothing on the target, so they change nothing in deploy.yml either.
+            state: state.filter(|_| options.mode != RunMode::Test),
+            ..options
+        };
+        match push_connected(exec, &target, &bundle, &options, display)? {
+            PushOutcome::Done(r) => Ok(*r),
+            PushOutcome::DryRun(_) => unreachable!("a dry run connects to nothing"),
+        }
     })
 }
 
@@ -100,42 +166,46 @@ fn push_inner(cmd: &PushCommand, display: &mut Display) -> Result<(), CommandErr
                 print!("{}", plan.render());
             }
         }
-        PushOutcome::Done(r) => {
-            if cmd.common.json {
-                let checks = r
-                    .checks
-                    .as_ref()
-                    .map(|c| json!({"pass": c.pass, "fail": c.fail, "skip": c.skip}));
-                if opts.mode == RunMode::Test {
-                    println!(
-                        "{}",
-                        json!({"event": "result", "target": r.target, "checks": checks,
-                               "bundle_sha256": r.bundle_sha256})
-                    );
-                } else {
-                    println!(
-                        "{}",
-                        json!({"event": "result", "target": r.target, "applied": r.applied,
-                               "skipped": r.skipped, "applied_layers": r.applied_layers,
-                               "bundle_sha256": r.bundle_sha256, "checks": checks,
-                               "instance_id": r.state.as_ref().and_then(|s| s.instance_id.clone())})
-                    );
-                }
-            } else {
-                if opts.mode != RunMode::Test {
-                    eprintln!("{}", summary_push(&r));
-                }
-                if let Some(c) = &r.checks {
-                    eprintln!(
-                        "checked {}: {} passed, {} failed, {} skipped",
-                        r.target, c.pass, c.fail, c.skip
-                    );
-                }
-            }
-            if opts.mode.tests_run() {
-                checks_outcome(&r.target, r.checks.as_ref())?;
-            }
+        PushOutcome::Done(r) => report(cmd.common.json, opts.mode, *r)?,
+    }
+    Ok(())
+}
+
+/// Print what a finished push (or `ov test`) did; a failed or silent check is the failure.
+fn report(json: bool, mode: RunMode, r: PushReport) -> Result<(), CommandError> {
+    if json {
+        let checks = r
+            .checks
+            .as_ref()
+            .map(|c| json!({"pass": c.pass, "fail": c.fail, "skip": c.skip}));
+        if mode == RunMode::Test {
+            println!(
+                "{}",
+                json!({"event": "result", "target": r.target, "checks": checks,
+                       "bundle_sha256": r.bundle_sha256})
+            );
+        } else {
+            println!(
+                "{}",
+                json!({"event": "result", "target": r.target, "applied": r.applied,
+                       "skipped": r.skipped, "applied_layers": r.applied_layers,
+                       "bundle_sha256": r.bundle_sha256, "checks": checks,
+                       "instance_id": r.state.as_ref().and_then(|s| s.instance_id.clone())})
+            );
         }
+    } else {
+        if mode != RunMode::Test {
+            eprintln!("{}", summary_push(&r));
+        }
+        if let Some(c) = &r.checks {
+            eprintln!(
+                "checked {}: {} passed, {} failed, {} skipped",
+                r.target, c.pass, c.fail, c.skip
+            );
+        }
+    }
+    if mode.tests_run() {
+        checks_outcome(&r.target, r.checks.as_ref())?;
     }
     Ok(())
 }

@@ -6,6 +6,8 @@
 
 use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use openssh::{ControlPersist, KnownHosts, Session, SessionBuilder};
@@ -33,6 +35,9 @@ pub struct WaitOptions {
     pub cap: Duration,
     /// Longest single TCP connect + banner exchange.
     pub connect_timeout: Duration,
+    /// Set by someone else when the connection is no longer wanted (a compile running meanwhile
+    /// failed): no further attempt is made.
+    pub give_up: Option<Arc<AtomicBool>>,
 }
 
 impl Default for WaitOptions {
@@ -42,6 +47,7 @@ impl Default for WaitOptions {
             initial: Duration::from_millis(250),
             cap: Duration::from_secs(5),
             connect_timeout: Duration::from_secs(10),
+            give_up: None,
         }
     }
 }
@@ -196,6 +202,11 @@ where
 {
     // tokio's clock, so tests can run the schedule with paused time.
     let start = tokio::time::Instant::now();
+    let abandoned = || {
+        opts.give_up
+            .as_ref()
+            .is_some_and(|g| g.load(Ordering::SeqCst))
+    };
     let mut n = 0u32;
     loop {
         n += 1;
@@ -208,22 +219,35 @@ where
             Ok(v) => return Ok((v, n)),
             Err(Diagnosis::Retry(reason)) => {
                 let remaining = opts.deadline.saturating_sub(start.elapsed());
-                if remaining.is_zero() {
-                    return Err(ConnectError::Timeout {
-                        target: target.to_string(),
-                        secs: opts.deadline.as_secs(),
-                        attempts: n,
-                        last: reason,
-                    });
+                let gone = |n, last| ConnectError::Timeout {
+                    target: target.to_string(),
+                    secs: opts.deadline.as_secs(),
+                    attempts: n,
+                    last,
+                };
+                if remaining.is_zero() || abandoned() {
+                    return Err(gone(n, reason));
                 }
                 let pause = opts.backoff(n).min(remaining);
                 progress.event(&Event::WaitSsh {
                     target: target.to_string(),
                     attempt: n,
-                    reason,
+                    reason: reason.clone(),
                     retry_in: pause,
                 });
-                tokio::time::sleep(pause).await;
+                if opts.give_up.is_none() {
+                    tokio::time::sleep(pause).await;
+                    continue;
+                }
+                // Someone may give up meanwhile: look every 100 ms.
+                let until = tokio::time::Instant::now() + pause;
+                while tokio::time::Instant::now() < until {
+                    if abandoned() {
+                        return Err(gone(n, reason));
+                    }
+                    let left = until.saturating_duration_since(tokio::time::Instant::now());
+                    tokio::time::sleep(left.min(Duration::from_millis(100))).await;
+                }
             }
             Err(other) => return Err(other.into_error(target, known_hosts_name, key)),
         }

@@ -206,7 +206,33 @@ pub fn remote_timeout_secs(remaining: Duration) -> u64 {
         .max(1)
 }
 
-/// Wait for cloud-init on the target. `present`: whether the probe found the program.
+/// The outcome, and the event that says it, when there is nothing to wait for: not asked
+/// (`--no-wait-cloud-init`) or not `present` on the target; `None` when ov must wait.
+pub fn no_wait(opts: &CloudInitOptions, present: bool) -> Option<(CloudInitOutcome, Event)> {
+    let (outcome, state) = if !opts.wait {
+        (
+            CloudInitOutcome::Skipped,
+            "not waiting (--no-wait-cloud-init)",
+        )
+    } else if !present {
+        (
+            CloudInitOutcome::Absent,
+            "not installed on the target; not waiting",
+        )
+    } else {
+        return None;
+    };
+    Some((
+        outcome,
+        Event::CloudInit {
+            state: state.to_string(),
+            detail: Vec::new(),
+        },
+    ))
+}
+
+/// Wait for cloud-init on the target. `present`: whether the push's run channel found the
+/// program (`remote/enter.sh.j2`).
 ///
 /// The wait runs remotely under `timeout` so our deadline holds even if we lose the connection;
 /// when the connection drops (cloud-init restarting sshd), we reconnect and ask again.
@@ -223,13 +249,9 @@ pub fn wait_cloud_init(
             detail,
         })
     };
-    if !opts.wait {
-        note(progress, "not waiting (--no-wait-cloud-init)", vec![]);
-        return Ok(CloudInitOutcome::Skipped);
-    }
-    if !present {
-        note(progress, "not installed on the target; not waiting", vec![]);
-        return Ok(CloudInitOutcome::Absent);
+    if let Some((outcome, event)) = no_wait(opts, present) {
+        progress.event(&event);
+        return Ok(outcome);
     }
     let start = Instant::now();
     let mut json = true;

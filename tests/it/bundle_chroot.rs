@@ -246,9 +246,21 @@ fn real_run_applies_everything_then_is_a_no_op_and_undo_restores_the_root() {
         "the view holds records only: no undo script or lib.sh in the home"
     );
 
-    // Second run: nothing to do.
-    let out = run(&root, &["--user", USER]);
+    // Second run: nothing to do. With --print-ledger (what `ov push` passes) it ends by printing
+    // root's ledger as the `::ov-ledger::` lines ov reads back: byte for byte what the files hold.
+    let out = run(&root, &["--user", USER, "--print-ledger"]);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let printed = ov::target::ledger::parse_dump(&String::from_utf8_lossy(&out.stdout))
+        .expect("run.sh --print-ledger prints a whole ledger");
+    assert_eq!(printed.home, format!("/home/{USER}"));
+    assert_eq!(printed.dir, LEDGER);
+    assert_eq!(printed.applied_layers(&id).len(), LAYERS.len());
+    assert!(printed.has_undo_script);
+    assert_eq!(
+        printed.layer_texts["e2e-hello"],
+        root.sh(&format!("cat {LEDGER}/layers/e2e-hello.json")),
+        "the printed record is the file as root's ledger has it"
+    );
     assert_eq!(layers_with(&out.stdout, "layer-skip"), LAYERS);
     assert!(layers_with(&out.stdout, "layer-start").is_empty());
     assert_eq!(

@@ -125,9 +125,9 @@ fn push_dry_run_prints_what_would_be_sent_and_run() {
         "{}",
         r.stdout
     );
-    assert!(r
-        .stdout
-        .contains(&format!("--bundle-sha256 {sha} --user debian")));
+    assert!(r.stdout.contains(&format!(
+        "--bundle-sha256 {sha} ${{print:+\"$print\"}} --user debian"
+    )));
     // The archive follows the bootstrap on its stdin: it reads exactly the archive's size.
     assert!(
         r.stdout.contains(&format!("\nsize={}\n", bytes.len())),
@@ -251,4 +251,66 @@ fn compile_names_the_steps_closed_gates_leave_out() {
     let c = compile(&["--allow-repo-changes"]);
     expect_code(&c, 0, "compile --allow-repo-changes");
     assert_eq!(c.stderr, "");
+}
+
+/// `ov push <deploy>` compiles while the ssh master connects: a deploy that fails to compile is
+/// reported as such, at once — the connect gives up instead of waiting out `--wait-ssh` for a
+/// target that does not answer.
+#[test]
+fn push_reports_a_compile_error_at_once_while_the_target_does_not_answer() {
+    let s = Setup::new();
+    let proj = s.path("proj");
+    let write = |rel: &str, text: &str| {
+        let p = proj.join(rel);
+        std::fs::create_dir_all(p.parent().expect("parent")).expect("mkdir");
+        std::fs::write(p, text).expect("write");
+    };
+    write(
+        "overthink.yml",
+        "version: 2\nincludes:\n  - build.yml\n  - deploy.yml\ndiscover:\n  layers:\n    - path: layers\n      recursive: true\n",
+    );
+    write(
+        "build.yml",
+        "distros:\n  debian:\n    formats:\n      deb: {}\n",
+    );
+    write(
+        "deploy.yml",
+        "version: 3\ndeployments:\n  images:\n    gate:\n      target: vm\n      vm_source: gate\n      add_layers:\n        - bad\nvm:\n  gate:\n    source:\n      kind: cloud_image\n      base_user: debian\n      distro: \"debian:12\"\n    ssh:\n      key_source: none\n",
+    );
+    // Loads and resolves; fails only when lowered (after the connect has started).
+    write(
+        "layers/bad/layer.yml",
+        "layer:\n  name: bad\n  tasks:\n    - mkdir: relative/dir\n",
+    );
+    // A port nothing listens on: every connect attempt is refused and would be retried.
+    let port = TcpListener::bind("127.0.0.1:0")
+        .expect("listen")
+        .local_addr()
+        .expect("addr")
+        .port()
+        .to_string();
+    let t0 = std::time::Instant::now();
+    let r = run(ov()
+        .env("HOME", s.path("home"))
+        .env("XDG_CACHE_HOME", s.path("cache"))
+        .arg("-C")
+        .arg(&proj)
+        .args(["push", "vm:gate", "--host", "127.0.0.1", "--port", &port])
+        .args(["--wait-ssh", "60", "--identity"])
+        .arg(s.path("id_ed25519"))
+        .arg("--known-hosts")
+        .arg(s.path("known_hosts")));
+    expect_code(&r, 3, "push of a deploy that does not compile");
+    assert!(
+        r.stderr
+            .contains("task at line 4: `mkdir` path `relative/dir` must be absolute"),
+        "{}",
+        r.stderr
+    );
+    assert!(!r.stderr.contains("gave up waiting"), "{}", r.stderr);
+    assert!(
+        t0.elapsed() < std::time::Duration::from_secs(20),
+        "took {:?}",
+        t0.elapsed()
+    );
 }

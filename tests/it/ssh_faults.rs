@@ -251,7 +251,7 @@ fn sudo_wanting_a_password_fails_fast() {
     );
     assert!(msg.contains("password is required"), "{msg}");
     assert_eq!(e.exit(), Exit::CannotConnect);
-    // Stopped after the probe: nothing uploaded, nothing run.
+    // sudo refused the run channel's entry: nothing stored, nothing run, no other channel.
     assert_eq!(host.sessions_since(mark), 1);
     assert!(!out.path().join("ran").exists());
 }
@@ -610,8 +610,14 @@ fn cloud_init_answers_decide_whether_to_go_on() {
         (r, rec)
     };
 
+    let mark = host.mark();
     let (r, _) = push_with(fake_cloud_init(out.path(), "done"), false);
     assert_eq!(done(r.expect("done")).cloud_init, CloudInitOutcome::Done);
+    assert_eq!(
+        host.sessions_since(mark),
+        3,
+        "the run channel stopped at its entry, cloud-init, the run channel again"
+    );
 
     let (r, rec) = push_with(fake_cloud_init(out.path(), "degraded"), false);
     assert_eq!(
@@ -632,7 +638,7 @@ fn cloud_init_answers_decide_whether_to_go_on() {
     assert_eq!(
         host.sessions_since(mark),
         2,
-        "probe and cloud-init only; nothing uploaded"
+        "the run channel stopped at its entry (before sudo), and cloud-init; nothing ran"
     );
 
     let (r, _) = push_with(fake_cloud_init(out.path(), "error"), true);

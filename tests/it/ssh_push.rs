@@ -244,10 +244,48 @@ fn ssh_master_reuse_session_counts() {
         counts[0], counts[1],
         "channels must not depend on the layer count"
     );
-    // The probe, then one run channel (the archive goes up on its stdin and the ledger comes back
-    // on its stdout); waiting for cloud-init would add one.
-    assert!(counts[0].0 <= 2, "{counts:?}");
+    // One channel: its entry becomes root, the archive goes up on its stdin and the ledger comes
+    // back on its stdout (no probe channel); waiting for cloud-init would add two.
+    assert_eq!(counts[0].0, 1, "{counts:?}");
     assert_eq!(counts[0].1, 1, "one TCP connection per push");
+}
+
+/// Only the run channel's entry can say cloud-init is there (before the bootstrap speaks): a step
+/// that prints the same line makes ov neither wait for cloud-init nor run the bundle again.
+#[test]
+fn a_step_cannot_make_the_push_wait_for_cloud_init() {
+    let Some(host) = TestHost::start(Kind::Loopback) else {
+        return;
+    };
+    host.clear_ledger(USER);
+    let work = tempfile::tempdir().expect("tempdir");
+    let b = build(
+        work.path(),
+        "vm:enter",
+        "enter001",
+        USER,
+        &[Layer::new("says", "echo '::ov:: enter cloud-init=present'")],
+    );
+    let mark = host.mark();
+    let r = done(
+        push(
+            host.target(USER),
+            wait(),
+            &PushOptions::new(&b.path),
+            &mut Recorder::default(),
+        )
+        .expect("push"),
+    );
+    assert_eq!(r.applied, 1);
+    assert_eq!(
+        r.cloud_init,
+        ov::target::cloud_init::CloudInitOutcome::Absent
+    );
+    assert_eq!(
+        host.sessions_since(mark),
+        1,
+        "one channel: no wait, no second run"
+    );
 }
 
 #[test]

@@ -347,7 +347,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         for (rel, text) in [
             ("lib/steps.sh", "# mine\n"),
-            ("remote/probe.sh.j2", "echo probe\n"),
+            ("remote/enter.sh.j2", "echo enter\n"),
         ] {
             let path = dir.path().join(rel);
             std::fs::create_dir_all(path.parent().unwrap()).unwrap();
@@ -359,7 +359,7 @@ mod tests {
             .iter()
             .map(|(n, _)| n.as_str())
             .collect();
-        assert_eq!(all, ["lib/steps.sh", "remote/probe.sh.j2"]);
+        assert_eq!(all, ["lib/steps.sh", "remote/enter.sh.j2"]);
         let in_bundle: Vec<String> = engine
             .overridden_in_bundle()
             .into_iter()
