@@ -50,6 +50,10 @@ pub struct Bootstrap<'a> {
     pub apply: bool,
     /// Run the layers' checks (`run.sh --test --events`) after a successful apply, or alone.
     pub test: bool,
+    /// Only say what a run would change (`run.sh --check`); with `check_diff`, how files differ.
+    pub check: bool,
+    /// `--diff` for `run.sh --check`.
+    pub check_diff: bool,
     /// `--no-wait` for `run.sh`: refuse instead of waiting for the ledger lock.
     pub no_wait: bool,
     /// `--force` for `run.sh`: re-run layers already applied.

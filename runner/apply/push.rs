@@ -60,16 +60,27 @@ pub enum RunMode {
     ApplyThenTest,
     /// Only run the layers' own checks (`ov test`): nothing is applied, no ledger is read.
     Test,
+    /// Only say what a run would change (`ov push --check`: `run.sh --check`); nothing is applied.
+    Check {
+        /// `--diff`: how each file differs.
+        diff: bool,
+    },
 }
 
 impl RunMode {
-    fn applies(self) -> bool {
-        self != RunMode::Test
+    /// Whether the bundle is applied.
+    pub fn applies(self) -> bool {
+        matches!(self, RunMode::Apply | RunMode::ApplyThenTest)
     }
 
     /// Whether the layers' checks run.
     pub fn tests_run(self) -> bool {
-        self != RunMode::Apply
+        matches!(self, RunMode::ApplyThenTest | RunMode::Test)
+    }
+
+    /// Whether the run only says what would change.
+    pub fn checks_changes(self) -> bool {
+        matches!(self, RunMode::Check { .. })
     }
 }
 
@@ -343,6 +354,8 @@ pub struct PushReport {
     pub state: Option<VmState>,
     /// The checks, when the mode ran them.
     pub checks: Option<CheckReport>,
+    /// `ov push --check`: how many layers a run would change.
+    pub changed: Option<u64>,
 }
 
 /// What `--dry-run` would do.
@@ -467,6 +480,8 @@ pub fn bootstrap_script(
             keep: u8::from(opts.keep),
             apply: opts.mode.applies(),
             test: opts.mode.tests_run(),
+            check: opts.mode.checks_changes(),
+            check_diff: matches!(opts.mode, RunMode::Check { diff: true }),
             no_wait: opts.no_wait_lock,
             force: opts.force,
             verbose: opts.verbose,
@@ -510,7 +525,7 @@ fn dry_run(
     )];
     let entry = if opts.cloud_init.wait {
         format!(
-            "sh -c '<entry: stop if {} is installed; then: exec {}>'",
+            "sh -c '<entry: stop when {} is installed, else exec {}>'",
             opts.cloud_init.program,
             sudo("bash -s")
         )
@@ -571,6 +586,8 @@ struct RunState {
     ledger: LedgerLines,
     checks: Vec<CheckResult>,
     test_end: Option<(u64, u64, u64)>,
+    /// `run.sh --check`: how many layers would change (`check-end changed=N`).
+    check_changed: Option<u64>,
     /// The failed script's last lines and failing command, as the target read them from the
     /// run's log (`step-log`, `step-error`).
     step_log: Vec<String>,
@@ -669,6 +686,9 @@ impl Sink for RunSink<'_> {
                     RunEvent::TestEnd {
                         pass, fail, skip, ..
                     } => st.test_end = Some((*pass, *fail, *skip)),
+                    RunEvent::Other(l) if l.event == "check-end" => {
+                        st.check_changed = l.get("changed").and_then(|n| n.parse().ok());
+                    }
                     RunEvent::Other(l)
                         if l.event == "upload-check" && l.get("result") == Some("mismatch") =>
                     {
@@ -861,6 +881,8 @@ pub fn push_with(
         skip,
     });
     let (applied, skipped) = match (status, &sink.end) {
+        // run.sh --check exits 10 when a run would change something: the report says what.
+        (0 | 10, _) if opts.mode.checks_changes() && sink.check_changed.is_some() => (0, 0),
         (0, Some((_, a, s))) => (*a, *s),
         (9, Some((_, a, s))) if checks.is_some() => (*a, *s),
         (0 | 9, None) if checks.is_some() || status == 0 => (0, 0),
@@ -937,6 +959,7 @@ pub fn push_with(
         login_user: login,
         state: None,
         checks,
+        changed: sink.check_changed,
     })
 }
 

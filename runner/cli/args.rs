@@ -242,8 +242,15 @@ pub struct PushArgs {
     pub user: Option<String>,
     /// After a successful apply, run the layers' own checks on the same connection (exit 9 if
     /// one fails).
-    #[arg(long)]
+    #[arg(long, conflicts_with_all = ["check", "diff"])]
     pub verify: bool,
+    /// Apply nothing: say per layer and step what a run would change on the target
+    /// (`run.sh --check`); exit 10 if anything would.
+    #[arg(long)]
+    pub check: bool,
+    /// With `--check`: show how each file on the target differs from the bundle's.
+    #[arg(long)]
+    pub diff: bool,
 }
 
 /// `ov test`.

@@ -124,7 +124,9 @@ fn run(cli: Cli) -> Result<(), CommandError> {
                         ignore_errors: args.ignore_cloud_init_errors,
                         ..CloudInitOptions::default()
                     },
-                    mode: if args.verify {
+                    mode: if args.check || args.diff {
+                        RunMode::Check { diff: args.diff }
+                    } else if args.verify {
                         RunMode::ApplyThenTest
                     } else {
                         RunMode::Apply

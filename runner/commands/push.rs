@@ -95,7 +95,7 @@ fn compile_while_connecting(
         let options = PushOptions {
             bundle: bundle.path.clone(),
             // Checks change nothing on the target, so they change nothing in deploy.yml either.
-            state: state.filter(|_| options.mode != RunMode::Test),
+            state: state.filter(|_| options.mode.applies()),
             ..options
         };
         match push_connected(exec, &target, &bundle, &options, display)? {
@@ -144,7 +144,7 @@ fn push_inner(cmd: &PushCommand, display: &mut Display) -> Result<(), CommandErr
         Destination::Remote(c) => {
             let (target, state, wait) = connect_parts(&cmd.common, c)?;
             // Checks change nothing on the target, so they change nothing in deploy.yml either.
-            let state = state.filter(|_| opts.mode != RunMode::Test);
+            let state = state.filter(|_| opts.mode.applies());
             let opts = PushOptions {
                 state,
                 ..opts.clone()
@@ -173,6 +173,9 @@ fn push_inner(cmd: &PushCommand, display: &mut Display) -> Result<(), CommandErr
 
 /// Print what a finished push (or `ov test`) did; a failed or silent check is the failure.
 fn report(json: bool, mode: RunMode, r: PushReport) -> Result<(), CommandError> {
+    if mode.checks_changes() {
+        return check_outcome(json, &r);
+    }
     if json {
         let checks = r
             .checks
@@ -208,6 +211,27 @@ fn report(json: bool, mode: RunMode, r: PushReport) -> Result<(), CommandError> 
         checks_outcome(&r.target, r.checks.as_ref())?;
     }
     Ok(())
+}
+
+/// `ov push --check`: how many layers a run would change; any is the command's failure (exit 10),
+/// as `run.sh --check` exits 10.
+fn check_outcome(json: bool, r: &PushReport) -> Result<(), CommandError> {
+    let changed = r.changed.unwrap_or(0);
+    if json {
+        println!(
+            "{}",
+            json!({"event": "result", "target": r.target, "changed": changed,
+                   "bundle_sha256": r.bundle_sha256})
+        );
+    } else if changed == 0 {
+        eprintln!("{}: a run would change nothing", r.target);
+    }
+    if changed == 0 {
+        return Ok(());
+    }
+    Err(CommandError::Differs {
+        what: format!("a run would change {changed} layer(s) on {}", r.target),
+    })
 }
 
 /// A failed check is the command's failure (exit 9), naming the checks; checks that never

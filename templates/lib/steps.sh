@@ -509,7 +509,7 @@ ov_backup() {
     ov_fail "cannot save $p before replacing it"
     return 1
   }
-  echo "ov: saved $p (it existed before; undo puts it back)"
+  ov_say "saved $p (it existed before; undo puts it back)"
   OV_BACKED=$n
 }
 
@@ -675,7 +675,7 @@ ov_backup_tree() {
         ov_fail "cannot save $p before replacing it"
         return 1
       }
-      echo "ov: saved $p (it existed before; undo puts it back)"
+      ov_say "saved $p (it existed before; undo puts it back)"
       add+="b $n $p"$'\n'
       OV_BACKED_TREE+=("$n" "$p")
     else
@@ -982,7 +982,7 @@ ov_need_curl() {
     ov_fail "downloading needs \`curl\`, which is not installed, and no package manager ov knows (apt-get, dnf, pacman) is here to install it"
     return 1
   fi
-  echo "ov: curl is not installed: installing curl and ca-certificates first (this layer's undo removes them)"
+  ov_say "curl is not installed: installing curl and ca-certificates first (this layer's undo removes them)"
   ov_pkg_note "tools.$fmt" "$fmt" curl ca-certificates || return 1
   ov_pkg_run "$fmt" "${cmd[@]}"
 }
@@ -1385,14 +1385,14 @@ ov_service_enable() {
       systemctl --user daemon-reload && systemctl --user enable --now -- "$unit"
     else
       ov_user_unit_enable_offline "$unit" || return 1
-      echo "ov: no systemd user manager is running for $OV_USER: $unit is enabled for the next login, not started"
+      ov_say "no systemd user manager is running for $OV_USER: $unit is enabled for the next login, not started"
     fi
     return
   fi
   ov_unit_resolve unit "$2" || return 1
   if [ "$unit" != "$2" ]; then
     ov_state_once services.resolved "system $2 $unit" || return 1
-    echo "ov: $2 is an alias of $unit: enabling $unit"
+    ov_say "$2 is an alias of $unit: enabling $unit"
   fi
   state=$(systemctl is-enabled -- "$unit" 2>/dev/null) || true
   case $state in
@@ -1426,7 +1426,7 @@ ov_service_enable() {
     systemctl daemon-reload && systemctl enable --now -- "$unit"
   else
     systemctl enable -- "$unit" || return 1
-    echo "ov: systemd is not running here (a container or chroot): $unit is installed and enabled, not started"
+    ov_say "systemd is not running here (a container or chroot): $unit is installed and enabled, not started"
   fi
 }
 
