@@ -20,6 +20,8 @@ fn bootstrap<'a>(user: Option<&'a str>, layers: &'a [String], apply: bool) -> Bo
         keep: 0,
         apply,
         test: !apply || user.is_some(),
+        check: false,
+        check_diff: false,
         no_wait: true,
         force: true,
         verbose: apply,
@@ -64,6 +66,13 @@ fn all_remote_scripts() -> Vec<(String, String)> {
         bootstrap(Some(ODD), &layers, true),
         bootstrap(None, &[], true),
         bootstrap(None, &layers, false),
+        // `ov push --check --diff`: only run.sh --check.
+        Bootstrap {
+            test: false,
+            check: true,
+            check_diff: true,
+            ..bootstrap(Some(ODD), &[], false)
+        },
     ]
     .iter()
     .enumerate()

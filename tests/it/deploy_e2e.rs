@@ -406,6 +406,28 @@ fn deploy_add_status_push_and_del_over_ssh_with_the_ov_binary() {
     }
     let out = rig.ov(&["status", DEPLOY, "--exit-code"]);
     assert_eq!(out.status.code(), Some(0), "up to date: {}", text(&out));
+    // push --check: nothing would change; after a deployed file is edited on the target, that
+    // file, with its diff (exit 10) — and the edit stays, a check changes nothing.
+    let out = rig.ov(&["push", DEPLOY, "--check"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert!(
+        text(&out).contains("a run would change nothing"),
+        "{}",
+        text(&out)
+    );
+    h.sh("printf 'system=edited\\n' >/etc/e2e-system.conf");
+    let out = rig.ov(&["push", DEPLOY, "--check", "--diff"]);
+    assert_eq!(out.status.code(), Some(10), "{}", text(&out));
+    let all = text(&out);
+    assert!(
+        all.contains("change  file /etc/e2e-system.conf (content differs)")
+            && all.contains("    -system=edited")
+            && all.contains("    +system=yes")
+            && all.contains("a run would change 1 layer(s)"),
+        "{all}"
+    );
+    assert_eq!(h.sh("cat /etc/e2e-system.conf"), "system=edited\n");
+    h.sh("printf 'system=yes\\n' >/etc/e2e-system.conf");
     let out = rig.ov(&["status", DEPLOY, "--json"]);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
     // JSON lines: progress events (`connected`), then the report (the one without `event`).
