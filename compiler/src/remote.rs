@@ -58,6 +58,8 @@ pub struct Bootstrap<'a> {
     pub no_wait: bool,
     /// `--force` for `run.sh`: re-run layers already applied.
     pub force: bool,
+    /// `--force-distro` for `run.sh`: run on a distro the bundle was not compiled for.
+    pub force_distro: bool,
     /// `--verbose` for `run.sh`: stream every line the steps print.
     pub verbose: bool,
     /// `--user` for `run.sh`, when given.

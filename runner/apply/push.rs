@@ -133,6 +133,9 @@ pub struct PushOptions {
     pub test: TestFilter,
     /// `--templates DIR`: replacements for the target-side scripts of `templates/remote/`.
     pub templates: Option<PathBuf>,
+    /// `--force-distro`: run on a distro the bundle was not compiled for (run.sh's preflight
+    /// refuses otherwise).
+    pub force_distro: bool,
     /// Stream every line the steps print (`-v`: `run.sh --verbose`); otherwise the target keeps
     /// them in the run's log and sends the step lines only (and a failed script's last lines).
     pub verbose: bool,
@@ -154,6 +157,7 @@ impl PushOptions {
             mode: RunMode::Apply,
             test: TestFilter::default(),
             templates: None,
+            force_distro: false,
             verbose: false,
         }
     }
@@ -484,6 +488,7 @@ pub fn bootstrap_script(
             check_diff: matches!(opts.mode, RunMode::Check { diff: true }),
             no_wait: opts.no_wait_lock,
             force: opts.force,
+            force_distro: opts.force_distro,
             verbose: opts.verbose,
             user: opts.user.as_deref(),
             test_scope: opts.test.scope.as_deref(),

@@ -237,6 +237,10 @@ pub struct PushArgs {
     /// Re-run layers even when the target records them as applied.
     #[arg(long)]
     pub force: bool,
+    /// Run on a distro the bundle was not compiled for (the target's preflight refuses
+    /// otherwise: its package names and package manager may not fit).
+    #[arg(long)]
+    pub force_distro: bool,
     /// The account user-scope steps run as (default: the deploy's user).
     #[arg(long, value_name = "NAME")]
     pub user: Option<String>,

@@ -116,6 +116,7 @@ fn run(cli: Cli) -> Result<(), CommandError> {
                     dry_run: args.dry_run,
                     no_wait_lock: args.no_wait,
                     force: args.force,
+                    force_distro: args.force_distro,
                     verbose: verbosity == Verbosity::Verbose,
                     user: args.user,
                     cloud_init: CloudInitOptions {

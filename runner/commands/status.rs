@@ -5,12 +5,14 @@
 
 use std::path::PathBuf;
 
+use crate::apply::push::{push_with, PushError, PushOptions, RunMode};
 use crate::bundle::open_bundle;
 use crate::commands::project::{resolve, write_to_cache, BuildOptions, Selection};
 use crate::commands::{
     connect_parts, local, with_display, CommandError, Common, Connection, Destination,
 };
 use crate::ssh::exec::Executor;
+use crate::ssh::master::SshExecutor;
 use crate::target::ledger::{status as read_status, status_with, LayerMatch, StatusReport};
 use crate::ui::progress::Progress;
 
@@ -67,23 +69,66 @@ fn status_inner(cmd: &StatusCommand, display: &mut dyn Progress) -> Result<(), C
         Some(b) => Some(open_bundle(b)?),
         None => None,
     };
-    let report: StatusReport = match &cmd.common.destination {
+    // With a bundle to compare with, the target's files are compared too: the bundle's check
+    // mode (`run.sh --check`) on the same connection says per layer and step what a run would
+    // change — a file edited since it was deployed among it (drift).
+    let drift = |exec: &mut dyn Executor,
+                 display: &mut dyn Progress|
+     -> Result<Option<u64>, CommandError> {
+        let Some(b) = bundle.as_ref() else {
+            return Ok(None);
+        };
+        let opts = PushOptions {
+            mode: RunMode::Check { diff: false },
+            user: cmd.user.clone(),
+            ..PushOptions::new(b.path.clone())
+        };
+        // The comparison of files is extra: a bundle whose run.sh has no check mode, or a check
+        // that fails, leaves the status as the ledger says it, with a note.
+        match push_with(exec, b, &opts, display) {
+            Ok(r) => Ok(r.changed),
+            Err(e) => {
+                eprintln!("note: the target's files were not compared with the bundle: {e}");
+                Ok(None)
+            }
+        }
+    };
+    let (report, changed): (StatusReport, Option<u64>) = match &cmd.common.destination {
         Destination::Local => {
             let mut exec = local()?;
             let r = status_with(&mut exec, cmd.user.as_deref(), bundle.as_ref());
+            let changed = match &r {
+                Ok(_) => drift(&mut exec, display),
+                Err(_) => Ok(None),
+            };
             let _ = exec.close();
-            r?
+            (r?, changed?)
+        }
+        Destination::Remote(c) if bundle.is_some() => {
+            let (target, _, wait) = connect_parts(&cmd.common, c)?;
+            let mut exec = SshExecutor::connect(target, wait, display).map_err(PushError::from)?;
+            let r = status_with(&mut exec, cmd.user.as_deref(), bundle.as_ref());
+            let changed = match &r {
+                Ok(_) => drift(&mut exec, display),
+                Err(_) => Ok(None),
+            };
+            let _ = exec.close();
+            (r?, changed?)
         }
         Destination::Remote(c) => {
             let (target, _, wait) = connect_parts(&cmd.common, c)?;
-            read_status(target, wait, cmd.user.as_deref(), bundle.as_ref(), display)?
+            (
+                read_status(target, wait, cmd.user.as_deref(), bundle.as_ref(), display)?,
+                None,
+            )
         }
     };
     if cmd.common.json {
-        println!(
-            "{}",
-            serde_json::to_string(&report).unwrap_or_else(|_| "{}".into())
-        );
+        let mut v = serde_json::to_value(&report).unwrap_or_default();
+        if let (Some(obj), Some(n)) = (v.as_object_mut(), changed) {
+            obj.insert("changed".into(), n.into());
+        }
+        println!("{v}");
     } else {
         println!("{} — ledger {}", report.target, report.ledger);
         if report.layers.is_empty() {
@@ -116,16 +161,23 @@ fn status_inner(cmd: &StatusCommand, display: &mut dyn Progress) -> Result<(), C
                 println!("  {e:<28} recorded for this deploy but not in the bundle");
             }
         }
+        match changed {
+            Some(0) => println!("the target's files: as the bundle installs them"),
+            Some(n) => println!(
+                "the target's files: a run would change {n} layer(s) (the `change` lines above; `ov push --check --diff` shows how)"
+            ),
+            None => {}
+        }
     }
     if cmd.exit_code {
-        differs(&report, bundle.is_some())?;
+        differs(&report, bundle.is_some(), changed.unwrap_or(0))?;
     }
     Ok(())
 }
 
 /// `--exit-code`: an error (exit 10) naming what differs, unless the target holds every layer
 /// of the bundle as compiled and nothing more.
-fn differs(report: &StatusReport, compared: bool) -> Result<(), CommandError> {
+fn differs(report: &StatusReport, compared: bool, changed: u64) -> Result<(), CommandError> {
     if !compared {
         return Err(CommandError::Differs {
             what: "nothing to compare with (the project does not compile now)".into(),
@@ -147,6 +199,11 @@ fn differs(report: &StatusReport, compared: bool) -> Result<(), CommandError> {
             .iter()
             .map(|e| format!("`{e}` recorded but no longer in the deploy")),
     );
+    if changed > 0 {
+        what.push(format!(
+            "a run would change {changed} layer(s) on the target (files changed since deployed among them; `ov push --check --diff` shows how)"
+        ));
+    }
     if what.is_empty() {
         Ok(())
     } else {

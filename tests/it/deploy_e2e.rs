@@ -427,7 +427,17 @@ fn deploy_add_status_push_and_del_over_ssh_with_the_ov_binary() {
         "{all}"
     );
     assert_eq!(h.sh("cat /etc/e2e-system.conf"), "system=edited\n");
+    // The ledger's digests still match; status --exit-code compares the files too.
+    let out = rig.ov(&["status", DEPLOY, "--exit-code"]);
+    assert_eq!(out.status.code(), Some(10), "{}", text(&out));
+    assert!(
+        text(&out).contains("a run would change 1 layer(s) on the target"),
+        "{}",
+        text(&out)
+    );
     h.sh("printf 'system=yes\\n' >/etc/e2e-system.conf");
+    let out = rig.ov(&["status", DEPLOY, "--exit-code"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
     let out = rig.ov(&["status", DEPLOY, "--json"]);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
     // JSON lines: progress events (`connected`), then the report (the one without `event`).
