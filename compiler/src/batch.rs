@@ -56,6 +56,19 @@ pub struct PackageBatch {
     pub packages: usize,
 }
 
+impl PackageBatch {
+    /// One line for people: `one deb transaction for 3 packages of 2 layers: a, b`.
+    pub fn describe(&self) -> String {
+        format!(
+            "one {} transaction for {} packages of {} layers: {}",
+            self.format,
+            self.packages,
+            self.layers.len(),
+            self.layers.join(", ")
+        )
+    }
+}
+
 /// Whether `step` runs on this target.
 fn runs(step: &Step) -> bool {
     step.skip.is_none() && step.venue != Venue::Skip

@@ -82,13 +82,8 @@ impl Manifest {
             }
         }
         for b in &self.package_batches {
-            out.push_str(&format!(
-                "one {} transaction for {} packages of {} layers: {}\n",
-                b.format,
-                b.packages,
-                b.layers.len(),
-                b.layers.join(", ")
-            ));
+            out.push_str(&b.describe());
+            out.push('\n');
         }
         out.trim_end().to_string()
     }

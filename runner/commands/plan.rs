@@ -89,13 +89,7 @@ pub fn summary(plan: &InstallPlan) -> String {
     if !batches.is_empty() {
         s.push_str("\npackage transactions shared by layers (when every layer runs):\n");
         for b in &batches {
-            s.push_str(&format!(
-                "    one {} transaction for {} packages of {} layers: {}\n",
-                b.format,
-                b.packages,
-                b.layers.len(),
-                b.layers.join(", ")
-            ));
+            s.push_str(&format!("    {}\n", b.describe()));
         }
     }
     s

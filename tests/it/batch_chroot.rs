@@ -12,7 +12,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 use std::process::Output;
 
-use crate::fidelity;
+use crate::fidelity::{self, assert_packages, packages};
 use crate::support::e2e::{self, layers_with, text};
 use crate::support::rootfs::{self, Root};
 
@@ -120,15 +120,6 @@ fn run(root: &Root, script: &str, more: &[&str]) -> Output {
     root.run(&cmd)
 }
 
-/// The installed packages with their versions.
-fn packages(root: &Root) -> BTreeSet<String> {
-    root.sh("dpkg-query -W -f='${db:Status-Abbrev} ${binary:Package} ${Version}\\n'")
-        .lines()
-        .filter(|l| l.starts_with("ii "))
-        .map(|l| l[3..].trim().to_string())
-        .collect()
-}
-
 /// A layer's package facts in the ledger: file name (`packages.deb`, `packages-deps.deb`) → names.
 fn facts(root: &Root, layer: &str) -> BTreeMap<String, BTreeSet<String>> {
     let dir = root.path(&format!("{LEDGER}/layers/{layer}.d"));
@@ -155,16 +146,6 @@ fn transactions(out: &Output) -> Vec<String> {
         .filter(|l| l.starts_with("ov: deb: one transaction"))
         .map(str::to_string)
         .collect()
-}
-
-fn assert_packages(root: &Root, before: &BTreeSet<String>) {
-    let now = packages(root);
-    let added: Vec<_> = now.difference(before).collect();
-    let gone: Vec<_> = before.difference(&now).collect();
-    assert!(
-        added.is_empty() && gone.is_empty(),
-        "packages left: {added:?}; packages lost: {gone:?}"
-    );
 }
 
 #[test]

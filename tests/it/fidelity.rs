@@ -126,7 +126,7 @@ fn run(root: &Root, script: &str) -> Output {
 }
 
 /// The installed packages with their versions (`dpkg-query`, state `ii`).
-fn packages(root: &Root) -> BTreeSet<String> {
+pub(crate) fn packages(root: &Root) -> BTreeSet<String> {
     root.sh("dpkg-query -W -f='${db:Status-Abbrev} ${binary:Package} ${Version}\\n'")
         .lines()
         .filter(|l| l.starts_with("ii "))
@@ -156,7 +156,7 @@ fn assert_same(before: &BTreeMap<String, String>, after: &BTreeMap<String, Strin
     e2e::assert_unchanged(before, after, &left);
 }
 
-fn assert_packages(root: &Root, before: &BTreeSet<String>) {
+pub(crate) fn assert_packages(root: &Root, before: &BTreeSet<String>) {
     let now = packages(root);
     let added: Vec<_> = now.difference(before).collect();
     let gone: Vec<_> = before.difference(&now).collect();
