@@ -509,7 +509,7 @@ ov_backup() {
     ov_fail "cannot save $p before replacing it"
     return 1
   }
-  ov_say "saved $p (it existed before; undo puts it back)"
+  echo "ov: saved $p (it existed before; undo puts it back)"
   OV_BACKED=$n
 }
 
@@ -675,7 +675,7 @@ ov_backup_tree() {
         ov_fail "cannot save $p before replacing it"
         return 1
       }
-      ov_say "saved $p (it existed before; undo puts it back)"
+      echo "ov: saved $p (it existed before; undo puts it back)"
       add+="b $n $p"$'\n'
       OV_BACKED_TREE+=("$n" "$p")
     else

@@ -207,7 +207,9 @@ fn corpus_layers_apply_rerun_and_tear_down_to_the_root_as_it_was() {
         std::fs::read(root.path("/usr/local/bin/relay-wrapper")).expect("relay-wrapper"),
         std::fs::read(corpus.join("layers/socat/relay-wrapper")).expect("corpus file")
     );
-    assert!(String::from_utf8_lossy(&out.stdout).contains("saved /etc/X11/xorg.conf"));
+    // (Said in the run's log on the target, with the rest of the steps' output.)
+    let log = root.sh("cat /var/lib/overthink/installed/tester/logs/*.log");
+    assert!(log.contains("saved /etc/X11/xorg.conf"), "{log}");
     for p in ["socat", "tmux", "ripgrep", "supervisor", "dbus"] {
         assert!(
             packages(&root)
