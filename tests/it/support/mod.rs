@@ -4,6 +4,7 @@
 //! command that must succeed, whether we are root, skipping when a tool is missing) are in
 //! `tests/common` (`run` is re-exported here).
 
+pub mod ansible;
 pub mod attack;
 pub mod bundle;
 pub mod chroot_sshd;
