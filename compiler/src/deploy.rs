@@ -496,6 +496,7 @@ mod tests {
     fn vm(name: &str, ssh_user: Option<&str>, base_user: Option<&str>, d: Option<&str>) -> VmSpec {
         VmSpec {
             name: name.to_string(),
+            ssh_host: None,
             ssh_user: ssh_user.map(str::to_string),
             ssh_port: Some(2224),
             key_source: Some("generate".to_string()),

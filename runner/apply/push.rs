@@ -354,6 +354,9 @@ pub struct PushReport {
     pub cloud_init: CloudInitOutcome,
     /// The login user, as the target named it.
     pub login_user: String,
+    /// The account the bundle ran for (`--user`, else the manifest's, else the login user): the
+    /// ledger that records it is this account's.
+    pub user: String,
     /// The state saved in deploy.yml (when asked to).
     pub state: Option<VmState>,
     /// The checks, when the mode ran them.
@@ -961,6 +964,7 @@ pub fn push_with(
         applied_layers,
         ledger,
         cloud_init: cloud,
+        user: ledger_user.unwrap_or_else(|| login.clone()),
         login_user: login,
         state: None,
         checks,
@@ -982,6 +986,9 @@ pub fn record_state(
         .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
     let state = VmState {
         instance_id: Some(instance_id),
+        // With an ssh config the host is the config's alias, which means nothing without it.
+        ssh_host: target.ssh_config.is_none().then(|| target.host.clone()),
+        user: Some(report.user.clone()),
         ssh_user: target
             .user
             .clone()

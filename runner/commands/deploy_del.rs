@@ -28,12 +28,14 @@ pub struct DelRequest {
 /// `ov deploy del`.
 pub fn run(req: &DelRequest) -> Result<(), CommandError> {
     let target = resolve(&req.selection)?.target();
+    let mut common = req.connection.common(&target);
+    let user = common.follow_saved(req.options.user.clone(), target.user)?;
     del(&DelCommand {
-        common: req.connection.common(&target),
+        common,
         options: TeardownOptions {
             name: target.name,
             deploy_id: Some(target.id),
-            user: req.options.user.clone().or(target.user),
+            user,
             ..req.options.clone()
         },
     })

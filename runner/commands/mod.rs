@@ -41,7 +41,7 @@ pub enum Destination {
     /// This machine (`host`): local executor, no SSH.
     Local,
     /// A VM or SSH host.
-    Remote(ConnectOptions),
+    Remote(Box<ConnectOptions>),
 }
 
 /// Options shared by the remote commands.
@@ -89,14 +89,16 @@ impl Connection {
             Machine::Host => Destination::Local,
             Machine::Vm {
                 vm,
+                ssh_host,
                 ssh_user,
                 ssh_port,
-            } => Destination::Remote(ConnectOptions {
+            } => Destination::Remote(Box::new(ConnectOptions {
                 vm: Some(vm.clone()),
+                spec_host: ssh_host.clone(),
                 spec_user: ssh_user.clone(),
                 spec_port: *ssh_port,
                 ..self.ssh.clone()
-            }),
+            })),
         };
         Common {
             destination,
@@ -133,6 +135,38 @@ impl Delivery {
         let (bundle, target) = pending_bundle_and_target(&self.selection, &self.build)?;
         let common = self.connection.common(&target);
         Ok((bundle, target, common))
+    }
+}
+
+impl Common {
+    /// The VM's saved state (`None`: not a VM, or never pushed).
+    fn saved(&self) -> Result<Option<crate::target::state::VmState>, CommandError> {
+        let Destination::Remote(c) = &self.destination else {
+            return Ok(None);
+        };
+        let Some(vm) = &c.vm else {
+            return Ok(None);
+        };
+        let paths = match &self.paths {
+            Some(p) => p.clone(),
+            None => Paths::from_env()?,
+        };
+        Ok(load_vm_state(&paths.deploy_state_file(), &state_key(vm))?)
+    }
+
+    /// Act where the last successful push went, for the account it ran for (`ov status`,
+    /// `ov deploy del`): the connection follows the saved host, and the account is `given`, else
+    /// the saved one, else `default` (the deploy's).
+    fn follow_saved(
+        &mut self,
+        given: Option<String>,
+        default: Option<String>,
+    ) -> Result<Option<String>, CommandError> {
+        if let Destination::Remote(c) = &mut self.destination {
+            c.follow_saved = true;
+        }
+        let saved = self.saved()?.and_then(|s| s.user);
+        Ok(given.or(saved).or(default))
     }
 }
 

@@ -38,10 +38,12 @@ pub fn run(req: &StatusRequest) -> Result<(), CommandError> {
         .compile(&BuildOptions::default())
         .and_then(|b| write_to_cache(&b))
         .ok();
+    let mut common = req.connection.common(&target);
+    let user = common.follow_saved(req.user.clone(), target.user)?;
     status(&StatusCommand {
-        common: req.connection.common(&target),
+        common,
         bundle,
-        user: req.user.clone().or(target.user),
+        user,
         exit_code: req.exit_code,
     })
 }

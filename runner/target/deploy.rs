@@ -49,6 +49,8 @@ pub enum Machine {
     Vm {
         /// The VM entity name.
         vm: String,
+        /// The VM spec's `ssh.host`.
+        ssh_host: Option<String>,
         /// The VM spec's `ssh.user`, else `source.base_user` (`None` without a project).
         ssh_user: Option<String>,
         /// The VM spec's `ssh.port`.
@@ -64,6 +66,7 @@ impl Machine {
                 let spec = project.and_then(|p| p.vms.get(vm));
                 Machine::Vm {
                     vm: vm.clone(),
+                    ssh_host: spec.and_then(|s| s.ssh_host.clone()),
                     ssh_user: spec.and_then(|s| s.ssh_user.clone().or_else(|| s.base_user.clone())),
                     ssh_port: spec.and_then(|s| s.ssh_port),
                 }
@@ -147,6 +150,7 @@ mod tests {
             vm.machine,
             Machine::Vm {
                 vm: "arch".into(),
+                ssh_host: None,
                 ssh_user: None,
                 ssh_port: None
             }

@@ -75,6 +75,11 @@ pub struct ConnectOptions {
     /// An OpenSSH client config: user, port and key then come from it unless given explicitly.
     pub ssh_config: Option<PathBuf>,
     pub known_hosts: Option<PathBuf>,
+    /// The VM spec's `ssh.host`.
+    pub spec_host: Option<String>,
+    /// Go where the last successful push went (`ov status`, `ov deploy del`: they act on what is
+    /// there) rather than where the project says now (a push), when the two differ.
+    pub follow_saved: bool,
     pub spec_user: Option<String>,
     pub spec_port: Option<u16>,
 }
@@ -144,13 +149,24 @@ pub fn resolve(
     let with_config = opts.ssh_config.is_some();
     // With an ssh config the VM is reached by its `Host ov-<vm>` stanza unless --host says
     // otherwise, and the config supplies whatever the command line leaves open.
-    let host = opts.host.clone().unwrap_or_else(|| {
+    // The host: given; else named by the VM's entry or remembered from the last successful push
+    // (a push goes where the project says, status and teardown where the last push went); else
+    // the VM's forwarded port on this machine.
+    let saved_host = saved.and_then(|s| s.ssh_host.clone());
+    let (first, second) = if opts.follow_saved {
+        (saved_host.clone(), opts.spec_host.clone())
+    } else {
+        (opts.spec_host.clone(), saved_host.clone())
+    };
+    let host = opts.host.clone().or(first).or(second).unwrap_or_else(|| {
         if with_config {
             format!("ov-{vm}")
         } else {
             "127.0.0.1".to_string()
         }
     });
+    // What the last push used to log in holds for the machine it went to, not another one.
+    let saved = saved.filter(|_| saved_host.as_ref().is_none_or(|h| *h == host));
     let saved_user = saved.and_then(|s| s.ssh_user.clone());
     let saved_port = saved.and_then(|s| s.ssh_port);
     let saved_key = saved
@@ -304,6 +320,57 @@ mod tests {
         };
         let t = resolve(&cli, Some(&saved), &paths).expect("resolve");
         assert_eq!((t.user.as_deref(), t.port), (Some("cli"), Some(2400)));
+    }
+
+    #[test]
+    fn the_host_comes_from_the_entry_or_the_last_push_and_its_login_goes_with_it() {
+        let (root, paths) = home();
+        let vm_key = paths.vm_dir("web").join("id_ed25519");
+        std::fs::create_dir_all(vm_key.parent().expect("parent")).expect("mkdir");
+        private(&vm_key);
+        let other = key(root.path());
+        let spec = ConnectOptions {
+            spec_host: Some("web.example".into()),
+            ..vm("web", Some("admin"))
+        };
+        // Nothing remembered: the entry's host.
+        let t = resolve(&spec, None, &paths).expect("resolve");
+        assert_eq!(t.host, "web.example");
+        // The last push went to another address with its own login (`--host 10.0.0.5 --port
+        // 2200`): status and teardown follow it, a push goes where the entry says — without the
+        // other machine's port, user and key.
+        let saved = VmState {
+            ssh_host: Some("10.0.0.5".into()),
+            ssh_user: Some("ops".into()),
+            ssh_port: Some(2200),
+            ssh_key_path: Some(other.to_string_lossy().into_owned()),
+            ..Default::default()
+        };
+        let push = resolve(&spec, Some(&saved), &paths).expect("resolve");
+        assert_eq!(
+            (push.host.as_str(), push.user.as_deref(), push.port),
+            ("web.example", Some("admin"), Some(DEFAULT_VM_PORT))
+        );
+        assert_eq!(push.identity.as_deref(), Some(vm_key.as_path()));
+        let follow = ConnectOptions {
+            follow_saved: true,
+            ..spec.clone()
+        };
+        let status = resolve(&follow, Some(&saved), &paths).expect("resolve");
+        assert_eq!(
+            (status.host.as_str(), status.user.as_deref(), status.port),
+            ("10.0.0.5", Some("ops"), Some(2200))
+        );
+        assert_eq!(status.identity.as_deref(), Some(other.as_path()));
+        // The command line beats both.
+        let given = ConnectOptions {
+            host: Some("192.0.2.1".into()),
+            ..follow
+        };
+        assert_eq!(
+            resolve(&given, Some(&saved), &paths).expect("resolve").host,
+            "192.0.2.1"
+        );
     }
 
     #[test]

@@ -24,6 +24,9 @@ pub struct VmState {
     /// Stable identity of the machine, kept across pushes (UUID v4).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub instance_id: Option<String>,
+    /// SSH host (name or address) of the last successful push.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ssh_host: Option<String>,
     /// SSH login user.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ssh_user: Option<String>,
@@ -33,6 +36,9 @@ pub struct VmState {
     /// Private key used to log in.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ssh_key_path: Option<String>,
+    /// The account the bundle's user-scope steps ran as (`--user`), whose ledger records them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user: Option<String>,
     /// Time of the last successful push, RFC 3339 UTC.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_deploy: Option<String>,
@@ -49,11 +55,13 @@ impl VmState {
     fn fields(&self) -> Vec<(&'static str, FieldValue)> {
         let mut v = Vec::new();
         let s = |x: &Option<String>| x.clone().map(FieldValue::Str);
-        let pairs: [(&'static str, Option<FieldValue>); 7] = [
+        let pairs: [(&'static str, Option<FieldValue>); 9] = [
             ("instance_id", s(&self.instance_id)),
+            ("ssh_host", s(&self.ssh_host)),
             ("ssh_user", s(&self.ssh_user)),
             ("ssh_port", self.ssh_port.map(|p| FieldValue::Int(p.into()))),
             ("ssh_key_path", s(&self.ssh_key_path)),
+            ("user", s(&self.user)),
             ("last_deploy", s(&self.last_deploy)),
             (
                 "applied_layers",
@@ -998,9 +1006,11 @@ mod tests {
     fn state(id: &str) -> VmState {
         VmState {
             instance_id: Some(id.into()),
+            ssh_host: Some("192.0.2.7".into()),
             ssh_user: Some("arch".into()),
             ssh_port: Some(2224),
             ssh_key_path: Some("/home/op/.local/share/ov/vm/ov-arch/id_ed25519".into()),
+            user: Some("dev".into()),
             last_deploy: Some("2026-05-01T10:00:00Z".into()),
             applied_layers: Some(vec!["ripgrep".into(), "uv".into()]),
             bundle_sha256: Some("ab".repeat(32)),
@@ -1026,7 +1036,7 @@ mod tests {
         let out = save("", "vm:arch", "arch", &state("id-1"));
         assert_eq!(
             out,
-            "images:\n  vm:arch:\n    target: vm\n    vm_source: arch\n    vm_state:\n      instance_id: id-1\n      ssh_user: arch\n      ssh_port: 2224\n      ssh_key_path: /home/op/.local/share/ov/vm/ov-arch/id_ed25519\n      last_deploy: \"2026-05-01T10:00:00Z\"\n      applied_layers:\n        - ripgrep\n        - uv\n      bundle_sha256: abababababababababababababababababababababababababababababababab\n"
+            "images:\n  vm:arch:\n    target: vm\n    vm_source: arch\n    vm_state:\n      instance_id: id-1\n      ssh_host: 192.0.2.7\n      ssh_user: arch\n      ssh_port: 2224\n      ssh_key_path: /home/op/.local/share/ov/vm/ov-arch/id_ed25519\n      user: dev\n      last_deploy: \"2026-05-01T10:00:00Z\"\n      applied_layers:\n        - ripgrep\n        - uv\n      bundle_sha256: abababababababababababababababababababababababababababababababab\n"
         );
     }
 
@@ -1034,7 +1044,7 @@ mod tests {
     fn updates_only_our_fields() {
         let text = "# per-machine deploy state\nimages:\n    \"vm:arch\":   # quoted key, 4-space indent\n        target: vm\n        vm_state:\n            backend: auto      # written by ov vm create\n            ssh_port: 2200   # old port\n            applied_layers:\n            - old\n            key_injection_resolved: {smbios: true, cloud_init: true}\n        env: [A=1]\n    other:\n        target: host\n# trailing comment\n";
         let out = save(text, "vm:arch", "arch", &state("id-2"));
-        let expected = "# per-machine deploy state\nimages:\n    \"vm:arch\":   # quoted key, 4-space indent\n        target: vm\n        vm_state:\n            backend: auto      # written by ov vm create\n            ssh_port: 2224 # old port\n            applied_layers:\n                - ripgrep\n                - uv\n            key_injection_resolved: {smbios: true, cloud_init: true}\n            instance_id: id-2\n            ssh_user: arch\n            ssh_key_path: /home/op/.local/share/ov/vm/ov-arch/id_ed25519\n            last_deploy: \"2026-05-01T10:00:00Z\"\n            bundle_sha256: abababababababababababababababababababababababababababababababab\n        env: [A=1]\n    other:\n        target: host\n# trailing comment\n";
+        let expected = "# per-machine deploy state\nimages:\n    \"vm:arch\":   # quoted key, 4-space indent\n        target: vm\n        vm_state:\n            backend: auto      # written by ov vm create\n            ssh_port: 2224 # old port\n            applied_layers:\n                - ripgrep\n                - uv\n            key_injection_resolved: {smbios: true, cloud_init: true}\n            instance_id: id-2\n            ssh_host: 192.0.2.7\n            ssh_user: arch\n            ssh_key_path: /home/op/.local/share/ov/vm/ov-arch/id_ed25519\n            user: dev\n            last_deploy: \"2026-05-01T10:00:00Z\"\n            bundle_sha256: abababababababababababababababababababababababababababababababab\n        env: [A=1]\n    other:\n        target: host\n# trailing comment\n";
         assert_eq!(out, expected);
     }
 

@@ -47,8 +47,10 @@ extra: {a: 1}
 const SEEDED_ID: &str = "6f1c2a9e-3b7d-4c55-9e21-0a8b7c6d5e4f";
 
 /// The `vm_state` fields `ov` owns.
-const OURS: [&str; 7] = [
+const OURS: [&str; 9] = [
     "instance_id",
+    "ssh_host",
+    "user",
     "ssh_user",
     "ssh_port",
     "ssh_key_path",
@@ -131,6 +133,21 @@ impl Rig {
             .output()
             .expect("ov runs");
         eprintln!("$ ov {} -> {:?}", args.join(" "), out.status.code());
+        out
+    }
+
+    /// `ov ARGS` with no connection flags: the host comes from the last push's saved state.
+    fn ov_remembered(&self, args: &[&str]) -> Output {
+        let out = e2e::ov(self.home.path())
+            .args(args)
+            .stdin(std::process::Stdio::null())
+            .output()
+            .expect("ov runs");
+        eprintln!(
+            "$ ov {} (no --host) -> {:?}",
+            args.join(" "),
+            out.status.code()
+        );
         out
     }
 
@@ -362,6 +379,8 @@ fn deploy_add_status_push_and_del_over_ssh_with_the_ov_binary() {
     assert_others_kept(&state);
     let vs = vm_state(&state);
     assert_eq!(vs["instance_id"], SEEDED_ID);
+    assert_eq!(vs["ssh_host"], h.addr.as_str());
+    assert_eq!(vs["user"], "tester");
     assert_eq!(vs["ssh_user"], USER);
     assert_eq!(vs["ssh_port"], 22);
     assert_eq!(
@@ -385,8 +404,10 @@ fn deploy_add_status_push_and_del_over_ssh_with_the_ov_binary() {
         .expect("ssh-keygen runs");
     assert!(found.status.success(), "{}", text(&found));
 
-    // status: every layer with its digest, all matching what the project compiles now.
-    let out = rig.ov(&["status", DEPLOY]);
+    // status: every layer with its digest, all matching what the project compiles now — on the
+    // machine the push went to, with no `--host` (the VM's entry names none: without the saved
+    // host this would be 127.0.0.1).
+    let out = rig.ov_remembered(&["status", DEPLOY]);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(stdout.contains("compared with the bundle:"), "{stdout}");
@@ -496,8 +517,9 @@ fn deploy_add_status_push_and_del_over_ssh_with_the_ov_binary() {
     assert_eq!(h.sh("cat /var/lib/e2e/task-runs"), "root for tester\n");
     assert_others_kept(&rig.state_text());
 
-    // deploy del: the target as it was; vm_state kept (no layers applied).
-    let out = rig.ov(&["deploy", "del", DEPLOY]);
+    // deploy del: the target as it was; vm_state kept (no layers applied). No `--host`: the
+    // teardown goes where the last push went.
+    let out = rig.ov_remembered(&["deploy", "del", DEPLOY]);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
     assert!(
         String::from_utf8_lossy(&out.stderr).contains("7 layer(s) undone"),

@@ -595,12 +595,12 @@ fn vm_commands_end_to_end() {
         &marker_layers(out.path(), &["k1", "k2"]),
     );
     let common = Common {
-        destination: Destination::Remote(ConnectOptions {
+        destination: Destination::Remote(Box::new(ConnectOptions {
             vm: Some("it".into()),
             port: Some(host.port),
             spec_user: Some(USER.into()),
             ..Default::default()
-        }),
+        })),
         wait_ssh: Duration::from_secs(20),
         json: true,
         verbosity: Default::default(),
@@ -631,10 +631,10 @@ fn vm_commands_end_to_end() {
 
     // The saved state is enough to reach the VM again (no port given this time).
     let saved_only = Common {
-        destination: Destination::Remote(ConnectOptions {
+        destination: Destination::Remote(Box::new(ConnectOptions {
             vm: Some("it".into()),
             ..Default::default()
-        }),
+        })),
         ..common.clone()
     };
     run_status(&StatusCommand {

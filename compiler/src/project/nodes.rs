@@ -62,6 +62,9 @@ pub struct InstallOpts {
 pub struct VmSpec {
     /// The VM's key.
     pub name: String,
+    /// `ssh.host`: where the machine is (a name or address); default: the VM's forwarded port on
+    /// 127.0.0.1.
+    pub ssh_host: Option<String>,
     /// `ssh.user`.
     pub ssh_user: Option<String>,
     /// `ssh.port`.
@@ -241,7 +244,7 @@ pub(super) const VM_KEYS: &[&str] = &[
     "disposable",
     "lifecycle",
 ];
-pub(super) const VM_SSH_KEYS: &[&str] = &["user", "port", "key_source", "key_injection"];
+pub(super) const VM_SSH_KEYS: &[&str] = &["host", "user", "port", "key_source", "key_injection"];
 pub(super) const VM_SOURCE_KEYS: &[&str] = &[
     "kind",
     "url",
@@ -276,6 +279,7 @@ pub(super) fn parse_vm(
                     let skey = doc.key(sk, &kwhat).map_err(schema)?;
                     let swhat = format!("{kwhat}.{skey}");
                     match skey.as_str() {
+                        "host" => spec.ssh_host = doc.opt_string(sv, &swhat).map_err(schema)?,
                         "user" => spec.ssh_user = doc.opt_string(sv, &swhat).map_err(schema)?,
                         "port" => spec.ssh_port = Some(port(&doc, sv, &swhat)?),
                         "key_source" => {
