@@ -18,6 +18,7 @@ use std::fmt;
 /// | 8 | the target's ledger is locked by another run |
 /// | 9 | a check of the layers' own tests (`ov test`, `ov push --verify`) failed |
 /// | 10 | the target differs from what the project compiles now (`ov status --exit-code`) |
+/// | 11 | a command on many targets (`--inventory`): one or more hosts failed, were unreachable or were not started (`--max-fail`); the recap says which and why |
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Exit {
     /// 0 — everything worked.
@@ -42,11 +43,13 @@ pub enum Exit {
     ChecksFailed,
     /// 10 — the target differs from what the project compiles now (asked for with `--exit-code`).
     Differs,
+    /// 11 — on an inventory, one or more hosts did not succeed (the others went on).
+    HostsFailed,
 }
 
 impl Exit {
     /// Every variant, in code order (for docs and tests).
-    pub const ALL: [Exit; 11] = [
+    pub const ALL: [Exit; 12] = [
         Exit::Ok,
         Exit::Other,
         Exit::Usage,
@@ -58,6 +61,7 @@ impl Exit {
         Exit::Locked,
         Exit::ChecksFailed,
         Exit::Differs,
+        Exit::HostsFailed,
     ];
 
     /// The numeric process exit status.
@@ -74,6 +78,7 @@ impl Exit {
             Exit::Locked => 8,
             Exit::ChecksFailed => 9,
             Exit::Differs => 10,
+            Exit::HostsFailed => 11,
         }
     }
 
@@ -91,6 +96,7 @@ impl Exit {
             Exit::Locked => "target locked",
             Exit::ChecksFailed => "a check failed",
             Exit::Differs => "the target differs",
+            Exit::HostsFailed => "some hosts failed",
         }
     }
 }
@@ -120,7 +126,7 @@ mod tests {
     #[test]
     fn codes_are_distinct_and_documented_order() {
         let codes: Vec<u8> = Exit::ALL.iter().map(|e| e.code()).collect();
-        assert_eq!(codes, vec![0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10]);
+        assert_eq!(codes, vec![0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11]);
         assert_eq!(Exit::Locked.to_string(), "8 (target locked)");
     }
 }

@@ -18,6 +18,7 @@ pub mod bundle;
 pub mod cli;
 pub mod commands;
 pub mod exit;
+pub mod fleet;
 pub mod ssh;
 pub mod target;
 pub mod ui;

@@ -489,6 +489,18 @@ impl Display {
         }
     }
 
+    /// The lines this display would print for `ev` in plain mode, following the run as it goes
+    /// (what a fleet display prints after a host's name), without printing them.
+    pub fn lines(&mut self, ev: &Event) -> Vec<String> {
+        self.track(ev);
+        self.human_lines(ev)
+    }
+
+    /// Where the run is: `[K/N] layer` once a layer started, else `None`.
+    pub fn position(&self) -> Option<String> {
+        (self.layers > 0 && !self.layer.is_empty()).then(|| self.counter())
+    }
+
     /// `[K/N] layer`, the counter of the layer being worked on.
     fn counter(&self) -> String {
         format!("[{}/{}] {}", self.current, self.layers, self.layer)
@@ -617,7 +629,7 @@ impl Display {
 }
 
 /// Seconds as people read them: `0s`, `12s`, `2m05s`.
-fn secs_text(secs: f64) -> String {
+pub fn secs_text(secs: f64) -> String {
     let s = secs.max(0.0).round() as u64;
     if s < 60 {
         format!("{s}s")
