@@ -2169,16 +2169,35 @@ ov_check_profile_block() {
   done
 }
 ov_check_packages() {
-  local fmt=$1 p missing=()
+  local fmt=$1 p missing=() present=() upgrades=()
   shift
   for p in "$@"; do
-    ov_pkg_installed "$fmt" "$p" || missing+=("$p")
+    if ov_pkg_installed "$fmt" "$p"; then present+=("$p"); else missing+=("$p"); fi
   done
-  if [ "${#missing[@]}" = 0 ]; then
-    ov_chk ok "$fmt packages $*"
-  else
-    ov_chk change "$fmt packages $*" "would install ${missing[*]}"
+  # `apt-get install` of a package that is installed upgrades it when the package lists offer a
+  # newer version (as they are now: a run updates them first, so it may find more).
+  if [ "$fmt" = deb ] && [ "${#present[@]}" -gt 0 ]; then
+    mapfile -t upgrades < <(ov_check_apt_upgrades "${present[@]}")
   fi
+  if [ "${#missing[@]}" = 0 ] && [ "${#upgrades[@]}" = 0 ]; then
+    ov_chk ok "$fmt packages $*"
+  elif [ "${#missing[@]}" = 0 ]; then
+    ov_chk change "$fmt packages $*" "would upgrade ${upgrades[*]}"
+  elif [ "${#upgrades[@]}" = 0 ]; then
+    ov_chk change "$fmt packages $*" "would install ${missing[*]}"
+  else
+    ov_chk change "$fmt packages $*" "would install ${missing[*]}; would upgrade ${upgrades[*]}"
+  fi
+}
+# ov_check_apt_upgrades PACKAGE... — print `NAME (INSTALLED -> CANDIDATE)` for each installed
+# PACKAGE whose candidate in the package lists is another version.
+ov_check_apt_upgrades() {
+  LC_ALL=C apt-cache policy -- "$@" 2>/dev/null | awk '
+    /^[^ ]/ { name = $1; sub(/:$/, "", name); inst = ""; next }
+    $1 == "Installed:" { inst = $2; next }
+    $1 == "Candidate:" && inst != "" && inst != "(none)" && $2 != "(none)" && $2 != inst {
+      print name " (" inst " -> " $2 ")"
+    }'
 }
 ov_check_service() {
   local scope=$1 unit=$2 state
@@ -2192,6 +2211,44 @@ ov_check_service() {
     '') ov_chk unknown "service $unit" "systemctl cannot tell" ;;
     *) ov_chk change "service $unit enabled" "$state" ;;
   esac
+  # A run starts the unit too, where systemd runs (`enable --now`).
+  if ov_systemd_running; then
+    state=$(systemctl is-active -- "$unit" 2>/dev/null) || true
+    case $state in
+      active | reloading | activating) ov_chk ok "service $unit running" ;;
+      *) ov_chk change "service $unit running" "${state:-unknown}; a run starts it" ;;
+    esac
+  fi
+}
+# ov_check_apt_repo NAME URL SUITE COMPONENTS KEY_URL SIGNED_BY — what ov_apt_repo would write: the
+# sources file compared line for line; the key only by its presence (it is downloaded at run time).
+ov_check_apt_repo() {
+  local name=$1 url=$2 suite=$3 components=$4 key=$5 keyring=$6 opts='' line
+  if [ -n "$key" ]; then
+    keyring=${keyring:-/etc/apt/keyrings/$name.gpg}
+    ov_check_apt_key "$name" "$keyring"
+  fi
+  if [ -n "$keyring" ]; then
+    opts="[signed-by=$keyring] "
+  fi
+  if [ "$suite" = / ]; then
+    line="deb ${opts}$url /"
+  else
+    line="deb ${opts}$url $suite $components"
+  fi
+  ov_check_write_file "/etc/apt/sources.list.d/$name.list" 0644 "$line"$'\n'
+}
+# ov_check_apt_key NAME KEYRING — the repository's key is in place (its content is not compared:
+# a run downloads it again).
+ov_check_apt_key() {
+  local name=$1 keyring=${2:-/etc/apt/keyrings/$1.gpg}
+  if ! ov_check_trusted "$keyring"; then
+    ov_chk unknown "key of repository $name" "$keyring is under a directory another account owns"
+  elif [ -s "$keyring" ]; then
+    ov_chk ok "key of repository $name" "$keyring present; not downloaded to compare"
+  else
+    ov_chk change "key of repository $name" "would download it to $keyring"
+  fi
 }
 # ov_check_runs WHAT — a step that cannot be looked at (a `cmd:` task, a builder, repository
 # set-up): it ran when the layer was applied; otherwise a run would run it.

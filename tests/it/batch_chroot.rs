@@ -356,3 +356,110 @@ fn a_run_that_stops_after_a_shared_transaction_records_the_packages_of_the_layer
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
     assert_packages(&root, &before);
 }
+
+/// Check mode looks further than "installed or not": a package that is installed but that the
+/// package lists offer in a newer version (`apt-get install` would upgrade it) is a change; an
+/// apt repository's sources file is compared line for line and its key by its presence. The
+/// canary: before, the installed package was `ok` and the repository `would run`.
+#[test]
+fn check_mode_sees_an_upgrade_and_compares_a_repository() {
+    let Some(root) = root() else { return };
+    local_repository(&root);
+    let dir = tempfile::tempdir().expect("tmp");
+    project(
+        dir.path(),
+        &[
+            ("c-probe", "  deb:\n    packages: [ovprobe-a]\n"),
+            (
+                "c-repo",
+                "  deb:\n    repos:\n      - name: ovextra\n        url: \"https://apt.example.invalid/debian\"\n        suite: bookworm\n        components: main\n        key: \"https://apt.example.invalid/key.asc\"\n    packages: [ovprobe-b]\n",
+            ),
+        ],
+    );
+    compile(
+        &root,
+        dir.path(),
+        &["c-probe", "c-repo"],
+        &["--allow-repo-changes"],
+    );
+    let check = |what: &str| {
+        let out = run(&root, RUN, &["--check"]);
+        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+        eprintln!("--- check ({what}) ---\n{stdout}");
+        (out.status.code(), stdout)
+    };
+    let line = |stdout: &str, needle: &str| -> String {
+        stdout
+            .lines()
+            .find(|l| l.contains(needle))
+            .unwrap_or_else(|| panic!("no line with `{needle}`:\n{stdout}"))
+            .trim()
+            .to_string()
+    };
+
+    // The package at 1.0, installed the way a run would; the repository not set up.
+    root.sh("apt-get install -y -q ovprobe-a >/dev/null");
+    let (code, stdout) = check("installed, nothing newer");
+    assert_eq!(code, Some(10), "the repository is not set up: {stdout}");
+    assert!(
+        line(&stdout, "deb packages ovprobe-a").starts_with("ok"),
+        "{stdout}"
+    );
+    assert_eq!(
+        line(&stdout, "key of repository ovextra"),
+        "change  key of repository ovextra (would download it to /etc/apt/keyrings/ovextra.gpg)"
+    );
+    assert!(
+        line(&stdout, "/etc/apt/sources.list.d/ovextra.list").starts_with("change"),
+        "{stdout}"
+    );
+
+    // A 1.1 in the package lists: a run's `apt-get install ovprobe-a` would upgrade it.
+    root.sh(
+        r#"set -e
+src=/tmp/ovprobe-a11; mkdir -p $src/DEBIAN
+printf 'Package: ovprobe-a\nVersion: 1.1\nArchitecture: all\nMaintainer: ov tests <ov@example.invalid>\nDescription: newer\n' >$src/DEBIAN/control
+dpkg-deb --root-owner-group --build $src /srv/ovrepo/ovprobe-a_1.1_all.deb >/dev/null
+cd /srv/ovrepo
+for deb in *.deb; do
+  dpkg-deb -f "$deb"
+  printf 'Filename: ./%s\nSize: %s\nSHA256: %s\n\n' "$deb" "$(stat -c %s "$deb")" "$(sha256sum "$deb" | cut -d' ' -f1)"
+done >Packages
+apt-get update -q >/dev/null 2>&1 || true"#,
+    );
+    let (_, stdout) = check("a newer version offered");
+    assert_eq!(
+        line(&stdout, "deb packages ovprobe-a"),
+        "change  deb packages ovprobe-a (would upgrade ovprobe-a (1.0 -> 1.1))"
+    );
+
+    // The repository as a run writes it (the key is downloaded at run time: here, any key): ok.
+    root.sh(
+        "mkdir -p /etc/apt/keyrings && echo key >/etc/apt/keyrings/ovextra.gpg && \
+         printf '%s\\n' '# managed by ov (layer c-repo)' \
+         'deb [signed-by=/etc/apt/keyrings/ovextra.gpg] https://apt.example.invalid/debian bookworm main' \
+         >/etc/apt/sources.list.d/ovextra.list && chmod 0644 /etc/apt/sources.list.d/ovextra.list",
+    );
+    let (_, stdout) = check("the repository in place");
+    assert!(
+        line(&stdout, "key of repository ovextra").starts_with("ok"),
+        "{stdout}"
+    );
+    assert!(
+        line(&stdout, "/etc/apt/sources.list.d/ovextra.list").starts_with("ok"),
+        "{stdout}"
+    );
+    // Another suite in the file: a change again.
+    root.sh("sed -i 's/ bookworm / trixie /' /etc/apt/sources.list.d/ovextra.list");
+    let (_, stdout) = check("the repository edited");
+    assert!(
+        line(&stdout, "/etc/apt/sources.list.d/ovextra.list").starts_with("change"),
+        "{stdout}"
+    );
+    // Nothing the checks looked at was changed by them.
+    assert_eq!(
+        root.sh("dpkg-query -W -f='${Version}' ovprobe-a"),
+        "1.0",
+        "a check upgrades nothing"
+    );
+}
