@@ -270,12 +270,14 @@ pub enum PushError {
     },
     /// run.sh refused its arguments (2) or found the target unfit (8: no home, ledger not
     /// writable).
-    #[error("run.sh could not start on {target} (status {status}){}", tail_text(.tail))]
+    #[error("run.sh could not start on {target} (status {status}){}{}", .reason.as_ref().map(|r| format!(": {r}")).unwrap_or_default(), tail_text(.tail))]
     Runtime {
         target: String,
         /// Exit status.
         status: i32,
-        /// Output tail.
+        /// What run.sh said when it refused (its `run.sh: …` line), when it said it.
+        reason: Option<String>,
+        /// Output tail (without that line).
         tail: Vec<String>,
     },
     /// run.sh or the bootstrap failed otherwise.
@@ -604,10 +606,25 @@ struct RunState {
     login: Option<String>,
     /// The channel stopped because cloud-init is installed (`::ov:: enter cloud-init=present`).
     cloud_init_present: bool,
+    /// run.sh's own lines before it began (`run.sh: unknown user …`): held back, because when
+    /// run.sh stops there they are the push's error, said once; shown when the run goes on.
+    held: Vec<String>,
+    /// run.sh began applying, checking or testing.
+    begun: bool,
     /// Whether stdout carried anything but the login line (sudo refusing prints nothing there).
     other_stdout: bool,
     /// Shown when the bootstrap starts (what cloud-init is, once the entry's check passed).
     announce: Option<Event>,
+}
+
+/// Whether `line` is run.sh refusing to run (`run.sh: …` from `ov_die`), not one of its warnings,
+/// notes or waits, which say the run goes on.
+fn is_refusal(line: &str) -> bool {
+    line.strip_prefix("run.sh: ").is_some_and(|rest| {
+        !["warning:", "note:", "waiting "]
+            .iter()
+            .any(|p| rest.starts_with(p))
+    })
 }
 
 /// Turns the run's output into progress events and remembers what a failure report needs.
@@ -652,6 +669,20 @@ impl Sink for RunSink<'_> {
                     return;
                 }
                 let ev = RunEvent::from_line(pl);
+                let begins = match &ev {
+                    RunEvent::Begin { .. } => true,
+                    RunEvent::Other(l) => l.event == "check-begin" || l.event == "test-begin",
+                    _ => false,
+                };
+                if begins && !st.begun {
+                    st.begun = true;
+                    for line in std::mem::take(&mut st.held) {
+                        self.progress.event(&Event::Output {
+                            stream: Stream::Stderr,
+                            line,
+                        });
+                    }
+                }
                 match &ev {
                     RunEvent::ScriptStart { .. } => st.tail.clear(),
                     RunEvent::StepLog { line, .. } => st.step_log.push(line.clone()),
@@ -713,6 +744,10 @@ impl Sink for RunSink<'_> {
             st.other_stdout = true;
         }
         st.remember(line);
+        if stream == Stream::Stderr && !st.begun && is_refusal(line) {
+            st.held.push(line.to_string());
+            return;
+        }
         self.progress.event(&Event::Output {
             stream,
             line: line.to_string(),
@@ -923,11 +958,17 @@ pub fn push_with(
             })
         }
         (2 | 8 | 91, _) if sink.failure.is_none() => {
+            let reason = sink
+                .held
+                .last()
+                .and_then(|l| l.strip_prefix("run.sh: "))
+                .map(str::to_string);
             return Err(PushError::Runtime {
                 target,
                 status,
-                tail,
-            })
+                tail: tail.into_iter().filter(|l| !sink.held.contains(l)).collect(),
+                reason,
+            });
         }
         _ => {
             if let Some(failure) = sink.failure.take() {

@@ -650,6 +650,26 @@ fn a_failing_remote_step_exits_7_naming_layer_and_script_and_deploy_add_resumes(
 }
 
 #[test]
+fn an_account_the_target_lacks_is_refused_before_anything_runs_and_said_once() {
+    let Some(rig) = Rig::start() else { return };
+    let h = &rig.host;
+    let out = rig.ov(&["push", DEPLOY, "--user", "nosuchuser"]);
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(
+        stderr.contains(&format!(
+            "error: run.sh could not start on tester@{}:22 (status 2): unknown user `nosuchuser`",
+            h.addr
+        )),
+        "{stderr}"
+    );
+    // Said once: in the error, not also streamed as the run's output before it.
+    assert_eq!(stderr.matches("unknown user").count(), 1, "{stderr}");
+    assert!(!rig.package_installed("hello"), "nothing ran");
+    assert_eq!(rig.state_text(), SEED, "a refused push records nothing");
+}
+
+#[test]
 fn a_work_directory_another_user_controls_is_refused() {
     let Some(rig) = Rig::start() else { return };
     let h = &rig.host;
