@@ -70,8 +70,12 @@ fn find_program() -> Option<PathBuf> {
 }
 
 /// Read `source` through `ansible-inventory`; `what` says why (for the missing-Ansible error).
-pub(super) fn load(source: &Path, what: &str) -> Result<Inventory, InventoryError> {
-    let Some(program) = find_program() else {
+pub(super) fn load(
+    source: &Path,
+    what: &str,
+    program: Option<&Path>,
+) -> Result<Inventory, InventoryError> {
+    let Some(program) = program.map(Path::to_path_buf).or_else(find_program) else {
         return Err(InventoryError::NeedsAnsible {
             path: source.to_path_buf(),
             what: what.to_string(),

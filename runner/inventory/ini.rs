@@ -129,8 +129,15 @@ pub(super) fn parse(path: &Path, text: &str) -> Result<Inventory, InventoryError
                 let Some(first) = tokens.first() else {
                     continue;
                 };
-                let (hosts, port) = expand_host(first)
-                    .map_err(|m| err(lineno, col(0), YamlErrorKind::Invalid, m, ""))?;
+                let (hosts, port) = expand_host(first).map_err(|m| {
+                    err(
+                        lineno,
+                        col(0),
+                        YamlErrorKind::Invalid,
+                        m,
+                        "a host is `name`, `name:port` or a range like `web[01:12]`",
+                    )
+                })?;
                 let mut vars = Vec::new();
                 for t in &tokens[1..] {
                     let Some((k, v)) = t.split_once('=') else {

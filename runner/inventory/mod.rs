@@ -138,6 +138,15 @@ impl Inventory {
     /// Read the inventory at `source`: a static INI or YAML file here, anything else through
     /// `ansible-inventory` (see the module's documentation).
     pub fn load(source: &Path) -> Result<Inventory, InventoryError> {
+        Self::load_using(source, None)
+    }
+
+    /// [`Inventory::load`] with the `ansible-inventory` program to use (`None`: the one on
+    /// `PATH`).
+    pub fn load_using(
+        source: &Path,
+        ansible_inventory: Option<&Path>,
+    ) -> Result<Inventory, InventoryError> {
         match ansible::needs_ansible(source)? {
             None => {
                 let text = std::fs::read_to_string(source).map_err(|e| InventoryError::Read {
@@ -146,7 +155,7 @@ impl Inventory {
                 })?;
                 Self::parse(source, &text)
             }
-            Some(what) => ansible::load(source, &what),
+            Some(what) => ansible::load(source, &what, ansible_inventory),
         }
     }
 

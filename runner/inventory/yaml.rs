@@ -202,15 +202,16 @@ impl Reader<'_> {
     }
 }
 
-/// A YAML node as a JSON value (mapping keys by their text).
+/// A YAML node as a JSON value (mapping keys by their text). Numbers follow YAML 1.1, as
+/// Ansible's loader reads them: `0755` is octal (493), not decimal.
 fn json(n: &Node) -> Value {
+    if let (Y::Int(_) | Y::Float(_), Some(i)) = (&n.value, n.scalar_text().and_then(yaml11_int)) {
+        return int(i);
+    }
     match &n.value {
         Y::Null => Value::Null,
         Y::Bool(b) => Value::Bool(*b),
-        Y::Int(i) => i64::try_from(*i)
-            .map(Value::from)
-            .or_else(|_| u64::try_from(*i).map(Value::from))
-            .unwrap_or_else(|_| Value::String(i.to_string())),
+        Y::Int(i) => int(*i),
         Y::Float(x) => serde_json::Number::from_f64(*x)
             .map(Value::Number)
             .unwrap_or_else(|| Value::String(n.scalar_text().unwrap_or("").to_string())),
@@ -223,4 +224,33 @@ fn json(n: &Node) -> Value {
                 .collect(),
         ),
     }
+}
+
+fn int(i: i128) -> Value {
+    i64::try_from(i)
+        .map(Value::from)
+        .or_else(|_| u64::try_from(i).map(Value::from))
+        .unwrap_or_else(|_| Value::String(i.to_string()))
+}
+
+/// YAML 1.1's octal (`0755`), binary (`0b101`) and hex (`0x1f`) integers, with `_` separators.
+fn yaml11_int(text: &str) -> Option<i128> {
+    let (neg, body) = match text.strip_prefix('-') {
+        Some(b) => (true, b),
+        None => (false, text.strip_prefix('+').unwrap_or(text)),
+    };
+    let body = body.replace('_', "");
+    let v = if let Some(b) = body.strip_prefix("0b") {
+        i128::from_str_radix(b, 2).ok()?
+    } else if let Some(h) = body.strip_prefix("0x") {
+        i128::from_str_radix(h, 16).ok()?
+    } else if body.len() > 1
+        && body.starts_with('0')
+        && body.bytes().all(|c| (b'0'..=b'7').contains(&c))
+    {
+        i128::from_str_radix(&body[1..], 8).ok()?
+    } else {
+        return None;
+    };
+    Some(if neg { -v } else { v })
 }
