@@ -15,6 +15,7 @@ use ov::inventory::{Inventory, InventoryError};
 use serde_json::Value;
 
 use crate::support::ansible;
+use crate::support::fleet::Fleet;
 
 fn fixture(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -476,4 +477,87 @@ fn other_sources_go_through_ansible_inventory() {
     let missing =
         Inventory::load_using(&inv_dir, Some(Path::new("/nonexistent/ansible-inventory")));
     assert!(missing.is_err());
+}
+
+/// The fleet harness: 12 real hosts and a down one start (timed), the inventory it writes reads
+/// back through `ov`'s own reader, and plain `ssh` with exactly those values logs into every
+/// running host (whose host name is its inventory name) and fails fast on the down one; then
+/// everything is torn down.
+#[test]
+fn fleet_harness_starts_twelve_hosts_reachable_by_the_inventory() {
+    let Some(fleet) = Fleet::start_default(12, 1) else {
+        return;
+    };
+    assert!(
+        fleet.started_in < std::time::Duration::from_secs(120),
+        "12 hosts took {:?}",
+        fleet.started_in
+    );
+    let path = fleet.write_inventory("[odd]\nt01\nt03\n");
+    let inv = Inventory::load(&path).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(inv.select(Some("fleet")).expect("fleet").len(), 12);
+    assert_eq!(inv.select(Some("odd")).expect("odd").len(), 2);
+    let targets: Vec<_> = inv
+        .hosts()
+        .iter()
+        .map(|h| h.ssh_target().unwrap_or_else(|e| panic!("{e}")))
+        .collect();
+    let t0 = std::time::Instant::now();
+    let results: Vec<(String, Output)> = std::thread::scope(|s| {
+        let handles: Vec<_> = targets
+            .iter()
+            .map(|t| {
+                s.spawn(move || {
+                    let mut c = Command::new("ssh");
+                    c.args(["-o", "BatchMode=yes", "-o", "ConnectTimeout=10"]);
+                    for (k, v) in &t.ssh_options {
+                        c.arg("-o").arg(format!("{k}={v}"));
+                    }
+                    if let Some(p) = t.port {
+                        c.arg("-p").arg(p.to_string());
+                    }
+                    if let Some(i) = &t.identity {
+                        c.arg("-i").arg(i);
+                    }
+                    if let Some(u) = &t.user {
+                        c.arg("-l").arg(u);
+                    }
+                    c.arg(&t.host).args(["--", "hostname"]);
+                    (t.name.clone(), c.output().expect("ssh runs"))
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().expect("ssh thread"))
+            .collect()
+    });
+    eprintln!(
+        "fleet: 13 ssh logins (one down) in {:.2}s",
+        t0.elapsed().as_secs_f64()
+    );
+    for (name, out) in &results {
+        if name.starts_with("down") {
+            assert!(!out.status.success(), "{name} is down");
+            assert!(
+                String::from_utf8_lossy(&out.stderr).contains("refused"),
+                "{name}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            continue;
+        }
+        let m = fleet.member(name).expect("a member");
+        assert!(
+            out.status.success(),
+            "ssh to {name} failed: {}\nsshd log:\n{}",
+            String::from_utf8_lossy(&out.stderr),
+            m.host.log_text()
+        );
+        assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), name);
+    }
+    assert_eq!(results.len(), 13);
+    // Every host key landed in the one known_hosts file.
+    let known = std::fs::read_to_string(fleet.known_hosts()).expect("known_hosts");
+    assert_eq!(known.lines().count(), 12, "{known}");
+    drop(fleet);
 }
