@@ -200,5 +200,5 @@ pub(super) fn from_json(source: &Path, json: &str) -> Result<Inventory, Inventor
             b.set_host_var(&host, &k, v);
         }
     }
-    Ok(b.finish(source.to_path_buf()))
+    b.finish(source.to_path_buf())
 }

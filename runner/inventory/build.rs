@@ -10,7 +10,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use indexmap::IndexMap;
 use serde_json::Value;
 
-use super::{Group, Host, Inventory};
+use super::{Group, Host, Inventory, InventoryError};
 
 /// A source's hosts and groups, in the order they were first seen (Ansible's dict order).
 #[derive(Debug, Clone)]
@@ -126,8 +126,19 @@ impl Builder {
         seen
     }
 
-    /// Ansible's reconciliation, then the merged view.
-    pub fn finish(mut self, source: std::path::PathBuf) -> Inventory {
+    /// Ansible's reconciliation, then the merged view. A name that is both a host and a group
+    /// is refused (Ansible warns, then gives the host's inline variables to the group).
+    pub fn finish(mut self, source: std::path::PathBuf) -> Result<Inventory, InventoryError> {
+        if let Some(name) = self
+            .hosts
+            .keys()
+            .find(|h| self.groups.contains_key(h.as_str()))
+        {
+            return Err(InventoryError::Ambiguous {
+                path: source,
+                name: name.clone(),
+            });
+        }
         let tops: Vec<String> = self
             .groups
             .iter()
@@ -185,11 +196,11 @@ impl Builder {
             groups.remove("all");
             hosts.push(Host { name, vars, groups });
         }
-        Inventory {
+        Ok(Inventory {
             source,
             hosts,
             groups: self.groups,
-        }
+        })
     }
 
     /// Host → the groups that hold it directly.

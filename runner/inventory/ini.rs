@@ -225,7 +225,7 @@ pub(super) fn parse(path: &Path, text: &str) -> Result<Inventory, InventoryError
         };
         return Err(err(p.line, p.column, YamlErrorKind::Invalid, msg, &hint));
     }
-    Ok(b.finish(path.to_path_buf()))
+    b.finish(path.to_path_buf())
 }
 
 /// Resolve a group whose children references were pending: attach it to every parent that

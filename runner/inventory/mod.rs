@@ -94,6 +94,9 @@ pub enum InventoryError {
     /// `ansible-inventory`'s output is not the JSON it documents.
     #[error("cannot read the output of `ansible-inventory -i {path} --list`: {message}")]
     AnsibleOutput { path: PathBuf, message: String },
+    /// A name that is both a host and a group.
+    #[error("`{name}` is both a host and a group in `{path}`\n  = help: rename one of them; a pattern or a variable for `{name}` would be ambiguous")]
+    Ambiguous { path: PathBuf, name: String },
     /// A pattern (or one part of it) that matches no host or group.
     #[error("no host or group matches `{pattern}` in `{path}`\n  = help: names are {known}; patterns are as Ansible's `-l` (`web*`, `a:b`, `a:&b`, `a:!b`, `~regex`)")]
     NoMatch {

@@ -301,3 +301,44 @@ fn no_extension_reads_yaml_or_ini() {
     let i = Inventory::parse(Path::new("hosts"), "a\nb x=1\n").unwrap();
     assert_eq!(i.hosts().len(), 2);
 }
+
+#[test]
+fn a_name_for_both_a_host_and_a_group_is_refused() {
+    let e = Inventory::parse(Path::new("inv.ini"), "[web]\ndb\n[db]\nd1\n").unwrap_err();
+    assert!(
+        matches!(e, InventoryError::Ambiguous { ref name, .. } if name == "db"),
+        "{e}"
+    );
+}
+
+mod fuzz {
+    use super::*;
+    use proptest::prelude::*;
+
+    /// Text made of the pieces inventories are built from, in any order.
+    fn inventory_text() -> impl Strategy<Value = String> {
+        let piece = prop::sample::select(vec![
+            "[", "]", ":", "children", "vars", "web", "db", "all", "=", "'", "\"", "#", " ", "\n",
+            "\t", "[01:03]", "h1", "x", "1", "-", "hosts", "  ", "{", "}", ",", "\\", "~", ":22",
+            "[a:c]", "ansible_port", "é", "\r\n", ";", "*", "!", "&", "0755", "- ",
+        ]);
+        prop::collection::vec(piece, 0..60).prop_map(|v| v.concat())
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(400))]
+
+        #[test]
+        fn no_input_panics(text in inventory_text(), pattern in inventory_text()) {
+            for name in ["f.ini", "f.yml", "f"] {
+                if let Ok(inv) = Inventory::parse(Path::new(name), &text) {
+                    let _ = inv.select(Some(&pattern));
+                    for h in inv.hosts() {
+                        let _ = h.ssh_target();
+                    }
+                }
+            }
+            let _ = Inventory::from_ansible_json(Path::new("j"), &text);
+        }
+    }
+}

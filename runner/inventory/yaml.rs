@@ -59,7 +59,7 @@ pub(super) fn parse(path: &Path, text: &str) -> Result<Inventory, InventoryError
     for (k, v) in groups {
         r.group(&mut b, k, Some(v))?;
     }
-    Ok(b.finish(path.to_path_buf()))
+    b.finish(path.to_path_buf())
 }
 
 struct Reader<'a> {
