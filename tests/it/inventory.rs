@@ -129,7 +129,7 @@ fn ansible_host_vars(program: &Path, inv: &Path, host: &str) -> BTreeMap<String,
     serde_json::from_str(&ok(out, "ansible-inventory --host")).expect("json")
 }
 
-const FIXTURES: [&str; 3] = ["fleet.ini", "fleet.yml", "pending.ini"];
+const FIXTURES: [&str; 4] = ["fleet.ini", "fleet.yml", "pending.ini", "types.ini"];
 
 #[test]
 fn hosts_groups_and_vars_match_ansible_inventory() {
@@ -172,7 +172,7 @@ fn hosts_groups_and_vars_match_ansible_inventory() {
         let our_order: Vec<&str> = ours.hosts().iter().map(|h| h.name.as_str()).collect();
         assert_eq!(our_order, their_order, "{name}: order");
         // `--host` for the hosts where the fixtures' conflicts meet.
-        for host in ["web03", "db-b", "db-c", "l2"] {
+        for host in ["web03", "db-b", "db-c", "l2", "db1"] {
             if let Some(h) = ours.host(host) {
                 assert_eq!(
                     h.vars,
