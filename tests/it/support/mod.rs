@@ -10,6 +10,7 @@ pub mod bundle;
 pub mod chroot_sshd;
 pub mod cloudhost;
 pub mod e2e;
+pub mod fleet;
 pub mod rootfs;
 pub mod sshd;
 
