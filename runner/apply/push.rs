@@ -966,7 +966,10 @@ pub fn push_with(
             return Err(PushError::Runtime {
                 target,
                 status,
-                tail: tail.into_iter().filter(|l| !sink.held.contains(l)).collect(),
+                tail: tail
+                    .into_iter()
+                    .filter(|l| !sink.held.contains(l))
+                    .collect(),
                 reason,
             });
         }

@@ -192,12 +192,36 @@ pub struct ConnectArgs {
     /// known_hosts file (default: `~/.local/share/ov/vm/ov-<vm>/known_hosts`).
     #[arg(long, value_name = "FILE")]
     pub known_hosts: Option<PathBuf>,
-    /// How long to wait for SSH to come up, in seconds.
-    #[arg(long, value_name = "SECS", default_value_t = 120)]
-    pub wait_ssh: u64,
+    /// How long to wait for SSH to come up, in seconds [default: 120; 10 with `--inventory`].
+    #[arg(long, value_name = "SECS")]
+    pub wait_ssh: Option<u64>,
     /// One JSON object per line on stdout instead of the progress display.
     #[arg(long)]
     pub json: bool,
+}
+
+/// Many targets at once: the hosts of an Ansible inventory (push, status, deploy del).
+#[derive(Debug, Args, Clone)]
+pub struct FleetArgs {
+    /// Every host of this Ansible inventory (a static INI or YAML file; with `ansible-inventory`
+    /// installed, anything Ansible reads): hosts, ports, login users and keys come from its
+    /// `ansible_*` variables, the account from `ov_user`, the distro from `ov_distro`.
+    #[arg(long, value_name = "FILE", conflicts_with = "host")]
+    pub inventory: Option<PathBuf>,
+    /// Only the hosts this Ansible host pattern selects (`web*`, `a:b`, `a:&b`, `a:!b`, `~regex`).
+    #[arg(
+        short = 'l',
+        long = "limit",
+        value_name = "PATTERN",
+        requires = "inventory"
+    )]
+    pub limit: Option<String>,
+    /// Work on at most N hosts at once.
+    #[arg(long, value_name = "N", default_value_t = 10, value_parser = clap::value_parser!(u16).range(1..))]
+    pub forks: u16,
+    /// Start no more hosts once N have failed (default: go on with every host).
+    #[arg(long, value_name = "N", requires = "inventory", value_parser = clap::value_parser!(u16).range(1..))]
+    pub max_fail: Option<u16>,
 }
 
 /// What push and test send, and where (shared by push, deploy add, test).
@@ -216,6 +240,8 @@ pub struct DeliveryArgs {
 pub struct PushArgs {
     #[command(flatten)]
     pub delivery: DeliveryArgs,
+    #[command(flatten)]
+    pub fleet: FleetArgs,
     /// Do not wait for cloud-init to finish.
     #[arg(long)]
     pub no_wait_cloud_init: bool,
@@ -284,6 +310,8 @@ pub struct DelArgs {
     pub deploy: String,
     #[command(flatten)]
     pub connect: ConnectArgs,
+    #[command(flatten)]
+    pub fleet: FleetArgs,
     /// Also forget the VM's saved state in `~/.config/ov/deploy.yml`.
     #[arg(long)]
     pub purge: bool,
@@ -305,6 +333,8 @@ pub struct StatusArgs {
     pub deploy: DeployArgs,
     #[command(flatten)]
     pub connect: ConnectArgs,
+    #[command(flatten)]
+    pub fleet: FleetArgs,
     /// Owner of the ledger on the target (default: the deploy's user).
     #[arg(long, value_name = "NAME")]
     pub user: Option<String>,

@@ -17,6 +17,7 @@ use crate::apply::push::{PushOptions, RunMode, TestFilter};
 use crate::apply::teardown::TeardownOptions;
 use crate::commands::compile::{CompileOptions, Output};
 use crate::commands::deploy_del::DelRequest;
+use crate::commands::fleet::Fleet;
 use crate::commands::inspect::InspectOptions;
 use crate::commands::plan::PlanOptions;
 use crate::commands::project::{BuildOptions, Selection};
@@ -26,11 +27,14 @@ use crate::commands::test::TestRequest;
 use crate::commands::verify::VerifyOptions;
 use crate::commands::{self, CommandError, Connection, Delivery};
 use crate::exit::{Exit, HasExit};
+use crate::fleet::Limits;
 use crate::target::cloud_init::CloudInitOptions;
 use crate::target::deploy::DeployArg;
 use crate::target::resolve::ConnectOptions;
 use crate::ui::progress::Verbosity;
-use args::{BuildArgs, Cli, Command, ConnectArgs, DeliveryArgs, DeployArgs, DeployCommand};
+use args::{
+    BuildArgs, Cli, Command, ConnectArgs, DeliveryArgs, DeployArgs, DeployCommand, FleetArgs,
+};
 
 /// Parse the process arguments, run, and turn the outcome into an exit status.
 pub fn main() -> ExitCode {
@@ -109,7 +113,8 @@ fn run(cli: Cli) -> Result<(), CommandError> {
             bundle: args.bundle,
         }),
         Command::Push(args) | Command::Deploy(DeployCommand::Add(args)) => {
-            commands::push::run(&PushRequest {
+            let fleet = fleet(&args.fleet, &args.delivery.connect, verbosity);
+            let request = PushRequest {
                 delivery: delivery(&project, &args.delivery),
                 options: PushOptions {
                     keep: args.keep,
@@ -135,7 +140,16 @@ fn run(cli: Cli) -> Result<(), CommandError> {
                     // Named by the deploy: the compiled bundle, or the one given.
                     ..PushOptions::new(PathBuf::new())
                 },
-            })
+            };
+            match fleet {
+                Some(f) => commands::fleet::push(
+                    &f,
+                    &request.delivery.selection,
+                    &request.delivery.build,
+                    &request.options,
+                ),
+                None => commands::push::run(&request),
+            }
         }
         Command::Test(args) => commands::test::run(&TestRequest {
             delivery: delivery(&project, &args.delivery),
@@ -146,24 +160,41 @@ fn run(cli: Cli) -> Result<(), CommandError> {
             user: args.user,
             wait_cloud_init: !args.no_wait_cloud_init,
         }),
-        Command::Deploy(DeployCommand::Del(args)) => commands::deploy_del::run(&DelRequest {
-            selection: Selection::deploy_only(project, DeployArg::parse(&args.deploy)),
-            connection: connection(&args.connect, verbosity),
-            options: TeardownOptions {
+        Command::Deploy(DeployCommand::Del(args)) => {
+            let request = DelRequest {
+                selection: Selection::deploy_only(project, DeployArg::parse(&args.deploy)),
+                connection: connection(&args.connect, verbosity),
+                options: TeardownOptions {
+                    user: args.user,
+                    dry_run: args.dry_run,
+                    no_wait_lock: args.no_wait,
+                    purge: args.purge,
+                    verbose: verbosity == Verbosity::Verbose,
+                    ..TeardownOptions::default()
+                },
+            };
+            match fleet(&args.fleet, &args.connect, verbosity) {
+                Some(f) => commands::fleet::del(&f, &request.selection, &request.options),
+                None => commands::deploy_del::run(&request),
+            }
+        }
+        Command::Status(args) => {
+            let request = StatusRequest {
+                selection: selection(&project, &args.deploy),
+                connection: connection(&args.connect, verbosity),
                 user: args.user,
-                dry_run: args.dry_run,
-                no_wait_lock: args.no_wait,
-                purge: args.purge,
-                verbose: verbosity == Verbosity::Verbose,
-                ..TeardownOptions::default()
-            },
-        }),
-        Command::Status(args) => commands::status::run(&StatusRequest {
-            selection: selection(&project, &args.deploy),
-            connection: connection(&args.connect, verbosity),
-            user: args.user,
-            exit_code: args.exit_code,
-        }),
+                exit_code: args.exit_code,
+            };
+            match fleet(&args.fleet, &args.connect, verbosity) {
+                Some(f) => commands::fleet::status(
+                    &f,
+                    &request.selection,
+                    request.user.as_deref(),
+                    request.exit_code,
+                ),
+                None => commands::status::run(&request),
+            }
+        }
         Command::Completions { shell } => {
             // The hook that asks `ov` itself (COMPLETE=<shell> ov -- WORDS…), so deploy and
             // layer names come from the project the shell is in.
@@ -204,6 +235,27 @@ fn build(args: &BuildArgs) -> BuildOptions {
     }
 }
 
+/// The inventory side of a command, when `--inventory` is given.
+fn fleet(args: &FleetArgs, connect: &ConnectArgs, verbosity: Verbosity) -> Option<Fleet> {
+    let inventory = args.inventory.clone()?;
+    let c = connection(connect, verbosity);
+    Some(Fleet {
+        inventory,
+        limit: args.limit.clone(),
+        limits: Limits {
+            forks: usize::from(args.forks),
+            max_fail: args.max_fail.map(usize::from),
+        },
+        ssh: c.ssh,
+        wait_ssh: connect
+            .wait_ssh
+            .map(Duration::from_secs)
+            .unwrap_or(commands::fleet::FLEET_WAIT_SSH),
+        json: c.json,
+        verbosity,
+    })
+}
+
 fn connection(args: &ConnectArgs, verbosity: Verbosity) -> Connection {
     Connection {
         ssh: ConnectOptions {
@@ -215,7 +267,7 @@ fn connection(args: &ConnectArgs, verbosity: Verbosity) -> Connection {
             known_hosts: args.known_hosts.clone(),
             ..ConnectOptions::default()
         },
-        wait_ssh: Duration::from_secs(args.wait_ssh),
+        wait_ssh: Duration::from_secs(args.wait_ssh.unwrap_or(120)),
         json: args.json,
         verbosity,
     }

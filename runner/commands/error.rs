@@ -83,6 +83,13 @@ pub enum CommandError {
     /// `ov status --exit-code`: the target does not hold what the project compiles now.
     #[error("the target differs from what the project compiles now: {what}")]
     Differs { what: String },
+    /// An inventory that cannot be read, a host pattern that selects nothing, a host's
+    /// variables that cannot be used.
+    #[error(transparent)]
+    Inventory(#[from] crate::inventory::InventoryError),
+    /// On an inventory, some hosts did not succeed (the recap above names each and why).
+    #[error("{failed} of {total} host(s) did not succeed (the recap above says which and why)")]
+    HostsFailed { failed: usize, total: usize },
     /// The layers' own checks failed.
     #[error("{} check(s) failed on {target}:\n  {}", failed.len(), failed.join("\n  "))]
     ChecksFailed {
@@ -150,6 +157,8 @@ impl HasExit for CommandError {
             CommandError::Teardown(e) => e.exit(),
             CommandError::Ledger(e) => e.exit(),
             CommandError::Differs { .. } => Exit::Differs,
+            CommandError::Inventory(e) => e.exit(),
+            CommandError::HostsFailed { .. } => Exit::HostsFailed,
             CommandError::ChecksSilent { .. } | CommandError::ChecksFailed { .. } => {
                 Exit::ChecksFailed
             }

@@ -160,12 +160,19 @@ impl Resolved {
 
 /// Write a bundle for a push into `$XDG_CACHE_HOME/ov/bundles/` (or `~/.cache/…`).
 pub fn write_to_cache(bundle: &Bundle) -> Result<PathBuf, CommandError> {
+    write_to_cache_in(bundle, "")
+}
+
+/// [`write_to_cache`] into the cache's subdirectory `sub` (bundles of one deploy compiled for
+/// several distros share a file name).
+pub fn write_to_cache_in(bundle: &Bundle, sub: &str) -> Result<PathBuf, CommandError> {
     let cache = std::env::var_os("XDG_CACHE_HOME")
         .map(PathBuf::from)
         .filter(|p| p.is_absolute())
         .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
         .ok_or(CommandError::NoCacheDir)?
-        .join("ov/bundles");
+        .join("ov/bundles")
+        .join(sub);
     std::fs::create_dir_all(&cache)?;
     let (archive, _) =
         bundle::write(bundle, &cache.join(bundle.archive_name())).map_err(CommandError::Write)?;

@@ -6,7 +6,7 @@
 use std::path::PathBuf;
 
 use crate::apply::push::{push_with, PushError, PushOptions, RunMode};
-use crate::bundle::open_bundle;
+use crate::bundle::{open_bundle, BundleInfo};
 use crate::commands::project::{resolve, write_to_cache, BuildOptions, Selection};
 use crate::commands::{
     connect_parts, local, with_display, CommandError, Common, Connection, Destination,
@@ -14,7 +14,7 @@ use crate::commands::{
 use crate::ssh::exec::Executor;
 use crate::ssh::master::SshExecutor;
 use crate::target::ledger::{status as read_status, status_with, LayerMatch, StatusReport};
-use crate::ui::progress::Progress;
+use crate::ui::progress::{Event, Progress};
 
 /// Plain options of `ov status`.
 #[derive(Debug, Clone)]
@@ -66,56 +66,56 @@ pub fn status(cmd: &StatusCommand) -> Result<(), CommandError> {
     with_display(&cmd.common, |display| status_inner(cmd, display))
 }
 
+/// The target's ledger compared with `bundle`, and — with a bundle — how many layers a run would
+/// change (the bundle's check mode on the same connection: files changed since they were deployed
+/// among them); the executor is closed after.
+pub fn read_with(
+    exec: &mut dyn Executor,
+    user: Option<&str>,
+    bundle: Option<&BundleInfo>,
+    display: &mut dyn Progress,
+) -> Result<(StatusReport, Option<u64>), CommandError> {
+    let r = status_with(exec, user, bundle);
+    let changed = match (&r, bundle) {
+        (Ok(_), Some(b)) => {
+            let opts = PushOptions {
+                mode: RunMode::Check { diff: false },
+                user: user.map(str::to_string),
+                ..PushOptions::new(b.path.clone())
+            };
+            // The comparison of files is extra: a bundle whose run.sh has no check mode, or a
+            // check that fails, leaves the status as the ledger says it, with a note.
+            match push_with(exec, b, &opts, display) {
+                Ok(r) => r.changed,
+                Err(e) => {
+                    display.event(&Event::Note {
+                        msg: format!(
+                            "note: the target's files were not compared with the bundle: {e}"
+                        ),
+                    });
+                    None
+                }
+            }
+        }
+        _ => None,
+    };
+    let _ = exec.close();
+    Ok((r?, changed))
+}
+
 fn status_inner(cmd: &StatusCommand, display: &mut dyn Progress) -> Result<(), CommandError> {
     let bundle = match &cmd.bundle {
         Some(b) => Some(open_bundle(b)?),
         None => None,
     };
-    // With a bundle to compare with, the target's files are compared too: the bundle's check
-    // mode (`run.sh --check`) on the same connection says per layer and step what a run would
-    // change — a file edited since it was deployed among it (drift).
-    let drift = |exec: &mut dyn Executor,
-                 display: &mut dyn Progress|
-     -> Result<Option<u64>, CommandError> {
-        let Some(b) = bundle.as_ref() else {
-            return Ok(None);
-        };
-        let opts = PushOptions {
-            mode: RunMode::Check { diff: false },
-            user: cmd.user.clone(),
-            ..PushOptions::new(b.path.clone())
-        };
-        // The comparison of files is extra: a bundle whose run.sh has no check mode, or a check
-        // that fails, leaves the status as the ledger says it, with a note.
-        match push_with(exec, b, &opts, display) {
-            Ok(r) => Ok(r.changed),
-            Err(e) => {
-                eprintln!("note: the target's files were not compared with the bundle: {e}");
-                Ok(None)
-            }
-        }
-    };
     let (report, changed): (StatusReport, Option<u64>) = match &cmd.common.destination {
         Destination::Local => {
-            let mut exec = local()?;
-            let r = status_with(&mut exec, cmd.user.as_deref(), bundle.as_ref());
-            let changed = match &r {
-                Ok(_) => drift(&mut exec, display),
-                Err(_) => Ok(None),
-            };
-            let _ = exec.close();
-            (r?, changed?)
+            read_with(&mut local()?, cmd.user.as_deref(), bundle.as_ref(), display)?
         }
         Destination::Remote(c) if bundle.is_some() => {
             let (target, _, wait) = connect_parts(&cmd.common, c)?;
             let mut exec = SshExecutor::connect(target, wait, display).map_err(PushError::from)?;
-            let r = status_with(&mut exec, cmd.user.as_deref(), bundle.as_ref());
-            let changed = match &r {
-                Ok(_) => drift(&mut exec, display),
-                Err(_) => Ok(None),
-            };
-            let _ = exec.close();
-            (r?, changed?)
+            read_with(&mut exec, cmd.user.as_deref(), bundle.as_ref(), display)?
         }
         Destination::Remote(c) => {
             let (target, _, wait) = connect_parts(&cmd.common, c)?;
@@ -179,7 +179,7 @@ fn status_inner(cmd: &StatusCommand, display: &mut dyn Progress) -> Result<(), C
 
 /// `--exit-code`: an error (exit 10) naming what differs, unless the target holds every layer
 /// of the bundle as compiled and nothing more.
-fn differs(report: &StatusReport, compared: bool, changed: u64) -> Result<(), CommandError> {
+pub fn differs(report: &StatusReport, compared: bool, changed: u64) -> Result<(), CommandError> {
     if !compared {
         return Err(CommandError::Differs {
             what: "nothing to compare with (the project does not compile now)".into(),

@@ -19,6 +19,7 @@ mod cli_push;
 mod cloud_init;
 mod deploy_e2e;
 mod fidelity;
+mod fleet;
 mod inventory;
 mod service_chroot;
 mod ssh_faults;
