@@ -1,0 +1,1114 @@
+//! Stage `load`, remote layers: layer refs that name another git repository, the lock file that
+//! pins each `host/org/repo@ref` to a commit, the repo cache's layout, and the loader that adds
+//! remote layers to a project from checkouts already in the cache. Invariant: this module never
+//! runs git or touches the network — the runner fetches; here a ref that is not locked, or a
+//! locked commit that is not checked out, is reported as missing (with what would fetch it) —
+//! and a remote layer is read exactly like a local one, from inside its own checkout.
+//!
+//! Two spellings name one remote layer:
+//! - in `depends:`/`layers:` (and deploy nodes' `add_layers:`): `@host/org/repo/path/to/layer[:ref]`;
+//! - on the command line: `host/org/repo/path/to/layer[@ref]` (the `@` form works there too).
+//!
+//! Without a ref the repository's default branch (`HEAD`) is meant; the lock pins it all the same.
+//! The URL fetched is `https://host/org/repo.git`; git's `url.<base>.insteadOf` redirects it
+//! (mirrors, tests). Checkouts are keyed by commit (`<cache>/host/org/repo@<commit>/`), so two refs
+//! of one repository never share a working tree.
+
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::layer::Layer;
+use crate::layer_parse::{load_layer_dir, valid_layer_name, LayerError, ParseContext};
+use crate::project::Project;
+use crate::yaml::{self, Doc, YamlError, YamlErrorKind};
+
+/// The lock file's name, in the project directory.
+pub const LOCK_FILE: &str = "ov.lock";
+
+/// The ref meant when none is given: the repository's default branch.
+pub const DEFAULT_REF: &str = "HEAD";
+
+/// A git repository on a host: `github.com/team/configs`.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct RepoId {
+    /// `github.com`, `gitlab.com`, a private git host.
+    pub host: String,
+    /// Organisation or user.
+    pub org: String,
+    /// Repository name (without `.git`).
+    pub name: String,
+}
+
+impl RepoId {
+    /// The URL `git fetch` is given; `url.<base>.insteadOf` may rewrite it.
+    pub fn url(&self) -> String {
+        format!("https://{}/{}/{}.git", self.host, self.org, self.name)
+    }
+}
+
+impl fmt::Display for RepoId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}/{}", self.host, self.org, self.name)
+    }
+}
+
+/// A repository at a ref (tag, branch, commit or `HEAD`): one entry of the lock file.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct RepoRef {
+    /// The repository.
+    pub repo: RepoId,
+    /// The ref as written (`HEAD` when none was).
+    pub reference: String,
+}
+
+impl RepoRef {
+    /// Parses a lock key, `host/org/repo@ref`.
+    pub fn parse(key: &str) -> Result<RepoRef, RefError> {
+        let bad = |problem| RefError {
+            reference: key.to_string(),
+            problem,
+        };
+        let (repo, reference) = key.rsplit_once('@').ok_or_else(|| bad(RefProblem::Shape))?;
+        let segments: Vec<&str> = repo.split('/').collect();
+        let [host, org, name] = segments[..] else {
+            return Err(bad(RefProblem::Shape));
+        };
+        check_host(host).map_err(bad)?;
+        check_segment(org).map_err(bad)?;
+        check_segment(name).map_err(bad)?;
+        check_ref(reference).map_err(bad)?;
+        Ok(RepoRef {
+            repo: RepoId {
+                host: host.to_string(),
+                org: org.to_string(),
+                name: name.to_string(),
+            },
+            reference: reference.to_string(),
+        })
+    }
+}
+
+impl fmt::Display for RepoRef {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}@{}", self.repo, self.reference)
+    }
+}
+
+/// A parsed remote layer ref: which repository, at which ref, and the layer's directory in it.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct RemoteRef {
+    /// The repository and ref.
+    pub at: RepoRef,
+    /// The layer directory inside the repository, e.g. `layers/sshkeys` (`/`-separated).
+    pub path: String,
+}
+
+/// Why a remote layer ref is not one.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid remote layer ref `{reference}`: {problem}")]
+pub struct RefError {
+    /// The ref as written.
+    pub reference: String,
+    /// What is wrong with it.
+    pub problem: RefProblem,
+}
+
+/// What is wrong with a remote layer ref.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RefProblem {
+    /// Too few parts.
+    #[error("expected `<host>/<org>/<repo>/<path to layer>[@<ref>]` (or `@<host>/<org>/<repo>/<path to layer>[:<ref>]` in a layer file)")]
+    Shape,
+    /// A host that is not a DNS name.
+    #[error("`{0}` is not a host name (letters, digits, `-` and `.`; no port: point `url.<base>.insteadOf` at another port)")]
+    Host(String),
+    /// An empty, `.`/`..` or otherwise unusable path part.
+    #[error("path part `{0}` is not allowed (letters, digits, `.`, `_`, `-`; not `.`, `..` or starting with `.` or `-`)")]
+    Segment(String),
+    /// `@`/`:` with nothing after it.
+    #[error("the ref after `@` (or `:`) is empty")]
+    EmptyRef,
+    /// A ref git would not take, or that could be read as an option.
+    #[error("ref `{0}` is not a tag, branch or commit name ov accepts (letters, digits, `.`, `_`, `+`, `-`; not starting with `-` or `.`, no `..`)")]
+    Ref(String),
+}
+
+fn check_host(host: &str) -> Result<(), RefProblem> {
+    let ok = !host.is_empty()
+        && host
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '.')
+        && !host.starts_with(['-', '.'])
+        && !host.ends_with(['-', '.'])
+        && !host.contains("..");
+    ok.then_some(())
+        .ok_or_else(|| RefProblem::Host(host.to_string()))
+}
+
+fn check_segment(seg: &str) -> Result<(), RefProblem> {
+    let ok = !seg.is_empty()
+        && !seg.starts_with(['.', '-'])
+        && seg
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'));
+    ok.then_some(())
+        .ok_or_else(|| RefProblem::Segment(seg.to_string()))
+}
+
+fn check_ref(r: &str) -> Result<(), RefProblem> {
+    if r.is_empty() {
+        return Err(RefProblem::EmptyRef);
+    }
+    let ok = !r.starts_with(['-', '.'])
+        && !r.ends_with(['.'])
+        && !r.contains("..")
+        && !r.ends_with(".lock")
+        && r.chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '+' | '-'));
+    ok.then_some(())
+        .ok_or_else(|| RefProblem::Ref(r.to_string()))
+}
+
+impl RemoteRef {
+    /// Parses the layer-file form `@host/org/repo/path/to/layer[:ref]`.
+    pub fn parse_at(reference: &str) -> Result<RemoteRef, RefError> {
+        let bad = |problem| RefError {
+            reference: reference.to_string(),
+            problem,
+        };
+        let body = reference
+            .strip_prefix('@')
+            .ok_or_else(|| bad(RefProblem::Shape))?;
+        // The ref follows a `:` after the last `/` (hosts carry no port here).
+        let last_slash = body.rfind('/').unwrap_or(0);
+        let (path, version) = match body[last_slash..].find(':') {
+            Some(i) => (&body[..last_slash + i], Some(&body[last_slash + i + 1..])),
+            None => (body, None),
+        };
+        RemoteRef::from_parts(path, version).map_err(bad)
+    }
+
+    /// Parses the command-line form `host/org/repo/path/to/layer[@ref]`, or the layer-file form.
+    /// `Ok(None)`: a plain layer name (no `/`), which names a layer of the project.
+    pub fn parse_cli(reference: &str) -> Result<Option<RemoteRef>, RefError> {
+        if reference.starts_with('@') {
+            return RemoteRef::parse_at(reference).map(Some);
+        }
+        if !reference.contains('/') {
+            return Ok(None);
+        }
+        let (path, version) = match reference.split_once('@') {
+            Some((p, v)) => (p, Some(v)),
+            None => (reference, None),
+        };
+        RemoteRef::from_parts(path, version)
+            .map(Some)
+            .map_err(|problem| RefError {
+                reference: reference.to_string(),
+                problem,
+            })
+    }
+
+    fn from_parts(path: &str, version: Option<&str>) -> Result<RemoteRef, RefProblem> {
+        let segments: Vec<&str> = path.split('/').collect();
+        let [host, org, name, sub @ ..] = &segments[..] else {
+            return Err(RefProblem::Shape);
+        };
+        if sub.is_empty() {
+            return Err(RefProblem::Shape);
+        }
+        check_host(host)?;
+        check_segment(org)?;
+        // `repo.git` names the same repository as `repo`.
+        let name = name.strip_suffix(".git").unwrap_or(name);
+        check_segment(name)?;
+        for seg in sub {
+            check_segment(seg)?;
+        }
+        let last = sub[sub.len() - 1];
+        if !valid_layer_name(last) {
+            return Err(RefProblem::Segment(last.to_string()));
+        }
+        let reference = match version {
+            Some(v) => {
+                check_ref(v)?;
+                v.to_string()
+            }
+            None => DEFAULT_REF.to_string(),
+        };
+        Ok(RemoteRef {
+            at: RepoRef {
+                repo: RepoId {
+                    host: host.to_string(),
+                    org: org.to_string(),
+                    name: name.to_string(),
+                },
+                reference,
+            },
+            path: sub.join("/"),
+        })
+    }
+
+    /// The layer's name: the last part of its path.
+    pub fn name(&self) -> &str {
+        self.path.rsplit('/').next().unwrap_or(&self.path)
+    }
+
+    /// The layer-file spelling, `@host/org/repo/path:ref`.
+    pub fn at_form(&self) -> String {
+        format!("@{}/{}:{}", self.at.repo, self.path, self.at.reference)
+    }
+}
+
+impl fmt::Display for RemoteRef {
+    /// The command-line spelling, `host/org/repo/path@ref`.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}@{}", self.at.repo, self.path, self.at.reference)
+    }
+}
+
+/// Requested layers with the command-line remote form rewritten to the layer-file form the
+/// resolver reads (`github.com/o/r/layers/x@v1` → `@github.com/o/r/layers/x:v1`); plain names
+/// stay as they are.
+pub fn normalize_requests(requested: &[String]) -> Result<Vec<String>, RefError> {
+    requested
+        .iter()
+        .map(|r| {
+            Ok(match RemoteRef::parse_cli(r)? {
+                Some(remote) => remote.at_form(),
+                None => r.clone(),
+            })
+        })
+        .collect()
+}
+
+/// Where a resolved layer came from; carried into the plan for provenance.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "lowercase")]
+pub enum LayerOrigin {
+    /// A directory of the project.
+    Local {
+        /// The layer directory relative to the project root (`/`-separated).
+        path: String,
+    },
+    /// A directory of a git repository at a locked commit.
+    Remote {
+        /// `host/org/repo`.
+        repo: String,
+        /// The ref as requested (tag, branch, commit or `HEAD`).
+        reference: String,
+        /// The commit the lock file pins the ref to (40 hex digits).
+        commit: String,
+        /// The layer directory inside the repository (`/`-separated).
+        path: String,
+    },
+}
+
+impl LayerOrigin {
+    /// Whether this is a project directory.
+    pub fn is_local(&self) -> bool {
+        matches!(self, LayerOrigin::Local { .. })
+    }
+}
+
+/// Where a remote layer was read from (set by [`load_remote_layers`] on the [`Layer`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct RemoteSource {
+    /// The repository and the ref it was requested at.
+    pub at: RepoRef,
+    /// The locked commit.
+    pub commit: String,
+    /// The layer directory inside the repository.
+    pub path: String,
+    /// The checkout the layer was read from (`<cache>/host/org/repo@<commit>`).
+    #[serde(skip)]
+    pub checkout: PathBuf,
+}
+
+impl RemoteSource {
+    /// The origin a plan records.
+    pub fn origin(&self) -> LayerOrigin {
+        LayerOrigin::Remote {
+            repo: self.at.repo.to_string(),
+            reference: self.at.reference.clone(),
+            commit: self.commit.clone(),
+            path: self.path.clone(),
+        }
+    }
+
+    /// How a bundle's manifest names the layer's source: `host/org/repo/path@commit`.
+    pub fn source_text(&self) -> String {
+        format!("{}/{}@{}", self.at.repo, self.path, self.commit)
+    }
+}
+
+impl Serialize for RepoRef {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+/// The repo cache (`$OV_REPO_CACHE`, by default `~/.cache/ov/repos`): one bare repository per
+/// remote repository (`host/org/repo.git`, fetched into by the runner) and one plain checkout per
+/// commit (`host/org/repo@<commit>`, never changed once in place).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RepoCache {
+    /// The cache directory.
+    pub root: PathBuf,
+}
+
+impl RepoCache {
+    /// The bare repository git fetches into.
+    pub fn git_dir(&self, repo: &RepoId) -> PathBuf {
+        self.root
+            .join(&repo.host)
+            .join(&repo.org)
+            .join(format!("{}.git", repo.name))
+    }
+
+    /// The checkout of `commit`.
+    pub fn checkout(&self, repo: &RepoId, commit: &str) -> PathBuf {
+        self.root
+            .join(&repo.host)
+            .join(&repo.org)
+            .join(format!("{}@{commit}", repo.name))
+    }
+}
+
+/// `ov.lock`: the commit each `host/org/repo@ref` resolved to. Sorted by key, one small entry
+/// each, so a diff shows exactly which ref moved.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Lock {
+    /// Commit (40 lowercase hex digits) by repository ref.
+    pub entries: BTreeMap<RepoRef, String>,
+}
+
+/// Why `ov.lock` could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum LockError {
+    /// The file exists but cannot be read.
+    #[error("cannot read `{}`", path.display())]
+    Read {
+        /// The lock file.
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// Not YAML, or not the lock file's shape.
+    #[error("{0}")]
+    Invalid(Box<YamlError>),
+}
+
+const LOCK_HEADER: &str = "\
+# ov.lock: the commit each remote layer repository ref resolved to. Written by `ov fetch`
+# (and by compile, plan and push when they fetch); `--update` moves the refs. Commit this file:
+# every compile uses these commits until it is updated.
+";
+
+/// The lock file format's version (the `version:` key).
+const LOCK_VERSION: u32 = 1;
+
+/// Whether `s` is a full commit id as the lock records it.
+pub fn is_commit_id(s: &str) -> bool {
+    s.len() == 40
+        && s.bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+}
+
+impl Lock {
+    /// Reads `path`; a missing file is an empty lock.
+    pub fn read(path: &Path) -> Result<Lock, LockError> {
+        match std::fs::read_to_string(path) {
+            Ok(text) => Lock::parse(path, &text),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Lock::default()),
+            Err(source) => Err(LockError::Read {
+                path: path.to_path_buf(),
+                source,
+            }),
+        }
+    }
+
+    /// Parses the text of a lock file (`path` names it in errors).
+    pub fn parse(path: &Path, text: &str) -> Result<Lock, LockError> {
+        let invalid = |e: YamlError| LockError::Invalid(Box::new(e));
+        let root = yaml::parse_node(path, text).map_err(invalid)?;
+        let doc = Doc::new(path, text);
+        let mut lock = Lock::default();
+        if root.is_null() {
+            return Ok(lock);
+        }
+        for (k, v) in doc.map(&root, "ov.lock").map_err(invalid)? {
+            match doc.key(k, "ov.lock").map_err(invalid)?.as_str() {
+                "version" => {
+                    let version: u32 = doc.uint(v, "version").map_err(invalid)?;
+                    if version != LOCK_VERSION {
+                        return Err(invalid(doc.error(
+                            v.pos,
+                            YamlErrorKind::Invalid,
+                            format!("`ov.lock` version {version} is not one this ov reads (it reads {LOCK_VERSION})"),
+                        )));
+                    }
+                }
+                "repos" => {
+                    if v.is_null() {
+                        continue;
+                    }
+                    for (rk, rv) in doc.map(v, "repos").map_err(invalid)? {
+                        let key = doc.key(rk, "repos").map_err(invalid)?;
+                        let at = RepoRef::parse(&key).map_err(|e| {
+                            invalid(doc.error(rk.pos, YamlErrorKind::Invalid, e.to_string()))
+                        })?;
+                        let mut commit = None;
+                        let what = format!("repos.{key}");
+                        for (ek, ev) in doc.map(rv, &what).map_err(invalid)? {
+                            match doc.key(ek, &what).map_err(invalid)?.as_str() {
+                                "commit" => {
+                                    let c = doc.string(ev, "commit").map_err(invalid)?;
+                                    if !is_commit_id(&c) {
+                                        return Err(invalid(doc.error(
+                                            ev.pos,
+                                            YamlErrorKind::Invalid,
+                                            format!("`commit` must be a full commit id (40 lowercase hex digits), found `{c}`"),
+                                        )));
+                                    }
+                                    commit = Some(c);
+                                }
+                                other => {
+                                    return Err(invalid(doc.error(
+                                        ek.pos,
+                                        YamlErrorKind::UnknownKey,
+                                        format!("unknown key `{other}` in `{what}`"),
+                                    )))
+                                }
+                            }
+                        }
+                        let Some(commit) = commit else {
+                            return Err(invalid(doc.error(
+                                rk.pos,
+                                YamlErrorKind::MissingKey,
+                                format!("`{what}` needs `commit:`"),
+                            )));
+                        };
+                        lock.entries.insert(at, commit);
+                    }
+                }
+                other => {
+                    return Err(invalid(
+                        doc.error(
+                            k.pos,
+                            YamlErrorKind::UnknownKey,
+                            format!("unknown key `{other}` in `ov.lock`"),
+                        )
+                        .with_hint("valid keys here: `repos`, `version`"),
+                    ))
+                }
+            }
+        }
+        Ok(lock)
+    }
+
+    /// The file's text: a header, the version, then one entry per ref in sorted order. The same
+    /// lock always gives the same bytes.
+    pub fn to_text(&self) -> String {
+        let mut s = String::from(LOCK_HEADER);
+        s.push_str(&format!("version: {LOCK_VERSION}\nrepos:"));
+        if self.entries.is_empty() {
+            s.push_str(" {}\n");
+            return s;
+        }
+        s.push('\n');
+        for (at, commit) in &self.entries {
+            // Keys and commits are checked to hold only characters YAML reads plainly.
+            s.push_str(&format!("  {at}:\n    commit: {commit}\n"));
+        }
+        s
+    }
+}
+
+/// Why remote layers could not be added to the project.
+#[derive(Debug, thiserror::Error)]
+pub enum RemoteError {
+    /// A ref in a layer file or the request that does not parse.
+    #[error("{source} ({})", by_text(required_by.as_deref()))]
+    BadRef {
+        /// The layer that names it; `None`: requested.
+        required_by: Option<String>,
+        #[source]
+        source: RefError,
+    },
+    /// A ref that was never fetched, or whose locked commit is not in the cache.
+    #[error(
+        "remote layer repository `{at}` {} (needed for `{reference}`); fetch it: `{command}`",
+        missing_text(commit.as_deref(), checkout)
+    )]
+    NotFetched {
+        /// The repository ref.
+        at: RepoRef,
+        /// The ref of the layer that needs it, in its command-line spelling.
+        reference: String,
+        /// The locked commit, when the lock has one.
+        commit: Option<String>,
+        /// Where its checkout is (or would be) in the cache.
+        checkout: PathBuf,
+        /// The command that fetches it.
+        command: String,
+    },
+    /// The commit holds no layer at the path.
+    #[error("`{}` at commit {commit} has no layer at `{path}` (no `{path}/layer.yml`) (needed for `{reference}`)", at)]
+    NoLayer {
+        /// The repository ref.
+        at: RepoRef,
+        /// The locked commit.
+        commit: String,
+        /// The path inside the repository.
+        path: String,
+        /// The ref as written.
+        reference: String,
+    },
+    /// A path of a remote layer that leads outside its checkout or layer directory.
+    #[error("remote layer `{layer}` (`{reference}`): `{file}` {why}; a remote layer's files must stay inside its own directory")]
+    Escapes {
+        /// The layer name.
+        layer: String,
+        /// The ref as written.
+        reference: String,
+        /// The file, relative to the layer directory.
+        file: String,
+        /// What it does.
+        why: String,
+    },
+    /// The remote layer's `layer.yml` is not valid.
+    #[error("remote layer `{reference}` (commit {commit}): {source}")]
+    Layer {
+        /// The ref as written.
+        reference: String,
+        /// The locked commit.
+        commit: String,
+        #[source]
+        source: Box<LayerError>,
+    },
+    /// Two different layers would share a name (names key the ledger on the target).
+    #[error("two layers are named `{name}`: {first} and {second}; layer names must be unique in a deploy (they key the target's ledger)")]
+    NameConflict {
+        /// The shared name.
+        name: String,
+        /// The first one, described.
+        first: String,
+        /// The second one, described.
+        second: String,
+    },
+}
+
+fn by_text(required_by: Option<&str>) -> String {
+    match required_by {
+        Some(by) => format!("required by `{by}`"),
+        None => "requested".to_string(),
+    }
+}
+
+fn missing_text(commit: Option<&str>, checkout: &Path) -> String {
+    match commit {
+        None => format!("is not in `{LOCK_FILE}` and has not been fetched"),
+        Some(c) => format!(
+            "is locked to commit {c}, which is not in the repo cache (`{}`)",
+            checkout.display()
+        ),
+    }
+}
+
+/// What [`load_remote_layers`] found: every repository ref the request needs, and those it could
+/// not read yet.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RemoteLoad {
+    /// Every repository ref reached (loaded or not).
+    pub needed: BTreeSet<RepoRef>,
+    /// Refs not locked or not checked out, each with the first layer ref that needed it.
+    pub missing: BTreeMap<RepoRef, RemoteRef>,
+}
+
+impl RemoteLoad {
+    /// `Ok` when nothing is missing; else the error for the first missing ref, telling the user
+    /// to run `command`.
+    pub fn complete(
+        &self,
+        lock: &Lock,
+        cache: &RepoCache,
+        command: &str,
+    ) -> Result<(), RemoteError> {
+        let Some((at, wanted)) = self.missing.iter().next() else {
+            return Ok(());
+        };
+        let commit = lock.entries.get(at).cloned();
+        let checkout = match &commit {
+            Some(c) => cache.checkout(&at.repo, c),
+            None => cache.checkout(&at.repo, "<commit>"),
+        };
+        Err(RemoteError::NotFetched {
+            at: at.clone(),
+            reference: wanted.to_string(),
+            commit,
+            checkout,
+            command: command.to_string(),
+        })
+    }
+}
+
+/// Adds to `project.layers` every remote layer that `requested` (layer names and `@` refs, see
+/// [`normalize_requests`]) reaches through `depends:`/`layers:`, read from the checkouts of the
+/// commits `lock` pins. A remote layer's plain-name `depends:`/`layers:` name its siblings in the
+/// same repository at the same commit when the repository has them, else layers of the project.
+///
+/// Refs that are not locked, or whose commit is not checked out, are returned in
+/// [`RemoteLoad::missing`] (the runner fetches them and calls again; loading is idempotent).
+pub fn load_remote_layers(
+    project: &mut Project,
+    requested: &[String],
+    lock: &Lock,
+    cache: &RepoCache,
+) -> Result<RemoteLoad, RemoteError> {
+    let ctx = project.parse_context();
+    let mut out = RemoteLoad::default();
+    // (reference as written, who named it, whose repository a plain name is looked up in)
+    let mut queue: VecDeque<(String, Option<String>)> =
+        requested.iter().map(|r| (r.clone(), None)).collect();
+    let mut seen_names: BTreeSet<String> = BTreeSet::new();
+    let mut seen_remote: BTreeSet<RemoteRef> = BTreeSet::new();
+    while let Some((reference, by)) = queue.pop_front() {
+        let remote = if reference.starts_with('@') {
+            RemoteRef::parse_at(&reference).map_err(|source| RemoteError::BadRef {
+                required_by: by.clone(),
+                source,
+            })?
+        } else {
+            // A plain name: a sibling in the requiring remote layer's repository, else the project's.
+            let bare = reference.split_once(':').map_or(&reference[..], |(b, _)| b);
+            if let Some(sibling) = by
+                .as_deref()
+                .and_then(|b| project.layers.get(b))
+                .and_then(|l| l.remote.as_ref())
+                .and_then(|src| sibling_ref(src, bare))
+            {
+                sibling
+            } else {
+                if seen_names.insert(bare.to_string()) {
+                    if let Some(layer) = project.layers.get(bare) {
+                        queue.extend(refs_of(layer));
+                    }
+                }
+                continue;
+            }
+        };
+        if !seen_remote.insert(remote.clone()) {
+            continue;
+        }
+        out.needed.insert(remote.at.clone());
+        let Some(commit) = lock.entries.get(&remote.at) else {
+            out.missing.entry(remote.at.clone()).or_insert(remote);
+            continue;
+        };
+        let checkout = cache.checkout(&remote.at.repo, commit);
+        if !checkout.is_dir() {
+            out.missing.entry(remote.at.clone()).or_insert(remote);
+            continue;
+        }
+        let layer = load_one(&remote, commit, &checkout, &ctx)?;
+        let name = layer.name.clone();
+        match project.layers.get(&name) {
+            Some(existing) if same_layer(existing, &layer) => {}
+            Some(existing) => {
+                return Err(RemoteError::NameConflict {
+                    name,
+                    first: describe(existing),
+                    second: describe(&layer),
+                })
+            }
+            None => {
+                queue.extend(refs_of(&layer));
+                project.layers.insert(name, layer);
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// The `depends:` and `layers:` of `layer`, each with the layer that names it.
+fn refs_of(layer: &Layer) -> Vec<(String, Option<String>)> {
+    layer
+        .depends
+        .iter()
+        .chain(&layer.layers)
+        .map(|r| (r.clone(), Some(layer.name.clone())))
+        .collect()
+}
+
+/// The sibling `name` of a remote layer, when its repository has one at the same commit.
+fn sibling_ref(src: &RemoteSource, name: &str) -> Option<RemoteRef> {
+    if !valid_layer_name(name) {
+        return None;
+    }
+    let path = match src.path.rsplit_once('/') {
+        Some((parent, _)) => format!("{parent}/{name}"),
+        None => name.to_string(),
+    };
+    src.checkout
+        .join(&path)
+        .join("layer.yml")
+        .is_file()
+        .then(|| RemoteRef {
+            at: src.at.clone(),
+            path,
+        })
+}
+
+fn same_layer(a: &Layer, b: &Layer) -> bool {
+    match (&a.remote, &b.remote) {
+        (Some(x), Some(y)) => x.at.repo == y.at.repo && x.commit == y.commit && x.path == y.path,
+        _ => false,
+    }
+}
+
+fn describe(layer: &Layer) -> String {
+    match &layer.remote {
+        Some(src) => format!(
+            "`{}/{}@{}` (commit {})",
+            src.at.repo, src.path, src.at.reference, src.commit
+        ),
+        None => format!("the project's `{}`", layer.file.display()),
+    }
+}
+
+/// Reads one remote layer from its checkout, refusing any path that leads out of it.
+fn load_one(
+    remote: &RemoteRef,
+    commit: &str,
+    checkout: &Path,
+    ctx: &ParseContext,
+) -> Result<Layer, RemoteError> {
+    let written = remote.to_string();
+    let dir = checkout.join(&remote.path);
+    let escapes = |file: &str, why: &str| RemoteError::Escapes {
+        layer: remote.name().to_string(),
+        reference: written.clone(),
+        file: file.to_string(),
+        why: why.to_string(),
+    };
+    let no_layer = || RemoteError::NoLayer {
+        at: remote.at.clone(),
+        commit: commit.to_string(),
+        path: remote.path.clone(),
+        reference: written.clone(),
+    };
+    // Each part of the path must be a real directory of the checkout: a symlinked part could
+    // point anywhere on this machine.
+    let mut walked = checkout.to_path_buf();
+    for part in remote.path.split('/') {
+        walked.push(part);
+        match std::fs::symlink_metadata(&walked) {
+            Ok(m) if m.file_type().is_symlink() => {
+                return Err(escapes(part, "is a symbolic link in the layer's path"))
+            }
+            Ok(m) if m.is_dir() => {}
+            _ => return Err(no_layer()),
+        }
+    }
+    match std::fs::symlink_metadata(dir.join("layer.yml")) {
+        Ok(m) if m.file_type().is_symlink() => {
+            return Err(escapes("layer.yml", "is a symbolic link"))
+        }
+        Ok(m) if m.is_file() => {}
+        _ => return Err(no_layer()),
+    }
+    check_links(&dir, &dir, &escapes)?;
+    let mut layer = load_layer_dir(&dir, ctx).map_err(|e| RemoteError::Layer {
+        reference: written.clone(),
+        commit: commit.to_string(),
+        source: Box::new(e),
+    })?;
+    layer.remote = Some(RemoteSource {
+        at: remote.at.clone(),
+        commit: commit.to_string(),
+        path: remote.path.clone(),
+        checkout: checkout.to_path_buf(),
+    });
+    Ok(layer)
+}
+
+/// Every symbolic link below `dir` must lead to a place inside `top` (the layer directory).
+fn check_links(
+    top: &Path,
+    dir: &Path,
+    escapes: &dyn Fn(&str, &str) -> RemoteError,
+) -> Result<(), RemoteError> {
+    let rel = |p: &Path| {
+        p.strip_prefix(top)
+            .unwrap_or(p)
+            .to_string_lossy()
+            .into_owned()
+    };
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return Err(escapes(&rel(dir), "cannot be read"));
+    };
+    let real_top = top
+        .canonicalize()
+        .map_err(|_| escapes(".", "cannot be resolved"))?;
+    for entry in entries {
+        let entry = entry.map_err(|_| escapes(&rel(dir), "cannot be read"))?;
+        let path = entry.path();
+        let Ok(kind) = entry.file_type() else {
+            return Err(escapes(&rel(&path), "cannot be read"));
+        };
+        if kind.is_symlink() {
+            match path.canonicalize() {
+                Ok(real) if real.starts_with(&real_top) => {}
+                Ok(_) => {
+                    return Err(escapes(
+                        &rel(&path),
+                        "is a symbolic link that points outside the layer directory",
+                    ))
+                }
+                Err(_) => {
+                    return Err(escapes(
+                        &rel(&path),
+                        "is a symbolic link that leads nowhere inside the layer directory",
+                    ))
+                }
+            }
+        } else if kind.is_dir() {
+            check_links(top, &path, escapes)?;
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cli(s: &str) -> RemoteRef {
+        RemoteRef::parse_cli(s).unwrap().unwrap()
+    }
+
+    fn cli_err(s: &str) -> String {
+        RemoteRef::parse_cli(s).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn command_line_form_parses() {
+        let r = cli("github.com/team/configs/layers/sshkeys@v1");
+        assert_eq!(r.at.repo.to_string(), "github.com/team/configs");
+        assert_eq!(r.at.reference, "v1");
+        assert_eq!(r.path, "layers/sshkeys");
+        assert_eq!(r.name(), "sshkeys");
+        assert_eq!(r.at.to_string(), "github.com/team/configs@v1");
+        assert_eq!(r.at.repo.url(), "https://github.com/team/configs.git");
+        assert_eq!(r.at_form(), "@github.com/team/configs/layers/sshkeys:v1");
+        assert_eq!(r.to_string(), "github.com/team/configs/layers/sshkeys@v1");
+        // Any host; no ref means the default branch; `.git` is the same repository.
+        let r = cli("git.example.org/ops/base.git/sshkeys");
+        assert_eq!(r.at.to_string(), "git.example.org/ops/base@HEAD");
+        assert_eq!(r.path, "sshkeys");
+        // A commit id is a ref.
+        let sha = "0123456789abcdef0123456789abcdef01234567";
+        assert_eq!(cli(&format!("gitlab.com/a/b/c@{sha}")).at.reference, sha);
+    }
+
+    #[test]
+    fn plain_names_are_not_remote() {
+        assert_eq!(RemoteRef::parse_cli("ripgrep").unwrap(), None);
+        assert_eq!(RemoteRef::parse_cli("ripgrep:1.2").unwrap(), None);
+    }
+
+    #[test]
+    fn layer_file_form_parses_and_both_forms_agree() {
+        let r = RemoteRef::parse_at("@github.com/team/configs/layers/sshkeys:v1").unwrap();
+        assert_eq!(r, cli("github.com/team/configs/layers/sshkeys@v1"));
+        assert_eq!(
+            RemoteRef::parse_cli("@github.com/team/configs/layers/sshkeys:v1").unwrap(),
+            Some(r)
+        );
+        let r = RemoteRef::parse_at("@github.com/o/r/x").unwrap();
+        assert_eq!(r.at.reference, "HEAD");
+    }
+
+    #[test]
+    fn bad_forms_say_what_is_wrong() {
+        let cases = [
+            (
+                "github.com/team/configs",
+                "expected `<host>/<org>/<repo>/<path to layer>[@<ref>]`",
+            ),
+            (
+                "github.com/team",
+                "expected `<host>/<org>/<repo>/<path to layer>[@<ref>]`",
+            ),
+            (
+                "github.com/team/configs/layers/x@",
+                "the ref after `@` (or `:`) is empty",
+            ),
+            (
+                "github.com/team/configs/../x@v1",
+                "path part `..` is not allowed",
+            ),
+            (
+                "github.com/team/configs/layers//x",
+                "path part `` is not allowed",
+            ),
+            (
+                "github.com/team/configs/layers/.hidden",
+                "path part `.hidden` is not allowed",
+            ),
+            ("github.com/-x/configs/a", "path part `-x` is not allowed"),
+            (
+                "github.com:22/team/configs/a",
+                "`github.com:22` is not a host name",
+            ),
+            ("-oProxy/team/configs/a", "`-oProxy` is not a host name"),
+            (
+                "github.com/team/configs/a@--upload-pack=x",
+                "ref `--upload-pack=x` is not a tag",
+            ),
+            (
+                "github.com/team/configs/a@v1..v2",
+                "ref `v1..v2` is not a tag",
+            ),
+            (
+                "github.com/team/configs/a@feature/x",
+                "ref `feature/x` is not a tag",
+            ),
+            (
+                "github.com/team/con figs/a",
+                "path part `con figs` is not allowed",
+            ),
+        ];
+        for (input, want) in cases {
+            let msg = cli_err(input);
+            assert!(
+                msg.starts_with(&format!("invalid remote layer ref `{input}`: ")),
+                "{input}: {msg}"
+            );
+            assert!(msg.contains(want), "{input}: {msg}");
+        }
+        let msg = RemoteRef::parse_at("@github.com/o/r/layers/x:")
+            .unwrap_err()
+            .to_string();
+        assert!(msg.contains("the ref after `@` (or `:`) is empty"), "{msg}");
+        assert!(RemoteRef::parse_at("github.com/o/r/x").is_err());
+        assert!(RemoteRef::parse_at("@github.com/o/r/../x:v1").is_err());
+    }
+
+    #[test]
+    fn normalize_rewrites_only_remote_requests() {
+        let req = vec![
+            "ripgrep".to_string(),
+            "github.com/team/configs/layers/sshkeys@v1".to_string(),
+            "@gitlab.com/a/b/c:v2".to_string(),
+        ];
+        assert_eq!(
+            normalize_requests(&req).unwrap(),
+            [
+                "ripgrep",
+                "@github.com/team/configs/layers/sshkeys:v1",
+                "@gitlab.com/a/b/c:v2"
+            ]
+        );
+        assert!(normalize_requests(&["github.com/x".to_string()]).is_err());
+    }
+
+    #[test]
+    fn lock_text_is_sorted_stable_and_reads_back() {
+        let mut lock = Lock::default();
+        let c1 = "1111111111111111111111111111111111111111".to_string();
+        let c2 = "2222222222222222222222222222222222222222".to_string();
+        lock.entries
+            .insert(RepoRef::parse("gitlab.com/z/z@v2").unwrap(), c2.clone());
+        lock.entries.insert(
+            RepoRef::parse("github.com/team/configs@v1").unwrap(),
+            c1.clone(),
+        );
+        let text = lock.to_text();
+        assert!(
+            text.ends_with(&format!(
+                "version: 1\nrepos:\n  github.com/team/configs@v1:\n    commit: {c1}\n  gitlab.com/z/z@v2:\n    commit: {c2}\n"
+            )),
+            "{text}"
+        );
+        let back = Lock::parse(Path::new("ov.lock"), &text).unwrap();
+        assert_eq!(back, lock);
+        assert_eq!(back.to_text(), text);
+        assert_eq!(
+            Lock::parse(Path::new("ov.lock"), &Lock::default().to_text()).unwrap(),
+            Lock::default()
+        );
+    }
+
+    #[test]
+    fn bad_lock_files_point_at_the_line() {
+        let cases = [
+            (
+                "version: 1\nrepos:\n  github.com/o/r@v1:\n    commit: abc\n",
+                "ov.lock:4:",
+                "full commit id",
+            ),
+            (
+                "version: 1\nrepos:\n  github.com/o@v1:\n    commit: abc\n",
+                "ov.lock:3:",
+                "invalid remote layer ref",
+            ),
+            ("version: 2\n", "ov.lock:1:", "version 2"),
+            ("versoin: 1\n", "ov.lock:1:", "unknown key `versoin`"),
+            (
+                "repos:\n  github.com/o/r/x@v1: {}\n",
+                "ov.lock:2:",
+                "invalid remote layer ref",
+            ),
+            (
+                "repos:\n  github.com/o/r@v1: {}\n",
+                "ov.lock:2:",
+                "needs `commit:`",
+            ),
+        ];
+        for (text, at, want) in cases {
+            let msg = Lock::parse(Path::new("ov.lock"), text)
+                .unwrap_err()
+                .to_string();
+            assert!(msg.contains(at) && msg.contains(want), "{text:?}: {msg}");
+        }
+    }
+
+    #[test]
+    fn cache_layout_keys_checkouts_by_commit() {
+        let cache = RepoCache {
+            root: PathBuf::from("/c"),
+        };
+        let repo = cli("github.com/o/r/x@v1").at.repo;
+        assert_eq!(cache.git_dir(&repo), Path::new("/c/github.com/o/r.git"));
+        assert_eq!(
+            cache.checkout(&repo, "abc"),
+            Path::new("/c/github.com/o/r@abc")
+        );
+    }
+
+    #[test]
+    fn origin_serialises_with_a_kind_tag() {
+        let local = LayerOrigin::Local {
+            path: "layers/x".into(),
+        };
+        assert_eq!(
+            serde_json::to_string(&local).unwrap(),
+            r#"{"kind":"local","path":"layers/x"}"#
+        );
+        let remote = LayerOrigin::Remote {
+            repo: "github.com/o/r".into(),
+            reference: "v1".into(),
+            commit: "c".into(),
+            path: "layers/x".into(),
+        };
+        assert_eq!(
+            serde_json::to_string(&remote).unwrap(),
+            r#"{"kind":"remote","repo":"github.com/o/r","reference":"v1","commit":"c","path":"layers/x"}"#
+        );
+    }
+}
