@@ -4,7 +4,8 @@
 //!
 //! Rooms, each depending only on the ones after it (no cycles, checked by a test):
 //! [`cli`] → [`commands`] → [`apply`] (push, teardown) → [`target`] (deploy, reach, state,
-//! ledger, cloud-init) → [`bundle`] (the local archive) → [`ssh`] → [`ui`] → [`exit`].
+//! ledger, cloud-init) → [`bundle`] (the local archive) → [`ssh`] → [`ui`] → [`exit`];
+//! [`repos`] (the repo cache of remote layers, fetched with git) serves [`commands`].
 //!
 //! Flow of `ov push`: [`cli`] → [`commands::push`] (the project resolved once by
 //! [`commands::project`], the deploy typed by [`target::deploy`]) → [`apply::push::push`]
@@ -18,6 +19,7 @@ pub mod bundle;
 pub mod cli;
 pub mod commands;
 pub mod exit;
+pub mod repos;
 pub mod ssh;
 pub mod target;
 pub mod ui;

@@ -540,27 +540,13 @@ pub enum RemoteError {
         source: RefError,
     },
     /// A ref that was never fetched, or whose locked commit is not in the cache.
-    #[error(
-        "remote layer repository `{at}` {} (needed for `{reference}`); fetch it: `{command}`",
-        missing_text(commit.as_deref(), checkout)
-    )]
-    NotFetched {
-        /// The repository ref.
-        at: RepoRef,
-        /// The ref of the layer that needs it, in its command-line spelling.
-        reference: String,
-        /// The locked commit, when the lock has one.
-        commit: Option<String>,
-        /// Where its checkout is (or would be) in the cache.
-        checkout: PathBuf,
-        /// The command that fetches it.
-        command: String,
-    },
+    #[error(transparent)]
+    NotFetched(Box<MissingRepo>),
     /// The commit holds no layer at the path.
     #[error("`{}` at commit {commit} has no layer at `{path}` (no `{path}/layer.yml`) (needed for `{reference}`)", at)]
     NoLayer {
-        /// The repository ref.
-        at: RepoRef,
+        /// The repository ref, `host/org/repo@ref`.
+        at: String,
         /// The locked commit.
         commit: String,
         /// The path inside the repository.
@@ -600,6 +586,25 @@ pub enum RemoteError {
         /// The second one, described.
         second: String,
     },
+}
+
+/// A repository ref the lock or the cache lacks, and what would fetch it.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "remote layer repository `{at}` {} (needed for `{reference}`); fetch it: `{command}`",
+    missing_text(commit.as_deref(), checkout)
+)]
+pub struct MissingRepo {
+    /// The repository ref.
+    pub at: RepoRef,
+    /// The ref of the layer that needs it, in its command-line spelling.
+    pub reference: String,
+    /// The locked commit, when the lock has one.
+    pub commit: Option<String>,
+    /// Where its checkout is (or would be) in the cache.
+    pub checkout: PathBuf,
+    /// The command that fetches it.
+    pub command: String,
 }
 
 fn by_text(required_by: Option<&str>) -> String {
@@ -646,13 +651,13 @@ impl RemoteLoad {
             Some(c) => cache.checkout(&at.repo, c),
             None => cache.checkout(&at.repo, "<commit>"),
         };
-        Err(RemoteError::NotFetched {
+        Err(RemoteError::NotFetched(Box::new(MissingRepo {
             at: at.clone(),
             reference: wanted.to_string(),
             commit,
             checkout,
             command: command.to_string(),
-        })
+        })))
     }
 }
 
@@ -796,7 +801,7 @@ fn load_one(
         why: why.to_string(),
     };
     let no_layer = || RemoteError::NoLayer {
-        at: remote.at.clone(),
+        at: remote.at.to_string(),
         commit: commit.to_string(),
         path: remote.path.clone(),
         reference: written.clone(),

@@ -17,6 +17,7 @@ use crate::apply::push::{PushOptions, RunMode, TestFilter};
 use crate::apply::teardown::TeardownOptions;
 use crate::commands::compile::{CompileOptions, Output};
 use crate::commands::deploy_del::DelRequest;
+use crate::commands::fetch::FetchOptions;
 use crate::commands::inspect::InspectOptions;
 use crate::commands::plan::PlanOptions;
 use crate::commands::project::{BuildOptions, Selection};
@@ -26,6 +27,7 @@ use crate::commands::test::TestRequest;
 use crate::commands::verify::VerifyOptions;
 use crate::commands::{self, CommandError, Connection, Delivery};
 use crate::exit::{Exit, HasExit};
+use crate::repos::FetchMode;
 use crate::target::cloud_init::CloudInitOptions;
 use crate::target::deploy::DeployArg;
 use crate::target::resolve::ConnectOptions;
@@ -158,6 +160,13 @@ fn run(cli: Cli) -> Result<(), CommandError> {
                 ..TeardownOptions::default()
             },
         }),
+        Command::Fetch(args) => commands::fetch::run(&FetchOptions {
+            project,
+            deploy: args.deploy,
+            add_layers: args.layers.into_iter().chain(args.add_layer).collect(),
+            distro: args.distro,
+            update: args.update,
+        }),
         Command::Status(args) => commands::status::run(&StatusRequest {
             selection: selection(&project, &args.deploy),
             connection: connection(&args.connect, verbosity),
@@ -193,6 +202,13 @@ fn selection(project: &Option<PathBuf>, args: &DeployArgs) -> Selection {
             allow_repo_changes: args.gates.allow_repo_changes,
             allow_root_tasks: args.gates.allow_root_tasks,
             with_services: args.gates.with_services,
+        },
+        fetch: if args.remote.offline {
+            FetchMode::Offline
+        } else if args.remote.update {
+            FetchMode::Update
+        } else {
+            FetchMode::Fetch
         },
     }
 }

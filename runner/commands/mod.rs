@@ -9,6 +9,7 @@
 pub mod compile;
 pub mod deploy_del;
 pub mod error;
+pub mod fetch;
 pub mod inspect;
 pub mod plan;
 pub mod project;

@@ -19,6 +19,7 @@ mod cli_push;
 mod cloud_init;
 mod deploy_e2e;
 mod fidelity;
+mod remote_layers;
 mod service_chroot;
 mod ssh_faults;
 mod ssh_push;
