@@ -56,7 +56,7 @@ pub struct Layer {
     pub checks: Vec<Check>,
     /// Where a remote layer was read from (repository, ref, locked commit); `None`: the project.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub remote: Option<crate::repo::RemoteSource>,
+    pub remote: Option<crate::origin::RemoteSource>,
 }
 
 impl Layer {

@@ -19,6 +19,7 @@ pub mod layer;
 pub mod layer_parse;
 pub mod lower;
 pub mod manifest;
+pub mod origin;
 pub mod par;
 pub mod plan;
 pub mod preflight;

@@ -7,7 +7,7 @@
 
 use std::collections::BTreeMap;
 
-pub use crate::repo::LayerOrigin;
+pub use crate::origin::LayerOrigin;
 
 use serde::Serialize;
 

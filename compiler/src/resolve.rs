@@ -34,7 +34,7 @@
 //! that says to run `ov fetch`.
 
 use crate::layer::{Layer, Layers};
-use crate::repo::{RefError, RemoteRef};
+use crate::origin::{RefError, RemoteRef};
 use std::collections::{BTreeMap, BTreeSet};
 
 /// Why a set of layers could not be ordered.
@@ -651,9 +651,9 @@ mod tests {
 
     /// The layer `x` as loaded from `repo` at `path`.
     fn remote_x(repo: &str, path: &str) -> Layer {
-        let at = crate::repo::RepoRef::parse(&format!("{repo}@v1")).unwrap();
+        let at = crate::origin::RepoRef::parse(&format!("{repo}@v1")).unwrap();
         Layer {
-            remote: Some(crate::repo::RemoteSource {
+            remote: Some(crate::origin::RemoteSource {
                 at,
                 commit: "1".repeat(40),
                 path: path.to_string(),
