@@ -645,4 +645,170 @@ mod tests {
             Path::new("/c/github.com/o/r@abc")
         );
     }
+
+    /// A project whose `app` needs `@github.com/o/r/layers/x:v1`, and an empty cache.
+    struct Fixture {
+        dir: tempfile::TempDir,
+    }
+
+    const COMMIT: &str = "0123456789abcdef0123456789abcdef01234567";
+
+    impl Fixture {
+        fn new() -> Fixture {
+            let f = Fixture {
+                dir: tempfile::tempdir().unwrap(),
+            };
+            f.write(
+                "project/layers/app/layer.yml",
+                "layer:\n  depends:\n    - \"@github.com/o/r/layers/x:v1\"\n  env:\n    APP: \"1\"\n",
+            );
+            f
+        }
+
+        fn write(&self, rel: &str, text: &str) {
+            let p = self.dir.path().join(rel);
+            std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+            std::fs::write(p, text).unwrap();
+        }
+
+        fn cache(&self) -> RepoCache {
+            RepoCache {
+                root: self.dir.path().join("cache"),
+            }
+        }
+
+        /// The checkout of COMMIT: `x` (depends on its sibling `y`) and `y`.
+        fn check_out(&self) -> PathBuf {
+            let c = format!("cache/github.com/o/r@{COMMIT}");
+            self.write(
+                &format!("{c}/layers/x/layer.yml"),
+                "layer:\n  depends: [y]\n  env:\n    X: \"1\"\n",
+            );
+            self.write(
+                &format!("{c}/layers/y/layer.yml"),
+                "layer:\n  env:\n    Y: \"1\"\n",
+            );
+            self.dir.path().join(c)
+        }
+
+        fn project(&self) -> Project {
+            Project::load(&self.dir.path().join("project")).unwrap()
+        }
+
+        fn load(&self, lock: &Lock) -> Result<(Project, RemoteLoad), RemoteError> {
+            let mut p = self.project();
+            let load = load_remote_layers(&mut p, &["app".to_string()], lock, &self.cache())?;
+            Ok((p, load))
+        }
+    }
+
+    fn locked() -> Lock {
+        let mut lock = Lock::default();
+        lock.entries.insert(
+            RepoRef::parse("github.com/o/r@v1").unwrap(),
+            COMMIT.to_string(),
+        );
+        lock
+    }
+
+    #[test]
+    fn loader_says_what_is_missing_then_reads_the_locked_checkout() {
+        let f = Fixture::new();
+        let at = RepoRef::parse("github.com/o/r@v1").unwrap();
+        // Not in the lock.
+        let (_, load) = f.load(&Lock::default()).unwrap();
+        assert_eq!(load.needed, BTreeSet::from([at.clone()]));
+        let msg = load
+            .complete(&Lock::default(), &f.cache(), "ov fetch app")
+            .unwrap_err()
+            .to_string();
+        assert_eq!(
+            msg,
+            "remote layer repository `github.com/o/r@v1` is not in `ov.lock` and has not been fetched (needed for `github.com/o/r/layers/x@v1`); fetch it: `ov fetch app`"
+        );
+        // Locked, but not in the cache.
+        let (_, load) = f.load(&locked()).unwrap();
+        let msg = load
+            .complete(&locked(), &f.cache(), "ov fetch app")
+            .unwrap_err()
+            .to_string();
+        let checkout = f.cache().checkout(&at.repo, COMMIT);
+        assert!(
+            msg.contains(&format!(
+                "is locked to commit {COMMIT}, which is not in the repo cache (`{}`)",
+                checkout.display()
+            )),
+            "{msg}"
+        );
+        // Checked out: `x` and its sibling `y` come from the same commit.
+        f.check_out();
+        let (project, load) = f.load(&locked()).unwrap();
+        assert!(load.missing.is_empty());
+        load.complete(&locked(), &f.cache(), "unused").unwrap();
+        let src = |n: &str| project.layers[n].remote.clone().expect("remote");
+        assert_eq!(src("x").path, "layers/x");
+        assert_eq!(src("y").path, "layers/y");
+        assert_eq!(src("y").commit, COMMIT);
+        assert!(project.layers["app"].remote.is_none());
+        let order = crate::resolve::resolve(&project.layers, &["app".to_string()]).unwrap();
+        assert_eq!(order, ["y", "x", "app"]);
+        // Loading again into the loaded project changes nothing.
+        let mut again = project.clone();
+        load_remote_layers(&mut again, &["app".to_string()], &locked(), &f.cache()).unwrap();
+        assert_eq!(again.layers.len(), project.layers.len());
+    }
+
+    #[test]
+    fn loader_refuses_links_out_missing_layers_and_name_clashes() {
+        // A link out of the layer directory.
+        let f = Fixture::new();
+        let co = f.check_out();
+        std::os::unix::fs::symlink("/etc", co.join("layers/x/conf")).unwrap();
+        let msg = f.load(&locked()).unwrap_err().to_string();
+        assert_eq!(
+            msg,
+            "remote layer `x` (`github.com/o/r/layers/x@v1`): `conf` is a symbolic link that points outside the layer directory; a remote layer's files must stay inside its own directory"
+        );
+        // A link inside it is fine.
+        std::fs::remove_file(co.join("layers/x/conf")).unwrap();
+        std::os::unix::fs::symlink("layer.yml", co.join("layers/x/alias.yml")).unwrap();
+        f.load(&locked()).unwrap();
+
+        // The layer directory itself a link.
+        let f = Fixture::new();
+        let co = f.check_out();
+        std::fs::rename(co.join("layers/x"), co.join("real-x")).unwrap();
+        std::os::unix::fs::symlink("../real-x", co.join("layers/x")).unwrap();
+        let msg = f.load(&locked()).unwrap_err().to_string();
+        assert!(
+            msg.contains("`x` is a symbolic link in the layer's path"),
+            "{msg}"
+        );
+
+        // No layer at the path.
+        let f = Fixture::new();
+        let co = f.check_out();
+        std::fs::remove_dir_all(co.join("layers/x")).unwrap();
+        let msg = f.load(&locked()).unwrap_err().to_string();
+        assert_eq!(
+            msg,
+            format!("`github.com/o/r@v1` at commit {COMMIT} has no layer at `layers/x` (no `layers/x/layer.yml`) (needed for `github.com/o/r/layers/x@v1`)")
+        );
+
+        // A project layer of the same name.
+        let f = Fixture::new();
+        f.check_out();
+        f.write(
+            "project/layers/x/layer.yml",
+            "layer:\n  env:\n    LOCAL: \"1\"\n",
+        );
+        let msg = f.load(&locked()).unwrap_err().to_string();
+        assert!(
+            msg.starts_with("two layers are named `x`: the project's `")
+                && msg.contains(&format!(
+                    "and `github.com/o/r/layers/x@v1` (commit {COMMIT})"
+                )),
+            "{msg}"
+        );
+    }
 }
