@@ -161,7 +161,18 @@ pub fn prepare(
     let lock_path = project.root.join(LOCK_FILE);
     let old = Lock::read(&lock_path)?;
     let mut lock = old.clone();
-    let cache = RepoCache { root: cache_dir()? };
+    // A project without remote layers compiles without knowing where the cache is: with none,
+    // an empty directory stands in, and the first remote ref met is the error.
+    let (cache, no_cache) = match cache_dir() {
+        Ok(root) => (RepoCache { root }, None),
+        Err(e) => {
+            let empty = tempfile::tempdir().map_err(|_| e)?;
+            let cache = RepoCache {
+                root: empty.path().to_path_buf(),
+            };
+            (cache, Some(empty))
+        }
+    };
     let git = Git { cache: &cache };
     let mut refreshed: BTreeSet<RepoRef> = BTreeSet::new();
     // Each round loads from the lock as it is then; a moved ref must not meet its old layers.
@@ -169,6 +180,9 @@ pub fn prepare(
     let load = loop {
         project.layers = local.clone();
         let load = load_remote_layers(project, requested, &lock, &cache)?;
+        if no_cache.is_some() && !load.needed.is_empty() {
+            return Err(RepoError::NoCache);
+        }
         if mode == FetchMode::Offline {
             load.complete(&lock, &cache, command)?;
             break load;
