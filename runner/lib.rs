@@ -4,8 +4,10 @@
 //!
 //! Rooms, each depending only on the ones after it (no cycles, checked by a test):
 //! [`cli`] → [`commands`] → [`apply`] (push, teardown) → [`target`] (deploy, reach, state,
-//! ledger, cloud-init) → [`bundle`] (the local archive) → [`ssh`] → [`ui`] → [`exit`]; and
-//! [`inventory`] (Ansible inventories and host patterns, pure), which uses only [`exit`].
+//! ledger, cloud-init) → [`bundle`] (the local archive) → [`ssh`] → [`ui`] → [`exit`];
+//! [`fleet`] (many hosts at once: the pool, its display and recap) serves [`commands`];
+//! [`inventory`] (Ansible inventories and host patterns, pure) uses only [`exit`];
+//! [`repos`] (the repo cache of remote layers, fetched with git) serves [`commands`].
 //!
 //! Flow of `ov push`: [`cli`] → [`commands::push`] (the project resolved once by
 //! [`commands::project`], the deploy typed by [`target::deploy`]) → [`apply::push::push`]
@@ -21,6 +23,7 @@ pub mod commands;
 pub mod exit;
 pub mod fleet;
 pub mod inventory;
+pub mod repos;
 pub mod ssh;
 pub mod target;
 pub mod ui;

@@ -54,6 +54,9 @@ pub struct Layer {
     pub builder_files: BuilderFiles,
     /// `tests:` — the layer's own declarative checks, in file order (run by `run.sh --test`).
     pub checks: Vec<Check>,
+    /// Where a remote layer was read from (repository, ref, locked commit); `None`: the project.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub remote: Option<crate::origin::RemoteSource>,
 }
 
 impl Layer {

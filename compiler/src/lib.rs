@@ -5,6 +5,7 @@
 //! Pipeline: [`project`] (+ [`layer_parse`], [`yaml`]) → [`resolve`] → [`deploy`] → [`lower`] →
 //! [`plan::InstallPlan`] → [`render`] (+ [`shell`], templates) → [`bundle`] (+ [`manifest`]);
 //! [`bundle_read`] streams a finished bundle back, within limits, for `ov verify` and `ov inspect`;
+//! [`repo`] reads remote layers from the repo cache the runner fills, pinned by `ov.lock`;
 //! [`remote`] renders the runner's target-side scripts (probe, push bootstrap, ledger read).
 
 pub mod batch;
@@ -18,12 +19,14 @@ pub mod layer;
 pub mod layer_parse;
 pub mod lower;
 pub mod manifest;
+pub mod origin;
 pub mod par;
 pub mod plan;
 pub mod preflight;
 pub mod project;
 pub mod remote;
 pub mod render;
+pub mod repo;
 pub mod resolve;
 pub mod shell;
 pub mod templates;

@@ -7,6 +7,8 @@
 
 use std::collections::BTreeMap;
 
+pub use crate::origin::LayerOrigin;
+
 use serde::Serialize;
 
 pub use crate::entries::{
@@ -205,14 +207,31 @@ pub struct LayerPlan {
     /// `version:` of the layer, if any.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub version: Option<String>,
-    /// The layer directory relative to the project root (forward slashes), for payload lookup.
+    /// The layer directory relative to the project root (forward slashes); for a remote layer
+    /// `host/org/repo/path@commit`.
     pub source: String,
+    /// Where the layer came from: a project directory, or a repository at a locked commit
+    /// (printed only for a remote layer; a local one's path is `source`).
+    #[serde(skip_serializing_if = "LayerOrigin::is_local")]
+    pub origin: LayerOrigin,
+    /// Where payload files are read: a remote layer's directory in its checkout; `None`: `source`
+    /// under the project root. Not part of the plan's text (it differs from machine to machine).
+    #[serde(skip)]
+    pub source_dir: Option<std::path::PathBuf>,
     /// Steps in order.
     pub steps: Vec<Step>,
     /// The layer's own checks (`tests:`), lowered for this target, in file order; run by
     /// `run.sh --test`, never by an apply.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub checks: Vec<CheckPlan>,
+}
+
+impl LayerPlan {
+    /// Where the layer came from (for provenance): its project directory, or its repository,
+    /// ref and locked commit.
+    pub fn origin(&self) -> &LayerOrigin {
+        &self.origin
+    }
 }
 
 /// One check of a layer, as the bundle runs it on this target.

@@ -28,24 +28,14 @@
 //! requesting `chrome-kwin` alone did not pull in `kwin`). No order the original produced for the
 //! corpus changes (the corpus tests in `compiler/tests/plan_corpus.rs` pin them).
 //!
-//! Remote refs (`@github.com/org/repo/layers/x:ver`) are looked up in `layers` under their bare
-//! key (`github.com/org/repo/layers/x`); a loader that read the repo cache puts them there. This
-//! module never fetches: a missing remote layer is an error that names the cache directory and the
-//! command that fills it, so compile stays offline.
-
-use std::collections::{BTreeMap, BTreeSet};
-use std::path::{Path, PathBuf};
+//! Remote refs (`@github.com/org/repo/layers/x:ver`) name the layer loaded from that repository
+//! under its own name (see [`crate::repo`]: the runner fetches, `repo::load_remote_layers` reads
+//! the checkouts). This module never fetches: a remote ref whose layer was not loaded is an error
+//! that says to run `ov fetch`.
 
 use crate::layer::{Layer, Layers};
-
-/// Options of [`resolve_with`].
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct ResolveOptions {
-    /// Root of the remote-layer cache (`$OV_REPO_CACHE`, default `~/.cache/ov/repos`), as chosen
-    /// by the caller; only used to name directories in error messages and to tell "not fetched"
-    /// from "fetched but not loaded". `None` means unknown.
-    pub repo_cache: Option<PathBuf>,
-}
+use crate::origin::{RefError, RemoteRef};
+use std::collections::{BTreeMap, BTreeSet};
 
 /// Why a set of layers could not be ordered.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -73,51 +63,23 @@ pub enum ResolveError {
         cycle: Vec<String>,
     },
     /// A remote ref that could not be parsed.
-    #[error("invalid remote layer ref `{reference}` ({}): {reason}", required_by_text(required_by.as_deref()))]
+    #[error("{source} ({})", required_by_text(required_by.as_deref()))]
     InvalidRemoteRef {
-        /// The ref as written.
-        reference: String,
         /// Who named it.
         required_by: Option<String>,
-        /// What is wrong with it.
-        reason: String,
+        #[source]
+        source: RefError,
     },
-    /// A remote ref without a `:version`; the cache directory cannot be known.
+    /// A remote ref whose layer is not in the project: it was not fetched and loaded.
     #[error(
-        "remote layer ref `{reference}` ({}) has no version; pin one (e.g. `{reference}:v1.0.0`) so it can be fetched into the repo cache",
+        "remote layer `{reference}` ({}) was not loaded; fetch it with `ov fetch` (or compile without `--offline`)",
         required_by_text(required_by.as_deref())
     )]
-    RemoteUnpinned {
-        /// The ref as written.
-        reference: String,
-        /// Who named it.
-        required_by: Option<String>,
-    },
-    /// A remote layer that is not in the repo cache (compile never fetches).
-    #[error(
-        "remote layer `{reference}` ({}) is not in the repo cache (looked in `{}`); fetch it first: `{fetch}`",
-        required_by_text(required_by.as_deref()),
-        dir_text(cache_dir.as_deref(), repo_dir)
-    )]
-    RemoteNotCached {
-        /// The ref as written.
-        reference: String,
-        /// Who named it.
-        required_by: Option<String>,
-        /// The cache root, when the caller passed one.
-        cache_dir: Option<PathBuf>,
-        /// The repo's directory inside the cache, e.g. `github.com/org/repo@v1`.
-        repo_dir: String,
-        /// A shell command that fills the cache directory.
-        fetch: String,
-    },
-    /// The remote layer is in the cache but was not loaded into the layer map.
-    #[error("remote layer `{reference}` is cached at `{}` but was not loaded into the project", path.display())]
     RemoteNotLoaded {
         /// The ref as written.
         reference: String,
-        /// The layer directory inside the cache.
-        path: PathBuf,
+        /// Who named it.
+        required_by: Option<String>,
     },
 }
 
@@ -148,119 +110,10 @@ fn suggestion_text(suggestions: &[String]) -> String {
     }
 }
 
-fn dir_text(cache_dir: Option<&Path>, repo_dir: &str) -> String {
-    match cache_dir {
-        Some(root) => root.join(repo_dir).display().to_string(),
-        None => format!("$OV_REPO_CACHE/{repo_dir} (default ~/.cache/ov/repos/{repo_dir})"),
-    }
-}
-
-/// A parsed remote layer ref `@<host>/<org>/<repo>/<sub/path>[:<version>]`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct RemoteRef {
-    /// `github.com`.
-    pub host: String,
-    /// Organisation or user.
-    pub org: String,
-    pub repo: String,
-    /// Path of the layer directory inside the repository, e.g. `layers/x`.
-    pub sub_path: String,
-    /// The version (tag, branch or commit), if pinned.
-    pub version: Option<String>,
-}
-
-impl RemoteRef {
-    /// Parses a ref that starts with `@`; the error string says what is wrong.
-    pub fn parse(reference: &str) -> Result<RemoteRef, String> {
-        let body = reference
-            .strip_prefix('@')
-            .ok_or_else(|| "a remote ref starts with `@`".to_string())?;
-        // The version follows the last `:` *after* the last `/` (hosts carry no ports here).
-        let last_slash = body.rfind('/').unwrap_or(0);
-        let (path, version) = match body[last_slash..].find(':') {
-            Some(i) => {
-                let at = last_slash + i;
-                let v = &body[at + 1..];
-                if v.is_empty() {
-                    return Err("empty version after `:`".to_string());
-                }
-                (&body[..at], Some(v.to_string()))
-            }
-            None => (body, None),
-        };
-        let segments: Vec<&str> = path.split('/').collect();
-        if segments.len() < 4 {
-            return Err("expected `@<host>/<org>/<repo>/<path to layer>[:<version>]`".to_string());
-        }
-        for seg in &segments {
-            if seg.is_empty() || *seg == "." || *seg == ".." {
-                return Err(format!("bad path segment `{seg}`"));
-            }
-        }
-        if let Some(v) = &version {
-            if v.contains('/') || v == ".." || v.starts_with('-') {
-                return Err(format!("bad version `{v}`"));
-            }
-        }
-        Ok(RemoteRef {
-            host: segments[0].to_string(),
-            org: segments[1].to_string(),
-            repo: segments[2].to_string(),
-            sub_path: segments[3..].join("/"),
-            version,
-        })
-    }
-
-    /// The key the layer is stored under in a [`Layers`] map: `host/org/repo/sub/path`.
-    pub fn bare_key(&self) -> String {
-        format!("{}/{}/{}/{}", self.host, self.org, self.repo, self.sub_path)
-    }
-
-    /// The layer's name (last path segment).
-    pub fn name(&self) -> &str {
-        self.sub_path.rsplit('/').next().unwrap_or(&self.sub_path)
-    }
-
-    /// The repository's directory inside the cache: `host/org/repo@version` (`None` if unpinned).
-    pub fn repo_dir(&self) -> Option<String> {
-        self.version
-            .as_ref()
-            .map(|v| format!("{}/{}/{}@{}", self.host, self.org, self.repo, v))
-    }
-
-    /// The layer's directory under the cache root `cache`.
-    pub fn layer_dir(&self, cache: &Path) -> Option<PathBuf> {
-        self.repo_dir().map(|d| cache.join(d).join(&self.sub_path))
-    }
-
-    /// The command that fills the cache for this ref.
-    fn fetch_command(&self, cache: Option<&Path>) -> String {
-        let version = self.version.as_deref().unwrap_or("HEAD");
-        let repo_dir = self.repo_dir().unwrap_or_default();
-        let dest = match cache {
-            Some(root) => root.join(&repo_dir).display().to_string(),
-            None => format!("\"${{OV_REPO_CACHE:-$HOME/.cache/ov/repos}}/{repo_dir}\""),
-        };
-        format!(
-            "git clone --depth 1 --branch {version} https://{}/{}/{}.git {dest}",
-            self.host, self.org, self.repo
-        )
-    }
-}
-
-/// Orders `requested` and everything it needs; see the module docs. Same as [`resolve_with`] with
-/// default options.
+/// Orders `requested` and everything it needs into one de-duplicated install order; see the
+/// module docs.
 pub fn resolve(layers: &Layers, requested: &[String]) -> Result<Vec<String>, ResolveError> {
-    resolve_with(layers, requested, &ResolveOptions::default())
-}
-
-/// Orders `requested` and everything it needs into one de-duplicated install order.
-pub fn resolve_with(
-    layers: &Layers,
-    requested: &[String],
-    opts: &ResolveOptions,
-) -> Result<Vec<String>, ResolveError> {
-    let r = Resolver { layers, opts };
+    let r = Resolver { layers };
     let (visited, rank) = r.closure(requested)?;
     r.check_composition(&visited)?;
 
@@ -299,7 +152,6 @@ fn vanishes(layer: &Layer) -> bool {
 
 struct Resolver<'a> {
     layers: &'a Layers,
-    opts: &'a ResolveOptions,
 }
 
 impl<'a> Resolver<'a> {
@@ -311,37 +163,27 @@ impl<'a> Resolver<'a> {
     ) -> Result<(String, &'a Layer), ResolveError> {
         let by = required_by.map(str::to_string);
         if reference.starts_with('@') {
-            let remote =
-                RemoteRef::parse(reference).map_err(|reason| ResolveError::InvalidRemoteRef {
-                    reference: reference.to_string(),
+            let remote = RemoteRef::parse_at(reference).map_err(|source| {
+                ResolveError::InvalidRemoteRef {
                     required_by: by.clone(),
-                    reason,
-                })?;
-            let key = remote.bare_key();
-            if let Some(layer) = self.layers.get(&key) {
-                return Ok((key, layer));
-            }
-            let Some(repo_dir) = remote.repo_dir() else {
-                return Err(ResolveError::RemoteUnpinned {
-                    reference: reference.to_string(),
-                    required_by: by,
-                });
-            };
-            let cache = self.opts.repo_cache.as_deref();
-            if let Some(dir) = cache.and_then(|c| remote.layer_dir(c)) {
-                if dir.join("layer.yml").is_file() {
-                    return Err(ResolveError::RemoteNotLoaded {
-                        reference: reference.to_string(),
-                        path: dir,
-                    });
+                    source,
+                }
+            })?;
+            // Loaded under its own name, with where it came from; a layer of that name from
+            // elsewhere is not this one.
+            let name = remote.name();
+            if let Some((key, layer)) = self.layers.get_key_value(name) {
+                let same = layer
+                    .remote
+                    .as_ref()
+                    .is_some_and(|src| src.at.repo == remote.at.repo && src.path == remote.path);
+                if same {
+                    return Ok((key.clone(), layer));
                 }
             }
-            return Err(ResolveError::RemoteNotCached {
+            return Err(ResolveError::RemoteNotLoaded {
                 reference: reference.to_string(),
                 required_by: by,
-                cache_dir: cache.map(Path::to_path_buf),
-                repo_dir,
-                fetch: remote.fetch_command(cache),
             });
         }
         if let Some(layer) = self.layers.get(reference) {
@@ -797,17 +639,6 @@ mod tests {
         assert_eq!(order(&ls, &["app"]), ["base", "app"]);
     }
 
-    #[test]
-    fn remote_ref_parses() {
-        let r = RemoteRef::parse("@github.com/org/repo/layers/pixi:v1.2.0").unwrap();
-        assert_eq!(r.bare_key(), "github.com/org/repo/layers/pixi");
-        assert_eq!(r.name(), "pixi");
-        assert_eq!(r.repo_dir().unwrap(), "github.com/org/repo@v1.2.0");
-        assert!(RemoteRef::parse("@github.com/org").is_err());
-        assert!(RemoteRef::parse("@github.com/org/repo/../x:v1").is_err());
-        assert!(RemoteRef::parse("@github.com/org/repo/layers/x:").is_err());
-    }
-
     /// `app`, which depends on the remote layer `@github.com/o/r/layers/x:v1`.
     fn app_needing_remote_x() -> Layers {
         set(vec![layer(
@@ -818,52 +649,55 @@ mod tests {
         )])
     }
 
-    #[test]
-    fn remote_ref_found_under_its_bare_key() {
-        let mut ls = app_needing_remote_x();
-        let remote = leaf("github.com/o/r/layers/x");
-        ls.insert(remote.name.clone(), remote);
-        assert_eq!(order(&ls, &["app"]), ["github.com/o/r/layers/x", "app"]);
+    /// The layer `x` as loaded from `repo` at `path`.
+    fn remote_x(repo: &str, path: &str) -> Layer {
+        let at = crate::origin::RepoRef::parse(&format!("{repo}@v1")).unwrap();
+        Layer {
+            remote: Some(crate::origin::RemoteSource {
+                at,
+                commit: "1".repeat(40),
+                path: path.to_string(),
+                checkout: std::path::PathBuf::from("/cache/x"),
+            }),
+            ..leaf("x")
+        }
     }
 
     #[test]
-    fn missing_remote_ref_names_cache_dir_and_fetch_command() {
-        let ls = app_needing_remote_x();
-        let opts = ResolveOptions {
-            repo_cache: Some(PathBuf::from("/cache")),
-        };
-        let err = resolve_with(&ls, &req(&["app"]), &opts).unwrap_err();
-        let msg = err.to_string();
-        assert!(msg.starts_with("remote layer `@github.com/o/r/layers/x:v1` (required by `app`) is not in the repo cache"), "{msg}");
-        assert!(msg.contains("/cache/github.com/o/r@v1"), "{msg}");
+    fn remote_ref_finds_the_loaded_layer_under_its_name() {
+        let mut ls = app_needing_remote_x();
+        ls.insert("x".into(), remote_x("github.com/o/r", "layers/x"));
+        assert_eq!(order(&ls, &["app"]), ["x", "app"]);
+        // Requested directly, in the layer-file form.
+        assert_eq!(order(&ls, &["@github.com/o/r/layers/x:v1"]), ["x"]);
+    }
+
+    #[test]
+    fn remote_ref_is_not_a_layer_of_the_same_name_from_elsewhere() {
+        let not_loaded = "remote layer `@github.com/o/r/layers/x:v1` (required by `app`) was not loaded; fetch it with `ov fetch` (or compile without `--offline`)";
+        // Nothing named `x`.
+        assert_eq!(error(&app_needing_remote_x(), &["app"]), not_loaded);
+        // A local `x`.
+        let mut ls = app_needing_remote_x();
+        ls.insert("x".into(), leaf("x"));
+        assert_eq!(error(&ls, &["app"]), not_loaded);
+        // `x` of another repository, or another path.
+        for (repo, path) in [("github.com/o/other", "layers/x"), ("github.com/o/r", "x")] {
+            let mut ls = app_needing_remote_x();
+            ls.insert("x".into(), remote_x(repo, path));
+            assert_eq!(error(&ls, &["app"]), not_loaded, "{repo} {path}");
+        }
+    }
+
+    #[test]
+    fn invalid_remote_ref_names_the_requirer() {
+        let ls = set(vec![layer("app", &["@github.com/o"], &[], true)]);
+        let msg = error(&ls, &["app"]);
         assert!(
-            msg.contains("git clone --depth 1 --branch v1 https://github.com/o/r.git /cache/github.com/o/r@v1"),
+            msg.starts_with("invalid remote layer ref `@github.com/o`: expected"),
             "{msg}"
         );
-        // Without a cache root the message still says where to look.
-        let msg = resolve(&ls, &req(&["app"])).unwrap_err().to_string();
-        assert!(msg.contains("$OV_REPO_CACHE/github.com/o/r@v1"), "{msg}");
-    }
-
-    #[test]
-    fn cached_but_unloaded_remote_layer_is_distinguished() {
-        let dir = tempfile::tempdir().unwrap();
-        let layer_dir = dir.path().join("github.com/o/r@v1/layers/x");
-        std::fs::create_dir_all(&layer_dir).unwrap();
-        std::fs::write(layer_dir.join("layer.yml"), "layer: {}\n").unwrap();
-        let ls = app_needing_remote_x();
-        let opts = ResolveOptions {
-            repo_cache: Some(dir.path().to_path_buf()),
-        };
-        let err = resolve_with(&ls, &req(&["app"]), &opts).unwrap_err();
-        assert!(matches!(err, ResolveError::RemoteNotLoaded { .. }), "{err}");
-    }
-
-    #[test]
-    fn unpinned_remote_ref_asks_for_a_version() {
-        let ls = set(vec![layer("app", &["@github.com/o/r/layers/x"], &[], true)]);
-        let err = resolve(&ls, &req(&["app"])).unwrap_err();
-        assert!(matches!(err, ResolveError::RemoteUnpinned { .. }), "{err}");
+        assert!(msg.ends_with("(required by `app`)"), "{msg}");
     }
 
     #[test]

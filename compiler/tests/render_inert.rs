@@ -473,6 +473,10 @@ fn hostile_plan(inp: &Inputs, project: &Path) -> (InstallPlan, String) {
         name: name.clone(),
         version: None,
         source: format!("layers/{name}"),
+        origin: ov_compiler::plan::LayerOrigin::Local {
+            path: format!("layers/{name}"),
+        },
+        source_dir: None,
         steps,
         checks: Vec::new(),
     };

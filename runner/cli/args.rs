@@ -59,6 +59,9 @@ pub enum Command {
     Deploy(DeployCommand),
     /// Show the layers recorded on the target and whether they match what would compile now.
     Status(StatusArgs),
+    /// Fetch remote layers into the repo cache and pin each ref's commit in `ov.lock`.
+    #[command(long_about = FETCH_ABOUT)]
+    Fetch(FetchArgs),
     /// Print the shell's completion hook (`source <(ov completions bash)`); it completes deploy
     /// and layer names of the project the shell is in.
     Completions {
@@ -93,6 +96,21 @@ pub struct DeployArgs {
     pub distro: Option<String>,
     #[command(flatten)]
     pub gates: GateArgs,
+    #[command(flatten)]
+    pub remote: RemoteArgs,
+}
+
+/// How remote layers (`github.com/<org>/<repo>/<path>[@<ref>]`) are fetched (shared by the
+/// commands that compile).
+#[derive(Debug, Args, Clone, Copy)]
+pub struct RemoteArgs {
+    /// Use only `ov.lock` and the repo cache; never run git (a missing repository is an error
+    /// that says which `ov fetch` fills it).
+    #[arg(long, conflicts_with = "update")]
+    pub offline: bool,
+    /// Fetch remote layer refs again and move `ov.lock` to where they point now.
+    #[arg(long)]
+    pub update: bool,
 }
 
 /// Opt-ins (the deploy node's `install_opts` pre-set them; the command line can only add).
@@ -300,6 +318,46 @@ pub struct TestArgs {
     /// Do not wait for cloud-init to finish.
     #[arg(long)]
     pub no_wait_cloud_init: bool,
+}
+
+/// The long help of `ov fetch`.
+const FETCH_ABOUT: &str = "\
+Fetch remote layers into the repo cache and pin each ref's commit in `ov.lock`.
+
+A remote layer is named `<host>/<org>/<repo>/<path to layer>[@<ref>]` on the command line and
+`@<host>/<org>/<repo>/<path to layer>[:<ref>]` in `depends:`/`layers:`/`add_layers:`; no ref
+means the default branch. ov runs the system `git` to fetch `https://<host>/<org>/<repo>.git`
+shallowly into the repo cache ($OV_REPO_CACHE, default ~/.cache/ov/repos), resolves each ref to
+a commit and records it in `ov.lock` in the project (commit that file). Later compiles use the
+locked commit, even when the tag moves upstream, until `--update`. `ov compile`, `plan` and
+`push` fetch what is missing themselves unless `--offline`.
+
+Without a deploy, every remote layer the project's layers and deploy nodes name is fetched.
+
+Mirrors, private hosts and tests redirect the URL with git's own rewriting, e.g.
+  git config --global url.\"file:///srv/mirror/\".insteadOf https://github.com/
+git runs with a clean environment except HOME, GIT_CONFIG_GLOBAL, XDG_CONFIG_HOME, the ssh
+agent and proxy settings, so such settings in the user's git config apply.";
+
+/// `ov fetch`.
+#[derive(Debug, Args)]
+pub struct FetchArgs {
+    /// Only what this deploy needs (`vm:<vm>`, a deploy node, or `host`); default: every remote
+    /// layer the project names.
+    #[arg(add = ArgValueCompleter::new(complete::deploys))]
+    pub deploy: Option<String>,
+    /// Extra layers, as for `ov push` (after the deploy).
+    #[arg(value_name = "LAYER", requires = "deploy")]
+    pub layers: Vec<String>,
+    /// Extra layer (repeatable), e.g. `github.com/team/configs/layers/sshkeys@v1`.
+    #[arg(long = "add-layer", value_name = "LAYER")]
+    pub add_layer: Vec<String>,
+    /// Distro tag of the target, when the deploy does not say.
+    #[arg(long, value_name = "TAG")]
+    pub distro: Option<String>,
+    /// Fetch every ref again and move `ov.lock` to where it points now.
+    #[arg(long)]
+    pub update: bool,
 }
 
 /// `ov deploy del`.

@@ -17,6 +17,7 @@ use crate::apply::push::{PushOptions, RunMode, TestFilter};
 use crate::apply::teardown::TeardownOptions;
 use crate::commands::compile::{CompileOptions, Output};
 use crate::commands::deploy_del::DelRequest;
+use crate::commands::fetch::FetchOptions;
 use crate::commands::fleet::Fleet;
 use crate::commands::inspect::InspectOptions;
 use crate::commands::plan::PlanOptions;
@@ -28,6 +29,7 @@ use crate::commands::verify::VerifyOptions;
 use crate::commands::{self, CommandError, Connection, Delivery};
 use crate::exit::{Exit, HasExit};
 use crate::fleet::Limits;
+use crate::repos::FetchMode;
 use crate::target::cloud_init::CloudInitOptions;
 use crate::target::deploy::DeployArg;
 use crate::target::resolve::ConnectOptions;
@@ -195,6 +197,13 @@ fn run(cli: Cli) -> Result<(), CommandError> {
                 None => commands::status::run(&request),
             }
         }
+        Command::Fetch(args) => commands::fetch::run(&FetchOptions {
+            project,
+            deploy: args.deploy,
+            add_layers: args.layers.into_iter().chain(args.add_layer).collect(),
+            distro: args.distro,
+            update: args.update,
+        }),
         Command::Completions { shell } => {
             // The hook that asks `ov` itself (COMPLETE=<shell> ov -- WORDS…), so deploy and
             // layer names come from the project the shell is in.
@@ -224,6 +233,13 @@ fn selection(project: &Option<PathBuf>, args: &DeployArgs) -> Selection {
             allow_repo_changes: args.gates.allow_repo_changes,
             allow_root_tasks: args.gates.allow_root_tasks,
             with_services: args.gates.with_services,
+        },
+        fetch: if args.remote.offline {
+            FetchMode::Offline
+        } else if args.remote.update {
+            FetchMode::Update
+        } else {
+            FetchMode::Fetch
         },
     }
 }

@@ -31,6 +31,9 @@ pub enum CommandError {
     Render(#[from] ov_compiler::render::RenderError),
     #[error(transparent)]
     Build(ov_compiler::bundle::BundleError),
+    /// Remote layers: a bad ref, a missing or unfetchable repository, `ov.lock`.
+    #[error(transparent)]
+    Repo(Box<crate::repos::RepoError>),
     #[error(transparent)]
     Write(ov_compiler::bundle::BundleError),
     /// A bundle `ov inspect`, `ov verify` or `ov push` could not use.
@@ -99,6 +102,12 @@ pub enum CommandError {
     },
 }
 
+impl From<crate::repos::RepoError> for CommandError {
+    fn from(e: crate::repos::RepoError) -> CommandError {
+        CommandError::Repo(Box::new(e))
+    }
+}
+
 /// Why a bundle could not be read for `inspect`, `verify` or `push`.
 #[derive(Debug, thiserror::Error)]
 pub enum BundleReadError {
@@ -149,6 +158,7 @@ impl HasExit for CommandError {
             | CommandError::NoCacheDir
             | CommandError::Io(_)
             | CommandError::Json(_) => Exit::Other,
+            CommandError::Repo(e) => e.exit(),
             CommandError::Archive(e) => e.exit(),
             CommandError::Target(e) => e.exit(),
             CommandError::State(e) => e.exit(),

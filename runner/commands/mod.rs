@@ -9,6 +9,7 @@
 pub mod compile;
 pub mod deploy_del;
 pub mod error;
+pub mod fetch;
 pub mod fleet;
 pub mod inspect;
 pub mod plan;

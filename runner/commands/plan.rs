@@ -1,6 +1,7 @@
 //! Stage `runner`, `ov plan`: print the InstallPlan of a deploy — as JSON, or as a summary with a
 //! header and per layer one line per step and check.
-//! Invariant: reads the project only; writes nothing but stdout.
+//! Invariant: reads the project only; writes nothing but stdout (and, like every compile, the
+//! repo cache and `ov.lock` when a remote layer must be fetched, unless `--offline`).
 
 use ov_compiler::batch::package_batches;
 use ov_compiler::plan::{Gate, InstallPlan, Step};

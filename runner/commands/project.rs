@@ -11,6 +11,9 @@ use ov_compiler::deploy::DeployRequest;
 use ov_compiler::plan::{Deploy, Gates, InstallPlan};
 use ov_compiler::project::Project;
 use ov_compiler::render::{self, Engine};
+use ov_compiler::repo::{normalize_requests, RemoteError};
+
+use crate::repos::{FetchMode, RepoError};
 
 use crate::commands::error::{BundleReadError, CommandError};
 use crate::target::deploy::{DeployArg, DeployTarget};
@@ -30,6 +33,8 @@ pub struct Selection {
     pub distro: Option<String>,
     /// Opt-ins from the command line (the deploy node's `install_opts` add to them).
     pub gates: Gates,
+    /// Whether remote layers may be fetched (`--offline`, `--update`).
+    pub fetch: FetchMode,
 }
 
 impl Selection {
@@ -41,11 +46,36 @@ impl Selection {
             add_layers: Vec::new(),
             distro: None,
             gates: Gates::default(),
+            fetch: FetchMode::default(),
         }
     }
 
+    /// The `ov fetch …` that fetches every remote layer this selection needs (said when
+    /// `--offline` finds one missing).
+    pub fn fetch_command(&self) -> String {
+        let mut words = vec!["ov".to_string()];
+        if let Some(dir) = &self.project {
+            words.push("-C".to_string());
+            words.push(dir.to_string_lossy().into_owned());
+        }
+        words.push("fetch".to_string());
+        if let DeployArg::Name(name) = &self.deploy {
+            words.push(name.clone());
+        }
+        // Only the remote ones: a plain layer name needs nothing fetched.
+        for layer in self.add_layers.iter().filter(|l| l.contains('/')) {
+            words.push("--add-layer".to_string());
+            words.push(layer.clone());
+        }
+        if let Some(distro) = &self.distro {
+            words.push("--distro".to_string());
+            words.push(distro.clone());
+        }
+        command_line(&words)
+    }
+
     /// The compiler's request. For `host` without `--distro`, the local machine's distro.
-    fn request(&self) -> DeployRequest {
+    pub fn request(&self) -> DeployRequest {
         let name = match &self.deploy {
             DeployArg::Bundle(path) => path.to_string_lossy().into_owned(),
             DeployArg::Name(name) => name.clone(),
@@ -73,9 +103,27 @@ pub struct BuildOptions {
     pub source_date_epoch: Option<u64>,
 }
 
+/// `words` as one line a shell reads back as the same words (plain words stay plain).
+pub fn command_line(words: &[String]) -> String {
+    words
+        .iter()
+        .map(|w| {
+            let plain = !w.is_empty()
+                && w.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "@%+=:,./_-".contains(c));
+            if plain {
+                w.clone()
+            } else {
+                ov_compiler::shell::quote(w).unwrap_or_else(|_| w.clone())
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
 /// The local machine's distro tag from `/etc/os-release` (`ID:VERSION_ID`; the compiler maps
 /// IDs such as `arch` to build.yml names).
-fn host_distro() -> Option<String> {
+pub fn host_distro() -> Option<String> {
     let text = std::fs::read_to_string("/etc/os-release").ok()?;
     let field = |k: &str| {
         text.lines()
@@ -109,12 +157,20 @@ pub struct Resolved {
     requested: Vec<String>,
 }
 
-/// Load the project and resolve the selected deploy.
+/// Load the project, resolve the selected deploy and add the remote layers it needs (fetched
+/// into the repo cache and pinned in `ov.lock` unless `--offline`).
 pub fn resolve(selection: &Selection) -> Result<Resolved, CommandError> {
     let root = find_project(selection.project.as_deref())?;
-    let project = Project::load(&root)?;
+    let mut project = Project::load(&root)?;
     let (deploy, gates, requested) =
         ov_compiler::deploy::resolve_deploy(&project, &selection.request())?;
+    let requested = remote_requests(&requested)?;
+    crate::repos::prepare(
+        &mut project,
+        &requested,
+        selection.fetch,
+        &selection.fetch_command(),
+    )?;
     Ok(Resolved {
         project,
         deploy,
@@ -156,6 +212,17 @@ impl Resolved {
         )
         .map_err(CommandError::Build)
     }
+}
+
+/// Requested layers with the command line's remote form (`github.com/o/r/path@ref`) in the
+/// resolver's (`@github.com/o/r/path:ref`).
+pub fn remote_requests(requested: &[String]) -> Result<Vec<String>, CommandError> {
+    normalize_requests(requested).map_err(|source| {
+        CommandError::from(RepoError::Remote(RemoteError::BadRef {
+            required_by: None,
+            source,
+        }))
+    })
 }
 
 /// Write a bundle for a push into `$XDG_CACHE_HOME/ov/bundles/` (or `~/.cache/…`).

@@ -21,6 +21,7 @@ mod deploy_e2e;
 mod fidelity;
 mod fleet;
 mod inventory;
+mod remote_layers;
 mod service_chroot;
 mod ssh_faults;
 mod ssh_push;

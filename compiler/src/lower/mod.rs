@@ -54,8 +54,8 @@ use std::path::{Component, Path, PathBuf};
 
 use crate::layer::Layer;
 use crate::plan::{
-    Action, Deploy, Gate, Gates, InstallPlan, LayerPlan, Phase, ReverseKind, ReverseOp, Scope,
-    Skip, Step, Venue, FORMAT_VERSION,
+    Action, Deploy, Gate, Gates, InstallPlan, LayerOrigin, LayerPlan, Phase, ReverseKind,
+    ReverseOp, Scope, Skip, Step, Venue, FORMAT_VERSION,
 };
 use crate::project::Project;
 
@@ -312,12 +312,26 @@ fn lower_layer(
     name: &str,
     layer: &Layer,
 ) -> Result<LayerPlan, LowerError> {
-    let source = relative_source(&project.root, &layer.source_dir).ok_or_else(|| {
-        LowerError::SourceOutsideProject {
-            layer: name.to_string(),
-            dir: layer.source_dir.clone(),
+    let (source, origin, source_dir) = match &layer.remote {
+        // A remote layer lives in its checkout, read from there; `directory:` may move it inside.
+        Some(src) => (
+            src.source_text(),
+            src.origin(),
+            Some(layer.source_dir.clone()),
+        ),
+        None => {
+            let source = relative_source(&project.root, &layer.source_dir).ok_or_else(|| {
+                LowerError::SourceOutsideProject {
+                    layer: name.to_string(),
+                    dir: layer.source_dir.clone(),
+                }
+            })?;
+            let origin = LayerOrigin::Local {
+                path: source.clone(),
+            };
+            (source, origin, None)
         }
-    })?;
+    };
     let mut steps = Vec::new();
 
     // 1. Shell hook.
@@ -392,6 +406,8 @@ fn lower_layer(
         name: name.to_string(),
         version: layer.version.clone(),
         source,
+        origin,
+        source_dir,
         steps,
         checks: Vec::new(),
     })

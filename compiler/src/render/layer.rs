@@ -70,7 +70,10 @@ impl<'a> LayerRenderer<'a> {
             lp,
             engine,
             ck,
-            dir: project_root.join(&lp.source),
+            dir: lp
+                .source_dir
+                .clone()
+                .unwrap_or_else(|| project_root.join(&lp.source)),
             payload: PayloadMap::new(),
             checking: false,
         })

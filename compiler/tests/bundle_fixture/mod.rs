@@ -174,6 +174,10 @@ pub fn safe(payload_dir: &Path, marker_dir: &Path, modes: PayloadModes) -> (Inst
             name: name.into(),
             version: (name == "alpha").then(|| "2025.001.0000".to_string()),
             source: format!("layers/{name}"),
+            origin: ov_compiler::plan::LayerOrigin::Local {
+                path: format!("layers/{name}"),
+            },
+            source_dir: None,
             steps,
             checks: Vec::new(),
         });
@@ -251,6 +255,10 @@ pub fn debian(payload_dir: &Path) -> (InstallPlan, Rendered) {
             name: name.into(),
             version: None,
             source: format!("layers/{name}"),
+            origin: ov_compiler::plan::LayerOrigin::Local {
+                path: format!("layers/{name}"),
+            },
+            source_dir: None,
             steps,
             checks: Vec::new(),
         });

@@ -106,6 +106,10 @@ pub fn layer(name: &str, steps: Vec<Step>) -> LayerPlan {
         name: name.to_string(),
         version: None,
         source: format!("layers/{name}"),
+        origin: ov_compiler::plan::LayerOrigin::Local {
+            path: format!("layers/{name}"),
+        },
+        source_dir: None,
         steps,
         checks: Vec::new(),
     }
