@@ -248,7 +248,7 @@ pub fn cloud_init(bundle: &Bundle, engine: &Engine, max: u64) -> Result<UserData
     )?;
     let gz = crate::gzip::gzip(text.as_bytes(), 9).map_err(EmitError::Gzip)?;
     let (plain, gzipped) = (text.len(), gz.len());
-    let fits = |n: usize| u64::try_from(n).map_or(false, |n| n <= max);
+    let fits = |n: usize| u64::try_from(n).is_ok_and(|n| n <= max);
     if fits(plain) {
         return Ok(UserData {
             data: text.into_bytes(),
