@@ -10,6 +10,7 @@ use serde::Serialize;
 use thiserror::Error;
 
 use crate::bundle::Bundle;
+pub use crate::render::yaml_quote;
 use crate::render::{Engine, RenderError};
 
 /// Where root stages a bundle on the target (the push's work directory): it and every directory
@@ -292,29 +293,6 @@ fn chain(path: &str) -> Vec<String> {
         p.push_str(part);
         out.push(p.clone());
     }
-    out
-}
-
-/// `text` as a YAML double-quoted scalar that reads back as exactly `text` in YAML 1.1 and 1.2
-/// (PyYAML, as Ansible and cloud-init use): printable ASCII as is but `"` and `\`, every other
-/// character escaped (`\n`, `\t`, `\xXX`, `\uXXXX`, `\UXXXXXXXX`), so no line break, tab or
-/// Unicode separator can end or fold it.
-pub fn yaml_quote(text: &str) -> String {
-    let mut out = String::with_capacity(text.len() + 2);
-    out.push('"');
-    for c in text.chars() {
-        match c {
-            '"' => out.push_str("\\\""),
-            '\\' => out.push_str("\\\\"),
-            '\n' => out.push_str("\\n"),
-            '\t' => out.push_str("\\t"),
-            ' '..='~' => out.push(c),
-            c if (c as u32) < 0x80 => out.push_str(&format!("\\x{:02x}", c as u32)),
-            c if (c as u32) <= 0xffff => out.push_str(&format!("\\u{:04x}", c as u32)),
-            c => out.push_str(&format!("\\U{:08x}", c as u32)),
-        }
-    }
-    out.push('"');
     out
 }
 

@@ -36,21 +36,31 @@ fn emitted_user_data_applies_the_bundle_at_first_boot_and_status_shows_the_ledge
     assert!(user_data.starts_with("#cloud-config\n"));
 
     let mut g = Guest::boot_with_part(&image, &user_data);
+    // (`status --wait` exits 2 on a degraded boot: wait for the boot to finish instead.)
     assert!(
         g.wait_for(
-            "cloud-init status --wait >/dev/null",
+            "test -e /var/lib/cloud/instance/boot-finished",
             Duration::from_secs(1200)
         ),
         "cloud-init did not finish\n{}",
         g.serial_tail(60)
     );
-    let status = g.ssh("cloud-init status --long");
+    // No module failed (a failing runcmd would be an error of `scripts_user`). Trixie's
+    // cloud-init 25.1 finds the guest's own `ssh_genkeytypes: []` too short (a schema warning:
+    // `degraded`); nothing of the emitted part may be.
+    let status = g.ssh("cloud-init status --format json");
+    let v: serde_json::Value = serde_json::from_slice(&status.stdout).expect("status json");
     assert_eq!(
-        status.status.code(),
-        Some(0),
-        "cloud-init reported errors: {}\n{}",
-        text(&status),
+        v["errors"],
+        serde_json::json!([]),
+        "cloud-init reported errors: {v:#}\n{}",
         g.sh("sudo tail -n 40 /var/log/cloud-init-output.log")
+    );
+    let schema = g.ssh("sudo cloud-init schema --system 2>&1");
+    let schema = String::from_utf8_lossy(&schema.stdout);
+    assert!(
+        !schema.contains("write_files") && !schema.contains("runcmd"),
+        "{schema}"
     );
     // The first boot applied it: the layer's file, the ledger, the run's lines in cloud-init's log.
     assert_eq!(g.sh("cat /etc/ov-emit.conf"), "written-by=ov\n");
@@ -61,7 +71,7 @@ fn emitted_user_data_applies_the_bundle_at_first_boot_and_status_shows_the_ledge
         "{log}"
     );
     assert_eq!(
-        g.sh("sudo ls /var/lib/overthink/installed/ovtest/layers/"),
+        g.sh("cd /var/lib/overthink/installed/ovtest/layers && sudo sh -c 'ls *.json'"),
         "emit-env.json\nemit-file.json\n"
     );
     // Nothing staged is left but the digest; the work directory is empty.

@@ -275,15 +275,38 @@ fn data_env() -> Environment<'static> {
                         .map(|c| if c.is_control() { ' ' } else { c })
                         .collect()
                 } else if name.starts_with("emit/ansible/") {
-                    format!("!unsafe {}", crate::emit::yaml_quote(&text))
+                    format!("!unsafe {}", yaml_quote(&text))
                 } else {
-                    crate::emit::yaml_quote(&text)
+                    yaml_quote(&text)
                 }
             }
         };
         out.write_str(&word).map_err(minijinja::Error::from)
     });
     env
+}
+
+/// `text` as a YAML double-quoted scalar that reads back as exactly `text` in YAML 1.1 and 1.2
+/// (PyYAML, as Ansible and cloud-init use): printable ASCII as is but `"` and `\`, every other
+/// character escaped (`\n`, `\t`, `\xXX`, `\uXXXX`, `\UXXXXXXXX`), so no line break, tab or
+/// Unicode separator can end or fold it.
+pub fn yaml_quote(text: &str) -> String {
+    let mut out = String::with_capacity(text.len() + 2);
+    out.push('"');
+    for c in text.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '\t' => out.push_str("\\t"),
+            ' '..='~' => out.push(c),
+            c if (c as u32) < 0x80 => out.push_str(&format!("\\x{:02x}", c as u32)),
+            c if (c as u32) <= 0xffff => out.push_str(&format!("\\u{:04x}", c as u32)),
+            c => out.push_str(&format!("\\U{:08x}", c as u32)),
+        }
+    }
+    out.push('"');
+    out
 }
 
 fn fragment(word: Result<String, shell::QuoteError>) -> Result<Value, minijinja::Error> {
