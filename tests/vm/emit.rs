@@ -71,7 +71,7 @@ fn emitted_user_data_applies_the_bundle_at_first_boot_and_status_shows_the_ledge
         "{log}"
     );
     assert_eq!(
-        g.sh("cd /var/lib/overthink/installed/ovtest/layers && sudo sh -c 'ls *.json'"),
+        g.sh("sudo sh -c 'cd /var/lib/overthink/installed/ovtest/layers && ls -- *.json'"),
         "emit-env.json\nemit-file.json\n"
     );
     // Nothing staged is left but the digest; the work directory is empty.
