@@ -7,12 +7,14 @@
 //! [`bundle_read`] streams a finished bundle back, within limits, for `ov verify` and `ov inspect`;
 //! [`repo`] reads remote layers from the repo cache the runner fills, pinned by `ov.lock`;
 //! [`remote`] renders the runner's target-side scripts (probe, push bootstrap, ledger read).
+//! [`emit`] hands a bundle over to Ansible (a playbook and role) or cloud-init (user-data).
 
 pub mod batch;
 pub mod bundle;
 pub mod bundle_dir;
 pub mod bundle_read;
 pub mod deploy;
+pub mod emit;
 pub mod entries;
 pub mod gzip;
 pub mod layer;

@@ -124,6 +124,30 @@ pub const EMBEDDED: &[(&str, &str)] = &[
         "check/task-write.sh.j2",
         include_str!("../../templates/check/task-write.sh.j2"),
     ),
+    (
+        "emit/ansible/README.md.j2",
+        include_str!("../../templates/emit/ansible/README.md.j2"),
+    ),
+    (
+        "emit/ansible/playbook.yml.j2",
+        include_str!("../../templates/emit/ansible/playbook.yml.j2"),
+    ),
+    (
+        "emit/ansible/tasks.yml.j2",
+        include_str!("../../templates/emit/ansible/tasks.yml.j2"),
+    ),
+    (
+        "emit/ansible/vars.yml.j2",
+        include_str!("../../templates/emit/ansible/vars.yml.j2"),
+    ),
+    (
+        "emit/cloud-init/firstboot.sh.j2",
+        include_str!("../../templates/emit/cloud-init/firstboot.sh.j2"),
+    ),
+    (
+        "emit/cloud-init/user-data.yml.j2",
+        include_str!("../../templates/emit/cloud-init/user-data.yml.j2"),
+    ),
     ("lib/steps.sh", include_str!("../../templates/lib/steps.sh")),
     (
         "remote/bootstrap.sh.j2",

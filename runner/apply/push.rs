@@ -33,7 +33,7 @@ use ov_compiler::render::Engine;
 
 /// Where pushes unpack on the target (not `/tmp`: it may be a small tmpfs, and is cleaned on
 /// boot while a run may still be resumed by hand).
-pub const REMOTE_BASE: &str = "/var/lib/overthink/work";
+pub const REMOTE_BASE: &str = ov_compiler::emit::WORK_BASE;
 
 /// How many lines of a failing script's output a failure report keeps.
 pub const FAILURE_TAIL: usize = 30;

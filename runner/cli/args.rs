@@ -166,6 +166,38 @@ pub struct CompileArgs {
     /// Write the bundle unpacked into DIR/<name>/ instead of an archive.
     #[arg(long, value_name = "DIR")]
     pub out_dir: Option<PathBuf>,
+    /// Hand the bundle over to another engine instead: `ansible DIR` (a playbook and a role
+    /// that apply it to an inventory's hosts) or `cloud-init FILE` (`#cloud-config` user-data
+    /// that applies it at first boot).
+    #[arg(
+        long,
+        num_args = 2,
+        value_names = ["ENGINE", "PATH"],
+        conflicts_with_all = ["output", "out_dir"]
+    )]
+    pub emit: Option<Vec<String>>,
+    /// With `--emit cloud-init`: the most bytes of user-data the cloud takes (default 16384,
+    /// AWS EC2's limit; a `K` or `KiB` suffix multiplies by 1024). Plain user-data when it fits,
+    /// else gzip-compressed when that fits, else an error.
+    #[arg(long, value_name = "SIZE", value_parser = parse_size, requires = "emit")]
+    pub max_user_data: Option<u64>,
+}
+
+/// A size in bytes: digits, optionally followed by `K`/`KiB` (×1024) or `M`/`MiB` (×1048576).
+fn parse_size(s: &str) -> Result<u64, String> {
+    let t = s.trim();
+    let digits = t.trim_end_matches(|c: char| c.is_ascii_alphabetic());
+    let factor = match &t[digits.len()..] {
+        "" => 1,
+        "K" | "k" | "KiB" => 1024,
+        "M" | "MiB" => 1024 * 1024,
+        other => return Err(format!("unknown unit `{other}` (use bytes, K or M)")),
+    };
+    digits
+        .parse::<u64>()
+        .ok()
+        .and_then(|n| n.checked_mul(factor))
+        .ok_or_else(|| format!("`{s}` is not a size (bytes, or a number with K or M)"))
 }
 
 /// `ov inspect`.

@@ -55,6 +55,22 @@ pub fn main() -> ExitCode {
             return ExitCode::from(code.code());
         }
     };
+    if let Command::Compile(args::CompileArgs {
+        emit: Some(emit), ..
+    }) = &cli.command
+    {
+        if !["ansible", "cloud-init"].contains(&emit[0].as_str()) {
+            let e = Cli::command().error(
+                clap::error::ErrorKind::InvalidValue,
+                format!(
+                    "`--emit` takes `ansible DIR` or `cloud-init FILE`, not `{}`",
+                    emit[0]
+                ),
+            );
+            let _ = e.print();
+            return ExitCode::from(Exit::Usage.code());
+        }
+    }
     let json = json_errors(&cli.command);
     match run(cli) {
         Ok(()) => ExitCode::from(Exit::Ok.code()),
@@ -100,10 +116,19 @@ fn run(cli: Cli) -> Result<(), CommandError> {
             selection: selection(&project, &args.deploy),
             build: build(&args.build),
             verbosity,
-            output: match (args.out_dir, args.output) {
-                (Some(dir), _) => Output::Unpacked(dir),
-                (None, Some(file)) => Output::Archive(file),
-                (None, None) => Output::Default,
+            output: match (args.emit, args.out_dir, args.output) {
+                (Some(emit), _, _) if emit[0] == "ansible" => {
+                    Output::Ansible(emit[1].clone().into())
+                }
+                (Some(emit), _, _) => Output::CloudInit {
+                    file: emit[1].clone().into(),
+                    max: args
+                        .max_user_data
+                        .unwrap_or(ov_compiler::emit::DEFAULT_MAX_USER_DATA),
+                },
+                (None, Some(dir), _) => Output::Unpacked(dir),
+                (None, None, Some(file)) => Output::Archive(file),
+                (None, None, None) => Output::Default,
             },
         }),
         Command::Inspect(args) => commands::inspect::run(&InspectOptions {

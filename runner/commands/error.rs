@@ -36,6 +36,9 @@ pub enum CommandError {
     Repo(Box<crate::repos::RepoError>),
     #[error(transparent)]
     Write(ov_compiler::bundle::BundleError),
+    /// `ov compile --emit`: the hand-off could not be rendered, or does not fit.
+    #[error(transparent)]
+    Emit(#[from] ov_compiler::emit::EmitError),
     /// A bundle `ov inspect`, `ov verify` or `ov push` could not use.
     #[error("cannot {action} bundle `{}`", path.display())]
     Bundle {
@@ -153,6 +156,12 @@ impl HasExit for CommandError {
                     | DirError::Inspect(_) => Exit::InvalidInput,
                 },
                 BundleReadError::Open(_) | BundleReadError::Inspect(_) => Exit::InvalidInput,
+            },
+            CommandError::Emit(e) => match e {
+                ov_compiler::emit::EmitError::Render(_)
+                | ov_compiler::emit::EmitError::NoUser { .. } => Exit::InvalidInput,
+                ov_compiler::emit::EmitError::TooLarge { .. }
+                | ov_compiler::emit::EmitError::Gzip(_) => Exit::Other,
             },
             CommandError::Write(_)
             | CommandError::NoCacheDir

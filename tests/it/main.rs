@@ -18,6 +18,7 @@ mod cli_plan;
 mod cli_push;
 mod cloud_init;
 mod deploy_e2e;
+mod emit;
 mod fidelity;
 mod fleet;
 mod inventory;

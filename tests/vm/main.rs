@@ -9,4 +9,5 @@ mod common;
 
 mod cloud_init;
 mod deploy;
+mod emit;
 mod support;

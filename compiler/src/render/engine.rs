@@ -36,6 +36,8 @@ impl Object for ShellFragment {
 /// undefined variables, and a formatter that shell-quotes every interpolated value.
 pub struct Engine {
     env: Environment<'static>,
+    /// The data templates of `emit/` (YAML, Markdown): their own formatter, see [`data_env`].
+    data: Environment<'static>,
     /// Files of `templates/` that are not templates (not `.j2`), carried verbatim.
     texts: BTreeMap<String, String>,
     overridden: Vec<(String, String)>,
@@ -139,9 +141,18 @@ impl Engine {
             },
         );
         let mut texts = BTreeMap::new();
+        let mut data = data_env();
         for (name, text) in sources {
             if !name.ends_with(".j2") {
                 texts.insert(name, text);
+                continue;
+            }
+            if is_data_template(&name) {
+                data.add_template_owned(name.clone(), text)
+                    .map_err(|source| RenderError::Template {
+                        template: name,
+                        source,
+                    })?;
                 continue;
             }
             env.add_template_owned(name.clone(), text)
@@ -152,6 +163,7 @@ impl Engine {
         }
         Ok(Engine {
             env,
+            data,
             texts,
             overridden,
         })
@@ -164,6 +176,19 @@ impl Engine {
             source,
         };
         self.env
+            .get_template(name)
+            .map_err(wrap)?
+            .render(ctx)
+            .map_err(wrap)
+    }
+
+    /// Render the data template `name` of `emit/` (YAML or Markdown, not shell) with `ctx`.
+    pub fn render_data(&self, name: &str, ctx: &impl Serialize) -> Result<String, RenderError> {
+        let wrap = |source| RenderError::Template {
+            template: name.to_string(),
+            source,
+        };
+        self.data
             .get_template(name)
             .map_err(wrap)?
             .render(ctx)
@@ -186,11 +211,11 @@ impl Engine {
     }
 
     /// The overrides that can change a bundle, which its manifest lists: all but the runner's own
-    /// target-side scripts (`remote/`), which no bundle holds.
+    /// target-side scripts (`remote/`) and the hand-off files (`emit/`), which no bundle holds.
     pub fn overridden_in_bundle(&self) -> Vec<(String, String)> {
         self.overridden
             .iter()
-            .filter(|(name, _)| !name.starts_with("remote/"))
+            .filter(|(name, _)| !name.starts_with("remote/") && !name.starts_with("emit/"))
             .cloned()
             .collect()
     }
@@ -202,6 +227,86 @@ impl std::fmt::Debug for Engine {
             .field("overridden", &self.overridden)
             .finish_non_exhaustive()
     }
+}
+
+/// Whether `name` is a data template of `emit/` (YAML, Markdown) rather than shell: those are
+/// rendered by [`data_env`], whose formatter quotes for YAML, never for the shell.
+fn is_data_template(name: &str) -> bool {
+    name.starts_with("emit/") && !name.ends_with(".sh.j2")
+}
+
+/// The engine of the data templates: strict undefined variables, and a formatter that quotes
+/// every value for where it lands — in `emit/ansible/*.yml.j2` a YAML double-quoted scalar tagged
+/// `!unsafe` (Ansible never templates it), in other YAML a double-quoted scalar, in Markdown one
+/// line of text. A value cannot opt out: `safe` is gone and no filter builds raw text.
+fn data_env() -> Environment<'static> {
+    let mut env = Environment::new();
+    env.set_undefined_behavior(UndefinedBehavior::Strict);
+    env.set_keep_trailing_newline(true);
+    env.set_trim_blocks(true);
+    env.set_lstrip_blocks(true);
+    env.remove_filter("safe");
+    env.set_formatter(|out, state, value| {
+        if value.is_undefined() || value.is_none() {
+            return Err(minijinja::Error::new(
+                minijinja::ErrorKind::UndefinedError,
+                "refusing to interpolate a missing value",
+            ));
+        }
+        let name = state.name();
+        let word = match value.kind() {
+            minijinja::value::ValueKind::Seq | minijinja::value::ValueKind::Map => {
+                return Err(minijinja::Error::new(
+                    minijinja::ErrorKind::InvalidOperation,
+                    "a list or map cannot be one value; iterate over it",
+                ))
+            }
+            minijinja::value::ValueKind::Number | minijinja::value::ValueKind::Bool
+                if name.ends_with(".yml.j2") =>
+            {
+                value.to_string()
+            }
+            _ => {
+                let text = value
+                    .as_str()
+                    .map_or_else(|| value.to_string(), str::to_string);
+                if name.ends_with(".md.j2") {
+                    text.chars()
+                        .map(|c| if c.is_control() { ' ' } else { c })
+                        .collect()
+                } else if name.starts_with("emit/ansible/") {
+                    format!("!unsafe {}", yaml_quote(&text))
+                } else {
+                    yaml_quote(&text)
+                }
+            }
+        };
+        out.write_str(&word).map_err(minijinja::Error::from)
+    });
+    env
+}
+
+/// `text` as a YAML double-quoted scalar that reads back as exactly `text` in YAML 1.1 and 1.2
+/// (PyYAML, as Ansible and cloud-init use): printable ASCII as is but `"` and `\`, every other
+/// character escaped (`\n`, `\t`, `\xXX`, `\uXXXX`, `\UXXXXXXXX`), so no line break, tab or
+/// Unicode separator can end or fold it.
+pub fn yaml_quote(text: &str) -> String {
+    let mut out = String::with_capacity(text.len() + 2);
+    out.push('"');
+    for c in text.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '\t' => out.push_str("\\t"),
+            ' '..='~' => out.push(c),
+            c if (c as u32) < 0x80 => out.push_str(&format!("\\x{:02x}", c as u32)),
+            c if (c as u32) <= 0xffff => out.push_str(&format!("\\u{:04x}", c as u32)),
+            c => out.push_str(&format!("\\U{:08x}", c as u32)),
+        }
+    }
+    out.push('"');
+    out
 }
 
 fn fragment(word: Result<String, shell::QuoteError>) -> Result<Value, minijinja::Error> {

@@ -19,7 +19,7 @@ use thiserror::Error;
 
 use crate::plan::{Action, InstallPlan, LayerPlan, Scope, Step, Venue};
 use crate::shell;
-pub use engine::Engine;
+pub use engine::{yaml_quote, Engine};
 use layer::LayerRenderer;
 
 /// Everything `render` produces for one plan; `bundle` turns it into the archive.

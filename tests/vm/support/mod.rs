@@ -186,6 +186,26 @@ impl Guest {
     /// Boot `image` with a fresh overlay and seed; `extra` is appended to the cloud-config
     /// (e.g. a failing `runcmd`). Returns as soon as QEMU runs: the guest is still booting.
     pub fn boot(image: &Image, extra: &str) -> Guest {
+        Guest::boot_seeded(image, |base| format!("{base}{extra}"))
+    }
+
+    /// Boot `image` with user-data in two parts (MIME multipart, which cloud-init merges): the
+    /// guest's own cloud-config (user, keys) and `part`, verbatim — e.g. user-data `ov` emitted.
+    pub fn boot_with_part(image: &Image, part: &str) -> Guest {
+        const BOUNDARY: &str = "==ov-vm-tests-part==";
+        assert!(!part.contains(BOUNDARY), "the part holds the boundary");
+        Guest::boot_seeded(image, |base| {
+            format!(
+                "Content-Type: multipart/mixed; boundary=\"{BOUNDARY}\"\nMIME-Version: 1.0\n\n\
+                 --{BOUNDARY}\nContent-Type: text/cloud-config; charset=\"us-ascii\"\n\n{base}\n\
+                 --{BOUNDARY}\nContent-Type: text/cloud-config; charset=\"us-ascii\"\n\n{part}\n\
+                 --{BOUNDARY}--\n"
+            )
+        })
+    }
+
+    /// Boot `image` with the user-data `seed` makes of the guest's own cloud-config.
+    fn boot_seeded(image: &Image, seed_text: impl FnOnce(&str) -> String) -> Guest {
         let dir = tempfile::Builder::new()
             .prefix("ov-vm-guest.")
             .tempdir()
@@ -205,7 +225,12 @@ impl Guest {
         .expect("meta-data");
         std::fs::write(
             seed.join("user-data"),
-            user_data(&client_pub, &read(&d.join("hostkey")), &host_pub, extra),
+            seed_text(&user_data(
+                &client_pub,
+                &read(&d.join("hostkey")),
+                &host_pub,
+                "",
+            )),
         )
         .expect("user-data");
         let out = Command::new("genisoimage")
@@ -428,6 +453,11 @@ impl Operator {
     /// An operator for `guest`, deploying to the fixture VM `vm` (key and known_hosts put where
     /// `ov vm create` leaves them: `~/.local/share/ov/vm/ov-<vm>/`).
     pub fn new(guest: &Guest, vm: &str) -> Operator {
+        Operator::with_fixture(guest, vm, &fixture())
+    }
+
+    /// [`Operator::new`] for another fixture project (its VMs' `ssh.port` must be 2231).
+    pub fn with_fixture(guest: &Guest, vm: &str, fixture: &Path) -> Operator {
         use std::os::unix::fs::PermissionsExt;
         let home = tempfile::Builder::new()
             .prefix("ov-vm-home.")
@@ -437,7 +467,7 @@ impl Operator {
             .prefix("ov-vm-project.")
             .tempdir()
             .expect("project");
-        crate::common::copy_tree(&fixture(), project.path());
+        crate::common::copy_tree(fixture, project.path());
         let deploy = project.path().join("deploy.yml");
         let text = read(&deploy);
         assert!(text.contains("port: 2231"), "the fixture's VM port");
