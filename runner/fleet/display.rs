@@ -97,9 +97,6 @@ impl FleetDisplay {
                 json!({"event": "host-start", "t_ms": t.as_millis() as u64}),
                 i,
             ),
-            DisplayMode::Plain if self.verbosity > Verbosity::Quiet => {
-                self.line(&format!("{}: started", self.name(i)))
-            }
             DisplayMode::Bar => {
                 if let Some(m) = &self.multi {
                     let bar = m.add(ProgressBar::new_spinner());
@@ -122,6 +119,17 @@ impl FleetDisplay {
         match self.mode {
             DisplayMode::Json => self.json(ev.to_json(), i),
             DisplayMode::Plain => {
+                // Many hosts at once: by default a host's connection, layers and failures; its
+                // uploads, steps and their output only with `-v`.
+                let detail = match ev {
+                    Event::Upload { .. } | Event::CloudInit { .. } => true,
+                    // run.sh's own warnings and notes stay; the steps' lines are detail.
+                    Event::Output { line, .. } => !line.starts_with("run.sh: "),
+                    _ => false,
+                };
+                if detail && self.verbosity < Verbosity::Verbose {
+                    return;
+                }
                 for l in lines {
                     self.line(&format!("{} | {l}", self.name(i)));
                 }
