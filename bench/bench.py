@@ -249,7 +249,8 @@ class Bench:
         self.sshd_log = SshdLog(Path(self.target["OV_BENCH_SSHD_LOG"]))
         self.user_home = home_of(self.target["OV_BENCH_USER"])
         self.home = self.out / "home"  # HOME of every contender: nothing lands in root's home
-        self.results: dict = {"push": {}, "compile": {}, "plan": {}, "compile_scale": {}, "packages": {}}
+        self.results: dict = {"push": {}, "compile": {}, "plan": {}, "compile_scale": {}, "packages": {},
+                              "fleet": {}}
         self.notes: list[str] = []
         self.contenders = [c for c in PUSH_CONTENDERS if c in args.contenders.split(",")]
         self.ov_ok = self.probe_ov()
@@ -778,6 +779,10 @@ def report(b: Bench, started: float, load_before: tuple, load_after: tuple) -> s
         L.append("Where ov's time goes, and the fixes that would meet the missed targets: "
                  "[PROFILE.md](PROFILE.md) (figures from `bench/profile.py`).")
         L.append("")
+    if getattr(b, "fleet_md", None):
+        L.append("## Many machines")
+        L.append("")
+        L.append(b.fleet_md)
     reps = {wk: r for wk, r in {**REPS, **PKG_REPS}.items()
             if wk in R["push"] or wk in R["packages"]}
     L.append("## Repetitions")
@@ -907,6 +912,9 @@ def main() -> int:
             b.push_matrix([LAYERS], [c for c in ("floor", "ov") if c in b.contenders])
     if "packages" in sections:
         b.packages_section([c for c in PKG_CONTENDERS if c in args.pkg_contenders.split(",")])
+    if "fleet" in sections:
+        import fleet
+        b.fleet_md = fleet.run(b, timed, log, median)
     if "compile" in sections:
         if b.corpus.is_dir():
             b.compile_section()
