@@ -205,6 +205,22 @@ fn deploy_to_a_booting_guest_with_services_reboot_mid_push_and_del() {
         );
     }
 
+    // Check mode sees a service that is enabled but stopped (a run would start it), and nothing
+    // once it runs again.
+    let _ = g.ssh(&format!("sudo systemctl stop {UNIT}"));
+    let out = op.ov(&["push", DEPLOY, "--with-services", "--check"]);
+    assert_eq!(out.status.code(), Some(10), "{}", text(&out));
+    assert!(
+        text(&out).contains(&format!(
+            "change  service {UNIT} running (inactive; a run starts it)"
+        )),
+        "{}",
+        text(&out)
+    );
+    let _ = g.ssh(&format!("sudo systemctl start {UNIT}"));
+    let out = op.ov(&["push", DEPLOY, "--with-services", "--check"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+
     // A second push changes nothing.
     let mut args = vec!["push", DEPLOY, "--with-services", "--json"];
     args.extend(WAIT);
