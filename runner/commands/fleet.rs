@@ -104,8 +104,20 @@ impl Fleet {
         })
     }
 
-    fn display(&self, names: &[String]) -> FleetDisplay {
-        FleetDisplay::new(DisplayMode::detect(self.json), self.verbosity, names)
+    /// Run `job(i, host, target, progress)` on every host, at most `forks` at once, and end with
+    /// the recap of `what`.
+    fn each<F>(&self, what: &str, hosts: &Hosts, job: F) -> Result<(), CommandError>
+    where
+        F: Fn(usize, &SshTarget, &Target, &mut dyn Progress) -> Result<HostDone, CommandError>
+            + Sync,
+    {
+        let mut display =
+            FleetDisplay::new(DisplayMode::detect(self.json), self.verbosity, &hosts.names);
+        let results = fleet::run(&hosts.names, self.limits, &mut display, |i, progress| {
+            let (t, target) = &hosts.targets[i];
+            job(i, t, target, progress)
+        });
+        finish(&mut display, what, &results)
     }
 
     fn wait(&self) -> WaitOptions {
@@ -241,58 +253,46 @@ pub fn push(
 ) -> Result<(), CommandError> {
     let hosts = fleet.hosts()?;
     let b = compile_per_distro(selection, build, &hosts)?;
-    let mut display = fleet.display(&hosts.names);
     let wait = fleet.wait();
-    let results = fleet::run(
-        &hosts.names,
-        fleet.limits,
-        &mut display,
-        |i, progress: &mut dyn Progress| -> Result<HostDone, CommandError> {
-            let (t, target) = &hosts.targets[i];
-            let bundle = b.of(i);
-            let opts = PushOptions {
-                bundle: bundle.path.clone(),
-                user: t
-                    .ov_user
-                    .clone()
-                    .or(options.user.clone())
-                    .or(b.deploy_user.clone()),
-                state: None,
-                ..options.clone()
-            };
-            let exec = SshExecutor::connect(target.clone(), wait.clone(), progress)
-                .map_err(PushError::from)?;
-            let report = match push_connected(exec, target, bundle, &opts, progress)? {
-                PushOutcome::Done(r) => r,
-                PushOutcome::DryRun(_) => unreachable!("a fleet push is never a dry run"),
-            };
-            Ok(match opts.mode {
-                RunMode::Check { .. } => {
-                    let n = report.changed.unwrap_or(0);
-                    HostDone {
-                        changed: n > 0,
-                        summary: if n > 0 {
-                            format!("a run would change {n} layer(s)")
-                        } else {
-                            "a run would change nothing".into()
-                        },
-                        json: json!({"changed": n}),
-                    }
+    fleet.each("push", &hosts, |i, t, target, progress| {
+        let bundle = b.of(i);
+        let opts = PushOptions {
+            bundle: bundle.path.clone(),
+            user: account(t, options.user.as_deref(), &b.deploy_user),
+            state: None,
+            ..options.clone()
+        };
+        let exec = SshExecutor::connect(target.clone(), wait.clone(), progress)
+            .map_err(PushError::from)?;
+        let report = match push_connected(exec, target, bundle, &opts, progress)? {
+            PushOutcome::Done(r) => r,
+            PushOutcome::DryRun(_) => unreachable!("a fleet push is never a dry run"),
+        };
+        Ok(match opts.mode {
+            RunMode::Check { .. } => {
+                let n = report.changed.unwrap_or(0);
+                HostDone {
+                    changed: n > 0,
+                    summary: if n > 0 {
+                        format!("a run would change {n} layer(s)")
+                    } else {
+                        "a run would change nothing".into()
+                    },
+                    json: json!({"changed": n}),
                 }
-                _ => HostDone {
-                    changed: report.applied > 0,
-                    summary: format!(
-                        "{} applied, {} already applied",
-                        report.applied, report.skipped
-                    ),
-                    json: json!({"applied": report.applied, "skipped": report.skipped,
-                                 "applied_layers": report.applied_layers,
-                                 "bundle_sha256": report.bundle_sha256}),
-                },
-            })
-        },
-    );
-    finish(&mut display, "push", &results)
+            }
+            _ => HostDone {
+                changed: report.applied > 0,
+                summary: format!(
+                    "{} applied, {} already applied",
+                    report.applied, report.skipped
+                ),
+                json: json!({"applied": report.applied, "skipped": report.skipped,
+                             "applied_layers": report.applied_layers,
+                             "bundle_sha256": report.bundle_sha256}),
+            },
+        })
+    })
 }
 
 /// `ov status DEPLOY --inventory FILE`: per host, whether it holds what the project compiles
@@ -305,45 +305,27 @@ pub fn status(
 ) -> Result<(), CommandError> {
     let hosts = fleet.hosts()?;
     let b = compile_per_distro(selection, &BuildOptions::default(), &hosts)?;
-    let mut display = fleet.display(&hosts.names);
     let wait = fleet.wait();
-    let results = fleet::run(
-        &hosts.names,
-        fleet.limits,
-        &mut display,
-        |i, progress: &mut dyn Progress| -> Result<HostDone, CommandError> {
-            let (t, target) = &hosts.targets[i];
-            let bundle = b.of(i);
-            let account = t
-                .ov_user
-                .clone()
-                .or(user.map(str::to_string))
-                .or(b.deploy_user.clone());
-            let mut exec = SshExecutor::connect(target.clone(), wait.clone(), progress)
-                .map_err(PushError::from)?;
-            let (report, changed) =
-                read_with(&mut exec, account.as_deref(), Some(bundle), progress)?;
-            let recorded = report.layers.len();
-            let done = match differs(&report, true, changed.unwrap_or(0)) {
-                Ok(()) => HostDone {
-                    changed: false,
-                    summary: format!("up to date ({recorded} layer(s) recorded)"),
-                    json: json!({"differs": false, "recorded": recorded}),
-                },
-                Err(CommandError::Differs { what }) if exit_code => {
-                    return Err(CommandError::Differs { what })
-                }
-                Err(CommandError::Differs { what }) => HostDone {
-                    changed: true,
-                    summary: format!("differs: {what}"),
-                    json: json!({"differs": true, "what": what, "recorded": recorded}),
-                },
-                Err(e) => return Err(e),
-            };
-            Ok(done)
-        },
-    );
-    finish(&mut display, "status", &results)
+    fleet.each("status", &hosts, |i, t, target, progress| {
+        let user = account(t, user, &b.deploy_user);
+        let mut exec = SshExecutor::connect(target.clone(), wait.clone(), progress)
+            .map_err(PushError::from)?;
+        let (report, changed) = read_with(&mut exec, user.as_deref(), Some(b.of(i)), progress)?;
+        let recorded = report.layers.len();
+        match differs(&report, true, changed.unwrap_or(0)) {
+            Ok(()) => Ok(HostDone {
+                changed: false,
+                summary: format!("up to date ({recorded} layer(s) recorded)"),
+                json: json!({"differs": false, "recorded": recorded}),
+            }),
+            Err(CommandError::Differs { what }) if !exit_code => Ok(HostDone {
+                changed: true,
+                summary: format!("differs: {what}"),
+                json: json!({"differs": true, "what": what, "recorded": recorded}),
+            }),
+            Err(e) => Err(e),
+        }
+    })
 }
 
 /// `ov deploy del DEPLOY --inventory FILE`: tear the deploy down on every selected host, each
@@ -354,58 +336,54 @@ pub fn del(
     options: &TeardownOptions,
 ) -> Result<(), CommandError> {
     let hosts = fleet.hosts()?;
-    let resolved = resolve(selection)?;
-    let target = resolved.target();
-    let mut display = fleet.display(&hosts.names);
+    let deploy = resolve(selection)?.target();
     let wait = fleet.wait();
-    let results = fleet::run(
-        &hosts.names,
-        fleet.limits,
-        &mut display,
-        |i, progress: &mut dyn Progress| -> Result<HostDone, CommandError> {
-            let (t, ssh) = &hosts.targets[i];
-            let opts = TeardownOptions {
-                name: target.name.clone(),
-                deploy_id: Some(target.id.clone()),
-                user: t
-                    .ov_user
-                    .clone()
-                    .or(options.user.clone())
-                    .or(target.user.clone()),
-                state: None,
-                ..options.clone()
-            };
-            let r = teardown(ssh.clone(), wait.clone(), &opts, progress)?;
-            if let Some(plan) = &r.plan {
-                let layers: Vec<String> = plan
-                    .actions
-                    .iter()
-                    .map(|a| match a {
-                        LayerAction::Undo { layer } => format!("undo {layer}"),
-                        LayerAction::Release { layer, .. } => format!("keep {layer}"),
-                    })
-                    .collect();
-                return Ok(HostDone {
-                    changed: !plan.actions.is_empty(),
-                    summary: format!("would {}", layers.join(", ")),
-                    json: json!({"dry_run": true, "actions": layers}),
-                });
-            }
-            Ok(HostDone {
-                changed: !r.undone.is_empty(),
-                summary: if r.nothing_recorded {
-                    "nothing recorded for this deploy".into()
-                } else {
-                    format!(
-                        "{} layer(s) undone, {} still used by other deploys",
-                        r.undone.len(),
-                        r.released.len()
-                    )
-                },
-                json: json!({"undone": r.undone, "released": r.released,
-                             "nothing_recorded": r.nothing_recorded}),
-            })
-        },
-    );
-    finish(&mut display, "deploy del", &results)
+    fleet.each("deploy del", &hosts, |_, t, target, progress| {
+        let opts = TeardownOptions {
+            name: deploy.name.clone(),
+            deploy_id: Some(deploy.id.clone()),
+            user: account(t, options.user.as_deref(), &deploy.user),
+            state: None,
+            ..options.clone()
+        };
+        let r = teardown(target.clone(), wait.clone(), &opts, progress)?;
+        if let Some(plan) = &r.plan {
+            let layers: Vec<String> = plan
+                .actions
+                .iter()
+                .map(|a| match a {
+                    LayerAction::Undo { layer } => format!("undo {layer}"),
+                    LayerAction::Release { layer, .. } => format!("keep {layer}"),
+                })
+                .collect();
+            return Ok(HostDone {
+                changed: !plan.actions.is_empty(),
+                summary: format!("would {}", layers.join(", ")),
+                json: json!({"dry_run": true, "actions": layers}),
+            });
+        }
+        Ok(HostDone {
+            changed: !r.undone.is_empty(),
+            summary: if r.nothing_recorded {
+                "nothing recorded for this deploy".into()
+            } else {
+                format!(
+                    "{} layer(s) undone, {} still used by other deploys",
+                    r.undone.len(),
+                    r.released.len()
+                )
+            },
+            json: json!({"undone": r.undone, "released": r.released,
+                         "nothing_recorded": r.nothing_recorded}),
+        })
+    })
+}
+
+/// The account a host's bundle is for: its `ov_user`, else the command line's `--user`, else the
+/// deploy's.
+fn account(t: &SshTarget, given: Option<&str>, deploy: &Option<String>) -> Option<String> {
+    t.ov_user
+        .clone()
+        .or(given.map(str::to_string))
+        .or(deploy.clone())
 }

@@ -154,38 +154,10 @@ impl Rig {
     /// `ov push DEPLOY --force --host ADDR` in a terminal (`script` gives it a pty); what the
     /// terminal showed.
     fn terminal_push(&self) -> Output {
-        let cmd = e2e::ov(self.home.path());
-        let args: Vec<&std::ffi::OsStr> = cmd.get_args().collect();
-        assert_eq!(args.first().map(|a| a.to_str()), Some(Some("-C")));
-        let mut script = std::process::Command::new("script");
-        script.env_clear();
-        for (k, v) in cmd.get_envs() {
-            if let Some(v) = v {
-                script.env(k, v);
-            }
-        }
-        // `script` runs one shell command: the values reach it as variables, not as its text.
-        let out = script
-            .env("TERM", "xterm")
-            .env("OVT_BIN", cmd.get_program())
-            .env("OVT_PROJECT", args[1])
-            .env("OVT_DEPLOY", DEPLOY)
-            .env("OVT_HOST", &self.host.addr)
-            .args([
-                "-q",
-                "-e",
-                "-c",
-                r#"exec "$OVT_BIN" -C "$OVT_PROJECT" push "$OVT_DEPLOY" --force --host "$OVT_HOST""#,
-                "/dev/null",
-            ])
-            .stdin(std::process::Stdio::null())
-            .output()
-            .expect("script runs");
-        eprintln!(
-            "$ script -c 'ov push {DEPLOY} --force' -> {:?}",
-            out.status.code()
-        );
-        out
+        e2e::in_terminal(
+            self.home.path(),
+            &["push", DEPLOY, "--force", "--host", &self.host.addr],
+        )
     }
 
     fn package_installed(&self, pkg: &str) -> bool {

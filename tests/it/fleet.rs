@@ -205,8 +205,13 @@ fn a_push_to_an_inventory_applies_every_healthy_host_and_recaps_the_rest() {
 
     // In a terminal (`script` gives it a pty): the live lines are redrawn and cleared, and what
     // stays is one line per finished host, then the recap.
-    let shown = in_terminal(home.path(), &inventory, &["status", DEPLOY, "-l", "fleet"]);
-    let shown = strip_ansi(&shown);
+    let inv = inventory.to_str().expect("utf-8 path");
+    let out = e2e::in_terminal(
+        home.path(),
+        &["status", DEPLOY, "-l", "fleet", "--inventory", inv],
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let shown = strip_ansi(&String::from_utf8_lossy(&out.stdout));
     assert!(
         shown.contains(&format!("RECAP status: {HOSTS} host(s): {HOSTS} ok")),
         "{shown}"
@@ -243,46 +248,6 @@ fn a_push_to_an_inventory_applies_every_healthy_host_and_recaps_the_rest() {
             m.name
         );
     }
-}
-
-/// `ov ARGS --inventory INVENTORY` in a terminal (`script` gives it a pty): what it showed.
-fn in_terminal(home: &std::path::Path, inventory: &std::path::Path, args: &[&str]) -> String {
-    let cmd = e2e::ov(home);
-    let base: Vec<&std::ffi::OsStr> = cmd.get_args().collect();
-    let mut script = std::process::Command::new("script");
-    script.env_clear();
-    for (k, v) in cmd.get_envs() {
-        if let Some(v) = v {
-            script.env(k, v);
-        }
-    }
-    // `script` runs one shell command: the values reach it as variables, not as its text.
-    let out = script
-        .env("TERM", "xterm")
-        .env("OVT_BIN", cmd.get_program())
-        .env("OVT_PROJECT", base[1])
-        .env("OVT_INVENTORY", inventory)
-        // Words without blanks or globs (checked), split by the shell with globbing off.
-        .env(
-            "OVT_ARGS",
-            args.iter()
-                .inspect(|a| assert!(!a.contains(char::is_whitespace) && !a.contains('*')))
-                .copied()
-                .collect::<Vec<_>>()
-                .join(" "),
-        )
-        .args([
-            "-q",
-            "-e",
-            "-c",
-            r#"set -f; exec "$OVT_BIN" -C "$OVT_PROJECT" $OVT_ARGS --inventory "$OVT_INVENTORY""#,
-            "/dev/null",
-        ])
-        .stdin(std::process::Stdio::null())
-        .output()
-        .expect("script runs");
-    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
-    String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 /// The text without terminal escape sequences (colour, cursor moves, line clears).

@@ -8,7 +8,7 @@
 use std::collections::BTreeMap;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::process::{Command, Output};
 
 use super::rootfs::Spec;
 
@@ -66,6 +66,50 @@ pub fn ov(home: &Path) -> Command {
 /// [`ov`] for another project.
 pub fn ov_in(home: &Path, project: &Path) -> Command {
     crate::common::ov_at_home(home, project)
+}
+
+/// `ov -C <the e2e project> ARGS` as the operator of `home`, in a terminal (`script` gives it a
+/// pty): what the terminal showed is the output's stdout. ARGS are words without blanks or globs.
+pub fn in_terminal(home: &Path, args: &[&str]) -> Output {
+    let cmd = ov(home);
+    let base: Vec<&std::ffi::OsStr> = cmd.get_args().collect();
+    assert_eq!(base.first().map(|a| a.to_str()), Some(Some("-C")));
+    let mut script = Command::new("script");
+    script.env_clear();
+    for (k, v) in cmd.get_envs() {
+        if let Some(v) = v {
+            script.env(k, v);
+        }
+    }
+    for a in args {
+        assert!(
+            !a.is_empty() && !a.contains(|c: char| c.is_whitespace() || "*?[".contains(c)),
+            "`{a}` is not one plain word"
+        );
+    }
+    // `script` runs one shell command: the values reach it as variables, not as its text; the
+    // words are split by the shell with globbing off.
+    let out = script
+        .env("TERM", "xterm")
+        .env("OVT_BIN", cmd.get_program())
+        .env("OVT_PROJECT", base[1])
+        .env("OVT_ARGS", args.join(" "))
+        .args([
+            "-q",
+            "-e",
+            "-c",
+            r#"set -f; exec "$OVT_BIN" -C "$OVT_PROJECT" $OVT_ARGS"#,
+            "/dev/null",
+        ])
+        .stdin(std::process::Stdio::null())
+        .output()
+        .expect("script runs");
+    eprintln!(
+        "$ script -c 'ov {}' -> {:?}",
+        args.join(" "),
+        out.status.code()
+    );
+    out
 }
 
 /// Exit status, stdout and stderr, for assertion messages.
