@@ -26,6 +26,7 @@ pub mod remote;
 pub mod render;
 pub mod resolve;
 pub mod shell;
+pub mod sign;
 pub mod templates;
 pub mod walk;
 pub mod yaml;
