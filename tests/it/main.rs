@@ -20,6 +20,7 @@ mod cloud_init;
 mod deploy_e2e;
 mod fidelity;
 mod service_chroot;
+mod signed_bundles;
 mod ssh_faults;
 mod ssh_push;
 mod support;
