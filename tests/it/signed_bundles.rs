@@ -610,3 +610,90 @@ fn over_ssh_the_targets_policy_refuses_before_any_step_and_accepts_a_listed_sign
         }
     }
 }
+
+/// `ov inspect --json`'s `provenance` of a compile of the rig's project.
+fn provenance(rig: &Rig, name: &str) -> serde_json::Value {
+    let archive = rig.compiled(name, None);
+    let out = rig
+        .ov()
+        .args(["inspect", "--json"])
+        .arg(&archive)
+        .output()
+        .expect("ov");
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let m: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    m["provenance"].clone()
+}
+
+fn git(dir: &Path, args: &[&str]) -> String {
+    let out = Command::new("git")
+        .arg("-C")
+        .arg(dir)
+        .args(["-c", "user.name=ov-it", "-c", "user.email=ov-it@example"])
+        .args(args)
+        .env("GIT_CONFIG_NOSYSTEM", "1")
+        .output()
+        .expect("git");
+    assert!(out.status.success(), "git {args:?}: {}", text(&out));
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+#[test]
+fn provenance_records_the_commit_the_dirty_state_and_no_git_as_absent() {
+    let rig = Rig::new();
+    let p = provenance(&rig, "nogit");
+    assert!(p.get("git").is_none(), "{p}");
+    assert!(p.get("signer").is_none(), "{p}");
+    assert!(p.get("source_date_epoch").is_none(), "{p}");
+    assert_eq!(p["ov_version"], env!("CARGO_PKG_VERSION"), "{p}");
+
+    let proj = rig.path("proj");
+    git(&proj, &["init", "-q"]);
+    git(&proj, &["add", "-A"]);
+    git(&proj, &["commit", "-q", "-m", "layers"]);
+    let head = git(&proj, &["rev-parse", "HEAD"]);
+    let p = provenance(&rig, "clean");
+    assert_eq!(p["git"]["commit"], head.as_str(), "{p}");
+    assert_eq!(p["git"]["dirty"], false, "{p}");
+    // An untracked file (a bundle written into the project) does not make it dirty...
+    std::fs::write(proj.join("stray.tar.gz"), "x").expect("stray");
+    assert_eq!(provenance(&rig, "stray")["git"]["dirty"], false);
+    // ... a changed tracked file does.
+    std::fs::write(
+        proj.join("build.yml"),
+        "distros:\n  debian:\n    formats:\n      deb: {}\n# edited\n",
+    )
+    .expect("edit");
+    let p = provenance(&rig, "dirty");
+    assert_eq!(p["git"]["commit"], head.as_str(), "{p}");
+    assert_eq!(p["git"]["dirty"], true, "{p}");
+
+    // SOURCE_DATE_EPOCH as given, and the signer.
+    let out = rig.path("out/epoch.tar.gz");
+    let r = rig
+        .ov()
+        .env("SOURCE_DATE_EPOCH", "1700000000")
+        .args(["compile", DEPLOY, "canary", "-q", "--sign"])
+        .arg(rig.path("good"))
+        .arg("-o")
+        .arg(&out)
+        .output()
+        .expect("ov");
+    assert_eq!(r.status.code(), Some(0), "{}", text(&r));
+    let m: serde_json::Value =
+        serde_json::from_str(&read_inner(&out, "manifest.json")).expect("json");
+    let p = &m["provenance"];
+    assert_eq!(p["source_date_epoch"], 1_700_000_000u64, "{p}");
+    assert_eq!(m["mtime"], 1_700_000_000u64);
+    assert_eq!(
+        p["signer"]["fingerprint"],
+        rig.fingerprint("good").as_str(),
+        "{p}"
+    );
+    assert_eq!(p["signer"]["algorithm"], "ssh-ed25519", "{p}");
+    assert_eq!(p["signer"]["comment"], "builder@example", "{p}");
+    assert_eq!(
+        m["layers"][0]["origin"],
+        serde_json::json!({"kind": "local", "path": "layers/canary"})
+    );
+}
