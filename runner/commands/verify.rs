@@ -36,7 +36,7 @@ fn check_signature(
             },
         )?;
     Ok(Some(format!(
-        "ok: SHA256SUMS is signed by {principal} (key {fingerprint}), as {} allows",
+        "ok: SHA256SUMS is signed by {principal} (key {fingerprint}), as `{}` allows",
         file.display()
     )))
 }

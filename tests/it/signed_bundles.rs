@@ -517,6 +517,15 @@ fn by_hand_the_targets_policy_refuses_unsigned_unlisted_and_resummed_bundles_bef
             "{name}: a refused run made a ledger"
         );
         assert!(err.contains(POLICY), "{name}: {err}");
+        // undo.sh of the same extracted bundle is bound by the policy too.
+        let undo = run.replace("run.sh", "undo.sh");
+        let u = root.run(&["bash", &undo, "--user", USER]);
+        assert_eq!(u.status.code(), Some(3), "{name}: undo.sh: {}", text(&u));
+        assert!(
+            String::from_utf8_lossy(&u.stderr).contains("undo.sh: signature check failed"),
+            "{name}: {}",
+            text(&u)
+        );
         match *name {
             "unsigned" => assert!(err.contains("unsigned"), "{err}"),
             "other" => assert!(
