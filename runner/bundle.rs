@@ -285,6 +285,7 @@ pub(crate) fn test_manifest(
                 name: (*name).into(),
                 version: None,
                 source: format!("layers/{name}"),
+                origin: None,
                 dir: format!("layers/{:02}-{name}", i + 1),
                 digest: (*digest).into(),
                 scripts: Vec::new(),
@@ -298,6 +299,7 @@ pub(crate) fn test_manifest(
         overridden_templates: Vec::new(),
         package_batches: Vec::new(),
         mtime: 0,
+        provenance: None,
     }
 }
 

@@ -13,7 +13,8 @@
 //! [`commands::project`], the deploy typed by [`target::deploy`]) → [`apply::push::push`]
 //! ([`bundle::open_bundle`] → [`ssh::master::SshExecutor::connect`] (retrying in
 //! [`ssh::connect`]) → [`target::cloud_init`] → [`apply::push::push_with`] → [`target::ledger`]
-//! → [`target::state`]); a failure is one [`commands::CommandError`], printed by [`ui::error`],
+//! → [`target::state`]); `--sign KEY` and the manifest's provenance come from [`sign`] (a
+//! leaf room, like [`exit`]); a failure is one [`commands::CommandError`], printed by [`ui::error`],
 //! whose exit status is [`exit::Exit`].
 
 pub mod apply;
@@ -24,6 +25,7 @@ pub mod exit;
 pub mod fleet;
 pub mod inventory;
 pub mod repos;
+pub mod sign;
 pub mod ssh;
 pub mod target;
 pub mod ui;

@@ -16,12 +16,13 @@ use thiserror::Error;
 
 use crate::batch;
 use crate::manifest::{
-    Manifest, ManifestCheck, ManifestDeploy, ManifestGates, ManifestLayer, ManifestReverseOp,
-    ManifestScript, OverriddenTemplate, SkippedStep, BUNDLE_FORMAT,
+    GitProvenance, Manifest, ManifestCheck, ManifestDeploy, ManifestGates, ManifestLayer,
+    ManifestReverseOp, ManifestScript, OverriddenTemplate, Provenance, SkippedStep, BUNDLE_FORMAT,
 };
 use crate::plan::{CheckPlan, CheckSpec, InstallPlan, ReverseOp, Step, TargetKind};
 use crate::preflight;
 use crate::render::{Engine, RenderError, Rendered, RenderedLayer};
+use crate::sign::{self, SignError, Signer};
 
 /// Entry mtime when no `SOURCE_DATE_EPOCH` is given: 1980-01-01T00:00:00Z (a fixed, plausible time;
 /// some tools warn about entries dated at the epoch itself).
@@ -31,13 +32,16 @@ pub const DEFAULT_MTIME: u64 = 315_532_800;
 const GZIP_LEVEL: u32 = 6;
 
 /// Inputs of a build that do not come from the plan.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct BundleOptions {
     /// `SOURCE_DATE_EPOCH`, read by the caller (the compiler reads no environment); `None` means
     /// [`DEFAULT_MTIME`].
     pub source_date_epoch: Option<u64>,
     /// The `ov` version written into the manifest, the scripts and the ledger.
     pub ov_version: String,
+    /// The project's git commit and whether its work tree was dirty, found by the caller (the
+    /// compiler runs no program); `None` when the project is not in a git work tree.
+    pub git: Option<GitProvenance>,
 }
 
 /// One file of the bundle.
@@ -155,6 +159,9 @@ pub enum BundleError {
         #[source]
         source: std::io::Error,
     },
+    /// Signing `SHA256SUMS` failed.
+    #[error("cannot sign the bundle")]
+    Sign(#[source] SignError),
     /// `--out-dir` would replace something that is not a bundle.
     #[error("`{}` exists and is not an unpacked bundle; refusing to replace it", path.display())]
     OutDirOccupied {
@@ -172,6 +179,19 @@ pub fn build(
     rendered: &Rendered,
     engine: &Engine,
     opts: &BundleOptions,
+) -> Result<Bundle, BundleError> {
+    build_signed(plan, rendered, engine, opts, None)
+}
+
+/// [`build`], and with a `signer` also sign `SHA256SUMS` ([`crate::sign`]): the signer is listed
+/// in the manifest (which `SHA256SUMS` covers) and the signature is stored as `SHA256SUMS.sig`
+/// in the top directory, the one file `SHA256SUMS` does not list.
+pub fn build_signed(
+    plan: &InstallPlan,
+    rendered: &Rendered,
+    engine: &Engine,
+    opts: &BundleOptions,
+    signer: Option<&dyn Signer>,
 ) -> Result<Bundle, BundleError> {
     let deploy = &plan.deploy;
     check_name("deploy name", &deploy.name, true)?;
@@ -309,6 +329,7 @@ pub fn build(
             name: lp.name.clone(),
             version: lp.version.clone(),
             source: lp.source.clone(),
+            origin: Some(lp.origin().clone()),
             dir,
             digest,
             scripts: manifest_scripts,
@@ -366,6 +387,12 @@ pub fn build(
         overridden_templates: overridden,
         package_batches: batch::package_batches(plan),
         mtime,
+        provenance: Some(Provenance {
+            ov_version: opts.ov_version.clone(),
+            source_date_epoch: opts.source_date_epoch,
+            git: opts.git.clone(),
+            signer: signer.map(sign::signer_info),
+        }),
     };
 
     let ctx = RuntimeContext {
@@ -384,6 +411,17 @@ pub fn build(
         needs: preflight::required_commands(plan),
         payload_kib: payload_bytes.div_ceil(1024),
         list_text: manifest.listing(),
+        signer: signer
+            .map(sign::signer_info)
+            .map(|i| {
+                if i.comment.is_empty() {
+                    format!("{} ({})", i.fingerprint, i.algorithm)
+                } else {
+                    format!("{} ({}, {})", i.fingerprint, i.algorithm, i.comment)
+                }
+            })
+            .unwrap_or_default(),
+        sig_namespace: sign::NAMESPACE,
     };
     let render = |name: &str| engine.render(name, &ctx).map_err(BundleError::Render);
     files.insert(
@@ -438,6 +476,10 @@ pub fn build(
     let mut sums = String::new();
     for (path, (_, data)) in &files {
         sums.push_str(&format!("{}  {path}\n", hex::encode(Sha256::digest(data))));
+    }
+    if let Some(signer) = signer {
+        let sig = sign::sign_sums(signer, sums.as_bytes()).map_err(BundleError::Sign)?;
+        files.insert(sign::SIG_FILE.into(), (0o644, sig.into_bytes()));
     }
     files.insert("SHA256SUMS".into(), (0o644, sums.into_bytes()));
 
@@ -1018,4 +1060,8 @@ struct RuntimeContext {
     /// The size of the layers' payload, in KiB, rounded up (preflight: free space).
     payload_kib: u64,
     list_text: String,
+    /// The signer as README.txt names it (`SHA256:… (comment)`), empty when unsigned.
+    signer: String,
+    /// [`sign::NAMESPACE`].
+    sig_namespace: &'static str,
 }

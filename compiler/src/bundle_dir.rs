@@ -172,11 +172,18 @@ pub fn verify_dir(dir: &Path, limits: &Limits) -> Result<VerifyReport, DirError>
     let deploy = serde_json::from_slice::<crate::manifest::Manifest>(&manifest)
         .ok()
         .map(|m| m.deploy.name);
+    let sig_path = root.join(crate::sign::SIG_FILE);
+    let signature = match std::fs::symlink_metadata(&sig_path) {
+        Ok(m) if m.is_file() => Some(read_kept(&sig_path, limits)?),
+        _ => None,
+    };
     Ok(VerifyReport {
         sha256: None,
         top: top_name(&root),
         files_checked,
         deploy,
+        sums,
+        signature,
     })
 }
 

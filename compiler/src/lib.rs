@@ -31,6 +31,7 @@ pub mod render;
 pub mod repo;
 pub mod resolve;
 pub mod shell;
+pub mod sign;
 pub mod templates;
 pub mod walk;
 pub mod yaml;

@@ -38,7 +38,45 @@ pub struct Manifest {
     pub package_batches: Vec<PackageBatch>,
     /// The modification time stamped on every archive entry (seconds since the epoch).
     pub mtime: u64,
+    /// How the bundle was made: `ov` version, the project's commit, the signer, the
+    /// `SOURCE_DATE_EPOCH` (absent in bundles of an older `ov`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub provenance: Option<Provenance>,
 }
+
+pub use crate::sign::SignerInfo;
+
+/// How a bundle was made (issue: trust what runs). Every field is an input of the compile, so
+/// identical inputs still give a byte-identical bundle.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Provenance {
+    /// The `ov` version that compiled the bundle.
+    pub ov_version: String,
+    /// `SOURCE_DATE_EPOCH` as given to the compile; absent when it was not set (the archive's
+    /// entries then carry [`crate::bundle::DEFAULT_MTIME`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source_date_epoch: Option<u64>,
+    /// The project's git commit, when the project is in a git work tree.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub git: Option<GitProvenance>,
+    /// The key that signed `SHA256SUMS` (`SHA256SUMS.sig`), when the bundle is signed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signer: Option<SignerInfo>,
+}
+
+/// The project's git state at compile time.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GitProvenance {
+    /// `HEAD`'s commit id (hex).
+    pub commit: String,
+    /// Whether tracked files differed from `HEAD` (untracked files do not count: the bundle
+    /// `ov compile` writes into the project must not make the next compile differ).
+    pub dirty: bool,
+}
+
+/// Where a layer's files came from (the plan's own record: a project directory, or a git
+/// repository at a locked commit), tagged by `kind`.
+pub use crate::origin::LayerOrigin;
 
 impl Manifest {
     /// The human listing of a bundle, as `run.sh --list` and `ov inspect` print it: layers, their
@@ -87,6 +125,49 @@ impl Manifest {
         }
         out.trim_end().to_string()
     }
+
+    /// How the bundle was made, for `ov inspect`: one `key: value` line each (empty for a bundle
+    /// of an older `ov`, which records none).
+    pub fn provenance_text(&self) -> String {
+        let Some(p) = &self.provenance else {
+            return String::new();
+        };
+        let mut out = format!("compiled by: ov {}\n", p.ov_version);
+        match &p.git {
+            Some(g) => out.push_str(&format!(
+                "project commit: {}{}\n",
+                g.commit,
+                if g.dirty { " (work tree dirty)" } else { "" }
+            )),
+            None => out.push_str("project commit: none (not a git work tree)\n"),
+        }
+        match p.source_date_epoch {
+            Some(e) => out.push_str(&format!("SOURCE_DATE_EPOCH: {e}\n")),
+            None => out.push_str(&format!(
+                "SOURCE_DATE_EPOCH: not set (entries dated {})\n",
+                self.mtime
+            )),
+        }
+        match &p.signer {
+            Some(s) => out.push_str(&format!(
+                "signed by: {} {}{}\n",
+                s.fingerprint,
+                s.algorithm,
+                if s.comment.is_empty() {
+                    String::new()
+                } else {
+                    format!(" ({})", s.comment)
+                }
+            )),
+            None => out.push_str("signed by: unsigned\n"),
+        }
+        for l in &self.layers {
+            if let Some(o) = &l.origin {
+                out.push_str(&format!("layer {}: {o}\n", l.name));
+            }
+        }
+        out
+    }
 }
 
 /// The deploy of a bundle.
@@ -128,6 +209,9 @@ pub struct ManifestLayer {
     pub version: Option<String>,
     /// The layer directory relative to the project root.
     pub source: String,
+    /// Where the layer came from (absent in bundles of an older `ov`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub origin: Option<LayerOrigin>,
     /// Its directory inside the bundle, e.g. `layers/01-ripgrep`.
     pub dir: String,
     /// Content digest: sha256 over the layer's scripts, undo script and payload (see
@@ -231,6 +315,12 @@ pub struct VerifyReport {
     pub files_checked: usize,
     /// The deploy named in the manifest, if the manifest could be read.
     pub deploy: Option<String>,
+    /// The bytes of `SHA256SUMS` (what a signature covers).
+    #[serde(skip)]
+    pub sums: Vec<u8>,
+    /// The bytes of `SHA256SUMS.sig`, when the bundle carries one.
+    #[serde(skip)]
+    pub signature: Option<Vec<u8>>,
 }
 
 /// Why a bundle failed verification.
@@ -351,7 +441,9 @@ pub fn verify_archive_with(
     archive
         .seek(SeekFrom::Start(0))
         .map_err(|e| VerifyError::Archive(ArchiveError::Read(e)))?;
-    let keep = |_: &str, rel: &str| rel == "SHA256SUMS" || rel == "manifest.json";
+    let keep = |_: &str, rel: &str| {
+        rel == "SHA256SUMS" || rel == "manifest.json" || rel == crate::sign::SIG_FILE
+    };
     let contents = scan(
         archive,
         &ScanOptions {
@@ -375,15 +467,17 @@ pub fn verify_archive_with(
         .map(|m| m.deploy.name);
     Ok(VerifyReport {
         sha256: Some(actual),
-        top: contents.top,
         files_checked,
         deploy,
+        sums: sums_bytes.to_vec(),
+        signature: contents.kept(crate::sign::SIG_FILE).map(<[u8]>::to_vec),
+        top: contents.top,
     })
 }
 
 /// Compare `SHA256SUMS` (its bytes) with the files found (path → digest, `None` when it was not
 /// hashed): every listed file present with its digest, nothing present unlisted but
-/// `SHA256SUMS` itself. Returns how many files were checked.
+/// `SHA256SUMS` itself and its signature `SHA256SUMS.sig`. Returns how many files were checked.
 pub(crate) fn compare_sums(
     sums_bytes: &[u8],
     digests: &BTreeMap<&str, Option<&[u8; 32]>>,
@@ -402,7 +496,7 @@ pub(crate) fn compare_sums(
     }
     let extra: Vec<String> = digests
         .keys()
-        .filter(|p| **p != "SHA256SUMS" && !sums.contains_key(**p))
+        .filter(|p| **p != "SHA256SUMS" && **p != crate::sign::SIG_FILE && !sums.contains_key(**p))
         .map(|p| p.to_string())
         .collect();
     if !(mismatched.is_empty() && missing.is_empty() && extra.is_empty()) {

@@ -290,6 +290,20 @@ pub enum LayerOrigin {
     },
 }
 
+impl std::fmt::Display for LayerOrigin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            LayerOrigin::Local { path } => write!(f, "local {path}"),
+            LayerOrigin::Remote {
+                repo,
+                reference,
+                commit,
+                path,
+            } => write!(f, "{repo}/{path}@{reference} (commit {commit})"),
+        }
+    }
+}
+
 impl LayerOrigin {
     /// Whether this is a project directory.
     pub fn is_local(&self) -> bool {

@@ -38,6 +38,7 @@ fn compile(layers: &[&str], gates: Gates) -> Bundle {
         &BundleOptions {
             source_date_epoch: None,
             ov_version: "0.0.0-test".into(),
+            ..Default::default()
         },
     )
     .expect("bundles")

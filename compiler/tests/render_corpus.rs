@@ -163,6 +163,7 @@ fn options() -> BundleOptions {
     BundleOptions {
         source_date_epoch: None,
         ov_version: "0.0.0-test".into(),
+        ..Default::default()
     }
 }
 

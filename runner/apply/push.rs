@@ -244,8 +244,9 @@ pub enum PushError {
         /// Remote sha256.
         actual: String,
     },
-    /// run.sh found a file that does not match SHA256SUMS.
-    #[error("the bundle failed its own integrity check on {target} (run.sh: SHA256SUMS mismatch); nothing was run{}", tail_text(.tail))]
+    /// run.sh found a file that does not match SHA256SUMS, or the target's signature policy
+    /// refused the bundle.
+    #[error("the bundle failed its own integrity check on {target} (run.sh: SHA256SUMS mismatch, or the target's signature policy refused it); nothing was run{}", tail_text(.tail))]
     RemoteIntegrity {
         target: String,
         /// Output tail.

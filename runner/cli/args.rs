@@ -146,6 +146,11 @@ pub struct BuildArgs {
     /// Timestamp for archive entries (default: `$SOURCE_DATE_EPOCH`, else a constant).
     #[arg(long, value_name = "SECS", env = "SOURCE_DATE_EPOCH")]
     pub source_date_epoch: Option<u64>,
+    /// Sign the bundle's SHA256SUMS (SHA256SUMS.sig, OpenSSH SSHSIG, namespace `ov-bundle`) with
+    /// KEY: an unencrypted OpenSSH private key file, or a public key (.pub) whose private half
+    /// is in ssh-agent (`SSH_AUTH_SOCK`).
+    #[arg(long, value_name = "KEY")]
+    pub sign: Option<PathBuf>,
 }
 
 /// `ov compile`.
@@ -219,6 +224,11 @@ pub struct VerifyArgs {
     /// The bundle archive (its `.sha256` must be beside it), or an unpacked bundle: then every
     /// file is checked against SHA256SUMS (there is no archive digest).
     pub bundle: PathBuf,
+    /// Also check SHA256SUMS.sig against this OpenSSH allowed_signers file (with the system
+    /// `ssh-keygen -Y verify`, as run.sh does on the target): an unsigned bundle, or one signed
+    /// by a key the file does not list for namespace `ov-bundle`, fails (exit 4).
+    #[arg(long, value_name = "FILE")]
+    pub allowed_signers: Option<PathBuf>,
 }
 
 /// How to reach the target (shared by push, deploy add/del, status).
@@ -331,6 +341,10 @@ pub struct PushArgs {
     /// With `--check`: show how each file on the target differs from the bundle's.
     #[arg(long)]
     pub diff: bool,
+    /// Refuse, before connecting, a bundle that is not signed (no `--sign KEY` for the compile,
+    /// or a given bundle without SHA256SUMS.sig).
+    #[arg(long)]
+    pub require_signature: bool,
 }
 
 /// `ov test`.

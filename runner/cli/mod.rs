@@ -138,11 +138,13 @@ fn run(cli: Cli) -> Result<(), CommandError> {
         }),
         Command::Verify(args) => commands::verify::run(&VerifyOptions {
             bundle: args.bundle,
+            allowed_signers: args.allowed_signers,
         }),
         Command::Push(args) | Command::Deploy(DeployCommand::Add(args)) => {
             let fleet = fleet(&args.fleet, &args.delivery.connect, verbosity);
             let request = PushRequest {
                 delivery: delivery(&project, &args.delivery),
+                require_signature: args.require_signature,
                 options: PushOptions {
                     keep: args.keep,
                     dry_run: args.dry_run,
@@ -273,6 +275,7 @@ fn build(args: &BuildArgs) -> BuildOptions {
     BuildOptions {
         templates: args.templates.clone(),
         source_date_epoch: args.source_date_epoch,
+        sign: args.sign.clone(),
     }
 }
 

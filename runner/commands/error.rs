@@ -57,6 +57,19 @@ pub enum CommandError {
         path: PathBuf,
         reason: std::io::Error,
     },
+    /// `--sign KEY` cannot be used.
+    #[error(transparent)]
+    SignKey(#[from] crate::sign::SignKeyError),
+    /// `ov verify --allowed-signers`: the signature is missing, unknown or bad.
+    #[error("bundle `{}`: {source}", path.display())]
+    Signature {
+        path: PathBuf,
+        #[source]
+        source: crate::sign::SignatureError,
+    },
+    /// `ov push --require-signature` with an unsigned bundle.
+    #[error("refusing to push `{what}`: it is not signed and `--require-signature` was given (compile with `--sign KEY`)")]
+    Unsigned { what: String },
     /// There is no place for the bundle cache.
     #[error("neither `XDG_CACHE_HOME` nor `HOME` is set")]
     NoCacheDir,
@@ -140,7 +153,13 @@ impl HasExit for CommandError {
             | CommandError::Render(_)
             | CommandError::Build(_)
             | CommandError::NotInBundle { .. }
+            | CommandError::SignKey(_)
             | CommandError::NoChecksumFile { .. } => Exit::InvalidInput,
+            CommandError::Signature { source, .. } => match source {
+                crate::sign::SignatureError::Keygen { .. } => Exit::Other,
+                _ => Exit::Integrity,
+            },
+            CommandError::Unsigned { .. } => Exit::Integrity,
             CommandError::Bundle { source, .. } => match source {
                 BundleReadError::Verify(VerifyError::Archive(a)) if a.is_limit() => {
                     Exit::InvalidInput

@@ -42,7 +42,7 @@ pub fn run(opts: &InspectOptions) -> Result<(), CommandError> {
             })?,
             None if opts.json => json_text(&inspection.manifest)?,
             // The listing is trimmed; a line printed to a terminal or a pipe ends in a newline.
-            None => inspection.manifest.listing() + "\n",
+            None => inspection.manifest.listing() + "\n" + &inspection.manifest.provenance_text(),
         };
     emit(&text)
 }

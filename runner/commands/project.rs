@@ -101,6 +101,9 @@ pub struct BuildOptions {
     pub templates: Option<PathBuf>,
     /// `SOURCE_DATE_EPOCH`.
     pub source_date_epoch: Option<u64>,
+    /// `--sign KEY`: sign `SHA256SUMS` with this key (a private key file, or a public key whose
+    /// private half is in ssh-agent).
+    pub sign: Option<PathBuf>,
 }
 
 /// `words` as one line a shell reads back as the same words (plain words stay plain).
@@ -201,14 +204,20 @@ impl Resolved {
         let plan = self.plan()?;
         let engine = Engine::new(build.templates.as_deref())?;
         let rendered = render::render(&plan, &self.project.root, &engine)?;
-        bundle::build(
+        let signer = match &build.sign {
+            Some(key) => Some(crate::sign::load_signer(key)?),
+            None => None,
+        };
+        bundle::build_signed(
             &plan,
             &rendered,
             &engine,
             &BundleOptions {
                 source_date_epoch: build.source_date_epoch,
                 ov_version: env!("CARGO_PKG_VERSION").to_string(),
+                git: crate::sign::git_state(&self.project.root),
             },
+            signer.as_deref(),
         )
         .map_err(CommandError::Build)
     }

@@ -27,6 +27,8 @@ use crate::ui::progress::Display;
 pub struct PushRequest {
     /// What to send, and where.
     pub delivery: Delivery,
+    /// `--require-signature`: refuse an unsigned bundle before connecting.
+    pub require_signature: bool,
     /// The flags of the push. What the deploy decides is filled in by [`run`]: `bundle` (the
     /// compiled or given archive), `templates` (as for the compile) and, when unset, `user` (the
     /// deploy's account).
@@ -36,6 +38,9 @@ pub struct PushRequest {
 /// `ov push`, `ov deploy add`.
 pub fn run(req: &PushRequest) -> Result<(), CommandError> {
     let (pending, target, common) = req.delivery.prepare_pending()?;
+    if req.require_signature {
+        require_signature(&pending)?;
+    }
     let options = PushOptions {
         user: req.options.user.clone().or(target.user),
         templates: req.delivery.build.templates.clone(),
@@ -61,6 +66,32 @@ pub fn run(req: &PushRequest) -> Result<(), CommandError> {
                 ..options
             },
         }),
+    }
+}
+
+/// `--require-signature`: the compile must sign (`--sign KEY`), a given bundle must carry
+/// `SHA256SUMS.sig`; checked here, before any connection is opened. Whether the signature is
+/// one the target accepts is the target's policy (run.sh), or `ov verify --allowed-signers`.
+fn require_signature(pending: &PendingBundle) -> Result<(), CommandError> {
+    match pending {
+        PendingBundle::Compile(resolved, build) => match build.sign {
+            Some(_) => Ok(()),
+            None => Err(CommandError::Unsigned {
+                what: format!("the compile of deploy {}", resolved.deploy.name),
+            }),
+        },
+        PendingBundle::Ready(path) => {
+            let archive = crate::commands::project::open_archive(path, "push")?;
+            let inspection = ov_compiler::manifest::inspect(archive, None)
+                .map_err(|e| crate::commands::project::bundle_error("push", path, e))?;
+            if inspection.paths().any(|p| p == ov_compiler::sign::SIG_FILE) {
+                Ok(())
+            } else {
+                Err(CommandError::Unsigned {
+                    what: path.display().to_string(),
+                })
+            }
+        }
     }
 }
 

@@ -1,5 +1,6 @@
 //! Stage `runner`, `ov verify`: check a bundle — the archive against the `.sha256` beside it,
-//! then every file against `SHA256SUMS`.
+//! then every file against `SHA256SUMS`, then (with `--allowed-signers FILE`) `SHA256SUMS.sig`
+//! against the signers FILE lists, with the system `ssh-keygen` as run.sh on the target does.
 //! Invariant: exit 4 (integrity) on any mismatch, 3 when the files cannot be read or the archive
 //! is beyond the `bundle_read` limits (a gzip bomb is refused before it is expanded).
 
@@ -15,6 +16,29 @@ use crate::commands::CommandError;
 pub struct VerifyOptions {
     /// The bundle archive (its `.sha256` beside it), or an unpacked bundle's directory.
     pub bundle: PathBuf,
+    /// `--allowed-signers FILE`: also require a good signature by a key FILE lists.
+    pub allowed_signers: Option<PathBuf>,
+}
+
+/// With `--allowed-signers`, the signature of the verified `SHA256SUMS`: the line to print.
+fn check_signature(
+    opts: &VerifyOptions,
+    report: &ov_compiler::manifest::VerifyReport,
+) -> Result<Option<String>, CommandError> {
+    let Some(file) = &opts.allowed_signers else {
+        return Ok(None);
+    };
+    let (principal, fingerprint) =
+        crate::sign::verify_signature(&report.sums, report.signature.as_deref(), file).map_err(
+            |source| CommandError::Signature {
+                path: opts.bundle.clone(),
+                source,
+            },
+        )?;
+    Ok(Some(format!(
+        "ok: SHA256SUMS is signed by {principal} (key {fingerprint}), as `{}` allows",
+        file.display()
+    )))
 }
 
 /// `ov verify`.
@@ -31,6 +55,9 @@ pub fn run(opts: &VerifyOptions) -> Result<(), CommandError> {
             report.top,
             report.files_checked
         );
+        if let Some(line) = check_signature(opts, &report)? {
+            println!("{line}");
+        }
         return Ok(());
     }
     let archive = open_archive(path, "verify")?;
@@ -50,5 +77,8 @@ pub fn run(opts: &VerifyOptions) -> Result<(), CommandError> {
         sum_path.display(),
         report.files_checked
     );
+    if let Some(line) = check_signature(opts, &report)? {
+        println!("{line}");
+    }
     Ok(())
 }

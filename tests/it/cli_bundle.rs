@@ -126,8 +126,21 @@ fn verify(path: &Path) -> Run {
 #[test]
 fn compile_is_byte_identical_across_runs_copies_umask_and_cwd() {
     let t = tempfile::tempdir().expect("tempdir");
-    let (a, a_sum) = compile(&t.path().join("a").join(ARCHIVE), &[]);
-    let (b, b_sum) = compile(&t.path().join("b").join(ARCHIVE), &[]);
+    // From a plain copy outside any git work tree: the project's commit is an input too (the
+    // manifest's provenance), and the copy below has none.
+    let orig = t.path().join("orig");
+    copy_tree(&demo(), &orig);
+    let compile = |out: &Path| {
+        compile_with(
+            ov().arg("-C")
+                .arg(&orig)
+                .args(["compile", "vm:demo", "-o"])
+                .arg(out),
+            out,
+        )
+    };
+    let (a, a_sum) = compile(&t.path().join("a").join(ARCHIVE));
+    let (b, b_sum) = compile(&t.path().join("b").join(ARCHIVE));
     assert!(a == b, "two compiles differ");
     assert_eq!(a_sum, b_sum);
     assert_eq!(
@@ -391,7 +404,14 @@ fn inspect_prints_the_listing_a_script_and_json() {
     assert!(r.stdout.ends_with('\n'));
     // Digests change with every template edit; the snapshot pins the shape, the JSON check
     // below the values.
-    insta::with_settings!({filters => vec![(r"\(digest [0-9a-f]{12}\)", "(digest [digest])")]}, {
+    // The project's commit (and whether the work tree is dirty) changes with every commit.
+    insta::with_settings!({filters => vec![
+        (r"\(digest [0-9a-f]{12}\)", "(digest [digest])"),
+        (
+            r"project commit: ([0-9a-f]{40}( \(work tree dirty\))?|none \(not a git work tree\))",
+            "project commit: [commit]",
+        ),
+    ]}, {
         insta::assert_snapshot!("inspect-demo", r.stdout);
     });
 

@@ -24,6 +24,7 @@ mod fleet;
 mod inventory;
 mod remote_layers;
 mod service_chroot;
+mod signed_bundles;
 mod ssh_faults;
 mod ssh_push;
 mod support;

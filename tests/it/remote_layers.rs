@@ -228,6 +228,16 @@ fn command_line_form_is_fetched_locked_and_kept_until_update() {
         lock.replace(&w.v1, &w.v2),
         "the entry moved to the new commit"
     );
+    // The bundle's provenance says where the layer came from: the repository at that commit.
+    let manifest: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out.join("host/manifest.json")).unwrap()).unwrap();
+    let layer = manifest["layers"]
+        .as_array()
+        .and_then(|ls| ls.iter().find(|l| l["name"] == "sshkeys"))
+        .unwrap_or_else(|| panic!("no sshkeys layer: {manifest}"));
+    assert_eq!(layer["origin"]["kind"], "remote", "{layer}");
+    assert_eq!(layer["origin"]["repo"], "github.com/team/configs", "{layer}");
+    assert_eq!(layer["origin"]["commit"], w.v2.as_str(), "{layer}");
     let p = plan(&w, &[&seed]);
     assert_eq!(sshkeys_version(&p), ("two".to_string(), w.v2.clone()));
 }

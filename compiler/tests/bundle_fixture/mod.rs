@@ -470,5 +470,6 @@ pub fn options(epoch: Option<u64>) -> ov_compiler::bundle::BundleOptions {
     ov_compiler::bundle::BundleOptions {
         source_date_epoch: epoch,
         ov_version: "0.1.0-test".into(),
+        ..Default::default()
     }
 }

@@ -845,6 +845,7 @@ pub fn bundle_plan(plan: &InstallPlan) -> ov_compiler::bundle::Bundle {
         &ov_compiler::bundle::BundleOptions {
             source_date_epoch: None,
             ov_version: "0.0.0-test".to_string(),
+            ..Default::default()
         },
     )
     .expect("bundle builds")

@@ -346,3 +346,41 @@ pub fn tamper_inner(path: &Path, file: &str, new_content: &str) {
     }
     write_archive(path, &top, &files);
 }
+
+/// Rebuild the archive with one file's content replaced and `SHA256SUMS` regenerated to match
+/// (every other file, `SHA256SUMS.sig` among them, kept as it was): what someone who can replace
+/// the archive and its `.sha256` does. Only a signature over the old `SHA256SUMS` catches it.
+pub fn tamper_and_resum(path: &Path, file: &str, new_content: &str) {
+    use std::io::Read;
+    let f = std::fs::File::open(path).expect("open");
+    let mut ar = tar::Archive::new(flate2::read::GzDecoder::new(f));
+    let mut files = Vec::new();
+    let mut top = String::new();
+    for e in ar.entries().expect("entries") {
+        let mut e = e.expect("entry");
+        if e.header().entry_type().is_dir() {
+            continue;
+        }
+        let p = e.path().expect("path").to_string_lossy().into_owned();
+        let (t, rest) = p.split_once('/').expect("top/");
+        top = t.to_string();
+        let mode = e.header().mode().unwrap_or(0o644);
+        let mut body = Vec::new();
+        e.read_to_end(&mut body).expect("read");
+        if rest == file {
+            body = new_content.as_bytes().to_vec();
+        }
+        files.push((rest.to_string(), body, mode));
+    }
+    let mut sums: Vec<(String, String)> = files
+        .iter()
+        .filter(|(n, _, _)| n != "SHA256SUMS" && n != "SHA256SUMS.sig")
+        .map(|(n, b, _)| (n.clone(), sha256(b)))
+        .collect();
+    sums.sort();
+    let text: String = sums.iter().map(|(n, h)| format!("{h}  {n}\n")).collect();
+    for f in files.iter_mut().filter(|f| f.0 == "SHA256SUMS") {
+        f.1 = text.clone().into_bytes();
+    }
+    write_archive(path, &top, &files);
+}
