@@ -236,7 +236,10 @@ fn command_line_form_is_fetched_locked_and_kept_until_update() {
         .and_then(|ls| ls.iter().find(|l| l["name"] == "sshkeys"))
         .unwrap_or_else(|| panic!("no sshkeys layer: {manifest}"));
     assert_eq!(layer["origin"]["kind"], "remote", "{layer}");
-    assert_eq!(layer["origin"]["repo"], "github.com/team/configs", "{layer}");
+    assert_eq!(
+        layer["origin"]["repo"], "github.com/team/configs",
+        "{layer}"
+    );
     assert_eq!(layer["origin"]["commit"], w.v2.as_str(), "{layer}");
     let p = plan(&w, &[&seed]);
     assert_eq!(sshkeys_version(&p), ("two".to_string(), w.v2.clone()));
