@@ -292,16 +292,59 @@ pub fn recap_text(r: &HostResult) -> String {
                 .as_ref()
                 .map(|(layer, script)| format!("layer `{layer}`, script `{script}`: "))
                 .unwrap_or_default();
+            // The first line: the rest (the failed command, the last lines) was shown with the
+            // host's events, and is in its `host-end` event.
+            let first = message.lines().next().unwrap_or_default();
             format!(
-                "{:11}  {step}{message} (exit {}) {time}",
+                "{:11}  {step}{first} (exit {}) {time}",
                 "FAILED",
                 exit.code()
             )
         }
-        HostState::Unreachable { message } => format!("{:11}  {message} {time}", "UNREACHABLE"),
+        HostState::Unreachable { message } => format!(
+            "{:11}  {} {time}",
+            "UNREACHABLE",
+            message.lines().next().unwrap_or_default()
+        ),
         HostState::NotStarted => format!(
             "{:11}  not started: `--max-fail` hosts had failed before its turn",
             "SKIPPED"
         ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::exit::Exit;
+
+    #[test]
+    fn a_recap_line_is_one_line_naming_the_layer_script_and_exit() {
+        let r = HostResult {
+            name: "web1".into(),
+            state: HostState::Failed {
+                exit: Exit::RemoteStep,
+                message: "layer `gate` failed on web1: script `01-system.sh` exited with status 42\n  failed command: false\n  last output:\n    boom".into(),
+                failed_step: Some(("gate".into(), "01-system.sh".into())),
+            },
+            started: Some(Duration::ZERO),
+            elapsed: Duration::from_secs(2),
+        };
+        assert_eq!(
+            recap_text(&r),
+            "FAILED       layer `gate`, script `01-system.sh`: layer `gate` failed on web1: script `01-system.sh` exited with status 42 (exit 7) (2s)"
+        );
+        let r = HostResult {
+            state: HostState::Done(crate::fleet::HostDone {
+                changed: true,
+                summary: "3 applied, 0 already applied".into(),
+                json: Value::Null,
+            }),
+            ..r
+        };
+        assert_eq!(
+            recap_text(&r),
+            "changed      3 applied, 0 already applied (2s)"
+        );
     }
 }
