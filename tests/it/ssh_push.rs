@@ -138,7 +138,7 @@ fn push_applies_layers_and_records_ledger_and_state() {
     assert!(uuid::Uuid::parse_str(&id).is_ok(), "{id}");
     let key = host.client_key.to_string_lossy();
     let expected = format!(
-        "# my machines\nimages:\n  vm:other:   # keep this comment\n    target: vm\n    vm_state:\n      ssh_port: 2300\n  vm:it:\n    target: vm\n    vm_source: it\n    custom_field: {{a: 1}}\n    vm_state:\n      backend: auto  # written by vm create\n      instance_id: {id}\n      ssh_user: {USER}\n      ssh_port: {}\n      ssh_key_path: {key}\n      last_deploy: \"{}\"\n      applied_layers:\n        - alpha\n        - beta\n        - gamma\n      bundle_sha256: {}\n\n# end\n",
+        "# my machines\nimages:\n  vm:other:   # keep this comment\n    target: vm\n    vm_state:\n      ssh_port: 2300\n  vm:it:\n    target: vm\n    vm_source: it\n    custom_field: {{a: 1}}\n    vm_state:\n      backend: auto  # written by vm create\n      instance_id: {id}\n      ssh_host: 127.0.0.1\n      ssh_user: {USER}\n      ssh_port: {}\n      ssh_key_path: {key}\n      user: {USER}\n      last_deploy: \"{}\"\n      applied_layers:\n        - alpha\n        - beta\n        - gamma\n      bundle_sha256: {}\n\n# end\n",
         host.port,
         s.last_deploy.as_deref().expect("time"),
         r.bundle_sha256
