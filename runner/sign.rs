@@ -198,17 +198,26 @@ pub fn git_state(root: &Path) -> Option<GitProvenance> {
             .filter(|o| o.status.success())
             .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
     };
-    let commit = git(&["rev-parse", "--verify", "--quiet", "HEAD^{commit}"])?;
-    let commit = commit.trim();
+    // One process: the branch header names the commit (`# branch.oid <hex>`, or `(initial)`
+    // before the first commit), every other line a changed tracked file. Untracked files do not
+    // count: the bundle `ov compile` writes into the project would make every second compile
+    // "dirty".
+    let status = git(&[
+        "status",
+        "--porcelain=v2",
+        "--branch",
+        "--untracked-files=no",
+    ])?;
+    let commit = status
+        .lines()
+        .find_map(|l| l.strip_prefix("# branch.oid "))?
+        .trim();
     if commit.is_empty() || !commit.bytes().all(|b| b.is_ascii_hexdigit()) {
         return None;
     }
-    // Untracked files do not count: the bundle `ov compile` writes into the project would make
-    // every second compile "dirty".
-    let status = git(&["status", "--porcelain", "--untracked-files=no"])?;
     Some(GitProvenance {
         commit: commit.to_string(),
-        dirty: !status.trim().is_empty(),
+        dirty: status.lines().any(|l| !l.starts_with('#')),
     })
 }
 

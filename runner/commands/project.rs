@@ -199,11 +199,27 @@ impl Resolved {
         )?)
     }
 
-    /// Plan, render and assemble the bundle in memory.
-    pub fn compile(&self, build: &BuildOptions) -> Result<Bundle, CommandError> {
+    /// The plan, the template engine and the rendered scripts.
+    fn render(
+        &self,
+        build: &BuildOptions,
+    ) -> Result<(InstallPlan, Engine, render::Rendered), CommandError> {
         let plan = self.plan()?;
         let engine = Engine::new(build.templates.as_deref())?;
         let rendered = render::render(&plan, &self.project.root, &engine)?;
+        Ok((plan, engine, rendered))
+    }
+
+    /// Plan, render and assemble the bundle in memory.
+    pub fn compile(&self, build: &BuildOptions) -> Result<Bundle, CommandError> {
+        // Asking git for the provenance takes a process (tens of ms in a large work tree): it
+        // runs while the deploy is planned and rendered.
+        let (git, rendered) = std::thread::scope(|s| {
+            let git = s.spawn(|| crate::sign::git_state(&self.project.root));
+            let rendered = self.render(build);
+            (git.join().unwrap_or(None), rendered)
+        });
+        let (plan, engine, rendered) = rendered?;
         let signer = match &build.sign {
             Some(key) => Some(crate::sign::load_signer(key)?),
             None => None,
@@ -215,7 +231,7 @@ impl Resolved {
             &BundleOptions {
                 source_date_epoch: build.source_date_epoch,
                 ov_version: env!("CARGO_PKG_VERSION").to_string(),
-                git: crate::sign::git_state(&self.project.root),
+                git,
             },
             signer.as_deref(),
         )

@@ -71,15 +71,10 @@ impl Engine {
                 sources.insert(name, text);
             }
         }
-        let mut env = Environment::new();
-        env.set_undefined_behavior(UndefinedBehavior::Strict);
-        env.set_keep_trailing_newline(true);
-        env.set_trim_blocks(true);
-        env.set_lstrip_blocks(true);
-        // Templates cannot opt out of quoting: `safe` is gone, and the formatter below ignores
-        // both the auto-escape state (so `{% autoescape false %}` changes nothing) and the
-        // "safe string" flag other filters may set.
-        env.remove_filter("safe");
+        // Templates cannot opt out of quoting: `safe` is gone (strict_env), and the formatter
+        // below ignores both the auto-escape state (so `{% autoescape false %}` changes nothing)
+        // and the "safe string" flag other filters may set.
+        let mut env = strict_env();
         env.set_formatter(|out, _state, value| {
             if let Some(fragment) = value.downcast_object_ref::<ShellFragment>() {
                 return out.write_str(&fragment.0).map_err(minijinja::Error::from);
@@ -229,6 +224,18 @@ impl std::fmt::Debug for Engine {
     }
 }
 
+/// The settings both engines share: a missing value is an error, whitespace as the templates
+/// are written, and no `safe` filter (a value cannot opt out of its formatter's quoting).
+fn strict_env() -> Environment<'static> {
+    let mut env = Environment::new();
+    env.set_undefined_behavior(UndefinedBehavior::Strict);
+    env.set_keep_trailing_newline(true);
+    env.set_trim_blocks(true);
+    env.set_lstrip_blocks(true);
+    env.remove_filter("safe");
+    env
+}
+
 /// Whether `name` is a data template of `emit/` (YAML, Markdown) rather than shell: those are
 /// rendered by [`data_env`], whose formatter quotes for YAML, never for the shell.
 fn is_data_template(name: &str) -> bool {
@@ -240,12 +247,7 @@ fn is_data_template(name: &str) -> bool {
 /// `!unsafe` (Ansible never templates it), in other YAML a double-quoted scalar, in Markdown one
 /// line of text. A value cannot opt out: `safe` is gone and no filter builds raw text.
 fn data_env() -> Environment<'static> {
-    let mut env = Environment::new();
-    env.set_undefined_behavior(UndefinedBehavior::Strict);
-    env.set_keep_trailing_newline(true);
-    env.set_trim_blocks(true);
-    env.set_lstrip_blocks(true);
-    env.remove_filter("safe");
+    let mut env = strict_env();
     env.set_formatter(|out, state, value| {
         if value.is_undefined() || value.is_none() {
             return Err(minijinja::Error::new(
