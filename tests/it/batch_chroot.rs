@@ -14,7 +14,7 @@ use std::process::Output;
 
 use crate::fidelity::{self, assert_packages, packages};
 use crate::support::e2e::{self, layers_with, text};
-use crate::support::rootfs::{self, Root};
+use crate::support::rootfs::Root;
 
 const USER: &str = "tester";
 const OUT: &str = "/var/tmp/ov/b";
@@ -25,15 +25,7 @@ const LEDGER: &str = "/var/lib/overthink/installed/tester";
 /// A fresh offline root (the fidelity tests' cached one: tmux, socat, gnupg, curl, direnv,
 /// ripgrep and their dependencies are in apt's cache) with the target account, or `None` (skip).
 fn root() -> Option<Root> {
-    if !rootfs::available() {
-        return None;
-    }
-    let root = Root::new(&rootfs::tarball(&fidelity::spec()));
-    root.sh(&format!(
-        "useradd -m -s /bin/bash {USER} && rm -f /etc/resolv.conf"
-    ));
-    std::fs::write(root.path(e2e::OFFLINE_APT.0), e2e::OFFLINE_APT.1).expect("apt conf");
-    Some(root)
+    e2e::offline_root(&fidelity::spec(), USER)
 }
 
 /// Two packages of the test's own, `ovprobe-a` and `ovprobe-b`, in a local repository apt reads

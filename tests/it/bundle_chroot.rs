@@ -53,15 +53,7 @@ impl Compiled {
 /// as a push leaves it: archive and `.sha256` under /var/tmp/ov/b, unpacked beside them by the
 /// root's own tar. `None` when the tools are missing (skip).
 fn setup() -> Option<(Root, Compiled)> {
-    if !rootfs::available() {
-        return None;
-    }
-    let root = Root::new(&rootfs::tarball(&e2e::spec()));
-    // Offline: no resolver (Root::new copies the machine's), one attempt per download.
-    root.sh(&format!(
-        "useradd -m -s /bin/bash {USER} && rm -f /etc/resolv.conf"
-    ));
-    std::fs::write(root.path(e2e::OFFLINE_APT.0), e2e::OFFLINE_APT.1).expect("apt conf");
+    let root = e2e::offline_root(&e2e::spec(), USER)?;
 
     let home = tempfile::tempdir().expect("tmp");
     let archive = home.path().join("vm-e2e.tar.gz");

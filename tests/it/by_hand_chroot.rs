@@ -10,7 +10,7 @@ use std::path::Path;
 use std::process::Output;
 
 use crate::support::e2e::{self, text};
-use crate::support::rootfs::{self, Root};
+use crate::support::rootfs::Root;
 
 const USER: &str = "tester";
 const OUT: &str = "/var/tmp/ov/b";
@@ -18,15 +18,7 @@ const RUN: &str = "/var/tmp/ov/b/host/run.sh";
 const LEDGER: &str = "/var/lib/overthink/installed";
 
 fn root() -> Option<Root> {
-    if !rootfs::available() {
-        return None;
-    }
-    let root = Root::new(&rootfs::tarball(&e2e::spec()));
-    root.sh(&format!(
-        "useradd -m -s /bin/bash {USER} && rm -f /etc/resolv.conf"
-    ));
-    std::fs::write(root.path(e2e::OFFLINE_APT.0), e2e::OFFLINE_APT.1).expect("apt conf");
-    Some(root)
+    e2e::offline_root(&e2e::spec(), USER)
 }
 
 /// One layer `pre` (its packages in `section`, plus a file root writes and `extra`), compiled for

@@ -428,15 +428,7 @@ fn push_require_signature_refuses_an_unsigned_bundle_before_connecting() {
 
 /// A fresh offline Debian root with the target account.
 fn root() -> Option<Root> {
-    if !rootfs::available() {
-        return None;
-    }
-    let root = Root::new(&rootfs::tarball(&e2e::spec()));
-    root.sh(&format!(
-        "useradd -m -s /bin/bash {USER} && rm -f /etc/resolv.conf"
-    ));
-    std::fs::write(root.path(e2e::OFFLINE_APT.0), e2e::OFFLINE_APT.1).expect("apt conf");
-    Some(root)
+    e2e::offline_root(&e2e::spec(), USER)
 }
 
 fn unpack_in(root: &Root, archive: &Path, dir: &str) -> String {

@@ -112,6 +112,21 @@ pub fn in_terminal(home: &Path, args: &[&str]) -> Output {
     out
 }
 
+/// A fresh root of `spec` with account `user`, offline: no resolver (`Root::new` copies this
+/// machine's), apt told to try each download once ([`OFFLINE_APT`]). `None` when the tools are
+/// missing (the test skips; under `CI` that is a failure).
+pub fn offline_root(spec: &Spec, user: &str) -> Option<super::rootfs::Root> {
+    if !super::rootfs::available() {
+        return None;
+    }
+    let root = super::rootfs::Root::new(&super::rootfs::tarball(spec));
+    root.sh(&format!(
+        "useradd -m -s /bin/bash {user} && rm -f /etc/resolv.conf"
+    ));
+    std::fs::write(root.path(OFFLINE_APT.0), OFFLINE_APT.1).expect("apt conf");
+    Some(root)
+}
+
 /// Exit status, stdout and stderr, for assertion messages.
 pub use crate::common::output_text as text;
 
