@@ -74,6 +74,15 @@ pub struct Bootstrap<'a> {
     pub ledgers: &'a str,
 }
 
+/// `remote/read-script.sh.j2`: one line put before a script sent to `bash -s` ahead of other
+/// data: it reads the script's remaining `size` bytes (ASCII) in blocks and runs them, where
+/// bash alone would read them one byte per system call.
+#[derive(Debug, Clone, Serialize)]
+pub struct ReadScript {
+    /// The length in bytes of the script that follows the line.
+    pub size: usize,
+}
+
 /// `remote/ledger-read.sh.j2`: print root's ledger of `user` as `::ov-ledger::` lines (the same
 /// lines the bootstrap prints after a run); run as root with `bash -s`. Exit 3: no such
 /// account; 4: a directory on the way is not root's alone.
@@ -92,6 +101,10 @@ macro_rules! remote_scripts {
             const TEMPLATE: &'static str = $template;
         })*
     };
+}
+
+impl RemoteScript for ReadScript {
+    const TEMPLATE: &'static str = "remote/read-script.sh.j2";
 }
 
 remote_scripts! {

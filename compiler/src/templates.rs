@@ -166,6 +166,10 @@ pub const EMBEDDED: &[(&str, &str)] = &[
         include_str!("../../templates/remote/ledger.sh.j2"),
     ),
     (
+        "remote/read-script.sh.j2",
+        include_str!("../../templates/remote/read-script.sh.j2"),
+    ),
+    (
         "remote/root-chain.sh.j2",
         include_str!("../../templates/remote/root-chain.sh.j2"),
     ),

@@ -478,7 +478,7 @@ pub fn bootstrap_script(
     opts: &PushOptions,
     ledger_user: Option<&str>,
 ) -> Result<String, PushError> {
-    Ok(remote::render_with(
+    let body = remote::render_with(
         engine,
         &remote::Bootstrap {
             dir: remote_dir,
@@ -502,7 +502,16 @@ pub fn bootstrap_script(
             ledger_user: ledger_user.unwrap_or(""),
             ledgers: crate::target::ledger::ROOT_LEDGERS,
         },
-    )?)
+    )?;
+    // bash reads a script on a pipe one byte per system call (≈5,000 of them here); a first
+    // line that reads the rest in blocks saves them. Only for ASCII, where `read -N` counts
+    // bytes whatever the target's locale.
+    if !body.is_ascii() {
+        return Ok(body);
+    }
+    let mut script = remote::render_with(engine, &remote::ReadScript { size: body.len() })?;
+    script.push_str(&body);
+    Ok(script)
 }
 
 fn remote_dir(opts: &PushOptions, bundle: &BundleInfo) -> String {
@@ -1110,7 +1119,13 @@ mod tests {
         let mut opts = PushOptions::new("/x/b.tar.gz");
         opts.templates = Some(d.path().to_path_buf());
         let plan = dry_run("t", None, &bundle, &opts).expect("renders");
-        assert_eq!(plan.bootstrap, "echo replaced 'b c.tar.gz'\n");
+        let replaced = "echo replaced 'b c.tar.gz'\n";
+        assert!(plan.bootstrap.ends_with(replaced), "{}", plan.bootstrap);
+        assert!(
+            plan.bootstrap.starts_with(&format!("IFS= read -r -N {} ov_script", replaced.len())),
+            "{}",
+            plan.bootstrap
+        );
     }
 
     #[test]
