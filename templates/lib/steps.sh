@@ -873,7 +873,7 @@ ov_pkg_batch_run() {
       else
         pacman -Sy --needed --noconfirm -- "${words[@]}" || rc=$?
       fi
-      ov_pkg_attribute "$fmt" "$plan" "$dir" || return 1
+      ov_pkg_attribute "$fmt" "$plan" "$dir" "$rc" || return 1
       ;;
     *)
       ov_fail "no shared transaction for package format $fmt"
@@ -992,30 +992,40 @@ ov_pkg_graph() {
   esac
 }
 
-# ov_pkg_attribute FORMAT PLAN DIR — after a shared rpm or pacman transaction: which layer of PLAN
-# owns which names, as if each layer had run its own install in turn. That install records the
-# names it lists that are missing just before it (packages.FORMAT; dnf and pacman -Rs take the
-# dependencies along on undo). So a layer owns the names it lists that were missing before the
-# transaction, are installed now, and that neither an earlier layer of the plan named nor the
-# new packages an earlier layer's names need (their dependencies, as the database records
-# them) provide — those were there before its own install would have run. A name the
-# transaction installed as asked for that a layer's own install would have found already
-# there as a dependency is marked as one again (dnf mark remove, pacman -D --asdeps), so that
-# undoing the earlier layer takes it along, as it would have. Written to DIR/LAYER.got/.
+# ov_pkg_attribute FORMAT PLAN DIR STATUS — after a shared rpm or pacman transaction that exited
+# with STATUS: which layer of PLAN owns which names, as if each layer had run its own install in
+# turn. That install records the names it lists that are missing just before it, as
+# ov_pkg_installed tells (packages.FORMAT; dnf and pacman -Rs take the dependencies along on
+# undo). Just before it, the earlier layers' installs had brought their names and what those
+# need; so a layer owns the names it lists that were missing before the transaction and that no
+# new package an earlier layer's names need (their dependencies as the database records them,
+# an earlier layer's named packages included) is (pac: by name, as pacman -Q matches) or
+# provides (rpm: a provide or a file, as rpm -q --whatprovides matches) — a name that stays
+# missing (a pacman group) is recorded by each layer that lists it, as its own install would.
+# After a failed transaction a layer owns only such names that are installed now: the layer
+# records the rest itself when it installs its own. A name the transaction installed as asked
+# for that a layer's own install would have found already there as a dependency is marked as
+# one again (dnf mark remove, pacman -D --asdeps), so that undoing the earlier layer takes it
+# along, as it would have. Written to DIR/LAYER.got/.
 ov_pkg_attribute() {
-  local fmt=$1 plan=$2 dir=$3 p
+  local fmt=$1 plan=$2 dir=$3 status=$4 p
   local -a new=() demote=()
   ov_pkg_names "$fmt" >"$dir/after" || return 1
   mapfile -t new < <(awk 'FILENAME == ARGV[1] { had[$0] = 1; next } !($0 in had)' "$dir/before" "$dir/after")
-  : >"$dir/came"
-  while IFS= read -r p; do
-    if ov_pkg_installed "$fmt" "$p"; then printf '%s\n' "$p" >>"$dir/came"; fi
-  done <"$dir/missing"
+  if [ "$status" = 0 ]; then
+    cp -- "$dir/missing" "$dir/came" || return 1
+  else
+    : >"$dir/came"
+    while IFS= read -r p; do
+      if ov_pkg_installed "$fmt" "$p"; then printf '%s\n' "$p" >>"$dir/came"; fi
+    done <"$dir/missing"
+  fi
   ov_pkg_graph "$fmt" ${new[@]+"${new[@]}"} >"$dir/graph" || return 1
   # shellcheck disable=SC2016 # awk's own $ fields
   mapfile -t demote < <(awk -v dir="$dir" -v fmt="$fmt" '
     function own(p) { if ((p in fresh) && !(p in owner)) { owner[p] = 1; q[++qt] = p } }
     function covered(c,   r, x, cs) {
+      if (fmt == "pac") return (c in owner)
       r = split(prov[c], cs, " ")
       for (x = 1; x <= r; x++) if (cs[x] in owner) return 1
       return 0
@@ -1033,9 +1043,9 @@ ov_pkg_attribute() {
         n = split(plan[l], w, " "); L = w[1]
         for (i = 2; i <= n; i++) {
           p = w[i]
-          if (!(p in came) || (p in named)) continue
+          if (!(p in came) || ((L, p) in mine)) continue
           if (covered(p)) { later[p] = 1; continue }
-          named[p] = 1; print p >> (dir "/" L ".got/packages." fmt)
+          mine[L, p] = 1; named[p] = 1; print p >> (dir "/" L ".got/packages." fmt)
         }
         qh = 0; qt = 0
         for (i = 2; i <= n; i++) need(w[i])

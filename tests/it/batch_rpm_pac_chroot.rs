@@ -89,7 +89,8 @@ impl Pm {
 }
 
 /// A fresh offline root with the package repository of `pm`: packages `a` (which needs `lib`),
-/// `lib`, `b` and `c`, each installing one file under /usr/share/ovtest. The repository and
+/// `lib`, `b` and `c`, each installing one file under /usr/share/ovtest (pacman's `c` is in the
+/// group `ovp-group`). The repository and
 /// what the package manager needs to run in a Debian root that is not a mount point are machine
 /// configuration, written here, never by the layers. `None` when the tools are missing (skip).
 fn root(pm: Pm) -> Option<Root> {
@@ -145,13 +146,14 @@ mk() {
     echo "arch = any"
     echo "license = MIT"
     if [ -n "$2" ]; then echo "depend = $2"; fi
+    if [ -n "${3:-}" ]; then echo "group = $3"; fi
   } >$d/.PKGINFO
   (cd $d && bsdtar -czf /srv/ovpac/$1-1.0-1-any.pkg.tar.gz .PKGINFO usr)
 }
 mk ovp-lib ""
 mk ovp-a ovp-lib
 mk ovp-b ""
-mk ovp-c ""
+mk ovp-c "" ovp-group
 rm -rf /tmp/pacb
 cd /srv/ovpac && repo-add -q ovtest.db.tar.gz ./*.pkg.tar.gz
 mkdir -p /var/lib/pacman
@@ -379,4 +381,41 @@ fn a_dnf_transaction_with_a_name_that_does_not_exist_fails_in_the_layer_that_nam
 #[test]
 fn a_pacman_transaction_with_a_name_that_does_not_exist_fails_in_the_layer_that_names_it() {
     a_name_that_does_not_exist_fails_in_its_own_layer(Pm::Pacman);
+}
+
+/// A pacman group is no package (`pacman -Q` does not find it, before or after): a layer's own
+/// install records its name all the same, and so does its share of a transaction.
+#[test]
+fn a_pacman_group_a_layer_lists_is_recorded_as_its_own_install_records_it() {
+    let pm = Pm::Pacman;
+    let Some(batched) = root(pm) else { return };
+    let Some(alone) = root(pm) else { return };
+    let dir = tempfile::tempdir().expect("tmp");
+    let layers = [
+        layer(pm, "g-a", &[pm.pkg("a")]),
+        layer(pm, "g-group", &["ovp-group".to_string(), pm.pkg("b")]),
+    ];
+    project(dir.path(), &layers);
+    compile(&alone, dir.path(), pm, &["g-a", "g-group"]);
+    for name in ["g-a", "g-group"] {
+        let out = run(&alone, RUN, &["--only", name]);
+        assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    }
+    compile(&batched, dir.path(), pm, &["g-a", "g-group"]);
+    let out = run(&batched, RUN, &[]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert_eq!(transactions(pm, &out).len(), 1, "{}", text(&out));
+    assert_eq!(pm.installed(&batched), pm.installed(&alone));
+    assert!(pm.installed(&batched).contains(&pm.pkg("c")));
+    for name in ["g-a", "g-group"] {
+        assert_eq!(
+            owned(&batched, pm, name),
+            owned(&alone, pm, name),
+            "what {name} owns, batched and alone"
+        );
+    }
+    assert_eq!(
+        owned(&batched, pm, "g-group"),
+        set(&["ovp-group".to_string(), pm.pkg("b")])
+    );
 }
