@@ -88,9 +88,14 @@ pub fn plain_name(format: &str, name: &str) -> bool {
                 && bytes.all(|b| matches!(b, b'a'..=b'z' | b'0'..=b'9' | b'.' | b'+' | b'-'))
         }
         // dnf reads `name-version` and `name-version-release` as the package `name` at that
-        // version, so a `-` followed by a digit is refused (a few real names, `python3-3to2`,
-        // then install per layer, as before).
+        // version, and `name.arch` as `name` for that architecture, so a `-` followed by a
+        // digit and an architecture suffix are refused (a few real names, `python3-3to2`, then
+        // install per layer, as before).
         "rpm" => {
+            const ARCHES: &[&str] = &[
+                "noarch", "src", "x86_64", "i686", "i386", "aarch64", "armv7hl", "ppc64le",
+                "s390x", "riscv64",
+            ];
             matches!(bytes.next(), Some(b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9'))
                 && bytes
                     .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'+' | b'-' | b'_'))
@@ -98,6 +103,9 @@ pub fn plain_name(format: &str, name: &str) -> bool {
                     .as_bytes()
                     .windows(2)
                     .any(|w| w[0] == b'-' && w[1].is_ascii_digit())
+                && !name
+                    .rsplit_once('.')
+                    .is_some_and(|(_, arch)| ARCHES.contains(&arch))
         }
         // pacman's names: lowercase letters, digits and `@._+-`, not beginning with `-` or `.`;
         // `@` is left out too (it is pacman's, but nothing needs it in a batch).
@@ -501,12 +509,14 @@ mod tests {
             "NetworkManager",
             "libstdc++",
             "xorg-x11-fonts",
+            "python3.12",
         ] {
             assert!(plain_name("rpm", ok), "{ok}");
         }
         for no in [
             "tmux-3.3a",
             "tmux-3.3a-1.fc39",
+            "tmux.x86_64",
             "@core",
             "/bin/sh",
             "perl(Foo)",
