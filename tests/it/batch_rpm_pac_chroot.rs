@@ -6,8 +6,10 @@
 //! packages of consecutive layers come in one transaction; each layer owns exactly what its own
 //! install would have recorded (compared with the same layers run one at a time), including a
 //! name an earlier layer's package already pulled in as a dependency, which stays a dependency;
-//! a name that does not exist fails in its own layer after the earlier layer installed its own;
-//! and teardown leaves the package database as it was.
+//! a pacman group is recorded as a layer's own install records it; a name that does not exist
+//! fails in its own layer after the earlier layer installed its own; a run that stops between
+//! a transaction and a layer it served records that layer's packages as its; and teardown
+//! leaves the package database as it was.
 
 use std::collections::BTreeSet;
 use std::path::Path;
@@ -418,4 +420,51 @@ fn a_pacman_group_a_layer_lists_is_recorded_as_its_own_install_records_it() {
         owned(&batched, pm, "g-group"),
         set(&["ovp-group".to_string(), pm.pkg("b")])
     );
+}
+
+fn a_run_that_stops_after_a_transaction_records_the_packages_of_the_layers_it_served(pm: Pm) {
+    let Some(root) = root(pm) else { return };
+    let dir = tempfile::tempdir().expect("tmp");
+    // s-note writes into the user's home (no reason to split the transaction), and fails while
+    // `~/blocked` is root's.
+    project(
+        dir.path(),
+        &[
+            layer(pm, "s-a", &[pm.pkg("a")]),
+            (
+                "s-note".to_string(),
+                "  tasks:\n    - write: \"${HOME}/blocked/note\"\n      content: \"x\\n\"\n      user: \"${USER}\"\n"
+                    .to_string(),
+            ),
+            layer(pm, "s-c", &[pm.pkg("c")]),
+        ],
+    );
+    compile(&root, dir.path(), pm, &["s-a", "s-note", "s-c"]);
+    let before = pm.installed(&root);
+    root.sh(&format!("install -d -o root -m 0755 /home/{USER}/blocked"));
+    let out = run(&root, RUN, &[]);
+    assert_eq!(out.status.code(), Some(4), "{}", text(&out));
+    assert_eq!(transactions(pm, &out).len(), 1, "{}", text(&out));
+    assert_eq!(layers_with(&out.stdout, "layer-fail"), ["s-note"]);
+    assert!(pm.installed(&root).contains(&pm.pkg("c")));
+    // s-c never ran, but the transaction installed its package: recorded as its, failed.
+    let record = root.path(&format!("{LEDGER}/layers/s-c.json"));
+    let record: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(record).expect("s-c's record")).expect("json");
+    assert_eq!(record["result"], "failed");
+    assert_eq!(owned(&root, pm, "s-c"), set(&[pm.pkg("c")]));
+
+    let out = run(&root, UNDO, &[]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert_eq!(pm.installed(&root), before);
+}
+
+#[test]
+fn a_run_that_stops_after_a_dnf_transaction_records_the_packages_of_the_layers_it_served() {
+    a_run_that_stops_after_a_transaction_records_the_packages_of_the_layers_it_served(Pm::Dnf);
+}
+
+#[test]
+fn a_run_that_stops_after_a_pacman_transaction_records_the_packages_of_the_layers_it_served() {
+    a_run_that_stops_after_a_transaction_records_the_packages_of_the_layers_it_served(Pm::Pacman);
 }
