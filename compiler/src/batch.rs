@@ -31,8 +31,9 @@ use serde::{Deserialize, Serialize};
 use crate::plan::{Action, InstallPlan, LayerPlan, Phase, Scope, Step, TaskVerb, Venue};
 
 /// Package formats whose installs are batched: the runtime attributes a shared transaction's
-/// packages to its layers from the package manager's own database (`dpkg`).
-pub const BATCHED_FORMATS: &[&str] = &["deb"];
+/// packages to its layers from the package manager's own database (`dpkg`, `rpm`, pacman's).
+/// AUR packages are built one layer at a time (a builder step), never batched.
+pub const BATCHED_FORMATS: &[&str] = &["deb", "rpm", "pac"];
 
 /// What the batching rule needs to know of one layer.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
@@ -48,7 +49,7 @@ pub struct LayerBatching {
 /// One shared transaction: the layers whose packages it installs, in run order.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PackageBatch {
-    /// The package format (`deb`).
+    /// The package format (`deb`, `rpm` or `pac`).
     pub format: String,
     /// The layers it serves, the first one running it at its own install step.
     pub layers: Vec<String>,
@@ -74,31 +75,70 @@ fn runs(step: &Step) -> bool {
     step.skip.is_none() && step.venue != Venue::Skip
 }
 
+/// Whether `name` is a plain package name of `format`: one the runtime can match against the
+/// package database as it is (`dpkg-query -W`, `rpm -q --whatprovides`, `pacman -Q`) to tell
+/// which layer owns it. Refused: versions (`tmux=3.3`, `pkg>=1`, rpm's `name-1.2` and
+/// `name-1.2-3.fc39` spellings), `/release`, `:arch`, `@groups`, paths, globs and
+/// repository-qualified `core/pkg` — each would name a package other than itself.
+pub fn plain_name(format: &str, name: &str) -> bool {
+    let mut bytes = name.bytes();
+    match format {
+        "deb" => {
+            matches!(bytes.next(), Some(b'a'..=b'z' | b'0'..=b'9'))
+                && bytes.all(|b| matches!(b, b'a'..=b'z' | b'0'..=b'9' | b'.' | b'+' | b'-'))
+        }
+        // dnf reads `name-version` and `name-version-release` as the package `name` at that
+        // version, and `name.arch` as `name` for that architecture, so a `-` followed by a
+        // digit and an architecture suffix are refused (a few real names, `python3-3to2`, then
+        // install per layer, as before).
+        "rpm" => {
+            const ARCHES: &[&str] = &[
+                "noarch", "src", "x86_64", "i686", "i386", "aarch64", "armv7hl", "ppc64le",
+                "s390x", "riscv64",
+            ];
+            matches!(bytes.next(), Some(b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9'))
+                && bytes
+                    .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'+' | b'-' | b'_'))
+                && !name
+                    .as_bytes()
+                    .windows(2)
+                    .any(|w| w[0] == b'-' && w[1].is_ascii_digit())
+                && !name
+                    .rsplit_once('.')
+                    .is_some_and(|(_, arch)| ARCHES.contains(&arch))
+        }
+        // pacman's names: lowercase letters, digits and `@._+-`, not beginning with `-` or `.`;
+        // `@` is left out too (it is pacman's, but nothing needs it in a batch).
+        "pac" => {
+            matches!(bytes.next(), Some(b'a'..=b'z' | b'0'..=b'9' | b'_' | b'+'))
+                && bytes.all(|b| matches!(b, b'a'..=b'z' | b'0'..=b'9' | b'.' | b'_' | b'+' | b'-'))
+        }
+        _ => false,
+    }
+}
+
 /// The install a batch can take over: packages in the install phase, of a batched format, no
-/// extra options, every name a plain Debian package name (no `=version`, `/release` or `:arch`,
-/// which the runtime could not match against the package database).
+/// extra options (for rpm no `exclude:` and no repository of the same step either, whose
+/// `--setopt`s would go along), every name a plain package name of its format ([`plain_name`]).
 pub fn batchable_install(step: &Step) -> Option<(String, Vec<String>)> {
     let Action::SystemPackages {
         format,
         packages,
         options,
         exclude,
+        repos,
         ..
     } = &step.action
     else {
         return None;
-    };
-    let plain = |p: &String| {
-        let mut bytes = p.bytes();
-        matches!(bytes.next(), Some(b'a'..=b'z' | b'0'..=b'9'))
-            && bytes.all(|b| matches!(b, b'a'..=b'z' | b'0'..=b'9' | b'.' | b'+' | b'-'))
     };
     (step.phase == Phase::Install
         && !packages.is_empty()
         && BATCHED_FORMATS.contains(&format.as_str())
         && options.is_empty()
         && exclude.is_empty()
-        && packages.iter().all(plain))
+        && repos.is_empty()
+        && packages.iter().all(|p| plain_name(format, p)))
     .then(|| (format.clone(), packages.clone()))
 }
 
@@ -180,7 +220,7 @@ mod tests {
     use super::*;
     use crate::entries::Repo;
     use crate::layer::{Layer, TaskVerb};
-    use crate::lower::fixture::{fmt, named, section, task, Fixture, ALL, DEBIAN};
+    use crate::lower::fixture::{fmt, named, section, task, Fixture, ALL, ARCH, DEBIAN, FEDORA};
     use crate::plan::Gates;
 
     fn pkgs(name: &str, packages: &[&str]) -> Layer {
@@ -210,13 +250,21 @@ mod tests {
 
     /// The batches of `layers` lowered for Debian with `gates`, as lists of layer names.
     fn batches_of(layers: Vec<Layer>, gates: Gates) -> Vec<Vec<String>> {
+        batches_on(DEBIAN, layers, gates)
+    }
+
+    fn batches_on(
+        distro: (&[&str], &[&str]),
+        layers: Vec<Layer>,
+        gates: Gates,
+    ) -> Vec<Vec<String>> {
         let mut fx = Fixture::new();
         let order: Vec<String> = layers.iter().map(|l| l.name.clone()).collect();
         for l in layers {
             fx.add(l, &[]);
         }
         let order: Vec<&str> = order.iter().map(String::as_str).collect();
-        let plan = fx.lower(DEBIAN, gates, &order).expect("lowers");
+        let plan = fx.lower(distro, gates, &order).expect("lowers");
         package_batches(&plan)
             .into_iter()
             .map(|b| b.layers)
@@ -348,5 +396,151 @@ mod tests {
         );
         assert!(b.join);
         assert!(!b.pass);
+    }
+
+    fn in_format(format: &str, name: &str, packages: &[&str]) -> Layer {
+        Layer {
+            package_sections: vec![section(fmt(format), packages)],
+            ..named(name)
+        }
+    }
+
+    #[test]
+    fn rpm_and_pac_layers_share_a_transaction_of_their_own_format() {
+        for (distro, format) in [(FEDORA, "rpm"), (ARCH, "pac")] {
+            let got = batches_on(
+                distro,
+                vec![
+                    in_format(format, "a", &["jq"]),
+                    in_format(format, "b", &["tmux", "socat"]),
+                    in_format(format, "c", &["rsync"]),
+                ],
+                ALL,
+            );
+            assert_eq!(got, [["a", "b", "c"]], "{format}");
+        }
+    }
+
+    #[test]
+    fn a_repository_copr_module_or_key_step_of_rpm_or_pac_begins_a_new_transaction() {
+        let mut copr = in_format("rpm", "b", &["lazygit"]);
+        copr.package_sections[0].copr = vec!["atim/lazygit".into()];
+        let got = batches_on(
+            FEDORA,
+            vec![
+                in_format("rpm", "a", &["jq"]),
+                copr,
+                in_format("rpm", "c", &["rsync"]),
+            ],
+            ALL,
+        );
+        // b's copr is enabled before b installs and disabled again after it (cleanup): nothing
+        // of another layer's crosses either.
+        assert!(got.is_empty(), "{got:?}");
+
+        let mut module = in_format("rpm", "b", &["nodejs"]);
+        module.package_sections[0].modules = vec!["nodejs:20".into()];
+        let got = batches_on(
+            FEDORA,
+            vec![
+                in_format("rpm", "a", &["jq"]),
+                module,
+                in_format("rpm", "c", &["rsync"]),
+            ],
+            ALL,
+        );
+        assert_eq!(got, [["b", "c"]]);
+
+        let mut keyed = in_format("pac", "b", &["tmux"]);
+        keyed.package_sections[0].keys = vec!["ABCDEF0123456789".into()];
+        let got = batches_on(
+            ARCH,
+            vec![
+                in_format("pac", "a", &["jq"]),
+                keyed,
+                in_format("pac", "c", &["rsync"]),
+            ],
+            ALL,
+        );
+        assert_eq!(got, [["b", "c"]], "b's key must be there before b installs");
+    }
+
+    #[test]
+    fn rpm_excludes_and_names_the_database_cannot_match_keep_an_install_to_itself() {
+        let mut excl = in_format("rpm", "b", &["tmux"]);
+        excl.package_sections[0].exclude = vec!["*-debuginfo".into()];
+        let got = batches_on(FEDORA, vec![in_format("rpm", "a", &["jq"]), excl], ALL);
+        assert!(got.is_empty(), "{got:?}");
+        for odd in [
+            "tmux-3.3a",
+            "@development-tools",
+            "/usr/bin/tmux",
+            "tmu*",
+            "pkg>=1",
+        ] {
+            let got = batches_on(
+                FEDORA,
+                vec![
+                    in_format("rpm", "a", &["jq"]),
+                    in_format("rpm", "b", &[odd]),
+                ],
+                ALL,
+            );
+            assert!(got.is_empty(), "{odd}: {got:?}");
+        }
+        for odd in ["core/tmux", "tmux>=3", "base-devel*", "Tmux"] {
+            let got = batches_on(
+                ARCH,
+                vec![
+                    in_format("pac", "a", &["jq"]),
+                    in_format("pac", "b", &[odd]),
+                ],
+                ALL,
+            );
+            assert!(got.is_empty(), "{odd}: {got:?}");
+        }
+    }
+
+    #[test]
+    fn plain_names_per_format() {
+        for ok in [
+            "gcc-c++",
+            "python3-devel",
+            "NetworkManager",
+            "libstdc++",
+            "xorg-x11-fonts",
+            "python3.12",
+        ] {
+            assert!(plain_name("rpm", ok), "{ok}");
+        }
+        for no in [
+            "tmux-3.3a",
+            "tmux-3.3a-1.fc39",
+            "tmux.x86_64",
+            "@core",
+            "/bin/sh",
+            "perl(Foo)",
+            "a b",
+            "",
+        ] {
+            assert!(!plain_name("rpm", no), "{no:?}");
+        }
+        for ok in [
+            "tmux",
+            "python-pip",
+            "gtk3",
+            "lib32-glibc",
+            "r8168",
+            "c++utilities",
+        ] {
+            assert!(plain_name("pac", ok), "{ok}");
+        }
+        for no in ["core/tmux", "tmux=3.3", "tmux>=3", "-tmux", "Tmux", "*", ""] {
+            assert!(!plain_name("pac", no), "{no:?}");
+        }
+        assert!(
+            !plain_name("aur", "yay-bin"),
+            "AUR packages are built, never batched"
+        );
     }
 }

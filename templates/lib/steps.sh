@@ -863,6 +863,18 @@ ov_pkg_batch_run() {
       ov_apt_install -- "${pkgs[@]}" || rc=$?
       ov_deb_attribute "$plan" "$dir" || return 1
       ;;
+    rpm | pac)
+      ov_pkg_missing "$fmt" "${pkgs[@]}" >"$dir/missing" || return 1
+      ov_pkg_names "$fmt" >"$dir/before" || return 1
+      mapfile -t words < <(printf '%s\n' "${pkgs[@]}" | awk '!seen[$0]++')
+      ov_say "$fmt: one transaction for the packages of ${#layers[@]} layers: ${layers[*]}"
+      if [ "$fmt" = rpm ]; then
+        dnf install -y "${words[@]}" || rc=$?
+      else
+        pacman -Sy --needed --noconfirm -- "${words[@]}" || rc=$?
+      fi
+      ov_pkg_attribute "$fmt" "$plan" "$dir" "$rc" || return 1
+      ;;
     *)
       ov_fail "no shared transaction for package format $fmt"
       return 1
@@ -930,6 +942,129 @@ ov_deb_attribute() {
       }
       for (p in fresh) if (!(p in owner)) print p >> (dir "/" first ".got/packages-deps.deb")
     }' "$dir/before" "$dir/after" "$dir/deps" "$plan"
+}
+
+# ov_pkg_missing FORMAT NAME... — the NAMEs not installed now, one a line (as ov_pkg_record
+# tells them).
+ov_pkg_missing() {
+  local fmt=$1 p
+  shift
+  for p in "$@"; do
+    ov_pkg_installed "$fmt" "$p" || printf '%s\n' "$p"
+  done
+}
+
+# ov_pkg_names FORMAT — the names of the installed rpm or pacman packages, one a line.
+ov_pkg_names() {
+  case $1 in
+    rpm) rpm -qa --qf '%{NAME}\n' | LC_ALL=C sort -u ;;
+    # pacman -Q exits 1 when no package is installed at all (a fresh root)
+    pac) pacman -Qq || true ;;
+    *) return 1 ;;
+  esac
+}
+
+# ov_pkg_graph FORMAT PACKAGE... — for installed rpm or pacman packages, one line per capability
+# each provides (`PKG<TAB>P<TAB>CAP`: its name, its provides, for rpm its files) and per one it
+# requires (`PKG<TAB>R<TAB>CAP`), versions left off, from the package database.
+ov_pkg_graph() {
+  local fmt=$1
+  shift
+  [ "$#" -gt 0 ] || return 0
+  case $fmt in
+    rpm)
+      # shellcheck disable=SC2016 # rpm's own query format
+      rpm -q --qf '%{NAME}\tP\t%{NAME}\n[%{=NAME}\tP\t%{PROVIDENAME}\n][%{=NAME}\tP\t%{FILENAMES}\n][%{=NAME}\tR\t%{REQUIRENAME}\n]' -- "$@"
+      ;;
+    pac)
+      # `Key : value  value` blocks; a long list may go on in indented lines.
+      LC_ALL=C COLUMNS=0 pacman -Qi -- "$@" | awk '
+        /^[A-Z][A-Za-z ]*[^ ] *: / { key = $0; sub(/ *:.*/, "", key); sub(/^[^:]*: /, "") }
+        key == "Name" { pkg = $1; printf "%s\tP\t%s\n", pkg, pkg; next }
+        key == "Provides" || key == "Depends On" {
+          for (i = 1; i <= NF; i++) {
+            if ($i == "None") continue
+            c = $i; sub(/[<>=].*/, "", c)
+            printf "%s\t%s\t%s\n", pkg, (key == "Provides" ? "P" : "R"), c
+          }
+        }'
+      ;;
+  esac
+}
+
+# ov_pkg_attribute FORMAT PLAN DIR STATUS — after a shared rpm or pacman transaction that exited
+# with STATUS: which layer of PLAN owns which names, as if each layer had run its own install in
+# turn. That install records the names it lists that are missing just before it, as
+# ov_pkg_installed tells (packages.FORMAT; dnf and pacman -Rs take the dependencies along on
+# undo). Just before it, the earlier layers' installs had brought their names and what those
+# need; so a layer owns the names it lists that were missing before the transaction and that no
+# new package an earlier layer's names need (their dependencies as the database records them,
+# an earlier layer's named packages included) is (pac: by name, as pacman -Q matches) or
+# provides (rpm: a provide or a file, as rpm -q --whatprovides matches) — a name that stays
+# missing (a pacman group) is recorded by each layer that lists it, as its own install would.
+# After a failed transaction a layer owns only such names that are installed now: the layer
+# records the rest itself when it installs its own. A name the transaction installed as asked
+# for that a layer's own install would have found already there as a dependency is marked as
+# one again (dnf mark remove, pacman -D --asdeps), so that undoing the earlier layer takes it
+# along, as it would have. Written to DIR/LAYER.got/.
+ov_pkg_attribute() {
+  local fmt=$1 plan=$2 dir=$3 status=$4 p
+  local -a new=() demote=()
+  ov_pkg_names "$fmt" >"$dir/after" || return 1
+  mapfile -t new < <(awk 'FILENAME == ARGV[1] { had[$0] = 1; next } !($0 in had)' "$dir/before" "$dir/after")
+  if [ "$status" = 0 ]; then
+    cp -- "$dir/missing" "$dir/came" || return 1
+  else
+    : >"$dir/came"
+    while IFS= read -r p; do
+      if ov_pkg_installed "$fmt" "$p"; then printf '%s\n' "$p" >>"$dir/came"; fi
+    done <"$dir/missing"
+  fi
+  ov_pkg_graph "$fmt" ${new[@]+"${new[@]}"} >"$dir/graph" || return 1
+  # shellcheck disable=SC2016 # awk's own $ fields
+  mapfile -t demote < <(awk -v dir="$dir" -v fmt="$fmt" '
+    function own(p) { if ((p in fresh) && !(p in owner)) { owner[p] = 1; q[++qt] = p } }
+    function covered(c,   r, x, cs) {
+      if (fmt == "pac") return (c in owner)
+      r = split(prov[c], cs, " ")
+      for (x = 1; x <= r; x++) if (cs[x] in owner) return 1
+      return 0
+    }
+    function need(c,   r, x, cs) { r = split(prov[c], cs, " "); for (x = 1; x <= r; x++) own(cs[x]) }
+    FILENAME == ARGV[1] { came[$0] = 1; next }
+    FILENAME == ARGV[2] {
+      split($0, f, "\t"); fresh[f[1]] = 1
+      if (f[2] == "P") prov[f[3]] = prov[f[3]] " " f[1]; else req[f[1]] = req[f[1]] "\n" f[3]
+      next
+    }
+    { plan[++nl] = $0 }
+    END {
+      for (l = 1; l <= nl; l++) {
+        n = split(plan[l], w, " "); L = w[1]
+        for (i = 2; i <= n; i++) {
+          p = w[i]
+          if (!(p in came) || ((L, p) in mine)) continue
+          if (covered(p)) { later[p] = 1; continue }
+          mine[L, p] = 1; named[p] = 1; print p >> (dir "/" L ".got/packages." fmt)
+        }
+        qh = 0; qt = 0
+        for (i = 2; i <= n; i++) need(w[i])
+        while (qh < qt) {
+          p = q[++qh]; m = split(req[p], rs, "\n")
+          for (j = 1; j <= m; j++) {
+            # an rpm rich dependency, `(a if b)`: any capability it names
+            c = rs[j]; gsub(/[()]/, " ", c); k = split(c, cs, " ")
+            for (a = 1; a <= k; a++) need(cs[a])
+          }
+        }
+      }
+      for (p in later) if (!(p in named)) print p
+    }' "$dir/came" "$dir/graph" "$plan")
+  [ "${#demote[@]}" -gt 0 ] || return 0
+  case $fmt in
+    rpm) dnf -q mark remove "${demote[@]}" >/dev/null ;;
+    pac) pacman -D --asdeps -- "${demote[@]}" >/dev/null ;;
+  esac
 }
 
 # ov_apt_install [OPTION...] -- PACKAGE... — apt-get install as every deb step runs it: no

@@ -7,6 +7,7 @@ mod common;
 mod architecture;
 mod attacks;
 mod batch_chroot;
+mod batch_rpm_pac_chroot;
 mod bundle_chroot;
 mod by_hand_chroot;
 mod cli_bounded;
