@@ -1122,7 +1122,8 @@ mod tests {
         let replaced = "echo replaced 'b c.tar.gz'\n";
         assert!(plan.bootstrap.ends_with(replaced), "{}", plan.bootstrap);
         assert!(
-            plan.bootstrap.starts_with(&format!("IFS= read -r -N {} ov_script", replaced.len())),
+            plan.bootstrap
+                .starts_with(&format!("IFS= read -r -N {} ov_script", replaced.len())),
             "{}",
             plan.bootstrap
         );
