@@ -136,6 +136,45 @@ fn a_bundle_for_this_distro_passes_preflight_quietly() {
     assert!(!err.contains("compiled for"), "{err}");
 }
 
+/// A task naming another account (`user: nobody`) is root's to run: its command runs as that
+/// account, its file is that account's, it waits for `--allow-root-tasks` like a root task, and
+/// undo removes what it made. (It failed to compile before: the plan put it in the user's script,
+/// which cannot switch accounts.)
+#[test]
+fn a_task_of_another_named_account_runs_as_that_account() {
+    let Some(root) = root() else { return };
+    let dir = tempfile::tempdir().expect("tmp");
+    let extra = "    - mkdir: /opt/ov-named\n      mode: \"0755\"\n      user: root\n    \
+                 - cmd: \"id -un > /tmp/ov-named-cmd\"\n      user: nobody\n    \
+                 - write: /opt/ov-named/file\n      content: \"x\\n\"\n      user: nobody\n";
+    compile(&root, dir.path(), "debian:12", "", extra, &[]);
+    let gated = std::fs::read_to_string(root.path("/var/tmp/ov/b/host/layers/01-pre/01-system.sh"))
+        .expect("the layer's root script");
+    assert!(
+        gated.contains("--allow-root-tasks"),
+        "the named account's command must wait for the gate:\n{gated}"
+    );
+    compile(
+        &root,
+        dir.path(),
+        "debian:12",
+        "",
+        extra,
+        &["--allow-root-tasks"],
+    );
+    let out = run(&root, &[]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert_eq!(root.sh("cat /tmp/ov-named-cmd").trim(), "nobody");
+    assert_eq!(
+        root.sh("stat -c '%U %a' /opt/ov-named/file").trim(),
+        "nobody 644"
+    );
+    let out = root.run(&["bash", "/var/tmp/ov/b/host/undo.sh", "--user", USER]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert!(!root.path("/opt/ov-named/file").exists(), "{}", text(&out));
+    assert!(!root.path("/opt/ov-named").exists(), "{}", text(&out));
+}
+
 #[test]
 fn an_archive_named_with_o_runs_as_its_readme_says_and_its_digest_is_recorded() {
     let Some(root) = root() else { return };

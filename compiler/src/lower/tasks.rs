@@ -27,10 +27,14 @@ pub(super) fn lower_task(
     task: &Task,
 ) -> Result<Step, LowerError> {
     let who = run_as(task.user.as_deref());
-    let scope = if who == RunAs::Root {
-        Scope::System
-    } else {
+    // Only the target user's own tasks go in a user-scope script: a task of another named
+    // account is root's to run (it switches to that account; files are made as root and given
+    // to it), so it is a root step — gated like one. (The original ran such a task as the SSH
+    // user, whoever it named.)
+    let scope = if who == RunAs::TargetUser {
         Scope::User
+    } else {
+        Scope::System
     };
     let rm = if scope == Scope::System {
         ReverseKind::RmFileSystem
@@ -532,7 +536,8 @@ mod tests {
                         v(&["/usr/local/bin/uv", "/usr/local/bin/uvx"])
                     )]
                 ),
-                (Scope::User, None, false, vec![]),
+                // `user: postgres`: root switches to the account, so gated like a root task
+                (Scope::System, Some(Gate::AllowRootTasks), true, vec![]),
                 (Scope::User, None, true, vec![]),
             ]
         );
