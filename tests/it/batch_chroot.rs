@@ -83,27 +83,9 @@ fn project(dir: &Path, layers: &[(&str, &str)]) {
     }
 }
 
-/// `ov compile host --distro debian:12 LAYER… FLAGS…` of the project in `dir`, unpacked into the
-/// root; returns `ov`'s own output of `ov plan` for the same layers.
+/// The layers of `dir` compiled for Debian 12 into the root; `ov plan`'s output for them.
 fn compile(root: &Root, dir: &Path, layers: &[&str], flags: &[&str]) -> String {
-    let ov = |args: &[&str]| {
-        let out = e2e::ov_in(dir, dir).args(args).output().expect("ov runs");
-        assert_eq!(out.status.code(), Some(0), "{}", text(&out));
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    };
-    let out = root.path(OUT);
-    if out.exists() {
-        std::fs::remove_dir_all(&out).expect("old bundle");
-    }
-    let mut args = vec!["compile", "host", "--distro", "debian:12"];
-    args.extend_from_slice(layers);
-    args.extend_from_slice(flags);
-    args.extend_from_slice(&["--out-dir", out.to_str().expect("utf-8 path")]);
-    ov(&args);
-    let mut args = vec!["plan", "host", "--distro", "debian:12"];
-    args.extend_from_slice(layers);
-    args.extend_from_slice(flags);
-    ov(&args)
+    e2e::compile_host(root, dir, OUT, "debian:12", layers, flags)
 }
 
 fn run(root: &Root, script: &str, more: &[&str]) -> Output {

@@ -191,25 +191,9 @@ fn layer(pm: Pm, name: &str, packages: &[String]) -> (String, String) {
     )
 }
 
-/// `ov compile host --distro DISTRO LAYER…` of the project in `dir`, unpacked into the root;
-/// returns `ov plan`'s output for the same layers.
+/// The layers of `dir` compiled for `pm`'s distro into the root; `ov plan`'s output for them.
 fn compile(root: &Root, dir: &Path, pm: Pm, layers: &[&str]) -> String {
-    let ov = |args: &[&str]| {
-        let out = e2e::ov_in(dir, dir).args(args).output().expect("ov runs");
-        assert_eq!(out.status.code(), Some(0), "{}", text(&out));
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    };
-    let out = root.path(OUT);
-    if out.exists() {
-        std::fs::remove_dir_all(&out).expect("old bundle");
-    }
-    let mut args = vec!["compile", "host", "--distro", pm.distro()];
-    args.extend_from_slice(layers);
-    args.extend_from_slice(&["--out-dir", out.to_str().expect("utf-8 path")]);
-    ov(&args);
-    let mut args = vec!["plan", "host", "--distro", pm.distro()];
-    args.extend_from_slice(layers);
-    ov(&args)
+    e2e::compile_host(root, dir, OUT, pm.distro(), layers, &[])
 }
 
 /// run.sh (past its distro check: the root is Debian) or undo.sh as root for the test account.

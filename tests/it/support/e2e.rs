@@ -127,6 +127,36 @@ pub fn offline_root(spec: &Spec, user: &str) -> Option<super::rootfs::Root> {
     Some(root)
 }
 
+/// `ov compile host --distro DISTRO LAYER… FLAGS…` of the project in `dir`, unpacked into `out`
+/// inside `root` (replacing what is there); returns `ov plan`'s output for the same layers.
+pub fn compile_host(
+    root: &super::rootfs::Root,
+    dir: &Path,
+    out: &str,
+    distro: &str,
+    layers: &[&str],
+    flags: &[&str],
+) -> String {
+    let ov = |args: &[&str]| {
+        let done = ov_in(dir, dir).args(args).output().expect("ov runs");
+        assert_eq!(done.status.code(), Some(0), "{}", text(&done));
+        String::from_utf8_lossy(&done.stdout).into_owned()
+    };
+    let out = root.path(out);
+    if out.exists() {
+        std::fs::remove_dir_all(&out).expect("old bundle");
+    }
+    let mut args = vec!["compile", "host", "--distro", distro];
+    args.extend_from_slice(layers);
+    args.extend_from_slice(flags);
+    args.extend_from_slice(&["--out-dir", out.to_str().expect("utf-8 path")]);
+    ov(&args);
+    let mut args = vec!["plan", "host", "--distro", distro];
+    args.extend_from_slice(layers);
+    args.extend_from_slice(flags);
+    ov(&args)
+}
+
 /// Exit status, stdout and stderr, for assertion messages.
 pub use crate::common::output_text as text;
 
