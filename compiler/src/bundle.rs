@@ -410,6 +410,7 @@ pub fn build_signed(
         distro: deploy.distro.tags.clone(),
         needs: preflight::required_commands(plan),
         payload_kib: payload_bytes.div_ceil(1024),
+        lib_core: rendered.lib_core_only,
         list_text: manifest.listing(),
         signer: signer
             .map(sign::signer_info)
@@ -440,6 +441,7 @@ pub fn build_signed(
             lib.push('\n');
         }
     }
+    lib.push_str(&render("bundle/lib-runtime.sh.j2")?);
     files.insert("lib.sh".into(), (0o755, lib.into_bytes()));
     // Only a bundle with checks carries test.sh; `run.sh --test` reports "none" without it.
     if !test_checks.is_empty() {
@@ -1059,6 +1061,8 @@ struct RuntimeContext {
     needs: Vec<String>,
     /// The size of the layers' payload, in KiB, rounded up (preflight: free space).
     payload_kib: u64,
+    /// [`Rendered::lib_core_only`]: run.sh reads only the core step helpers of `lib.sh`.
+    lib_core: bool,
     list_text: String,
     /// The signer as README.txt names it (`SHA256:… (comment)`), empty when unsigned.
     signer: String,

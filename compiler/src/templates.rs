@@ -17,6 +17,10 @@ pub const EMBEDDED: &[(&str, &str)] = &[
         include_str!("../../templates/bundle/ledger-print.sh.j2"),
     ),
     (
+        "bundle/lib-runtime.sh.j2",
+        include_str!("../../templates/bundle/lib-runtime.sh.j2"),
+    ),
+    (
         "bundle/lib.sh.j2",
         include_str!("../../templates/bundle/lib.sh.j2"),
     ),
@@ -147,6 +151,10 @@ pub const EMBEDDED: &[(&str, &str)] = &[
     (
         "emit/cloud-init/user-data.yml.j2",
         include_str!("../../templates/emit/cloud-init/user-data.yml.j2"),
+    ),
+    (
+        "lib/steps-core.sh",
+        include_str!("../../templates/lib/steps-core.sh"),
     ),
     ("lib/steps.sh", include_str!("../../templates/lib/steps.sh")),
     (

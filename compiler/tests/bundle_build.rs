@@ -129,11 +129,15 @@ fn layout_matches_the_contract() {
         .filter(|p| *p != "SHA256SUMS")
         .collect();
     assert_eq!(listed, others);
-    // lib.sh = runtime helpers, then the step helpers from render.
+    // lib.sh = the step helpers from render, then the runtime helpers (which a shell that has
+    // them already, run.sh or undo.sh, does not read: it returns before them).
     let lib = String::from_utf8(b.files[12].data.clone()).expect("utf-8");
     let runtime = lib.find("ov_json_str()").expect("runtime part");
     let steps = lib.find("ov_fixture_helper()").expect("step part");
-    assert!(runtime < steps);
+    let guard = lib
+        .find("if [[ ${ov_common_loaded:-} == \"$$\" ]]; then return 0; fi")
+        .expect("the guard before the runtime part");
+    assert!(steps < guard && guard < runtime);
     // The manifest in the archive is the one returned.
     let json: ov_compiler::manifest::Manifest =
         serde_json::from_slice(&b.files[13].data).expect("manifest parses");

@@ -107,3 +107,77 @@ echo done > "$T/out/checked"
         "{stubs}"
     );
 }
+
+/// A bundle whose system scripts name only the core helpers (files, directories, links and
+/// commands) has run.sh read `lib.sh` only up to the end of the core — and that is enough: it
+/// applies, re-runs and tears down. The every-kind bundle (packages, services, ...) reads all.
+#[test]
+fn a_bundle_of_files_links_and_commands_runs_on_the_core_helpers_alone() {
+    use ov_compiler::plan::{Action, RunAs, TaskVerb};
+    let full = every_kind_plan("deb");
+    assert!(!render_plan(&full, &fixture_root()).lib_core_only);
+    let mut plan = full.clone();
+    plan.deploy.user = Some("ovcore".to_string());
+    plan.layers.retain(|l| l.name == "config");
+    for l in &mut plan.layers {
+        l.steps.retain(|s| match &s.action {
+            Action::Task { task, .. } => matches!(
+                task.verb,
+                TaskVerb::Mkdir { .. }
+                    | TaskVerb::Write { .. }
+                    | TaskVerb::Link { .. }
+                    | TaskVerb::Cmd { .. }
+            ),
+            Action::File { run_as, .. } => *run_as == RunAs::Root,
+            _ => false,
+        });
+    }
+    let kinds: Vec<String> = plan.layers[0]
+        .steps
+        .iter()
+        .map(|s| s.kind().to_string())
+        .collect();
+    assert!(kinds.len() >= 4, "{kinds:?}");
+    let rendered = render_plan(&plan, &fixture_root());
+    assert!(rendered.lib_core_only, "{kinds:?}");
+    if !Sandbox::available() || !have_tool("useradd", &["--help"]) {
+        return;
+    }
+    let b = bundle_plan(&plan);
+    let sb = Sandbox::new();
+    std::fs::remove_file(sb.path("stubs/runuser")).expect("stub");
+    let top = bundle::write_unpacked(&b, &sb.path("unpacked")).expect("unpack");
+    sb.open_to_all();
+    let _ = std::process::Command::new("chmod")
+        .args(["-R", "a+rX"])
+        .arg(sb.path("unpacked"))
+        .status();
+    let body = format!(
+        r#"
+id ovcore >/dev/null 2>&1 || useradd -m -d /home/ovcore -s /bin/bash ovcore || exit 92
+mkdir -p /home/ovcore && chown ovcore: /home/ovcore
+grep -c '^OV_M_LIB_CORE=1$' {top}/run.sh > "$T/out/flag"
+bash {top}/run.sh --user ovcore > "$T/out/run.log" 2>&1; echo $? > "$T/out/run.rc"
+bash {top}/run.sh --user ovcore --force > "$T/out/rerun.log" 2>&1; echo $? > "$T/out/rerun.rc"
+bash {top}/undo.sh --user ovcore > "$T/out/undo.log" 2>&1; echo $? > "$T/out/undo.rc"
+for f in /var/lib/overthink/installed/ovcore/layers/config.json /etc/demo/motd /usr/local/bin/demo-motd; do
+  if [ -e "$f" ] || [ -L "$f" ]; then echo "$f"; fi
+done > "$T/out/ledger"
+echo done > "$T/out/checked"
+"#,
+        top = top.display()
+    );
+    let (_, out) = sb.run_raw(&body, &[]);
+    assert_eq!(sb.read("out/checked"), "done\n", "{out}");
+    assert_eq!(sb.read("out/flag"), "1\n");
+    let log = sb.read("out/run.log");
+    assert_eq!(sb.read("out/run.rc"), "0\n", "{log}\n{out}");
+    assert!(!log.contains("command not found"), "{log}");
+    assert!(log.contains("::ov:: end result=ok applied=1"), "{log}");
+    let rerun = sb.read("out/rerun.log");
+    assert_eq!(sb.read("out/rerun.rc"), "0\n", "{rerun}");
+    assert!(!rerun.contains("command not found"), "{rerun}");
+    let undo = sb.read("out/undo.log");
+    assert_eq!(sb.read("out/undo.rc"), "0\n", "{undo}");
+    assert_eq!(sb.read("out/ledger"), "", "{undo}");
+}

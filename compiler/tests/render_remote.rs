@@ -128,7 +128,7 @@ fn every_value_is_one_quoted_word() {
     let layers = vec!["b".to_string()];
     let b = render(&bootstrap(Some("a b"), &layers, true)).expect("renders");
     for want in [
-        "run.sh\" --bundle-sha256 0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef ${print:+\"$print\"} --no-wait --force --force-distro --verbose --user 'a b' </dev/null",
+        "run.sh\" --bundle-sha256 0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef ${print:+\"$print\"} ${clean:+--cleanup \"$clean\"} --no-wait --force --force-distro --verbose --user 'a b' </dev/null",
         "run.sh\" --test --events --scope deploy --user 'a b' b </dev/null",
         "\nsize=1234\n",
         "  ledger_user='a b'\n",

@@ -136,6 +136,46 @@ fn a_bundle_for_this_distro_passes_preflight_quietly() {
     assert!(!err.contains("compiled for"), "{err}");
 }
 
+/// `--cleanup DIR` (what the push's bootstrap passes) removes only the directory the bundle was
+/// unpacked in under root's work directory, in the run's own last `rm`: any other directory is
+/// refused before anything runs (an operator's slip must not remove `/`), and so is a run that
+/// does not apply.
+#[test]
+fn cleanup_removes_only_the_bundles_own_work_directory() {
+    let Some(root) = root() else { return };
+    let dir = tempfile::tempdir().expect("tmp");
+    compile(&root, dir.path(), "debian:12", "", "", &[]);
+    for bad in ["/", "/var/tmp/ov/b", "/var/lib/overthink/work"] {
+        let out = run(&root, &["--cleanup", bad]);
+        assert_eq!(out.status.code(), Some(2), "{bad}: {}", text(&out));
+        assert!(
+            String::from_utf8_lossy(&out.stderr).contains("--cleanup names another directory"),
+            "{}",
+            text(&out)
+        );
+        assert_untouched(&root, &out);
+        assert!(root.path("/var/tmp/ov/b/host/run.sh").exists());
+        assert!(root.path("/etc/hostname").exists());
+    }
+    // Unpacked as `ov push` unpacks: a 0700 directory of root's under the work directory.
+    let work = "/var/lib/overthink/work/by-hand";
+    root.sh(&format!(
+        "mkdir -p -m 0700 /var/lib/overthink /var/lib/overthink/work {work} && cp -a /var/tmp/ov/b/host {work}/"
+    ));
+    let runsh = format!("{work}/host/run.sh");
+    let out = root.run(&["bash", &runsh, "--user", USER, "--check", "--cleanup", work]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert!(root.path(work).exists());
+    let out = root.run(&["bash", &runsh, "--user", USER, "--cleanup", work]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert!(root.path("/etc/ov-pre-ran").exists(), "{}", text(&out));
+    assert!(!root.path(work).exists(), "{}", text(&out));
+    assert!(root.path("/var/lib/overthink/work").exists());
+    assert!(root
+        .path(&format!("{LEDGER}/{USER}/layers/pre.json"))
+        .exists());
+}
+
 /// A task naming another account (`user: nobody`) is root's to run: its command runs as that
 /// account, its file is that account's, it waits for `--allow-root-tasks` like a root task, and
 /// undo removes what it made. (It failed to compile before: the plan put it in the user's script,

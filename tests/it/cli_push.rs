@@ -126,7 +126,7 @@ fn push_dry_run_prints_what_would_be_sent_and_run() {
         r.stdout
     );
     assert!(r.stdout.contains(&format!(
-        "--bundle-sha256 {sha} ${{print:+\"$print\"}} --user debian"
+        "--bundle-sha256 {sha} ${{print:+\"$print\"}} ${{clean:+--cleanup \"$clean\"}} --user debian"
     )));
     // The archive follows the bootstrap on its stdin: it reads exactly the archive's size.
     assert!(

@@ -27,8 +27,12 @@ use layer::LayerRenderer;
 pub struct Rendered {
     /// Per layer, in install order.
     pub layers: Vec<RenderedLayer>,
-    /// Shell functions the step scripts use (becomes part of `lib.sh`).
+    /// Shell functions the step scripts use (becomes part of `lib.sh`): the core helpers, then
+    /// the rest.
     pub step_lib: String,
+    /// Whether no system script names a helper beyond the core (`lib/steps-core.sh`): run.sh
+    /// then reads `lib.sh` only up to the end of the core (`OV_M_LIB_CORE`).
+    pub lib_core_only: bool,
     /// Template names overridden by `--templates DIR`, with the sha256 of the override.
     pub overridden_templates: Vec<(String, String)>,
 }
@@ -139,7 +143,10 @@ pub enum RenderError {
     },
 }
 
-/// The step helpers, shell carried verbatim (becomes part of `lib.sh`).
+/// The step helpers most scripts need (files, directories, links, commands, env.d), shell
+/// carried verbatim; it ends where run.sh stops reading `lib.sh` for a bundle that needs no more.
+const STEP_LIB_CORE: &str = "lib/steps-core.sh";
+/// The other step helpers (packages, services, builders, downloads, undo, check mode).
 const STEP_LIB: &str = "lib/steps.sh";
 
 /// Render every layer of `plan` into scripts, undo scripts and a payload list.
@@ -153,17 +160,53 @@ pub fn render(
     project_root: &Path,
     engine: &Engine,
 ) -> Result<Rendered, RenderError> {
-    let step_lib = engine.text(STEP_LIB)?.to_string();
+    let core = engine.text(STEP_LIB_CORE)?;
+    let rest = engine.text(STEP_LIB)?;
+    let mut step_lib = core.to_string();
+    if !step_lib.is_empty() && !step_lib.ends_with('\n') {
+        step_lib.push('\n');
+    }
+    step_lib.push_str(rest);
     let layers = crate::par::map(&plan.layers, |lp| {
         LayerRenderer::new(plan, lp, project_root, engine)?.render()
     })
     .into_iter()
     .collect::<Result<Vec<_>, _>>()?;
+    let beyond_core = shell_functions(rest);
+    let lib_core_only = layers
+        .iter()
+        .flat_map(|l| &l.scripts)
+        .filter(|s| s.scope == Scope::System)
+        .all(|s| !names_any(&s.content, &beyond_core));
     Ok(Rendered {
         layers,
         step_lib,
+        lib_core_only,
         overridden_templates: engine.overridden_in_bundle(),
     })
+}
+
+/// The names of the functions `text` defines at its top level (`name() {` or `name() (` at the
+/// start of a line, as the step helpers are written).
+fn shell_functions(text: &str) -> std::collections::BTreeSet<&str> {
+    text.lines()
+        .filter_map(|l| {
+            let (name, rest) = l.split_once("() ")?;
+            let ok = !name.is_empty()
+                && name
+                    .bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_');
+            (ok && (rest.starts_with('{') || rest.starts_with('('))).then_some(name)
+        })
+        .collect()
+}
+
+/// Whether `script` has a word (a run of `[A-Za-z0-9_]`) that is one of `names` — anywhere,
+/// comments and `cmd:` bodies too, so a body that calls a helper itself counts.
+fn names_any(script: &str, names: &std::collections::BTreeSet<&str>) -> bool {
+    script
+        .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+        .any(|w| names.contains(w))
 }
 
 /// Why a step does not run, or `None` when it runs.
@@ -208,4 +251,45 @@ fn no_nul(lp: &LayerPlan) -> Result<(), RenderError> {
         })?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn helper_names_are_read_from_definitions_and_matched_as_whole_words() {
+        let text = "# ov_gone() { is a comment\nov_a() {\n  ov_b x\n}\nov_c() (\n  :\n)\n  ov_d() {\nOV_E() {\n";
+        let defined = shell_functions(text);
+        assert_eq!(defined.into_iter().collect::<Vec<_>>(), ["ov_a", "ov_c"]);
+        let names = shell_functions(text);
+        assert!(names_any("x; ov_c \"$1\"", &names));
+        assert!(names_any("# see ov_a", &names), "comments and bodies count");
+        assert!(!names_any("ov_ab ov_c_v xov_a", &names), "only whole words");
+    }
+
+    /// The core must be enough on its own: run.sh reads only the core for a bundle whose system
+    /// scripts name nothing beyond it, so no core helper may call (or even name) one of the rest.
+    #[test]
+    fn the_core_helpers_name_no_helper_beyond_the_core() {
+        let engine = Engine::new(None).expect("engine");
+        let core = engine.text(STEP_LIB_CORE).expect("core");
+        let rest = shell_functions(engine.text(STEP_LIB).expect("rest"));
+        assert!(rest.len() > 50, "{rest:?}");
+        assert!(shell_functions(core).len() > 20);
+        let named: Vec<&str> = core
+            .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+            .filter(|w| rest.contains(w))
+            .collect();
+        assert!(named.is_empty(), "the core names {named:?}");
+        // Nothing is defined twice, and the core ends with the guard run.sh stops at.
+        let both: Vec<&str> = shell_functions(core)
+            .into_iter()
+            .filter(|f| rest.contains(f))
+            .collect();
+        assert!(both.is_empty(), "{both:?}");
+        assert!(core
+            .trim_end()
+            .ends_with("if [[ ${ov_lib_core_only:-} == \"$$\" ]]; then return 0; fi"));
+    }
 }

@@ -224,6 +224,7 @@ pub fn safe(payload_dir: &Path, marker_dir: &Path, modes: PayloadModes) -> (Inst
         layers: rendered,
         step_lib: "# fixture step helpers\nov_fixture_helper() {\n\tprintf '%s\\n' \"$1\"\n}\n"
             .into(),
+        lib_core_only: false,
         overridden_templates: vec![
             ("steps/b.sh.j2".into(), "bb".repeat(32)),
             ("steps/a.sh.j2".into(), "aa".repeat(32)),
@@ -436,6 +437,7 @@ pub fn debian(payload_dir: &Path) -> (InstallPlan, Rendered) {
     let rendered = Rendered {
         layers: rendered,
         step_lib: String::new(),
+        lib_core_only: true,
         overridden_templates: vec![],
     };
     (plan, rendered)

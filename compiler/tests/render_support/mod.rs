@@ -915,6 +915,11 @@ pub const RUNTIME_SHIM: &str = r#"#!/usr/bin/env bash
 ov_as_user() { "$@"; }
 # shellcheck disable=SC2034 # a nameref: the caller's array
 ov_user_env_v() { local -n ov_ue=$1; ov_ue=("PATH=$PATH" "STUB_LOG=$STUB_LOG" "STUB_DB=$STUB_DB"); }
+# The architecture and Fedora release variables the runtime part sets.
+: "${BUILD_ARCH:=$(uname -m)}"
+case $BUILD_ARCH in x86_64) OV_ARCH=amd64 ;; aarch64) OV_ARCH=arm64 ;; *) OV_ARCH=$BUILD_ARCH ;; esac
+[ -n "${OV_FEDORA_RELEASE+x}" ] || OV_FEDORA_RELEASE=$(rpm -E %fedora 2>/dev/null || true)
+export BUILD_ARCH OV_ARCH OV_FEDORA_RELEASE
 "#;
 
 /// Shared by the stubs: the stub variables come from the environment, or — where the bundle
