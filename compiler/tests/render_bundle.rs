@@ -10,6 +10,21 @@ use ov_compiler::bundle;
 use ov_compiler::plan::{Action, BuilderKind};
 use render_support::*;
 
+/// `plan`'s bundle unpacked in a new sandbox, readable by every account; the runtime switches to
+/// the account with the real runuser.
+fn unpacked_in_a_sandbox(plan: &ov_compiler::plan::InstallPlan) -> (Sandbox, std::path::PathBuf) {
+    let b = bundle_plan(plan);
+    let sb = Sandbox::new();
+    std::fs::remove_file(sb.path("stubs/runuser")).expect("stub");
+    let top = bundle::write_unpacked(&b, &sb.path("unpacked")).expect("unpack");
+    sb.open_to_all();
+    let _ = std::process::Command::new("chmod")
+        .args(["-R", "a+rX"])
+        .arg(sb.path("unpacked"))
+        .status();
+    (sb, top)
+}
+
 #[test]
 fn run_sh_applies_and_undo_sh_removes_a_rendered_bundle() {
     if !Sandbox::available() || !have_tool("useradd", &["--help"]) {
@@ -24,16 +39,7 @@ fn run_sh_applies_and_undo_sh_removes_a_rendered_bundle() {
                 && !matches!(&s.action, Action::Task { task, .. } if format!("{:?}", task.verb).contains(".zip"))
         });
     }
-    let b = bundle_plan(&plan);
-    let sb = Sandbox::new();
-    // The runtime switches to the account with the real runuser.
-    std::fs::remove_file(sb.path("stubs/runuser")).expect("stub");
-    let top = bundle::write_unpacked(&b, &sb.path("unpacked")).expect("unpack");
-    sb.open_to_all();
-    let _ = std::process::Command::new("chmod")
-        .args(["-R", "a+rX"])
-        .arg(sb.path("unpacked"))
-        .status();
+    let (sb, top) = unpacked_in_a_sandbox(&plan);
     let body = format!(
         r#"
 id ovrender >/dev/null 2>&1 || useradd -m -d /home/ovrender -s /bin/bash ovrender || exit 92
@@ -143,15 +149,7 @@ fn a_bundle_of_files_links_and_commands_runs_on_the_core_helpers_alone() {
     if !Sandbox::available() || !have_tool("useradd", &["--help"]) {
         return;
     }
-    let b = bundle_plan(&plan);
-    let sb = Sandbox::new();
-    std::fs::remove_file(sb.path("stubs/runuser")).expect("stub");
-    let top = bundle::write_unpacked(&b, &sb.path("unpacked")).expect("unpack");
-    sb.open_to_all();
-    let _ = std::process::Command::new("chmod")
-        .args(["-R", "a+rX"])
-        .arg(sb.path("unpacked"))
-        .status();
+    let (sb, top) = unpacked_in_a_sandbox(&plan);
     let body = format!(
         r#"
 id ovcore >/dev/null 2>&1 || useradd -m -d /home/ovcore -s /bin/bash ovcore || exit 92
