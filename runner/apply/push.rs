@@ -1094,7 +1094,7 @@ mod tests {
         assert!(s.contains("archive=\"we'ird name.tar.gz\""), "{s}");
         assert!(
             s.contains(&format!(
-                "run.sh\" --bundle-sha256 {} ${{print:+\"$print\"}} --no-wait --user 'a b' </dev/null",
+                "run.sh\" --bundle-sha256 {} ${{print:+\"$print\"}} ${{clean:+--cleanup \"$clean\"}} --no-wait --user 'a b' </dev/null",
                 "0".repeat(64)
             )),
             "{s}"
