@@ -179,3 +179,80 @@ echo done > "$T/out/checked"
     assert_eq!(sb.read("out/undo.rc"), "0\n", "{undo}");
     assert_eq!(sb.read("out/ledger"), "", "{undo}");
 }
+
+/// The run's scratch and the user's view across runs: the first run leaves no stage behind and a
+/// view equal to root's records; what an interrupted run left in `.tmp` (a stage with files, an
+/// older version's `.tmp/run.PID`) is gone after the next run; a re-run that only rewrites the
+/// deploy record, and one that rewrites every record (`--force`), leave the view equal to the
+/// ledger and no staging file in the home; a view the user's process cannot write is a warning,
+/// not a failed run.
+#[test]
+fn the_view_follows_the_ledger_and_the_runs_scratch_comes_and_goes() {
+    use ov_compiler::plan::{Action, TaskVerb};
+    if !Sandbox::available() || !have_tool("useradd", &["--help"]) {
+        return;
+    }
+    let mut plan = every_kind_plan("deb");
+    plan.deploy.user = Some("ovview".to_string());
+    plan.layers.retain(|l| l.name == "config");
+    for l in &mut plan.layers {
+        l.steps.retain(|s| {
+            matches!(&s.action, Action::Task { task, .. }
+                if matches!(task.verb, TaskVerb::Mkdir { .. } | TaskVerb::Write { .. }))
+        });
+    }
+    assert!(!plan.layers[0].steps.is_empty());
+    let (sb, top) = unpacked_in_a_sandbox(&plan);
+    let body = format!(
+        r#"
+id ovview >/dev/null 2>&1 || useradd -m -d /home/ovview -s /bin/bash ovview || exit 92
+mkdir -p /home/ovview && chown ovview: /home/ovview
+H=/home/ovview L=/var/lib/overthink/installed/ovview V=/home/ovview/.config/overthink/installed
+same() {{ # the view holds exactly root's records
+  (cd "$L" && find deploys layers -name '*.json' | sort) > "$T/out/l.$1"
+  (cd "$V" && find . -mindepth 1 | sed 's|^\./||' | sort) > "$T/out/v.$1"
+  while read -r f; do cmp -s "$L/$f" "$V/$f" || echo "differs: $f"; done < "$T/out/l.$1"
+  printf 'deploys\nlayers\n' | cat - "$T/out/l.$1" | sort | diff - "$T/out/v.$1" && echo "view ok"
+  ls -A "$H/.config/overthink"
+  ls -A "$L/.tmp"
+}}
+bash {top}/run.sh --user ovview > "$T/out/run1.log" 2>&1; echo "rc $?" > "$T/out/1"
+same 1 >> "$T/out/1" 2>&1
+mkdir -p "$L/.tmp/stage/.runtime" "$L/.tmp/run.4242/batch" && echo x > "$L/.tmp/stage/config.json"
+sleep 1.1
+bash {top}/run.sh --user ovview > "$T/out/run2.log" 2>&1; echo "rc $?" > "$T/out/2"
+same 2 >> "$T/out/2" 2>&1
+bash {top}/run.sh --user ovview --force > "$T/out/run3.log" 2>&1; echo "rc $?" > "$T/out/3"
+same 3 >> "$T/out/3" 2>&1
+runuser -u ovview -- chmod 0500 "$V/deploys"
+bash {top}/run.sh --user ovview > "$T/out/run4.log" 2>&1; echo "rc $?" > "$T/out/4"
+echo done > "$T/out/checked"
+"#,
+        top = top.display()
+    );
+    let (_, out) = sb.run_raw(&body, &[]);
+    assert_eq!(sb.read("out/checked"), "done\n", "{out}");
+    // After each run: the view equals the ledger, the home holds the view alone, and root's
+    // scratch is gone but for the (empty) journal.
+    let expect = "rc 0\nview ok\ninstalled\njournal\n";
+    for n in ["1", "2", "3"] {
+        assert_eq!(
+            sb.read(&format!("out/{n}")),
+            expect,
+            "run {n}:\n{}",
+            sb.read(&format!("out/run{n}.log"))
+        );
+    }
+    assert!(
+        sb.read("out/run2.log").contains("layer-skip"),
+        "{}",
+        sb.read("out/run2.log")
+    );
+    let run4 = sb.read("out/run4.log");
+    assert_eq!(sb.read("out/4"), "rc 0\n", "{run4}");
+    assert!(
+        run4.contains("ov: warning: could not update the ledger view"),
+        "{run4}"
+    );
+    assert!(!run4.contains("::ov:: ov:"), "{run4}");
+}
