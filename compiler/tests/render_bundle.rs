@@ -256,3 +256,61 @@ echo done > "$T/out/checked"
     );
     assert!(!run4.contains("::ov:: ov:"), "{run4}");
 }
+
+/// The account can put anything where its own view is staged — here a FIFO at every name the
+/// user's view process could write (its PID is small in a fresh PID namespace): opening one for
+/// writing would block that process, and root, which waits for it, for ever. Each run still ends
+/// (rc 0) with a warning about the view, whether it rewrites every record (`--force`: a staging
+/// directory) or only the deploy record (a file beside it).
+#[test]
+fn a_fifo_where_the_view_is_staged_is_a_warning_not_a_hang() {
+    use ov_compiler::plan::{Action, TaskVerb};
+    if !Sandbox::available() || !have_tool("useradd", &["--help"]) {
+        return;
+    }
+    let mut plan = every_kind_plan("deb");
+    plan.deploy.user = Some("ovfifo".to_string());
+    plan.layers.retain(|l| l.name == "config");
+    for l in &mut plan.layers {
+        l.steps.retain(|s| {
+            matches!(&s.action, Action::Task { task, .. } if matches!(task.verb, TaskVerb::Mkdir { .. }))
+        });
+    }
+    assert!(!plan.layers[0].steps.is_empty());
+    let (sb, top) = unpacked_in_a_sandbox(&plan);
+    let body = format!(
+        r#"
+id ovfifo >/dev/null 2>&1 || useradd -m -d /home/ovfifo -s /bin/bash ovfifo || exit 92
+mkdir -p /home/ovfifo && chown ovfifo: /home/ovfifo
+L=/var/lib/overthink/installed/ovfifo V=/home/ovfifo/.config/overthink/installed
+bash {top}/run.sh --user ovfifo > "$T/out/run1.log" 2>&1; echo "rc $?" > "$T/out/1"
+id=$(cd "$L/deploys" && ls)
+runuser -u ovfifo -- bash -c '
+  V=$1 id=$2
+  dirs=() fifos=()
+  for n in $(seq 1 400); do
+    dirs+=("$V/.view.$n/deploys" "$V/.view.$n/layers")
+    fifos+=("$V/.view.$n/deploys/$id" "$V/.view.$n/layers/config.json" "$V/deploys/.view.$n.json")
+  done
+  mkdir -p "${{dirs[@]}}" && mkfifo "${{fifos[@]}}"' planter "$V" "$id" || exit 93
+for n in 2 3; do
+  [ "$n" = 2 ] && force=--force || force=
+  timeout 120 unshare --pid --fork --mount-proc bash {top}/run.sh --user ovfifo $force > "$T/out/run$n.log" 2>&1
+  echo "rc $?" > "$T/out/$n"
+done
+echo done > "$T/out/checked"
+"#,
+        top = top.display()
+    );
+    let (_, out) = sb.run_raw(&body, &[]);
+    assert_eq!(sb.read("out/checked"), "done\n", "{out}");
+    assert_eq!(sb.read("out/1"), "rc 0\n", "{}", sb.read("out/run1.log"));
+    for n in ["2", "3"] {
+        let log = sb.read(&format!("out/run{n}.log"));
+        assert_eq!(sb.read(&format!("out/{n}")), "rc 0\n", "run {n}:\n{log}");
+        assert!(
+            log.contains("ov: warning: could not update the ledger view"),
+            "run {n}:\n{log}"
+        );
+    }
+}
