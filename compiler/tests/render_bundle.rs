@@ -25,6 +25,22 @@ fn unpacked_in_a_sandbox(plan: &ov_compiler::plan::InstallPlan) -> (Sandbox, std
     (sb, top)
 }
 
+/// The every-kind plan cut down to its `config` layer's tasks that `keep` accepts, for `user`.
+fn config_tasks_plan(
+    user: &str,
+    keep: impl Fn(&ov_compiler::plan::TaskVerb) -> bool,
+) -> ov_compiler::plan::InstallPlan {
+    let mut plan = every_kind_plan("deb");
+    plan.deploy.user = Some(user.to_string());
+    plan.layers.retain(|l| l.name == "config");
+    for l in &mut plan.layers {
+        l.steps
+            .retain(|s| matches!(&s.action, Action::Task { task, .. } if keep(&task.verb)));
+    }
+    assert!(!plan.layers[0].steps.is_empty());
+    plan
+}
+
 #[test]
 fn run_sh_applies_and_undo_sh_removes_a_rendered_bundle() {
     if !Sandbox::available() || !have_tool("useradd", &["--help"]) {
@@ -188,20 +204,13 @@ echo done > "$T/out/checked"
 /// not a failed run.
 #[test]
 fn the_view_follows_the_ledger_and_the_runs_scratch_comes_and_goes() {
-    use ov_compiler::plan::{Action, TaskVerb};
+    use ov_compiler::plan::TaskVerb;
     if !Sandbox::available() || !have_tool("useradd", &["--help"]) {
         return;
     }
-    let mut plan = every_kind_plan("deb");
-    plan.deploy.user = Some("ovview".to_string());
-    plan.layers.retain(|l| l.name == "config");
-    for l in &mut plan.layers {
-        l.steps.retain(|s| {
-            matches!(&s.action, Action::Task { task, .. }
-                if matches!(task.verb, TaskVerb::Mkdir { .. } | TaskVerb::Write { .. }))
-        });
-    }
-    assert!(!plan.layers[0].steps.is_empty());
+    let plan = config_tasks_plan("ovview", |v| {
+        matches!(v, TaskVerb::Mkdir { .. } | TaskVerb::Write { .. })
+    });
     let (sb, top) = unpacked_in_a_sandbox(&plan);
     let body = format!(
         r#"
@@ -264,19 +273,11 @@ echo done > "$T/out/checked"
 /// directory) or only the deploy record (a file beside it).
 #[test]
 fn a_fifo_where_the_view_is_staged_is_a_warning_not_a_hang() {
-    use ov_compiler::plan::{Action, TaskVerb};
+    use ov_compiler::plan::TaskVerb;
     if !Sandbox::available() || !have_tool("useradd", &["--help"]) {
         return;
     }
-    let mut plan = every_kind_plan("deb");
-    plan.deploy.user = Some("ovfifo".to_string());
-    plan.layers.retain(|l| l.name == "config");
-    for l in &mut plan.layers {
-        l.steps.retain(|s| {
-            matches!(&s.action, Action::Task { task, .. } if matches!(task.verb, TaskVerb::Mkdir { .. }))
-        });
-    }
-    assert!(!plan.layers[0].steps.is_empty());
+    let plan = config_tasks_plan("ovfifo", |v| matches!(v, TaskVerb::Mkdir { .. }));
     let (sb, top) = unpacked_in_a_sandbox(&plan);
     let body = format!(
         r#"
