@@ -315,3 +315,59 @@ echo done > "$T/out/checked"
         );
     }
 }
+
+/// run.sh finds the target account in `/etc/passwd` itself when `nsswitch.conf` names the files
+/// first for `passwd` (what `getent` would answer then), and asks `getent` when another source
+/// comes first — both runs resolve the account and apply. (A logging `getent` goes first in the
+/// PATH run.sh gives its processes.)
+#[test]
+fn the_account_comes_from_the_files_or_from_getent_as_nsswitch_says() {
+    use ov_compiler::plan::TaskVerb;
+    if !Sandbox::available() || !have_tool("useradd", &["--help"]) {
+        return;
+    }
+    let plan = config_tasks_plan("ovnss", |v| matches!(v, TaskVerb::Mkdir { .. }));
+    let (sb, top) = unpacked_in_a_sandbox(&plan);
+    let body = format!(
+        r#"
+id ovnss >/dev/null 2>&1 || useradd -m -d /home/ovnss -s /bin/bash ovnss || exit 92
+mkdir -p /home/ovnss && chown ovnss: /home/ovnss
+printf '#!/bin/sh\nprintf "%%s\\n" "$*" >> %s\nexec /usr/bin/getent "$@"\n' "$T/out/getent.log" > /usr/local/sbin/getent
+chmod 0755 /usr/local/sbin/getent
+: > "$T/out/getent.log"
+for n in 1 2; do
+  if [ "$n" = 1 ]; then db='files systemd'; else db='systemd files'; fi
+  {{ grep -v '^passwd:' /etc/nsswitch.conf; printf 'passwd:         %s\n' "$db"; }} > "$T/nss" && cat "$T/nss" > /etc/nsswitch.conf
+  bash {top}/run.sh --user ovnss --force > "$T/out/run$n.log" 2>&1; echo "rc $?" > "$T/out/$n"
+  cp "$T/out/getent.log" "$T/out/getent.$n"
+done
+echo done > "$T/out/checked"
+"#,
+        top = top.display()
+    );
+    let (_, out) = sb.run_raw(&body, &[]);
+    assert_eq!(sb.read("out/checked"), "done\n", "{out}");
+    for n in ["1", "2"] {
+        let log = sb.read(&format!("out/run{n}.log"));
+        assert_eq!(sb.read(&format!("out/{n}")), "rc 0\n", "run {n}:\n{log}");
+        assert!(
+            log.contains("::ov:: end result=ok applied=1"),
+            "run {n}:\n{log}"
+        );
+    }
+    // The files first: no `getent passwd` at all; another source first: `getent passwd ovnss`
+    // (once per run.sh: the bundle here is not root's alone, so run.sh runs again from a copy).
+    let asked = |n: &str| {
+        sb.read(&format!("out/getent.{n}"))
+            .lines()
+            .filter(|l| l.starts_with("passwd"))
+            .map(str::to_string)
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(asked("1"), Vec::<String>::new());
+    let two = asked("2");
+    assert!(
+        !two.is_empty() && two.iter().all(|l| l == "passwd ovnss"),
+        "{two:?}"
+    );
+}
