@@ -270,7 +270,8 @@ echo done > "$T/out/checked"
 /// user's view process could write (its PID is small in a fresh PID namespace): opening one for
 /// writing would block that process, and root, which waits for it, for ever. Each run still ends
 /// (rc 0) with a warning about the view, whether it rewrites every record (`--force`: a staging
-/// directory) or only the deploy record (a file beside it).
+/// directory) or only the deploy record (a file beside it). (A run that hangs is killed with
+/// its PID namespace after two minutes, and fails the test.)
 #[test]
 fn a_fifo_where_the_view_is_staged_is_a_warning_not_a_hang() {
     use ov_compiler::plan::TaskVerb;
@@ -296,7 +297,7 @@ runuser -u ovfifo -- bash -c '
   mkdir -p "${{dirs[@]}}" && mkfifo "${{fifos[@]}}"' planter "$V" "$id" || exit 93
 for n in 2 3; do
   [ "$n" = 2 ] && force=--force || force=
-  timeout 120 unshare --pid --fork --mount-proc bash {top}/run.sh --user ovfifo $force > "$T/out/run$n.log" 2>&1
+  timeout 120 unshare --pid --fork --kill-child --mount-proc bash {top}/run.sh --user ovfifo $force > "$T/out/run$n.log" 2>&1 </dev/null
   echo "rc $?" > "$T/out/$n"
 done
 echo done > "$T/out/checked"
