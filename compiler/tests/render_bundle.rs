@@ -41,6 +41,23 @@ fn config_tasks_plan(
     plan
 }
 
+/// A sandbox holding the bundle of `config_tasks_plan(user, keep)`, and the shell lines that make
+/// `user`'s account in it; `None` where the sandbox or `useradd` is missing.
+fn config_tasks_sandbox(
+    user: &str,
+    keep: impl Fn(&ov_compiler::plan::TaskVerb) -> bool,
+) -> Option<(Sandbox, std::path::PathBuf, String)> {
+    if !Sandbox::available() || !have_tool("useradd", &["--help"]) {
+        return None;
+    }
+    let (sb, top) = unpacked_in_a_sandbox(&config_tasks_plan(user, keep));
+    let account = format!(
+        "id {user} >/dev/null 2>&1 || useradd -m -d /home/{user} -s /bin/bash {user} || exit 92\n\
+         mkdir -p /home/{user} && chown {user}: /home/{user}\n"
+    );
+    Some((sb, top, account))
+}
+
 #[test]
 fn run_sh_applies_and_undo_sh_removes_a_rendered_bundle() {
     if !Sandbox::available() || !have_tool("useradd", &["--help"]) {
@@ -205,18 +222,14 @@ echo done > "$T/out/checked"
 #[test]
 fn the_view_follows_the_ledger_and_the_runs_scratch_comes_and_goes() {
     use ov_compiler::plan::TaskVerb;
-    if !Sandbox::available() || !have_tool("useradd", &["--help"]) {
-        return;
-    }
-    let plan = config_tasks_plan("ovview", |v| {
+    let Some((sb, top, account)) = config_tasks_sandbox("ovview", |v| {
         matches!(v, TaskVerb::Mkdir { .. } | TaskVerb::Write { .. })
-    });
-    let (sb, top) = unpacked_in_a_sandbox(&plan);
+    }) else {
+        return;
+    };
     let body = format!(
         r#"
-id ovview >/dev/null 2>&1 || useradd -m -d /home/ovview -s /bin/bash ovview || exit 92
-mkdir -p /home/ovview && chown ovview: /home/ovview
-H=/home/ovview L=/var/lib/overthink/installed/ovview V=/home/ovview/.config/overthink/installed
+{account}H=/home/ovview L=/var/lib/overthink/installed/ovview V=/home/ovview/.config/overthink/installed
 same() {{ # the view holds exactly root's records
   (cd "$L" && find deploys layers -name '*.json' | sort) > "$T/out/l.$1"
   (cd "$V" && find . -mindepth 1 | sed 's|^\./||' | sort) > "$T/out/v.$1"
@@ -275,16 +288,14 @@ echo done > "$T/out/checked"
 #[test]
 fn a_fifo_where_the_view_is_staged_is_a_warning_not_a_hang() {
     use ov_compiler::plan::TaskVerb;
-    if !Sandbox::available() || !have_tool("useradd", &["--help"]) {
+    let Some((sb, top, account)) =
+        config_tasks_sandbox("ovfifo", |v| matches!(v, TaskVerb::Mkdir { .. }))
+    else {
         return;
-    }
-    let plan = config_tasks_plan("ovfifo", |v| matches!(v, TaskVerb::Mkdir { .. }));
-    let (sb, top) = unpacked_in_a_sandbox(&plan);
+    };
     let body = format!(
         r#"
-id ovfifo >/dev/null 2>&1 || useradd -m -d /home/ovfifo -s /bin/bash ovfifo || exit 92
-mkdir -p /home/ovfifo && chown ovfifo: /home/ovfifo
-L=/var/lib/overthink/installed/ovfifo V=/home/ovfifo/.config/overthink/installed
+{account}L=/var/lib/overthink/installed/ovfifo V=/home/ovfifo/.config/overthink/installed
 bash {top}/run.sh --user ovfifo > "$T/out/run1.log" 2>&1; echo "rc $?" > "$T/out/1"
 id=$(cd "$L/deploys" && ls)
 runuser -u ovfifo -- bash -c '
@@ -324,16 +335,14 @@ echo done > "$T/out/checked"
 #[test]
 fn the_account_comes_from_the_files_or_from_getent_as_nsswitch_says() {
     use ov_compiler::plan::TaskVerb;
-    if !Sandbox::available() || !have_tool("useradd", &["--help"]) {
+    let Some((sb, top, account)) =
+        config_tasks_sandbox("ovnss", |v| matches!(v, TaskVerb::Mkdir { .. }))
+    else {
         return;
-    }
-    let plan = config_tasks_plan("ovnss", |v| matches!(v, TaskVerb::Mkdir { .. }));
-    let (sb, top) = unpacked_in_a_sandbox(&plan);
+    };
     let body = format!(
         r#"
-id ovnss >/dev/null 2>&1 || useradd -m -d /home/ovnss -s /bin/bash ovnss || exit 92
-mkdir -p /home/ovnss && chown ovnss: /home/ovnss
-printf '#!/bin/sh\nprintf "%%s\\n" "$*" >> %s\nexec /usr/bin/getent "$@"\n' "$T/out/getent.log" > /usr/local/sbin/getent
+{account}printf '#!/bin/sh\nprintf "%%s\\n" "$*" >> %s\nexec /usr/bin/getent "$@"\n' "$T/out/getent.log" > /usr/local/sbin/getent
 chmod 0755 /usr/local/sbin/getent
 : > "$T/out/getent.log"
 for n in 1 2; do
