@@ -11,6 +11,7 @@ use std::path::{Path, PathBuf};
 
 use ov_compiler::bundle_read::{ArchiveError, Limits};
 use ov_compiler::manifest::{read_bundle, InspectError, Manifest, ReadOptions};
+use ov_compiler::remote::RunShOptions;
 use sha2::{Digest, Sha256};
 
 use crate::exit::{Exit, HasExit};
@@ -29,6 +30,8 @@ pub struct BundleInfo {
     pub top: String,
     /// `manifest.json`.
     pub manifest: Manifest,
+    /// The options its `run.sh` takes that `ov push` passes only to a `run.sh` that has them.
+    pub run_sh: RunShOptions,
 }
 
 /// Why a bundle cannot be pushed.
@@ -181,7 +184,8 @@ pub fn open_bundle_with(path: &Path, limits: &Limits) -> Result<BundleInfo, Bund
         std::io::BufReader::new(f),
         &ReadOptions {
             limits: *limits,
-            file: None,
+            // (its text says which options it takes: read here, not again on the target)
+            file: Some("run.sh"),
             bound_by_sums: true,
         },
     )
@@ -198,6 +202,10 @@ pub fn open_bundle_with(path: &Path, limits: &Limits) -> Result<BundleInfo, Bund
     if !read.paths().any(|p| p == "run.sh") {
         return Err(layout(format!("no `{}/run.sh`", read.top)));
     }
+    let run_sh = read
+        .script("run.sh")
+        .map(RunShOptions::of)
+        .unwrap_or_default();
     Ok(BundleInfo {
         file_name: path
             .file_name()
@@ -207,6 +215,7 @@ pub fn open_bundle_with(path: &Path, limits: &Limits) -> Result<BundleInfo, Bund
         sha256: actual,
         size,
         top: read.top,
+        run_sh,
         manifest: read.manifest,
     })
 }

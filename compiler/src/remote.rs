@@ -72,6 +72,30 @@ pub struct Bootstrap<'a> {
     pub ledger_user: &'a str,
     /// Where root keeps the ledgers (one directory per account).
     pub ledgers: &'a str,
+    /// What the bundle's `run.sh` accepts ([`RunShOptions::of`]): a bundle from an older `ov` may
+    /// lack `--print-ledger` (the bootstrap prints the ledger then) or `--cleanup`.
+    pub run_sh: RunShOptions,
+}
+
+/// The options of a bundle's `run.sh` that `ov push` passes only when it has them, read off its
+/// text where the push reads the archive (once, locally: the target need not read it again).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct RunShOptions {
+    /// `--print-ledger`: print root's ledger at the end of a successful run.
+    pub print_ledger: bool,
+    /// `--cleanup DIR`: remove the directory the bundle was unpacked in when the run ends.
+    pub cleanup: bool,
+}
+
+impl RunShOptions {
+    /// The options `run_sh` (the text of a bundle's `run.sh`) parses: each is a `case` pattern
+    /// (`--print-ledger)`) in its option loop.
+    pub fn of(run_sh: &str) -> Self {
+        Self {
+            print_ledger: run_sh.contains("--print-ledger)"),
+            cleanup: run_sh.contains("--cleanup)"),
+        }
+    }
 }
 
 /// `remote/read-script.sh.j2`: one line put before a script sent to `bash -s` ahead of other

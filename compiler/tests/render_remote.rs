@@ -4,7 +4,7 @@
 
 mod render_support;
 
-use ov_compiler::remote::{render, Bootstrap, Enter, LedgerRead};
+use ov_compiler::remote::{render, Bootstrap, Enter, LedgerRead, RunShOptions};
 use render_support::*;
 
 const ODD: &str = "we'ird $(touch /tmp/ov-pwn) `x` name";
@@ -31,6 +31,11 @@ fn bootstrap<'a>(user: Option<&'a str>, layers: &'a [String], apply: bool) -> Bo
         test_layers: layers,
         ledger_user: user.unwrap_or(""),
         ledgers: "/var/lib/overthink/installed",
+        // (a current run.sh when applying, an older one otherwise: both shapes are rendered)
+        run_sh: RunShOptions {
+            print_ledger: apply,
+            cleanup: apply,
+        },
     }
 }
 

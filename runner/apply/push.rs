@@ -501,6 +501,7 @@ pub fn bootstrap_script(
             test_layers: &opts.test.layers,
             ledger_user: ledger_user.unwrap_or(""),
             ledgers: crate::target::ledger::ROOT_LEDGERS,
+            run_sh: bundle.run_sh,
         },
     )?;
     // bash reads a script on a pipe one byte per system call (≈5,000 of them here); a first
@@ -1073,6 +1074,7 @@ mod tests {
             size: 1,
             top: "vm-x".into(),
             manifest: crate::bundle::test_manifest("vm:x", "abc", "u", &[]),
+            run_sh: ov_compiler::remote::RunShOptions::default(),
         }
     }
 
@@ -1104,6 +1106,28 @@ mod tests {
             .status()
             .expect("bash");
         assert!(st.success());
+        // An older run.sh (no `--print-ledger`, no `--cleanup`) gets neither; one that has them,
+        // both (unless the work directory is kept).
+        assert!(s.contains("\nprint=''\nclean=''\n"), "{s}");
+        let mut newer = bundle;
+        newer.run_sh = ov_compiler::remote::RunShOptions::of(
+            "--print-ledger) opt_print=1 ;;\n--only | --cleanup)",
+        );
+        let render = |opts: &PushOptions| {
+            bootstrap_script(
+                &Engine::new(None).expect("the embedded templates compile"),
+                "/var/lib/overthink/work/vm-x.123",
+                &newer,
+                opts,
+                None,
+            )
+            .expect("renders")
+        };
+        let s = render(&opts);
+        assert!(s.contains("\nprint=--print-ledger\nclean=$dir\n"), "{s}");
+        opts.keep = true;
+        let s = render(&opts);
+        assert!(s.contains("\nprint=--print-ledger\nclean=''\n"), "{s}");
     }
 
     #[test]
