@@ -381,3 +381,46 @@ echo done > "$T/out/checked"
         "{two:?}"
     );
 }
+
+/// A directory that root's `mkdir -p` was to make, made by another account first — the race
+/// between the guard's walk and the `mkdir` (which takes a directory it finds), won here every
+/// time by a `mkdir` first in the steps' PATH that makes it as the account: root refuses to write
+/// into it and names it, and nothing of root's lands there. (Before the check the run wrote
+/// root's file into the account's directory and exited 0; since it, a directory root made is
+/// also not walked again by the next step: this is what makes that safe.)
+#[test]
+fn a_directory_another_account_made_first_is_not_written_into_as_root() {
+    use ov_compiler::plan::TaskVerb;
+    let Some((sb, top, account)) = config_tasks_sandbox(
+        "ovrace",
+        |v| matches!(v, TaskVerb::Write { path, .. } if path == "/etc/demo/motd"),
+    ) else {
+        return;
+    };
+    let body = format!(
+        r#"
+{account}rm -rf /etc/demo
+printf '#!/bin/sh\nfor a; do [ "$a" = /etc/demo ] && /bin/mkdir -p /etc/demo && chown ovrace: /etc/demo; done\nexec /bin/mkdir "$@"\n' > /usr/local/sbin/mkdir
+chmod 0755 /usr/local/sbin/mkdir
+bash {top}/run.sh --user ovrace > "$T/out/run.log" 2>&1; echo "rc $?" > "$T/out/rc"
+rm -f /usr/local/sbin/mkdir
+if [ -e /etc/demo/motd ]; then echo written; else echo absent; fi > "$T/out/motd"
+stat -c %U /etc/demo > "$T/out/owner"
+echo done > "$T/out/checked"
+"#,
+        top = top.display()
+    );
+    let (_, out) = sb.run_raw(&body, &[]);
+    assert_eq!(sb.read("out/checked"), "done\n", "{out}");
+    let log = sb.read("out/run.log");
+    // (the race was won: the directory is the account's)
+    assert_eq!(sb.read("out/owner"), "ovrace\n", "{log}");
+    assert_eq!(sb.read("out/rc"), "rc 4\n", "{log}");
+    assert_eq!(sb.read("out/motd"), "absent\n", "{log}");
+    assert!(
+        log.contains(
+            "refusing to write /etc/demo as root: /etc/demo was made by another account meanwhile"
+        ),
+        "{log}"
+    );
+}

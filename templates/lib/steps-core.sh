@@ -155,10 +155,14 @@ ov_dirname_v() {
 # decides what is there; a user's files are written by a user-scope step, as that user. Every
 # helper that writes a file goes through ov_mkdir_p (which calls this) for the file's directory
 # and replaces the file itself with a rename (`mv -T`, never into a directory a link names).
-# Builtins only.
+# Builtins only. A directory this process has just walked, or made below a walked one for root
+# (ov_guard_ok: the process and the path), is not walked again: no other account owns anything on
+# its way, so none can have changed it since (root's own steps may, and root trusts them).
+ov_guard_ok=''
 ov_root_guard() {
   local rest d='' sticky=0
-  [ "$EUID" = 0 ] && [ "${OV_SCOPE:-system}" = system ] && [[ $1 == /* ]] || return 0
+  [[ $EUID == 0 && ${OV_SCOPE:-system} == system && $1 == /* ]] || return 0
+  [[ $ov_guard_ok != "$BASHPID $1" ]] || return 0
   case /$1/ in
     */../* | */./*)
       ov_fail "refusing $1: a path ov writes may not hold . or .. components"
@@ -166,22 +170,23 @@ ov_root_guard() {
       ;;
   esac
   rest=${1#/}
-  while [ -n "$rest" ]; do
+  while [[ -n $rest ]]; do
     d+=/${rest%%/*}
     if [[ $rest == */* ]]; then rest=${rest#*/}; else rest=''; fi
-    if [ -L "$d" ] && [ "$sticky" = 1 ]; then
+    if ((sticky)) && [[ -L $d ]]; then
       ov_fail "refusing to write $1 as root: $d is a link in a directory every account can write"
       return 1
     fi
-    [ -e "$d" ] || return 0
+    [[ -e $d ]] || return 0
     # An existing file at the end is replaced by a rename: whose it was does not matter.
-    if [ -z "$rest" ] && [ ! -d "$d" ]; then return 0; fi
-    if [ ! -O "$d" ]; then
+    [[ -n $rest || -d $d ]] || return 0
+    if [[ ! -O $d ]]; then
       ov_fail "refusing to write $1 as root: $d belongs to another account (write it from a user-scope step, as that account)"
       return 1
     fi
-    if [ -k "$d" ]; then sticky=1; else sticky=0; fi
+    if [[ -k $d ]]; then sticky=1; else sticky=0; fi
   done
+  ov_guard_ok="$BASHPID $1"
 }
 
 # ov_mkdir_p DIR [OWNER] [MODE] — create DIR and missing parents (with MODE: `install -d -m MODE`,
@@ -202,6 +207,19 @@ ov_mkdir_p() {
   fi
   if [ -n "$owner" ] && [ "${#created[@]}" -gt 0 ]; then
     chown -- "$(ov_owner_spec "$owner")" "${created[@]}" || return 1
+  elif [ "${#created[@]}" -gt 0 ]; then
+    # Made here for root, below directories the guard found root's — unless another account
+    # made one first, between the guard and `mkdir -p` (which takes what it finds): then root
+    # does not write into it. Else they are root's alone, and the next step need not walk them.
+    if [[ $EUID == 0 && ${OV_SCOPE:-system} == system ]]; then
+      for d in "${created[@]}"; do
+        if [[ ! -O $d || -L $d ]]; then
+          ov_fail "refusing to write $dir as root: $d was made by another account meanwhile (write it from a user-scope step, as that account)"
+          return 1
+        fi
+      done
+    fi
+    ov_guard_ok="$BASHPID $dir"
   fi
   # Tell run.sh what was created (its descriptor; see OV_CREATED_FD in docs/bundle-runtime.md),
   # so the layer's undo can remove these directories again once they are empty.
