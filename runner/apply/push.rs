@@ -1092,6 +1092,8 @@ mod tests {
             Some("a b"),
         )
         .expect("renders");
+        // (ASCII, so the line before it reads it in blocks: every template it includes must be)
+        assert!(s.starts_with("IFS= read -r -N "), "{s}");
         assert!(s.contains("ledger_user='a b'"), "{s}");
         assert!(s.contains("archive=\"we'ird name.tar.gz\""), "{s}");
         assert!(
