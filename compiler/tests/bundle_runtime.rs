@@ -339,6 +339,35 @@ fn json_str_round_trips_hostile_strings() {
     assert_eq!(array, expected);
 }
 
+/// Arrays of plain items (names, ids, paths) take a shorter way than escaped ones: the same JSON.
+#[test]
+fn json_array_of_plain_items_and_of_none() {
+    if !have_tool("bash") {
+        return;
+    }
+    let u = unpacked();
+    let plain: [&[u8]; 5] = [b"a", b"b c", b"", b"/x/y-1.2_3+4@5:6", b"%s %d -n"];
+    let out = with_lib(
+        &u,
+        "ov_json_array \"$@\"; printf '\\n'; ov_json_array; printf '\\n'; ov_json_array '' x; printf '\\n'",
+        &plain,
+    );
+    assert!(out.status.success());
+    let text = String::from_utf8(out.stdout).expect("utf-8");
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(
+        lines,
+        [
+            "[\"a\", \"b c\", \"\", \"/x/y-1.2_3+4@5:6\", \"%s %d -n\"]",
+            "[]",
+            "[\"\", \"x\"]"
+        ]
+    );
+    for l in &lines {
+        let _: Vec<String> = serde_json::from_str(l).unwrap_or_else(|e| panic!("{l}: {e}"));
+    }
+}
+
 #[test]
 fn managed_block_is_added_once_and_stripped_exactly() {
     if !have_tool("bash") {
