@@ -424,3 +424,175 @@ echo done > "$T/out/checked"
         "{log}"
     );
 }
+
+/// A plan of system layers `(name, tasks)` (root's tasks, system scope) for `user`, unpacked in a
+/// new sandbox, and the shell lines that make the account; `None` without the sandbox.
+fn system_layers_sandbox(
+    user: &str,
+    layers: Vec<(&str, Vec<ov_compiler::plan::TaskVerb>)>,
+) -> Option<(Sandbox, std::path::PathBuf, String)> {
+    use ov_compiler::plan::{ReverseKind, RunAs, Scope};
+    if !Sandbox::available() || !have_tool("useradd", &["--help"]) {
+        return None;
+    }
+    let layers = layers
+        .into_iter()
+        .map(|(name, verbs)| {
+            let steps = verbs
+                .into_iter()
+                .map(|verb| {
+                    let reverse = match &verb {
+                        ov_compiler::plan::TaskVerb::Write { path, .. } => {
+                            vec![op(
+                                ReverseKind::RmFileSystem,
+                                Scope::System,
+                                &[path.as_str()],
+                            )]
+                        }
+                        _ => vec![],
+                    };
+                    step(
+                        Action::Task {
+                            task: task(verb),
+                            run_as: RunAs::Root,
+                            ctx_files: None,
+                        },
+                        Scope::System,
+                        reverse,
+                    )
+                })
+                .collect();
+            layer(name, steps)
+        })
+        .collect();
+    let mut p = plan("deb", layers);
+    p.deploy.user = Some(user.to_string());
+    let (sb, top) = unpacked_in_a_sandbox(&p);
+    let account = format!(
+        "id {user} >/dev/null 2>&1 || useradd -m -d /home/{user} -s /bin/bash {user} || exit 92\n\
+         mkdir -p /home/{user} && chown {user}: /home/{user}\n"
+    );
+    Some((sb, top, account))
+}
+
+/// run.sh stages a layer's record while the next layer's first script runs. When that record
+/// cannot be written (here the layer's own `cmd:` puts a directory where it goes), the run stops
+/// with status 8 and names that layer; what the next layer's script did meanwhile is recorded
+/// as that layer's, marked failed, so that undo.sh removes it again.
+#[test]
+fn a_record_staged_while_the_next_layer_runs_that_cannot_be_written_stops_the_run() {
+    use ov_compiler::plan::TaskVerb;
+    let Some((sb, top, account)) = system_layers_sandbox(
+        "ovpipe",
+        vec![
+            (
+                "pa",
+                vec![TaskVerb::Cmd {
+                    body: "mkdir \"$OV_LEDGER/.tmp/stage/pa.json\"".into(),
+                }],
+            ),
+            (
+                "pb",
+                vec![TaskVerb::Write {
+                    path: "/etc/ovpipe/b.conf".into(),
+                    content: "b\n".into(),
+                }],
+            ),
+        ],
+    ) else {
+        return;
+    };
+    let body = format!(
+        r#"
+{account}L=/var/lib/overthink/installed/ovpipe
+bash {top}/run.sh --user ovpipe > "$T/out/run.log" 2>&1; echo "rc $?" > "$T/out/rc"
+ls "$L/layers" > "$T/out/layers"
+grep -c '"result": "failed"' "$L/layers/pb.json" > "$T/out/pb-failed"
+if [ -e /etc/ovpipe/b.conf ]; then echo written; else echo absent; fi > "$T/out/b-run"
+ls -A "$L/.tmp" > "$T/out/tmp"
+bash {top}/undo.sh --user ovpipe > "$T/out/undo.log" 2>&1; echo "rc $?" > "$T/out/undo-rc"
+if [ -e /etc/ovpipe/b.conf ]; then echo written; else echo absent; fi > "$T/out/b-undo"
+echo done > "$T/out/checked"
+"#,
+        top = top.display()
+    );
+    let (_, out) = sb.run_raw(&body, &[]);
+    assert_eq!(sb.read("out/checked"), "done\n", "{out}");
+    let log = sb.read("out/run.log");
+    assert_eq!(sb.read("out/rc"), "rc 8\n", "{log}");
+    assert!(
+        log.contains("::ov:: layer-fail layer=pa script=ledger status=8"),
+        "{log}"
+    );
+    assert!(
+        log.contains(
+            "::ov:: end result=fail applied=0 skipped=0 msg=cannot write the ledger record of pa"
+        ),
+        "{log}"
+    );
+    // pb's script ran while pa's record was being written: its work is pb's, marked failed.
+    assert_eq!(sb.read("out/b-run"), "written\n", "{log}");
+    assert!(!sb.read("out/layers").contains("pa.json"), "{log}");
+    assert!(sb.read("out/layers").contains("pb.json"), "{log}");
+    assert_eq!(sb.read("out/pb-failed"), "1\n", "{log}");
+    // (the journal alone is left in the ledger's scratch)
+    assert_eq!(sb.read("out/tmp"), "journal\n", "{log}");
+    let undo = sb.read("out/undo.log");
+    assert_eq!(sb.read("out/undo-rc"), "rc 0\n", "{undo}");
+    assert_eq!(sb.read("out/b-undo"), "absent\n", "{undo}");
+}
+
+/// A run stopped (SIGTERM) while a layer's first script runs — the script that run.sh runs in
+/// the background while it stages the previous layer's record — ends as one stopped during any
+/// script: the script finishes first (run.sh waits for it before its own end, leaving no process
+/// behind), the layer before is recorded, the stopped one is not, and the status is 143.
+#[test]
+fn a_run_stopped_while_a_layers_first_script_runs_waits_for_it_and_keeps_the_layer_before() {
+    use ov_compiler::plan::TaskVerb;
+    let Some((sb, top, account)) = system_layers_sandbox(
+        "ovpipe",
+        vec![
+            (
+                "pa",
+                vec![TaskVerb::Write {
+                    path: "/etc/ovpipe/a.conf".into(),
+                    content: "a\n".into(),
+                }],
+            ),
+            (
+                "pb",
+                vec![TaskVerb::Cmd {
+                    body: "touch /var/tmp/ovpipe-started; sleep 2; touch /var/tmp/ovpipe-finished"
+                        .into(),
+                }],
+            ),
+        ],
+    ) else {
+        return;
+    };
+    let body = format!(
+        r#"
+{account}L=/var/lib/overthink/installed/ovpipe
+rm -f /var/tmp/ovpipe-started /var/tmp/ovpipe-finished
+bash {top}/run.sh --user ovpipe > "$T/out/run.log" 2>&1 &
+pid=$!
+for i in $(seq 100); do [ -e /var/tmp/ovpipe-started ] && break; sleep 0.05; done
+kill -TERM "$pid"
+wait "$pid"; echo "rc $?" > "$T/out/rc"
+if [ -e /var/tmp/ovpipe-finished ]; then echo finished; else echo running; fi > "$T/out/pb"
+ls "$L/layers" > "$T/out/layers"
+grep -c '"result": "failed"' "$L/layers/pa.json" > "$T/out/pa-failed"
+echo done > "$T/out/checked"
+"#,
+        top = top.display()
+    );
+    let (_, out) = sb.run_raw(&body, &[]);
+    assert_eq!(sb.read("out/checked"), "done\n", "{out}");
+    let log = sb.read("out/run.log");
+    assert_eq!(sb.read("out/rc"), "rc 143\n", "{log}");
+    assert_eq!(sb.read("out/pb"), "finished\n", "{log}");
+    let layers = sb.read("out/layers");
+    assert!(layers.contains("pa.json"), "{layers}\n{log}");
+    assert!(!layers.contains("pb.json"), "{layers}\n{log}");
+    assert_eq!(sb.read("out/pa-failed"), "0\n", "{log}");
+}
