@@ -475,12 +475,12 @@ fn system_layers_sandbox(
     Some((sb, top, account))
 }
 
-/// run.sh stages a layer's record while the next layer's first script runs. When that record
-/// cannot be written (here the layer's own `cmd:` puts a directory where it goes), the run stops
-/// with status 8 and names that layer; what the next layer's script did meanwhile is recorded
-/// as that layer's, marked failed, so that undo.sh removes it again.
+/// A layer's record is written before the next layer begins. When it cannot be written (here the
+/// layer's own `cmd:` puts a directory where it goes), the run stops with status 8 and names that
+/// layer, and the next layer does not run: a later layer never begins before the ledger holds
+/// the one before it (so a crash or a reboot it causes cannot lose what that one did).
 #[test]
-fn a_record_staged_while_the_next_layer_runs_that_cannot_be_written_stops_the_run() {
+fn a_record_that_cannot_be_written_stops_the_run_before_the_next_layer() {
     use ov_compiler::plan::TaskVerb;
     let Some((sb, top, account)) = system_layers_sandbox(
         "ovpipe",
@@ -507,7 +507,6 @@ fn a_record_staged_while_the_next_layer_runs_that_cannot_be_written_stops_the_ru
 {account}L=/var/lib/overthink/installed/ovpipe
 bash {top}/run.sh --user ovpipe > "$T/out/run.log" 2>&1; echo "rc $?" > "$T/out/rc"
 ls "$L/layers" > "$T/out/layers"
-grep -c '"result": "failed"' "$L/layers/pb.json" > "$T/out/pb-failed"
 if [ -e /etc/ovpipe/b.conf ]; then echo written; else echo absent; fi > "$T/out/b-run"
 ls -A "$L/.tmp" > "$T/out/tmp"
 bash {top}/undo.sh --user ovpipe > "$T/out/undo.log" 2>&1; echo "rc $?" > "$T/out/undo-rc"
@@ -530,24 +529,22 @@ echo done > "$T/out/checked"
         ),
         "{log}"
     );
-    // pb's script ran while pa's record was being written: its work is pb's, marked failed.
-    assert_eq!(sb.read("out/b-run"), "written\n", "{log}");
-    assert!(!sb.read("out/layers").contains("pa.json"), "{log}");
-    assert!(sb.read("out/layers").contains("pb.json"), "{log}");
-    assert_eq!(sb.read("out/pb-failed"), "1\n", "{log}");
-    // (the journal alone is left in the ledger's scratch)
-    assert_eq!(sb.read("out/tmp"), "journal\n", "{log}");
+    // pb never began: nothing of it on the machine or in the ledger.
+    assert_eq!(sb.read("out/b-run"), "absent\n", "{log}");
+    assert!(!log.contains("layer-start layer=pb"), "{log}");
+    assert!(!sb.read("out/layers").contains(".json"), "{log}");
+    // (and the run's scratch is gone)
+    assert!(!sb.read("out/tmp").contains("stage"), "{log}");
     let undo = sb.read("out/undo.log");
     assert_eq!(sb.read("out/undo-rc"), "rc 0\n", "{undo}");
     assert_eq!(sb.read("out/b-undo"), "absent\n", "{undo}");
 }
 
-/// A run stopped (SIGTERM) while a layer's first script runs — the script that run.sh runs in
-/// the background while it stages the previous layer's record — ends as one stopped during any
-/// script: the script finishes first (run.sh waits for it before its own end, leaving no process
-/// behind), the layer before is recorded, the stopped one is not, and the status is 143.
+/// A run stopped (SIGTERM) while a layer's script runs: the script finishes first (run.sh ends
+/// after it, leaving no process behind), the layer before is recorded, the stopped one is not,
+/// and the status is 143.
 #[test]
-fn a_run_stopped_while_a_layers_first_script_runs_waits_for_it_and_keeps_the_layer_before() {
+fn a_run_stopped_while_a_script_runs_waits_for_it_and_keeps_the_layer_before() {
     use ov_compiler::plan::TaskVerb;
     let Some((sb, top, account)) = system_layers_sandbox(
         "ovpipe",

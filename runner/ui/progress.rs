@@ -425,9 +425,6 @@ pub struct Display {
     layers: u64,
     current: u64,
     layer: String,
-    /// The number of each layer started or skipped: run.sh may end an earlier layer after the
-    /// next one started (a record it could not write is a `layer-fail` of that layer).
-    numbers: std::collections::HashMap<String, u64>,
 }
 
 impl Display {
@@ -445,7 +442,6 @@ impl Display {
             layers: 0,
             current: 0,
             layer: String::new(),
-            numbers: std::collections::HashMap::new(),
         }
     }
 
@@ -510,21 +506,12 @@ impl Display {
         format!("[{}/{}] {}", self.current, self.layers, self.layer)
     }
 
-    /// The counter of `layer`: the current one's, or an earlier layer's by its own number.
-    fn counter_of(&self, layer: &str) -> String {
-        match self.numbers.get(layer) {
-            Some(n) if layer != self.layer => format!("[{n}/{}] {layer}", self.layers),
-            _ => self.counter(),
-        }
-    }
-
     /// Follow the run: which layer is current (a skipped layer counts as one too).
     fn track(&mut self, ev: &Event) {
         match ev {
             Event::Run(RunEvent::Begin { layers, .. }) => {
                 self.layers = *layers;
                 self.current = 0;
-                self.numbers.clear();
             }
             Event::Run(RunEvent::LayerStart { layer, n, of }) => {
                 self.current = if *n > 0 { *n } else { self.current + 1 };
@@ -532,12 +519,10 @@ impl Display {
                     self.layers = *of;
                 }
                 self.layer = layer.clone();
-                self.numbers.insert(layer.clone(), self.current);
             }
             Event::Run(RunEvent::LayerSkip { layer, .. }) => {
                 self.current += 1;
                 self.layer = layer.clone();
-                self.numbers.insert(layer.clone(), self.current);
             }
             _ => {}
         }
@@ -559,19 +544,12 @@ impl Display {
                 RunEvent::LayerSkip { reason, .. } => {
                     one(format!("{} skipped ({reason})", self.counter()))
                 }
-                RunEvent::LayerDone { layer, secs } => one(format!(
-                    "{} done in {}",
-                    self.counter_of(layer),
-                    secs_text(*secs)
-                )),
-                RunEvent::LayerFail {
-                    layer,
-                    script,
-                    status,
-                    ..
-                } => one(format!(
+                RunEvent::LayerDone { secs, .. } => {
+                    one(format!("{} done in {}", self.counter(), secs_text(*secs)))
+                }
+                RunEvent::LayerFail { script, status, .. } => one(format!(
                     "{} FAILED: {script} exited with status {status}",
-                    self.counter_of(layer)
+                    self.counter()
                 )),
                 RunEvent::ScriptEnd { .. } | RunEvent::End { .. } if verbose => {
                     plain_text(ev).into_iter().collect()
@@ -996,28 +974,6 @@ mod tests {
         "::ov:: layer-fail layer=late script=01-system.sh status=3 path=layers/3-late/01-system.sh log=/l",
         "::ov:: end result=fail applied=1 skipped=1 msg=layer late failed",
     ];
-
-    #[test]
-    fn a_record_that_fails_after_the_next_layer_started_is_shown_under_its_own_layer() {
-        // run.sh stages a layer's record while the next layer's first script runs.
-        let run = [
-            "::ov:: begin deploy=vm:x layers=2",
-            "::ov:: layer-start layer=a n=1 of=2",
-            "::ov:: layer-done layer=a secs=0",
-            "::ov:: layer-start layer=b n=2 of=2",
-            "::ov:: layer-fail layer=a script=ledger status=8",
-        ];
-        assert_eq!(
-            shown(Verbosity::Normal, &run),
-            [
-                "deploy vm:x: 2 layer(s)",
-                "[1/2] a",
-                "[1/2] a done in 0s",
-                "[2/2] b",
-                "[1/2] a FAILED: ledger exited with status 8",
-            ]
-        );
-    }
 
     #[test]
     fn the_counter_names_the_current_layer_and_step_lines_their_layer() {
