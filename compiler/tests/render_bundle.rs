@@ -47,10 +47,27 @@ fn config_tasks_sandbox(
     user: &str,
     keep: impl Fn(&ov_compiler::plan::TaskVerb) -> bool,
 ) -> Option<(Sandbox, std::path::PathBuf, String)> {
+    account_sandbox(user, || config_tasks_plan(user, keep))
+}
+
+/// Run `body` in `sb` (a script that ends with `echo done > "$T/out/checked"`) and return what
+/// it left in `out/run.log`.
+fn run_checked(sb: &Sandbox, body: &str) -> String {
+    let (_, out) = sb.run_raw(body, &[]);
+    assert_eq!(sb.read("out/checked"), "done\n", "{out}");
+    sb.read("out/run.log")
+}
+
+/// The bundle of `plan()` unpacked in a new sandbox, and the shell lines that make `user`'s
+/// account in it; `None` where the sandbox or `useradd` is missing.
+fn account_sandbox(
+    user: &str,
+    plan: impl FnOnce() -> ov_compiler::plan::InstallPlan,
+) -> Option<(Sandbox, std::path::PathBuf, String)> {
     if !Sandbox::available() || !have_tool("useradd", &["--help"]) {
         return None;
     }
-    let (sb, top) = unpacked_in_a_sandbox(&config_tasks_plan(user, keep));
+    let (sb, top) = unpacked_in_a_sandbox(&plan());
     let account = format!(
         "id {user} >/dev/null 2>&1 || useradd -m -d /home/{user} -s /bin/bash {user} || exit 92\n\
          mkdir -p /home/{user} && chown {user}: /home/{user}\n"
@@ -410,9 +427,7 @@ echo done > "$T/out/checked"
 "#,
         top = top.display()
     );
-    let (_, out) = sb.run_raw(&body, &[]);
-    assert_eq!(sb.read("out/checked"), "done\n", "{out}");
-    let log = sb.read("out/run.log");
+    let log = run_checked(&sb, &body);
     // (the race was won: the directory is the account's)
     assert_eq!(sb.read("out/owner"), "ovrace\n", "{log}");
     assert_eq!(sb.read("out/rc"), "rc 4\n", "{log}");
@@ -432,47 +447,36 @@ fn system_layers_sandbox(
     layers: Vec<(&str, Vec<ov_compiler::plan::TaskVerb>)>,
 ) -> Option<(Sandbox, std::path::PathBuf, String)> {
     use ov_compiler::plan::{ReverseKind, RunAs, Scope};
-    if !Sandbox::available() || !have_tool("useradd", &["--help"]) {
-        return None;
-    }
-    let layers = layers
-        .into_iter()
-        .map(|(name, verbs)| {
-            let steps = verbs
-                .into_iter()
-                .map(|verb| {
-                    let reverse = match &verb {
-                        ov_compiler::plan::TaskVerb::Write { path, .. } => {
-                            vec![op(
+    account_sandbox(user, || {
+        let layers = layers
+            .into_iter()
+            .map(|(name, verbs)| {
+                let steps = verbs
+                    .into_iter()
+                    .map(|verb| {
+                        let reverse = match &verb {
+                            ov_compiler::plan::TaskVerb::Write { path, .. } => vec![op(
                                 ReverseKind::RmFileSystem,
                                 Scope::System,
                                 &[path.as_str()],
-                            )]
-                        }
-                        _ => vec![],
-                    };
-                    step(
-                        Action::Task {
+                            )],
+                            _ => vec![],
+                        };
+                        let action = Action::Task {
                             task: task(verb),
                             run_as: RunAs::Root,
                             ctx_files: None,
-                        },
-                        Scope::System,
-                        reverse,
-                    )
-                })
-                .collect();
-            layer(name, steps)
-        })
-        .collect();
-    let mut p = plan("deb", layers);
-    p.deploy.user = Some(user.to_string());
-    let (sb, top) = unpacked_in_a_sandbox(&p);
-    let account = format!(
-        "id {user} >/dev/null 2>&1 || useradd -m -d /home/{user} -s /bin/bash {user} || exit 92\n\
-         mkdir -p /home/{user} && chown {user}: /home/{user}\n"
-    );
-    Some((sb, top, account))
+                        };
+                        step(action, Scope::System, reverse)
+                    })
+                    .collect();
+                layer(name, steps)
+            })
+            .collect();
+        let mut p = plan("deb", layers);
+        p.deploy.user = Some(user.to_string());
+        p
+    })
 }
 
 /// A layer's record is written before the next layer begins. When it cannot be written (here the
@@ -515,9 +519,7 @@ echo done > "$T/out/checked"
 "#,
         top = top.display()
     );
-    let (_, out) = sb.run_raw(&body, &[]);
-    assert_eq!(sb.read("out/checked"), "done\n", "{out}");
-    let log = sb.read("out/run.log");
+    let log = run_checked(&sb, &body);
     assert_eq!(sb.read("out/rc"), "rc 8\n", "{log}");
     assert!(
         log.contains("::ov:: layer-fail layer=pa script=ledger status=8"),
@@ -583,9 +585,7 @@ echo done > "$T/out/checked"
 "#,
         top = top.display()
     );
-    let (_, out) = sb.run_raw(&body, &[]);
-    assert_eq!(sb.read("out/checked"), "done\n", "{out}");
-    let log = sb.read("out/run.log");
+    let log = run_checked(&sb, &body);
     assert_eq!(sb.read("out/rc"), "rc 143\n", "{log}");
     assert_eq!(sb.read("out/pb"), "finished\n", "{log}");
     let layers = sb.read("out/layers");
