@@ -4,7 +4,8 @@
 # Every helper returns non-zero on failure (the scripts run under `set -e`; undo.sh checks each op).
 #
 # Run-time facts a layer records under "$OV_STATE" (one entry per line), read back by its undo.sh:
-#   packages.<pac|deb|rpm>   packages this layer installed that were not installed before
+#   packages.<pac|deb|rpm>   packages this layer installed that were not installed before (for a
+#                            pacman group: its name and the members that came with it)
 #   release-packages.rpm     repository release packages installed by repository set-up
 #   repo-files               repository files and keys written by repository set-up
 #   pacman-repos             sections this layer added to /etc/pacman.conf

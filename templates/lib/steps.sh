@@ -257,15 +257,44 @@ ov_pkg_record() {
 # added.
 ov_pkg_note() {
   local fact=$1 fmt=$2 p
+  local -a missing=()
   shift 2
   for p in "$@"; do
     if ! ov_pkg_installed "$fmt" "$p"; then
       ov_state_once "$fact" "$p" || return 1
+      missing+=("$p")
     fi
   done
   if [ "$fmt" = deb ] && [ -n "${OV_RUN_DIR:-}" ]; then
     ov_deb_installed >"$OV_RUN_DIR/deb.before" || return 1
   fi
+  # pac: a missing name may be a group (no package: never "installed"); what is installed before
+  # is kept, so that ov_pkg_run records the members the install brings (ov_pac_groups_after).
+  if [ "$fmt" = pac ] && [ -n "${OV_RUN_DIR:-}" ]; then
+    if [ "${#missing[@]}" -gt 0 ]; then
+      printf '%s\n' "${missing[@]}" >"$OV_RUN_DIR/pac.missing" || return 1
+      ov_pkg_names pac >"$OV_RUN_DIR/pac.before" || return 1
+    else
+      : >"$OV_RUN_DIR/pac.missing" || return 1
+    fi
+  fi
+}
+
+# ov_pac_groups_after — after a pacman install: of the names ov_pkg_note found missing, those
+# still not installed are groups (or nothing at all); the members of theirs that are installed
+# now and were not before are the layer's too (packages.pac), as a package it names would be, so
+# undo removes them. From the package database, no guess.
+ov_pac_groups_after() {
+  local g m
+  local -a members=()
+  [ -n "${OV_RUN_DIR:-}" ] && [ -s "$OV_RUN_DIR/pac.missing" ] && [ -f "$OV_RUN_DIR/pac.before" ] || return 0
+  while IFS= read -r g; do
+    pacman -Q -- "$g" >/dev/null 2>&1 && continue
+    mapfile -t members < <(pacman -Qgq -- "$g" 2>/dev/null | awk 'NR == FNR { had[$0] = 1; next } !($0 in had)' "$OV_RUN_DIR/pac.before" -)
+    for m in ${members[@]+"${members[@]}"}; do
+      ov_state_once packages.pac "$m" || return 1
+    done
+  done <"$OV_RUN_DIR/pac.missing"
 }
 
 # ov_deb_installed — the installed deb packages, one name per line.
@@ -291,6 +320,8 @@ ov_pkg_run() {
   "$@" || rc=$?
   if [ "$fmt" = deb ]; then
     ov_pkg_record_after || return 1
+  elif [ "$fmt" = pac ]; then
+    ov_pac_groups_after || return 1
   fi
   return "$rc"
 }
@@ -524,6 +555,14 @@ ov_pkg_attribute() {
     done <"$dir/missing"
   fi
   ov_pkg_graph "$fmt" ${new[@]+"${new[@]}"} >"$dir/graph" || return 1
+  if [ "$fmt" = pac ]; then
+    # A missing name that is still no package names a group: its installed members (`GROUP G
+    # MEMBER` lines), which the layer that names it owns as its own install would record them.
+    while IFS= read -r p; do
+      pacman -Q -- "$p" >/dev/null 2>&1 && continue
+      pacman -Qgq -- "$p" 2>/dev/null | awk -v g="$p" '{ printf "%s\tG\t%s\n", g, $0 }'
+    done <"$dir/missing" >>"$dir/graph"
+  fi
   # shellcheck disable=SC2016 # awk's own $ fields
   mapfile -t demote < <(awk -v dir="$dir" -v fmt="$fmt" '
     function own(p) { if ((p in fresh) && !(p in owner)) { owner[p] = 1; q[++qt] = p } }
@@ -536,7 +575,9 @@ ov_pkg_attribute() {
     function need(c,   r, x, cs) { r = split(prov[c], cs, " "); for (x = 1; x <= r; x++) own(cs[x]) }
     FILENAME == ARGV[1] { came[$0] = 1; next }
     FILENAME == ARGV[2] {
-      split($0, f, "\t"); fresh[f[1]] = 1
+      split($0, f, "\t")
+      if (f[2] == "G") { grp[f[1]] = grp[f[1]] " " f[3]; next }
+      fresh[f[1]] = 1
       if (f[2] == "P") prov[f[3]] = prov[f[3]] " " f[1]; else req[f[1]] = req[f[1]] "\n" f[3]
       next
     }
@@ -549,9 +590,20 @@ ov_pkg_attribute() {
           if (!(p in came) || ((L, p) in mine)) continue
           if (covered(p)) { later[p] = 1; continue }
           mine[L, p] = 1; named[p] = 1; print p >> (dir "/" L ".got/packages." fmt)
+          # a group: the members the transaction brought that no earlier layer owns
+          r = split(grp[p], gm, " ")
+          for (x = 1; x <= r; x++) {
+            g = gm[x]
+            if (!(g in fresh) || (g in owner) || ((L, g) in mine)) continue
+            mine[L, g] = 1; named[g] = 1; print g >> (dir "/" L ".got/packages." fmt)
+          }
         }
         qh = 0; qt = 0
-        for (i = 2; i <= n; i++) need(w[i])
+        for (i = 2; i <= n; i++) {
+          need(w[i])
+          r = split(grp[w[i]], gm, " ")
+          for (x = 1; x <= r; x++) need(gm[x])
+        }
         while (qh < qt) {
           p = q[++qh]; m = split(req[p], rs, "\n")
           for (j = 1; j <= m; j++) {
@@ -1128,14 +1180,28 @@ ov_undo_as() {
 # ov_undo_packages FORMAT [PACKAGE...] — remove the packages this layer installed (those recorded
 # in packages.FORMAT; all of them when no PACKAGE is named) that are still installed.
 ov_undo_packages() {
-  local fmt=$1 p remove=()
+  local fmt=$1 p m remove=()
+  local -A seen=()
   shift
   [ "$fmt" = aur ] && fmt=pac
   if [ "$#" = 0 ]; then
     mapfile -t remove < <(ov_state_lines "packages.$fmt")
   else
     for p in "$@"; do
-      if ov_state_has "packages.$fmt" "$p"; then remove+=("$p"); fi
+      if ov_state_has "packages.$fmt" "$p" && [ -z "${seen[$p]:-}" ]; then
+        remove+=("$p")
+        seen[$p]=1
+      fi
+      # pac: a name that is no package is a group; the members the layer recorded (they came
+      # with it: ov_pac_groups_after) go with it
+      if [ "$fmt" = pac ] && [ -n "${seen[$p]:-}" ] && ! pacman -Q -- "$p" >/dev/null 2>&1; then
+        while IFS= read -r m; do
+          if ov_state_has packages.pac "$m" && [ -z "${seen[$m]:-}" ]; then
+            remove+=("$m")
+            seen[$m]=1
+          fi
+        done < <(pacman -Qgq -- "$p" 2>/dev/null)
+      fi
     done
   fi
   local present=()

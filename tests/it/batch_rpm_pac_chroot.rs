@@ -370,7 +370,9 @@ fn a_pacman_transaction_with_a_name_that_does_not_exist_fails_in_the_layer_that_
 }
 
 /// A pacman group is no package (`pacman -Q` does not find it, before or after): a layer's own
-/// install records its name all the same, and so does its share of a transaction.
+/// install records its name all the same, and the group's members it installed (`ovp-c`), and so
+/// does its share of a transaction; teardown removes those members again (before, the group's
+/// members stayed installed after teardown).
 #[test]
 fn a_pacman_group_a_layer_lists_is_recorded_as_its_own_install_records_it() {
     let pm = Pm::Pacman;
@@ -382,6 +384,9 @@ fn a_pacman_group_a_layer_lists_is_recorded_as_its_own_install_records_it() {
         layer(pm, "g-group", &["ovp-group".to_string(), pm.pkg("b")]),
     ];
     project(dir.path(), &layers);
+    let before = pm.installed(&alone);
+    assert_eq!(pm.installed(&batched), before);
+    assert!(!before.contains(&pm.pkg("c")));
     compile(&alone, dir.path(), pm, &["g-a", "g-group"]);
     for name in ["g-a", "g-group"] {
         let out = run(&alone, RUN, &["--only", name]);
@@ -402,8 +407,13 @@ fn a_pacman_group_a_layer_lists_is_recorded_as_its_own_install_records_it() {
     }
     assert_eq!(
         owned(&batched, pm, "g-group"),
-        set(&["ovp-group".to_string(), pm.pkg("b")])
+        set(&["ovp-group".to_string(), pm.pkg("b"), pm.pkg("c")])
     );
+    for root in [&alone, &batched] {
+        let out = run(root, UNDO, &[]);
+        assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+        assert_eq!(pm.installed(root), before, "{}", text(&out));
+    }
 }
 
 fn a_run_that_stops_after_a_transaction_records_the_packages_of_the_layers_it_served(pm: Pm) {
