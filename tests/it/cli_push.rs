@@ -135,8 +135,32 @@ fn push_dry_run_prints_what_would_be_sent_and_run() {
         r.stdout
     );
 
+    // The bootstrap's first line reads exactly the rest of it: its length, which moves with the
+    // digits of the archive's size, is checked here and filtered from the snapshot.
+    let bootstrap = r
+        .stdout
+        .split_once("--- bootstrap (stdin of `sudo -n bash -s`) ---\n")
+        .map(|(_, b)| b)
+        .expect("the dry run shows the bootstrap");
+    let (reader, script) = bootstrap.split_once('\n').expect("the reader line");
+    let n: usize = reader
+        .strip_prefix("IFS= read -r -N ")
+        .and_then(|r| r.split_once(' '))
+        .and_then(|(n, _)| n.parse().ok())
+        .unwrap_or_else(|| panic!("the reader line reads a counted block: {reader}"));
+    assert_eq!(
+        script.len(),
+        n,
+        "the reader reads {n} characters of the bootstrap"
+    );
+    assert!(
+        reader.contains(&format!("[ \"${{#ov_script}}\" = {n} ]")),
+        "{reader}"
+    );
+
     let text = r
         .stdout
+        .replace(&reader.to_string(), "[reader]")
         .replace(&s.dir.path().display().to_string(), "[tmp]")
         .replace(&sha, "[sha256]")
         .replace(&format!("({} bytes", bytes.len()), "([size] bytes")
