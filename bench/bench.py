@@ -18,6 +18,7 @@ Sections:
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import platform
@@ -612,6 +613,14 @@ def machine_info() -> dict:
     return {"nproc": os.cpu_count(), "cpu": cpu, "memory": mem, "kernel": platform.release()}
 
 
+def file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
 def versions(b: Bench) -> dict:
     def out(argv: list[str]) -> str:
         try:
@@ -622,7 +631,12 @@ def versions(b: Bench) -> dict:
 
     v = {
         "ov": out([str(b.ov), "--version"]) if b.ov and b.ov.exists() else "n/a",
-        "ov commit": out(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"]),
+        # The checkout's commit names the binary only when it is the checkout's own build; for
+        # another (`--ov`), the binary's digest says which one ran.
+        "ov commit": (out(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"])
+                      if b.ov and b.ov == (REPO / "target/release/ov").resolve()
+                      else "not this checkout's build (--ov)"),
+        "ov binary sha256": file_sha256(b.ov)[:16] if b.ov and b.ov.exists() else "n/a",
         "OpenSSH": out(["ssh", "-V"]),
         "ansible-core": out([str(b.venv / "bin/ansible-playbook"), "--version"]),
         "pyinfra": out([str(b.venv / "bin/pyinfra"), "--version"]),
