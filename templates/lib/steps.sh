@@ -1751,15 +1751,30 @@ ov_check_profile_block() {
   done
 }
 ov_check_packages() {
-  local fmt=$1 p missing=() present=() upgrades=()
+  local fmt=$1 p m missing=() present=() upgrades=() members=()
   shift
   for p in "$@"; do
-    if ov_pkg_installed "$fmt" "$p"; then present+=("$p"); else missing+=("$p"); fi
+    if ov_pkg_installed "$fmt" "$p"; then
+      present+=("$p")
+    elif [ "$fmt" = pac ] && mapfile -t members < <(pacman -Sgq -- "$p" 2>/dev/null) &&
+      [ "${#members[@]}" -gt 0 ]; then
+      # A group is no package: `pacman -S --needed GROUP` installs its members that are
+      # missing and upgrades the others, each like a package named on its own.
+      for m in "${members[@]}"; do
+        if pacman -Q -- "$m" >/dev/null 2>&1; then present+=("$m"); else missing+=("$m"); fi
+      done
+    else
+      missing+=("$p")
+    fi
   done
-  # `apt-get install` of a package that is installed upgrades it when the package lists offer a
-  # newer version (as they are now: a run updates them first, so it may find more).
-  if [ "$fmt" = deb ] && [ "${#present[@]}" -gt 0 ]; then
-    mapfile -t upgrades < <(ov_check_apt_upgrades "${present[@]}")
+  # `apt-get install` and `pacman -S --needed` of a package that is installed upgrade it when the
+  # package lists offer a newer version (as they are now: a run updates them first, so it may
+  # find more). `dnf install` does not: an installed package is left as it is.
+  if [ "${#present[@]}" -gt 0 ]; then
+    case $fmt in
+      deb) mapfile -t upgrades < <(ov_check_apt_upgrades "${present[@]}") ;;
+      pac) mapfile -t upgrades < <(ov_check_pac_upgrades "${present[@]}") ;;
+    esac
   fi
   if [ "${#missing[@]}" = 0 ] && [ "${#upgrades[@]}" = 0 ]; then
     ov_chk ok "$fmt packages $*"
@@ -1780,6 +1795,12 @@ ov_check_apt_upgrades() {
     $1 == "Candidate:" && inst != "" && inst != "(none)" && $2 != "(none)" && $2 != inst {
       print name " (" inst " -> " $2 ")"
     }'
+}
+# ov_check_pac_upgrades PACKAGE... — the same for pacman: each installed PACKAGE older than the
+# sync database's (`pacman -Qu` prints `NAME INSTALLED -> NEWER`; it says nothing of a package
+# that is up to date, or newer than the database's, which `--needed` skips).
+ov_check_pac_upgrades() {
+  LC_ALL=C pacman -Qu -- "$@" 2>/dev/null | awk 'NF >= 4 && $3 == "->" { print $1 " (" $2 " -> " $4 ")" }'
 }
 ov_check_service() {
   local scope=$1 unit=$2 state

@@ -90,21 +90,12 @@ impl Pm {
     }
 }
 
-/// A fresh offline root with the package repository of `pm`: packages `a` (which needs `lib`),
-/// `lib`, `b` and `c`, each installing one file under /usr/share/ovtest (pacman's `c` is in the
-/// group `ovp-group`). The repository and
-/// what the package manager needs to run in a Debian root that is not a mount point are machine
-/// configuration, written here, never by the layers. `None` when the tools are missing (skip).
-fn root(pm: Pm) -> Option<Root> {
-    let root = e2e::offline_root(&spec(), USER)?;
-    match pm {
-        Pm::Dnf => root.sh(
-            r#"set -e
-mk() {
+/// `mk NAME [REQUIRES]`: builds the test's rpm NAME (version `$V`, default 1.0) into /srv/ovrpm.
+const RPM_MK: &str = r#"mk() {
   mkdir -p /tmp/rpmb/SPECS
   cat >/tmp/rpmb/SPECS/$1.spec <<SPEC
 Name: $1
-Version: 1.0
+Version: ${V:-1.0}
 Release: 1
 Summary: ov test package $1
 License: MIT
@@ -121,26 +112,18 @@ echo $1 >%{buildroot}/usr/share/ovtest/$1
 SPEC
   rpmbuild --quiet --define '_topdir /tmp/rpmb' --define '_rpmdir /srv/ovrpm' -bb /tmp/rpmb/SPECS/$1.spec 2>/dev/null
 }
-mk ovr-lib ""
-mk ovr-a ovr-lib
-mk ovr-b ""
-mk ovr-c ""
-rm -rf /tmp/rpmb
-createrepo_c -q /srv/ovrpm
-mkdir -p /etc/yum.repos.d
-printf '[ovtest]\nname=ov test\nbaseurl=file:///srv/ovrpm\ngpgcheck=0\n' >/etc/yum.repos.d/ovtest.repo
-"#,
-        ),
-        Pm::Pacman => root.sh(
-            r#"set -e
-mk() {
+"#;
+
+/// `mk NAME [DEPENDS [GROUP]]`: builds the test's pacman package NAME (version `$V`, default
+/// 1.0) into /srv/ovpac.
+const PAC_MK: &str = r#"mk() {
   d=/tmp/pacb/$1
   mkdir -p $d/usr/share/ovtest /srv/ovpac
   echo $1 >$d/usr/share/ovtest/$1
   {
     echo "pkgname = $1"
     echo "pkgbase = $1"
-    echo "pkgver = 1.0-1"
+    echo "pkgver = ${V:-1.0}-1"
     echo "pkgdesc = ov test package $1"
     echo "builddate = 1700000000"
     echo "packager = ov tests <ov@example.invalid>"
@@ -150,9 +133,36 @@ mk() {
     if [ -n "$2" ]; then echo "depend = $2"; fi
     if [ -n "${3:-}" ]; then echo "group = $3"; fi
   } >$d/.PKGINFO
-  (cd $d && bsdtar -czf /srv/ovpac/$1-1.0-1-any.pkg.tar.gz .PKGINFO usr)
+  (cd $d && bsdtar -czf /srv/ovpac/$1-${V:-1.0}-1-any.pkg.tar.gz .PKGINFO usr)
 }
-mk ovp-lib ""
+"#;
+
+/// A fresh offline root with the package repository of `pm`: packages `a` (which needs `lib`),
+/// `lib`, `b` and `c`, each installing one file under /usr/share/ovtest (pacman's `c` is in the
+/// group `ovp-group`). The repository and
+/// what the package manager needs to run in a Debian root that is not a mount point are machine
+/// configuration, written here, never by the layers. `None` when the tools are missing (skip).
+fn root(pm: Pm) -> Option<Root> {
+    let root = e2e::offline_root(&spec(), USER)?;
+    match pm {
+        Pm::Dnf => root.sh(&[
+            "set -e\n",
+            RPM_MK,
+            r#"mk ovr-lib ""
+mk ovr-a ovr-lib
+mk ovr-b ""
+mk ovr-c ""
+rm -rf /tmp/rpmb
+createrepo_c -q /srv/ovrpm
+mkdir -p /etc/yum.repos.d
+printf '[ovtest]\nname=ov test\nbaseurl=file:///srv/ovrpm\ngpgcheck=0\n' >/etc/yum.repos.d/ovtest.repo
+"#,
+        ]
+        .concat()),
+        Pm::Pacman => root.sh(&[
+            "set -e\n",
+            PAC_MK,
+            r#"mk ovp-lib ""
 mk ovp-a ovp-lib
 mk ovp-b ""
 mk ovp-c "" ovp-group
@@ -165,7 +175,8 @@ ln -sf ../proc/self/mounts /etc/mtab
 sed -i 's/^CheckSpace/#CheckSpace/' /etc/pacman.conf
 printf '\n[ovtest]\nSigLevel = Never\nServer = file:///srv/ovpac\n' >>/etc/pacman.conf
 "#,
-        ),
+        ]
+        .concat()),
     };
     Some(root)
 }
@@ -461,4 +472,134 @@ fn a_run_that_stops_after_a_dnf_transaction_records_the_packages_of_the_layers_i
 #[test]
 fn a_run_that_stops_after_a_pacman_transaction_records_the_packages_of_the_layers_it_served() {
     a_run_that_stops_after_a_transaction_records_the_packages_of_the_layers_it_served(Pm::Pacman);
+}
+
+/// `run.sh --check` says what a run would do to packages that are already there, as the package
+/// manager behaves: `pacman -S --needed` upgrades an installed package that the sync database has
+/// in a newer version (a change: "would upgrade"), and installs the missing members of a group
+/// (a group is no package: `pacman -Q` never finds it); `dnf install` leaves an installed package
+/// as it is (ok). Each claim is then held against a real run. The canaries: before, pacman's
+/// upgrade was `ok`, and a group whose members were all installed was "would install" forever.
+fn check_mode_says_what_a_run_would_do_to_installed_packages(pm: Pm) {
+    let Some(root) = root(pm) else { return };
+    let dir = tempfile::tempdir().expect("tmp");
+    let fmt = pm.format();
+    let b = pm.pkg("b");
+    let mut layers = vec![layer(pm, "u-b", std::slice::from_ref(&b))];
+    if let Pm::Pacman = pm {
+        layers.push(layer(pm, "u-group", &["ovp-group".to_string()]));
+    }
+    project(dir.path(), &layers);
+    let names: Vec<&str> = layers.iter().map(|(n, _)| n.as_str()).collect();
+    compile(&root, dir.path(), pm, &names);
+    let before = pm.installed(&root);
+    let check = |what: &str| {
+        let out = run(&root, RUN, &["--check"]);
+        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+        eprintln!("--- check ({what}) ---\n{stdout}");
+        (out.status.code(), stdout)
+    };
+    let line = |stdout: &str, needle: &str| -> String {
+        stdout
+            .lines()
+            .find(|l| l.contains(needle))
+            .unwrap_or_else(|| panic!("no line with `{needle}`:\n{stdout}"))
+            .trim()
+            .to_string()
+    };
+    let version = |name: &str| match pm {
+        Pm::Dnf => root.sh(&format!("rpm -q --qf '%{{VERSION}}-%{{RELEASE}}' {name}")),
+        Pm::Pacman => root.sh(&format!("pacman -Q {name} | cut -d' ' -f2 | tr -d '\\n'")),
+    };
+
+    if let Pm::Pacman = pm {
+        // A machine's sync database, as on any Arch system (a run refreshes it first).
+        root.sh("pacman -Sy >/dev/null");
+    }
+    let (code, stdout) = check("nothing installed");
+    assert_eq!(code, Some(10), "{stdout}");
+    assert_eq!(
+        line(&stdout, &format!("{fmt} packages {b}")),
+        format!("change  {fmt} packages {b} (would install {b})")
+    );
+    if let Pm::Pacman = pm {
+        assert_eq!(
+            line(&stdout, "pac packages ovp-group"),
+            "change  pac packages ovp-group (would install ovp-c)"
+        );
+    }
+
+    let out = run(&root, RUN, &[]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert_eq!(version(&b), "1.0-1");
+    let (code, stdout) = check("applied");
+    assert_eq!(code, Some(0), "{stdout}");
+    assert!(
+        line(&stdout, &format!("{fmt} packages {b}")).starts_with("ok"),
+        "{stdout}"
+    );
+    if let Pm::Pacman = pm {
+        assert!(
+            line(&stdout, "pac packages ovp-group").starts_with("ok"),
+            "{stdout}"
+        );
+    }
+
+    // `b` 2.0 in the repository, and the package manager's view of it refreshed (the machine's
+    // state, as after an update).
+    match pm {
+        Pm::Dnf => root.sh(&[
+            "set -e\n",
+            RPM_MK,
+            "V=2.0 mk ovr-b \"\"\nrm -rf /tmp/rpmb\ncreaterepo_c -q --update /srv/ovrpm\ndnf -q makecache --refresh >/dev/null 2>&1\n",
+        ]
+        .concat()),
+        Pm::Pacman => root.sh(&[
+            "set -e\n",
+            PAC_MK,
+            "V=2.0 mk ovp-b \"\"\nrm -rf /tmp/pacb\ncd /srv/ovpac && repo-add -q ovtest.db.tar.gz ./ovp-b-2.0-1-any.pkg.tar.gz\npacman -Sy >/dev/null\n",
+        ]
+        .concat()),
+    };
+    let (code, stdout) = check("a newer version offered");
+    match pm {
+        Pm::Dnf => {
+            assert_eq!(code, Some(0), "{stdout}");
+            assert!(
+                line(&stdout, &format!("rpm packages {b}")).starts_with("ok"),
+                "{stdout}"
+            );
+        }
+        Pm::Pacman => {
+            assert_eq!(code, Some(10), "{stdout}");
+            assert_eq!(
+                line(&stdout, "pac packages ovp-b"),
+                "change  pac packages ovp-b (would upgrade ovp-b (1.0-1 -> 2.0-1))"
+            );
+        }
+    }
+    assert_eq!(version(&b), "1.0-1", "a check upgrades nothing");
+
+    // What the check said, a run does.
+    let out = run(&root, RUN, &["--force"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let want = match pm {
+        Pm::Dnf => "1.0-1",
+        Pm::Pacman => "2.0-1",
+    };
+    assert_eq!(version(&b), want, "{}", text(&out));
+
+    let out = run(&root, UNDO, &[]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert_eq!(pm.installed(&root), before, "{}", text(&out));
+}
+
+#[test]
+fn check_mode_says_what_a_dnf_run_would_do_to_installed_packages() {
+    check_mode_says_what_a_run_would_do_to_installed_packages(Pm::Dnf);
+}
+
+#[test]
+fn check_mode_says_what_a_pacman_run_would_do_to_installed_packages_and_groups() {
+    check_mode_says_what_a_run_would_do_to_installed_packages(Pm::Pacman);
 }
