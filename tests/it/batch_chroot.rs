@@ -356,20 +356,8 @@ fn check_mode_sees_an_upgrade_and_compares_a_repository() {
         &["c-probe", "c-repo"],
         &["--allow-repo-changes"],
     );
-    let check = |what: &str| {
-        let out = run(&root, RUN, &["--check"]);
-        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-        eprintln!("--- check ({what}) ---\n{stdout}");
-        (out.status.code(), stdout)
-    };
-    let line = |stdout: &str, needle: &str| -> String {
-        stdout
-            .lines()
-            .find(|l| l.contains(needle))
-            .unwrap_or_else(|| panic!("no line with `{needle}`:\n{stdout}"))
-            .trim()
-            .to_string()
-    };
+    let check = |what: &str| e2e::check_output(what, &run(&root, RUN, &["--check"]));
+    let line = e2e::check_line;
 
     // The package at 1.0, installed the way a run would; the repository not set up.
     root.sh("apt-get install -y -q ovprobe-a >/dev/null");

@@ -493,20 +493,8 @@ fn check_mode_says_what_a_run_would_do_to_installed_packages(pm: Pm) {
     let names: Vec<&str> = layers.iter().map(|(n, _)| n.as_str()).collect();
     compile(&root, dir.path(), pm, &names);
     let before = pm.installed(&root);
-    let check = |what: &str| {
-        let out = run(&root, RUN, &["--check"]);
-        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-        eprintln!("--- check ({what}) ---\n{stdout}");
-        (out.status.code(), stdout)
-    };
-    let line = |stdout: &str, needle: &str| -> String {
-        stdout
-            .lines()
-            .find(|l| l.contains(needle))
-            .unwrap_or_else(|| panic!("no line with `{needle}`:\n{stdout}"))
-            .trim()
-            .to_string()
-    };
+    let check = |what: &str| e2e::check_output(what, &run(&root, RUN, &["--check"]));
+    let line = e2e::check_line;
     let version = |name: &str| match pm {
         Pm::Dnf => root.sh(&format!("rpm -q --qf '%{{VERSION}}-%{{RELEASE}}' {name}")),
         Pm::Pacman => root.sh(&format!("pacman -Q {name} | cut -d' ' -f2 | tr -d '\\n'")),

@@ -203,6 +203,25 @@ pub fn end(stdout: &[u8]) -> BTreeMap<String, String> {
         .unwrap_or_default()
 }
 
+/// A `run.sh --check` run's exit code and output (shown on stderr as `--- check (WHAT) ---`, for
+/// the test's log).
+pub fn check_output(what: &str, out: &Output) -> (Option<i32>, String) {
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    eprintln!("--- check ({what}) ---\n{stdout}");
+    (out.status.code(), stdout)
+}
+
+/// The line of `run.sh --check`'s output that holds `needle`, trimmed (the test fails when none
+/// does, showing the output).
+pub fn check_line(stdout: &str, needle: &str) -> String {
+    stdout
+        .lines()
+        .find(|l| l.contains(needle))
+        .unwrap_or_else(|| panic!("no line with `{needle}`:\n{stdout}"))
+        .trim()
+        .to_string()
+}
+
 /// The `check` lines of a `run.sh --test` run: id → (result, msg).
 pub fn checks(stdout: &[u8]) -> BTreeMap<String, (String, String)> {
     events(stdout)
