@@ -97,6 +97,19 @@ pub enum EmitError {
         /// `NAME SIZE` of each known limit it would fit.
         limits: String,
     },
+    /// `--bundle-url` is not a URL the first-boot script can download from.
+    #[error(
+        "`--bundle-url {url}` {why}: give the http:// or https:// address the archive will be \
+         served from, e.g. `https://example.com/bundles/{archive}`"
+    )]
+    BadUrl {
+        /// The URL given.
+        url: String,
+        /// What is wrong with it.
+        why: &'static str,
+        /// The archive's file name (for the example).
+        archive: String,
+    },
     /// gzip failed (it does not on memory input; kept for the signature).
     #[error("cannot gzip the user-data: {0}")]
     Gzip(#[source] std::io::Error),
@@ -181,11 +194,20 @@ pub fn ansible(bundle: &Bundle, engine: &Engine) -> Result<Vec<EmittedFile>, Emi
 #[derive(Serialize)]
 struct FirstBoot<'a> {
     src: &'a str,
+    /// With `--bundle-url`: where the script downloads the archive (else it is beside it).
+    url: Option<&'a str>,
+    /// The archive's size in bytes (a download of another size is refused before hashing).
+    size: usize,
     archive: String,
     expected: &'a str,
     top: &'a str,
     base: &'a str,
     user: &'a str,
+}
+
+#[derive(Serialize)]
+struct UserDataUrlCtx {
+    script: String,
 }
 
 #[derive(Serialize)]
@@ -216,26 +238,8 @@ pub struct UserData {
 /// script once (`runcmd`). The plain text when it fits `max` bytes, else gzip-compressed when
 /// that fits; [`EmitError::TooLarge`] when neither does.
 pub fn cloud_init(bundle: &Bundle, engine: &Engine, max: u64) -> Result<UserData, EmitError> {
-    let user = bundle
-        .manifest
-        .deploy
-        .user
-        .as_deref()
-        .ok_or_else(|| EmitError::NoUser {
-            deploy: bundle.manifest.deploy.name.clone(),
-        })?;
     let archive = bundle.archive_name();
-    let script = engine.render(
-        "emit/cloud-init/firstboot.sh.j2",
-        &FirstBoot {
-            src: CLOUD_INIT_DIR,
-            archive: archive.clone(),
-            expected: &bundle.sha256,
-            top: &bundle.top,
-            base: WORK_BASE,
-            user,
-        },
-    )?;
+    let script = first_boot(bundle, engine, None)?;
     let text = engine.render_data(
         "emit/cloud-init/user-data.yml.j2",
         &UserDataCtx {
@@ -247,6 +251,80 @@ pub fn cloud_init(bundle: &Bundle, engine: &Engine, max: u64) -> Result<UserData
             script,
         },
     )?;
+    sized(bundle, text, max)
+}
+
+/// `ov compile --emit cloud-init --bundle-url URL`: `#cloud-config` user-data that carries no
+/// archive, only the first-boot script (`runcmd`), which downloads the archive from `url` into a
+/// private directory of root's and applies it only if it matches the digest compiled in. A few
+/// KiB whatever the bundle's size, so it fits every cloud's limit; the archive is served by the
+/// operator. Sizes and errors as [`cloud_init`], and [`EmitError::BadUrl`].
+pub fn cloud_init_fetching(
+    bundle: &Bundle,
+    engine: &Engine,
+    max: u64,
+    url: &str,
+) -> Result<UserData, EmitError> {
+    check_url(url).map_err(|why| EmitError::BadUrl {
+        url: url.to_string(),
+        why,
+        archive: bundle.archive_name(),
+    })?;
+    let script = first_boot(bundle, engine, Some(url))?;
+    let text = engine.render_data(
+        "emit/cloud-init/user-data-url.yml.j2",
+        &UserDataUrlCtx { script },
+    )?;
+    sized(bundle, text, max)
+}
+
+/// The first-boot script for the deploy's account: the archive beside it, or downloaded from
+/// `url`.
+fn first_boot(bundle: &Bundle, engine: &Engine, url: Option<&str>) -> Result<String, EmitError> {
+    let user = bundle
+        .manifest
+        .deploy
+        .user
+        .as_deref()
+        .ok_or_else(|| EmitError::NoUser {
+            deploy: bundle.manifest.deploy.name.clone(),
+        })?;
+    Ok(engine.render(
+        "emit/cloud-init/firstboot.sh.j2",
+        &FirstBoot {
+            src: CLOUD_INIT_DIR,
+            url,
+            size: bundle.archive.len(),
+            archive: bundle.archive_name(),
+            expected: &bundle.sha256,
+            top: &bundle.top,
+            base: WORK_BASE,
+            user,
+        },
+    )?)
+}
+
+/// Whether `url` is one the first-boot script downloads from: `http://` or `https://`, a host,
+/// and nothing a shell or a downloader could take for more than one URL (no whitespace or
+/// control characters). Else why not.
+fn check_url(url: &str) -> Result<(), &'static str> {
+    let rest = url
+        .strip_prefix("https://")
+        .or_else(|| url.strip_prefix("http://"))
+        .ok_or("is not an http:// or https:// URL")?;
+    if url.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return Err("holds whitespace or a control character");
+    }
+    let host = rest.split(['/', '?', '#']).next().unwrap_or("");
+    if host.is_empty() || host.starts_with('@') || host.ends_with('@') {
+        return Err("names no host");
+    }
+    Ok(())
+}
+
+/// `text` as user-data of at most `max` bytes: plain, else gzip-compressed, else
+/// [`EmitError::TooLarge`].
+fn sized(bundle: &Bundle, text: String, max: u64) -> Result<UserData, EmitError> {
     let gz = crate::gzip::gzip(text.as_bytes(), 9).map_err(EmitError::Gzip)?;
     let (plain, gzipped) = (text.len(), gz.len());
     let fits = |n: usize| u64::try_from(n).is_ok_and(|n| n <= max);
@@ -347,6 +425,30 @@ mod tests {
         // Nothing but printable ASCII between the quotes.
         let q = yaml_quote("{{ lookup('pipe', 'id') }}: - [x] # y\u{85}");
         assert!(q.chars().all(|c| (' '..='~').contains(&c)), "{q}");
+    }
+
+    #[test]
+    fn bundle_urls_are_http_or_https_with_a_host_and_one_word() {
+        for ok in [
+            "https://example.com/b/vm-x.tar.gz",
+            "http://10.0.0.1:8080/vm-x.tar.gz",
+            "https://u@h/x?sig=a%20b&t=1",
+        ] {
+            assert_eq!(check_url(ok), Ok(()), "{ok}");
+        }
+        for (bad, why) in [
+            ("ftp://h/x", "is not an http:// or https:// URL"),
+            ("/srv/x.tar.gz", "is not an http:// or https:// URL"),
+            ("https:///x", "names no host"),
+            ("https://@/x", "names no host"),
+            ("https://h/x y", "holds whitespace or a control character"),
+            (
+                "https://h/x\n-o/etc/passwd",
+                "holds whitespace or a control character",
+            ),
+        ] {
+            assert_eq!(check_url(bad), Err(why), "{bad:?}");
+        }
     }
 
     #[test]

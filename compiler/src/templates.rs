@@ -149,6 +149,10 @@ pub const EMBEDDED: &[(&str, &str)] = &[
         include_str!("../../templates/emit/cloud-init/firstboot.sh.j2"),
     ),
     (
+        "emit/cloud-init/user-data-url.yml.j2",
+        include_str!("../../templates/emit/cloud-init/user-data-url.yml.j2"),
+    ),
+    (
         "emit/cloud-init/user-data.yml.j2",
         include_str!("../../templates/emit/cloud-init/user-data.yml.j2"),
     ),

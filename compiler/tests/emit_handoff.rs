@@ -207,3 +207,183 @@ fn user_data_over_the_limit_is_gzip_compressed_or_refused() {
     let err = emit::cloud_init(&b, &engine, 1 << 30).expect_err("no user");
     assert!(matches!(err, emit::EmitError::NoUser { .. }), "{err}");
 }
+
+/// The URL of the `--bundle-url` tests: one word to any shell or downloader, full of what a shell
+/// would take for syntax.
+const ODD_URL: &str = "https://h.example/b/x.tar.gz?a=1&b=$(touch${IFS}/tmp/ov-pwn);`id`'x\"#y";
+
+#[test]
+fn user_data_with_a_bundle_url_carries_only_a_script_that_reads_back_the_url_and_passes_shellcheck()
+{
+    let engine = Engine::new(None).expect("engine");
+    let b = odd_bundle();
+    let ud = emit::cloud_init_fetching(&b, &engine, emit::DEFAULT_MAX_USER_DATA, ODD_URL)
+        .expect("fits AWS EC2's limit");
+    assert!(!ud.is_gzip, "a few KiB: plain");
+    let text = String::from_utf8(ud.data).expect("utf-8");
+    assert!(text.starts_with("#cloud-config\n"));
+    let Some(v) = pyyaml(&text) else { return };
+    let keys: Vec<&String> = v.as_object().expect("a mapping").keys().collect();
+    assert_eq!(keys, ["runcmd"], "nothing but the one command: {v:#}");
+    let cmd = v["runcmd"][0].as_array().expect("one command");
+    assert_eq!(cmd.len(), 4, "{cmd:?}");
+    assert_eq!(
+        (cmd[0].as_str(), cmd[1].as_str()),
+        (Some("bash"), Some("-c"))
+    );
+    assert_eq!(cmd[3], "ov-firstboot");
+    let script = cmd[2].as_str().expect("the script");
+    assert!(
+        !script.contains(emit::CLOUD_INIT_DIR),
+        "nothing is read from beside it"
+    );
+    if have_tool("bash", &["--version"]) {
+        bash_n("firstboot-url", script).expect("bash -n");
+    }
+    if have_tool("shellcheck", &["--version"]) {
+        shellcheck("firstboot-url", script).expect("shellcheck");
+    }
+    // The URL, the size and the digest are single quoted words: bash reads back exactly them.
+    let value = |name: &str| {
+        let from = script.find(&format!("\n{name}=")).expect(name) + 1;
+        let to = from + script[from..].find('\n').expect("end of line");
+        let out = Command::new("bash")
+            .args([
+                "-c",
+                &format!("{}\nprintf %s \"${name}\"", &script[from..to]),
+            ])
+            .output()
+            .expect("bash");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    assert_eq!(value("url"), ODD_URL);
+    assert_eq!(value("size"), b.archive.len().to_string());
+    assert_eq!(value("expected"), b.sha256);
+
+    for bad in ["ftp://h/x", "https://h/a b", "h/x.tar.gz"] {
+        let err = emit::cloud_init_fetching(&b, &engine, 1 << 30, bad).expect_err(bad);
+        assert!(
+            matches!(err, emit::EmitError::BadUrl { .. }) && err.to_string().contains(bad),
+            "{err}"
+        );
+    }
+}
+
+/// The first-boot script's download, each way it has (curl, else wget, else python3), run for
+/// real against a server on this machine's loopback: the bytes served arrive whole; a missing
+/// file fails every way; curl refuses more bytes than the bundle has. A way whose tool is not
+/// here is skipped with a message (under CI, .ci/run installs curl and wget).
+#[test]
+fn the_first_boot_download_works_with_curl_wget_and_python3() {
+    let engine = Engine::new(None).expect("engine");
+    let mut b = bundle_plan(&plan("deb", vec![tasks_layer()]));
+    b.manifest.deploy.user = Some("ovtest".into());
+    let ud = emit::cloud_init_fetching(&b, &engine, 1 << 30, "http://127.0.0.1:1/x").expect("ud");
+    let text = String::from_utf8(ud.data).expect("utf-8");
+    let Some(v) = pyyaml(&text) else { return };
+    let script = v["runcmd"][0][2].as_str().expect("script").to_string();
+    let from = script.find("ov_fetch() {").expect("ov_fetch");
+    let fetch = &script[from..from + script[from..].find("\n}\n").expect("its end") + 3];
+
+    let dir = tempfile::tempdir().expect("tmp");
+    let www = dir.path().join("www");
+    std::fs::create_dir(&www).expect("www");
+    let body: Vec<u8> = (0..50_000u32).map(|i| (i % 251) as u8).collect();
+    std::fs::write(www.join("b.tar.gz"), &body).expect("serve");
+    let mut server = Command::new("python3")
+        .args([
+            "-u",
+            "-m",
+            "http.server",
+            "0",
+            "--bind",
+            "127.0.0.1",
+            "--directory",
+        ])
+        .arg(&www)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("python3 http.server");
+    let mut first = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(server.stdout.take().expect("stdout")),
+        &mut first,
+    )
+    .expect("the server's first line");
+    // `Serving HTTP on 127.0.0.1 port N (http://127.0.0.1:N/) ...`
+    let port = first
+        .split_whitespace()
+        .skip_while(|w| *w != "port")
+        .nth(1)
+        .expect("port")
+        .to_string();
+
+    let bash = which("bash").expect("bash");
+    for tool in ["curl", "wget", "python3"] {
+        let Ok(found) = which(tool) else {
+            assert!(
+                !under_ci(),
+                "{tool} is required under CI (.ci/run installs it)"
+            );
+            eprintln!("skipping the {tool} download: {tool} is not installed");
+            continue;
+        };
+        // Only this tool (and what the function itself runs) on the PATH.
+        let bin = dir.path().join(format!("bin-{tool}"));
+        std::fs::create_dir(&bin).expect("bin");
+        for t in [found, which("rm").expect("rm")] {
+            std::os::unix::fs::symlink(&t, bin.join(t.file_name().expect("name"))).expect("ln");
+        }
+        let run = |file: &str, size: usize| {
+            let out_dir = dir.path().join(format!("out-{tool}-{file}-{size}"));
+            std::fs::create_dir(&out_dir).expect("out");
+            let out = Command::new(&bash)
+                .args(["-c", &format!("{fetch}\nov_fetch")])
+                .env_clear()
+                .env("PATH", &bin)
+                .env("url", format!("http://127.0.0.1:{port}/{file}"))
+                .env("size", size.to_string())
+                .env("archive", "got")
+                .current_dir(&out_dir)
+                .stdin(Stdio::null())
+                .output()
+                .expect("bash");
+            (out, std::fs::read(out_dir.join("got")).ok())
+        };
+        let (out, got) = run("b.tar.gz", body.len());
+        assert!(
+            out.status.success(),
+            "{tool}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(
+            got.as_deref() == Some(&body[..]),
+            "{tool}: the bytes served"
+        );
+        let (out, _) = run("missing.tar.gz", body.len());
+        assert!(!out.status.success(), "{tool}: a 404 is a failure");
+        if tool == "curl" {
+            let (out, _) = run("b.tar.gz", body.len() - 1);
+            assert!(
+                !out.status.success(),
+                "curl: more bytes than the bundle has"
+            );
+        }
+    }
+    let _ = server.kill();
+    let _ = server.wait();
+}
+
+/// `tool`'s program on this process's PATH (or /usr/bin), skipping wrapper scripts (a version
+/// manager's shims need more than a PATH of one tool).
+fn which(tool: &str) -> Result<std::path::PathBuf, ()> {
+    let wrapper = |p: &std::path::Path| std::fs::read(p).is_ok_and(|b| b.starts_with(b"#!"));
+    std::env::var_os("PATH")
+        .iter()
+        .flat_map(std::env::split_paths)
+        .chain([std::path::PathBuf::from("/usr/bin")])
+        .map(|d| d.join(tool))
+        .find(|p| p.is_file() && !wrapper(p))
+        .ok_or(())
+}

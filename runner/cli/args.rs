@@ -186,6 +186,12 @@ pub struct CompileArgs {
     /// else gzip-compressed when that fits, else an error.
     #[arg(long, value_name = "SIZE", value_parser = parse_size, requires = "emit")]
     pub max_user_data: Option<u64>,
+    /// With `--emit cloud-init`: the user-data carries no archive, only the first-boot script,
+    /// which downloads it from URL (http or https) and applies it only if it matches the digest
+    /// compiled in. The archive and its `.sha256` are written beside FILE, to be served there.
+    /// A few KiB of user-data whatever the bundle's size: fits AWS EC2's 16 KiB.
+    #[arg(long, value_name = "URL", requires = "emit")]
+    pub bundle_url: Option<String>,
 }
 
 /// A size in bytes: digits, optionally followed by `K`/`KiB` (×1024) or `M`/`MiB` (×1048576).

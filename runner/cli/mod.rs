@@ -56,17 +56,23 @@ pub fn main() -> ExitCode {
         }
     };
     if let Command::Compile(args::CompileArgs {
-        emit: Some(emit), ..
+        emit: Some(emit),
+        bundle_url,
+        ..
     }) = &cli.command
     {
-        if !["ansible", "cloud-init"].contains(&emit[0].as_str()) {
-            let e = Cli::command().error(
-                clap::error::ErrorKind::InvalidValue,
-                format!(
-                    "`--emit` takes `ansible DIR` or `cloud-init FILE`, not `{}`",
-                    emit[0]
-                ),
-            );
+        let wrong = if !["ansible", "cloud-init"].contains(&emit[0].as_str()) {
+            Some(format!(
+                "`--emit` takes `ansible DIR` or `cloud-init FILE`, not `{}`",
+                emit[0]
+            ))
+        } else if emit[0] == "ansible" && bundle_url.is_some() {
+            Some("`--bundle-url` is for `--emit cloud-init` (the role carries the archive)".into())
+        } else {
+            None
+        };
+        if let Some(msg) = wrong {
+            let e = Cli::command().error(clap::error::ErrorKind::ArgumentConflict, msg);
             let _ = e.print();
             return ExitCode::from(Exit::Usage.code());
         }
@@ -125,6 +131,7 @@ fn run(cli: Cli) -> Result<(), CommandError> {
                     max: args
                         .max_user_data
                         .unwrap_or(ov_compiler::emit::DEFAULT_MAX_USER_DATA),
+                    url: args.bundle_url,
                 },
                 (None, Some(dir), _) => Output::Unpacked(dir),
                 (None, None, Some(file)) => Output::Archive(file),

@@ -30,6 +30,8 @@ pub enum Output {
         file: PathBuf,
         /// `--max-user-data`.
         max: u64,
+        /// `--bundle-url`: the user-data downloads the archive from here (written beside FILE).
+        url: Option<String>,
     },
 }
 
@@ -62,8 +64,8 @@ pub fn run(opts: &CompileOptions) -> Result<(), CommandError> {
             return Ok(());
         }
         Output::Ansible(dir) => return write_ansible(&bundle, &opts.build, dir),
-        Output::CloudInit { file, max } => {
-            return write_cloud_init(&bundle, &opts.build, file, *max)
+        Output::CloudInit { file, max, url } => {
+            return write_cloud_init(&bundle, &opts.build, file, *max, url.as_deref())
         }
         Output::Archive(file) => file.clone(),
         Output::Default => PathBuf::from(bundle.archive_name()),
@@ -102,15 +104,31 @@ fn write_ansible(
     Ok(())
 }
 
-/// `--emit cloud-init FILE`: the user-data, and its size against the common limits.
+/// `--emit cloud-init FILE`: the user-data, and its size against the common limits; with
+/// `--bundle-url`, the archive and its `.sha256` beside FILE (what is to be served at the URL).
 fn write_cloud_init(
     bundle: &bundle::Bundle,
     build: &crate::commands::project::BuildOptions,
     file: &Path,
     max: u64,
+    url: Option<&str>,
 ) -> Result<(), CommandError> {
     let engine = Engine::new(build.templates.as_deref())?;
-    let ud = emit::cloud_init(bundle, &engine, max)?;
+    let ud = match url {
+        Some(url) => emit::cloud_init_fetching(bundle, &engine, max, url)?,
+        None => emit::cloud_init(bundle, &engine, max)?,
+    };
+    if let Some(url) = url {
+        let dir = file
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .unwrap_or(Path::new("."));
+        std::fs::create_dir_all(dir)?;
+        let (archive, sum) =
+            bundle::write(bundle, &dir.join(bundle.archive_name())).map_err(CommandError::Write)?;
+        println!("wrote {} (serve it at {url})", archive.display());
+        println!("wrote {}", sum.display());
+    }
     write_atomic(file, &ud.data)?;
     println!(
         "wrote {}: {} bytes of user-data ({}; plain {} bytes, gzip-compressed {} bytes), limit {} bytes",

@@ -178,7 +178,8 @@ impl HasExit for CommandError {
             },
             CommandError::Emit(e) => match e {
                 ov_compiler::emit::EmitError::Render(_)
-                | ov_compiler::emit::EmitError::NoUser { .. } => Exit::InvalidInput,
+                | ov_compiler::emit::EmitError::NoUser { .. }
+                | ov_compiler::emit::EmitError::BadUrl { .. } => Exit::InvalidInput,
                 ov_compiler::emit::EmitError::TooLarge { .. }
                 | ov_compiler::emit::EmitError::Gzip(_) => Exit::Other,
             },

@@ -226,6 +226,99 @@ fn emit_cloud_init_writes_user_data_and_refuses_what_does_not_fit() {
     });
 }
 
+/// `--emit cloud-init FILE --bundle-url URL`, applied by the real cloud-init of the trixie test
+/// host (its NoCloud seed, its four boot stages): the user-data is a few KiB of plain
+/// `#cloud-config` (AWS EC2's 16 KiB takes it) with only a `runcmd`, and ov writes the archive
+/// and its `.sha256` beside it, to be served at the URL — here by python3's `http.server` on the
+/// host's own loopback (its network namespace). The host has neither curl nor wget, so the
+/// script downloads with the python3 cloud-init runs on. A download with one byte changed is
+/// refused before anything of it runs (nothing applied, no ledger, cloud-init reports the
+/// failure); the archive as compiled is applied and recorded as `ov push` records it.
+#[test]
+fn emit_cloud_init_with_a_bundle_url_downloads_checks_and_applies_at_first_boot() {
+    let Some(host) = cloudhost::CloudHost::start() else {
+        return;
+    };
+    let home = tempfile::tempdir().expect("home");
+    let out_dir = tempfile::tempdir().expect("out");
+    let file = out_dir.path().join("user-data");
+    let url = "http://127.0.0.1:8765/b/vm-emit.tar.gz";
+    let r = ov(
+        home.path(),
+        &[
+            "compile",
+            "vm:emit",
+            "--emit",
+            "cloud-init",
+            &file.to_string_lossy(),
+            "--bundle-url",
+            url,
+        ],
+    );
+    assert_eq!(r.status.code(), Some(0), "{}", text(&r));
+    let user_data = std::fs::read_to_string(&file).expect("plain user-data");
+    assert!(user_data.starts_with("#cloud-config\n"), "{user_data}");
+    assert!(user_data.len() <= 16 * 1024, "{} bytes", user_data.len());
+    assert!(!user_data.contains("write_files"), "{user_data}");
+    let archive = std::fs::read(out_dir.path().join("vm-emit.tar.gz")).expect("the archive");
+    let sum = std::fs::read_to_string(out_dir.path().join("vm-emit.tar.gz.sha256")).expect("sha");
+    assert!(user_data.contains(sum.split_whitespace().next().expect("digest")));
+
+    // The server, in the host: its own loopback, a directory of its own.
+    let served = host.path("srv/ov/b/vm-emit.tar.gz");
+    std::fs::create_dir_all(served.parent().expect("dir")).expect("mkdir");
+    host.sh(
+        "cd /srv/ov && setsid -f python3 -m http.server 8765 --bind 127.0.0.1 >/dev/null 2>&1 </dev/null
+for i in $(seq 100); do (exec 3<>/dev/tcp/127.0.0.1/8765) 2>/dev/null && exit 0; sleep 0.1; done; exit 1",
+    );
+    let log =
+        || std::fs::read_to_string(host.path("var/log/cloud-init-output.log")).unwrap_or_default();
+
+    // One byte changed, the size the same: refused before it is unpacked.
+    let mut tampered = archive.clone();
+    let mid = tampered.len() / 2;
+    tampered[mid] ^= 0x01;
+    std::fs::write(&served, &tampered).expect("serve");
+    let stages = host.boot(&user_data);
+    let (status, _) = host.status();
+    assert!(
+        log().contains("ov: the archive does not match its digest"),
+        "{stages}\n{}",
+        log()
+    );
+    assert_ne!(status["errors"], serde_json::json!([]), "{status:#}");
+    assert!(host.ledger_layers().is_empty());
+    assert!(!host.path("etc/ov-emit.conf").exists());
+    assert_eq!(
+        host.sh("ls -A /var/lib/overthink/work"),
+        "",
+        "nothing is left staged"
+    );
+
+    // As compiled: applied at first boot, and recorded.
+    std::fs::write(&served, &archive).expect("serve");
+    let stages = host.boot(&user_data);
+    let (status, _) = host.status();
+    assert_eq!(
+        status["errors"],
+        serde_json::json!([]),
+        "{status:#}\n{stages}\n{}",
+        log()
+    );
+    let log = log();
+    assert!(
+        log.contains("ov: applying vm-emit.tar.gz for ovtest at first boot")
+            && log.contains("::ov:: end result=ok applied=2"),
+        "{log}"
+    );
+    assert_eq!(
+        std::fs::read_to_string(host.path("etc/ov-emit.conf")).expect("the layer's file"),
+        "written-by=ov\n"
+    );
+    assert_eq!(host.ledger_layers(), ["emit-env.json", "emit-file.json"]);
+    assert_eq!(host.sh("ls -A /var/lib/overthink/work"), "");
+}
+
 #[test]
 fn emit_cloud_init_needs_a_target_account_and_emit_an_engine_it_knows() {
     let home = tempfile::tempdir().expect("home");
