@@ -225,6 +225,7 @@ fn with_display<T>(
 /// error of ours: like other Unix tools we stop quietly instead of printing `Broken pipe`.
 fn emit(text: &str) -> Result<(), CommandError> {
     let mut out = std::io::stdout().lock();
+    let text = crate::ui::term::safe(text);
     match out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
         Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => Err(e.into()),
         _ => Ok(()),

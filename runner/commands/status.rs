@@ -15,6 +15,7 @@ use crate::ssh::exec::Executor;
 use crate::ssh::master::SshExecutor;
 use crate::target::ledger::{status as read_status, status_with, LayerMatch, StatusReport};
 use crate::ui::progress::{Event, Progress};
+use crate::ui::term::say;
 
 /// Plain options of `ov status`.
 #[derive(Debug, Clone)]
@@ -132,21 +133,21 @@ fn status_inner(cmd: &StatusCommand, display: &mut dyn Progress) -> Result<(), C
         }
         println!("{v}");
     } else {
-        println!("{} — ledger {}", report.target, report.ledger);
+        say(&format!("{} — ledger {}", report.target, report.ledger));
         if report.layers.is_empty() {
-            println!("  no layers recorded");
+            say("  no layers recorded");
         }
         for l in &report.layers {
-            println!(
+            say(&format!(
                 "  {:<28} {:<16} {}  by {}",
                 l.layer,
                 l.digest.chars().take(16).collect::<String>(),
                 l.deployed_at,
                 l.deployed_by.join(",")
-            );
+            ));
         }
         if !report.comparison.is_empty() {
-            println!("compared with the bundle:");
+            say("compared with the bundle:");
             for (name, m) in &report.comparison {
                 let what = match m {
                     LayerMatch::Applied => "applied".to_string(),
@@ -157,17 +158,19 @@ fn status_inner(cmd: &StatusCommand, display: &mut dyn Progress) -> Result<(), C
                     LayerMatch::Failed => "failed (fix and push again to resume)".to_string(),
                     LayerMatch::Missing => "not applied".to_string(),
                 };
-                println!("  {name:<28} {what}");
+                say(&format!("  {name:<28} {what}"));
             }
             for e in &report.extra {
-                println!("  {e:<28} recorded for this deploy but not in the bundle");
+                say(&format!(
+                    "  {e:<28} recorded for this deploy but not in the bundle"
+                ));
             }
         }
         match changed {
-            Some(0) => println!("the target's files: as the bundle installs them"),
-            Some(n) => println!(
+            Some(0) => say("the target's files: as the bundle installs them"),
+            Some(n) => say(&format!(
                 "the target's files: a run would change {n} layer(s) (the `change` lines above; `ov push --check --diff` shows how)"
-            ),
+            )),
             None => {}
         }
     }

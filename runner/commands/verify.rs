@@ -56,7 +56,7 @@ pub fn run(opts: &VerifyOptions) -> Result<(), CommandError> {
             report.files_checked
         );
         if let Some(line) = check_signature(opts, &report)? {
-            println!("{line}");
+            crate::ui::term::say(&line);
         }
         return Ok(());
     }
@@ -78,7 +78,7 @@ pub fn run(opts: &VerifyOptions) -> Result<(), CommandError> {
         report.files_checked
     );
     if let Some(line) = check_signature(opts, &report)? {
-        println!("{line}");
+        crate::ui::term::say(&line);
     }
     Ok(())
 }

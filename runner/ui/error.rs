@@ -35,7 +35,7 @@ pub fn report(error: &(dyn Error + 'static), exit: Exit, json: bool) {
             json!({"event": "error", "exit": exit.code(), "message": text})
         );
     } else {
-        eprintln!("error: {text}");
+        eprintln!("error: {}", super::term::safe(&text));
     }
 }
 

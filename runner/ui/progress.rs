@@ -467,7 +467,7 @@ impl Display {
             b.enable_steady_tick(Duration::from_millis(120));
             b
         });
-        bar.set_message(msg);
+        bar.set_message(super::term::safe(&msg).into_owned());
     }
 
     /// The bar's fill counts finished layers; its text names the current one (`[2/4] name`).
@@ -483,6 +483,7 @@ impl Display {
     }
 
     fn println(&self, line: &str) {
+        let line = &*super::term::safe(line);
         match &self.bar {
             Some(b) => b.println(line),
             None => eprintln!("{line}"),
@@ -614,7 +615,8 @@ impl Display {
             }
             Event::Run(RunEvent::ScriptStart { script, .. }) => {
                 if let Some(b) = &self.bar {
-                    b.set_message(format!("{} · {script}", self.counter()));
+                    let msg = format!("{} · {script}", self.counter());
+                    b.set_message(super::term::safe(&msg).into_owned());
                 }
             }
             Event::Run(RunEvent::LayerDone { .. }) | Event::Run(RunEvent::LayerSkip { .. }) => {
@@ -791,7 +793,7 @@ impl Progress for Display {
             }
             DisplayMode::Plain => {
                 for line in self.human_lines(ev) {
-                    eprintln!("{line}");
+                    eprintln!("{}", super::term::safe(&line));
                 }
             }
             DisplayMode::Bar => self.bar_event(ev),

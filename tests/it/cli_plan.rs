@@ -242,3 +242,64 @@ fn corpus_request_order_decides_where_dependencies_do_not() {
     );
     assert_eq!(text_layers(&text), python_first);
 }
+
+/// Layer files are untrusted, and a bundle given to `ov inspect` more so: an escape sequence in a
+/// layer's value (a `cmd:`, a check's `addr:`) is shown as `�` by `ov plan`, by `ov inspect` of
+/// the compiled bundle, and in an error — it never reaches the terminal, where it could retitle
+/// the window, clear the screen or forge the lines around it. The canary: before, all three
+/// printed ESC and BEL as they were.
+#[test]
+fn escape_sequences_in_layer_values_never_reach_the_terminal() {
+    let dir = tempfile::tempdir().expect("tmp");
+    crate::cli_common::copy_tree(&demo(), dir.path());
+    let layer = dir.path().join("layers/demo-config/layer.yml");
+    let text = std::fs::read_to_string(&layer).expect("layer.yml");
+    let cmd = "    - cmd: |\n        grep -q 'ov' /etc/demo/motd\n";
+    assert!(text.contains(cmd), "the demo's layer changed: {text}");
+    std::fs::write(
+        &layer,
+        text.replace(cmd, "    - cmd: \"echo \\e]0;pwned\\a \\e[2J\"\n    - cmd: |\n        grep -q 'ov' /etc/demo/motd\n"),
+    )
+    .expect("write");
+    let raw = |s: &str| s.contains('\u{1b}') || s.contains('\u{7}');
+
+    let r = run(ov().arg("-C").arg(dir.path()).args(["plan", "vm:demo"]));
+    expect_code(&r, 0, "plan");
+    assert!(!raw(&r.stdout) && !raw(&r.stderr), "{:?}", r.stdout);
+    assert!(
+        r.stdout
+            .contains("echo \u{fffd}]0;pwned\u{fffd} \u{fffd}[2J"),
+        "{}",
+        r.stdout
+    );
+
+    let bundle = dir.path().join("b.tar.gz");
+    let r = run(ov()
+        .arg("-C")
+        .arg(dir.path())
+        .args(["compile", "vm:demo", "--allow-root-tasks", "-o"])
+        .arg(&bundle));
+    expect_code(&r, 0, "compile");
+    let r = run(ov().arg("inspect").arg(&bundle));
+    expect_code(&r, 0, "inspect");
+    assert!(!raw(&r.stdout) && !raw(&r.stderr), "{:?}", r.stdout);
+    assert!(
+        r.stdout.contains("\u{fffd}]0;pwned\u{fffd}"),
+        "{}",
+        r.stdout
+    );
+
+    let tools = dir.path().join("layers/demo-tools/layer.yml");
+    let mut text = std::fs::read_to_string(&tools).expect("layer.yml");
+    assert!(!text.contains("tests:"), "the demo's layer changed: {text}");
+    text.push_str("  tests:\n    - id: port-check\n      scope: deploy\n      addr: \"127.0.0.1:80 \\e]0;pwned\\a\"\n      reachable: true\n");
+    std::fs::write(&tools, text).expect("write");
+    let r = run(ov().arg("-C").arg(dir.path()).args(["plan", "vm:demo"]));
+    expect_code(&r, 3, "plan of a bad check");
+    assert!(!raw(&r.stderr), "{:?}", r.stderr);
+    assert!(
+        r.stderr.contains("\u{fffd}]0;pwned\u{fffd}"),
+        "{}",
+        r.stderr
+    );
+}
