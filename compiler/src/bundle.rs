@@ -131,6 +131,22 @@ pub enum BundleError {
         #[source]
         source: std::io::Error,
     },
+    /// A payload file is larger than one bundle file may be (what `ov verify` and `ov push`
+    /// would refuse); found from its size, before it is read.
+    #[error(
+        "layer `{layer}`: payload file `{}` is {}, more than the {} one bundle file may hold \
+         (`ov verify` would refuse the bundle); fetch it on the target with a `download:` task instead",
+        path.display(), crate::bundle_read::bytes(*size), crate::bundle_read::bytes(*limit)
+    )]
+    PayloadTooLarge {
+        layer: String,
+        /// The file on the compiling machine.
+        path: PathBuf,
+        /// Its size in bytes.
+        size: u64,
+        /// [`crate::bundle_read::MAX_ENTRY_BYTES`].
+        limit: u64,
+    },
     /// A payload source is not a regular file (a symlink could pull in any file of this machine).
     #[error("layer `{layer}`: payload `{}` is not a regular file (symlinks and directories are refused)", path.display())]
     PayloadNotFile {
@@ -702,11 +718,31 @@ fn read_payload(rl: &RenderedLayer) -> Result<Vec<(String, u32, Vec<u8>)>, Bundl
                 path: p.source_path.clone(),
             });
         }
-        let data = std::fs::read(&p.source_path).map_err(|source| BundleError::Payload {
+        // Refused by its size before it is read (a file of many GiB would be read whole into
+        // memory), and read at most one byte past the limit, should it grow meanwhile.
+        let limit = crate::bundle_read::MAX_ENTRY_BYTES;
+        let too_large = |size: u64| BundleError::PayloadTooLarge {
             layer: rl.name.clone(),
             path: p.source_path.clone(),
-            source,
-        })?;
+            size,
+            limit,
+        };
+        if meta.len() > limit {
+            return Err(too_large(meta.len()));
+        }
+        let mut data = Vec::new();
+        std::fs::File::open(&p.source_path)
+            .and_then(|f| {
+                std::io::Read::read_to_end(&mut std::io::Read::take(f, limit + 1), &mut data)
+            })
+            .map_err(|source| BundleError::Payload {
+                layer: rl.name.clone(),
+                path: p.source_path.clone(),
+                source,
+            })?;
+        if data.len() as u64 > limit {
+            return Err(too_large(data.len() as u64));
+        }
         out.push((rel.to_string(), payload_mode(&meta), data));
     }
     out.sort_by(|a, b| a.0.cmp(&b.0));

@@ -514,3 +514,32 @@ fn verify_and_inspect_read_an_unpacked_bundle_as_its_archive() {
     expect_code(&r, 3, "verify a directory that is no bundle");
     assert!(r.stderr.contains("not an unpacked bundle"), "{}", r.stderr);
 }
+
+/// A payload file larger than one bundle file may hold is refused by its size, before it is read
+/// (the file here is sparse: 1 GiB + 1 byte that take no disk). Before, `ov compile` read it whole
+/// into memory (a 3 GiB file: 7 GB and counting) and wrote a bundle `ov verify` then refused.
+#[test]
+fn a_payload_file_too_large_for_a_bundle_is_refused_before_it_is_read() {
+    let dir = tempfile::tempdir().expect("tmp");
+    copy_tree(&demo(), dir.path());
+    let big = dir.path().join("layers/demo-config/demo.conf");
+    std::fs::File::create(&big)
+        .and_then(|f| f.set_len((1 << 30) + 1))
+        .expect("a sparse file");
+    let out = dir.path().join("b.tar.gz");
+    let r = run(ov()
+        .arg("-C")
+        .arg(dir.path())
+        .args(["compile", "vm:demo", "-o"])
+        .arg(&out));
+    expect_code(&r, 3, "compile");
+    assert!(
+        r.stderr.contains(&format!(
+            "error: layer `demo-config`: payload file `{}` is 1073741825 bytes (1.0 GiB), more than the 1073741824 bytes (1.0 GiB) one bundle file may hold",
+            big.display()
+        )),
+        "{}",
+        r.stderr
+    );
+    assert!(!out.exists(), "no bundle is written");
+}
