@@ -428,7 +428,7 @@ pub fn load_layer_dir(dir: &Path, ctx: &ParseContext) -> Result<Layer, LayerErro
         }
     };
     let file = dir.join("layer.yml");
-    let text = std::fs::read_to_string(&file).map_err(|source| LayerError::Read {
+    let text = crate::yaml::read_utf8(&file).map_err(|source| LayerError::Read {
         path: file.clone(),
         source,
     })?;

@@ -128,6 +128,27 @@ impl fmt::Display for YamlError {
 
 impl std::error::Error for YamlError {}
 
+/// Read a project or layer file as text. A file that is not UTF-8 gets an error that says where
+/// (line and column of the first bad byte) and what to do, rather than the bare "stream did not
+/// contain valid UTF-8".
+pub fn read_utf8(path: &std::path::Path) -> std::io::Result<String> {
+    let bytes = std::fs::read(path)?;
+    String::from_utf8(bytes).map_err(|e| {
+        let good = &e.as_bytes()[..e.utf8_error().valid_up_to()];
+        let line = good.iter().filter(|&&b| b == b'\n').count() + 1;
+        let start = good.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1);
+        // (the bytes before it on its line are valid UTF-8: count characters, not bytes)
+        let column = String::from_utf8_lossy(&good[start..]).chars().count() + 1;
+        let byte = e.as_bytes()[good.len()];
+        std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!(
+                "not UTF-8 text: byte 0x{byte:02x} at line {line}, column {column}; save the file as UTF-8"
+            ),
+        )
+    })
+}
+
 /// Messages quote keys and values from the file; control characters in them (escape
 /// sequences, newlines) must not reach the terminal or break the one-line format.
 fn printable(s: &str) -> Cow<'_, str> {

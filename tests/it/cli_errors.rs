@@ -175,3 +175,32 @@ fn no_project_found() {
         r.stderr
     );
 }
+
+/// A layer file that is not UTF-8 (here Latin-1 `é`) says where and what to do; before, the
+/// error said only "cannot read" the file — the reason was dropped on the way out.
+#[test]
+fn a_layer_file_that_is_not_utf8_names_the_line_and_column() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    copy_tree(&fixtures().join("base"), dir.path());
+    let layer = std::fs::read_dir(dir.path().join("layers"))
+        .expect("layers")
+        .flatten()
+        .map(|e| e.path().join("layer.yml"))
+        .find(|p| p.is_file())
+        .expect("a layer");
+    let mut text = std::fs::read(&layer).expect("layer.yml");
+    let lines = text.iter().filter(|&&b| b == b'\n').count();
+    text.extend_from_slice(b"# caf\xe9\n");
+    std::fs::write(&layer, &text).expect("write");
+    let r = run(ov()
+        .arg("-C")
+        .arg(dir.path())
+        .args(["plan", "vm:alpha", "base-tools"]));
+    expect_code(&r, 3, "plan");
+    let want = format!(
+        "error: cannot read `{}`\n  caused by: not UTF-8 text: byte 0xe9 at line {}, column 6; save the file as UTF-8\n",
+        layer.display(),
+        lines + 1
+    );
+    assert_eq!(r.stderr, want);
+}

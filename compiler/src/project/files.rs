@@ -62,7 +62,7 @@ pub(super) fn read_tree(
     seen: &mut HashSet<PathBuf>,
     out: &mut Vec<SourceFile>,
 ) -> Result<(), ProjectError> {
-    let text = std::fs::read_to_string(path).map_err(|source| ProjectError::Read {
+    let text = yaml::read_utf8(path).map_err(|source| ProjectError::Read {
         path: path.to_path_buf(),
         source,
     })?;
