@@ -128,11 +128,37 @@ impl fmt::Display for YamlError {
 
 impl std::error::Error for YamlError {}
 
+/// The most bytes a project or layer file may have (what [`read_utf8`] reads).
+pub const MAX_FILE_BYTES: u64 = 8 << 20;
+
 /// Read a project or layer file as text. A file that is not UTF-8 gets an error that says where
 /// (line and column of the first bad byte) and what to do, rather than the bare "stream did not
 /// contain valid UTF-8".
 pub fn read_utf8(path: &std::path::Path) -> std::io::Result<String> {
-    let bytes = std::fs::read(path)?;
+    // A project file is written by hand: one of many MiB is a mistake or an attack, and reading
+    // it (and quoting its lines in an error) would take that much memory several times over.
+    let size = std::fs::metadata(path)?.len();
+    if size > MAX_FILE_BYTES {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!(
+                "{size} bytes, more than the {MAX_FILE_BYTES} a project or layer file may have; \
+                 keep large content in files a layer copies"
+            ),
+        ));
+    }
+    let mut bytes = Vec::new();
+    std::io::Read::read_to_end(
+        &mut std::io::Read::take(std::fs::File::open(path)?, MAX_FILE_BYTES + 1),
+        &mut bytes,
+    )?;
+    if bytes.len() as u64 > MAX_FILE_BYTES {
+        // (it grew while read, or its size is not known beforehand: a pipe, a /proc file)
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!("more than the {MAX_FILE_BYTES} bytes a project or layer file may have"),
+        ));
+    }
     String::from_utf8(bytes).map_err(|e| {
         let good = &e.as_bytes()[..e.utf8_error().valid_up_to()];
         let line = good.iter().filter(|&&b| b == b'\n').count() + 1;

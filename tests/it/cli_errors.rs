@@ -204,3 +204,57 @@ fn a_layer_file_that_is_not_utf8_names_the_line_and_column() {
     );
     assert_eq!(r.stderr, want);
 }
+
+/// A project file is read with a bound: a layer file of more than 8 MiB (here 1 GiB, sparse) is
+/// refused by its size at once. Before, a 1 GiB layer file of one line took 25 s and 5 GB of
+/// memory to end in a parse error.
+#[test]
+fn a_layer_file_of_many_mib_is_refused_by_its_size() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    copy_tree(&fixtures().join("base"), dir.path());
+    let layer = dir.path().join("layers/base-tools/layer.yml");
+    assert!(layer.is_file(), "the base project changed");
+    std::fs::File::options()
+        .write(true)
+        .open(&layer)
+        .and_then(|f| f.set_len(1 << 30))
+        .expect("a sparse 1 GiB file");
+    let r = run(ov()
+        .arg("-C")
+        .arg(dir.path())
+        .args(["plan", "vm:alpha", "base-tools"]));
+    expect_code(&r, 3, "plan");
+    assert_eq!(
+        r.stderr,
+        format!(
+            "error: cannot read `{}`\n  caused by: 1073741824 bytes, more than the 8388608 a project or layer file may have; keep large content in files a layer copies\n",
+            layer.display()
+        )
+    );
+}
+
+/// An include that names something other than a regular file says so (it said the file did
+/// not exist).
+#[test]
+fn an_include_that_is_not_a_regular_file_says_so() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    copy_tree(&fixtures().join("base"), dir.path());
+    let top = dir.path().join("overthink.yml");
+    let text = std::fs::read_to_string(&top).expect("overthink.yml");
+    std::fs::write(
+        &top,
+        text.replace("  - deploy.yml\n", "  - deploy.yml\n  - layers\n"),
+    )
+    .expect("write");
+    let r = run(ov()
+        .arg("-C")
+        .arg(dir.path())
+        .args(["plan", "vm:alpha", "base-tools"]));
+    expect_code(&r, 3, "plan");
+    assert!(
+        r.stderr
+            .contains("included file `layers` is not a regular file"),
+        "{}",
+        r.stderr
+    );
+}

@@ -93,11 +93,16 @@ pub(super) fn read_tree(
             ));
         }
         if !child.is_file() {
+            let what = if child.exists() {
+                "is not a regular file"
+            } else {
+                "does not exist"
+            };
             return Err(schema(doc.error(
                 node.pos,
                 YamlErrorKind::Invalid,
                 format!(
-                    "included file `{inc}` does not exist (looked for `{}`)",
+                    "included file `{inc}` {what} (looked for `{}`)",
                     child.display()
                 ),
             )));
