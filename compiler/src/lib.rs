@@ -16,6 +16,7 @@ pub mod bundle_read;
 pub mod deploy;
 pub mod emit;
 pub mod entries;
+pub mod errors;
 pub mod gzip;
 pub mod layer;
 pub mod layer_parse;

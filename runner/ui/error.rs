@@ -13,17 +13,7 @@ use crate::exit::Exit;
 /// said (an error that quotes its source's message does not print it twice). Multi-line
 /// messages (located YAML errors with their source line) are kept as they are.
 pub fn render(error: &(dyn Error + 'static)) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        let line = cause.to_string();
-        if !text.contains(&line) {
-            text.push_str("\n  caused by: ");
-            text.push_str(&line);
-        }
-        source = cause.source();
-    }
-    text
+    ov_compiler::errors::with_causes(error)
 }
 
 /// Print a failed command's error: on stderr, or as a JSON line on stdout with `json`.

@@ -177,22 +177,9 @@ pub enum ProjectError {
 
 pub(super) fn join_errors(errors: &[LayerError]) -> String {
     // Each with its causes (why a file could not be read), which this one message carries.
-    let with_causes = |e: &LayerError| {
-        let mut text = e.to_string();
-        let mut source = std::error::Error::source(e);
-        while let Some(cause) = source {
-            let line = cause.to_string();
-            if !text.contains(&line) {
-                text.push_str("\n  caused by: ");
-                text.push_str(&line);
-            }
-            source = cause.source();
-        }
-        text
-    };
     let mut out = errors
         .iter()
-        .map(with_causes)
+        .map(|e| crate::errors::with_causes(e))
         .collect::<Vec<_>>()
         .join("\n\n");
     if errors.len() > 1 {
