@@ -25,7 +25,7 @@ pub fn report(error: &(dyn Error + 'static), exit: Exit, json: bool) {
             json!({"event": "error", "exit": exit.code(), "message": text})
         );
     } else {
-        eprintln!("error: {}", super::term::safe(&text));
+        eprintln!("error: {}", super::term::safe(&super::term::cropped(&text)));
     }
 }
 

@@ -302,4 +302,19 @@ fn escape_sequences_in_layer_values_never_reach_the_terminal() {
         "{}",
         r.stderr
     );
+
+    // A value of 100,000 characters is not printed whole (it was: 100 KB of stderr).
+    let text = std::fs::read_to_string(&tools).expect("layer.yml");
+    let long = format!("127.0.0.1:80 {}", "x".repeat(100_000));
+    let bad = "127.0.0.1:80 \\e]0;pwned\\a";
+    assert!(text.contains(bad), "{text}");
+    std::fs::write(&tools, text.replace(bad, &long)).expect("write");
+    let r = run(ov().arg("-C").arg(dir.path()).args(["plan", "vm:demo"]));
+    expect_code(&r, 3, "plan of a long bad value");
+    assert!(
+        r.stderr.contains("characters left out]…"),
+        "{}",
+        &r.stderr[..200.min(r.stderr.len())]
+    );
+    assert!(r.stderr.len() < 4000, "{} bytes of stderr", r.stderr.len());
 }
