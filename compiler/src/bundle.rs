@@ -611,16 +611,25 @@ fn set_dir_modes(dir: &Path) -> std::io::Result<()> {
 /// Names that become path components, ledger file names and progress-line values: a safe,
 /// space-free character set (layer names come from directory names, which are untrusted).
 fn check_name(what: &'static str, value: &str, allow_colon: bool) -> Result<(), BundleError> {
-    let bad = |reason| BundleError::Name {
-        what,
-        value: value.to_string(),
-        reason,
-    };
-    let mut chars = value.chars();
-    match chars.next() {
-        None => return Err(bad("it is empty")),
+    match name_problem(value, allow_colon) {
+        Some(reason) => Err(BundleError::Name {
+            what,
+            value: value.to_string(),
+            reason,
+        }),
+        None => Ok(()),
+    }
+}
+
+/// Why `value` cannot be a name in a bundle (a path component, a ledger file name, `run.sh
+/// --user`), or `None` when it can: it starts with a letter, a digit or `_`, holds only letters,
+/// digits and `._+-` (and `:` where `allow_colon`), and has at most 200 characters. The project
+/// reader applies it where it reads such names, so their errors can say the line.
+pub fn name_problem(value: &str, allow_colon: bool) -> Option<&'static str> {
+    match value.chars().next() {
+        None => return Some("it is empty"),
         Some(c) if !c.is_ascii_alphanumeric() && c != '_' => {
-            return Err(bad("it must start with a letter, a digit or `_`"))
+            return Some("it must start with a letter, a digit or `_`")
         }
         _ => {}
     }
@@ -628,16 +637,16 @@ fn check_name(what: &'static str, value: &str, allow_colon: bool) -> Result<(), 
         c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '+' | '-') || (allow_colon && c == ':')
     };
     if !value.chars().all(ok) {
-        return Err(bad(if allow_colon {
+        return Some(if allow_colon {
             "only letters, digits and `._+-:` are allowed"
         } else {
             "only letters, digits and `._+-` are allowed"
-        }));
+        });
     }
     if value.len() > 200 {
-        return Err(bad("it is longer than 200 characters"));
+        return Some("it is longer than 200 characters");
     }
-    Ok(())
+    None
 }
 
 /// The layer's scripts sorted by file name (the run order), after checking each name.

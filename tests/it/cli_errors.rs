@@ -121,6 +121,16 @@ case!(
     ["unknown distro `gentoo`", "`archlinux`, `debian`"]
 );
 case!(
+    an_ssh_user_that_cannot_be_an_account,
+    "bad-ssh-user",
+    ["vm:alpha"],
+    Some(("deploy.yml", 8, 13)),
+    [
+        "`vm.alpha.ssh.user` `deploy user; reboot` cannot be an account name",
+        "only letters, digits and `._+-` are allowed"
+    ]
+);
+case!(
     cycle_between_layers,
     "layer-cycle",
     ["vm:alpha", "cyc-a"],

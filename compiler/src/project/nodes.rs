@@ -280,7 +280,7 @@ pub(super) fn parse_vm(
                     let swhat = format!("{kwhat}.{skey}");
                     match skey.as_str() {
                         "host" => spec.ssh_host = doc.opt_string(sv, &swhat).map_err(schema)?,
-                        "user" => spec.ssh_user = doc.opt_string(sv, &swhat).map_err(schema)?,
+                        "user" => spec.ssh_user = account(&doc, sv, &swhat)?,
                         "port" => spec.ssh_port = Some(port(&doc, sv, &swhat)?),
                         "key_source" => {
                             spec.key_source = doc.opt_string(sv, &swhat).map_err(schema)?
@@ -296,9 +296,7 @@ pub(super) fn parse_vm(
                     let swhat = format!("{kwhat}.{skey}");
                     match skey.as_str() {
                         "kind" => spec.source_kind = doc.opt_string(sv, &swhat).map_err(schema)?,
-                        "base_user" => {
-                            spec.base_user = doc.opt_string(sv, &swhat).map_err(schema)?
-                        }
+                        "base_user" => spec.base_user = account(&doc, sv, &swhat)?,
                         "distro" => {
                             let tag = doc.string(sv, &swhat).map_err(schema)?;
                             let base = tag.split(':').next().unwrap_or_default();
@@ -342,6 +340,23 @@ pub(super) fn parse_vm(
         }
     }
     Ok(spec)
+}
+
+/// An account name (`ssh.user`, `source.base_user`): it becomes the bundle's `run.sh --user` and
+/// a ledger file name, so the bundle's rule for names applies, checked here, where the error can
+/// say the line (and `ov plan` refuses what `ov compile` would).
+fn account(doc: &Doc, node: &Node, what: &str) -> Result<Option<String>, ProjectError> {
+    let Some(user) = doc.opt_string(node, what).map_err(schema)? else {
+        return Ok(None);
+    };
+    match crate::bundle::name_problem(&user, false) {
+        Some(reason) => Err(schema(doc.error(
+            node.pos,
+            YamlErrorKind::Invalid,
+            format!("`{what}` `{user}` cannot be an account name: {reason}"),
+        ))),
+        None => Ok(Some(user)),
+    }
 }
 
 pub(super) fn port(doc: &Doc, node: &Node, what: &str) -> Result<u16, ProjectError> {
