@@ -130,6 +130,15 @@ case!(
         "only letters, digits and `._+-` are allowed"
     ]
 );
+// `/` was walked whole (minutes, and every `layer.yml` on the machine) before lowering refused
+// the layers it found for being outside the project.
+case!(
+    a_discover_path_outside_the_project,
+    "discover-outside",
+    ["vm:alpha"],
+    Some(("overthink.yml", 8, 7)),
+    ["discover path `/` is outside the project"]
+);
 case!(
     cycle_between_layers,
     "layer-cycle",
