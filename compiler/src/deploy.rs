@@ -118,7 +118,11 @@ fn known_text(known: &[String]) -> String {
 
 fn known_vms_text(known: &[String]) -> String {
     if known.is_empty() {
-        " (deploy.yml defines no VMs)".to_string()
+        // Any file `includes:` names may hold `vm:`; a project whose overthink.yml leaves out
+        // deploy.yml has none, whatever deploy.yml says.
+        " (the project defines no VMs: `vm:` belongs in a file that overthink.yml's `includes:` \
+         names, such as deploy.yml)"
+            .to_string()
     } else {
         let names: Vec<String> = known.iter().map(|k| format!("`{k}`")).collect();
         format!(" (known VMs: {})", names.join(", "))
@@ -667,6 +671,18 @@ mod tests {
             "unknown VM `nope` (known VMs: `arch`, `blank`, `deb`); define it under `vm:` in \
              deploy.yml (its `source:` with the distro, and `ssh:` with the user and port), or \
              deploy to this machine with `host`"
+        );
+    }
+
+    #[test]
+    fn unknown_vm_in_a_project_without_vms_says_where_vms_come_from() {
+        let mut p = project();
+        p.vms.clear();
+        let err = resolve_deploy(&p, &req("vm:nope")).unwrap_err().to_string();
+        assert!(
+            err.contains("the project defines no VMs")
+                && err.contains("`includes:` names, such as deploy.yml"),
+            "{err}"
         );
     }
 
