@@ -754,19 +754,37 @@ impl<'a> Doc<'a> {
         }
     }
 
-    /// A non-negative integer that fits `T`.
+    /// A non-negative integer that fits `T` (an unsigned integer type); the error says the range.
     pub fn uint<T: TryFrom<i128>>(&self, node: &Node, what: &str) -> Result<T, YamlError> {
         match node.value {
             Value::Int(i) => T::try_from(i).map_err(|_| {
                 self.error(
                     node.pos,
                     YamlErrorKind::Invalid,
-                    format!("`{what}` is out of range: {i}"),
+                    format!(
+                        "`{what}` is out of range: {i}; it must be from 0 to {}",
+                        largest::<T>()
+                    ),
                 )
             }),
             _ => Err(self.wrong_type(node, "a whole number", what)),
         }
     }
+}
+
+/// The largest value of the unsigned integer type `T`, found by bisection (no std trait names
+/// it; only an error message asks).
+fn largest<T: TryFrom<i128>>() -> i128 {
+    let (mut lo, mut hi) = (0i128, i128::MAX);
+    while lo < hi {
+        let mid = lo + (hi - lo) / 2 + 1;
+        if T::try_from(mid).is_ok() {
+            lo = mid;
+        } else {
+            hi = mid - 1;
+        }
+    }
+    lo
 }
 
 /// The closest candidate to `word` if it is close enough to be a likely typo.

@@ -198,7 +198,10 @@ fn strict_where_consumed() {
             "vm:\n  box:\n    source: {distro: debain}\n",
             "unknown distro `debain`",
         ),
-        ("vm:\n  box:\n    ssh: {port: 70000}\n", "out of range"),
+        (
+            "vm:\n  box:\n    ssh: {port: 70000}\n",
+            "out of range: 70000; it must be from 0 to 65535",
+        ),
         (
             "deployments:\n  images:\n    n: {target: vm}\n",
             "no `vm_source`",
