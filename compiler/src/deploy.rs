@@ -50,6 +50,17 @@ pub enum DeployError {
         /// Close matches first, then every known name.
         known: Vec<String>,
     },
+    /// An empty deploy name (`""` or `vm:` alone): usually a shell variable that was not set.
+    #[error(
+        "the deploy name `{name}` names nothing: give `host`, `vm:<vm>` or a deploy node{}",
+        known_text(known)
+    )]
+    EmptyName {
+        /// The name as typed.
+        name: String,
+        /// Every known name.
+        known: Vec<String>,
+    },
     /// A VM that deploy.yml's `vm:` map does not define.
     #[error(
         "unknown VM `{vm}`{}; define it under `vm:` in deploy.yml (its `source:` with the distro, and `ssh:` with the user and port), or deploy to this machine with `host`",
@@ -225,6 +236,12 @@ fn locate<'p>(project: &'p Project, name: &str) -> Result<Located<'p>, DeployErr
     if let Some(path) = find_path(project, name) {
         return from_node_path(project, name, &path);
     }
+    if name.is_empty() || name == "vm:" {
+        return Err(DeployError::EmptyName {
+            name: name.to_string(),
+            known: deploy_names(project),
+        });
+    }
     if let Some(vm_name) = name.strip_prefix("vm:") {
         let vm = lookup_vm(project, vm_name)?;
         let node = find_vm_node(project, vm_name);
@@ -245,12 +262,7 @@ fn locate<'p>(project: &'p Project, name: &str) -> Result<Located<'p>, DeployErr
             vm: None,
         });
     }
-    let mut all = Vec::new();
-    collect_paths(&project.deployments, "", &mut all);
-    all.extend(project.vms.keys().map(|v| format!("vm:{v}")));
-    all.push("host".to_string());
-    all.sort();
-    all.dedup();
+    let all = deploy_names(project);
     let mut known = suggest(name, all.iter());
     for k in all {
         if !known.contains(&k) {
@@ -338,6 +350,17 @@ fn from_node_path<'p>(
             target: "k8s".to_string(),
         }),
     }
+}
+
+/// Every name a deploy can be given in `project`, sorted: its deploy nodes, `vm:<vm>`, `host`.
+fn deploy_names(project: &Project) -> Vec<String> {
+    let mut all = Vec::new();
+    collect_paths(&project.deployments, "", &mut all);
+    all.extend(project.vms.keys().map(|v| format!("vm:{v}")));
+    all.push("host".to_string());
+    all.sort();
+    all.dedup();
+    all
 }
 
 fn lookup_vm<'p>(project: &'p Project, vm: &str) -> Result<&'p VmSpec, DeployError> {
@@ -672,6 +695,19 @@ mod tests {
              deploy.yml (its `source:` with the distro, and `ssh:` with the user and port), or \
              deploy to this machine with `host`"
         );
+    }
+
+    #[test]
+    fn an_empty_deploy_name_says_it_names_nothing() {
+        for name in ["", "vm:"] {
+            let err = resolve_deploy(&project(), &req(name)).unwrap_err();
+            assert!(
+                matches!(err, DeployError::EmptyName { .. }),
+                "{name}: {err}"
+            );
+            assert!(err.to_string().contains("names nothing"), "{err}");
+            assert!(err.to_string().contains("`vm:deb`"), "{err}");
+        }
     }
 
     #[test]
