@@ -95,13 +95,13 @@ pub enum LowerError {
     },
     /// A task whose path on the target is relative (it would depend on a script's working
     /// directory).
-    #[error("layer `{layer}`: task at line {line}: `{verb}` path `{path}` must be absolute or start with `~/` or `${{HOME}}`")]
+    #[error("layer `{layer}`: task at line {line}: `{field}` path `{path}` must be absolute or start with `~/` or `${{HOME}}`")]
     RelativeTarget {
         layer: String,
         /// Line of the task.
         line: u32,
-        /// The task verb.
-        verb: &'static str,
+        /// The field holding the path: `to` where the task has one, else the verb.
+        field: &'static str,
         /// The path as written.
         path: String,
     },

@@ -59,20 +59,23 @@ pub(super) fn lower_task(
         }
     }
     let task = &with_vars;
+    // The path on the target and the field that says it (`to:` where there is one).
     let target_path = match &task.verb {
-        TaskVerb::Copy { src, to } => Some(to.as_ref().unwrap_or(src)),
+        TaskVerb::Copy { to: Some(to), .. } | TaskVerb::Download { to: Some(to), .. } => {
+            Some((to, "to"))
+        }
+        TaskVerb::Copy { src, to: None } => Some((src, "copy")),
         TaskVerb::Mkdir { path }
         | TaskVerb::Write { path, .. }
         | TaskVerb::Link { path, .. }
-        | TaskVerb::Setcap { path, .. } => Some(path),
-        TaskVerb::Download { to, .. } => to.as_ref(),
-        TaskVerb::Cmd { .. } | TaskVerb::Build { .. } => None,
+        | TaskVerb::Setcap { path, .. } => Some((path, task.verb.name())),
+        TaskVerb::Download { to: None, .. } | TaskVerb::Cmd { .. } | TaskVerb::Build { .. } => None,
     };
-    if let Some(path) = target_path.filter(|p| !is_anchored(p)) {
+    if let Some((path, field)) = target_path.filter(|(p, _)| !is_anchored(p)) {
         return Err(LowerError::RelativeTarget {
             layer: layer_name.to_string(),
             line: task.pos.line,
-            verb: task.verb.name(),
+            field,
             path: path.clone(),
         });
     }
@@ -686,6 +689,26 @@ mod tests {
                 "{err}"
             );
         }
+        // A `copy:` whose `to:` is relative: the error names `to`, not the source.
+        let err = lower_alone(
+            one_task(
+                "rel",
+                task(
+                    TaskVerb::Copy {
+                        src: "conf".into(),
+                        to: Some("etc/x.conf".into()),
+                    },
+                    None,
+                ),
+            ),
+            &[("conf", "x")],
+        )
+        .unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("`to` path `etc/x.conf` must be absolute"),
+            "{err}"
+        );
         // A relative link *target* is fine: it is resolved against the link's directory.
         assert!(lower_alone(
             one_task(
