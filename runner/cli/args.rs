@@ -160,7 +160,7 @@ pub struct CompileArgs {
     pub deploy: DeployArgs,
     #[command(flatten)]
     pub build: BuildArgs,
-    /// Write the archive here (default: `./<name>.tar.gz`).
+    /// Write the archive here (default: `./<name>.tar.gz`); a directory gets `<name>.tar.gz`.
     #[arg(
         short = 'o',
         long = "output",

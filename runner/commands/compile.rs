@@ -3,6 +3,7 @@
 //! Invariant: output files are written atomically (by the compiler's `bundle`, or here through a
 //! temporary file renamed into place).
 
+use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
 use ov_compiler::bundle;
@@ -66,6 +67,11 @@ pub fn run(opts: &CompileOptions) -> Result<(), CommandError> {
         Output::Ansible(dir) => return write_ansible(&bundle, &opts.build, dir),
         Output::CloudInit { file, max, url } => {
             return write_cloud_init(&bundle, &opts.build, file, *max, url.as_deref())
+        }
+        // A directory (one that exists, or a path ending in `/`) gets the archive under its own
+        // name, as `cp` and `mv` do with a directory.
+        Output::Archive(dir) if dir.is_dir() || dir.as_os_str().as_bytes().ends_with(b"/") => {
+            dir.join(bundle.archive_name())
         }
         Output::Archive(file) => file.clone(),
         Output::Default => PathBuf::from(bundle.archive_name()),

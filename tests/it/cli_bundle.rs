@@ -543,3 +543,30 @@ fn a_payload_file_too_large_for_a_bundle_is_refused_before_it_is_read() {
     );
     assert!(!out.exists(), "no bundle is written");
 }
+
+/// `-o` given a directory (one that exists, or a new path ending in `/`) writes the archive and
+/// its `.sha256` into it under the bundle's name — before, an existing directory was an error
+/// ("is a directory") and `new/` made a file named `new`.
+#[test]
+fn compile_into_a_directory_names_the_archive_itself() {
+    let t = tempfile::tempdir().expect("tempdir");
+    let (file, _) = compile(&t.path().join("file").join(ARCHIVE), &[]);
+    let existing = t.path().join("existing");
+    std::fs::create_dir(&existing).expect("mkdir");
+    let fresh = format!("{}/", t.path().join("fresh").display());
+    for dir in [existing.display().to_string(), fresh] {
+        let r = run(ov()
+            .arg("-C")
+            .arg(demo())
+            .args(["compile", "vm:demo", "-o", &dir]));
+        expect_code(&r, 0, &dir);
+        let archive = Path::new(&dir).join(ARCHIVE);
+        assert!(
+            std::fs::read(&archive).is_ok_and(|a| a == file),
+            "{dir}: the archive under its own name, as `-o FILE` writes it: {}",
+            r.stdout
+        );
+        assert!(Path::new(&dir).join(format!("{ARCHIVE}.sha256")).is_file());
+        assert_eq!(std::fs::read_dir(&dir).expect("dir").count(), 2, "{dir}");
+    }
+}
