@@ -103,6 +103,45 @@ fn vms_yml_is_refused() {
     );
 }
 
+/// An include outside the project's directory is refused where it is written, before it is read
+/// (its lines would be quoted in errors); includes in subdirectories, also by `..` within the
+/// project or by an absolute path into it, still work.
+#[test]
+fn an_include_outside_the_project_is_refused() {
+    let outer = tempfile::tempdir().unwrap();
+    std::fs::write(outer.path().join("secret.yml"), "token: s3cret\n").unwrap();
+    let proj = outer.path().join("proj");
+    for inc in [
+        "../secret.yml".to_string(),
+        outer.path().join("secret.yml").display().to_string(),
+    ] {
+        std::fs::create_dir_all(&proj).unwrap();
+        std::fs::write(
+            proj.join("overthink.yml"),
+            format!("includes: [\"{inc}\"]\n"),
+        )
+        .unwrap();
+        let e = Project::load(&proj).unwrap_err().to_string();
+        assert!(
+            e.contains("is outside the project") && e.contains("overthink.yml:1:"),
+            "{e}"
+        );
+        assert!(!e.contains("s3cret"), "{e}");
+    }
+    let inside = proj.join("conf/deploy.yml").display().to_string();
+    std::fs::create_dir_all(proj.join("conf")).unwrap();
+    std::fs::write(proj.join("conf/deploy.yml"), "vm:\n  box: {}\n").unwrap();
+    for inc in ["conf/../conf/deploy.yml", inside.as_str()] {
+        std::fs::write(
+            proj.join("overthink.yml"),
+            format!("includes: [\"{inc}\"]\n"),
+        )
+        .unwrap();
+        let p = Project::load(&proj).unwrap_or_else(|e| panic!("{inc}: {e}"));
+        assert!(p.vms.contains_key("box"), "{inc}");
+    }
+}
+
 #[test]
 fn discover_forms_and_recursion() {
     let dir = project(&[

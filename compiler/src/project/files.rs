@@ -92,6 +92,27 @@ pub(super) fn read_tree(
                 .with_hint("VM entities live under the `vm:` key in deploy.yml"),
             ));
         }
+        // The project is the directory of overthink.yml: an include outside it would read (and
+        // quote, in errors) any file the user can read — a cloned project is untrusted input.
+        let absolute = |p: &Path| {
+            let p = if p.as_os_str().is_empty() {
+                Path::new(".")
+            } else {
+                p
+            };
+            normalize(&std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf()))
+        };
+        let root = absolute(stack[0].1.parent().unwrap_or(Path::new("")));
+        if !absolute(&child).starts_with(&root) {
+            return Err(schema(
+                doc.error(
+                    node.pos,
+                    YamlErrorKind::Invalid,
+                    format!("included file `{inc}` is outside the project"),
+                )
+                .with_hint("a project's files live in the directory of its overthink.yml"),
+            ));
+        }
         if !child.is_file() {
             let what = if child.exists() {
                 "is not a regular file"
