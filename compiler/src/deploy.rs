@@ -72,6 +72,19 @@ pub enum DeployError {
         /// The VMs deploy.yml defines.
         known: Vec<String>,
     },
+    /// A deploy node whose `vm_source:` names a VM the project does not define.
+    #[error(
+        "deploy node `{node}` has `vm_source: {vm}`, and the project defines no VM `{vm}`{}; define it under `vm:` in deploy.yml, or correct `vm_source:`",
+        known_vms_text(known)
+    )]
+    NodeVmUnknown {
+        /// The node path.
+        node: String,
+        /// Its `vm_source:`.
+        vm: String,
+        /// The VMs the project defines.
+        known: Vec<String>,
+    },
     /// A `target: vm` node without `vm_source:`.
     #[error("deploy node `{node}` has `target: vm` but no `vm_source:` naming its VM")]
     NodeWithoutVm {
@@ -306,7 +319,14 @@ fn from_node_path<'p>(
                 .ok_or_else(|| DeployError::NodeWithoutVm {
                     node: path.to_string(),
                 })?;
-            let vm = lookup_vm(project, vm_name)?;
+            let vm = lookup_vm(project, vm_name).map_err(|e| match e {
+                DeployError::UnknownVm { vm, known } => DeployError::NodeVmUnknown {
+                    node: path.to_string(),
+                    vm,
+                    known,
+                },
+                other => other,
+            })?;
             Ok(Located {
                 canonical: format!("vm:{vm_name}"),
                 target: TargetKind::Vm {
@@ -694,6 +714,19 @@ mod tests {
             "unknown VM `nope` (known VMs: `arch`, `blank`, `deb`); define it under `vm:` in \
              deploy.yml (its `source:` with the distro, and `ssh:` with the user and port), or \
              deploy to this machine with `host`"
+        );
+    }
+
+    #[test]
+    fn a_node_whose_vm_source_names_no_vm_says_which_node() {
+        let mut p = project();
+        p.vms.remove("arch");
+        let err = resolve_deploy(&p, &req("arch-vm")).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "deploy node `arch-vm` has `vm_source: arch`, and the project defines no VM `arch` \
+             (known VMs: `blank`, `deb`); define it under `vm:` in deploy.yml, or correct \
+             `vm_source:`"
         );
     }
 
