@@ -326,8 +326,9 @@ fn push_reports_a_compile_error_at_once_while_the_target_does_not_answer() {
         .arg(s.path("known_hosts")));
     expect_code(&r, 3, "push of a deploy that does not compile");
     assert!(
-        r.stderr
-            .contains("task at line 4: `mkdir` path `relative/dir` must be absolute"),
+        r.stderr.contains(
+            "layers/bad/layer.yml:4:7: layer `bad`: `mkdir` path `relative/dir` must be absolute"
+        ),
         "{}",
         r.stderr
     );

@@ -59,6 +59,35 @@ use crate::plan::{
 };
 use crate::project::Project;
 
+/// Where a task is: its layer file, and the line and column of the task in it. Shown as
+/// `FILE:LINE:COLUMN`, as the parser's errors are, so an editor or terminal can follow it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TaskAt {
+    /// The layer's `layer.yml`.
+    pub file: PathBuf,
+    /// Line, from 1.
+    pub line: u32,
+    /// Column, from 1.
+    pub column: u32,
+}
+
+impl TaskAt {
+    /// The place of `task` in `layer`'s file.
+    pub fn of(layer: &crate::layer::Layer, task: &crate::layer::Task) -> TaskAt {
+        TaskAt {
+            file: layer.file.clone(),
+            line: task.pos.line,
+            column: task.pos.column,
+        }
+    }
+}
+
+impl std::fmt::Display for TaskAt {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}:{}:{}", self.file.display(), self.line, self.column)
+    }
+}
+
 /// Why a layer could not be lowered. Every variant names the layer.
 #[derive(Debug, thiserror::Error)]
 pub enum LowerError {
@@ -76,30 +105,30 @@ pub enum LowerError {
         dir: PathBuf,
     },
     /// A `copy:` source that is absolute, climbs with `..`, or resolves outside the layer directory.
-    #[error("layer `{layer}`: task at line {line}: `copy: {src}` must be a path inside the layer directory")]
+    #[error("{at}: layer `{layer}`: `copy: {src}` must be a path inside the layer directory")]
     UnsafeCopySource {
         layer: String,
-        /// Line of the task in `layer.yml`.
-        line: u32,
+        /// Where the task is.
+        at: TaskAt,
         /// The source as written.
         src: String,
     },
     /// A `copy:` source that is a directory (list its files as separate `copy:` tasks).
-    #[error("layer `{layer}`: task at line {line}: `copy: {src}` is a directory; copy its files one by one")]
+    #[error("{at}: layer `{layer}`: `copy: {src}` is a directory; copy its files one by one")]
     CopySourceNotFile {
         layer: String,
-        /// Line of the task.
-        line: u32,
+        /// Where the task is.
+        at: TaskAt,
         /// The source as written.
         src: String,
     },
     /// A task whose path on the target is relative (it would depend on a script's working
     /// directory).
-    #[error("layer `{layer}`: task at line {line}: `{field}` path `{path}` must be absolute or start with `~/` or `${{HOME}}`")]
+    #[error("{at}: layer `{layer}`: `{field}` path `{path}` must be absolute or start with `~/` or `${{HOME}}`")]
     RelativeTarget {
         layer: String,
-        /// Line of the task.
-        line: u32,
+        /// Where the task is.
+        at: TaskAt,
         /// The field holding the path: `to` where the task has one, else the verb.
         field: &'static str,
         /// The path as written.
@@ -107,11 +136,11 @@ pub enum LowerError {
     },
     /// A path a task writes to that holds `..` once the layer's `vars:` are applied (the parser
     /// refuses a `..` written in the path itself, with its position).
-    #[error("layer `{layer}`: task at line {line}: `{field}` path `{path}` contains `..` once `vars:` are applied; {}", parent_dir_hint(.resolved.as_deref()))]
+    #[error("{at}: layer `{layer}`: `{field}` path `{path}` contains `..` once `vars:` are applied; {}", parent_dir_hint(.resolved.as_deref()))]
     ParentDirInTarget {
         layer: String,
-        /// Line of the task.
-        line: u32,
+        /// Where the task is.
+        at: TaskAt,
         /// The field: the verb (`mkdir`, `write`, `link`, `setcap`), `to` or `uninstall`.
         field: &'static str,
         /// The path with the variables applied.
