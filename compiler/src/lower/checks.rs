@@ -10,6 +10,9 @@
 //! `${CONTAINER_*}` and `${VOLUME_*}`, and any other variable without a default, make the check
 //! skipped with the variable named.
 
+use std::path::Path;
+
+use super::LayerAt;
 use crate::layer::{Check, CheckProbe, CheckScope, Matcher};
 use crate::plan::{Action, CheckPlan, CheckSpec, CheckWhen, Deploy, LayerPlan, TextOp, TextTest};
 use crate::shell::RUNTIME_VARS;
@@ -21,13 +24,13 @@ pub const DEFAULT_NET_TIMEOUT: u32 = 10;
 
 /// A check whose value cannot mean anything on any target.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("layer `{layer}`: check `{id}` (line {line}): {reason}")]
+#[error("{at}: layer `{layer}`: check `{id}`: {reason}")]
 pub struct CheckError {
     pub layer: String,
     /// The check's id.
     pub id: String,
-    /// Line of the check in `layer.yml`.
-    pub line: u32,
+    /// Where the check is.
+    pub at: LayerAt,
     /// What is wrong and how to fix it.
     pub reason: String,
 }
@@ -37,25 +40,27 @@ pub struct CheckError {
 pub fn lower_checks(
     deploy: &Deploy,
     layer: &str,
+    file: &Path,
     checks: &[Check],
     layers: &[LayerPlan],
 ) -> Result<Vec<CheckPlan>, CheckError> {
     checks
         .iter()
-        .map(|c| lower_check(deploy, layer, c, layers))
+        .map(|c| lower_check(deploy, layer, file, c, layers))
         .collect()
 }
 
 fn lower_check(
     deploy: &Deploy,
     layer: &str,
+    file: &Path,
     check: &Check,
     layers: &[LayerPlan],
 ) -> Result<CheckPlan, CheckError> {
     let error = |reason: String| CheckError {
         layer: layer.to_string(),
         id: check.id.clone(),
-        line: check.pos.line,
+        at: LayerAt::new(file, check.pos),
         reason,
     };
     // Why the check cannot run here: the first reason found wins.
@@ -397,7 +402,7 @@ mod tests {
             ],
         });
         let d = deploy(&["debian:12", "debian"]);
-        let p = lower_check(&d, "l", &c, &[]).expect("lowers");
+        let p = lower_check(&d, "l", Path::new("layers/l/layer.yml"), &c, &[]).expect("lowers");
         assert_eq!(
             p.probe,
             CheckSpec::Package {
@@ -406,10 +411,23 @@ mod tests {
                 installed: true
             }
         );
-        let p = lower_check(&deploy(&["ubuntu:24.04", "ubuntu", "debian"]), "l", &c, &[])
-            .expect("lowers");
+        let p = lower_check(
+            &deploy(&["ubuntu:24.04", "ubuntu", "debian"]),
+            "l",
+            Path::new("layers/l/layer.yml"),
+            &c,
+            &[],
+        )
+        .expect("lowers");
         assert!(matches!(p.probe, CheckSpec::Package { name, .. } if name == "conntrack"));
-        let p = lower_check(&deploy(&["fedora:43", "fedora"]), "l", &c, &[]).expect("lowers");
+        let p = lower_check(
+            &deploy(&["fedora:43", "fedora"]),
+            "l",
+            Path::new("layers/l/layer.yml"),
+            &c,
+            &[],
+        )
+        .expect("lowers");
         assert!(matches!(p.probe, CheckSpec::Package { name, .. } if name == "conntrack-tools"));
     }
 
@@ -420,7 +438,14 @@ mod tests {
             running: Some(true),
             enabled: None,
         });
-        let p = lower_check(&deploy(&["debian"]), "l", &c, &[]).expect("lowers");
+        let p = lower_check(
+            &deploy(&["debian"]),
+            "l",
+            Path::new("layers/l/layer.yml"),
+            &c,
+            &[],
+        )
+        .expect("lowers");
         assert_eq!(p.skip, None);
         assert!(
             matches!(p.probe, CheckSpec::Service { unit, user: false, .. } if unit == "sshd.service")
@@ -429,9 +454,16 @@ mod tests {
             addr: "127.0.0.1".into(),
             reachable: true,
         });
-        let e = lower_check(&deploy(&["debian"]), "l", &c, &[]).unwrap_err();
+        let e = lower_check(
+            &deploy(&["debian"]),
+            "l",
+            Path::new("layers/l/layer.yml"),
+            &c,
+            &[],
+        )
+        .unwrap_err();
         assert!(e.to_string().contains("is not `HOST:PORT`"), "{e}");
-        assert!(e.to_string().contains("line 3"), "{e}");
+        assert!(e.to_string().starts_with("layers/l/layer.yml:3:5: "), "{e}");
         let c = check(CheckProbe::File {
             path: "relative/x".into(),
             exists: true,
@@ -439,7 +471,14 @@ mod tests {
             filetype: None,
             contains: Vec::new(),
         });
-        assert!(lower_check(&deploy(&["debian"]), "l", &c, &[]).is_err());
+        assert!(lower_check(
+            &deploy(&["debian"]),
+            "l",
+            Path::new("layers/l/layer.yml"),
+            &c,
+            &[]
+        )
+        .is_err());
     }
 
     #[test]

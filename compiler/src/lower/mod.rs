@@ -59,10 +59,10 @@ use crate::plan::{
 };
 use crate::project::Project;
 
-/// Where a task is: its layer file, and the line and column of the task in it. Shown as
+/// A place in a layer file (a task, a check): the file, and the line and column in it. Shown as
 /// `FILE:LINE:COLUMN`, as the parser's errors are, so an editor or terminal can follow it.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct TaskAt {
+pub struct LayerAt {
     /// The layer's `layer.yml`.
     pub file: PathBuf,
     /// Line, from 1.
@@ -71,18 +71,23 @@ pub struct TaskAt {
     pub column: u32,
 }
 
-impl TaskAt {
-    /// The place of `task` in `layer`'s file.
-    pub fn of(layer: &crate::layer::Layer, task: &crate::layer::Task) -> TaskAt {
-        TaskAt {
-            file: layer.file.clone(),
-            line: task.pos.line,
-            column: task.pos.column,
+impl LayerAt {
+    /// `pos` in `file`.
+    pub fn new(file: &Path, pos: crate::entries::Pos) -> LayerAt {
+        LayerAt {
+            file: file.to_path_buf(),
+            line: pos.line,
+            column: pos.column,
         }
+    }
+
+    /// The place of `task` in `layer`'s file.
+    pub fn of(layer: &crate::layer::Layer, task: &crate::layer::Task) -> LayerAt {
+        LayerAt::new(&layer.file, task.pos)
     }
 }
 
-impl std::fmt::Display for TaskAt {
+impl std::fmt::Display for LayerAt {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "{}:{}:{}", self.file.display(), self.line, self.column)
     }
@@ -109,7 +114,7 @@ pub enum LowerError {
     UnsafeCopySource {
         layer: String,
         /// Where the task is.
-        at: TaskAt,
+        at: LayerAt,
         /// The source as written.
         src: String,
     },
@@ -118,7 +123,7 @@ pub enum LowerError {
     CopySourceNotFile {
         layer: String,
         /// Where the task is.
-        at: TaskAt,
+        at: LayerAt,
         /// The source as written.
         src: String,
     },
@@ -128,7 +133,7 @@ pub enum LowerError {
     RelativeTarget {
         layer: String,
         /// Where the task is.
-        at: TaskAt,
+        at: LayerAt,
         /// The field holding the path: `to` where the task has one, else the verb.
         field: &'static str,
         /// The path as written.
@@ -140,7 +145,7 @@ pub enum LowerError {
     ParentDirInTarget {
         layer: String,
         /// Where the task is.
-        at: TaskAt,
+        at: LayerAt,
         /// The field: the verb (`mkdir`, `write`, `link`, `setcap`), `to` or `uninstall`.
         field: &'static str,
         /// The path with the variables applied.
@@ -251,7 +256,13 @@ pub fn lower(
     // Checks last: a `service:` check names the unit whichever layer of the deploy sets it up.
     for i in 0..layers.len() {
         let checks = match project.layers.get(&layers[i].name) {
-            Some(layer) => checks::lower_checks(&deploy, &layers[i].name, &layer.checks, &layers)?,
+            Some(layer) => checks::lower_checks(
+                &deploy,
+                &layers[i].name,
+                &layer.file,
+                &layer.checks,
+                &layers,
+            )?,
             None => Vec::new(),
         };
         layers[i].checks = checks;

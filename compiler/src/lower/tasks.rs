@@ -8,7 +8,7 @@ use crate::layer::{normalise_dest, Layer, Task, TaskVerb};
 use crate::plan::{download_extract, Action, Gate, Gates, ReverseKind, RunAs, Scope, Skip, Step};
 
 use super::builders::layer_files;
-use super::{check_env_names, rev, step, LowerError, TaskAt};
+use super::{check_env_names, rev, step, LayerAt, LowerError};
 
 /// `user:` → who runs a task: absent, `root`, `0` or `0:0` is root; `${USER}`, `$USER`, `${UID}`
 /// or `${UID}:${GID}` is the target user; anything else a named account.
@@ -48,7 +48,7 @@ pub(super) fn lower_task(
     )?;
     check_env_names(layer_name, &layer.vars, "`vars:`")?;
     let mut with_vars = apply_vars(task, &layer.vars);
-    normalise_dests(layer_name, TaskAt::of(layer, task), &mut with_vars)?;
+    normalise_dests(layer_name, LayerAt::of(layer, task), &mut with_vars)?;
     let mut ctx_files = None;
     if let TaskVerb::Cmd { body } = &mut with_vars.verb {
         let (resolved, uses_ctx) = resolve_ctx(body);
@@ -74,7 +74,7 @@ pub(super) fn lower_task(
     if let Some((path, field)) = target_path.filter(|(p, _)| !is_anchored(p)) {
         return Err(LowerError::RelativeTarget {
             layer: layer_name.to_string(),
-            at: TaskAt::of(layer, task),
+            at: LayerAt::of(layer, task),
             field,
             path: path.clone(),
         });
@@ -186,7 +186,7 @@ fn apply_vars(task: &Task, vars: &[(String, String)]) -> Task {
 
 /// Normalise the paths `task` writes to ([`normalise_dest`]) once `vars:` are applied: the parser
 /// did so for the text as written, so a `..` found here came from a variable's value.
-fn normalise_dests(layer: &str, at: TaskAt, task: &mut Task) -> Result<(), LowerError> {
+fn normalise_dests(layer: &str, at: LayerAt, task: &mut Task) -> Result<(), LowerError> {
     let verb = task.verb.name();
     let fix = |field: &'static str, path: &mut String| -> Result<(), LowerError> {
         match normalise_dest(path) {
@@ -279,7 +279,7 @@ fn copy_source_check(
 ) -> Result<Option<Skip>, LowerError> {
     let unsafe_src = || LowerError::UnsafeCopySource {
         layer: layer_name.to_string(),
-        at: TaskAt::of(layer, task),
+        at: LayerAt::of(layer, task),
         src: src.to_string(),
     };
     let rel = Path::new(src);
@@ -310,7 +310,7 @@ fn copy_source_check(
             if !real.is_file() {
                 return Err(LowerError::CopySourceNotFile {
                     layer: layer_name.to_string(),
-                    at: TaskAt::of(layer, task),
+                    at: LayerAt::of(layer, task),
                     src: src.to_string(),
                 });
             }
@@ -640,7 +640,7 @@ mod tests {
                 matches!(
                     err,
                     LowerError::UnsafeCopySource {
-                        at: TaskAt { line: 7, .. },
+                        at: LayerAt { line: 7, .. },
                         ..
                     }
                 ),
@@ -693,7 +693,7 @@ mod tests {
                 matches!(
                     err,
                     LowerError::RelativeTarget {
-                        at: TaskAt { line: 7, .. },
+                        at: LayerAt { line: 7, .. },
                         ..
                     }
                 ),
@@ -759,7 +759,7 @@ mod tests {
         )
         .unwrap_err();
         assert!(
-            matches!(&err, LowerError::ParentDirInTarget { at: TaskAt { line: 7, .. }, field: "write", path, resolved: Some(r), .. }
+            matches!(&err, LowerError::ParentDirInTarget { at: LayerAt { line: 7, .. }, field: "write", path, resolved: Some(r), .. }
                 if path == "/opt/app/../etc/x" && r == "/opt/etc/x"),
             "{err}"
         );
