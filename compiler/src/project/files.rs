@@ -94,16 +94,8 @@ pub(super) fn read_tree(
         }
         // The project is the directory of overthink.yml: an include outside it would read (and
         // quote, in errors) any file the user can read — a cloned project is untrusted input.
-        let absolute = |p: &Path| {
-            let p = if p.as_os_str().is_empty() {
-                Path::new(".")
-            } else {
-                p
-            };
-            normalize(&std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf()))
-        };
-        let root = absolute(stack[0].1.parent().unwrap_or(Path::new("")));
-        if !absolute(&child).starts_with(&root) {
+        let root = stack[0].1.parent().unwrap_or(Path::new(""));
+        if inside_project(root, &base.join(&inc)).is_none() {
             return Err(schema(
                 doc.error(
                     node.pos,
@@ -168,6 +160,27 @@ pub(super) fn read_tree(
     }
     stack.pop();
     Ok(())
+}
+
+/// `path` (under `root`, as `root.join(…)` spells it) as a path of the project at `root`, without
+/// `.` or `..`; `None` when it leaves the project (another absolute path, or climbing out with
+/// `..`). A layer or project file outside could not be bundled by its path in the project, and
+/// reading it would read whatever is there — `discover: /` walked the whole file system. Lexical,
+/// as the bundle's naming is: a symlink in the project may still lead elsewhere.
+pub(super) fn inside_project(root: &Path, path: &Path) -> Option<PathBuf> {
+    use std::path::Component;
+    let mut dir = root.to_path_buf();
+    for c in path.strip_prefix(root).ok()?.components() {
+        match c {
+            Component::Normal(part) => dir.push(part),
+            Component::CurDir => {}
+            Component::ParentDir if dir != root => {
+                dir.pop();
+            }
+            _ => return None,
+        }
+    }
+    Some(dir)
 }
 
 /// `a/b/../c` → `a/c`, without touching the file system (the path may not exist yet, and
@@ -318,4 +331,37 @@ pub(super) fn add_entities<'a>(
         });
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::inside_project;
+    use std::path::{Path, PathBuf};
+
+    #[test]
+    fn a_discover_path_stays_in_the_project_or_is_refused() {
+        let root = Path::new("/p/proj");
+        let ok = |p: &str, want: &str| {
+            assert_eq!(
+                inside_project(root, &root.join(p)),
+                Some(PathBuf::from(want)),
+                "{p}"
+            )
+        };
+        ok("layers", "/p/proj/layers");
+        ok("./layers/", "/p/proj/layers");
+        ok("layers/../more/x", "/p/proj/more/x");
+        ok("/p/proj/layers", "/p/proj/layers");
+        ok(".", "/p/proj");
+        for out in [
+            "/",
+            "/etc",
+            "..",
+            "../proj/layers",
+            "layers/../..",
+            "/p/projects/layers",
+        ] {
+            assert_eq!(inside_project(root, &root.join(out)), None, "{out}");
+        }
+    }
 }
