@@ -427,6 +427,7 @@ pub fn build_signed(
         needs: preflight::required_commands(plan),
         payload_kib: payload_bytes.div_ceil(1024),
         lib_core: rendered.lib_core_only,
+        guard_dirs: guard_dirs(plan),
         list_text: manifest.listing(),
         signer: signer
             .map(sign::signer_info)
@@ -1086,6 +1087,58 @@ struct RunScript {
     scope: &'static str,
 }
 
+/// The directories root's steps write into, each with every directory above it, sorted: run.sh
+/// asks their owner and mode with the one `stat` it makes at its start, so that the guard of
+/// every root write (`ov_root_guard`, which refuses a directory another account can change)
+/// needs no process of its own. Literal absolute paths of system-scope steps that run: task
+/// destinations, payload files, repository files and whatever their undo removes. A directory
+/// missing here costs the guard one `stat`, never a check.
+fn guard_dirs(plan: &InstallPlan) -> Vec<String> {
+    use crate::entries::TaskVerb;
+    use crate::plan::{Action, Scope};
+    let mut dirs = std::collections::BTreeSet::new();
+    let mut add = |path: &str, is_dir: bool| {
+        if !path.starts_with('/') || path.contains('$') || path.contains("/../") {
+            return;
+        }
+        let parts: Vec<&str> = path.split('/').filter(|p| !p.is_empty()).collect();
+        let keep = if is_dir {
+            parts.len()
+        } else {
+            parts.len().saturating_sub(1)
+        };
+        let mut d = String::new();
+        dirs.insert("/".to_string());
+        for part in &parts[..keep] {
+            d.push('/');
+            d.push_str(part);
+            dirs.insert(d.clone());
+        }
+    };
+    for step in plan.layers.iter().flat_map(|l| &l.steps) {
+        if step.scope != Scope::System || step.skip.is_some() {
+            continue;
+        }
+        match &step.action {
+            Action::Task { task, .. } => match &task.verb {
+                TaskVerb::Mkdir { path } => add(path, true),
+                TaskVerb::Write { path, .. } | TaskVerb::Link { path, .. } => add(path, false),
+                TaskVerb::Download { to: Some(to), .. } => add(to, true),
+                _ => {}
+            },
+            Action::File { dest, .. } => add(dest, false),
+            Action::RepoChange { path, .. } => add(path, false),
+            _ => {}
+        }
+        for op in step.reverse.iter().filter(|op| op.scope == Scope::System) {
+            for target in &op.targets {
+                add(target, false);
+            }
+        }
+    }
+    dirs.into_iter().collect()
+}
+
 #[derive(Serialize)]
 struct RuntimeContext {
     top: String,
@@ -1108,6 +1161,8 @@ struct RuntimeContext {
     payload_kib: u64,
     /// [`Rendered::lib_core_only`]: run.sh reads only the core step helpers of `lib.sh`.
     lib_core: bool,
+    /// [`guard_dirs`]: what run.sh's first `stat` looks at for the writes of root's steps.
+    guard_dirs: Vec<String>,
     list_text: String,
     /// The signer as README.txt names it (`SHA256:… (comment)`), empty when unsigned.
     signer: String,

@@ -440,6 +440,125 @@ echo done > "$T/out/checked"
     );
 }
 
+/// What run.sh's first `stat` covers for the guard of root's writes (`OV_M_GUARD_DIRS`): the
+/// directories of the system steps' destinations and of what their undo removes, each with every
+/// directory above it — not a user step's, not a skipped step's, not a path known only at run
+/// time.
+#[test]
+fn run_sh_asks_the_modes_of_the_directories_root_writes_into() {
+    use ov_compiler::plan::{ReverseKind, Scope, Skip, TaskVerb};
+    let write = |path: &str| TaskVerb::Write {
+        path: path.into(),
+        content: "x\n".into(),
+    };
+    let mut skipped = task_step(write("/srv/skipped/x.conf"), Scope::System, vec![]);
+    skipped.skip = Some(Skip {
+        reason: "container-only".into(),
+        enable_with: None,
+    });
+    let steps = vec![
+        task_step(
+            write("/etc/ovg/a.conf"),
+            Scope::System,
+            vec![op(
+                ReverseKind::RmFileSystem,
+                Scope::System,
+                &["/etc/ovg/a.conf"],
+            )],
+        ),
+        task_step(
+            TaskVerb::Mkdir {
+                path: "/opt/ovg/data/".into(),
+            },
+            Scope::System,
+            vec![],
+        ),
+        task_step(write("/home/u/.ovg.conf"), Scope::User, vec![]),
+        task_step(write("${HOME}/ovg.conf"), Scope::System, vec![]),
+        skipped,
+    ];
+    let b = bundle_plan(&plan("deb", vec![layer("ovg", steps)]));
+    let run = b
+        .files
+        .iter()
+        .find(|f| f.path == "run.sh")
+        .map(|f| String::from_utf8(f.data.clone()).expect("utf-8"))
+        .expect("run.sh");
+    let line = run
+        .lines()
+        .find(|l| l.starts_with("OV_M_GUARD_DIRS=("))
+        .expect("OV_M_GUARD_DIRS");
+    assert_eq!(
+        line,
+        "OV_M_GUARD_DIRS=( / /etc /etc/ovg /opt /opt/ovg /opt/ovg/data )"
+    );
+}
+
+/// A directory root writes into that is root's but that another account can write all the same
+/// (group-writable, as Debian ships `/var/local` and `/var/mail`, or writable by all without the
+/// sticky bit): that account can put a link where root's next directory goes, and root would
+/// write through it. Here the account links `app` in such a directory to a canary directory of
+/// root's before the run. Root must refuse (naming the directory and its mode) and write nothing
+/// into the canary — first with the directory group-writable by the account's group, then
+/// writable by all. A sticky directory writable by all (like /tmp) stays usable: without the link,
+/// root makes its own `app` there and writes into it. (Before the check the first run wrote
+/// root's file into the canary and exited 0.)
+#[test]
+fn root_never_writes_through_a_directory_another_account_can_write() {
+    use ov_compiler::plan::TaskVerb;
+    let Some((sb, top, account)) = system_layers_sandbox(
+        "ovgw",
+        vec![(
+            "gw",
+            vec![TaskVerb::Write {
+                path: "/srv/ovshared/app/conf".into(),
+                content: "root's\n".into(),
+            }],
+        )],
+    ) else {
+        return;
+    };
+    let body = format!(
+        r#"
+{account}rm -rf /srv/ovshared /etc/ovcanary
+mkdir -p /srv/ovshared /etc/ovcanary
+run() {{
+  runuser -u ovgw -- ln -sfn /etc/ovcanary /srv/ovshared/app
+  bash {top}/run.sh --user ovgw > "$T/out/run-$1.log" 2>&1; echo "rc $?" > "$T/out/rc-$1"
+  ls -A /etc/ovcanary > "$T/out/canary-$1"
+}}
+chown root:ovgw /srv/ovshared && chmod 0775 /srv/ovshared && run group
+chown root:root /srv/ovshared && chmod 0777 /srv/ovshared && run all
+rm -f /srv/ovshared/app && chmod 1777 /srv/ovshared
+bash {top}/run.sh --user ovgw > "$T/out/run.log" 2>&1; echo "rc $?" > "$T/out/rc-sticky"
+cat /srv/ovshared/app/conf > "$T/out/conf" 2>&1
+stat -c %U /srv/ovshared/app >> "$T/out/conf" 2>&1
+ls -A /etc/ovcanary > "$T/out/canary-sticky"
+echo done > "$T/out/checked"
+"#,
+        top = top.display()
+    );
+    let log = run_checked(&sb, &body);
+    for (case, mode) in [("group", "775"), ("all", "777")] {
+        let run = sb.read(&format!("out/run-{case}.log"));
+        assert_eq!(sb.read(&format!("out/canary-{case}")), "", "{case}: {run}");
+        assert_eq!(
+            sb.read(&format!("out/rc-{case}")),
+            "rc 4\n",
+            "{case}: {run}"
+        );
+        assert!(
+            run.contains(&format!(
+                "refusing to write /srv/ovshared/app as root: /srv/ovshared can be changed by another account (mode {mode})"
+            )),
+            "{case}: {run}"
+        );
+    }
+    assert_eq!(sb.read("out/rc-sticky"), "rc 0\n", "{log}");
+    assert_eq!(sb.read("out/conf"), "root's\nroot\n", "{log}");
+    assert_eq!(sb.read("out/canary-sticky"), "", "{log}");
+}
+
 /// A plan of system layers `(name, tasks)` (root's tasks, system scope) for `user`, unpacked in a
 /// new sandbox, and the shell lines that make the account; `None` without the sandbox.
 fn system_layers_sandbox(

@@ -151,17 +151,27 @@ ov_dirname_v() {
 }
 
 # ov_root_guard DIR — as root in a system step: refuse to create or write into DIR when a
-# directory on the way (DIR included) belongs to another account, or a link on the way sits in a
-# sticky directory such as /tmp (another account may own it). Root writes only where root alone
-# decides what is there; a user's files are written by a user-scope step, as that user. Every
-# helper that writes a file goes through ov_mkdir_p (which calls this) for the file's directory
-# and replaces the file itself with a rename (`mv -T`, never into a directory a link names).
-# Builtins only. A directory this process has just walked, or made below a walked one for root
-# (ov_guard_ok: the process and the path), is not walked again: no other account owns anything on
-# its way, so none can have changed it since (root's own steps may, and root trusts them).
+# directory on the way (DIR included) belongs to another account or is one another account can
+# write without the sticky bit (group- or world-writable: it could put a link where root's next
+# directory goes), or a link on the way sits in a sticky directory such as /tmp (another account
+# may own it). Root writes only where root alone decides what is there; a user's files are
+# written by a user-scope step, as that user. Every helper that writes a file goes through
+# ov_mkdir_p (which calls this) for the file's directory and replaces the file itself with a
+# rename (`mv -T`, never into a directory a link names).
+# Modes come from ov_chain_seen: run.sh's one `stat` at its start covers the directories its
+# system steps write into (OV_M_GUARD_DIRS, from the plan); a directory that did not exist then
+# (ov_chain_absent) was made during the run below directories only root can write, so by root;
+# anything else on the way is looked at with one `stat` here (a link by its target, `LINK/.`).
+# An answer stays good for the run for the reason ov_chain_stat gives.
+# A directory this process has just walked, or made below a walked one for root (ov_guard_ok:
+# the process and the path), is not walked again: no other account owns anything on its way, so
+# none can have changed it since (root's own steps may, and root trusts them).
 ov_guard_ok=''
+# (-g: the table of run.sh's runtime part, kept when run.sh reads this file; a new one otherwise)
+declare -gA ov_chain_seen ov_chain_absent
 ov_root_guard() {
-  local rest d='' sticky=0
+  local rest seg d='' sticky=0 line m e
+  local -a way=(/) ask=() info=()
   [[ $EUID == 0 && ${OV_SCOPE:-system} == system && $1 == /* ]] || return 0
   [[ $ov_guard_ok != "$BASHPID $1" ]] || return 0
   case /$1/ in
@@ -170,19 +180,46 @@ ov_root_guard() {
       return 1
       ;;
   esac
+  # What is on the way: `/` and each component that exists (a link even when it leads nowhere),
+  # up to the first that does not; and which of them (a link: its target) the table lacks.
   rest=${1#/}
   while [[ -n $rest ]]; do
-    d+=/${rest%%/*}
+    seg=${rest%%/*}
     if [[ $rest == */* ]]; then rest=${rest#*/}; else rest=''; fi
+    [[ -n $seg ]] || continue
+    d+=/$seg
+    [[ -e $d || -L $d ]] || break
+    way+=("$d")
+    [[ -e $d ]] || break
+  done
+  for d in "${way[@]}"; do
+    [[ -d $d ]] || break
+    [[ ! -L $d ]] || d+=/.
+    [[ -n ${ov_chain_seen["$d"]+x} || -n ${ov_chain_absent["$d"]+x} ]] || ask+=("$d")
+  done
+  # (as ov_chain_stat of the runtime part, which run.sh has before it reads this file)
+  if ((${#ask[@]})); then
+    mapfile -d '' -t info < <(stat --printf '%u %a %F\t%n\0' -- "${ask[@]}" 2>/dev/null)
+    for e in ${info[@]+"${info[@]}"}; do
+      ov_chain_seen["${e#*$'\t'}"]=${e%%$'\t'*}
+    done
+  fi
+  for d in "${way[@]}"; do
     if ((sticky)) && [[ -L $d ]]; then
       ov_fail "refusing to write $1 as root: $d is a link in a directory every account can write"
       return 1
     fi
-    [[ -e $d ]] || return 0
-    # An existing file at the end is replaced by a rename: whose it was does not matter.
-    [[ -n $rest || -d $d ]] || return 0
+    # (An existing file at the end is replaced by a rename: whose it was does not matter.)
+    [[ -d $d ]] || return 0
     if [[ ! -O $d ]]; then
       ov_fail "refusing to write $1 as root: $d belongs to another account (write it from a user-scope step, as that account)"
+      return 1
+    fi
+    if [[ -L $d ]]; then line=${ov_chain_seen["$d/."]-}; else line=${ov_chain_seen["$d"]-}; fi
+    m=${line#* }
+    m=${m%% *}
+    if [[ $m =~ ^[0-7]+$ ]] && (((8#$m & 8#1000) == 0 && (8#$m & 8#022) != 0)); then
+      ov_fail "refusing to write $1 as root: $d can be changed by another account (mode $m)"
       return 1
     fi
     if [[ -k $d ]]; then sticky=1; else sticky=0; fi
@@ -203,6 +240,8 @@ ov_mkdir_p() {
   done
   if [ -n "$mode" ]; then
     install -d -m "$mode" -- "$dir" || return 1
+    # (the mode root's next walk through DIR must see: a layer may open a directory to others)
+    [[ $EUID != 0 ]] || ov_chain_seen["$dir"]="0 $mode directory"
   elif [ "${#created[@]}" -gt 0 ] || [ ! -d "$dir" ]; then
     mkdir -p -- "$dir" || return 1
   fi
