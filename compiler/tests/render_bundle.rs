@@ -511,7 +511,7 @@ fn root_never_writes_through_a_directory_another_account_can_write() {
         vec![(
             "gw",
             vec![TaskVerb::Write {
-                path: "/srv/ovshared/app/conf".into(),
+                path: "/opt/ovshared/app/conf".into(),
                 content: "root's\n".into(),
             }],
         )],
@@ -520,19 +520,19 @@ fn root_never_writes_through_a_directory_another_account_can_write() {
     };
     let body = format!(
         r#"
-{account}rm -rf /srv/ovshared /etc/ovcanary
-mkdir -p /srv/ovshared /etc/ovcanary
+{account}rm -rf /opt/ovshared /etc/ovcanary
+mkdir -p /opt/ovshared /etc/ovcanary
 run() {{
-  runuser -u ovgw -- ln -sfn /etc/ovcanary /srv/ovshared/app
+  runuser -u ovgw -- ln -sfn /etc/ovcanary /opt/ovshared/app
   bash {top}/run.sh --user ovgw > "$T/out/run-$1.log" 2>&1; echo "rc $?" > "$T/out/rc-$1"
   ls -A /etc/ovcanary > "$T/out/canary-$1"
 }}
-chown root:ovgw /srv/ovshared && chmod 0775 /srv/ovshared && run group
-chown root:root /srv/ovshared && chmod 0777 /srv/ovshared && run all
-rm -f /srv/ovshared/app && chmod 1777 /srv/ovshared
+chown root:ovgw /opt/ovshared && chmod 0775 /opt/ovshared && run group
+chown root:root /opt/ovshared && chmod 0777 /opt/ovshared && run all
+rm -f /opt/ovshared/app && chmod 1777 /opt/ovshared
 bash {top}/run.sh --user ovgw > "$T/out/run.log" 2>&1; echo "rc $?" > "$T/out/rc-sticky"
-cat /srv/ovshared/app/conf > "$T/out/conf" 2>&1
-stat -c %U /srv/ovshared/app >> "$T/out/conf" 2>&1
+cat /opt/ovshared/app/conf > "$T/out/conf" 2>&1
+stat -c %U /opt/ovshared/app >> "$T/out/conf" 2>&1
 ls -A /etc/ovcanary > "$T/out/canary-sticky"
 echo done > "$T/out/checked"
 "#,
@@ -549,7 +549,7 @@ echo done > "$T/out/checked"
         );
         assert!(
             run.contains(&format!(
-                "refusing to write /srv/ovshared/app as root: /srv/ovshared can be changed by another account (mode {mode})"
+                "refusing to write /opt/ovshared/app as root: /opt/ovshared can be changed by another account (mode {mode})"
             )),
             "{case}: {run}"
         );
@@ -557,6 +557,54 @@ echo done > "$T/out/checked"
     assert_eq!(sb.read("out/rc-sticky"), "rc 0\n", "{log}");
     assert_eq!(sb.read("out/conf"), "root's\nroot\n", "{log}");
     assert_eq!(sb.read("out/canary-sticky"), "", "{log}");
+}
+
+/// An archive a root `download:` unpacks goes into the directories its destination already has,
+/// and through links there (merged-/usr systems link directories): one of those that another
+/// account can write (here `sub`, group-writable by the account's group) lets that account link
+/// `sub/inner` to a canary directory of root's before the run. Root must refuse (naming `sub`)
+/// and unpack nothing into the canary. (Before the check, tar wrote the archive's
+/// `sub/inner/file` into the canary and the run exited 0.)
+#[test]
+fn an_archive_is_never_unpacked_through_a_directory_another_account_can_write() {
+    use ov_compiler::plan::TaskVerb;
+    let Some((sb, top, account)) = system_layers_sandbox(
+        "ovgw",
+        vec![(
+            "dl",
+            vec![TaskVerb::Download {
+                url: "https://example.invalid/tool.tar.gz".into(),
+                to: Some("/opt/ovdl".into()),
+                extract: None,
+                include: vec![],
+                strip_components: Some(1),
+            }],
+        )],
+    ) else {
+        return;
+    };
+    let body = format!(
+        r#"
+{account}rm -rf /opt/ovdl /etc/ovcanary "$STUB_TREE"
+mkdir -p /opt/ovdl/sub /etc/ovcanary "$STUB_TREE/uv-x86_64/sub/inner"
+echo archive > "$STUB_TREE/uv-x86_64/sub/inner/file"
+chown root:ovgw /opt/ovdl/sub && chmod 0775 /opt/ovdl/sub
+runuser -u ovgw -- ln -s /etc/ovcanary /opt/ovdl/sub/inner
+bash {top}/run.sh --user ovgw > "$T/out/run.log" 2>&1; echo "rc $?" > "$T/out/rc"
+ls -A /etc/ovcanary > "$T/out/canary"
+echo done > "$T/out/checked"
+"#,
+        top = top.display()
+    );
+    let log = run_checked(&sb, &body);
+    assert_eq!(sb.read("out/canary"), "", "{log}");
+    assert_eq!(sb.read("out/rc"), "rc 4\n", "{log}");
+    assert!(
+        log.contains(
+            "refusing to write /opt/ovdl/sub as root: /opt/ovdl/sub can be changed by another account (mode 775)"
+        ),
+        "{log}"
+    );
 }
 
 /// A plan of system layers `(name, tasks)` (root's tasks, system scope) for `user`, unpacked in a

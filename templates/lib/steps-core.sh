@@ -166,12 +166,23 @@ ov_dirname_v() {
 # A directory this process has just walked, or made below a walked one for root (ov_guard_ok:
 # the process and the path), is not walked again: no other account owns anything on its way, so
 # none can have changed it since (root's own steps may, and root trusts them).
+# ov_guard_stat PATH... — one `stat` of the PATHs into ov_chain_seen (`UID MODE TYPE`), as
+# ov_chain_stat of the runtime part does for run.sh before it reads this file.
+ov_guard_stat() {
+  local e
+  local -a info=()
+  mapfile -d '' -t info < <(stat --printf '%u %a %F\t%n\0' -- "$@" 2>/dev/null)
+  for e in ${info[@]+"${info[@]}"}; do
+    ov_chain_seen["${e#*$'\t'}"]=${e%%$'\t'*}
+  done
+}
+
 ov_guard_ok=''
 # (-g: the table of run.sh's runtime part, kept when run.sh reads this file; a new one otherwise)
 declare -gA ov_chain_seen ov_chain_absent
 ov_root_guard() {
-  local rest seg d='' sticky=0 line m e
-  local -a way=(/) ask=() info=()
+  local rest seg d='' sticky=0 line m
+  local -a way=(/) ask=()
   [[ $EUID == 0 && ${OV_SCOPE:-system} == system && $1 == /* ]] || return 0
   [[ $ov_guard_ok != "$BASHPID $1" ]] || return 0
   case /$1/ in
@@ -197,13 +208,7 @@ ov_root_guard() {
     [[ ! -L $d ]] || d+=/.
     [[ -n ${ov_chain_seen["$d"]+x} || -n ${ov_chain_absent["$d"]+x} ]] || ask+=("$d")
   done
-  # (as ov_chain_stat of the runtime part, which run.sh has before it reads this file)
-  if ((${#ask[@]})); then
-    mapfile -d '' -t info < <(stat --printf '%u %a %F\t%n\0' -- "${ask[@]}" 2>/dev/null)
-    for e in ${info[@]+"${info[@]}"}; do
-      ov_chain_seen["${e#*$'\t'}"]=${e%%$'\t'*}
-    done
-  fi
+  ((${#ask[@]} == 0)) || ov_guard_stat "${ask[@]}"
   for d in "${way[@]}"; do
     if ((sticky)) && [[ -L $d ]]; then
       ov_fail "refusing to write $1 as root: $d is a link in a directory every account can write"

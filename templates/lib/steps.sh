@@ -144,7 +144,7 @@ ov_strip_into() {
 # ov_merge_into STAGE DEST MODE OWNER — merge an unpacked tree into DEST, keeping DEST's symlinked
 # directories (merged-/usr systems), and record every file and every new directory.
 ov_merge_into() {
-  local stage=$1 dest=$2 mode=$3 owner=$4 e rel list=()
+  local stage=$1 dest=$2 mode=$3 owner=$4 e rel list=() have=()
   if [ ! -e "$dest" ]; then
     list+=("d $dest")
   fi
@@ -160,11 +160,21 @@ ov_merge_into() {
     if [ -d "$e" ] && [ ! -L "$e" ]; then
       if [ ! -e "$dest/$rel" ]; then
         list+=("d $dest/$rel")
+      else
+        have+=("$dest/$rel")
       fi
     else
       list+=("f $dest/$rel")
     fi
   done < <(find "$stage" -mindepth 1 -print0)
+  # tar goes into (and through links at) directories DEST already has: each is guarded as DEST
+  # was (one `stat` for them all first), so none is one another account can change.
+  if [ "${#have[@]}" -gt 0 ]; then
+    ov_guard_stat "${have[@]}" "${have[@]/%//.}"
+    for e in "${have[@]}"; do
+      ov_root_guard "$e" || return 1
+    done
+  fi
   if [ "${#list[@]}" -gt 0 ]; then
     printf '%s\n' "${list[@]}" | ov_state_merge installed-files || return 1
   fi
