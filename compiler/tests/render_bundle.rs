@@ -607,21 +607,80 @@ echo done > "$T/out/checked"
     );
 }
 
+/// A layer's `mkdir:` whose `mode:` opens a directory to every account (0777, no sticky bit),
+/// and a later layer's root `write:` below it: between the two, another account can put a link
+/// where root's next directory goes (here the first layer's own `cmd:` does it as the account,
+/// the moment the directory is made). The run's table knows the mode the first layer gave the
+/// directory, so root refuses the write and nothing lands in the canary. (Before, a directory
+/// made during the run was trusted as root's own, and root wrote into the canary.)
+#[test]
+fn a_directory_a_layer_opened_to_all_is_not_written_through_by_a_later_layer() {
+    use ov_compiler::plan::TaskVerb;
+    let mut open = task(TaskVerb::Mkdir {
+        path: "/opt/ovopen".into(),
+    });
+    open.mode = Some("0777".into());
+    let plant = task(TaskVerb::Cmd {
+        body: "runuser -u ovgw -- ln -s /etc/ovcanary /opt/ovopen/app".into(),
+    });
+    let write = task(TaskVerb::Write {
+        path: "/opt/ovopen/app/conf".into(),
+        content: "root's\n".into(),
+    });
+    let Some((sb, top, account)) = system_tasks_sandbox(
+        "ovgw",
+        vec![("opener", vec![open, plant]), ("writer", vec![write])],
+    ) else {
+        return;
+    };
+    let body = format!(
+        r#"
+{account}rm -rf /opt/ovopen /etc/ovcanary
+mkdir -p /etc/ovcanary
+bash {top}/run.sh --user ovgw > "$T/out/run.log" 2>&1; echo "rc $?" > "$T/out/rc"
+ls -A /etc/ovcanary > "$T/out/canary"
+echo done > "$T/out/checked"
+"#,
+        top = top.display()
+    );
+    let log = run_checked(&sb, &body);
+    assert_eq!(sb.read("out/canary"), "", "{log}");
+    assert_eq!(sb.read("out/rc"), "rc 4\n", "{log}");
+    assert!(
+        log.contains(
+            "refusing to write /opt/ovopen/app as root: /opt/ovopen can be changed by another account (mode 0777)"
+        ),
+        "{log}"
+    );
+}
+
 /// A plan of system layers `(name, tasks)` (root's tasks, system scope) for `user`, unpacked in a
 /// new sandbox, and the shell lines that make the account; `None` without the sandbox.
 fn system_layers_sandbox(
     user: &str,
     layers: Vec<(&str, Vec<ov_compiler::plan::TaskVerb>)>,
 ) -> Option<(Sandbox, std::path::PathBuf, String)> {
+    let layers = layers
+        .into_iter()
+        .map(|(name, verbs)| (name, verbs.into_iter().map(task).collect()))
+        .collect();
+    system_tasks_sandbox(user, layers)
+}
+
+/// [`system_layers_sandbox`] for whole tasks (a `mkdir:` with its `mode:`, say).
+fn system_tasks_sandbox(
+    user: &str,
+    layers: Vec<(&str, Vec<ov_compiler::plan::Task>)>,
+) -> Option<(Sandbox, std::path::PathBuf, String)> {
     use ov_compiler::plan::{ReverseKind, RunAs, Scope};
     account_sandbox(user, || {
         let layers = layers
             .into_iter()
-            .map(|(name, verbs)| {
-                let steps = verbs
+            .map(|(name, tasks)| {
+                let steps = tasks
                     .into_iter()
-                    .map(|verb| {
-                        let reverse = match &verb {
+                    .map(|task| {
+                        let reverse = match &task.verb {
                             ov_compiler::plan::TaskVerb::Write { path, .. } => vec![op(
                                 ReverseKind::RmFileSystem,
                                 Scope::System,
@@ -630,7 +689,7 @@ fn system_layers_sandbox(
                             _ => vec![],
                         };
                         let action = Action::Task {
-                            task: task(verb),
+                            task,
                             run_as: RunAs::Root,
                             ctx_files: None,
                         };

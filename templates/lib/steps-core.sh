@@ -245,8 +245,12 @@ ov_mkdir_p() {
   done
   if [ -n "$mode" ]; then
     install -d -m "$mode" -- "$dir" || return 1
-    # (the mode root's next walk through DIR must see: a layer may open a directory to others)
-    [[ $EUID != 0 ]] || ov_chain_seen["$dir"]="0 $mode directory"
+    # The mode root's next walk through DIR must see (a layer may open a directory to others):
+    # in this process, and in run.sh's table for the layers after this one (ov_reported_v).
+    if [[ $EUID == 0 && ${OV_SCOPE:-system} == system ]]; then
+      ov_chain_seen["$dir"]="0 $mode directory"
+      { ov_report "m $mode $dir"; } 2>/dev/null || true
+    fi
   elif [ "${#created[@]}" -gt 0 ] || [ ! -d "$dir" ]; then
     mkdir -p -- "$dir" || return 1
   fi
