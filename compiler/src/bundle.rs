@@ -1088,7 +1088,7 @@ struct RunScript {
 }
 
 /// The directories root's steps write into, each with every directory above it, sorted: run.sh
-/// asks their owner and mode with the one `stat` it makes at its start, so that the guard of
+/// asks their owner and mode with one `stat` before the first step, so that the guard of
 /// every root write (`ov_root_guard`, which refuses a directory another account can change)
 /// needs no process of its own. Literal absolute paths of system-scope steps that run: task
 /// destinations, payload files, repository files and whatever their undo removes. A directory
@@ -1161,7 +1161,7 @@ struct RuntimeContext {
     payload_kib: u64,
     /// [`Rendered::lib_core_only`]: run.sh reads only the core step helpers of `lib.sh`.
     lib_core: bool,
-    /// [`guard_dirs`]: what run.sh's first `stat` looks at for the writes of root's steps.
+    /// [`guard_dirs`]: what run.sh's `stat` before the first step looks at for the writes of root's steps.
     guard_dirs: Vec<String>,
     list_text: String,
     /// The signer as README.txt names it (`SHA256:… (comment)`), empty when unsigned.

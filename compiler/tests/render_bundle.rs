@@ -440,7 +440,7 @@ echo done > "$T/out/checked"
     );
 }
 
-/// What run.sh's first `stat` covers for the guard of root's writes (`OV_M_GUARD_DIRS`): the
+/// What run.sh's `stat` before the first step covers for the guard of root's writes (`OV_M_GUARD_DIRS`): the
 /// directories of the system steps' destinations and of what their undo removes, each with every
 /// directory above it — not a user step's, not a skipped step's, not a path known only at run
 /// time.
@@ -557,6 +557,107 @@ echo done > "$T/out/checked"
     assert_eq!(sb.read("out/rc-sticky"), "rc 0\n", "{log}");
     assert_eq!(sb.read("out/conf"), "root's\nroot\n", "{log}");
     assert_eq!(sb.read("out/canary-sticky"), "", "{log}");
+}
+
+/// A bundle whose root steps write into many directories (more than run.sh asks about at its
+/// start) has them looked at once a layer is to run: the guard refuses the group-writable
+/// directory all the same, after the layer before it made its seventy directories.
+#[test]
+fn many_directories_are_guarded_as_few_are() {
+    use ov_compiler::plan::TaskVerb;
+    let many = (0..70)
+        .map(|i| TaskVerb::Mkdir {
+            path: format!("/opt/ovmany/d{i:02}"),
+        })
+        .collect();
+    let write = TaskVerb::Write {
+        path: "/opt/ovshared/app/conf".into(),
+        content: "root's\n".into(),
+    };
+    let Some((sb, top, account)) =
+        system_layers_sandbox("ovgw", vec![("many", many), ("gw", vec![write])])
+    else {
+        return;
+    };
+    let body = format!(
+        r#"
+{account}rm -rf /opt/ovshared /opt/ovmany /etc/ovcanary
+mkdir -p /opt/ovshared /etc/ovcanary
+chown root:ovgw /opt/ovshared && chmod 0775 /opt/ovshared
+runuser -u ovgw -- ln -s /etc/ovcanary /opt/ovshared/app
+bash {top}/run.sh --user ovgw > "$T/out/run.log" 2>&1; echo "rc $?" > "$T/out/rc"
+ls /opt/ovmany | wc -l > "$T/out/many"
+ls -A /etc/ovcanary > "$T/out/canary"
+echo done > "$T/out/checked"
+"#,
+        top = top.display()
+    );
+    // (more than run.sh asks about at its start)
+    let run = std::fs::read_to_string(top.join("run.sh")).expect("run.sh");
+    let listed = run
+        .lines()
+        .find_map(|l| l.strip_prefix("OV_M_GUARD_DIRS=("))
+        .map(|l| l.split_whitespace().count() - 1)
+        .expect("OV_M_GUARD_DIRS");
+    assert!(listed > 64, "{listed}");
+    let log = run_checked(&sb, &body);
+    assert_eq!(sb.read("out/many"), "70\n", "{log}");
+    assert_eq!(sb.read("out/canary"), "", "{log}");
+    assert_eq!(sb.read("out/rc"), "rc 4\n", "{log}");
+    assert!(
+        log.contains(
+            "refusing to write /opt/ovshared/app as root: /opt/ovshared can be changed by another account (mode 775)"
+        ),
+        "{log}"
+    );
+}
+
+/// The guard of root's writes decides from `stat`'s answer; when `stat` says nothing about a
+/// directory on the way (here a `stat` first in the steps' PATH that leaves out every path under
+/// /opt/ovshared, a directory writable by all, where the account links `app` to a canary), root
+/// must refuse rather than take the silence for "missing" or "safe", and write nothing into the
+/// canary.
+#[test]
+fn root_refuses_to_write_where_stat_cannot_say_who_may_change_the_way() {
+    use ov_compiler::plan::TaskVerb;
+    let Some((sb, top, account)) = system_layers_sandbox(
+        "ovgw",
+        vec![(
+            "gw",
+            vec![TaskVerb::Write {
+                path: "/opt/ovshared/app/conf".into(),
+                content: "root's\n".into(),
+            }],
+        )],
+    ) else {
+        return;
+    };
+    let body = format!(
+        r#"
+{account}rm -rf /opt/ovshared /etc/ovcanary
+mkdir -p /opt/ovshared /etc/ovcanary && chmod 0777 /opt/ovshared
+runuser -u ovgw -- ln -s /etc/ovcanary /opt/ovshared/app
+cat > /usr/local/sbin/stat <<'EOS'
+#!/bin/bash
+a=()
+for x in "$@"; do case $x in /opt/ovshared*) ;; *) a+=("$x") ;; esac; done
+exec /usr/bin/stat "${{a[@]}}"
+EOS
+chmod 0755 /usr/local/sbin/stat
+bash {top}/run.sh --user ovgw > "$T/out/run.log" 2>&1; echo "rc $?" > "$T/out/rc"
+rm -f /usr/local/sbin/stat
+ls -A /etc/ovcanary > "$T/out/canary"
+echo done > "$T/out/checked"
+"#,
+        top = top.display()
+    );
+    let log = run_checked(&sb, &body);
+    assert_eq!(sb.read("out/canary"), "", "{log}");
+    assert_eq!(sb.read("out/rc"), "rc 4\n", "{log}");
+    assert!(
+        log.contains("refusing to write /opt/ovshared/app as root: cannot tell whether another account can change /opt/ovshared"),
+        "{log}"
+    );
 }
 
 /// An archive a root `download:` unpacks goes into the directories its destination already has,

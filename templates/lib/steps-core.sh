@@ -158,10 +158,11 @@ ov_dirname_v() {
 # written by a user-scope step, as that user. Every helper that writes a file goes through
 # ov_mkdir_p (which calls this) for the file's directory and replaces the file itself with a
 # rename (`mv -T`, never into a directory a link names).
-# Modes come from ov_chain_seen: run.sh's one `stat` at its start covers the directories its
-# system steps write into (OV_M_GUARD_DIRS, from the plan); a directory that did not exist then
-# (ov_chain_absent) was made during the run below directories only root can write, so by root;
-# anything else on the way is looked at with one `stat` here (a link by its target, `LINK/.`).
+# Modes come from ov_chain_seen: run.sh's one `stat` before its first step covers the directories
+# its system steps write into (OV_M_GUARD_DIRS, from the plan); a directory that did not exist
+# then (ov_chain_absent) was made during the run below directories only root can write, so by
+# root; anything else on the way is looked at with one `stat` here (a link by its target,
+# `LINK/.`).
 # An answer stays good for the run for the reason ov_chain_stat gives.
 # A directory this process has just walked, or made below a walked one for root (ov_guard_ok:
 # the process and the path), is not walked again: no other account owns anything on its way, so
@@ -205,8 +206,9 @@ ov_root_guard() {
   done
   for d in "${way[@]}"; do
     [[ -d $d ]] || break
+    [[ -n ${ov_chain_absent["$d"]+x} ]] && continue
     [[ ! -L $d ]] || d+=/.
-    [[ -n ${ov_chain_seen["$d"]+x} || -n ${ov_chain_absent["$d"]+x} ]] || ask+=("$d")
+    [[ -n ${ov_chain_seen["$d"]+x} ]] || ask+=("$d")
   done
   ((${#ask[@]} == 0)) || ov_guard_stat "${ask[@]}"
   for d in "${way[@]}"; do
@@ -223,7 +225,13 @@ ov_root_guard() {
     if [[ -L $d ]]; then line=${ov_chain_seen["$d/."]-}; else line=${ov_chain_seen["$d"]-}; fi
     m=${line#* }
     m=${m%% *}
-    if [[ $m =~ ^[0-7]+$ ]] && (((8#$m & 8#1000) == 0 && (8#$m & 8#022) != 0)); then
+    # (a directory made during the run, and of no mode a step reported, is root's own making)
+    if [[ ! $m =~ ^[0-7]+$ ]]; then
+      if [[ -z ${ov_chain_absent["$d"]+x} ]]; then
+        ov_fail "refusing to write $1 as root: cannot tell whether another account can change $d (\`stat\` gave no answer)"
+        return 1
+      fi
+    elif (((8#$m & 8#1000) == 0 && (8#$m & 8#022) != 0)); then
       ov_fail "refusing to write $1 as root: $d can be changed by another account (mode $m)"
       return 1
     fi
