@@ -440,10 +440,10 @@ echo done > "$T/out/checked"
     );
 }
 
-/// What run.sh's `stat` before the first step covers for the guard of root's writes (`OV_M_GUARD_DIRS`): the
-/// directories of the system steps' destinations and of what their undo removes, each with every
-/// directory above it — not a user step's, not a skipped step's, not a path known only at run
-/// time.
+/// What run.sh's `stat` before the first step covers for the guard of root's writes
+/// (`OV_M_GUARD_DIRS`): the directories of the system steps' destinations and of what their undo
+/// removes, each with every directory above it — not a user step's, not a skipped step's, not a
+/// path known only at run time.
 #[test]
 fn run_sh_asks_the_modes_of_the_directories_root_writes_into() {
     use ov_compiler::plan::{ReverseKind, Scope, Skip, TaskVerb};
@@ -494,6 +494,20 @@ fn run_sh_asks_the_modes_of_the_directories_root_writes_into() {
     );
 }
 
+/// For `ovgw`, a layer `gw` whose root `write:` goes to /opt/ovshared/app/conf.
+fn shared_write_sandbox() -> Option<(Sandbox, std::path::PathBuf, String)> {
+    system_layers_sandbox(
+        "ovgw",
+        vec![(
+            "gw",
+            vec![ov_compiler::plan::TaskVerb::Write {
+                path: "/opt/ovshared/app/conf".into(),
+                content: "root's\n".into(),
+            }],
+        )],
+    )
+}
+
 /// A directory root writes into that is root's but that another account can write all the same
 /// (group-writable, as Debian ships `/var/local` and `/var/mail`, or writable by all without the
 /// sticky bit): that account can put a link where root's next directory goes, and root would
@@ -505,17 +519,7 @@ fn run_sh_asks_the_modes_of_the_directories_root_writes_into() {
 /// root's file into the canary and exited 0.)
 #[test]
 fn root_never_writes_through_a_directory_another_account_can_write() {
-    use ov_compiler::plan::TaskVerb;
-    let Some((sb, top, account)) = system_layers_sandbox(
-        "ovgw",
-        vec![(
-            "gw",
-            vec![TaskVerb::Write {
-                path: "/opt/ovshared/app/conf".into(),
-                content: "root's\n".into(),
-            }],
-        )],
-    ) else {
+    let Some((sb, top, account)) = shared_write_sandbox() else {
         return;
     };
     let body = format!(
@@ -559,6 +563,31 @@ echo done > "$T/out/checked"
     assert_eq!(sb.read("out/canary-sticky"), "", "{log}");
 }
 
+/// For the guard's attacks: make `ovgw` and an empty canary directory of root's
+/// (/etc/ovcanary), run `setup` (the attacker's preparation), then `run.sh` as root for `ovgw`;
+/// the run's log. What the canary holds afterwards is in `out/canary`, the status in `out/rc`.
+fn guard_attack(sb: &Sandbox, top: &std::path::Path, account: &str, setup: &str) -> String {
+    let body = format!(
+        r#"
+{account}rm -rf /etc/ovcanary && mkdir -p /etc/ovcanary
+{setup}
+bash {top}/run.sh --user ovgw > "$T/out/run.log" 2>&1; echo "rc $?" > "$T/out/rc"
+ls -A /etc/ovcanary > "$T/out/canary"
+echo done > "$T/out/checked"
+"#,
+        top = top.display()
+    );
+    run_checked(sb, &body)
+}
+
+/// The run of [`guard_attack`] stopped at the guard (status 4, saying `refusal`), and nothing of
+/// root's reached the canary.
+fn assert_guard_refused(sb: &Sandbox, log: &str, refusal: &str) {
+    assert_eq!(sb.read("out/canary"), "", "{log}");
+    assert_eq!(sb.read("out/rc"), "rc 4\n", "{log}");
+    assert!(log.contains(refusal), "{refusal}\n{log}");
+}
+
 /// A bundle whose root steps write into many directories (more than run.sh asks about at its
 /// start) has them looked at once a layer is to run: the guard refuses the group-writable
 /// directory all the same, after the layer before it made its seventy directories.
@@ -579,19 +608,6 @@ fn many_directories_are_guarded_as_few_are() {
     else {
         return;
     };
-    let body = format!(
-        r#"
-{account}rm -rf /opt/ovshared /opt/ovmany /etc/ovcanary
-mkdir -p /opt/ovshared /etc/ovcanary
-chown root:ovgw /opt/ovshared && chmod 0775 /opt/ovshared
-runuser -u ovgw -- ln -s /etc/ovcanary /opt/ovshared/app
-bash {top}/run.sh --user ovgw > "$T/out/run.log" 2>&1; echo "rc $?" > "$T/out/rc"
-ls /opt/ovmany | wc -l > "$T/out/many"
-ls -A /etc/ovcanary > "$T/out/canary"
-echo done > "$T/out/checked"
-"#,
-        top = top.display()
-    );
     // (more than run.sh asks about at its start)
     let run = std::fs::read_to_string(top.join("run.sh")).expect("run.sh");
     let listed = run
@@ -600,16 +616,20 @@ echo done > "$T/out/checked"
         .map(|l| l.split_whitespace().count() - 1)
         .expect("OV_M_GUARD_DIRS");
     assert!(listed > 64, "{listed}");
-    let log = run_checked(&sb, &body);
-    assert_eq!(sb.read("out/many"), "70\n", "{log}");
-    assert_eq!(sb.read("out/canary"), "", "{log}");
-    assert_eq!(sb.read("out/rc"), "rc 4\n", "{log}");
-    assert!(
-        log.contains(
-            "refusing to write /opt/ovshared/app as root: /opt/ovshared can be changed by another account (mode 775)"
-        ),
-        "{log}"
+    let log = guard_attack(
+        &sb,
+        &top,
+        &account,
+        "rm -rf /opt/ovshared /opt/ovmany && mkdir -p /opt/ovshared
+chown root:ovgw /opt/ovshared && chmod 0775 /opt/ovshared
+runuser -u ovgw -- ln -s /etc/ovcanary /opt/ovshared/app",
     );
+    assert_guard_refused(
+        &sb,
+        &log,
+        "refusing to write /opt/ovshared/app as root: /opt/ovshared can be changed by another account (mode 775)",
+    );
+    assert!(log.contains("layer-done layer=many"), "{log}");
 }
 
 /// The guard of root's writes decides from `stat`'s answer; when `stat` says nothing about a
@@ -619,44 +639,27 @@ echo done > "$T/out/checked"
 /// canary.
 #[test]
 fn root_refuses_to_write_where_stat_cannot_say_who_may_change_the_way() {
-    use ov_compiler::plan::TaskVerb;
-    let Some((sb, top, account)) = system_layers_sandbox(
-        "ovgw",
-        vec![(
-            "gw",
-            vec![TaskVerb::Write {
-                path: "/opt/ovshared/app/conf".into(),
-                content: "root's\n".into(),
-            }],
-        )],
-    ) else {
+    let Some((sb, top, account)) = shared_write_sandbox() else {
         return;
     };
-    let body = format!(
-        r#"
-{account}rm -rf /opt/ovshared /etc/ovcanary
-mkdir -p /opt/ovshared /etc/ovcanary && chmod 0777 /opt/ovshared
+    let log = guard_attack(
+        &sb,
+        &top,
+        &account,
+        r#"rm -rf /opt/ovshared && mkdir -p /opt/ovshared && chmod 0777 /opt/ovshared
 runuser -u ovgw -- ln -s /etc/ovcanary /opt/ovshared/app
 cat > /usr/local/sbin/stat <<'EOS'
 #!/bin/bash
 a=()
 for x in "$@"; do case $x in /opt/ovshared*) ;; *) a+=("$x") ;; esac; done
-exec /usr/bin/stat "${{a[@]}}"
+exec /usr/bin/stat "${a[@]}"
 EOS
-chmod 0755 /usr/local/sbin/stat
-bash {top}/run.sh --user ovgw > "$T/out/run.log" 2>&1; echo "rc $?" > "$T/out/rc"
-rm -f /usr/local/sbin/stat
-ls -A /etc/ovcanary > "$T/out/canary"
-echo done > "$T/out/checked"
-"#,
-        top = top.display()
+chmod 0755 /usr/local/sbin/stat"#,
     );
-    let log = run_checked(&sb, &body);
-    assert_eq!(sb.read("out/canary"), "", "{log}");
-    assert_eq!(sb.read("out/rc"), "rc 4\n", "{log}");
-    assert!(
-        log.contains("refusing to write /opt/ovshared/app as root: cannot tell whether another account can change /opt/ovshared"),
-        "{log}"
+    assert_guard_refused(
+        &sb,
+        &log,
+        "refusing to write /opt/ovshared/app as root: cannot tell whether another account can change /opt/ovshared",
     );
 }
 
@@ -684,27 +687,20 @@ fn an_archive_is_never_unpacked_through_a_directory_another_account_can_write() 
     ) else {
         return;
     };
-    let body = format!(
-        r#"
-{account}rm -rf /opt/ovdl /etc/ovcanary "$STUB_TREE"
-mkdir -p /opt/ovdl/sub /etc/ovcanary "$STUB_TREE/uv-x86_64/sub/inner"
+    let log = guard_attack(
+        &sb,
+        &top,
+        &account,
+        r#"rm -rf /opt/ovdl "$STUB_TREE"
+mkdir -p /opt/ovdl/sub "$STUB_TREE/uv-x86_64/sub/inner"
 echo archive > "$STUB_TREE/uv-x86_64/sub/inner/file"
 chown root:ovgw /opt/ovdl/sub && chmod 0775 /opt/ovdl/sub
-runuser -u ovgw -- ln -s /etc/ovcanary /opt/ovdl/sub/inner
-bash {top}/run.sh --user ovgw > "$T/out/run.log" 2>&1; echo "rc $?" > "$T/out/rc"
-ls -A /etc/ovcanary > "$T/out/canary"
-echo done > "$T/out/checked"
-"#,
-        top = top.display()
+runuser -u ovgw -- ln -s /etc/ovcanary /opt/ovdl/sub/inner"#,
     );
-    let log = run_checked(&sb, &body);
-    assert_eq!(sb.read("out/canary"), "", "{log}");
-    assert_eq!(sb.read("out/rc"), "rc 4\n", "{log}");
-    assert!(
-        log.contains(
-            "refusing to write /opt/ovdl/sub as root: /opt/ovdl/sub can be changed by another account (mode 775)"
-        ),
-        "{log}"
+    assert_guard_refused(
+        &sb,
+        &log,
+        "refusing to write /opt/ovdl/sub as root: /opt/ovdl/sub can be changed by another account (mode 775)",
     );
 }
 
@@ -734,24 +730,11 @@ fn a_directory_a_layer_opened_to_all_is_not_written_through_by_a_later_layer() {
     ) else {
         return;
     };
-    let body = format!(
-        r#"
-{account}rm -rf /opt/ovopen /etc/ovcanary
-mkdir -p /etc/ovcanary
-bash {top}/run.sh --user ovgw > "$T/out/run.log" 2>&1; echo "rc $?" > "$T/out/rc"
-ls -A /etc/ovcanary > "$T/out/canary"
-echo done > "$T/out/checked"
-"#,
-        top = top.display()
-    );
-    let log = run_checked(&sb, &body);
-    assert_eq!(sb.read("out/canary"), "", "{log}");
-    assert_eq!(sb.read("out/rc"), "rc 4\n", "{log}");
-    assert!(
-        log.contains(
-            "refusing to write /opt/ovopen/app as root: /opt/ovopen can be changed by another account (mode 0777)"
-        ),
-        "{log}"
+    let log = guard_attack(&sb, &top, &account, "rm -rf /opt/ovopen");
+    assert_guard_refused(
+        &sb,
+        &log,
+        "refusing to write /opt/ovopen/app as root: /opt/ovopen can be changed by another account (mode 0777)",
     );
 }
 
