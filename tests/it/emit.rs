@@ -203,11 +203,20 @@ fn emit_cloud_init_writes_user_data_and_refuses_what_does_not_fit() {
         .find_map(|l| l.trim().strip_prefix("content: \"H4sI"))
         .map(|rest| format!("H4sI{}", rest.trim_end_matches('"')))
         .expect("the archive's base64");
-    let decoded = Command::new("bash")
-        .args(["-c", "printf %s \"$1\" | base64 -d", "b64"])
-        .arg(&b64)
-        .output()
+    // (on stdin: the text is longer than one argument may be)
+    let mut child = Command::new("base64")
+        .arg("-d")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
         .expect("base64 -d");
+    let mut stdin = child.stdin.take().expect("stdin");
+    let feed = std::thread::spawn(move || {
+        use std::io::Write;
+        stdin.write_all(b64.as_bytes()).expect("feed base64")
+    });
+    let decoded = child.wait_with_output().expect("base64 -d");
+    feed.join().expect("feeder");
     assert_eq!(decoded.stdout, std::fs::read(&arch).expect("archive"));
     let stdout = String::from_utf8_lossy(&r.stdout).replace(&file_s, "[FILE]");
     let shown = format!(
