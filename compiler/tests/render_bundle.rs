@@ -704,6 +704,56 @@ runuser -u ovgw -- ln -s /etc/ovcanary /opt/ovdl/sub/inner"#,
     );
 }
 
+/// A root `setcap:` on a program another account owns (here the account's own `tool` in a
+/// directory of root's): root would give that account's program the capabilities. Root must
+/// refuse and never call `setcap` on it; nor on a link, or through a directory another account
+/// can write. (Before, the run called `setcap cap_net_raw+ep` on each and exited 0.)
+#[test]
+fn root_gives_capabilities_only_to_a_program_of_its_own() {
+    let cases = [
+        (
+            "/opt/ovcap/tool",
+            "cp /bin/true /opt/ovcap/tool && chown ovgw: /opt/ovcap/tool",
+            "refusing to set capabilities on /opt/ovcap/tool as root: another account owns it or can change it",
+        ),
+        (
+            "/opt/ovcap/link",
+            "ln -s /bin/true /opt/ovcap/link",
+            "refusing to set capabilities on /opt/ovcap/link as root: it is a link",
+        ),
+        (
+            "/opt/ovcap/shared/tool",
+            "mkdir /opt/ovcap/shared && cp /bin/true /opt/ovcap/shared/tool\n\
+             chown root:ovgw /opt/ovcap/shared && chmod 0775 /opt/ovcap/shared",
+            "refusing to write /opt/ovcap/shared as root: /opt/ovcap/shared can be changed by another account (mode 775)",
+        ),
+    ];
+    for (path, setup, refusal) in cases {
+        let Some((sb, top, account)) = system_layers_sandbox(
+            "ovgw",
+            vec![(
+                "cap",
+                vec![ov_compiler::plan::TaskVerb::Setcap {
+                    path: path.into(),
+                    caps: "cap_net_raw+ep".into(),
+                }],
+            )],
+        ) else {
+            return;
+        };
+        let setup = format!("rm -rf /opt/ovcap && mkdir -p /opt/ovcap\n{setup}");
+        let log = guard_attack(&sb, &top, &account, &setup);
+        let calls = sb.read("stub.log");
+        assert!(
+            !calls
+                .lines()
+                .any(|l| l.starts_with("setcap cap_net_raw+ep")),
+            "{path}: {calls}\n{log}"
+        );
+        assert_guard_refused(&sb, &log, refusal);
+    }
+}
+
 /// A layer's `mkdir:` whose `mode:` opens a directory to every account (0777, no sticky bit),
 /// and a later layer's root `write:` below it: between the two, another account can put a link
 /// where root's next directory goes (here the first layer's own `cmd:` does it as the account,

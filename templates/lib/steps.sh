@@ -58,7 +58,31 @@ ov_facts_has() {
 # ov_setcap CAPS FILE — set file capabilities; empty CAPS removes them all (`setcap -r`), and a
 # file that has none is left as it is (so a re-run succeeds).
 ov_setcap() {
-  local caps=$1 file=$2
+  local caps=$1 file=$2 dir line m
+  # As root, capabilities go only to a file of root's that no other account can change, reached
+  # through directories the guard accepts, and never through a link: else another account could
+  # put its own program there and root would give it the capabilities. (Looked at afresh: the
+  # file may have changed during the run.)
+  if [[ $EUID == 0 && ${OV_SCOPE:-system} == system ]]; then
+    ov_dirname_v dir "$file"
+    ov_root_guard "$dir" || return 1
+    if [[ -L $file ]]; then
+      ov_fail "refusing to set capabilities on $file as root: it is a link"
+      return 1
+    fi
+    if [ -n "$caps" ] && [[ -e $file ]]; then
+      unset 'ov_chain_seen[$file]'
+      ov_guard_stat "$file"
+      line=${ov_chain_seen["$file"]-}
+      unset 'ov_chain_seen[$file]'
+      m=${line#* }
+      m=${m%% *}
+      if [[ ${line%% *} != 0 || ! $m =~ ^[0-7]+$ ]] || (((8#$m & 8#022) != 0)); then
+        ov_fail "refusing to set capabilities on $file as root: another account owns it or can change it (${line:-no answer from stat})"
+        return 1
+      fi
+    fi
+  fi
   if [ -z "$caps" ]; then
     if [ -n "$(getcap -- "$file" 2>/dev/null)" ]; then
       setcap -r "$file" || return 1
