@@ -182,8 +182,7 @@ ov_guard_ok=''
 # (-g: the table of run.sh's runtime part, kept when run.sh reads this file; a new one otherwise)
 declare -gA ov_chain_seen ov_chain_absent
 ov_root_guard() {
-  local rest seg d='' sticky=0 line m
-  local -a way=(/) ask=()
+  local rest=${1#/} seg d=/ key line m sticky=0 asked=0
   [[ $EUID == 0 && ${OV_SCOPE:-system} == system && $1 == /* ]] || return 0
   [[ $ov_guard_ok != "$BASHPID $1" ]] || return 0
   case /$1/ in
@@ -192,52 +191,72 @@ ov_root_guard() {
       return 1
       ;;
   esac
-  # What is on the way: `/` and each component that exists (a link even when it leads nowhere),
-  # up to the first that does not; and which of them (a link: its target) the table lacks.
-  rest=${1#/}
-  while [[ -n $rest ]]; do
-    seg=${rest%%/*}
-    if [[ $rest == */* ]]; then rest=${rest#*/}; else rest=''; fi
-    [[ -n $seg ]] || continue
-    d+=/$seg
-    [[ -e $d || -L $d ]] || break
-    way+=("$d")
-    [[ -e $d ]] || break
-  done
-  for d in "${way[@]}"; do
-    [[ -d $d ]] || break
-    [[ -n ${ov_chain_absent["$d"]+x} ]] && continue
-    [[ ! -L $d ]] || d+=/.
-    [[ -n ${ov_chain_seen["$d"]+x} ]] || ask+=("$d")
-  done
-  ((${#ask[@]} == 0)) || ov_guard_stat "${ask[@]}"
-  for d in "${way[@]}"; do
+  # From `/` down, each directory on the way that exists (the walk ends at the first that does
+  # not, or at a file: a file at the end is replaced by a rename, whose it was does not matter).
+  while :; do
     if ((sticky)) && [[ -L $d ]]; then
       ov_fail "refusing to write $1 as root: $d is a link in a directory every account can write"
       return 1
     fi
-    # (An existing file at the end is replaced by a rename: whose it was does not matter.)
     [[ -d $d ]] || return 0
     if [[ ! -O $d ]]; then
       ov_fail "refusing to write $1 as root: $d belongs to another account (write it from a user-scope step, as that account)"
       return 1
     fi
-    if [[ -L $d ]]; then line=${ov_chain_seen["$d/."]-}; else line=${ov_chain_seen["$d"]-}; fi
-    m=${line#* }
-    m=${m%% *}
-    # (a directory made during the run, and of no mode a step reported, is root's own making)
-    if [[ ! $m =~ ^[0-7]+$ ]]; then
-      if [[ -z ${ov_chain_absent["$d"]+x} ]]; then
+    if [[ -L $d ]]; then key=$d/.; else key=$d; fi
+    line=${ov_chain_seen["$key"]-}
+    # (what was not a directory when the table was made is looked at again)
+    [[ $line == *' directory' ]] || line=''
+    if [[ -z $line && -z ${ov_chain_absent["$d"]+x} ]]; then
+      # (the table lacks it: one `stat` for it and the rest of the way)
+      ((asked)) || ov_guard_stat_way "$d" "$rest"
+      asked=1
+      line=${ov_chain_seen["$key"]-}
+      [[ $line == *' directory' ]] || line=''
+      if [[ -z $line ]]; then
         ov_fail "refusing to write $1 as root: cannot tell whether another account can change $d (\`stat\` gave no answer)"
         return 1
       fi
-    elif (((8#$m & 8#1000) == 0 && (8#$m & 8#022) != 0)); then
-      ov_fail "refusing to write $1 as root: $d can be changed by another account (mode $m)"
-      return 1
+    fi
+    # (a directory made during the run has no line unless a step reported the mode it gave it)
+    if [[ -n $line ]]; then
+      m=${line#* }
+      m=${m%% *}
+      if [[ -z $m || $m == *[!0-7]* ]]; then
+        ov_fail "refusing to write $1 as root: cannot tell whether another account can change $d (\`stat\` said: $line)"
+        return 1
+      fi
+      if (((8#$m & 8#1000) == 0 && (8#$m & 8#022) != 0)); then
+        ov_fail "refusing to write $1 as root: $d can be changed by another account (mode $m)"
+        return 1
+      fi
     fi
     if [[ -k $d ]]; then sticky=1; else sticky=0; fi
+    [[ -n $rest ]] || break
+    seg=${rest%%/*}
+    if [[ $rest == */* ]]; then rest=${rest#*/}; else rest=''; fi
+    [[ -n $seg ]] || continue
+    if [[ $d == / ]]; then d=/$seg; else d+=/$seg; fi
+    [[ -e $d || -L $d ]] || return 0
   done
   ov_guard_ok="$BASHPID $1"
+}
+
+# ov_guard_stat_way DIR REST — ov_guard_stat of DIR and of each directory after it on the way
+# (REST: the components still to come) that exists; a link by its target (`LINK/.`).
+ov_guard_stat_way() {
+  local d=$1 rest=$2 seg
+  local -a ask=()
+  while :; do
+    if [[ -L $d ]]; then ask+=("$d/."); else ask+=("$d"); fi
+    [[ -n $rest ]] || break
+    seg=${rest%%/*}
+    if [[ $rest == */* ]]; then rest=${rest#*/}; else rest=''; fi
+    [[ -n $seg ]] || continue
+    if [[ $d == / ]]; then d=/$seg; else d+=/$seg; fi
+    [[ -d $d ]] || break
+  done
+  ov_guard_stat "${ask[@]}"
 }
 
 # ov_mkdir_p DIR [OWNER] [MODE] — create DIR and missing parents (with MODE: `install -d -m MODE`,
