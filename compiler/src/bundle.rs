@@ -340,6 +340,7 @@ pub fn build_signed(
             reverse_json: to_json("reverse ops", &reverse_ops)?,
             first_script,
             script_count: scripts.len(),
+            root_code: lp.steps.iter().any(|s| s.runs_root_code()).into(),
         });
         manifest_layers.push(ManifestLayer {
             name: lp.name.clone(),
@@ -928,6 +929,8 @@ struct RunLayer {
     pkg_count: usize,
     pkg_join: u8,
     pkg_pass: u8,
+    /// 1 when a system step of the layer runs root's own code ([`crate::plan::Step::runs_root_code`]).
+    root_code: u8,
 }
 
 /// One check as `test.sh`'s arrays hold it (see the template for what each column means).

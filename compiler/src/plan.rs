@@ -440,6 +440,34 @@ impl Step {
     pub fn kind(&self) -> &'static str {
         self.action.kind()
     }
+
+    /// Whether the step, when it runs, runs code as root that is not ov's own helpers: a `cmd:`
+    /// or `build:` as root, a downloaded script, a package transaction (maintainer scripts), a
+    /// service started. Such code may change any directory, so what the guard of root's writes
+    /// knew about directories before it no longer holds (the step script and run.sh look again).
+    /// Unknown kinds count as root code: the guard then looks again, which is only slower.
+    pub fn runs_root_code(&self) -> bool {
+        use crate::entries::TaskVerb;
+        if self.scope != Scope::System || self.skip.is_some() {
+            return false;
+        }
+        match &self.action {
+            Action::Task { task, run_as, .. } => match &task.verb {
+                // (a named account may be root under another name: only the target user is surely not)
+                TaskVerb::Cmd { .. } | TaskVerb::Build { .. } => *run_as != RunAs::TargetUser,
+                TaskVerb::Download {
+                    to, extract, url, ..
+                } => to.is_none() || extract.as_deref() == Some("sh") || url.ends_with(".sh"),
+                TaskVerb::Mkdir { .. }
+                | TaskVerb::Copy { .. }
+                | TaskVerb::Write { .. }
+                | TaskVerb::Link { .. }
+                | TaskVerb::Setcap { .. } => false,
+            },
+            Action::File { .. } | Action::RepoChange { .. } | Action::ShellHook { .. } => false,
+            _ => true,
+        }
+    }
 }
 
 /// The account a task runs as.

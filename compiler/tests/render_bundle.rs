@@ -756,27 +756,34 @@ fn root_gives_capabilities_only_to_a_program_of_its_own() {
 
 /// A layer's `mkdir:` whose `mode:` opens a directory to every account (0777, no sticky bit),
 /// and a later layer's root `write:` below it: between the two, another account can put a link
-/// where root's next directory goes (here the first layer's own `cmd:` does it as the account,
-/// the moment the directory is made). The run's table knows the mode the first layer gave the
-/// directory, so root refuses the write and nothing lands in the canary. (Before, a directory
-/// made during the run was trusted as root's own, and root wrote into the canary.)
+/// where root's next directory goes (here the first layer's own `cmd:` does it, run as the
+/// account — not root's code, so nothing makes the guard look again). The run's table knows the
+/// mode the first layer gave the directory, so root refuses the write and nothing lands in the
+/// canary. (Before, a directory made during the run was trusted as root's own, and root wrote
+/// into the canary.)
 #[test]
 fn a_directory_a_layer_opened_to_all_is_not_written_through_by_a_later_layer() {
-    use ov_compiler::plan::TaskVerb;
+    use ov_compiler::plan::{RunAs, TaskVerb};
     let mut open = task(TaskVerb::Mkdir {
         path: "/opt/ovopen".into(),
     });
     open.mode = Some("0777".into());
     let plant = task(TaskVerb::Cmd {
-        body: "runuser -u ovgw -- ln -s /etc/ovcanary /opt/ovopen/app".into(),
+        body: "ln -s /etc/ovcanary /opt/ovopen/app".into(),
     });
     let write = task(TaskVerb::Write {
         path: "/opt/ovopen/app/conf".into(),
         content: "root's\n".into(),
     });
-    let Some((sb, top, account)) = system_tasks_sandbox(
+    let Some((sb, top, account)) = system_tasks_as_sandbox(
         "ovgw",
-        vec![("opener", vec![open, plant]), ("writer", vec![write])],
+        vec![
+            (
+                "opener",
+                vec![(open, RunAs::Root), (plant, RunAs::TargetUser)],
+            ),
+            ("writer", vec![(write, RunAs::Root)]),
+        ],
     ) else {
         return;
     };
@@ -785,6 +792,69 @@ fn a_directory_a_layer_opened_to_all_is_not_written_through_by_a_later_layer() {
         &sb,
         &log,
         "refusing to write /opt/ovopen/app as root: /opt/ovopen can be changed by another account (mode 0777)",
+    );
+}
+
+/// Root's own code (here a `cmd:`; a package's maintainer scripts or a started service alike) can
+/// open a directory to other accounts after run.sh's table was made: this one makes /opt/ovopen
+/// writable by all, and the account at once puts a link where root's next directory goes. A later
+/// layer's root `write:` below it must see the new mode — the table had the directory as missing,
+/// which meant "made during the run by root" — and refuse, with nothing in the canary. (Before,
+/// root wrote through the link into the canary and the run ended 0.)
+#[test]
+fn a_directory_root_code_opened_is_not_written_through_by_a_later_layer() {
+    use ov_compiler::plan::TaskVerb;
+    let open = task(TaskVerb::Cmd {
+        body: "mkdir -m 0777 /opt/ovopen\nrunuser -u ovgw -- ln -s /etc/ovcanary /opt/ovopen/app"
+            .into(),
+    });
+    let write = task(TaskVerb::Write {
+        path: "/opt/ovopen/app/conf".into(),
+        content: "root's\n".into(),
+    });
+    let Some((sb, top, account)) = system_tasks_sandbox(
+        "ovgw",
+        vec![("opener", vec![open]), ("writer", vec![write])],
+    ) else {
+        return;
+    };
+    let log = guard_attack(&sb, &top, &account, "rm -rf /opt/ovopen");
+    assert_guard_refused(
+        &sb,
+        &log,
+        "refusing to write /opt/ovopen/app as root: /opt/ovopen can be changed by another account (mode 777)",
+    );
+}
+
+/// The same within one layer, for a directory that was there, root's and closed when run.sh
+/// looked: the layer's `cmd:` opens it (chmod 0777) and the account links `app` to the canary;
+/// the same layer's next step, a root `write:` below it, must look again and refuse. (Before,
+/// the table's 755 was believed and root wrote into the canary.)
+#[test]
+fn a_directory_root_code_opened_is_not_written_through_by_the_next_step() {
+    use ov_compiler::plan::TaskVerb;
+    let open = task(TaskVerb::Cmd {
+        body: "chmod 0777 /opt/ovopen\nrunuser -u ovgw -- ln -s /etc/ovcanary /opt/ovopen/app"
+            .into(),
+    });
+    let write = task(TaskVerb::Write {
+        path: "/opt/ovopen/app/conf".into(),
+        content: "root's\n".into(),
+    });
+    let Some((sb, top, account)) = system_tasks_sandbox("ovgw", vec![("both", vec![open, write])])
+    else {
+        return;
+    };
+    let log = guard_attack(
+        &sb,
+        &top,
+        &account,
+        "rm -rf /opt/ovopen && mkdir -m 0755 /opt/ovopen",
+    );
+    assert_guard_refused(
+        &sb,
+        &log,
+        "refusing to write /opt/ovopen/app as root: /opt/ovopen can be changed by another account (mode 777)",
     );
 }
 
@@ -806,14 +876,35 @@ fn system_tasks_sandbox(
     user: &str,
     layers: Vec<(&str, Vec<ov_compiler::plan::Task>)>,
 ) -> Option<(Sandbox, std::path::PathBuf, String)> {
-    use ov_compiler::plan::{ReverseKind, RunAs, Scope};
+    let layers = layers
+        .into_iter()
+        .map(|(name, tasks)| {
+            let tasks = tasks
+                .into_iter()
+                .map(|t| (t, ov_compiler::plan::RunAs::Root))
+                .collect();
+            (name, tasks)
+        })
+        .collect();
+    system_tasks_as_sandbox(user, layers)
+}
+
+/// [`system_tasks_sandbox`] with the account each task runs as.
+fn system_tasks_as_sandbox(
+    user: &str,
+    layers: Vec<(
+        &str,
+        Vec<(ov_compiler::plan::Task, ov_compiler::plan::RunAs)>,
+    )>,
+) -> Option<(Sandbox, std::path::PathBuf, String)> {
+    use ov_compiler::plan::{ReverseKind, Scope};
     account_sandbox(user, || {
         let layers = layers
             .into_iter()
             .map(|(name, tasks)| {
                 let steps = tasks
                     .into_iter()
-                    .map(|task| {
+                    .map(|(task, run_as)| {
                         let reverse = match &task.verb {
                             ov_compiler::plan::TaskVerb::Write { path, .. } => vec![op(
                                 ReverseKind::RmFileSystem,
@@ -824,7 +915,7 @@ fn system_tasks_sandbox(
                         };
                         let action = Action::Task {
                             task,
-                            run_as: RunAs::Root,
+                            run_as,
                             ctx_files: None,
                         };
                         step(action, Scope::System, reverse)

@@ -163,7 +163,11 @@ ov_dirname_v() {
 # then (ov_chain_absent) was made during the run below directories only root can write, so by
 # root; anything else on the way is looked at with one `stat` here (a link by its target,
 # `LINK/.`).
-# An answer stays good for the run for the reason ov_chain_stat gives.
+# An answer stays good for the run for the reason ov_chain_stat gives — until root's own code
+# runs (a `cmd:`, a package's maintainer scripts, a started service: ov_root_code_ran, after each
+# such step and in run.sh after each such layer): it may have opened a directory to others, or
+# made one the table calls missing. From then on only what was looked at since counts
+# (ov_chain_fresh), and the rest of the way gets one `stat` again.
 # A directory this process has just walked, or made below a walked one for root (ov_guard_ok:
 # the process and the path), is not walked again: no other account owns anything on its way, so
 # none can have changed it since (root's own steps may, and root trusts them).
@@ -175,12 +179,21 @@ ov_guard_stat() {
   mapfile -d '' -t info < <(stat --printf '%u %a %F\t%n\0' -- "$@" 2>/dev/null)
   for e in ${info[@]+"${info[@]}"}; do
     ov_chain_seen["${e#*$'\t'}"]=${e%%$'\t'*}
+    ov_chain_fresh["${e#*$'\t'}"]=1
   done
 }
 
 ov_guard_ok=''
 # (-g: the table of run.sh's runtime part, kept when run.sh reads this file; a new one otherwise)
-declare -gA ov_chain_seen ov_chain_absent
+declare -gA ov_chain_seen ov_chain_absent ov_chain_fresh
+: "${ov_chain_stale:=0}"
+
+# ov_root_code_ran — root's own code ran (see ov_root_guard): forget what the guard knew.
+ov_root_code_ran() {
+  ov_chain_stale=1 ov_guard_ok=''
+  ov_chain_fresh=()
+}
+
 ov_root_guard() {
   local rest=${1#/} seg d=/ key line m sticky=0 asked=0
   [[ $EUID == 0 && ${OV_SCOPE:-system} == system && $1 == /* ]] || return 0
@@ -205,9 +218,11 @@ ov_root_guard() {
     fi
     if [[ -L $d ]]; then key=$d/.; else key=$d; fi
     line=${ov_chain_seen["$key"]-}
-    # (what was not a directory when the table was made is looked at again)
+    # (what was not a directory when the table was made is looked at again; after root's own
+    # code, whatever was not looked at since)
     [[ $line == *' directory' ]] || line=''
-    if [[ -z $line && -z ${ov_chain_absent["$d"]+x} ]]; then
+    if ((ov_chain_stale)) && [[ -z ${ov_chain_fresh["$key"]+x} ]]; then line=''; fi
+    if [[ -z $line ]] && { ((ov_chain_stale)) || [[ -z ${ov_chain_absent["$d"]+x} ]]; }; then
       # (the table lacks it: one `stat` for it and the rest of the way)
       ((asked)) || ov_guard_stat_way "$d" "$rest"
       asked=1
@@ -276,6 +291,7 @@ ov_mkdir_p() {
     # in this process, and in run.sh's table for the layers after this one (ov_reported_v).
     if [[ $EUID == 0 && ${OV_SCOPE:-system} == system ]]; then
       ov_chain_seen["$dir"]="0 $mode directory"
+      ov_chain_fresh["$dir"]=1
       { ov_report "m $mode $dir"; } 2>/dev/null || true
     fi
   elif [ "${#created[@]}" -gt 0 ] || [ ! -d "$dir" ]; then

@@ -134,6 +134,12 @@ impl<'a> LayerRenderer<'a> {
             let mut content = self.tpl(T_HEADER, header.clone())?;
             let mut check = self.tpl(T_CHECK_HEADER, header)?;
             let mut steps = Vec::new();
+            // (a step after which the script runs nothing tells the guard nothing: run.sh does,
+            // for the layers after it)
+            let last_run = items.iter().rev().find_map(|it| match it {
+                Item::Run(i) => Some(*i),
+                Item::Skipped(..) => None,
+            });
             for item in items {
                 content.push('\n');
                 match item {
@@ -148,6 +154,7 @@ impl<'a> LayerRenderer<'a> {
                                 kind => step.kind(),
                                 summary => step.action.summary(),
                                 body => Value::from_object(ShellFragment(body)),
+                                root_code => step.runs_root_code() && last_run != Some(i),
                             },
                         )?);
                         self.checking = true;
