@@ -759,3 +759,79 @@ pub struct ReverseOp {
     #[serde(skip_serializing_if = "BTreeMap::is_empty")]
     pub extra: BTreeMap<String, String>,
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::entries::{Pos, Task, TaskVerb};
+
+    fn task(verb: TaskVerb, run_as: RunAs) -> Action {
+        let task = Task {
+            verb,
+            user: None,
+            mode: None,
+            env: vec![],
+            comment: None,
+            uninstall: vec![],
+            pos: Pos { line: 1, column: 1 },
+        };
+        Action::Task {
+            task,
+            run_as,
+            ctx_files: None,
+        }
+    }
+
+    /// Which steps the guard of root's writes must not trust its table past: root's own code
+    /// (commands, builds, downloaded scripts, package transactions), not ov's helpers, not code
+    /// of the target user, not a user-scope or skipped step.
+    #[test]
+    fn root_code_is_code_root_runs_that_is_not_ovs_own() {
+        let cmd = || TaskVerb::Cmd {
+            body: "true".into(),
+        };
+        let write = TaskVerb::Write {
+            path: "/etc/x".into(),
+            content: String::new(),
+        };
+        let packages = Action::SystemPackages {
+            format: "deb".into(),
+            packages: vec!["jq".into()],
+            options: vec![],
+            repos: vec![],
+            keys: vec![],
+            copr: vec![],
+            modules: vec![],
+            exclude: vec![],
+        };
+        let script = TaskVerb::Download {
+            url: "https://example.org/install.sh".into(),
+            to: None,
+            extract: None,
+            include: vec![],
+            strip_components: None,
+        };
+        let archive = TaskVerb::Download {
+            url: "https://example.org/tool.tar.gz".into(),
+            to: Some("/opt/tool".into()),
+            extract: None,
+            include: vec![],
+            strip_components: None,
+        };
+        let system = |action| Step::new(action, Scope::System, vec![]);
+        assert!(system(task(cmd(), RunAs::Root)).runs_root_code());
+        assert!(system(task(cmd(), RunAs::Named("toor".into()))).runs_root_code());
+        assert!(system(packages.clone()).runs_root_code());
+        assert!(system(task(script, RunAs::Root)).runs_root_code());
+        assert!(!system(task(cmd(), RunAs::TargetUser)).runs_root_code());
+        assert!(!system(task(write, RunAs::Root)).runs_root_code());
+        assert!(!system(task(archive, RunAs::Root)).runs_root_code());
+        assert!(!Step::new(task(cmd(), RunAs::Root), Scope::User, vec![]).runs_root_code());
+        let mut skipped = system(packages);
+        skipped.skip = Some(Skip {
+            reason: "container-only".into(),
+            enable_with: None,
+        });
+        assert!(!skipped.runs_root_code());
+    }
+}

@@ -443,7 +443,8 @@ echo done > "$T/out/checked"
 /// What run.sh's `stat` before the first step covers for the guard of root's writes
 /// (`OV_M_GUARD_DIRS`): the directories of the system steps' destinations and of what their undo
 /// removes, each with every directory above it — not a user step's, not a skipped step's, not a
-/// path known only at run time.
+/// path known only at run time. Per layer, whether it runs root's own code, after which the guard
+/// looks again (`OV_M_LAYER_ROOT`: a `cmd:` as root does, a `cmd:` as the target user does not).
 #[test]
 fn run_sh_asks_the_modes_of_the_directories_root_writes_into() {
     use ov_compiler::plan::{ReverseKind, Scope, Skip, TaskVerb};
@@ -477,21 +478,46 @@ fn run_sh_asks_the_modes_of_the_directories_root_writes_into() {
         task_step(write("${HOME}/ovg.conf"), Scope::System, vec![]),
         skipped,
     ];
-    let b = bundle_plan(&plan("deb", vec![layer("ovg", steps)]));
+    let cmd = |run_as| {
+        let action = Action::Task {
+            task: task(TaskVerb::Cmd {
+                body: "true".into(),
+            }),
+            run_as,
+            ctx_files: None,
+        };
+        step(action, Scope::System, vec![])
+    };
+    let root_cmd = vec![
+        cmd(ov_compiler::plan::RunAs::Root),
+        task_step(write("/opt/ovg/b.conf"), Scope::System, vec![]),
+    ];
+    let user_cmd = vec![cmd(ov_compiler::plan::RunAs::TargetUser)];
+    let b = bundle_plan(&plan(
+        "deb",
+        vec![
+            layer("ovg", steps),
+            layer("ovr", root_cmd),
+            layer("ovu", user_cmd),
+        ],
+    ));
     let run = b
         .files
         .iter()
         .find(|f| f.path == "run.sh")
         .map(|f| String::from_utf8(f.data.clone()).expect("utf-8"))
         .expect("run.sh");
-    let line = run
-        .lines()
-        .find(|l| l.starts_with("OV_M_GUARD_DIRS=("))
-        .expect("OV_M_GUARD_DIRS");
+    let line = |name: &str| {
+        run.lines()
+            .find(|l| l.starts_with(&format!("{name}=(")))
+            .unwrap_or_else(|| panic!("{name}"))
+            .to_string()
+    };
     assert_eq!(
-        line,
+        line("OV_M_GUARD_DIRS"),
         "OV_M_GUARD_DIRS=( / /etc /etc/ovg /opt /opt/ovg /opt/ovg/data )"
     );
+    assert_eq!(line("OV_M_LAYER_ROOT"), "OV_M_LAYER_ROOT=( 0 1 0 )");
 }
 
 /// For `ovgw`, a layer `gw` whose root `write:` goes to /opt/ovshared/app/conf.

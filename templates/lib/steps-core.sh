@@ -167,10 +167,11 @@ ov_dirname_v() {
 # runs (a `cmd:`, a package's maintainer scripts, a started service: ov_root_code_ran, after each
 # such step and in run.sh after each such layer): it may have opened a directory to others, or
 # made one the table calls missing. From then on only what was looked at since counts
-# (ov_chain_fresh), and the rest of the way gets one `stat` again.
+# (ov_chain_fresh: this process's own `stat`s and the modes it gave), and the rest of the way
+# gets one `stat` again.
 # A directory this process has just walked, or made below a walked one for root (ov_guard_ok:
-# the process and the path), is not walked again: no other account owns anything on its way, so
-# none can have changed it since (root's own steps may, and root trusts them).
+# the process and the path), is not walked again until root's own code runs: no other account
+# owns anything on its way, so none can have changed it since.
 # ov_guard_stat PATH... — one `stat` of the PATHs into ov_chain_seen (`UID MODE TYPE`), as
 # ov_chain_stat of the runtime part does for run.sh before it reads this file.
 ov_guard_stat() {
