@@ -829,27 +829,7 @@ fn a_directory_a_layer_opened_to_all_is_not_written_through_by_a_later_layer() {
 /// root wrote through the link into the canary and the run ended 0.)
 #[test]
 fn a_directory_root_code_opened_is_not_written_through_by_a_later_layer() {
-    use ov_compiler::plan::TaskVerb;
-    let open = task(TaskVerb::Cmd {
-        body: "mkdir -m 0777 /opt/ovopen\nrunuser -u ovgw -- ln -s /etc/ovcanary /opt/ovopen/app"
-            .into(),
-    });
-    let write = task(TaskVerb::Write {
-        path: "/opt/ovopen/app/conf".into(),
-        content: "root's\n".into(),
-    });
-    let Some((sb, top, account)) = system_tasks_sandbox(
-        "ovgw",
-        vec![("opener", vec![open]), ("writer", vec![write])],
-    ) else {
-        return;
-    };
-    let log = guard_attack(&sb, &top, &account, "rm -rf /opt/ovopen");
-    assert_guard_refused(
-        &sb,
-        &log,
-        "refusing to write /opt/ovopen/app as root: /opt/ovopen can be changed by another account (mode 777)",
-    );
+    root_code_opens_the_way("mkdir -m 0777 /opt/ovopen", false, "rm -rf /opt/ovopen");
 }
 
 /// The same within one layer, for a directory that was there, root's and closed when run.sh
@@ -858,25 +838,34 @@ fn a_directory_root_code_opened_is_not_written_through_by_a_later_layer() {
 /// the table's 755 was believed and root wrote into the canary.)
 #[test]
 fn a_directory_root_code_opened_is_not_written_through_by_the_next_step() {
+    root_code_opens_the_way(
+        "chmod 0777 /opt/ovopen",
+        true,
+        "rm -rf /opt/ovopen && mkdir -m 0755 /opt/ovopen",
+    );
+}
+
+/// A root `cmd:` running `opening` (which leaves /opt/ovopen writable by all) and then, as the
+/// account, linking /opt/ovopen/app to the canary; a root `write:` of /opt/ovopen/app/conf after
+/// it, in the same layer or the next. Root must refuse, naming the mode `stat` now gives.
+fn root_code_opens_the_way(opening: &str, same_layer: bool, setup: &str) {
     use ov_compiler::plan::TaskVerb;
     let open = task(TaskVerb::Cmd {
-        body: "chmod 0777 /opt/ovopen\nrunuser -u ovgw -- ln -s /etc/ovcanary /opt/ovopen/app"
-            .into(),
+        body: format!("{opening}\nrunuser -u ovgw -- ln -s /etc/ovcanary /opt/ovopen/app"),
     });
     let write = task(TaskVerb::Write {
         path: "/opt/ovopen/app/conf".into(),
         content: "root's\n".into(),
     });
-    let Some((sb, top, account)) = system_tasks_sandbox("ovgw", vec![("both", vec![open, write])])
-    else {
+    let layers = if same_layer {
+        vec![("both", vec![open, write])]
+    } else {
+        vec![("opener", vec![open]), ("writer", vec![write])]
+    };
+    let Some((sb, top, account)) = system_tasks_sandbox("ovgw", layers) else {
         return;
     };
-    let log = guard_attack(
-        &sb,
-        &top,
-        &account,
-        "rm -rf /opt/ovopen && mkdir -m 0755 /opt/ovopen",
-    );
+    let log = guard_attack(&sb, &top, &account, setup);
     assert_guard_refused(
         &sb,
         &log,
