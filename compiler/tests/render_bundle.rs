@@ -589,6 +589,44 @@ echo done > "$T/out/checked"
     assert_eq!(sb.read("out/canary-sticky"), "", "{log}");
 }
 
+/// Teardown removes what a layer wrote through the same guard: after the deploy an admin opened
+/// /opt/ovshared to all (0777), and the account put a link where `app` was, to a canary directory
+/// of root's holding a `conf` of its own. Undo must not remove the canary's file through the link
+/// (it refuses, names the directory and its mode, and reports the layer's undo as failed). (Before,
+/// undo's `rm -f` went through the link and the canary's file was gone.)
+#[test]
+fn undo_never_removes_through_a_directory_another_account_can_write() {
+    let Some((sb, top, account)) = shared_write_sandbox() else {
+        return;
+    };
+    let body = format!(
+        r#"
+{account}rm -rf /opt/ovshared /etc/ovcanary
+mkdir -p /opt/ovshared /etc/ovcanary
+bash {top}/run.sh --user ovgw > "$T/out/run.log" 2>&1; echo "rc $?" > "$T/out/rc"
+chmod 0777 /opt/ovshared
+rm -rf /opt/ovshared/app
+echo canary > /etc/ovcanary/conf
+runuser -u ovgw -- ln -s /etc/ovcanary /opt/ovshared/app
+bash {top}/undo.sh --user ovgw > "$T/out/undo.log" 2>&1; echo "rc $?" > "$T/out/undo-rc"
+cat /etc/ovcanary/conf > "$T/out/canary" 2>&1
+echo done > "$T/out/checked"
+"#,
+        top = top.display()
+    );
+    let log = run_checked(&sb, &body);
+    let undo = sb.read("out/undo.log");
+    assert_eq!(sb.read("out/rc"), "rc 0\n", "{log}");
+    assert_eq!(sb.read("out/canary"), "canary\n", "{undo}");
+    assert_ne!(sb.read("out/undo-rc"), "rc 0\n", "{undo}");
+    assert!(
+        undo.contains(
+            "refusing to write /opt/ovshared as root: /opt/ovshared can be changed by another account (mode 777)"
+        ),
+        "{undo}"
+    );
+}
+
 /// For the guard's attacks: make `ovgw` and an empty canary directory of root's
 /// (/etc/ovcanary), run `setup` (the attacker's preparation), then `run.sh` as root for `ovgw`;
 /// the run's log. What the canary holds afterwards is in `out/canary`, the status in `out/rc`.

@@ -1189,12 +1189,14 @@ ov_aur_install() {
 # ov_undo_op DESCRIPTION COMMAND... — run one reverse op; a failure is reported and remembered in
 # OV_UNDO_FAILED, and the next op runs.
 ov_undo_op() {
-  local desc=$1
+  local desc=$1 rc=0
   shift
   echo "ov: undo: $desc"
-  if "$@"; then
-    return 0
-  fi
+  "$@" || rc=$?
+  # (an operation may run root's own code — a package's removal scripts, systemctl: the guard
+  # looks at the way of the next one again)
+  ov_root_code_ran
+  [ "$rc" != 0 ] || return 0
   echo "ov: undo failed: $desc" >&2
   export OV_UNDO_FAILED=1
   return 0
@@ -1422,8 +1424,15 @@ ov_undo_paths() {
   [ "$#" -gt 0 ] || return 0
   ov_backup_dir_v dir "$scope" || return 1
   if [ "$scope" = system ]; then
+    # The way may have been opened to other accounts since the deploy: root removes only through
+    # a way it alone decides (ov_root_guard_unlink), and restores only where it may write (the
+    # guard in ov_mkdir_p).
     for p in "$@"; do
-      ov_undo_path "$dir" "$p" || rc=1
+      if ov_root_guard_unlink "$p"; then
+        ov_undo_path "$dir" "$p" || rc=1
+      else
+        rc=1
+      fi
     done
     return "$rc"
   fi
@@ -1485,6 +1494,24 @@ ov_undo_installed_under() {
   return "$rc"
 }
 
+# ov_root_guard_unlink PATH — as root, before PATH is removed (`rm -f`, `rm -rf`, which never
+# follow PATH itself): the way to the directory holding it must be one root alone decides
+# (ov_root_guard of the directory above that one). The directory holding PATH may be another
+# account's — it can change only what that directory holds — unless it sits in a sticky
+# directory, where that account could swap it for a link.
+ov_root_guard_unlink() {
+  local pdir gdir
+  [[ $EUID == 0 && ${OV_SCOPE:-system} == system && $1 == /* ]] || return 0
+  ov_dirname_v pdir "$1"
+  [[ $pdir != / ]] || return 0
+  ov_dirname_v gdir "$pdir"
+  ov_root_guard "$gdir" || return 1
+  if [[ -k $gdir ]] && [[ -L $pdir || (-e $pdir && ! -O $pdir) ]]; then
+    ov_fail "refusing to remove $1 as root: $pdir belongs to another account, in a directory every account can write"
+    return 1
+  fi
+}
+
 # ov_undo_rm_tree SCOPE PATH... — `rm -rf`, never on /, a top-level directory or the home directory.
 ov_undo_rm_tree() {
   local scope=$1 p rc=0
@@ -1493,6 +1520,10 @@ ov_undo_rm_tree() {
     p=${p%/}
     if [[ $p != /*/* ]] || [ "$p" = "$OV_HOME" ]; then
       ov_fail "refusing to remove ${p:-/} recursively"
+      rc=1
+      continue
+    fi
+    if [ "$scope" = system ] && ! ov_root_guard_unlink "$p"; then
       rc=1
       continue
     fi
