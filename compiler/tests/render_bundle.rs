@@ -627,6 +627,43 @@ echo done > "$T/out/checked"
     );
 }
 
+/// `run.sh --check --diff` as root reads a file only through a way no other account can change:
+/// after the deploy /opt/ovshared became group-writable (root:ovgw 0775), and the account swapped
+/// root's `app` for another directory of root's there whose `conf` holds a secret (renaming in
+/// a directory it can write needs no ownership of what it renames). The check must say it cannot
+/// tell (`unknown`), never `ok` or a diff — which would show the secret and let the account decide
+/// what the check reports. (Before, only the owners on the way were looked at — all root's — and
+/// the diff printed the secret.)
+#[test]
+fn check_never_reads_through_a_directory_another_account_can_write() {
+    let Some((sb, top, account)) = shared_write_sandbox() else {
+        return;
+    };
+    let body = format!(
+        r#"
+{account}rm -rf /opt/ovshared /etc/ovcanary
+mkdir -p /opt/ovshared /etc/ovcanary
+bash {top}/run.sh --user ovgw > "$T/out/run.log" 2>&1; echo "rc $?" > "$T/out/rc"
+chown root:ovgw /opt/ovshared && chmod 0775 /opt/ovshared
+mkdir /opt/ovshared/other && echo 'canary secret' > /opt/ovshared/other/conf
+runuser -u ovgw -- sh -c 'mv /opt/ovshared/app /opt/ovshared/old && mv /opt/ovshared/other /opt/ovshared/app'
+bash {top}/run.sh --check --diff --user ovgw > "$T/out/check.log" 2>&1; echo "rc $?" > "$T/out/check-rc"
+echo done > "$T/out/checked"
+"#,
+        top = top.display()
+    );
+    let log = run_checked(&sb, &body);
+    let check = sb.read("out/check.log");
+    assert_eq!(sb.read("out/rc"), "rc 0\n", "{log}");
+    assert!(!check.contains("canary secret"), "{check}");
+    assert!(
+        check.contains(
+            "unknown file /opt/ovshared/app/conf (a directory on the way is not root's alone)"
+        ),
+        "{check}"
+    );
+}
+
 /// For the guard's attacks: make `ovgw` and an empty canary directory of root's
 /// (/etc/ovcanary), run `setup` (the attacker's preparation), then `run.sh` as root for `ovgw`;
 /// the run's log. What the canary holds afterwards is in `out/canary`, the status in `out/rc`.

@@ -1663,7 +1663,7 @@ ov_undo_pixi() {
 # shown as a unified diff — a private one (no read bit for others in the bundle's mode) only with
 # OV_CHECK_SECRETS=1. OV_CHECK_APPLIED=1 says the ledger shows the layer applied by this deploy
 # with this content: its `cmd:` tasks and set-up steps ran then and a run would not run them.
-# As root in a system script, a path is only read when every directory on the way is root's
+# As root in a system script, a path is only read when every directory on the way is root's alone
 # (ov_check_trusted): root reads nothing another account can swap under it.
 OV_CHECK_CHANGES=0
 
@@ -1674,22 +1674,34 @@ ov_chk() {
 }
 
 # ov_check_trusted PATH — whether PATH may be read here: as root in a system script, only when
-# every existing directory on the way is root's (one `stat` of them all).
+# every existing directory on the way, from /, is root's and writable by no other account unless
+# it is sticky, and no link on the way sits in a sticky directory — what ov_root_guard asks of a
+# write (one `stat` of them all; a directory it gives no answer for is not trusted). Owners alone
+# are not enough: in a directory it can write, another account can swap root's own directories.
 ov_check_trusted() {
-  local rest d='' uid
-  local -a dirs=()
+  local rest d=/ uid m n=0 sticky=0
+  local -a ask=()
   [ "$EUID" = 0 ] && [ "${OV_SCOPE:-system}" = system ] || return 0
   rest=${1#/}
-  while [[ $rest == */* ]]; do
-    d+=/${rest%%/*}
+  while :; do
+    if [[ -L $d ]]; then
+      ((sticky == 0)) || return 1
+      ask+=("$d/.")
+    else
+      ask+=("$d")
+    fi
+    if [[ -k $d ]]; then sticky=1; else sticky=0; fi
+    [[ $rest == */* ]] || break
+    if [[ $d == / ]]; then d=/${rest%%/*}; else d+=/${rest%%/*}; fi
     rest=${rest#*/}
-    dirs+=("$d")
+    [[ -e $d || -L $d ]] || break
   done
-  [ "${#dirs[@]}" -gt 0 ] || return 0
-  while read -r uid; do
-    [ "$uid" = 0 ] || return 1
-  done < <(stat -c %u -- "${dirs[@]}" 2>/dev/null)
-  return 0
+  while read -r uid m; do
+    n=$((n + 1))
+    [ "$uid" = 0 ] && [[ $m =~ ^[0-7]+$ ]] || return 1
+    (((8#$m & 8#1000) != 0 || (8#$m & 8#022) == 0)) || return 1
+  done < <(stat -c '%u %a' -- "${ask[@]}" 2>/dev/null)
+  [ "$n" = "${#ask[@]}" ]
 }
 
 # ov_check_meta WHAT PATH MODE OWNER — after the content matched: mode and owner as the step sets them.
@@ -1725,7 +1737,7 @@ ov_check_meta() {
 ov_check_file() {
   local what=$1 dest=$2 mode=$3 owner=$4 kind=$5 data=$6 m
   if ! ov_check_trusted "$dest"; then
-    ov_chk unknown "$what" "a directory on the way is not root's"
+    ov_chk unknown "$what" "a directory on the way is not root's alone"
   elif [ -L "$dest" ]; then
     ov_chk change "$what" "a link is there, the step writes a file"
   elif [ ! -e "$dest" ]; then
@@ -1764,7 +1776,7 @@ ov_check_write_file() {
 }
 ov_check_mkdir() {
   if ! ov_check_trusted "$1/"; then
-    ov_chk unknown "directory $1" "a directory on the way is not root's"
+    ov_chk unknown "directory $1" "a directory on the way is not root's alone"
   elif [ -d "$1" ] && [ ! -L "$1" ]; then
     ov_check_meta "directory $1" "$1" "${2:-}" "${3:-}"
   else
@@ -1911,7 +1923,7 @@ ov_check_apt_repo() {
 ov_check_apt_key() {
   local name=$1 keyring=${2:-/etc/apt/keyrings/$1.gpg}
   if ! ov_check_trusted "$keyring"; then
-    ov_chk unknown "key of repository $name" "$keyring is under a directory another account owns"
+    ov_chk unknown "key of repository $name" "$keyring is under a directory another account can change"
   elif [ -s "$keyring" ]; then
     ov_chk ok "key of repository $name" "$keyring present; not downloaded to compare"
   else
