@@ -177,7 +177,8 @@ ov_dirname_v() {
 ov_guard_stat() {
   local e
   local -a info=()
-  mapfile -d '' -t info < <(stat --printf '%u %a %F\t%n\0' -- "$@" 2>/dev/null)
+  # (`exec`: a step's shell has an ERR trap, so a subshell would fork once more to run the command)
+  mapfile -d '' -t info < <(exec stat --printf '%u %a %F\t%n\0' -- "$@" 2>/dev/null)
   for e in ${info[@]+"${info[@]}"}; do
     ov_chain_seen["${e#*$'\t'}"]=${e%%$'\t'*}
     ov_chain_fresh["${e#*$'\t'}"]=1
@@ -388,7 +389,7 @@ ov_install_file() {
   ov_dirname_v dir "$dest"
   ov_mkdir_p "$dir" "$owner" || return 1
   ov_backup "$dest" || return 1
-  tmp=$(mktemp -- "$dir/.ov-tmp.XXXXXXXX") || return 1
+  tmp=$(exec mktemp -- "$dir/.ov-tmp.XXXXXXXX") || return 1
   if install -m "$mode" -- "$src" "$tmp"; then
     ov_settle "$tmp" "$dest" "$owner" || return 1
     return 0
@@ -556,10 +557,10 @@ ov_backup_sum() {
 ov_path_sum_v() {
   local t
   if [ -L "$2" ]; then
-    t=$(readlink -- "$2") || return 1
+    t=$(exec readlink -- "$2") || return 1
     t=l:$t
   elif [ -f "$2" ]; then
-    t=$(sha256sum <"$2") || return 1
+    t=$(exec sha256sum <"$2") || return 1
     t=${t%% *}
   elif [ -e "$2" ]; then
     t=other
