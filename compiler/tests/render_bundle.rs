@@ -664,6 +664,36 @@ echo done > "$T/out/checked"
     );
 }
 
+/// A `mkdir:` whose mode lets a group write the directory (2775, as for a shared web root) is
+/// checked like any other: the way to it is root's alone, so `run.sh --check` after the run says
+/// `ok`, not `unknown` — the directory's own mode is what the step sets, not a way to something.
+#[test]
+fn check_of_a_group_writable_mkdir_is_ok() {
+    use ov_compiler::plan::TaskVerb;
+    let mut shared = task(TaskVerb::Mkdir {
+        path: "/opt/ovgroup".into(),
+    });
+    shared.mode = Some("2775".into());
+    let Some((sb, top, account)) = system_tasks_sandbox("ovgw", vec![("shared", vec![shared])])
+    else {
+        return;
+    };
+    let body = format!(
+        r#"
+{account}rm -rf /opt/ovgroup
+bash {top}/run.sh --user ovgw > "$T/out/run.log" 2>&1; echo "rc $?" > "$T/out/rc"
+bash {top}/run.sh --check --user ovgw > "$T/out/check.log" 2>&1; echo "rc $?" > "$T/out/check-rc"
+echo done > "$T/out/checked"
+"#,
+        top = top.display()
+    );
+    let log = run_checked(&sb, &body);
+    let check = sb.read("out/check.log");
+    assert_eq!(sb.read("out/rc"), "rc 0\n", "{log}");
+    assert!(check.contains("ok      directory /opt/ovgroup"), "{check}");
+    assert_eq!(sb.read("out/check-rc"), "rc 0\n", "{check}");
+}
+
 /// For the guard's attacks: make `ovgw` and an empty canary directory of root's
 /// (/etc/ovcanary), run `setup` (the attacker's preparation), then `run.sh` as root for `ovgw`;
 /// the run's log. What the canary holds afterwards is in `out/canary`, the status in `out/rc`.

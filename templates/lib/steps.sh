@@ -1673,35 +1673,15 @@ ov_chk() {
   printf '  %-7s %s%s\n' "$1" "$2" "${3:+ ($3)}"
 }
 
-# ov_check_trusted PATH — whether PATH may be read here: as root in a system script, only when
-# every existing directory on the way, from /, is root's and writable by no other account unless
-# it is sticky, and no link on the way sits in a sticky directory — what ov_root_guard asks of a
-# write (one `stat` of them all; a directory it gives no answer for is not trusted). Owners alone
-# are not enough: in a directory it can write, another account can swap root's own directories.
+# ov_check_trusted PATH — whether PATH may be read here: as root in a system script, only through
+# a way a root step could write (ov_root_guard of the directory holding PATH, quietly: the check
+# says `unknown` instead). Owners alone are not enough: in a directory another account can write,
+# it can swap root's own directories.
 ov_check_trusted() {
-  local rest d=/ uid m n=0 sticky=0
-  local -a ask=()
+  local dir
   [ "$EUID" = 0 ] && [ "${OV_SCOPE:-system}" = system ] || return 0
-  rest=${1#/}
-  while :; do
-    if [[ -L $d ]]; then
-      ((sticky == 0)) || return 1
-      ask+=("$d/.")
-    else
-      ask+=("$d")
-    fi
-    if [[ -k $d ]]; then sticky=1; else sticky=0; fi
-    [[ $rest == */* ]] || break
-    if [[ $d == / ]]; then d=/${rest%%/*}; else d+=/${rest%%/*}; fi
-    rest=${rest#*/}
-    [[ -e $d || -L $d ]] || break
-  done
-  while read -r uid m; do
-    n=$((n + 1))
-    [ "$uid" = 0 ] && [[ $m =~ ^[0-7]+$ ]] || return 1
-    (((8#$m & 8#1000) != 0 || (8#$m & 8#022) == 0)) || return 1
-  done < <(stat -c '%u %a' -- "${ask[@]}" 2>/dev/null)
-  [ "$n" = "${#ask[@]}" ]
+  ov_dirname_v dir "$1"
+  ov_root_guard "$dir" 2>/dev/null
 }
 
 # ov_check_meta WHAT PATH MODE OWNER — after the content matched: mode and owner as the step sets them.
@@ -1775,7 +1755,7 @@ ov_check_write_file() {
   ov_check_file "file $1" "$1" "$2" "${4:-}" text "$3"
 }
 ov_check_mkdir() {
-  if ! ov_check_trusted "$1/"; then
+  if ! ov_check_trusted "$1"; then
     ov_chk unknown "directory $1" "a directory on the way is not root's alone"
   elif [ -d "$1" ] && [ ! -L "$1" ]; then
     ov_check_meta "directory $1" "$1" "${2:-}" "${3:-}"
