@@ -1164,3 +1164,59 @@ echo done > "$T/out/checked"
     assert!(!layers.contains("pb.json"), "{layers}\n{log}");
     assert_eq!(sb.read("out/pa-failed"), "0\n", "{log}");
 }
+
+/// run.sh and ov's own processes work in the C locale (a UTF-8 one from the caller costs every
+/// process its loading), and code that is not ov's gets the caller's back: a root `cmd:`, one run
+/// as the target user and a user-scope step see the caller's LANG, LC_TIME and LC_ALL (none when
+/// the caller had none), while the `install` of a root `mkdir:` sees LC_ALL=C.
+#[test]
+fn steps_get_the_callers_locale_and_ovs_own_processes_the_c_locale() {
+    use ov_compiler::plan::{RunAs, TaskVerb};
+    let dump = |name: &str| {
+        task(TaskVerb::Cmd {
+            body: format!(
+                "printf '%s|%s|%s\\n' \"${{LANG-}}\" \"${{LC_TIME-}}\" \"${{LC_ALL-none}}\" >/tmp/ovloc/{name}"
+            ),
+        })
+    };
+    let mut mkdir = task(TaskVerb::Mkdir {
+        path: "/opt/ovloc".into(),
+    });
+    mkdir.mode = Some("0755".into());
+    let Some((sb, top, account)) = system_tasks_as_sandbox(
+        "ovloc",
+        vec![(
+            "loc",
+            vec![
+                (dump("root"), RunAs::Root),
+                (mkdir, RunAs::Root),
+                (dump("user"), RunAs::TargetUser),
+            ],
+        )],
+    ) else {
+        return;
+    };
+    let body = format!(
+        r#"
+{account}mkdir -m 1777 /tmp/ovloc
+# ov's `install`, seen through a wrapper first in run.sh's PATH
+printf '%s\n' '#!/bin/bash' 'printf "%s\n" "${{LC_ALL-none}}" >>/tmp/ovloc/install' 'exec /usr/bin/install "$@"' >/usr/local/sbin/install
+chmod 755 /usr/local/sbin/install
+for caller in 'LANG=C.UTF-8 LC_TIME=C.UTF-8' 'LANG=C.UTF-8 LC_ALL=C.UTF-8'; do
+  rm -rf /opt/ovloc /var/lib/overthink /tmp/ovloc/*
+  env -u LC_ALL $caller bash {top}/run.sh --user ovloc > "$T/out/run.log" 2>&1 || cat "$T/out/run.log"
+  for f in root user install; do printf '%s: %s\n' "$f" "$(cat /tmp/ovloc/$f)"; done >> "$T/out/seen"
+done
+rm -f /usr/local/sbin/install
+echo done > "$T/out/checked"
+"#,
+        top = top.display()
+    );
+    let log = run_checked(&sb, &body);
+    assert_eq!(
+        sb.read("out/seen"),
+        "root: C.UTF-8|C.UTF-8|none\nuser: C.UTF-8|C.UTF-8|none\ninstall: C\n\
+         root: C.UTF-8||C.UTF-8\nuser: C.UTF-8||C.UTF-8\ninstall: C\n",
+        "{log}"
+    );
+}

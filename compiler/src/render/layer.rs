@@ -154,6 +154,7 @@ impl<'a> LayerRenderer<'a> {
                                 kind => step.kind(),
                                 summary => step.action.summary(),
                                 body => Value::from_object(ShellFragment(body)),
+                                foreign => step.runs_root_code(),
                                 root_code => step.runs_root_code() && last_run != Some(i),
                             },
                         )?);

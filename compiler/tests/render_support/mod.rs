@@ -913,6 +913,8 @@ pub fn shellcheck(name: &str, text: &str) -> Result<(), String> {
 pub const RUNTIME_SHIM: &str = r#"#!/usr/bin/env bash
 # test stand-in for the runtime part of lib.sh
 ov_as_user() { "$@"; }
+ov_locale_caller() { :; }
+ov_locale_own() { :; }
 # shellcheck disable=SC2034 # a nameref: the caller's array
 ov_user_env_v() { local -n ov_ue=$1; ov_ue=("PATH=$PATH" "STUB_LOG=$STUB_LOG" "STUB_DB=$STUB_DB"); }
 # The architecture and Fedora release variables the runtime part sets.
