@@ -1220,3 +1220,111 @@ echo done > "$T/out/checked"
         "{log}"
     );
 }
+
+/// A layer split into scripts by a user-scope step (01-system, 02-user, 03-system): its first
+/// script's `mkdir:` leaves /opt/ovdrop writable by all, the user step links `app` in it to the
+/// canary, and the third script's root `write:` below it must look at the way again and refuse.
+/// (Before, each script was a subshell of run.sh, which heard of the first one's mode only when
+/// the layer ended: the third trusted the directory as made by root and wrote into the canary.)
+#[test]
+fn a_directory_a_script_opened_is_not_written_through_by_the_layers_next_script() {
+    use ov_compiler::plan::{RunAs, Scope, TaskVerb};
+    let mut open = task(TaskVerb::Mkdir {
+        path: "/opt/ovdrop".into(),
+    });
+    open.mode = Some("0777".into());
+    let plant = task(TaskVerb::Cmd {
+        body: "ln -s /etc/ovcanary /opt/ovdrop/app".into(),
+    });
+    let write = task(TaskVerb::Write {
+        path: "/opt/ovdrop/app/conf".into(),
+        content: "root's\n".into(),
+    });
+    let Some((sb, top, account)) = account_sandbox("ovgw", || {
+        let as_step = |task, run_as, scope| {
+            step(
+                Action::Task {
+                    task,
+                    run_as,
+                    ctx_files: None,
+                },
+                scope,
+                vec![],
+            )
+        };
+        let steps = vec![
+            as_step(open, RunAs::Root, Scope::System),
+            as_step(plant, RunAs::TargetUser, Scope::User),
+            as_step(write, RunAs::Root, Scope::System),
+        ];
+        let mut p = plan("deb", vec![layer("split", steps)]);
+        p.deploy.user = Some("ovgw".to_string());
+        p
+    }) else {
+        return;
+    };
+    assert!(top.join("layers/01-split/03-system.sh").is_file());
+    let log = guard_attack(&sb, &top, &account, "rm -rf /opt/ovdrop");
+    assert_guard_refused(
+        &sb,
+        &log,
+        "refusing to write /opt/ovdrop/app as root: /opt/ovdrop can be changed by another account (mode 777)",
+    );
+}
+
+/// An archive's directory that other accounts could write (0777 in the archive) is unpacked
+/// closed: a later step's root `write:` below it then writes into a directory of root's, and the
+/// account (a `cmd:` as the target user between the two) cannot link anything into it. (Before,
+/// tar kept the mode, the guard took the directory for one root had made, and root wrote through
+/// the account's link into the canary.)
+#[test]
+fn an_archives_open_directory_is_unpacked_closed() {
+    use ov_compiler::plan::{RunAs, TaskVerb};
+    let dl = task(TaskVerb::Download {
+        url: "https://example.invalid/tool.tar.gz".into(),
+        to: Some("/opt/ovdl".into()),
+        extract: None,
+        include: vec![],
+        strip_components: Some(1),
+    });
+    let plant = task(TaskVerb::Cmd {
+        body: "ln -s /etc/ovcanary /opt/ovdl/share/app || true".into(),
+    });
+    let write = task(TaskVerb::Write {
+        path: "/opt/ovdl/share/app/conf".into(),
+        content: "root's\n".into(),
+    });
+    let Some((sb, top, account)) = system_tasks_as_sandbox(
+        "ovgw",
+        vec![(
+            "dl",
+            vec![
+                (dl, RunAs::Root),
+                (plant, RunAs::TargetUser),
+                (write, RunAs::Root),
+            ],
+        )],
+    ) else {
+        return;
+    };
+    let body = format!(
+        r#"
+{account}rm -rf /etc/ovcanary /opt/ovdl "$STUB_TREE/uv-x86_64" && mkdir -p /etc/ovcanary
+mkdir -p "$STUB_TREE/uv-x86_64/share" && chmod 0777 "$STUB_TREE/uv-x86_64/share"
+echo tool > "$STUB_TREE/uv-x86_64/tool" && chmod 0666 "$STUB_TREE/uv-x86_64/tool"
+bash {top}/run.sh --user ovgw > "$T/out/run.log" 2>&1; echo "rc $?" > "$T/out/rc"
+ls -A /etc/ovcanary > "$T/out/canary"
+stat -c '%a %n' /opt/ovdl/share /opt/ovdl/tool > "$T/out/modes" 2>&1
+echo done > "$T/out/checked"
+"#,
+        top = top.display()
+    );
+    let log = run_checked(&sb, &body);
+    assert_eq!(sb.read("out/canary"), "", "{log}");
+    assert_eq!(sb.read("out/rc"), "rc 0\n", "{log}");
+    assert_eq!(
+        sb.read("out/modes"),
+        "755 /opt/ovdl/share\n644 /opt/ovdl/tool\n",
+        "{log}"
+    );
+}

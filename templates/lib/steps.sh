@@ -135,6 +135,10 @@ ov_download_in() {
     ov_fail "cannot unpack $url as $extract"
     return 1
   fi
+  # Nothing an archive brings stays writable by other accounts (root unpacks with the archive's
+  # modes): the guard takes a directory that was not there when the run began for one root made
+  # closed, and root writes below it — in the merge itself, and in later steps.
+  find "$tmp/x" ! -type l -perm /022 -exec chmod go-w -- {} + || return 1
   ov_merge_into "$tmp/x" "$dest" "$mode" "$owner"
 }
 
