@@ -1328,3 +1328,52 @@ echo done > "$T/out/checked"
         "{log}"
     );
 }
+
+/// A link on the way counts by the whole way to its target, not only by the directory it ends
+/// in: /opt/ovshared is root's link to /home/ovgw/real, a directory of root's inside the
+/// account's home, and the account (which can rename what its home holds) swaps `real` for a
+/// link to the canary — which is root's and closed, so a guard that looked only at where the
+/// link ends let root write there. The run must refuse, naming the account's home, and write
+/// nothing into the canary. Teardown alike: after a deploy into a real /opt/ovshared, the
+/// directory moves into the home behind such a link, the account re-points it at a canary
+/// holding a `conf`, and undo must not remove that file. (Before, root wrote into the canary,
+/// and undo removed the canary's file; both ended 0.)
+#[test]
+fn a_link_on_the_way_counts_by_the_way_to_its_target() {
+    let Some((sb, top, account)) = shared_write_sandbox() else {
+        return;
+    };
+    let body = format!(
+        r#"
+{account}rm -rf /opt/ovshared /etc/ovcanary /home/ovgw/real /home/ovgw/real.old && mkdir -p /etc/ovcanary
+mkdir -m 0755 /home/ovgw/real && ln -s /home/ovgw/real /opt/ovshared
+runuser -u ovgw -- sh -c 'mv ~/real ~/real.old && ln -s /etc/ovcanary ~/real'
+bash {top}/run.sh --user ovgw > "$T/out/run.log" 2>&1; echo "rc $?" > "$T/out/rc"
+ls -A /etc/ovcanary > "$T/out/canary"
+rm -rf /opt/ovshared /home/ovgw/real /home/ovgw/real.old /var/lib/overthink
+mkdir /opt/ovshared
+bash {top}/run.sh --user ovgw > "$T/out/run2.log" 2>&1; echo "rc $?" > "$T/out/rc2"
+mv /opt/ovshared /home/ovgw/real && ln -s /home/ovgw/real /opt/ovshared
+echo canary > /etc/ovcanary/conf
+runuser -u ovgw -- sh -c 'mv ~/real ~/real.old && ln -s /etc/ovcanary ~/real'
+bash {top}/undo.sh --user ovgw > "$T/out/undo.log" 2>&1; echo "rc $?" > "$T/out/undo-rc"
+cat /etc/ovcanary/conf > "$T/out/canary2" 2>&1
+echo done > "$T/out/checked"
+"#,
+        top = top.display()
+    );
+    let log = run_checked(&sb, &body);
+    assert_guard_refused(
+        &sb,
+        &log,
+        "refusing to write /opt/ovshared/app as root: /home/ovgw belongs to another account",
+    );
+    let undo = sb.read("out/undo.log");
+    assert_eq!(sb.read("out/rc2"), "rc 0\n", "{}", sb.read("out/run2.log"));
+    assert_eq!(sb.read("out/canary2"), "canary\n", "{undo}");
+    assert_ne!(sb.read("out/undo-rc"), "rc 0\n", "{undo}");
+    assert!(
+        undo.contains("/home/ovgw belongs to another account"),
+        "{undo}"
+    );
+}

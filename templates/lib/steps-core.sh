@@ -154,15 +154,17 @@ ov_dirname_v() {
 # directory on the way (DIR included) belongs to another account or is one another account can
 # write without the sticky bit (group- or world-writable: it could put a link where root's next
 # directory goes), or a link on the way sits in a sticky directory such as /tmp (another account
-# may own it). Root writes only where root alone decides what is there; a user's files are
+# may own it). A link on the way counts by the whole way to its target (a root link into a
+# directory of the account's would let the account choose where it leads). Root writes only
+# where root alone decides what is there; a user's files are
 # written by a user-scope step, as that user. Every helper that writes a file goes through
 # ov_mkdir_p (which calls this) for the file's directory and replaces the file itself with a
 # rename (`mv -T`, never into a directory a link names).
 # Modes come from ov_chain_seen: run.sh's one `stat` before its first step covers the directories
 # its system steps write into (OV_M_GUARD_DIRS, from the plan); a directory that did not exist
 # then (ov_chain_absent) was made during the run below directories only root can write, so by
-# root; anything else on the way is looked at with one `stat` here (a link by its target,
-# `LINK/.`).
+# root; anything else on the way is looked at with one `stat` here (a link: the way to its
+# target, in its place).
 # An answer stays good for the run for the reason ov_chain_stat gives — until root's own code
 # runs (a `cmd:`, a package's maintainer scripts, a started service: ov_root_code_ran, after each
 # such step and in run.sh after each such layer): it may have opened a directory to others, or
@@ -197,7 +199,7 @@ ov_root_code_ran() {
 }
 
 ov_root_guard() {
-  local rest=${1#/} seg d=/ key line m sticky=0 asked=0
+  local rest=${1#/} seg d=/ line m sticky=0 asked=0 links=0 t
   [[ $EUID == 0 && ${OV_SCOPE:-system} == system && $1 == /* ]] || return 0
   [[ $ov_guard_ok != "$BASHPID $1" ]] || return 0
   case /$1/ in
@@ -208,27 +210,25 @@ ov_root_guard() {
   esac
   # From `/` down, each directory on the way that exists (the walk ends at the first that does
   # not, or at a file: a file at the end is replaced by a rename, whose it was does not matter).
+  # A link on the way is followed: the way to its target is walked in its place (from `/` for
+  # an absolute target), so every directory the path goes through is looked at, not only the
+  # one it ends in. `d` is always a path without links, all of whose directories were looked at.
   while :; do
-    if ((sticky)) && [[ -L $d ]]; then
-      ov_fail "refusing to write $1 as root: $d is a link in a directory every account can write"
-      return 1
-    fi
     [[ -d $d ]] || return 0
     if [[ ! -O $d ]]; then
       ov_fail "refusing to write $1 as root: $d belongs to another account (write it from a user-scope step, as that account)"
       return 1
     fi
-    if [[ -L $d ]]; then key=$d/.; else key=$d; fi
-    line=${ov_chain_seen["$key"]-}
+    line=${ov_chain_seen["$d"]-}
     # (what was not a directory when the table was made is looked at again; after root's own
     # code, whatever was not looked at since)
     [[ $line == *' directory' ]] || line=''
-    if ((ov_chain_stale)) && [[ -z ${ov_chain_fresh["$key"]+x} ]]; then line=''; fi
+    if ((ov_chain_stale)) && [[ -z ${ov_chain_fresh["$d"]+x} ]]; then line=''; fi
     if [[ -z $line ]] && { ((ov_chain_stale)) || [[ -z ${ov_chain_absent["$d"]+x} ]]; }; then
       # (the table lacks it: one `stat` for it and the rest of the way)
       ((asked)) || ov_guard_stat_way "$d" "$rest"
       asked=1
-      line=${ov_chain_seen["$key"]-}
+      line=${ov_chain_seen["$d"]-}
       [[ $line == *' directory' ]] || line=''
       if [[ -z $line ]]; then
         ov_fail "refusing to write $1 as root: cannot tell whether another account can change $d (\`stat\` gave no answer)"
@@ -249,29 +249,63 @@ ov_root_guard() {
       fi
     fi
     if [[ -k $d ]]; then sticky=1; else sticky=0; fi
-    [[ -n $rest ]] || break
-    seg=${rest%%/*}
-    if [[ $rest == */* ]]; then rest=${rest#*/}; else rest=''; fi
-    [[ -n $seg ]] || continue
-    if [[ $d == / ]]; then d=/$seg; else d+=/$seg; fi
-    [[ -e $d || -L $d ]] || return 0
+    # The next component: none (done), `..` of a link's target (`d` has no links: its parent,
+    # looked at already), or a name, followed when it is a link.
+    while :; do
+      [[ -n $rest ]] || break 2
+      seg=${rest%%/*}
+      if [[ $rest == */* ]]; then rest=${rest#*/}; else rest=''; fi
+      [[ -n $seg && $seg != . ]] || continue
+      if [[ $seg == .. ]]; then
+        d=${d%/*}
+        [[ -n $d ]] || d=/
+        continue 2
+      fi
+      if [[ $d == / ]]; then t=/$seg; else t=$d/$seg; fi
+      if [[ -L $t ]]; then
+        if ((sticky)); then
+          ov_fail "refusing to write $1 as root: $t is a link in a directory every account can write"
+          return 1
+        fi
+        if ((++links > 40)); then
+          ov_fail "refusing to write $1 as root: too many links on the way"
+          return 1
+        fi
+        t=$(exec readlink -- "$t") && [[ -n $t ]] || {
+          ov_fail "refusing to write $1 as root: cannot read the link $d/$seg"
+          return 1
+        }
+        # (its target's way is new: the table may lack it)
+        asked=0
+        if [[ $t == /* ]]; then
+          d=/ rest=${t#/}/$rest
+          continue 2
+        fi
+        rest=$t/$rest
+        continue
+      fi
+      [[ -e $t ]] || return 0
+      d=$t
+      continue 2
+    done
   done
   ov_guard_ok="$BASHPID $1"
 }
 
 # ov_guard_stat_way DIR REST — ov_guard_stat of DIR and of each directory after it on the way
-# (REST: the components still to come) that exists; a link by its target (`LINK/.`).
+# (REST: the components still to come) that exists, up to the first link (ov_root_guard walks
+# the way to its target in its place).
 ov_guard_stat_way() {
   local d=$1 rest=$2 seg
   local -a ask=()
   while :; do
-    if [[ -L $d ]]; then ask+=("$d/."); else ask+=("$d"); fi
+    ask+=("$d")
     [[ -n $rest ]] || break
     seg=${rest%%/*}
     if [[ $rest == */* ]]; then rest=${rest#*/}; else rest=''; fi
-    [[ -n $seg ]] || continue
+    [[ -n $seg && $seg != . && $seg != .. ]] || break
     if [[ $d == / ]]; then d=/$seg; else d+=/$seg; fi
-    [[ -d $d ]] || break
+    [[ -d $d && ! -L $d ]] || break
   done
   ov_guard_stat "${ask[@]}"
 }
