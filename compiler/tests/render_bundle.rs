@@ -1377,3 +1377,111 @@ echo done > "$T/out/checked"
         "{undo}"
     );
 }
+
+/// A system task with `user: NAME` makes its missing directories for that account. Root must be
+/// done in them before it gives them away — else the account, which may change anything in a
+/// directory it owns, acts between two of root's operations. Each case has the account act at
+/// the worst moment (a wrapper first in run.sh's PATH runs its move as the account just before
+/// root's command): before the `chmod` of a `write:`'s new file (its link in place of root's
+/// file: the chmod went through it and opened a secret of root's), before the `tar` that merges
+/// a download (its link where the archive's `bin` goes: tar wrote into the canary). (Before, both
+/// directories were the account's by then, and both attacks worked.)
+#[test]
+fn root_is_done_in_a_directory_before_it_gives_it_to_an_account() {
+    use ov_compiler::plan::{RunAs, TaskVerb};
+    let mut write = task(TaskVerb::Write {
+        path: "/opt/ovown/bin/start.sh".into(),
+        content: "#!/bin/sh\n".into(),
+    });
+    write.mode = Some("0755".into());
+    let dl = task(TaskVerb::Download {
+        url: "https://example.invalid/tool.tar.gz".into(),
+        to: Some("/opt/ovtool".into()),
+        extract: None,
+        include: vec![],
+        strip_components: Some(1),
+    });
+    let cases = [
+        (
+            write,
+            r#"printf '%s\n' '#!/bin/bash' 'for a; do case $a in */.ov-tmp.*) runuser -u ovgw -- sh -c '"'"'ln -s /etc/ovcanary/secret "$1.l" && mv -f "$1.l" "$1"'"'"' x "$a" 2>/dev/null ;; esac; done' 'exec /usr/bin/chmod "$@"' >/usr/local/sbin/chmod"#,
+            "600 root\n",
+            "755 ovgw\n",
+        ),
+        (
+            dl,
+            r#"rm -rf "$STUB_TREE/uv-x86_64" && mkdir -p "$STUB_TREE/uv-x86_64/bin" && echo tool > "$STUB_TREE/uv-x86_64/bin/tool"
+printf '%s\n' '#!/bin/bash' 'prev=; for a; do [ "$prev" = -C ] && case " $* " in *" --keep-directory-symlink "*) runuser -u ovgw -- ln -s /etc/ovcanary "$a/bin" 2>/dev/null ;; esac; prev=$a; done' 'exec /usr/bin/tar "$@"' >/usr/local/sbin/tar"#,
+            "600 root\n",
+            "755 ovgw\n",
+        ),
+    ];
+    for (i, (task, wrapper, canary, made)) in cases.into_iter().enumerate() {
+        let Some((sb, top, account)) = system_tasks_as_sandbox(
+            "ovgw",
+            vec![("own", vec![(task, RunAs::Named("ovgw".into()))])],
+        ) else {
+            return;
+        };
+        let body = format!(
+            r#"
+{account}rm -rf /etc/ovcanary /opt/ovown /opt/ovtool && mkdir -p /etc/ovcanary
+echo secret > /etc/ovcanary/secret && chmod 0600 /etc/ovcanary/secret
+{wrapper}
+chmod 755 /usr/local/sbin/*
+bash {top}/run.sh --user ovgw > "$T/out/run.log" 2>&1; echo "rc $?" > "$T/out/rc"
+rm -f /usr/local/sbin/chmod /usr/local/sbin/tar
+stat -c '%a %U' /etc/ovcanary/secret > "$T/out/canary"
+ls -A /etc/ovcanary >> "$T/out/canary"
+stat -c '%a %U' /opt/ovown/bin /opt/ovtool/bin 2>/dev/null | head -1 > "$T/out/made"
+echo done > "$T/out/checked"
+"#,
+            top = top.display()
+        );
+        let log = run_checked(&sb, &body);
+        assert_eq!(sb.read("out/rc"), "rc 0\n", "case {i}: {log}");
+        assert_eq!(
+            sb.read("out/canary"),
+            format!("{canary}secret\n"),
+            "case {i}: {log}"
+        );
+        assert_eq!(sb.read("out/made"), made, "case {i}: {log}");
+    }
+}
+
+/// Teardown removes the empty directories a layer made only through a way root alone decides:
+/// after a deploy that made /opt/ovsvc/data/cache for the account, the account (owner of
+/// /opt/ovsvc) replaces `data` with a link to a canary directory holding an empty `cache` of
+/// root's. Undo must leave that `cache` alone. (Before, its `rmdir` went through the link.)
+#[test]
+fn undo_removes_no_directory_through_a_link_the_account_put_on_the_way() {
+    use ov_compiler::plan::{RunAs, TaskVerb};
+    let mk = task(TaskVerb::Mkdir {
+        path: "/opt/ovsvc/data/cache".into(),
+    });
+    let Some((sb, top, account)) = system_tasks_as_sandbox(
+        "ovgw",
+        vec![("own", vec![(mk, RunAs::Named("ovgw".into()))])],
+    ) else {
+        return;
+    };
+    let body = format!(
+        r#"
+{account}rm -rf /etc/ovcanary /opt/ovsvc && mkdir -p /etc/ovcanary/cache
+bash {top}/run.sh --user ovgw > "$T/out/run.log" 2>&1; echo "rc $?" > "$T/out/rc"
+runuser -u ovgw -- sh -c 'rmdir /opt/ovsvc/data/cache /opt/ovsvc/data && ln -s /etc/ovcanary /opt/ovsvc/data'
+bash {top}/undo.sh --user ovgw > "$T/out/undo.log" 2>&1
+ls -A /etc/ovcanary > "$T/out/canary"
+echo done > "$T/out/checked"
+"#,
+        top = top.display()
+    );
+    let log = run_checked(&sb, &body);
+    assert_eq!(sb.read("out/rc"), "rc 0\n", "{log}");
+    assert_eq!(
+        sb.read("out/canary"),
+        "cache\n",
+        "{}",
+        sb.read("out/undo.log")
+    );
+}

@@ -333,20 +333,25 @@ ov_mkdir_p() {
   elif [ "${#created[@]}" -gt 0 ] || [ ! -d "$dir" ]; then
     mkdir -p -- "$dir" || return 1
   fi
-  if [ -n "$owner" ] && [ "${#created[@]}" -gt 0 ]; then
-    chown -- "$(ov_owner_spec "$owner")" "${created[@]}" || return 1
-  elif [ "${#created[@]}" -gt 0 ]; then
+  if [ "${#created[@]}" -gt 0 ] && [[ $EUID == 0 && ${OV_SCOPE:-system} == system ]]; then
     # Made here for root, below directories the guard found root's — unless another account
     # made one first, between the guard and `mkdir -p` (which takes what it finds): then root
-    # does not write into it. Else they are root's alone, and the next step need not walk them.
-    if [[ $EUID == 0 && ${OV_SCOPE:-system} == system ]]; then
-      for d in "${created[@]}"; do
-        if [[ ! -O $d || -L $d ]]; then
-          ov_fail "refusing to write $dir as root: $d was made by another account meanwhile (write it from a user-scope step, as that account)"
-          return 1
-        fi
-      done
-    fi
+    # neither writes into it nor gives it away (`chown` would go where its link leads).
+    for d in "${created[@]}"; do
+      if [[ ! -O $d || -L $d ]]; then
+        ov_fail "refusing to write $dir as root: $d was made by another account meanwhile (write it from a user-scope step, as that account)"
+        return 1
+      fi
+    done
+  fi
+  if [ -n "$owner" ] && [ "${#created[@]}" -gt 0 ]; then
+    # Given to OWNER only once the step is done in them (ov_owner_give): until then they are
+    # root's alone, so root never works in a directory another account can change. (Newer
+    # first: one made later is never above one made before.)
+    ov_owner_pending=("${created[@]}" ${ov_owner_pending[@]+"${ov_owner_pending[@]}"})
+    ov_owner_to=$owner
+  elif [ "${#created[@]}" -gt 0 ]; then
+    # (root's alone: the next step need not walk them)
     ov_guard_ok="$BASHPID $dir"
   fi
   # Tell run.sh what was created (its descriptor; see OV_CREATED_FD in docs/bundle-runtime.md),
@@ -358,17 +363,28 @@ ov_mkdir_p() {
 
 # ov_mkdir DIR [MODE] [OWNER] — the `mkdir:` task: parents as needed, then `install -d -m MODE`.
 ov_mkdir() {
-  ov_mkdir_p "$1" "${3:-}" "${2:-}"
+  ov_mkdir_p "$1" "${3:-}" "${2:-}" && ov_owner_give
+}
+
+# ov_owner_give — give the directories ov_mkdir_p made for an owner to it, now that the step is
+# done in them: the deepest first, so that each `chown -h` goes through directories that are still
+# root's alone (after one is given away, its account could put a link in it).
+ov_owner_pending=() ov_owner_to=''
+ov_owner_give() {
+  [ "${#ov_owner_pending[@]}" -gt 0 ] || return 0
+  chown -h -- "$(ov_owner_spec "$ov_owner_to")" "${ov_owner_pending[@]}" || return 1
+  ov_owner_pending=()
 }
 
 # ov_settle TMP DEST OWNER — the last move of every write: TMP (a file or link made beside DEST)
 # gets OWNER (`chown -h`: a link itself, never what it points at) and is renamed over DEST in one
-# step, and what DEST now holds is recorded for undo; on failure TMP goes and nothing changed.
+# step, and what DEST now holds is recorded for undo; then the directories made for OWNER are
+# given to it (ov_owner_give). On failure TMP goes and nothing changed.
 ov_settle() {
   local tmp=$1 dest=$2 owner=$3
   if { [ -z "$owner" ] || chown -h -- "$(ov_owner_spec "$owner")" "$tmp"; } &&
     mv -fT -- "$tmp" "$dest"; then
-    ov_backup_sum "$dest"
+    ov_backup_sum "$dest" && ov_owner_give
     return
   fi
   rm -f -- "$tmp"

@@ -172,7 +172,7 @@ ov_strip_into() {
 # ov_merge_into STAGE DEST MODE OWNER — merge an unpacked tree into DEST, keeping DEST's symlinked
 # directories (merged-/usr systems), and record every file and every new directory.
 ov_merge_into() {
-  local stage=$1 dest=$2 mode=$3 owner=$4 e rel list=() have=()
+  local stage=$1 dest=$2 mode=$3 owner=$4 e rel list=() have=() give=()
   if [ ! -e "$dest" ]; then
     list+=("d $dest")
   fi
@@ -210,11 +210,20 @@ ov_merge_into() {
   if [ -n "$mode" ]; then
     find "$stage" -mindepth 1 -maxdepth 1 -type f -exec chmod -- "$mode" {} + || return 1
   fi
-  if [ -n "$owner" ]; then
-    chown -R -- "$(ov_owner_spec "$owner")" "$stage" || return 1
+  # Unpacked as root's (root works only in directories of its own; a directory DEST has keeps
+  # its owner and mode), then what the archive brought is given to OWNER, the deepest first
+  # (ov_owner_give): each `chown -h` goes through directories still root's alone.
+  (cd "$stage" && tar -cf - .) | tar -xf - -C "$dest" --keep-directory-symlink --no-overwrite-dir || return 1
+  ov_backup_tree_sums || return 1
+  if [ -n "$owner" ] && [ "${#list[@]}" -gt 0 ]; then
+    for ((e = ${#list[@]} - 1; e >= 0; e--)); do
+      give+=("${list[e]#? }")
+    done
+    # (before DEST and the directories above it that ov_mkdir_p made for OWNER)
+    ov_owner_pending=("${give[@]}" ${ov_owner_pending[@]+"${ov_owner_pending[@]}"})
+    ov_owner_to=$owner
   fi
-  (cd "$stage" && tar -cf - .) | tar -xf - -C "$dest" --keep-directory-symlink || return 1
-  ov_backup_tree_sums
+  ov_owner_give
 }
 
 # ov_backup_tree DEST ("f PATH" | "d PATH")... — ov_backup for every file an archive is about to
@@ -1354,8 +1363,10 @@ ov_undo_created_dirs() {
   ov_json_items_v udirs "$text" user_created_dirs
   if [ "${#dirs[@]}" -gt 0 ]; then
     while IFS= read -r d; do
-      case $d in
-        /*) [ -d "$d" ] && [ ! -L "$d" ] && rmdir -- "$d" 2>/dev/null ;;
+      # (only through a way root alone decides: a directory on it given to another account, or
+    # opened to others since, could hold that account's link to a directory of root's)
+    case $d in
+        /*) [ -d "$d" ] && [ ! -L "$d" ] && ov_root_guard_unlink "$d" 2>/dev/null && rmdir -- "$d" 2>/dev/null ;;
       esac
     done < <(printf '%s\n' "${dirs[@]}" | LC_ALL=C sort -r)
   fi
