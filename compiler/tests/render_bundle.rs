@@ -1485,3 +1485,37 @@ echo done > "$T/out/checked"
         sb.read("out/undo.log")
     );
 }
+
+/// A `cmd:` run as a named account carries its text, `env:` values included, to that account's
+/// shell on a descriptor, never as an argument: another account reading every process's
+/// arguments (/proc/PID/cmdline) while the task runs finds nothing of it. (Before, the task's
+/// text was `bash -c`'s argument, and the secret was there for every account to read.)
+#[test]
+fn a_task_run_as_an_account_shows_no_one_its_text() {
+    use ov_compiler::plan::{RunAs, TaskVerb};
+    let mut cmd = task(TaskVerb::Cmd {
+        body: "sleep 1.5".into(),
+    });
+    cmd.env = vec![("OV_TEST_SECRET".into(), "ov-secret-4b1d".into())];
+    let Some((sb, top, account)) = system_tasks_as_sandbox(
+        "ovgw",
+        vec![("named", vec![(cmd, RunAs::Named("ovgw".into()))])],
+    ) else {
+        return;
+    };
+    let body = format!(
+        r#"
+{account}: > "$T/out/seen"; chmod 666 "$T/out/seen"
+# (the needle from a file, made in two halves: no process's arguments but the task's may hold it)
+printf '%s-%s\n' ov-secret 4b1d > "$T/out/needle"; chmod 644 "$T/out/needle"
+runuser -u ovgw -- bash -c 'while [ ! -e "$1.stop" ]; do for f in /proc/[0-9]*/cmdline; do tr "\0" " " < "$f" 2>/dev/null; echo; done | grep -a -F -f "$2" >> "$1"; done' x "$T/out/seen" "$T/out/needle" &
+bash {top}/run.sh --user ovgw > "$T/out/run.log" 2>&1; echo "rc $?" > "$T/out/rc"
+touch "$T/out/seen.stop"; wait
+echo done > "$T/out/checked"
+"#,
+        top = top.display()
+    );
+    let log = run_checked(&sb, &body);
+    assert_eq!(sb.read("out/rc"), "rc 0\n", "{log}");
+    assert_eq!(sb.read("out/seen"), "", "{log}");
+}
