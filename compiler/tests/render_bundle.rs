@@ -1519,3 +1519,62 @@ echo done > "$T/out/checked"
     assert_eq!(sb.read("out/rc"), "rc 0\n", "{log}");
     assert_eq!(sb.read("out/seen"), "", "{log}");
 }
+
+/// run.sh run by hand from a root terminal: a process of the account's (a `cmd:` run as the
+/// target user from a root script, and a user-scope step) must not reach that terminal. Each
+/// pushes a command into the terminal's input (TIOCSTI on /dev/tty); after run.sh the terminal's
+/// next line is read, as root's shell would read it. Nothing may be there. (Before, the account's
+/// processes shared root's session, and the line came back as root's next command.) Where the
+/// kernel refuses TIOCSTI altogether (`dev.tty.legacy_tiocsti = 0`) this passes either way.
+#[test]
+fn the_accounts_processes_cannot_type_into_roots_terminal() {
+    use ov_compiler::plan::{RunAs, Scope, TaskVerb};
+    if !have_tool("script", &["--version"]) || !have_tool("perl", &["-v"]) {
+        return;
+    }
+    let inject = |what: &str| {
+        task(TaskVerb::Cmd {
+            body: format!(
+                "perl -e 'open(my $t, \"+<\", \"/dev/tty\") or exit 0; ioctl($t, 0x5412, $_) for split //, \"echo {what}\\n\"' || true"
+            ),
+        })
+    };
+    let (a, b) = (inject("typed-by-a"), inject("typed-by-b"));
+    let Some((sb, top, account)) = account_sandbox("ovgw", || {
+        let as_step = |task, run_as, scope| {
+            step(
+                Action::Task {
+                    task,
+                    run_as,
+                    ctx_files: None,
+                },
+                scope,
+                vec![],
+            )
+        };
+        let steps = vec![
+            as_step(a, RunAs::TargetUser, Scope::System),
+            as_step(b, RunAs::TargetUser, Scope::User),
+        ];
+        let mut p = plan("deb", vec![layer("tty", steps)]);
+        p.deploy.user = Some("ovgw".to_string());
+        p
+    }) else {
+        return;
+    };
+    let body = format!(
+        r#"
+{account}export T
+# (script's input: a pipe that stays open and says nothing, so the terminal's next line is only
+# what was typed into it)
+mkfifo "$T/out/in"; sleep 60 > "$T/out/in" & held=$!
+script -qec 'bash {top}/run.sh --user ovgw > "$T/out/run.log" 2>&1; echo "rc $?" > "$T/out/rc"; IFS= read -r -t 3 line; printf "%s" "$line" > "$T/out/typed"' /dev/null < "$T/out/in" > /dev/null 2>&1
+kill "$held"
+echo done > "$T/out/checked"
+"#,
+        top = top.display()
+    );
+    let log = run_checked(&sb, &body);
+    assert_eq!(sb.read("out/rc"), "rc 0\n", "{log}");
+    assert_eq!(sb.read("out/typed"), "", "{log}");
+}

@@ -643,8 +643,8 @@ ov_run_func_as() {
   # Its output reaches ours through root's pipes, never as the run's log itself (ov_as_user).
   # The task's text (its `env:` values too) goes on descriptor 3, never in an argument: every
   # account can read a process's arguments (/proc/PID/cmdline).
-  # shellcheck disable=SC2016 # run by the account's bash
-  (cd / && runuser -u "$name" -- env -i "${keep[@]}" HOME="$home" USER="$name" LOGNAME="$name" \
+  # shellcheck disable=SC2016,SC2154 # run by the account's bash; ov_nosess: the runtime part's
+  (cd / && ${ov_nosess[@]+"${ov_nosess[@]}"} runuser -u "$name" -- env -i "${keep[@]}" HOME="$home" USER="$name" LOGNAME="$name" \
     SHELL="${shell:-/bin/sh}" bash -c 'IFS= read -r -d "" ov_code <&3; exec 3<&-; eval "$ov_code"' ov-task \
     3<<<"$(declare -f ov_err_note "$fn"); $fn") </dev/null 6>&- 7>&- 8>&- 9>&- \
     > >(cat) 2> >(cat >&2)
