@@ -1578,3 +1578,29 @@ echo done > "$T/out/checked"
     assert_eq!(sb.read("out/rc"), "rc 0\n", "{log}");
     assert_eq!(sb.read("out/typed"), "", "{log}");
 }
+
+/// The view in the home holds the records, which name what root's steps did (a `cmd:`'s first
+/// line, a download's address): it is the account's alone, as root's ledger is root's — no
+/// other account reads it. (Before, the view was written 0755/0644.)
+#[test]
+fn the_view_is_the_accounts_alone() {
+    let Some((sb, top, account)) = shared_write_sandbox() else {
+        return;
+    };
+    let body = format!(
+        r#"
+{account}rm -rf /opt/ovshared /var/lib/overthink /home/ovgw/.config
+bash {top}/run.sh --user ovgw > "$T/out/run.log" 2>&1; echo "rc $?" > "$T/out/rc"
+cd /home/ovgw/.config/overthink/installed && find . -printf '%m %p\n' | sort -k2 > "$T/out/modes"
+echo done > "$T/out/checked"
+"#,
+        top = top.display()
+    );
+    let log = run_checked(&sb, &body);
+    assert_eq!(sb.read("out/rc"), "rc 0\n", "{log}");
+    assert_eq!(
+        sb.read("out/modes"),
+        "700 .\n700 ./deploys\n600 ./deploys/0123456789abcdef.json\n700 ./layers\n600 ./layers/gw.json\n",
+        "{log}"
+    );
+}
