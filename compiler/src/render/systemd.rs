@@ -204,12 +204,19 @@ pub(super) fn split_command(s: &str) -> Option<Vec<String>> {
     Some(words)
 }
 
-/// Append `ExecStart=` with the translated words of `exec`.
+/// The shell that opens a service's `stdout:` file as the service's own account, then becomes
+/// the program (`$1` the file, the program's words after it; `$` doubled for systemd).
+const STDOUT_AS_ACCOUNT: &str = "exec >>\"$1\" 2>&1; shift; exec \"$@\"";
+
+/// Append `ExecStart=` with the translated words of `exec`; with `stdout`, the program starts
+/// through `/bin/sh`, which appends its output and errors to that file, opened as the service's
+/// own account.
 fn exec_start(
     unit: &mut UnitText,
     ck: &Checker<'_>,
     what: &str,
     exec: &str,
+    stdout: Option<&str>,
 ) -> Result<(), RenderError> {
     let words = split_command(exec)
         .ok_or_else(|| ck.invalid(what, exec, "has an unclosed quote or a trailing backslash"))?;
@@ -217,6 +224,13 @@ fn exec_start(
         return Err(ck.invalid(what, exec, "is empty"));
     }
     unit.lit("ExecStart=");
+    if let Some(out) = stdout {
+        unit.lit("\"/bin/sh\" \"-c\" ");
+        unit.quoted(STDOUT_AS_ACCOUNT, Ctx::ExecWord, false);
+        unit.lit(" \"ov-stdout\" ");
+        unit.quoted(out, Ctx::ExecWord, false);
+        unit.lit(" ");
+    }
     for (i, word) in words.iter().enumerate() {
         if i > 0 {
             unit.lit(" ");
@@ -310,7 +324,25 @@ pub(super) fn custom_unit(
         }
     }
     u.lit("\n[Service]\nType=simple\n");
-    exec_start(&mut u, ck, "service `exec:`", exec)?;
+    // `stdout:` as systemd's `StandardOutput=append:` is opened by systemd, as root, through
+    // whatever links the way to it holds — and a service's log directory is often the service
+    // account's own, so that account would choose which file of root's the output goes into.
+    // A system unit that runs as another account opens it as that account instead.
+    let runs_as_root = user_scope || matches!(svc.user.as_deref(), Some("root" | "0"));
+    let stdout = match &svc.stdout {
+        Some(out) if out.starts_with('/') => {
+            ck.line("service `stdout:`", out)?;
+            Some(out.as_str())
+        }
+        _ => None,
+    };
+    exec_start(
+        &mut u,
+        ck,
+        "service `exec:`",
+        exec,
+        stdout.filter(|_| !runs_as_root),
+    )?;
     environment(&mut u, ck, "service `env:` name", &svc.env)?;
     if let Some(dir) = &svc.working_directory {
         ck.line("service `working_directory:`", dir)?;
@@ -393,13 +425,10 @@ pub(super) fn custom_unit(
             _ => {}
         }
     }
-    if let Some(out) = &svc.stdout {
-        if out.starts_with('/') {
-            ck.line("service `stdout:`", out)?;
-            u.lit("StandardOutput=append:");
-            u.value(out, Ctx::Plain, false);
-            u.lit("\n");
-        }
+    if let Some(out) = stdout.filter(|_| runs_as_root) {
+        u.lit("StandardOutput=append:");
+        u.value(out, Ctx::Plain, false);
+        u.lit("\n");
     }
     let skipped: Vec<&str> = untranslated
         .into_iter()
@@ -444,7 +473,7 @@ pub(super) fn packaged_dropin(
     environment(&mut u, ck, "service `overrides.env:` name", &env)?;
     if let Some(exec) = &ov.exec {
         u.lit("ExecStart=\n");
-        exec_start(&mut u, ck, "service `overrides.exec:`", exec)?;
+        exec_start(&mut u, ck, "service `overrides.exec:`", exec, None)?;
     }
     Ok(Some(u))
 }
@@ -472,6 +501,39 @@ mod tests {
         assert_eq!(split_command("x ''").unwrap(), vec!["x", ""]);
         assert!(split_command("a 'b").is_none());
         assert!(split_command("a\\").is_none());
+    }
+
+    /// A service's `stdout:` is opened by the account the service runs as: a system unit of
+    /// another account's appends through a `/bin/sh` of that account (systemd would open
+    /// `append:` as root, through the account's links); root's own and user units keep
+    /// `StandardOutput=append:`.
+    #[test]
+    fn stdout_is_opened_by_the_account_the_service_runs_as() {
+        let ck = Checker { layer: "web" };
+        let svc = |user: Option<&str>| ServiceEntry {
+            name: "web".into(),
+            exec: Some("/usr/bin/python3 -m http.server 8099".into()),
+            stdout: Some("/var/log/web/out.log".into()),
+            user: user.map(str::to_string),
+            ..Default::default()
+        };
+        let t = text(custom_unit(&ck, &svc(None), false).unwrap());
+        assert!(
+            t.contains(
+                "ExecStart=\"/bin/sh\" \"-c\" \"exec >>\\\"$$1\\\" 2>&1; shift; exec \\\"$$@\\\"\" \"ov-stdout\" \"/var/log/web/out.log\" \"/usr/bin/python3\" \"-m\" \"http.server\" \"8099\"\n"
+            ),
+            "{t}"
+        );
+        assert!(!t.contains("StandardOutput="), "{t}");
+        assert!(t.contains("User=<OV_USER>\n"), "{t}");
+        for (user, user_scope) in [(Some("root"), false), (None, true)] {
+            let t = text(custom_unit(&ck, &svc(user), user_scope).unwrap());
+            assert!(t.contains("ExecStart=\"/usr/bin/python3\" \"-m\""), "{t}");
+            assert!(
+                t.contains("StandardOutput=append:/var/log/web/out.log\n"),
+                "{t}"
+            );
+        }
     }
 
     #[test]
