@@ -858,15 +858,6 @@ ov_block_strip() {
   ov_block_edit "$1" "$2" "$3"
 }
 
-# ov_profile_block_remove — strip the managed block again (undo.sh, when no layer remains).
-ov_profile_block_remove() {
-  local f rc=0
-  for f in "$OV_HOME/.profile" "$OV_HOME/.bashrc"; do
-    ov_block_strip "$f" '# overthink:begin' "$OV_PROFILE_END" || rc=1
-  done
-  return "$rc"
-}
-
 # ---- services ---------------------------------------------------------------------------------
 
 ov_systemd_running() {
