@@ -1050,6 +1050,35 @@ fn system_tasks_as_sandbox(
     })
 }
 
+/// One layer `name` of tasks, each with the account it runs as and its scope (a user-scope
+/// task between system ones splits the layer into scripts), for `ovgw`, unpacked in a new
+/// sandbox, and the shell lines that make the account; `None` without the sandbox.
+fn scoped_tasks_sandbox(
+    name: &str,
+    tasks: Vec<(
+        ov_compiler::plan::Task,
+        ov_compiler::plan::RunAs,
+        ov_compiler::plan::Scope,
+    )>,
+) -> Option<(Sandbox, std::path::PathBuf, String)> {
+    account_sandbox("ovgw", || {
+        let steps = tasks
+            .into_iter()
+            .map(|(task, run_as, scope)| {
+                let action = Action::Task {
+                    task,
+                    run_as,
+                    ctx_files: None,
+                };
+                step(action, scope, vec![])
+            })
+            .collect();
+        let mut p = plan("deb", vec![layer(name, steps)]);
+        p.deploy.user = Some("ovgw".to_string());
+        p
+    })
+}
+
 /// A layer's record is written before the next layer begins. When it cannot be written (here the
 /// layer's own `cmd:` puts a directory where it goes), the run stops with status 8 and names that
 /// layer, and the next layer does not run: a later layer never begins before the ledger holds
@@ -1240,27 +1269,14 @@ fn a_directory_a_script_opened_is_not_written_through_by_the_layers_next_script(
         path: "/opt/ovdrop/app/conf".into(),
         content: "root's\n".into(),
     });
-    let Some((sb, top, account)) = account_sandbox("ovgw", || {
-        let as_step = |task, run_as, scope| {
-            step(
-                Action::Task {
-                    task,
-                    run_as,
-                    ctx_files: None,
-                },
-                scope,
-                vec![],
-            )
-        };
-        let steps = vec![
-            as_step(open, RunAs::Root, Scope::System),
-            as_step(plant, RunAs::TargetUser, Scope::User),
-            as_step(write, RunAs::Root, Scope::System),
-        ];
-        let mut p = plan("deb", vec![layer("split", steps)]);
-        p.deploy.user = Some("ovgw".to_string());
-        p
-    }) else {
+    let Some((sb, top, account)) = scoped_tasks_sandbox(
+        "split",
+        vec![
+            (open, RunAs::Root, Scope::System),
+            (plant, RunAs::TargetUser, Scope::User),
+            (write, RunAs::Root, Scope::System),
+        ],
+    ) else {
         return;
     };
     assert!(top.join("layers/01-split/03-system.sh").is_file());
@@ -1540,26 +1556,13 @@ fn the_accounts_processes_cannot_type_into_roots_terminal() {
         })
     };
     let (a, b) = (inject("typed-by-a"), inject("typed-by-b"));
-    let Some((sb, top, account)) = account_sandbox("ovgw", || {
-        let as_step = |task, run_as, scope| {
-            step(
-                Action::Task {
-                    task,
-                    run_as,
-                    ctx_files: None,
-                },
-                scope,
-                vec![],
-            )
-        };
-        let steps = vec![
-            as_step(a, RunAs::TargetUser, Scope::System),
-            as_step(b, RunAs::TargetUser, Scope::User),
-        ];
-        let mut p = plan("deb", vec![layer("tty", steps)]);
-        p.deploy.user = Some("ovgw".to_string());
-        p
-    }) else {
+    let Some((sb, top, account)) = scoped_tasks_sandbox(
+        "tty",
+        vec![
+            (a, RunAs::TargetUser, Scope::System),
+            (b, RunAs::TargetUser, Scope::User),
+        ],
+    ) else {
         return;
     };
     let body = format!(
