@@ -1510,7 +1510,7 @@ echo done > "$T/out/checked"
 fn a_task_run_as_an_account_shows_no_one_its_text() {
     use ov_compiler::plan::{RunAs, TaskVerb};
     let mut cmd = task(TaskVerb::Cmd {
-        body: "sleep 1.5".into(),
+        body: "sleep 1.5; printf '%s' \"${OV_TEST_SECRET:+the task ran with its env}\" > /var/tmp/ovnamed.ran".into(),
     });
     cmd.env = vec![("OV_TEST_SECRET".into(), "ov-secret-4b1d".into())];
     let Some((sb, top, account)) = system_tasks_as_sandbox(
@@ -1525,14 +1525,17 @@ fn a_task_run_as_an_account_shows_no_one_its_text() {
 # (the needle from a file, made in two halves: no process's arguments but the task's may hold it)
 printf '%s-%s\n' ov-secret 4b1d > "$T/out/needle"; chmod 644 "$T/out/needle"
 runuser -u ovgw -- bash -c 'while [ ! -e "$1.stop" ]; do for f in /proc/[0-9]*/cmdline; do tr "\0" " " < "$f" 2>/dev/null; echo; done | grep -a -F -f "$2" >> "$1"; done' x "$T/out/seen" "$T/out/needle" &
+rm -f /var/tmp/ovnamed.ran
 bash {top}/run.sh --user ovgw > "$T/out/run.log" 2>&1; echo "rc $?" > "$T/out/rc"
 touch "$T/out/seen.stop"; wait
+cat /var/tmp/ovnamed.ran > "$T/out/ran" 2>&1
 echo done > "$T/out/checked"
 "#,
         top = top.display()
     );
     let log = run_checked(&sb, &body);
     assert_eq!(sb.read("out/rc"), "rc 0\n", "{log}");
+    assert_eq!(sb.read("out/ran"), "the task ran with its env", "{log}");
     assert_eq!(sb.read("out/seen"), "", "{log}");
 }
 
