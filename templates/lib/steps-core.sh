@@ -312,7 +312,9 @@ ov_guard_stat_way() {
 
 # ov_mkdir_p DIR [OWNER] [MODE] — create DIR and missing parents (with MODE: `install -d -m MODE`,
 # which also sets the mode of an existing DIR); only the directories created here are given to
-# OWNER (existing ones keep their owner and mode). No process when DIR exists and MODE is empty.
+# OWNER (existing ones keep their owner and mode), and only when the caller is done in them: a
+# caller that passes OWNER ends with ov_owner_give (ov_settle, ov_mkdir and ov_merge_into do).
+# No process when DIR exists and MODE is empty.
 ov_mkdir_p() {
   local dir=$1 owner=${2:-} mode=${3:-} d created=()
   ov_root_guard "$dir" || return 1

@@ -1355,8 +1355,8 @@ ov_undo_created_dirs() {
   if [ "${#dirs[@]}" -gt 0 ]; then
     while IFS= read -r d; do
       # (only through a way root alone decides: a directory on it given to another account, or
-    # opened to others since, could hold that account's link to a directory of root's)
-    case $d in
+      # opened to others since, could hold that account's link to a directory of root's)
+      case $d in
         /*) [ -d "$d" ] && [ ! -L "$d" ] && ov_root_guard_unlink "$d" 2>/dev/null && rmdir -- "$d" 2>/dev/null ;;
       esac
     done < <(printf '%s\n' "${dirs[@]}" | LC_ALL=C sort -r)
