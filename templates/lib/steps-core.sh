@@ -313,7 +313,8 @@ ov_guard_stat_way() {
 # ov_mkdir_p DIR [OWNER] [MODE] — create DIR and missing parents (with MODE: `install -d -m MODE`,
 # which also sets the mode of an existing DIR); only the directories created here are given to
 # OWNER (existing ones keep their owner and mode), and only when the caller is done in them: a
-# caller that passes OWNER ends with ov_owner_give (ov_settle, ov_mkdir and ov_merge_into do).
+# caller that passes OWNER ends with ov_owner_give (ov_settle and ov_mkdir do, and the merge of
+# a download).
 # No process when DIR exists and MODE is empty.
 ov_mkdir_p() {
   local dir=$1 owner=${2:-} mode=${3:-} d created=()
